@@ -1,0 +1,70 @@
+"""The 402 answer to an unpaid request for a priced resource.
+
+Two audiences read it: BRC-121 wallets look only at the `x-bsv-sats` and
+`x-bsv-server` headers; Farebox-aware clients read the problem+json body,
+which spells out the whole payment request. Neither ever contains the
+protected content: the upstream is not asked until a payment is verified.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from gateway.policy import Match
+from gateway.problems import CONTENT_TYPE, problem_body
+
+PAY_PATH = "/.well-known/farebox/pay"
+# BRC-121 headers must be readable by browser scripts on other origins.
+EXPOSE = "x-bsv-sats, x-bsv-server"
+
+
+def payment_request(match: Match, method: str, server_key: str) -> dict:
+    route = match.route.route
+    grant = route.effective_grant
+    return {
+        "price": {"satoshis": route.price.satoshis},
+        "service": match.service.name,
+        "resource": {"method": method, "path": match.resource},
+        "description": route.description or match.service.service.description,
+        "grant": {
+            "lasts_seconds": grant.lasts,
+            "covers": grant.covers,
+            "scope": match.scope,
+            "methods": list(route.methods),
+        },
+        "accepts": [
+            {
+                "scheme": "brc-121",
+                "description": "retry this request with x-bsv-beef, x-bsv-sender, "
+                "x-bsv-nonce, x-bsv-time and x-bsv-vout headers",
+            },
+            {
+                "scheme": "farebox",
+                "description": "POST the payment as JSON to pay_url",
+                "pay_url": PAY_PATH,
+            },
+        ],
+        "pay_url": PAY_PATH,
+        "server": server_key,
+    }
+
+
+def payment_required(match: Match, method: str, server_key: str) -> web.Response:
+    request = payment_request(match, method, server_key)
+    sats = request["price"]["satoshis"]
+    detail = f"{method} {match.resource} costs {sats} satoshis"
+    body = problem_body(402, "payment-required", "Payment required", detail, payment=request)
+    return web.Response(
+        status=402,
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        content_type=CONTENT_TYPE,
+        headers={
+            "x-bsv-sats": str(sats),
+            "x-bsv-server": server_key,
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": EXPOSE,
+            "Cache-Control": "no-store",
+        },
+    )

@@ -1,0 +1,85 @@
+"""Server settings from three layers: config file < FAREBOX_* environment < flags.
+
+Every setting has one name used everywhere: `read_timeout` in the YAML file,
+`FAREBOX_READ_TIMEOUT` in the environment, `--read-timeout` on the command
+line. Unknown keys in the file are errors, as in policies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.policy.schema import Duration
+
+ENV_PREFIX = "FAREBOX_"
+
+
+class ConfigError(Exception):
+    pass
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8402, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    policies: Path = Path("policies")
+    key_file: Path | None = None
+    connect_timeout: Duration = 5
+    read_timeout: Duration = 60
+    upstream_connections: int = Field(256, ge=1)
+    shutdown_timeout: Duration = 30
+    watch: bool = True
+    access_log: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for name in Settings.model_fields:
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is not None and value != "":
+            out[name] = value
+    return out
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    return data
+
+
+def load_settings(
+    config: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Settings:
+    """Merge the layers; `flags` holds only options given on the command line."""
+    config = config or (Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None)
+    merged: dict[str, Any] = {}
+    if config is not None:
+        merged.update(_from_file(config))
+    merged.update(_from_env(environ))
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{key}: {msg.removeprefix('Value error, ')}")
+        raise ConfigError("invalid settings: " + "; ".join(lines)) from None

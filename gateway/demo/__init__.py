@@ -1,0 +1,1 @@
+"""Sample upstream services that ``farebox demo`` runs behind the gateway."""

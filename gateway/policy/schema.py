@@ -1,0 +1,184 @@
+"""What a policy file may say, validated strictly.
+
+These models are both the file format (pydantic rejects unknown keys and wrong
+types, and we turn its errors into file:line messages) and the plain frozen
+data the rest of the gateway reads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from yarl import URL
+
+from gateway.policy.patterns import PatternError, compile_pattern
+
+MAX_SATOSHIS = 21_000_000 * 100_000_000
+_DURATION = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_UNITS = (7 * 86400, 86400, 3600, 60, 1)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 method token
+
+
+def parse_duration(value: object) -> int:
+    """'90s', '15m', '24h', '7d', '1h30m' → seconds (> 0)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"expected a duration like '30s', '15m', '24h' or '7d', got {value!r}")
+    if isinstance(value, int):
+        raise ValueError(f"a duration needs a unit: write '{value}s' for seconds")
+    m = _DURATION.fullmatch(value.strip())
+    if not value.strip() or not m:
+        raise ValueError(
+            f"{value!r} is not a duration: use a number and a unit (s, m, h, d, w), "
+            "largest first, e.g. '30s', '15m', '1h30m', '7d'"
+        )
+    seconds = sum(int(n) * u for n, u in zip(m.groups(), _UNITS, strict=True) if n)
+    if seconds <= 0:
+        raise ValueError("a duration must be longer than zero")
+    return seconds
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+
+
+def _parse_price(value: object) -> object:
+    if isinstance(value, Price):
+        return value
+    if value == "free":
+        return {"satoshis": 0}
+    if isinstance(value, bool):
+        raise ValueError(f"price must be 'free' or a whole number of satoshis, got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("price must be at least 1 satoshi; write 'free' for no charge")
+        if value > MAX_SATOSHIS:
+            raise ValueError("price is more satoshis than will ever exist")
+        return {"satoshis": value}
+    if isinstance(value, float):
+        raise ValueError(f"price must be a whole number of satoshis, got {value!r}")
+    raise ValueError(f"price must be 'free' or a whole number of satoshis, got {value!r}")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Frozen):
+    satoshis: int
+
+    @property
+    def free(self) -> bool:
+        return self.satoshis == 0
+
+
+class Grant(_Frozen):
+    """What one payment buys: how long, and whether just this resource or the route."""
+
+    lasts: Duration = 300
+    covers: Literal["resource", "route"] = "resource"
+
+
+class Route(_Frozen):
+    path: str
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    price: Annotated[Price, BeforeValidator(_parse_price)]
+    grant: Grant | None = None
+    description: str = ""
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        try:
+            compile_pattern(value)
+        except PatternError as exc:
+            raise ValueError(f"bad path pattern {value!r}: {exc}") from None
+        return value
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> tuple[str, ...]:
+        if value in ("*", "ANY"):
+            return ("*",)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise ValueError("methods must be a list such as [GET, HEAD], or '*' for any")
+        out = []
+        for method in value:
+            if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+                raise ValueError(f"{method!r} is not an HTTP method")
+            if method.upper() in out:
+                raise ValueError(f"method {method.upper()} is listed twice")
+            out.append(method.upper())
+        return tuple(out)
+
+    @property
+    def effective_grant(self) -> Grant:
+        return self.grant or Grant()
+
+    def allows(self, method: str) -> bool:
+        return self.methods[0] == "*" or method in self.methods
+
+
+class Service(_Frozen):
+    upstream: str
+    description: str = ""
+    host: str | None = None
+    mount: str = "/"
+    case_sensitive: bool = True
+    preserve_host: bool = False
+    connect_timeout: Duration | None = None
+    read_timeout: Duration | None = None
+    routes: tuple[Route, ...]
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        try:
+            url = URL(value)
+        except ValueError as exc:
+            raise ValueError(f"upstream {value!r} is not a URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
+        if url.query_string or url.fragment or url.user:
+            raise ValueError("upstream URL must not carry a query, fragment or credentials")
+        return value.rstrip("/")
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: tuple[Route, ...]) -> tuple[Route, ...]:
+        if not value:
+            raise ValueError("a service needs at least one route")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", value):
+            raise ValueError(f"host must be a plain host name without port, got {value!r}")
+        return value.lower() if value else value
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, value: str) -> str:
+        if not re.fullmatch(r"/|(/[A-Za-z0-9._~!$&'()*+,=:@-]+)+", value) or "/." in value:
+            raise ValueError(
+                f"mount must be a plain path like /archive (no trailing /), got {value!r}"
+            )
+        return value
+
+
+class PolicyFile(_Frozen):
+    services: dict[str, Service] = Field(default_factory=dict)
+    unmatched: Literal[403, 404, 410] | None = None
+
+    @field_validator("services")
+    @classmethod
+    def _names(cls, value: dict[str, Service]) -> dict[str, Service]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+                raise ValueError(
+                    f"service name {name!r} must be lower-case letters, digits, '-' or '_'"
+                )
+        return value

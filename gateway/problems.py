@@ -1,0 +1,42 @@
+"""RFC 9457 problem+json responses: every error Farebox itself produces.
+
+Each carries a short machine-readable `reason` (also the last part of `type`)
+so clients can branch on it without parsing prose.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+CONTENT_TYPE = "application/problem+json"
+TYPE_PREFIX = "https://farebox.dev/problems/"
+
+
+def problem_body(status: int, reason: str, title: str, detail: str = "", **extra: Any) -> dict:
+    body: dict[str, Any] = {"type": TYPE_PREFIX + reason, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["reason"] = reason
+    body.update(extra)
+    return body
+
+
+def problem(
+    status: int,
+    reason: str,
+    title: str,
+    detail: str = "",
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    body = problem_body(status, reason, title, detail, **extra)
+    return web.Response(
+        status=status,
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        content_type=CONTENT_TYPE,
+        headers=headers,
+    )

@@ -1,0 +1,288 @@
+"""Streaming reverse proxy to the upstream services.
+
+Bodies stream both ways in bounded chunks (a 1 GiB download holds no more
+than a few chunks in memory). Hop-by-hop headers are dropped, `X-Forwarded-*`
+are set by us (any the client sent are discarded, as is anything under
+`X-Farebox-`: upstreams must be able to trust those). Upstream failures
+become problem+json: 502 when it refuses or breaks, 504 when it is too slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.policy import Match
+from gateway.problems import problem
+
+log = logging.getLogger("farebox.proxy")
+
+CHUNK = 64 * 1024
+# Read small bodies whole: one write instead of several, which is most of the
+# proxy's cost on typical API answers.
+SMALL_BODY = 256 * 1024
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by Farebox for the upstream; a client's own copies would be spoofing.
+OWN_HEADERS = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+OWN_PREFIX = "x-farebox-"
+_WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+WS_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+
+
+class Proxy:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, connections: int = 256
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.connections, limit_per_host=0, ttl_dns_cache=60, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # pass bytes through as the upstream encoded them
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Proxy.start() was not awaited"
+        return self._session
+
+    def _timeout(self, match: Match) -> aiohttp.ClientTimeout:
+        svc = match.service.service
+        return aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=svc.connect_timeout or self.connect_timeout,
+            sock_read=svc.read_timeout or self.read_timeout,
+        )
+
+    async def forward(
+        self, request: web.BaseRequest, match: Match, extra: dict[str, str] | None = None
+    ) -> web.StreamResponse:
+        """Send the request upstream and stream the answer back."""
+        headers = upstream_headers(request, match, extra)
+        if _is_websocket(request):
+            return await self._websocket(request, match, headers)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = _stream(request.content) if request.body_exists else None
+        try:
+            upstream = await self.session.request(
+                request.method,
+                URL(match.upstream_url, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self._timeout(match),
+                compress=None,
+            )
+        except Exception as exc:
+            return _upstream_problem(exc, match)
+        try:
+            return await self._relay(request, upstream, match)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, match: Match
+    ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers)
+        length = upstream.content_length
+        if request.method == "HEAD" or upstream.status in (204, 304):
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None and length <= SMALL_BODY:
+            try:
+                body = await upstream.read()
+            except Exception as exc:
+                return _upstream_problem(exc, match)
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are gone already: the only honest signal left is to cut
+            # the connection so the client sees a truncated response.
+            log.warning("upstream %s broke mid-response: %r", match.service.name, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _websocket(
+        self, request: web.BaseRequest, match: Match, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        protocols = tuple(p.strip() for p in offered.split(",") if p.strip())
+        try:
+            upstream = await self.session.ws_connect(
+                URL(match.upstream_url, encoded=True),
+                headers=headers,
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+                max_msg_size=0,
+                autoclose=False,
+            )
+        except Exception as exc:
+            return _upstream_problem(exc, match)
+        client = web.WebSocketResponse(
+            protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=0
+        )
+        try:
+            await client.prepare(request)
+            await _bridge(client, upstream)
+        finally:
+            await upstream.close()
+        return client
+
+
+async def _bridge(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    async def pump(src: _WebSocket, dst: _WebSocket) -> None:
+        async for msg in src:
+            if msg.type is WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+        await dst.close(code=src.close_code or 1000)
+
+    tasks = [
+        asyncio.ensure_future(pump(client, upstream)),
+        asyncio.ensure_future(pump(upstream, client)),
+    ]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def upstream_headers(
+    request: web.BaseRequest, match: Match, extra: dict[str, str] | None = None
+) -> CIMultiDict[str]:
+    drop = _connection_listed(request.headers)
+    websocket = _is_websocket(request)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in OWN_HEADERS
+            or lower.startswith(OWN_PREFIX)
+            or lower in drop
+            or lower == "expect"
+            or (lower == "host" and not match.service.service.preserve_host)
+            or (websocket and lower in WS_HANDSHAKE)
+        ):
+            continue
+        out.add(name, value)
+    out["X-Forwarded-For"] = request.remote or ""
+    out["X-Forwarded-Proto"] = request.scheme
+    out["X-Forwarded-Host"] = request.host
+    if extra:
+        out.update(extra)
+    return out
+
+
+def response_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    drop = _connection_listed(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in drop:
+            continue
+        out.add(name, value)
+    return out
+
+
+def _connection_listed(headers: CIMultiDict[str]) -> frozenset[str]:
+    # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
+    value = headers.get("Connection")
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    async for chunk in content.iter_chunked(CHUNK):
+        yield chunk
+
+
+def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
+    name = match.service.name
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        log.warning("upstream %s timed out: %r", name, exc)
+        return problem(
+            504,
+            "upstream-timeout",
+            "Upstream timed out",
+            f"service {name!r} did not answer in time",
+        )
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        detail = f"service {name!r} refused the WebSocket upgrade (status {exc.status})"
+        log.warning("upstream %s: %s", name, detail)
+        return problem(502, "upstream-refused-upgrade", "Upstream refused WebSocket", detail)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        log.warning("upstream %s unreachable: %s", name, exc)
+        return problem(
+            502,
+            "upstream-unreachable",
+            "Upstream unreachable",
+            f"service {name!r} refused the connection",
+        )
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        log.warning("upstream %s failed: %r", name, exc)
+        return problem(
+            502,
+            "upstream-failed",
+            "Upstream failed",
+            f"service {name!r} broke off or sent a bad response",
+        )
+    raise exc

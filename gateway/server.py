@@ -1,0 +1,201 @@
+"""The request pipeline and the processes that run it.
+
+One request: canonical path → policy match → free: proxy; priced and unpaid:
+402 challenge. `serve` runs one worker in this process, or N worker processes
+sharing the port through SO_REUSEPORT, each with its own event loop, upstream
+pool and policy watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import uvloop
+from aiohttp import web
+
+from gateway import keys
+from gateway.challenge import payment_required
+from gateway.config import Settings
+from gateway.paths import PathError, canonicalize
+from gateway.policy import NoMatch
+from gateway.policy.reload import PolicyHolder
+from gateway.problems import problem
+from gateway.proxy import Proxy
+
+log = logging.getLogger("farebox")
+
+_UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
+
+
+@dataclass
+class Gateway:
+    policy: PolicyHolder
+    proxy: Proxy
+    server_key: str  # compressed public key, hex: safe to show anyone
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            target = canonicalize(request.raw_path)
+        except PathError as exc:
+            return problem(400, exc.reason, "Bad request target", exc.detail)
+        policy = self.policy.current
+        match = policy.match(request.host, target, request.method)
+        if isinstance(match, NoMatch):
+            if match.allowed:
+                return problem(
+                    405,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    f"{request.method} is not offered on {target.path}",
+                    headers={"Allow": ", ".join(match.allowed)},
+                )
+            status = policy.unmatched
+            return problem(status, "no-route", _UNMATCHED_TITLES[status], f"no service offers {target.path}")
+        if match.route.route.price.free:
+            return await self.proxy.forward(request, match)
+        return payment_required(match, request.method, self.server_key)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+
+
+async def run_worker(
+    settings: Settings,
+    holder: PolicyHolder,
+    server_key: str,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[int], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop."""
+    proxy = Proxy(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        connections=settings.upstream_connections,
+    )
+    await proxy.start()
+    gateway = Gateway(holder, proxy, server_key)
+    server = web.Server(gateway.handle, access_log=log if settings.access_log else None)
+    runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    port = runner.addresses[0][1]
+    log.info(
+        "listening on http://%s:%d, policy version %s", settings.host, port, holder.current.version
+    )
+    if ready is not None:
+        result = ready(port)
+        if asyncio.iscoroutine(result):
+            await result
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, holder.reload)
+    watcher = asyncio.ensure_future(holder.watch()) if settings.watch else None
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining in-flight requests")
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+        await proxy.close()
+
+
+def prepare(settings: Settings) -> tuple[PolicyHolder, str]:
+    """Everything that can fail at start-up, checked once, before any worker."""
+    import bsv
+
+    if not bsv.native_status().get("available"):
+        raise SystemExit("farebox: bsv-sdk was installed without its native extension (libsecp256k1)")
+    try:
+        key = keys.load(settings.key_file)
+    except keys.KeyFileError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    from gateway.policy import PolicyError
+
+    try:
+        holder = PolicyHolder.load(settings.policies)
+    except PolicyError as exc:
+        raise SystemExit(f"farebox: invalid policy, not starting:\n{exc}") from None
+    return holder, key.public_key().hex()
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    holder, server_key = prepare(settings)
+    if settings.workers == 1:
+        uvloop.run(run_worker(settings, holder, server_key))
+        return
+    _supervise(settings)
+
+
+def _worker_main(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    holder, server_key = prepare(settings)
+    uvloop.run(run_worker(settings, holder, server_key, reuse_port=True))
+
+
+def _supervise(settings: Settings) -> None:
+    """Run N workers on one port; pass signals on; replace a worker that dies."""
+    ctx = multiprocessing.get_context("spawn")
+    workers: dict[int, multiprocessing.process.BaseProcess] = {}
+    stopping = False
+
+    def start_one() -> None:
+        proc = ctx.Process(target=_worker_main, args=(settings,), daemon=False)
+        proc.start()
+        assert proc.pid is not None
+        workers[proc.pid] = proc
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for proc in workers.values():
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for _ in range(settings.workers):
+        start_one()
+    log.info("supervising %d workers", settings.workers)
+    restarts: list[float] = []
+    while workers:
+        for pid, proc in list(workers.items()):
+            if proc.is_alive():
+                continue
+            del workers[pid]
+            if stopping:
+                continue
+            log.error("worker %d exited with code %s; starting another", pid, proc.exitcode)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 5 * settings.workers:
+                log.critical("workers keep dying; giving up")
+                stopping = True
+                forward(signal.SIGTERM, None)
+                continue
+            start_one()
+        time.sleep(0.2)
+    if restarts and stopping and len(restarts) > 5 * settings.workers:
+        raise SystemExit(1)
