@@ -44,18 +44,44 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     serve = sub.add_parser(
-        "serve", help="run the gateway", description="Run the gateway.", epilog=SERVE_EPILOG, formatter_class=fmt
+        "serve",
+        help="run the gateway",
+        description="Run the gateway.",
+        epilog=SERVE_EPILOG,
+        formatter_class=fmt,
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8402)")
-    serve.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the port (default 1)")
-    serve.add_argument("--policies", type=Path, metavar="PATH", help="policy directory or file (default ./policies)")
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes sharing the port (default 1)"
+    )
+    serve.add_argument(
+        "--policies",
+        type=Path,
+        metavar="PATH",
+        help="policy directory or file (default ./policies)",
+    )
     serve.add_argument("--key-file", type=Path, metavar="FILE", help="server identity key file")
-    serve.add_argument("--connect-timeout", metavar="DURATION", help="upstream connect timeout (default 5s)")
-    serve.add_argument("--read-timeout", metavar="DURATION", help="upstream read timeout (default 60s)")
-    serve.add_argument("--upstream-connections", type=int, metavar="N", help="upstream pool size per worker (default 256)")
-    serve.add_argument("--no-watch", dest="watch", action="store_const", const=False, help="do not reload policies when files change")
+    serve.add_argument(
+        "--connect-timeout", metavar="DURATION", help="upstream connect timeout (default 5s)"
+    )
+    serve.add_argument(
+        "--read-timeout", metavar="DURATION", help="upstream read timeout (default 60s)"
+    )
+    serve.add_argument(
+        "--upstream-connections",
+        type=int,
+        metavar="N",
+        help="upstream pool size per worker (default 256)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_const",
+        const=False,
+        help="do not reload policies when files change",
+    )
     serve.add_argument("--access-log", action="store_const", const=True, help="log every request")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
@@ -67,22 +93,34 @@ def _parser() -> argparse.ArgumentParser:
         "upstream (records archive, open-data API, utility meter). Needs no configuration; "
         "uses a throw-away server key.",
     )
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     demo.add_argument("--port", type=int, default=8402, help="gateway port (default 8402)")
     demo.add_argument("--upstream-port", type=int, default=8403, help=argparse.SUPPRESS)
     demo.set_defaults(run=_demo)
 
-    policy = sub.add_parser("policy", help="work with policy files", description="Work with policy files.")
+    policy = sub.add_parser(
+        "policy", help="work with policy files", description="Work with policy files."
+    )
     psub = policy.add_subparsers(title="commands", metavar="COMMAND", required=True)
     check = psub.add_parser(
         "check",
         help="validate policy files",
         description="Validate policy files; print every problem as FILE:LINE: KEY: MESSAGE and exit 1 if there is any.",
     )
-    check.add_argument("path", nargs="?", type=Path, default=Path("policies"), help="directory or file (default ./policies)")
+    check.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=Path("policies"),
+        help="directory or file (default ./policies)",
+    )
     check.set_defaults(run=_policy_check)
 
-    keys = sub.add_parser("keys", help="manage the server identity key", description="Manage the server identity key.")
+    keys = sub.add_parser(
+        "keys", help="manage the server identity key", description="Manage the server identity key."
+    )
     ksub = keys.add_subparsers(title="commands", metavar="COMMAND", required=True)
     gen = ksub.add_parser(
         "generate",
@@ -90,11 +128,27 @@ def _parser() -> argparse.ArgumentParser:
         description="Create a new server identity key in FILE, readable by its owner only, "
         "and print its public key. The key can spend what clients pay: keep it secret.",
     )
-    gen.add_argument("--out", type=Path, default=Path("farebox.key"), metavar="FILE", help="where to write it (default ./farebox.key)")
+    gen.add_argument(
+        "--out",
+        type=Path,
+        default=Path("farebox.key"),
+        metavar="FILE",
+        help="where to write it (default ./farebox.key)",
+    )
     gen.add_argument("--force", action="store_true", help="replace an existing file")
     gen.set_defaults(run=_keys_generate)
-    show = ksub.add_parser("show-public", help="print the public key of a key file", description="Print the public key (compressed, hex) that clients see as x-bsv-server.")
-    show.add_argument("--key-file", type=Path, default=None, metavar="FILE", help="key file (default $FAREBOX_KEY, else ./farebox.key)")
+    show = ksub.add_parser(
+        "show-public",
+        help="print the public key of a key file",
+        description="Print the public key (compressed, hex) that clients see as x-bsv-server.",
+    )
+    show.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="key file (default $FAREBOX_KEY, else ./farebox.key)",
+    )
     show.set_defaults(run=_keys_show)
     return parser
 
@@ -130,7 +184,9 @@ def _policy_check(args: argparse.Namespace) -> None:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         count = len(exc.issues)
-        print(f"{count} problem{'s' if count != 1 else ''} found; policy not valid", file=sys.stderr)
+        print(
+            f"{count} problem{'s' if count != 1 else ''} found; policy not valid", file=sys.stderr
+        )
         raise SystemExit(1) from None
     routes = sum(len(s.routes) for s in policy.services)
     print(

@@ -68,7 +68,9 @@ def load_settings(
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
     """Merge the layers; `flags` holds only options given on the command line."""
-    config = config or (Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None)
+    config = config or (
+        Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None
+    )
     merged: dict[str, Any] = {}
     if config is not None:
         merged.update(_from_file(config))

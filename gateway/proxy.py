@@ -147,7 +147,7 @@ class Proxy:
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already: the only honest signal left is to cut
             # the connection so the client sees a truncated response.
-            log.warning("upstream %s broke mid-response: %r", match.service.name, exc)
+            log.warning("upstream %s broke mid-response: %s", match.service.name, _brief(exc))
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -258,7 +258,7 @@ async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
     name = match.service.name
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        log.warning("upstream %s timed out: %r", name, exc)
+        log.warning("upstream %s timed out: %s", name, _brief(exc))
         return problem(
             504,
             "upstream-timeout",
@@ -270,7 +270,7 @@ def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
         log.warning("upstream %s: %s", name, detail)
         return problem(502, "upstream-refused-upgrade", "Upstream refused WebSocket", detail)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        log.warning("upstream %s unreachable: %s", name, exc)
+        log.warning("upstream %s unreachable: %s", name, _brief(exc))
         return problem(
             502,
             "upstream-unreachable",
@@ -278,7 +278,7 @@ def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
             f"service {name!r} refused the connection",
         )
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        log.warning("upstream %s failed: %r", name, exc)
+        log.warning("upstream %s failed: %s", name, _brief(exc))
         return problem(
             502,
             "upstream-failed",
@@ -286,3 +286,9 @@ def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
             f"service {name!r} broke off or sent a bad response",
         )
     raise exc
+
+
+def _brief(exc: BaseException) -> str:
+    # aiohttp's messages can quote kilobytes of the upstream's bytes.
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:200] + "..."

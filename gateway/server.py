@@ -58,7 +58,9 @@ class Gateway:
                     headers={"Allow": ", ".join(match.allowed)},
                 )
             status = policy.unmatched
-            return problem(status, "no-route", _UNMATCHED_TITLES[status], f"no service offers {target.path}")
+            return problem(
+                status, "no-route", _UNMATCHED_TITLES[status], f"no service offers {target.path}"
+            )
         if match.route.route.price.free:
             return await self.proxy.forward(request, match)
         return payment_required(match, request.method, self.server_key)
@@ -124,7 +126,9 @@ def prepare(settings: Settings) -> tuple[PolicyHolder, str]:
     import bsv
 
     if not bsv.native_status().get("available"):
-        raise SystemExit("farebox: bsv-sdk was installed without its native extension (libsecp256k1)")
+        raise SystemExit(
+            "farebox: bsv-sdk was installed without its native extension (libsecp256k1)"
+        )
     try:
         key = keys.load(settings.key_file)
     except keys.KeyFileError as exc:

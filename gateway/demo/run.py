@@ -29,7 +29,9 @@ TRY = (
 def run_demo(host: str, port: int, upstream_port: int, policies: Path) -> None:
     configure_logging("info")
     if upstream_port != 8403:
-        raise SystemExit("farebox demo: the example policies expect the sample upstream on port 8403")
+        raise SystemExit(
+            "farebox demo: the example policies expect the sample upstream on port 8403"
+        )
     try:
         holder = PolicyHolder.load(policies)
     except PolicyError as exc:
@@ -42,9 +44,13 @@ def run_demo(host: str, port: int, upstream_port: int, policies: Path) -> None:
         try:
             runner = await upstream.start("127.0.0.1", upstream_port)
         except OSError as exc:
-            raise SystemExit(f"farebox demo: cannot start the sample upstream on port {upstream_port}: {exc.strerror}") from None
+            raise SystemExit(
+                f"farebox demo: cannot start the sample upstream on port {upstream_port}: {exc.strerror}"
+            ) from None
         try:
-            await run_worker(settings, holder, server_key, ready=lambda p: _banner(host, p, policies))
+            await run_worker(
+                settings, holder, server_key, ready=lambda p: _banner(host, p, policies)
+            )
         finally:
             await runner.cleanup()
 

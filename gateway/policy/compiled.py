@@ -26,7 +26,7 @@ class CompiledService:
     name: str
     service: Service
     routes: tuple[CompiledRoute, ...]
-    prefix: str  # mount without trailing '/'; "" for the root mount
+    prefix: str  # mount without trailing '/' ("" for "/"); lower case if case-insensitive
     upstream: str  # upstream base URL without trailing '/'
 
 
@@ -63,8 +63,10 @@ class Policy:
             if svc.service.host is not None and svc.service.host != name:
                 continue
             prefix = svc.prefix
-            if prefix and not (path == prefix or path.startswith(prefix + "/")):
-                continue
+            if prefix:
+                head = path if svc.service.case_sensitive else path.lower()
+                if not (head == prefix or head.startswith(prefix + "/")):
+                    continue
             rel = path[len(prefix) :]
             allowed: list[str] = []
             for compiled in svc.routes:

@@ -133,6 +133,8 @@ def _compile(
             seen_mounts[key] = name
             routes = _compile_routes(doc, loc, service, issues)
             prefix = "" if service.mount == "/" else service.mount
+            if not service.case_sensitive:
+                prefix = prefix.lower()
             compiled.append(CompiledService(name, service, routes, prefix, service.upstream))
     # Bound to a host first, then the most specific (longest) mount.
     compiled.sort(key=lambda s: (s.service.host is None, -len(s.prefix)))
