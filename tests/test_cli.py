@@ -1,0 +1,297 @@
+"""The `farebox` command as admins use it: real processes, real files, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.conftest import Upstream
+from tests.farebox_process import run, serve
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def policy_text(upstream: str, price: str = "free") -> str:
+    return (
+        "services:\n"
+        "  svc:\n"
+        f"    upstream: {upstream}\n"
+        "    routes:\n"
+        "      - path: /doc\n"
+        f"        price: {price}\n"
+        "      - path: /**\n"
+        "        methods: '*'\n"
+        "        price: free\n"
+    )
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "server.key"
+    result = run("keys", "generate", "--out", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def write_policy(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "policies"
+    folder.mkdir(exist_ok=True)
+    (folder / "main.yaml").write_text(text)
+    return folder
+
+
+# --- policy check ------------------------------------------------------------------
+
+
+def test_policy_check_accepts_the_examples() -> None:
+    result = run("policy", "check", str(REPO / "policies"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: 3 file(s), 3 service(s)")
+
+
+def test_policy_check_points_at_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "services:\n  svc:\n    upstream: http://127.0.0.1:1\n    routes:\n"
+        "      - path: /a\n        price: 10\n      - path: /b\n        price: ten\n"
+    )
+    result = run("policy", "check", str(path))
+    assert result.returncode == 1
+    assert f"{path}:8: services.svc.routes[1].price: price must be 'free'" in result.stderr
+    assert "1 problem found" in result.stderr
+
+
+def test_policy_check_default_path_is_policies_dir(tmp_path: Path) -> None:
+    result = run("policy", "check", cwd=str(REPO))
+    assert result.returncode == 0
+    result = run("policy", "check", cwd=str(tmp_path))
+    assert result.returncode == 1
+    assert "policies: no such file or directory" in result.stderr
+
+
+# --- keys ------------------------------------------------------------------------
+
+
+def test_keys_generate_is_private_and_never_clobbers(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    first = run("keys", "generate", "--out", str(path))
+    assert first.returncode == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    secret = path.read_text().strip()
+    assert len(secret) == 64 and int(secret, 16)
+    assert secret not in first.stdout + first.stderr
+    public = first.stdout.split("public key: ")[1].strip()
+
+    again = run("keys", "generate", "--out", str(path))
+    assert again.returncode != 0
+    assert "already exists" in again.stderr
+    assert path.read_text().strip() == secret
+
+    shown = run("keys", "show-public", "--key-file", str(path))
+    assert shown.stdout.strip() == public
+    assert run("keys", "show-public", env={"FAREBOX_KEY": secret}).stdout.strip() == public
+
+    path.chmod(0o644)
+    forced = run("keys", "generate", "--out", str(path), "--force")
+    assert forced.returncode == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().strip() != secret
+
+
+# --- start-up refusals: one clear line, non-zero exit --------------------------------
+
+
+def test_serve_refuses_without_key(tmp_path: Path) -> None:
+    folder = write_policy(tmp_path, policy_text("http://127.0.0.1:1"))
+    result = run("serve", "--policies", str(folder), "--port", "0")
+    assert result.returncode != 0
+    assert "no server key" in result.stderr
+
+
+def test_serve_refuses_unreadable_or_open_key(tmp_path: Path, key_file: Path) -> None:
+    folder = write_policy(tmp_path, policy_text("http://127.0.0.1:1"))
+    result = run("serve", "--policies", str(folder), "--key-file", str(tmp_path / "nope"))
+    assert result.returncode != 0
+    assert "cannot read key file" in result.stderr
+    key_file.chmod(0o644)
+    result = run("serve", "--policies", str(folder), "--key-file", str(key_file))
+    assert result.returncode != 0
+    assert "readable by others" in result.stderr
+    assert key_file.read_text().strip() not in result.stderr
+
+
+def test_serve_refuses_garbage_key_without_echoing_it(tmp_path: Path) -> None:
+    folder = write_policy(tmp_path, policy_text("http://127.0.0.1:1"))
+    garbage = "ab" * 31 + "zz"
+    result = run("serve", "--policies", str(folder), env={"FAREBOX_KEY": garbage})
+    assert result.returncode != 0
+    assert "$FAREBOX_KEY does not hold a valid key" in result.stderr
+    assert garbage not in result.stderr
+
+
+def test_serve_refuses_invalid_policy(tmp_path: Path, key_file: Path) -> None:
+    folder = write_policy(tmp_path, policy_text("http://127.0.0.1:1", price="-1"))
+    result = run("serve", "--policies", str(folder), "--key-file", str(key_file))
+    assert result.returncode != 0
+    assert "invalid policy" in result.stderr
+    assert "main.yaml:6: services.svc.routes[0].price" in result.stderr
+
+
+def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
+    config = tmp_path / "farebox.yaml"
+    config.write_text("port: 8402\nwokers: 2\n")
+    result = run("serve", "--config", str(config))
+    assert result.returncode != 0
+    assert "wokers: unknown setting" in result.stderr
+    result = run("serve", env={"FAREBOX_READ_TIMEOUT": "soon"})
+    assert "read_timeout" in result.stderr and "not a duration" in result.stderr
+
+
+def test_help_reads_well() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "demo", "policy", "keys"):
+        assert command in result.stdout
+    serve_help = run("serve", "--help").stdout
+    assert "FAREBOX_" in serve_help and "--workers" in serve_help and "SIGHUP" in serve_help
+
+
+# --- running servers -----------------------------------------------------------------
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        return r.status, await r.text()
+
+
+async def wait_status(url: str, status: int, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got, _ = await get(url)
+        if got == status:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{url} still answers {got}"
+        await asyncio.sleep(0.1)
+
+
+async def test_hot_reload_swaps_valid_and_refuses_invalid(
+    tmp_path: Path, key_file: Path, upstream: Upstream
+) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    async with serve("--policies", str(folder), "--key-file", str(key_file), "--port", "0") as gw:
+        assert (await get(f"{gw.base}/doc"))[0] == 200
+
+        (folder / "main.yaml").write_text(policy_text(upstream.url, price="50"))
+        await wait_status(f"{gw.base}/doc", 402)
+        await gw.wait_for_log(r"policy version \w+ loaded")
+
+        # An invalid edit is refused; the last good policy keeps serving.
+        (folder / "main.yaml").write_text(policy_text(upstream.url, price="lots"))
+        await gw.wait_for_log(r"policy reload refused, still serving version")
+        assert "main.yaml:6: services.svc.routes[0].price" in gw.log
+        for _ in range(5):
+            status, body = await get(f"{gw.base}/doc")
+            assert status == 402 and '"satoshis": 50' in body
+        # A new file with a YAML error is refused as well.
+        (folder / "zz.yaml").write_text("services: [\n")
+        await gw.wait_for_log(r"zz.yaml:\d+: YAML syntax")
+        assert (await get(f"{gw.base}/doc"))[0] == 402
+
+
+async def test_sighup_reloads(tmp_path: Path, key_file: Path, upstream: Upstream) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    args = ("--policies", str(folder), "--key-file", str(key_file), "--port", "0", "--no-watch")
+    async with serve(*args) as gw:
+        (folder / "main.yaml").write_text(policy_text(upstream.url, price="7"))
+        await asyncio.sleep(0.5)
+        assert (await get(f"{gw.base}/doc"))[0] == 200  # not watching: nothing changed yet
+        gw.proc.send_signal(signal.SIGHUP)
+        await wait_status(f"{gw.base}/doc", 402)
+
+
+async def test_settings_from_environment_and_file(
+    tmp_path: Path, key_file: Path, upstream: Upstream
+) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url, price="9"))
+    config = tmp_path / "farebox.yaml"
+    config.write_text(f"policies: {folder}\nport: 1\nlog_level: info\n")
+    env = {
+        "FAREBOX_KEY": key_file.read_text().strip(),
+        "FAREBOX_CONFIG": str(config),
+        "FAREBOX_PORT": "5",
+    }
+    # Flag beats environment beats file: the port comes from --port.
+    async with serve("--port", "0", env=env) as gw:
+        status, body = await get(f"{gw.base}/doc")
+        assert status == 402 and '"satoshis": 9' in body
+        # The key came from the environment and must appear in no log line.
+        assert key_file.read_text().strip() not in gw.log
+
+
+async def test_sigterm_drains_in_flight_requests(
+    tmp_path: Path, key_file: Path, upstream: Upstream
+) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    async with serve("--policies", str(folder), "--key-file", str(key_file), "--port", "0") as gw:
+        in_flight = asyncio.ensure_future(get(f"{gw.base}/slow?s=1"))
+        await asyncio.sleep(0.3)
+        gw.proc.send_signal(signal.SIGTERM)
+        status, body = await in_flight
+        assert (status, body) == (200, "late")
+        assert await asyncio.wait_for(gw.proc.wait(), 10) == 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_workers_share_one_port(tmp_path: Path, key_file: Path, upstream: Upstream) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    port = free_port()
+    args = (
+        "--policies",
+        str(folder),
+        "--key-file",
+        str(key_file),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+    )
+    async with serve(*args, ready=None) as gw:
+        gw.port = port
+        for _ in range(2):
+            await gw.wait_for_log(r"listening on", timeout=20)
+        await asyncio.sleep(0.5)
+        children = psutil.Process(gw.proc.pid).children()
+        assert len(children) >= 2
+        pids = {c.pid for c in children}
+        listening = {
+            c.pid
+            for c in children
+            for conn in c.net_connections(kind="tcp")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+        }
+        assert len(listening) == 2, (pids, listening)
+        results = await asyncio.gather(*(get(f"{gw.base}/n/{i}") for i in range(100)))
+        assert all(status == 200 for status, _ in results)
+
+        # A worker that dies is replaced.
+        victim = next(iter(listening))
+        os.kill(victim, signal.SIGKILL)
+        await gw.wait_for_log(rf"worker {victim} exited .* starting another")
+        await asyncio.sleep(2)
+        assert (await get(f"{gw.base}/doc"))[0] == 200
+        assert len(psutil.Process(gw.proc.pid).children()) >= 2
+    assert gw.proc.returncode == 0
