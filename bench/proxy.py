@@ -228,10 +228,8 @@ def stop(server: Server) -> None:
     stragglers = server.processes()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         server.popen.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
     # Workers may outlive a master that was killed or exited early; the group
     # kill reaches them, and the psutil list covers any that left the group.
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -289,7 +287,9 @@ def wait_for_listeners(server: Server, count: int, deadline: float) -> None:
         except (psutil.AccessDenied, OSError):
             return  # cannot tell on this system; the accept check has to do
         listening = sum(
-            1 for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == server.port
+            1
+            for c in conns
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == server.port
         )
         if listening >= count:
             return
@@ -340,9 +340,7 @@ def nginx_temp_paths(nginx: str, prefix: Path) -> str:
     return "\n    ".join(lines)
 
 
-def nginx_common(name: str, tmp: Path, workers: int, temp_paths: str) -> str:
-    # Each instance gets its own prefix directory so their temp files and pid
-    # files never collide.
+def nginx_common(name: str, tmp: Path, workers: int) -> str:
     return f"""\
 worker_processes {workers};
 daemon off;
@@ -354,9 +352,11 @@ events {{
 """
 
 
-def proxy_nginx_conf(tmp: Path, workers: int, port: int, upstream: int, origin: int, temp: str) -> str:
+def proxy_nginx_conf(
+    tmp: Path, workers: int, port: int, upstream: int, origin: int, temp: str
+) -> str:
     return (
-        nginx_common("nginx-proxy", tmp, workers, temp)
+        nginx_common("nginx-proxy", tmp, workers)
         + f"""\
 http {{
     access_log off;
@@ -396,7 +396,7 @@ def origin_nginx_conf(tmp: Path, port: int, root: Path, temp: str) -> str:
     # One worker, like the single-process aiohttp upstream: it is an upstream
     # here, not one of the proxies being compared.
     return (
-        nginx_common("nginx-origin", tmp, 1, temp)
+        nginx_common("nginx-origin", tmp, 1)
         + f"""\
 http {{
     access_log off;
@@ -451,7 +451,9 @@ class Bench:
         up, origin, ngx, fb = free_ports(4)
         self.ports = {"upstream": up, "origin": origin, "nginx": ngx, "farebox": fb}
 
-    def spawn(self, name: str, port: int, cmd: Sequence[str], env: dict[str, str] | None = None) -> Server:
+    def spawn(
+        self, name: str, port: int, cmd: Sequence[str], env: dict[str, str] | None = None
+    ) -> Server:
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             # A session of its own: Ctrl-C in the terminal reaches only us, and
@@ -479,10 +481,17 @@ class Bench:
         www = tmp / "www" / "static"
         www.mkdir(parents=True)
         (www / Path(STATIC_FILE).name).write_bytes(static_body(BODY_SIZE))
-        nginx_flags = ["-e", str(tmp / "nginx-startup.log")] if nginx_version(args.nginx) >= (1, 19, 5) else []
+        nginx_flags = (
+            ["-e", str(tmp / "nginx-startup.log")]
+            if nginx_version(args.nginx) >= (1, 19, 5)
+            else []
+        )
         confs = {
             "nginx-origin": origin_nginx_conf(
-                tmp, ports["origin"], tmp / "www", nginx_temp_paths(args.nginx, tmp / "nginx-origin")
+                tmp,
+                ports["origin"],
+                tmp / "www",
+                nginx_temp_paths(args.nginx, tmp / "nginx-origin"),
             ),
             "nginx-proxy": proxy_nginx_conf(
                 tmp,
@@ -497,7 +506,16 @@ class Bench:
             (tmp / name).mkdir()
             (tmp / f"{name}.conf").write_text(text)
             test = subprocess.run(
-                [args.nginx, "-t", "-q", "-p", str(tmp / name), "-c", str(tmp / f"{name}.conf"), *nginx_flags],
+                [
+                    args.nginx,
+                    "-t",
+                    "-q",
+                    "-p",
+                    str(tmp / name),
+                    "-c",
+                    str(tmp / f"{name}.conf"),
+                    *nginx_flags,
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -511,7 +529,11 @@ class Bench:
         key = tmp / "server.key"
         farebox = [sys.executable, "-m", "gateway.cli"]
         made = subprocess.run(
-            [*farebox, "keys", "generate", "--out", str(key)], capture_output=True, text=True, env=env, check=False
+            [*farebox, "keys", "generate", "--out", str(key)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         if made.returncode != 0:
             raise BenchError(f"farebox keys generate failed:\n{made.stdout}{made.stderr}")
@@ -519,7 +541,15 @@ class Bench:
         self.spawn(
             "upstream",
             ports["upstream"],
-            [sys.executable, "-m", "gateway.demo.upstream", "--host", HOST, "--port", str(ports["upstream"])],
+            [
+                sys.executable,
+                "-m",
+                "gateway.demo.upstream",
+                "--host",
+                HOST,
+                "--port",
+                str(ports["upstream"]),
+            ],
             env,
         )
         for name, port_name in (("nginx-origin", "origin"), ("nginx-proxy", "nginx")):
@@ -547,7 +577,10 @@ class Bench:
         for scenario in self.scenarios():
             for target in TARGETS:
                 check_target(
-                    f"{target} ({scenario.key})", self.port_of(scenario, target), scenario.path, scenario.size
+                    f"{target} ({scenario.key})",
+                    self.port_of(scenario, target),
+                    scenario.path,
+                    scenario.size,
                 )
 
     def scenarios(self) -> list[Scenario]:
@@ -578,7 +611,9 @@ class Bench:
         cpu["wrk"] = 100 * (children_cpu_seconds() - wrk_before) / wall
         run = Run(scenario.key, target, url, result, {k: round(v, 1) for k, v in cpu.items()})
         if "proxy" in cpu and result.requests:
-            run.proxy_cpu_us_per_request = round(cpu["proxy"] / 100 * wall / result.requests * 1e6, 1)
+            run.proxy_cpu_us_per_request = round(
+                cpu["proxy"] / 100 * wall / result.requests * 1e6, 1
+            )
         return run
 
     def close(self) -> None:
@@ -653,7 +688,9 @@ def print_table(scenario: Scenario, runs: dict[str, Run]) -> None:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         print("  " + "  ".join(cells))
     fb_ngx = ratio(runs.get("farebox"), runs.get("nginx"))
     fb_direct = ratio(runs.get("farebox"), runs.get("direct"))
@@ -676,7 +713,9 @@ def environment(args: argparse.Namespace) -> dict[str, object]:
         except importlib.metadata.PackageNotFoundError:
             return "?"
 
-    wrk_banner = subprocess.run([args.wrk, "--version"], capture_output=True, text=True, check=False)
+    wrk_banner = subprocess.run(
+        [args.wrk, "--version"], capture_output=True, text=True, check=False
+    )
     wrk_version = (wrk_banner.stdout or wrk_banner.stderr).splitlines()[:1]
     model = "?"
     with contextlib.suppress(OSError):
@@ -762,18 +801,53 @@ generator and the upstream sharing the same cores.""",
         help="worker processes for both proxies: nginx worker_processes and "
         "farebox --workers (default 1; the upstreams always have one)",
     )  # fmt: skip
-    parser.add_argument("--connections", "-c", type=positive_int, default=64, metavar="N", help="wrk connections (default 64)")
-    parser.add_argument("--threads", "-t", type=positive_int, default=1, metavar="N", help="wrk threads (default 1)")
-    parser.add_argument("--duration", "-d", type=seconds, default=10.0, metavar="TIME", help="length of each measured run, e.g. 10s or 1m (default 10s)")
-    parser.add_argument("--warmup", type=seconds, default=2.0, metavar="TIME", help="warm-up run before each measured run; 0 skips it (default 2s)")
+    parser.add_argument(
+        "--connections",
+        "-c",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="wrk connections (default 64)",
+    )
+    parser.add_argument(
+        "--threads", "-t", type=positive_int, default=1, metavar="N", help="wrk threads (default 1)"
+    )
+    parser.add_argument(
+        "--duration",
+        "-d",
+        type=seconds,
+        default=10.0,
+        metavar="TIME",
+        help="length of each measured run, e.g. 10s or 1m (default 10s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=seconds,
+        default=2.0,
+        metavar="TIME",
+        help="warm-up run before each measured run; 0 skips it (default 2s)",
+    )
     parser.add_argument(
         "--scenarios", type=scenario_list, default=tuple(s.key for s in SCENARIOS), metavar="LIST",
         help="comma-separated subset of hello,static,stream (default all)",
     )  # fmt: skip
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON")
-    parser.add_argument("--nginx", default=find_tool("nginx"), metavar="PATH", help="nginx binary (default: from PATH or /usr/sbin)")
-    parser.add_argument("--wrk", default=find_tool("wrk"), metavar="PATH", help="wrk binary (default: from PATH)")
-    parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory (configs, server logs) for inspection")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the results to FILE as JSON"
+    )
+    parser.add_argument(
+        "--nginx",
+        default=find_tool("nginx"),
+        metavar="PATH",
+        help="nginx binary (default: from PATH or /usr/sbin)",
+    )
+    parser.add_argument(
+        "--wrk", default=find_tool("wrk"), metavar="PATH", help="wrk binary (default: from PATH)"
+    )
+    parser.add_argument(
+        "--keep-temp",
+        action="store_true",
+        help="keep the temporary directory (configs, server logs) for inspection",
+    )
     args = parser.parse_args(argv)
     for tool in ("nginx", "wrk"):
         if not getattr(args, tool):
@@ -805,11 +879,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.warmup:g}s warm-up; proxies with {args.workers} worker(s); "
         f"{runs_total} runs, about {estimate / 60:.1f} min"
     )
-    if env["cpus"] is not None and int(str(env["cpus"])) < 4:
+    cpus = psutil.cpu_count(logical=True) or 0
+    if cpus < 4:
         print(
-            "note: wrk, the upstream and the proxy share "
-            f"{env['cpus']} CPUs; throughput is bounded by that contention, "
-            "so also compare the CPU columns"
+            f"note: wrk, the upstream and the proxy share {cpus} CPUs, so throughput is "
+            "bounded by that contention: compare the CPU columns too"
         )
 
     results: dict[str, dict[str, Run]] = {}
@@ -841,7 +915,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "farebox_over_direct": _round(ratio(runs.get("farebox"), runs.get("direct"))),
             "aim_met": met,
         }
-        verdicts.append(f"{key} {'met' if met else 'MISSED'} ({r:.2f}x)" if r is not None else f"{key} n/a")
+        verdicts.append(
+            f"{key} {'met' if met else 'MISSED'} ({r:.2f}x)" if r is not None else f"{key} n/a"
+        )
     all_met = all(v["aim_met"] for v in summary.values())
     print(
         f"Aim Farebox >= {AIM} x nginx req/s: {'; '.join(verdicts)} -> "
