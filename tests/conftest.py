@@ -102,10 +102,13 @@ def recording_app(record: Upstream) -> web.Application:
             return response
         block = b"x" * 65536
         left = size
-        while left > 0:
-            await response.write(block[: min(left, len(block))])
-            left -= len(block)
-        await response.write_eof()
+        try:
+            while left > 0:
+                await response.write(block[: min(left, len(block))])
+                left -= len(block)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the gateway let go of us: expected when its client hangs up
         return response
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:

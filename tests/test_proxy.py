@@ -431,3 +431,17 @@ async def test_concurrent_requests_share_the_pool(gateway, upstream) -> None:
 
         paths = await asyncio.gather(*(one(i) for i in range(200)))
     assert sorted(paths) == sorted(f"/n/{i}" for i in range(200))
+
+
+async def test_client_hanging_up_mid_download_is_quiet_and_harmless(
+    gateway, upstream, caplog
+) -> None:
+    base = await start(gateway, upstream)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/big/{1 << 30}") as r:
+            await r.content.readexactly(1 << 20)
+        # Leaving the block closes the connection with ~1 GiB unread.
+        await asyncio.sleep(0.3)
+        async with http.get(f"{base}/after") as r:
+            assert r.status == 200
+    assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
