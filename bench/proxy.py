@@ -50,6 +50,8 @@ STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL on the way out
 # wrk's default 2s timeout silently drops slow responses from the latency
 # statistics; a generous one keeps them in (and counts real hangs as errors).
 WRK_TIMEOUT = "10s"
+# Percent of one core taken by others during a run above which we say so.
+NOISY = 20.0
 
 
 class BenchError(Exception):
@@ -76,8 +78,20 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("hello", "sample aiohttp upstream, GET /bench/hello (1 KiB JSON)", "/bench/hello", BODY_SIZE, "upstream"),
-    Scenario("static", f"static nginx upstream, GET {STATIC_FILE} (1 KiB file)", STATIC_FILE, BODY_SIZE, "origin"),
+    Scenario(
+        "hello",
+        "sample aiohttp upstream, GET /bench/hello (1 KiB JSON)",
+        "/bench/hello",
+        BODY_SIZE,
+        "upstream",
+    ),
+    Scenario(
+        "static",
+        f"static nginx upstream, GET {STATIC_FILE} (1 KiB file)",
+        STATIC_FILE,
+        BODY_SIZE,
+        "origin",
+    ),
     Scenario(
         "stream",
         f"streaming, GET /bench/bytes/{STREAM_SIZE} (1 MiB body) from the sample upstream",
@@ -86,7 +100,7 @@ SCENARIOS = (
         "upstream",
         streaming=True,
     ),
-)  # fmt: skip
+)
 TARGETS = ("direct", "nginx", "farebox")
 
 
@@ -115,6 +129,10 @@ class Run:
     # Percent of one core used during the measured run, per component.
     cpu_percent: dict[str, float] = field(default_factory=dict)
     proxy_cpu_us_per_request: float | None = None
+    # Load that is not ours (other processes, the hypervisor): when it is
+    # high, the run measured the machine's neighbours as much as the proxy.
+    other_cpu_percent: float = 0.0
+    steal_percent: float = 0.0
 
 
 # --------------------------------------------------------------------------
@@ -220,6 +238,25 @@ def children_cpu_seconds() -> float:
     # RUSAGE_CHILDREN around it is wrk's own CPU time.
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def foreign_cpu(ours: set[int]) -> dict[int, float]:
+    """CPU seconds so far of every user-space process that is not part of the bench."""
+    out: dict[int, float] = {}
+    for proc in psutil.process_iter(["pid", "ppid"]):
+        pid, ppid = proc.info["pid"], proc.info["ppid"]
+        # Kernel threads (children of kthreadd, pid 2) include the softirq
+        # workers that carry our own loopback traffic: not someone else's load.
+        if pid in ours or pid in (0, 2) or ppid == 2:
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            out[pid] = times.user + times.system
+    return out
+
+
+def steal_seconds() -> float:
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 def stop(server: Server) -> None:
@@ -502,23 +539,19 @@ class Bench:
                 nginx_temp_paths(args.nginx, tmp / "nginx-proxy"),
             ),
         }
+
+        def nginx_cmd(name: str, *extra: str) -> list[str]:
+            conf = tmp / f"{name}.conf"
+            # -p: a prefix of its own per instance, so temp files never collide.
+            return [args.nginx, *extra, "-p", str(tmp / name), "-c", str(conf), *nginx_flags]
+
         for name, text in confs.items():
             (tmp / name).mkdir()
             (tmp / f"{name}.conf").write_text(text)
+            # `nginx -t` first: a config error then reads as one, not as a
+            # server that never started.
             test = subprocess.run(
-                [
-                    args.nginx,
-                    "-t",
-                    "-q",
-                    "-p",
-                    str(tmp / name),
-                    "-c",
-                    str(tmp / f"{name}.conf"),
-                    *nginx_flags,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
+                nginx_cmd(name, "-t", "-q"), capture_output=True, text=True, check=False
             )
             if test.returncode != 0:
                 raise BenchError(f"nginx rejected {name}.conf:\n{test.stderr}\n{text}")
@@ -538,26 +571,12 @@ class Bench:
         if made.returncode != 0:
             raise BenchError(f"farebox keys generate failed:\n{made.stdout}{made.stderr}")
 
+        upstream = [sys.executable, "-m", "gateway.demo.upstream", "--host", HOST]
         self.spawn(
-            "upstream",
-            ports["upstream"],
-            [
-                sys.executable,
-                "-m",
-                "gateway.demo.upstream",
-                "--host",
-                HOST,
-                "--port",
-                str(ports["upstream"]),
-            ],
-            env,
+            "upstream", ports["upstream"], [*upstream, "--port", str(ports["upstream"])], env
         )
         for name, port_name in (("nginx-origin", "origin"), ("nginx-proxy", "nginx")):
-            self.spawn(
-                name,
-                ports[port_name],
-                [args.nginx, "-p", str(tmp / name), "-c", str(tmp / f"{name}.conf"), *nginx_flags],
-            )
+            self.spawn(name, ports[port_name], nginx_cmd(name))
         self.spawn(
             "farebox",
             ports["farebox"],
@@ -596,20 +615,34 @@ class Bench:
         args = self.args
         url = f"http://{HOST}:{self.port_of(scenario, target)}{scenario.path}"
         if args.warmup > 0:
-            # Fills connection pools, JIT-free but cache- and allocator-warm.
+            # Opens the proxies' upstream pools and warms caches and allocators,
+            # so the measured run sees the steady state, not the start-up.
             run_wrk(args, url, args.warmup, latency=False)
         watched = {"origin": self.component(scenario.origin)}
         if target != "direct":
             watched["proxy"] = self.component(target)
         procs = {role: server.processes() for role, server in watched.items()}
+        ours = {os.getpid()} | {p.pid for s in self.servers.values() for p in s.processes()}
         before = {role: cpu_seconds(p) for role, p in procs.items()}
+        others_before, steal_before = foreign_cpu(ours), steal_seconds()
         wrk_before = children_cpu_seconds()
         started = time.monotonic()
         result = parse_wrk(run_wrk(args, url, args.duration, latency=True))
         wall = time.monotonic() - started
         cpu = {role: 100 * (cpu_seconds(p) - before[role]) / wall for role, p in procs.items()}
         cpu["wrk"] = 100 * (children_cpu_seconds() - wrk_before) / wall
-        run = Run(scenario.key, target, url, result, {k: round(v, 1) for k, v in cpu.items()})
+        # wrk has exited by now, so it is not among the processes still
+        # running; one that started during the run counts from zero.
+        others = sum(t - others_before.get(pid, 0.0) for pid, t in foreign_cpu(ours).items())
+        run = Run(
+            scenario.key,
+            target,
+            url,
+            result,
+            {k: round(v, 1) for k, v in cpu.items()},
+            other_cpu_percent=round(100 * others / wall, 1),
+            steal_percent=round(100 * (steal_seconds() - steal_before) / wall, 1),
+        )
         if "proxy" in cpu and result.requests:
             run.proxy_cpu_us_per_request = round(
                 cpu["proxy"] / 100 * wall / result.requests * 1e6, 1
@@ -666,15 +699,40 @@ def ratio(a: Run | None, b: Run | None) -> float | None:
     return a.wrk.requests_per_s / b.wrk.requests_per_s
 
 
-def print_table(scenario: Scenario, runs: dict[str, Run]) -> None:
-    head = ["target", "req/s", "p50", "p99"]
+def median_run(runs: Sequence[Run]) -> Run:
+    """The run with the median req/s (the lower middle one for an even count).
+
+    A whole run rather than per-column medians, so its latencies and CPU
+    figures belong to the same measurement as its req/s.
+    """
+    ordered = sorted(runs, key=lambda r: r.wrk.requests_per_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def spread(runs: Sequence[Run]) -> str:
+    rates = [r.wrk.requests_per_s for r in runs]
+    mid = median_run(runs).wrk.requests_per_s
+    return f"{100 * (max(rates) - min(rates)) / mid:.0f}%" if mid else "-"
+
+
+def print_table(scenario: Scenario, rounds: dict[str, list[Run]]) -> None:
+    runs = {target: median_run(rs) for target, rs in rounds.items()}
+    several = any(len(rs) > 1 for rs in rounds.values())
+    head = ["target", "req/s"]
+    if several:
+        head.append("spread")
+    head += ["p50", "p99"]
     if scenario.streaming:
         head.append("MiB/s")
-    head += ["errors", "proxy CPU", f"{scenario.origin} CPU", "wrk CPU", "proxy CPU/req"]
+    head += ["errors", "proxy CPU", f"{scenario.origin} CPU", "wrk CPU", "other CPU"]
+    head.append("proxy CPU/req")
     rows = [head]
     for target, run in runs.items():
         w = run.wrk
-        row = [target, f"{w.requests_per_s:,.0f}", fmt_ms(w.p50_ms), fmt_ms(w.p99_ms)]
+        row = [target, f"{w.requests_per_s:,.0f}"]
+        if several:
+            row.append(spread(rounds[target]))
+        row += [fmt_ms(w.p50_ms), fmt_ms(w.p99_ms)]
         if scenario.streaming:
             row.append(f"{w.transfer_mib_s:,.1f}")
         us = run.proxy_cpu_us_per_request
@@ -683,6 +741,7 @@ def print_table(scenario: Scenario, runs: dict[str, Run]) -> None:
             fmt_pct(run.cpu_percent.get("proxy")),
             fmt_pct(run.cpu_percent.get("origin")),
             fmt_pct(run.cpu_percent.get("wrk")),
+            fmt_pct(run.other_cpu_percent + run.steal_percent),
             "-" if us is None else f"{us:,.0f} us",
         ]
         rows.append(row)
@@ -704,6 +763,12 @@ def print_table(scenario: Scenario, runs: dict[str, Run]) -> None:
                 f"  warning: {target} had {run.wrk.non_2xx} non-2xx answers and "
                 f"{run.wrk.socket_errors} socket errors: its numbers are suspect"
             )
+        noise = run.other_cpu_percent + run.steal_percent
+        if noise >= NOISY:
+            print(
+                f"  warning: during the {target} run other processes or the hypervisor took "
+                f"{noise:.0f}% of a core: the machine was not quiet, numbers are skewed"
+            )
 
 
 def environment(args: argparse.Namespace) -> dict[str, object]:
@@ -716,7 +781,11 @@ def environment(args: argparse.Namespace) -> dict[str, object]:
     wrk_banner = subprocess.run(
         [args.wrk, "--version"], capture_output=True, text=True, check=False
     )
-    wrk_version = (wrk_banner.stdout or wrk_banner.stderr).splitlines()[:1]
+    # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer": keep the version.
+    wrk_version = [
+        re.sub(r"\s*\[.*", "", line)
+        for line in (wrk_banner.stdout or wrk_banner.stderr).splitlines()[:1]
+    ]
     model = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -792,9 +861,16 @@ The aim from the issue is Farebox >= {AIM} x nginx requests/s in every
 scenario; the last line says whether it is met. The exit status is 0 either
 way (this is a measurement): non-zero only when something could not run.
 
-CPU columns are percent of one core during the measured run; "proxy CPU/req"
-is the proxy's CPU time per request, the cost least skewed by the load
-generator and the upstream sharing the same cores.""",
+CPU columns are percent of one core during the measured run; "other CPU" is
+what processes outside the bench (and hypervisor steal) took meanwhile, a
+warning sign when it is high. "proxy CPU/req" is the proxy's CPU time per
+request, the cost least skewed by the load generator and the upstream sharing
+the same cores.
+
+Examples:
+  ./dev bench                               the default run, about 2 minutes
+  ./dev bench --workers 2 --json bench/results/w2.json
+  ./dev bench --scenarios static --rounds 5 --duration 5s""",
     )
     parser.add_argument(
         "--workers", type=positive_int, default=1, metavar="N",
@@ -826,6 +902,14 @@ generator and the upstream sharing the same cores.""",
         default=2.0,
         metavar="TIME",
         help="warm-up run before each measured run; 0 skips it (default 2s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="measure every target N times, taking turns, and report the median run; "
+        "use 3 or more on a shared or virtual machine (default 1)",
     )
     parser.add_argument(
         "--scenarios", type=scenario_list, default=tuple(s.key for s in SCENARIOS), metavar="LIST",
@@ -867,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     env = environment(args)
     scenarios = [s for s in SCENARIOS if s.key in args.scenarios]
-    runs_total = len(scenarios) * len(TARGETS)
+    runs_total = len(scenarios) * len(TARGETS) * args.rounds
     estimate = runs_total * (args.duration + args.warmup)
     print(
         f"Farebox proxy benchmark: {env['cpus']} CPUs ({env['cpu_model']}), "
@@ -886,24 +970,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bounded by that contention: compare the CPU columns too"
         )
 
-    results: dict[str, dict[str, Run]] = {}
+    rounds: dict[str, dict[str, list[Run]]] = {}
     try:
         with running(args) as bench:
             print("all servers up; every target answered 200 with the expected body\n")
             for number, scenario in enumerate(scenarios, 1):
-                print(f"[{number}] {scenario.title}")
-                runs: dict[str, Run] = {}
-                for target in TARGETS:
-                    runs[target] = bench.measure(scenario, target)
-                results[scenario.key] = runs
+                print(f"[{number}] {scenario.title}", flush=True)
+                runs: dict[str, list[Run]] = {target: [] for target in TARGETS}
+                # Targets take turns round by round, so a slow patch on a
+                # shared machine hits all of them rather than one.
+                for _ in range(args.rounds):
+                    for target in TARGETS:
+                        runs[target].append(bench.measure(scenario, target))
+                rounds[scenario.key] = runs
                 print_table(scenario, runs)
                 print()
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Interrupted):
-        print("\ninterrupted; servers stopped and temporary files removed", file=sys.stderr)
+        print("\ninterrupted; servers stopped", file=sys.stderr)
         return 130
+    results = {key: {t: median_run(rs) for t, rs in runs.items()} for key, runs in rounds.items()}
 
     verdicts = []
     summary = {}
@@ -933,12 +1021,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "threads": args.threads,
                 "duration_s": args.duration,
                 "warmup_s": args.warmup,
+                "rounds": args.rounds,
             },
             "environment": env,
             "scenarios": {
                 key: {
                     "title": next(s.title for s in SCENARIOS if s.key == key),
                     "runs": {t: _run_json(run) for t, run in runs.items()},
+                    "rounds": {t: [_run_json(r) for r in rs] for t, rs in rounds[key].items()},
                     **summary[key],
                 }
                 for key, runs in results.items()

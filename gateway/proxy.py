@@ -65,6 +65,7 @@ class Proxy:
         self.read_timeout = read_timeout
         self.connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[int | None, int | None], aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -89,11 +90,15 @@ class Proxy:
 
     def _timeout(self, match: Match) -> aiohttp.ClientTimeout:
         svc = match.service.service
-        return aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=svc.connect_timeout or self.connect_timeout,
-            sock_read=svc.read_timeout or self.read_timeout,
-        )
+        key = (svc.connect_timeout, svc.read_timeout)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=svc.connect_timeout or self.connect_timeout,
+                sock_read=svc.read_timeout or self.read_timeout,
+            )
+        return timeout
 
     async def forward(
         self, request: web.BaseRequest, match: Match, extra: dict[str, str] | None = None
@@ -144,6 +149,11 @@ class Proxy:
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
+        except ConnectionError:
+            # The client went away; releasing the upstream response (in
+            # forward) drops that connection instead of reusing it.
+            log.debug("client left before %s finished its response", match.service.name)
+            return response
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are gone already: the only honest signal left is to cut
             # the connection so the client sees a truncated response.
