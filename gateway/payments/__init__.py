@@ -1,0 +1,1 @@
+"""Payments: reading, checking and accepting BSV payments for a priced request."""

@@ -1,0 +1,218 @@
+"""Every check a payment passes before it may buy anything.
+
+`Transaction.verify()` in bsv-sdk is not a payment check (it accepts outputs
+worth more than inputs, no inputs, duplicate inputs, and recurses without a
+memo), so the checks are spelled out here, in this order, each bounded:
+
+1. structure of every unconfirmed transaction: ≥ 1 input, no outpoint spent
+   twice, every parent present, Σ inputs ≥ Σ outputs;
+2. the ancestry walk, iterative with a memo, capped in size and depth,
+   stopping at transactions proven by a merkle path;
+3. the payment output: P2PKH to the derived payee key, enough satoshis;
+4. merkle roots of the proven ancestors, via the chain tracker;
+5. the scripts of every unconfirmed input (the expensive part, so last).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bsv import Transaction
+from bsv.script.spend import Spend
+
+from gateway.payments.beef import Beef
+from gateway.payments.errors import PaymentError
+
+
+class ChainTracker(Protocol):
+    async def is_valid_root_for_height(self, root: str, height: int) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    satoshis: int  # the price
+    payee_script: bytes  # P2PKH locking script of the derived key
+    vout: int  # which output pays
+
+
+@dataclass(frozen=True, slots=True)
+class AncestryLimits:
+    max_unconfirmed: int = 100  # unconfirmed transactions, subject included
+    max_depth: int = 25
+
+
+@dataclass(slots=True)
+class Verified:
+    txid: str
+    vout: int
+    satoshis: int  # what the payment output actually carries
+    transaction: Transaction
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+async def verify_payment(
+    beef: Beef,
+    expect: Expectation,
+    tracker: ChainTracker,
+    limits: AncestryLimits = AncestryLimits(),
+) -> Verified:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = now - clock
+        clock = now
+
+    subject = beef.subject
+    unconfirmed, proven = walk_ancestry(subject, limits)
+    for tx in unconfirmed:
+        check_structure(tx)
+    lap("structure")
+    satoshis = check_output(subject, expect)
+    lap("output")
+    await check_roots(proven, tracker)
+    lap("merkle")
+    for tx in unconfirmed:
+        check_scripts(tx)
+    lap("scripts")
+    return Verified(subject.txid(), expect.vout, satoshis, subject, timings)
+
+
+def walk_ancestry(
+    subject: Transaction, limits: AncestryLimits
+) -> tuple[list[Transaction], list[Transaction]]:
+    """Split the ancestry into unconfirmed transactions and proven ones.
+
+    Breadth-first with a memo, so a diamond-shaped ancestry costs one visit
+    per transaction (bsv-sdk's recursion doubles per level).
+    """
+    if subject.merkle_path is not None:
+        raise PaymentError("already-mined", "the payment transaction is already in a block")
+    unconfirmed: list[Transaction] = []
+    proven: list[Transaction] = []
+    seen: set[str] = {subject.txid()}
+    level = [subject]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limits.max_depth:
+            raise PaymentError(
+                "ancestry-too-deep", f"more than {limits.max_depth} unconfirmed generations"
+            )
+        following = []
+        for tx in level:
+            if tx.merkle_path is not None:
+                proven.append(tx)
+                continue
+            unconfirmed.append(tx)
+            if len(unconfirmed) > limits.max_unconfirmed:
+                raise PaymentError(
+                    "ancestry-too-large",
+                    f"more than {limits.max_unconfirmed} unconfirmed ancestors",
+                )
+            for index, tx_input in enumerate(tx.inputs):
+                parent = tx_input.source_transaction
+                if parent is None:
+                    raise PaymentError(
+                        "missing-ancestor",
+                        f"input {index} of {tx.txid()} spends {tx_input.source_txid}, which the BEEF lacks",
+                    )
+                if parent.txid() not in seen:
+                    seen.add(parent.txid())
+                    following.append(parent)
+        level = following
+    return unconfirmed, proven
+
+
+def check_structure(tx: Transaction) -> None:
+    txid = tx.txid()
+    if not tx.inputs:
+        raise PaymentError("no-inputs", f"transaction {txid} has no inputs")
+    outpoints = set()
+    total_in = 0
+    for index, tx_input in enumerate(tx.inputs):
+        outpoint = (tx_input.source_txid, tx_input.source_output_index)
+        if outpoint in outpoints:
+            raise PaymentError(
+                "duplicate-input", f"transaction {txid} spends {outpoint[0]}:{outpoint[1]} twice"
+            )
+        outpoints.add(outpoint)
+        parent = tx_input.source_transaction
+        if tx_input.source_output_index >= len(parent.outputs):
+            raise PaymentError(
+                "missing-output", f"input {index} of {txid} spends an output that does not exist"
+            )
+        total_in += parent.outputs[tx_input.source_output_index].satoshis
+    total_out = sum(out.satoshis for out in tx.outputs)
+    if total_out > total_in:
+        raise PaymentError(
+            "outputs-exceed-inputs",
+            f"transaction {txid} spends {total_out} satoshis but has only {total_in}",
+        )
+
+
+def check_output(subject: Transaction, expect: Expectation) -> int:
+    if not 0 <= expect.vout < len(subject.outputs):
+        raise PaymentError("bad-vout", f"the transaction has no output {expect.vout}")
+    output = subject.outputs[expect.vout]
+    if output.locking_script.serialize() != expect.payee_script:
+        raise PaymentError(
+            "wrong-payee", f"output {expect.vout} does not pay the derived payee key"
+        )
+    if output.satoshis < expect.satoshis:
+        raise PaymentError(
+            "underpaid",
+            f"output {expect.vout} pays {output.satoshis} satoshis; the price is {expect.satoshis}",
+        )
+    return output.satoshis
+
+
+async def check_roots(proven: list[Transaction], tracker: ChainTracker) -> None:
+    checked: set[tuple[str, int]] = set()
+    for tx in proven:
+        path = tx.merkle_path
+        try:
+            root = path.compute_root(tx.txid())
+        except Exception:  # bsv-sdk raises assorted types for a path that lacks the txid
+            raise PaymentError(
+                "bad-merkle-path", f"the merkle path of {tx.txid()} does not prove it"
+            ) from None
+        key = (root, path.block_height)
+        if key in checked:
+            continue
+        if not await tracker.is_valid_root_for_height(root, path.block_height):
+            raise PaymentError(
+                "unknown-merkle-root",
+                f"no block at height {path.block_height} has merkle root {root}",
+            )
+        checked.add(key)
+
+
+def check_scripts(tx: Transaction) -> None:
+    for index, tx_input in enumerate(tx.inputs):
+        source = tx_input.source_transaction.outputs[tx_input.source_output_index]
+        spend = Spend(
+            {
+                "sourceTXID": tx_input.source_txid,
+                "sourceOutputIndex": tx_input.source_output_index,
+                "sourceSatoshis": source.satoshis,
+                "lockingScript": source.locking_script,
+                "transactionVersion": tx.version,
+                "otherInputs": [other for j, other in enumerate(tx.inputs) if j != index],
+                "inputIndex": index,
+                "unlockingScript": tx_input.unlocking_script,
+                "outputs": tx.outputs,
+                "inputSequence": tx_input.sequence,
+                "lockTime": tx.locktime,
+            }
+        )
+        try:
+            valid = spend.validate()
+        except Exception:  # the interpreter signals failure by raising, mostly
+            valid = False
+        if not valid:
+            raise PaymentError("bad-script", f"input {index} of {tx.txid()} is not validly signed")
