@@ -1,0 +1,192 @@
+"""Access tokens: short-lived JWTs that say what a payment bought.
+
+Signed with Ed25519 (EdDSA) keys from a key ring; every token names its key
+(`kid`), the JWKS at `/.well-known/jwks.json` publishes all public keys, and
+rotating adds a new signing key while the old ones keep verifying until the
+tokens they signed expire. Verification is cached: the hot path (a request
+with a valid token) costs a dict lookup and a clock read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+ISSUER = "farebox"
+ACCESS = "farebox:access"  # audience of tokens clients present
+UPSTREAM = "farebox:upstream"  # audience of grant headers sent upstream
+ALGORITHM = "EdDSA"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified payment entitles its holder to."""
+
+    id: str
+    service: str
+    scope: str  # a canonical path, or a route pattern (mount included)
+    covers: str  # "resource" or "route"
+    methods: tuple[str, ...]
+    expires: int  # unix seconds
+    txid: str
+    satoshis: int
+    payer: str  # hash of the payer's identity key: never the key itself
+
+    def allows(self, service: str, method: str, resource: str, route_scope: str) -> bool:
+        if service != self.service or not (self.methods[0] == "*" or method in self.methods):
+            return False
+        return self.scope == (resource if self.covers == "resource" else route_scope)
+
+
+def new_grant_id() -> str:
+    return uuid.uuid4().hex
+
+
+def payer_hash(identity_key_hex: str) -> str:
+    # Enough for an upstream or auditor to link payments by one payer without
+    # learning the key: a truncated SHA-256.
+    return hashlib.sha256(bytes.fromhex(identity_key_hex)).hexdigest()[:32]
+
+
+class KeyRing:
+    """Ed25519 signing keys in a directory, one PEM file each; the newest signs."""
+
+    def __init__(self, keys: dict[str, Ed25519PrivateKey], active: str) -> None:
+        self.keys = keys
+        self.active = active
+        self.public = {kid: key.public_key() for kid, key in keys.items()}
+
+    @classmethod
+    def load(cls, folder: Path, *, create: bool = True) -> KeyRing:
+        if create and not any(folder.glob("*.pem")):
+            cls.add_key(folder)
+        found: list[tuple[float, str, Ed25519PrivateKey]] = []
+        for path in folder.glob("*.pem"):
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"{path} is not an Ed25519 key")
+            found.append((path.stat().st_mtime, _kid(key.public_key()), key))
+        if not found:
+            raise ValueError(f"no token signing keys in {folder}")
+        found.sort()
+        return cls({kid: key for _, kid, key in found}, found[-1][1])
+
+    @staticmethod
+    def add_key(folder: Path) -> str:
+        """Create a new signing key (it becomes the active one on load)."""
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        kid = _kid(key.public_key())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(folder / f"{kid}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        return kid
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [_jwk(kid, pub) for kid, pub in self.public.items()]}
+
+
+class Tokens:
+    def __init__(self, ring: KeyRing, *, cache_size: int = 100_000) -> None:
+        self.ring = ring
+        self._cache: OrderedDict[str, tuple[Grant, str]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def mint(self, grant: Grant) -> str:
+        return self._sign(grant, ACCESS)
+
+    def upstream_header(self, grant: Grant) -> str:
+        """A signed statement for the upstream: what was paid, by whom (hashed)."""
+        return self._sign(grant, UPSTREAM)
+
+    def verify(self, token: str) -> tuple[Grant, str] | None:
+        """The grant and its upstream header, or None for any bad token."""
+        hit = self._cache.get(token)
+        if hit is not None:
+            if hit[0].expires > time.time():
+                return hit
+            del self._cache[token]
+            return None
+        grant = self._decode(token)
+        if grant is None:
+            return None
+        entry = (grant, self.upstream_header(grant))
+        self._cache[token] = entry
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _sign(self, grant: Grant, audience: str) -> str:
+        claims = {
+            "iss": ISSUER,
+            "aud": audience,
+            "sub": grant.payer,
+            "jti": grant.id,
+            "iat": int(time.time()),
+            "exp": grant.expires,
+            "svc": grant.service,
+            "scope": grant.scope,
+            "covers": grant.covers,
+            "methods": list(grant.methods),
+            "txid": grant.txid,
+            "sats": grant.satoshis,
+        }
+        kid = self.ring.active
+        return jwt.encode(claims, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
+
+    def _decode(self, token: str) -> Grant | None:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self.ring.public.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                return None
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],  # never "none", never a MAC keyed with the public key
+                audience=ACCESS,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "jti", "aud", "iss"]},
+            )
+            return Grant(
+                id=str(claims["jti"]),
+                service=str(claims["svc"]),
+                scope=str(claims["scope"]),
+                covers=str(claims["covers"]),
+                methods=tuple(str(m) for m in claims["methods"]),
+                expires=int(claims["exp"]),
+                txid=str(claims["txid"]),
+                satoshis=int(claims["sats"]),
+                payer=str(claims["sub"]),
+            )
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+            return None
+
+
+def _raw(pub: Ed25519PublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _kid(pub: Ed25519PublicKey) -> str:
+    return hashlib.sha256(_raw(pub)).hexdigest()[:16]
+
+
+def _jwk(kid: str, pub: Ed25519PublicKey) -> dict[str, str]:
+    x = base64.urlsafe_b64encode(_raw(pub)).rstrip(b"=").decode()
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": ALGORITHM, "use": "sig"}

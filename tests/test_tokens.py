@@ -1,0 +1,116 @@
+"""Access tokens: minted, verified, rotated, and every forgery refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from gateway.tokens import ACCESS, UPSTREAM, Grant, KeyRing, Tokens, new_grant_id
+
+
+def grant(**overrides) -> Grant:
+    values = dict(
+        id=new_grant_id(), service="archive", scope="/archive/records/7", covers="resource",
+        methods=("GET", "HEAD"), expires=int(time.time()) + 300, txid="ab" * 32, satoshis=25, payer="cd" * 16,
+    )  # fmt: skip
+    values.update(overrides)
+    return Grant(**values)
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    return Tokens(KeyRing.load(tmp_path / "ring"))
+
+
+def test_round_trip_and_scope(tokens: Tokens) -> None:
+    g = grant()
+    verified, header = tokens.verify(tokens.mint(g))
+    assert verified == g
+    assert verified.allows("archive", "GET", "/archive/records/7", "/archive/records/{id}")
+    assert not verified.allows("archive", "GET", "/archive/records/8", "/archive/records/{id}")
+    assert not verified.allows("archive", "POST", "/archive/records/7", "/archive/records/{id}")
+    assert not verified.allows("opendata", "GET", "/archive/records/7", "/archive/records/{id}")
+    claims = jwt.decode(header, options={"verify_signature": False}, audience=UPSTREAM)
+    assert claims["aud"] == UPSTREAM and claims["txid"] == g.txid
+
+
+def test_route_grant_covers_every_resource_of_the_route(tokens: Tokens) -> None:
+    g = grant(scope="/datasets/**", covers="route")
+    verified, _ = tokens.verify(tokens.mint(g))
+    assert verified.allows("archive", "GET", "/datasets/a/b", "/datasets/**")
+    assert not verified.allows("archive", "GET", "/other", "/other/**")
+
+
+def test_expired_token_refused(tokens: Tokens) -> None:
+    assert tokens.verify(tokens.mint(grant(expires=int(time.time()) - 1))) is None
+
+
+def test_cached_token_expires_too(tokens: Tokens, monkeypatch) -> None:
+    token = tokens.mint(grant(expires=int(time.time()) + 2))
+    assert tokens.verify(token) is not None
+    monkeypatch.setattr(time, "time", lambda: 10**10)
+    assert tokens.verify(token) is None
+
+
+def test_tampered_token_refused(tokens: Tokens) -> None:
+    head, body, sig = tokens.mint(grant()).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=="))
+    claims["scope"] = "/archive/**"
+    forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert tokens.verify(f"{head}.{forged_body}.{sig}") is None
+    assert tokens.verify(f"{head}.{body}.{sig[:-4]}AAAA") is None
+
+
+def test_alg_none_and_hmac_confusion_refused(tokens: Tokens) -> None:
+    g = grant()
+    claims = jwt.decode(tokens.mint(g), options={"verify_signature": False}, audience=ACCESS)
+    kid = tokens.ring.active
+    none = jwt.encode(claims, None, algorithm="none", headers={"kid": kid})
+    assert tokens.verify(none) is None
+    # HS256 keyed with the (public!) JWK x value: the classic confusion attack.
+    x = tokens.ring.jwks()["keys"][0]["x"]
+    hmac = jwt.encode(claims, x, algorithm="HS256", headers={"kid": kid})
+    assert tokens.verify(hmac) is None
+
+
+def test_wrong_key_and_upstream_audience_refused(tokens: Tokens, tmp_path: Path) -> None:
+    other = Tokens(KeyRing.load(tmp_path / "other"))
+    assert tokens.verify(other.mint(grant())) is None
+    # A grant header leaked by an upstream is not an access token.
+    assert tokens.verify(tokens.upstream_header(grant())) is None
+    for junk in ("", "abc", "a.b.c", "x" * 5000):
+        assert tokens.verify(junk) is None
+
+
+def test_rotation_keeps_old_tokens_valid(tmp_path: Path) -> None:
+    folder = tmp_path / "ring"
+    first = Tokens(KeyRing.load(folder))
+    old = first.mint(grant())
+    time.sleep(0.01)
+    new_kid = KeyRing.add_key(folder)
+    rotated = Tokens(KeyRing.load(folder))
+    assert rotated.ring.active == new_kid
+    assert rotated.verify(old) is not None
+    assert jwt.get_unverified_header(rotated.mint(grant()))["kid"] == new_kid
+    assert {k["kid"] for k in rotated.ring.jwks()["keys"]} == {first.ring.active, new_kid}
+
+
+def test_upstream_can_verify_with_jwks(tokens: Tokens) -> None:
+    header = tokens.upstream_header(grant())
+    jwks = jwt.PyJWKSet.from_dict(tokens.ring.jwks())
+    kid = jwt.get_unverified_header(header)["kid"]
+    key = next(k for k in jwks.keys if k.key_id == kid)
+    claims = jwt.decode(header, key.key, algorithms=["EdDSA"], audience=UPSTREAM)
+    assert claims["svc"] == "archive"
+
+
+def test_key_files_are_private(tmp_path: Path) -> None:
+    KeyRing.load(tmp_path / "ring")
+    assert (tmp_path / "ring").stat().st_mode & 0o077 == 0
+    for pem in (tmp_path / "ring").glob("*.pem"):
+        assert pem.stat().st_mode & 0o077 == 0
