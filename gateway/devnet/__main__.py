@@ -1,0 +1,5 @@
+"""`python -m gateway.devnet --port N`: run the devnet standalone."""
+
+from gateway.devnet.http import main
+
+main()
