@@ -12,6 +12,7 @@ import json
 
 from aiohttp import web
 
+from gateway.payments.errors import PaymentError
 from gateway.policy import Match
 from gateway.problems import CONTENT_TYPE, problem_body
 
@@ -51,11 +52,18 @@ def payment_request(match: Match, method: str, server_key: str) -> dict:
     }
 
 
-def payment_required(match: Match, method: str, server_key: str) -> web.Response:
+def payment_required(
+    match: Match, method: str, server_key: str, refused: PaymentError | None = None
+) -> web.Response:
+    """402 with the payment request; `refused` says why a payment just failed."""
     request = payment_request(match, method, server_key)
     sats = request["price"]["satoshis"]
-    detail = f"{method} {match.resource} costs {sats} satoshis"
-    body = problem_body(402, "payment-required", "Payment required", detail, payment=request)
+    if refused is None:
+        reason, title = "payment-required", "Payment required"
+        detail = f"{method} {match.resource} costs {sats} satoshis"
+    else:
+        reason, title, detail = refused.reason, "Payment refused", refused.detail
+    body = problem_body(402, reason, title, detail, payment=request)
     return web.Response(
         status=402,
         body=json.dumps(body, ensure_ascii=False).encode(),

@@ -22,14 +22,18 @@ from dataclasses import dataclass
 import uvloop
 from aiohttp import web
 
-from gateway import keys
+from gateway import keys, wellknown
+from gateway.access import GRANT_HEADER, by_payment, by_token, has_payment, set_token
 from gateway.challenge import payment_required
 from gateway.config import Settings
 from gateway.paths import PathError, canonicalize
-from gateway.policy import NoMatch
+from gateway.payments.cashier import Cashier
+from gateway.payments.errors import PaymentError
+from gateway.policy import Match, NoMatch
 from gateway.policy.reload import PolicyHolder
 from gateway.problems import problem
 from gateway.proxy import Proxy
+from gateway.tokens import Tokens
 
 log = logging.getLogger("farebox")
 
@@ -41,12 +45,17 @@ class Gateway:
     policy: PolicyHolder
     proxy: Proxy
     server_key: str  # compressed public key, hex: safe to show anyone
+    tokens: Tokens | None = None
+    cashier: Cashier | None = None
+    cookie_secure: bool = True
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             target = canonicalize(request.raw_path)
         except PathError as exc:
             return problem(400, exc.reason, "Bad request target", exc.detail)
+        if wellknown.is_own(target.path):
+            return await wellknown.handle(self, request, target.path)
         policy = self.policy.current
         match = policy.match(request.host, target, request.method)
         if isinstance(match, NoMatch):
@@ -64,7 +73,32 @@ class Gateway:
             )
         if match.route.route.price.free:
             return await self.proxy.forward(request, match)
-        return payment_required(match, request.method, self.server_key)
+        return await self._priced(request, match)
+
+    async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+        admitted = by_token(self.tokens, request, match) if self.tokens is not None else None
+        if admitted is None and has_payment(request):
+            if self.cashier is None:
+                return problem(
+                    503,
+                    "payments-disabled",
+                    "Payments are not configured",
+                    "this gateway has no chain services configured",
+                )
+            try:
+                admitted = await by_payment(self.cashier, request, match)
+            except PaymentError as exc:
+                if exc.status == 402:
+                    return payment_required(match, request.method, self.server_key, exc)
+                return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
+        if admitted is None:
+            return payment_required(match, request.method, self.server_key)
+        response = await self.proxy.forward(
+            request, match, {GRANT_HEADER: admitted.upstream_header}
+        )
+        if admitted.paid is not None and not response.prepared:
+            set_token(response, admitted.paid, secure=self.cookie_secure, now=int(time.time()))
+        return response
 
 
 def _tune_gc() -> None:

@@ -154,14 +154,18 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     runners: list[web.BaseRunner] = []
     proxies: list[Proxy] = []
 
-    async def start(policy: str, *, read_timeout: float = 5, connect_timeout: float = 2) -> str:
+    async def start(
+        policy: str, *, read_timeout: float = 5, connect_timeout: float = 2, **extra: object
+    ) -> str:
         path = tmp_path / "policies"
         path.mkdir(exist_ok=True)
         (path / "test.yaml").write_text(textwrap.dedent(policy))
         proxy = Proxy(connect_timeout=connect_timeout, read_timeout=read_timeout)
         await proxy.start()
         proxies.append(proxy)
-        handler = Gateway(PolicyHolder.load(path), proxy, SERVER_KEY)
+        handler = Gateway(
+            PolicyHolder.load(path), proxy, extra.pop("server_key", SERVER_KEY), **extra
+        )
         runner = web.ServerRunner(web.Server(handler.handle, access_log=None))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -1,0 +1,105 @@
+"""Getting into a priced route: an existing grant, or a payment on the request.
+
+`admit` answers one question for a matched priced request: may it be proxied
+now, and with which grant? A valid token (Bearer or cookie) for this very
+resource admits it; otherwise BRC-121 payment headers are taken to the
+cashier; otherwise there is nothing to admit and the caller challenges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+
+from aiohttp import web
+
+from gateway.payments.cashier import Accepted, Cashier, remittance
+from gateway.policy import Match
+from gateway.tokens import Grant, Tokens
+
+COOKIE = "farebox_token"
+TOKEN_HEADER = "X-Farebox-Token"
+GRANT_HEADER = "X-Farebox-Grant"
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    grant: Grant
+    upstream_header: str  # signed grant statement for the upstream
+    paid: Accepted | None = None  # set when this very request carried the payment
+
+
+def presented_tokens(request: web.BaseRequest) -> list[str]:
+    found = []
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        found.append(auth[7:].strip())
+    if COOKIE in request.cookies:
+        # Browsers send one cookie per matching path; SimpleCookie keeps all.
+        raw = request.headers.getall("Cookie", [])
+        for header in raw:
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(header)
+            except Exception:
+                continue
+            for morsel in jar.values():
+                if morsel.key == COOKIE:
+                    found.append(morsel.value)
+    return found
+
+
+def by_token(tokens: Tokens, request: web.BaseRequest, match: Match) -> Admitted | None:
+    for token in presented_tokens(request):
+        verified = tokens.verify(token)
+        if verified is None:
+            continue
+        grant, header = verified
+        if grant.allows(match.service.name, request.method, match.resource, match.route.scope):
+            return Admitted(grant, header)
+    return None
+
+
+def has_payment(request: web.BaseRequest) -> bool:
+    return "x-bsv-beef" in request.headers
+
+
+async def by_payment(cashier: Cashier, request: web.BaseRequest, match: Match) -> Admitted:
+    """Take the BRC-121 payment on this request; raises PaymentError."""
+    h = request.headers
+    payment = remittance(
+        beef=h.get("x-bsv-beef"),
+        sender=h.get("x-bsv-sender"),
+        nonce=h.get("x-bsv-nonce"),
+        time_ms=h.get("x-bsv-time"),
+        vout=h.get("x-bsv-vout"),
+        max_bytes=cashier.beef_limits.max_bytes,
+    )
+    accepted = await cashier.accept(payment, match, request.method)
+    return Admitted(accepted.grant, cashier.tokens.upstream_header(accepted.grant), accepted)
+
+
+def cookie_path(grant: Grant) -> str:
+    """The narrowest path prefix the grant's cookie must be sent for."""
+    if grant.covers == "resource":
+        return grant.scope
+    literal = []
+    for segment in grant.scope.split("/")[1:]:
+        if "*" in segment or "{" in segment:
+            break
+        literal.append(segment)
+    return "/" + "/".join(literal)
+
+
+def set_token(response: web.StreamResponse, accepted: Accepted, *, secure: bool, now: int) -> None:
+    grant = accepted.grant
+    response.headers[TOKEN_HEADER] = accepted.token
+    response.set_cookie(
+        COOKIE,
+        accepted.token,
+        path=cookie_path(grant),
+        max_age=max(0, grant.expires - now),
+        httponly=True,
+        secure=secure,
+        samesite="Lax",
+    )

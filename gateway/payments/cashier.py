@@ -1,0 +1,258 @@
+"""Taking a payment for one purchase: checks, claim, broadcast, receipt, token.
+
+The order is the money rules in code: nothing is claimed before every check
+passed; a txid is claimed atomically for exactly one purchase (a retry of the
+same purchase gets the same grant back, anything else is refused); a claim
+whose broadcast fails is released; the receipt is stored before the token
+leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from bsv import PrivateKey, PublicKey
+
+from gateway.ledger import Receipt
+from gateway.payments.beef import Limits, read_beef
+from gateway.payments.derivation import p2pkh_script, payee_key
+from gateway.payments.errors import PaymentError
+from gateway.payments.verify import AncestryLimits, ChainTracker, Expectation, verify_payment
+from gateway.policy import Match
+from gateway.store import Outcome, Store, StoreUnavailable
+from gateway.tokens import Grant, Tokens, new_grant_id, payer_hash
+
+_PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+class Broadcast(Protocol):
+    accepted: bool
+    reason: str  # short machine-readable cause when not accepted
+    detail: str
+
+
+class Broadcaster(Protocol):
+    async def broadcast(self, beef: bytes) -> Broadcast:
+        """Raise ChainUnavailable when the answer is unknown (outage, timeout)."""
+        ...
+
+
+class ChainUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Remittance:
+    """A payment as a client sends it (BRC-121 headers or the pay endpoint)."""
+
+    beef: bytes
+    sender: PublicKey
+    sender_hex: str
+    prefix: str
+    time: str  # Unix milliseconds, decimal; also the derivation suffix source
+    vout: int
+
+    @property
+    def suffix(self) -> str:
+        return base64.b64encode(self.time.encode("ascii")).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    grant: Grant
+    token: str
+    receipt: Receipt
+    repeated: bool  # an idempotent retry of an already accepted payment
+
+
+def remittance(
+    *,
+    beef: str | bytes | None,
+    sender: str | None,
+    nonce: str | None,
+    time_ms: str | None,
+    vout: str | int | None,
+    max_bytes: int,
+) -> Remittance:
+    """Validate the fields of a payment; base64 BEEF is decoded here."""
+    missing = [
+        n
+        for n, v in (
+            ("beef", beef),
+            ("sender", sender),
+            ("nonce", nonce),
+            ("time", time_ms),
+            ("vout", vout),
+        )
+        if v in (None, "")
+    ]
+    if missing:
+        raise PaymentError("missing-payment-field", f"payment lacks: {', '.join(missing)}")
+    assert sender is not None and nonce is not None and time_ms is not None and beef is not None
+    if not _PUBKEY.fullmatch(sender):
+        raise PaymentError("bad-sender", "sender must be a compressed public key in hex")
+    try:
+        sender_key = PublicKey(sender)
+    except Exception:  # bsv-sdk raises assorted types for points off the curve
+        raise PaymentError("bad-sender", "sender is not a valid public key") from None
+    if len(nonce) > 128 or not _is_base64(nonce):
+        raise PaymentError("bad-nonce", "nonce must be base64 (at most 128 characters)")
+    if not _DIGITS.fullmatch(time_ms):
+        raise PaymentError("bad-time", "time must be Unix milliseconds as a decimal number")
+    try:
+        index = int(vout)
+    except (TypeError, ValueError):
+        raise PaymentError("bad-vout", "vout must be an output index") from None
+    if not 0 <= index < 2**32:
+        raise PaymentError("bad-vout", "vout must be an output index")
+    if isinstance(beef, str):
+        if len(beef) > max_bytes * 4 // 3 + 4:
+            raise PaymentError(
+                "beef-too-large", f"BEEF is larger than {max_bytes} bytes", status=413
+            )
+        try:
+            beef = base64.b64decode(beef, validate=True)
+        except (binascii.Error, ValueError):
+            raise PaymentError("malformed-beef", "BEEF is not valid base64", status=400) from None
+    return Remittance(beef, sender_key, sender.lower(), nonce, time_ms, index)
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(text)
+
+
+class Cashier:
+    def __init__(
+        self,
+        server_key: PrivateKey,
+        *,
+        tracker: ChainTracker,
+        broadcaster: Broadcaster,
+        store: Store,
+        tokens: Tokens,
+        time_window: float = 30.0,
+        beef_limits: Limits = Limits(),
+        ancestry: AncestryLimits = AncestryLimits(),
+        settle_wait: float = 10.0,
+    ) -> None:
+        self.server_key = server_key
+        self.tracker = tracker
+        self.broadcaster = broadcaster
+        self.store = store
+        self.tokens = tokens
+        self.time_window = time_window
+        self.beef_limits = beef_limits
+        self.ancestry = ancestry
+        self.settle_wait = settle_wait
+
+    async def accept(self, payment: Remittance, match: Match, method: str) -> Accepted:
+        route = match.route.route
+        price = route.price.satoshis
+        skew = abs(time.time() * 1000 - int(payment.time)) / 1000
+        if skew > self.time_window:
+            raise PaymentError(
+                "stale-time",
+                f"payment time is {skew:.0f} s away from now (window {self.time_window:.0f} s)",
+            )
+        beef = read_beef(payment.beef, self.beef_limits)
+        payee = payee_key(self.server_key, payment.sender, payment.prefix, payment.suffix)
+        expect = Expectation(price, p2pkh_script(payee), payment.vout)
+        verified = await verify_payment(beef, expect, self.tracker, self.ancestry)
+
+        purchase = f"{match.service.name}\n{match.scope}"
+        claim = await self._claim(verified.txid, purchase)
+        if claim is not None:
+            return claim
+
+        try:
+            result = await self.broadcaster.broadcast(_plain_beef(payment.beef))
+        except ChainUnavailable as exc:
+            await self.store.release(verified.txid, purchase)
+            raise PaymentError(
+                "chain-unavailable", f"cannot reach the network to broadcast: {exc}", status=503
+            ) from None
+        except BaseException:
+            await self.store.release(verified.txid, purchase)
+            raise
+        if not result.accepted:
+            await self.store.release(verified.txid, purchase)
+            raise PaymentError(
+                result.reason or "broadcast-rejected",
+                result.detail or "the network refused the transaction",
+            )
+
+        now = int(time.time())
+        grant = Grant(
+            id=new_grant_id(),
+            service=match.service.name,
+            scope=match.scope,
+            covers=route.effective_grant.covers,
+            methods=route.methods,
+            expires=now + route.effective_grant.lasts,
+            txid=verified.txid,
+            satoshis=verified.satoshis,
+            payer=payer_hash(payment.sender_hex),
+        )
+        token = self.tokens.mint(grant)
+        receipt = Receipt(
+            txid=verified.txid,
+            vout=verified.vout,
+            satoshis=verified.satoshis,
+            service=grant.service,
+            resource=grant.scope,
+            method=method,
+            grant_id=grant.id,
+            time=now,
+            expires=grant.expires,
+            payer=grant.payer,
+        )
+        await self.store.complete(verified.txid, receipt, token)  # before the token leaves
+        return Accepted(grant, token, receipt, repeated=False)
+
+    async def _claim(self, txid: str, purchase: str) -> Accepted | None:
+        """None when this caller now owns the txid; else the earlier outcome."""
+        deadline = time.monotonic() + self.settle_wait
+        while True:
+            try:
+                claim = await self.store.claim(txid, purchase)
+            except StoreUnavailable:
+                raise PaymentError(
+                    "store-unavailable", "payments are paused: the store is unreachable", status=503
+                ) from None
+            if claim.outcome is Outcome.NEW:
+                return None
+            if claim.outcome is Outcome.CONFLICT:
+                raise PaymentError(
+                    "payment-reused", "this transaction already paid for something else"
+                )
+            if claim.receipt is not None and claim.token is not None:
+                verified = self.tokens.verify(claim.token)
+                if verified is None:
+                    raise PaymentError(
+                        "grant-expired", "this payment was accepted before and its grant has ended"
+                    )
+                return Accepted(verified[0], claim.token, claim.receipt, repeated=True)
+            # The same payment is being accepted by a concurrent request.
+            if time.monotonic() > deadline:
+                raise PaymentError(
+                    "payment-in-progress",
+                    "this payment is still being processed; retry shortly",
+                    status=409,
+                )
+            await asyncio.sleep(0.02)
+
+
+def _plain_beef(data: bytes) -> bytes:
+    # Broadcasters take BEEF; the Atomic wrapper (BRC-95) is for the payee.
+    return data[36:] if data[:4] == b"\x01\x01\x01\x01" else data

@@ -1,0 +1,169 @@
+"""Farebox's own endpoints under /.well-known/: pay, receipts, JWKS."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.access import presented_tokens, set_token
+from gateway.paths import PathError, canonicalize
+from gateway.payments.cashier import remittance
+from gateway.payments.errors import PaymentError
+from gateway.policy import NoMatch
+from gateway.problems import problem
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+PAY = "/.well-known/farebox/pay"
+RECEIPTS = "/.well-known/farebox/receipts/"
+JWKS = "/.well-known/jwks.json"
+_TXID = re.compile(r"[0-9a-f]{64}")
+
+
+def is_own(path: str) -> bool:
+    return path.startswith("/.well-known/farebox/") or path == JWKS
+
+
+async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    if path == JWKS and request.method in ("GET", "HEAD"):
+        if gw.tokens is None:
+            return problem(404, "no-route", "Not found", "this gateway issues no tokens")
+        body = json.dumps(gw.tokens.ring.jwks()).encode()
+        return web.Response(
+            body=body, content_type="application/json", headers={"Cache-Control": "max-age=300"}
+        )
+    if path == PAY:
+        if request.method != "POST":
+            return problem(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                "POST a payment here",
+                headers={"Allow": "POST"},
+            )
+        return await pay(gw, request)
+    if path.startswith(RECEIPTS) and request.method in ("GET", "HEAD"):
+        return await receipt(gw, request, path[len(RECEIPTS) :])
+    return problem(404, "no-route", "Not found", f"no Farebox endpoint at {path}")
+
+
+async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+    """Take a payment in the body: no header-size limit for large BEEF."""
+    if gw.cashier is None:
+        return problem(
+            503,
+            "payments-disabled",
+            "Payments are not configured",
+            "this gateway has no chain services configured",
+        )
+    limit = gw.cashier.beef_limits.max_bytes
+    try:
+        fields = await _pay_fields(request, limit)
+        target = canonicalize(str(fields.get("url") or ""))
+        method = str(fields.get("method") or "GET").upper()
+    except PaymentError as exc:
+        return problem(exc.status, exc.reason, "Bad payment", exc.detail)
+    except PathError as exc:
+        return problem(400, exc.reason, "Bad resource path", exc.detail)
+    match = gw.policy.current.match(request.host, target, method)
+    if isinstance(match, NoMatch) or match.route.route.price.free:
+        return problem(
+            400,
+            "not-for-sale",
+            "Nothing to pay for",
+            f"{method} {target.path} is not a priced resource",
+        )
+    try:
+        payment = remittance(
+            beef=fields.get("beef"),
+            sender=fields.get("sender"),
+            nonce=fields.get("nonce"),
+            time_ms=None if fields.get("time") is None else str(fields.get("time")),
+            vout=fields.get("vout"),
+            max_bytes=limit,
+        )
+        accepted = await gw.cashier.accept(payment, match, method)
+    except PaymentError as exc:
+        title = "Payment refused" if exc.status == 402 else "Payment not processed"
+        return problem(exc.status, exc.reason, title, exc.detail)
+    body = {
+        "token": accepted.token,
+        "expires": accepted.grant.expires,
+        "grant": {
+            "service": accepted.grant.service,
+            "scope": accepted.grant.scope,
+            "covers": accepted.grant.covers,
+            "methods": list(accepted.grant.methods),
+        },
+        "receipt": accepted.receipt.to_json(),
+        "repeated": accepted.repeated,
+    }
+    response = web.Response(
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+    set_token(response, accepted, secure=gw.cookie_secure, now=int(time.time()))
+    return response
+
+
+async def _pay_fields(request: web.BaseRequest, limit: int) -> dict[str, Any]:
+    # JSON with base64 BEEF, or the raw BEEF bytes with the rest in the query.
+    budget = limit * 4 // 3 + 16 * 1024
+    if request.content_length is not None and request.content_length > budget:
+        raise PaymentError(
+            "beef-too-large", f"payment body is larger than {budget} bytes", status=413
+        )
+    data = await request.content.read(budget + 1)
+    if len(data) > budget:
+        raise PaymentError(
+            "beef-too-large", f"payment body is larger than {budget} bytes", status=413
+        )
+    if request.content_type == "application/octet-stream":
+        fields: dict[str, Any] = dict(request.query)
+        fields["beef"] = data
+        return fields
+    try:
+        fields = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise PaymentError(
+            "malformed-payment",
+            "body must be JSON (or BEEF as application/octet-stream)",
+            status=400,
+        ) from None
+    if not isinstance(fields, dict):
+        raise PaymentError("malformed-payment", "body must be a JSON object", status=400)
+    return fields
+
+
+async def receipt(gw: Gateway, request: web.BaseRequest, txid: str) -> web.StreamResponse:
+    """The payer's receipt; proof of being the payer is the grant's token."""
+    if not _TXID.fullmatch(txid):
+        return problem(400, "bad-txid", "Bad txid", "a txid is 64 lower-case hex digits")
+    if gw.cashier is None or gw.tokens is None:
+        return problem(404, "no-receipt", "No such receipt", "this gateway takes no payments")
+    found = await gw.cashier.store.receipt(txid)
+    holder = _grant_for(gw, request, txid)
+    if found is None or holder is None:
+        # Same answer either way: a txid seen on chain reveals no purchase.
+        return problem(
+            404,
+            "no-receipt",
+            "No such receipt",
+            "present the token of this payment to see its receipt",
+        )
+    return web.Response(body=json.dumps(found.to_json()).encode(), content_type="application/json")
+
+
+def _grant_for(gw: Gateway, request: web.BaseRequest, txid: str) -> object | None:
+    assert gw.tokens is not None
+    for token in presented_tokens(request):
+        verified = gw.tokens.verify(token)
+        if verified is not None and verified[0].txid == txid:
+            return verified[0]
+    return None
