@@ -170,7 +170,7 @@ async def test_token_reuse_pays_nothing_and_is_scoped(paid: Setup) -> None:
         f"{paid.base}/archive/pages/1", {"Cookie": f"farebox_token={token}"}
     )
     assert status == 200
-    status, _, body, _ = await fetch(
+    status, _, _, _ = await fetch(
         f"{paid.base}/archive/pages/2", {"Authorization": f"Bearer {token}"}
     )
     assert status == 402  # another resource: a fresh challenge
