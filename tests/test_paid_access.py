@@ -18,7 +18,8 @@ import jwt
 import pytest
 from bsv import PrivateKey
 
-from gateway.payments.cashier import Cashier, ChainUnavailable
+from gateway.chain import ChainError
+from gateway.payments.cashier import Cashier
 from gateway.store.memory import MemoryStore
 from gateway.tokens import UPSTREAM, KeyRing, Tokens
 from tests.chainkit import Tracker, atomic_beef, pay
@@ -46,8 +47,10 @@ services:
 @dataclass
 class Result:
     accepted: bool = True
+    rejected: bool = False
     reason: str = ""
     detail: str = ""
+    status: str = "SEEN_ON_NETWORK"
 
 
 @dataclass
@@ -57,11 +60,11 @@ class FakeBroadcaster:
     down: bool = False
     delay: float = 0.0
 
-    async def broadcast(self, beef: bytes) -> Result:
+    async def broadcast(self, beef: bytes, *, txid: str | None = None) -> Result:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.down:
-            raise ChainUnavailable("connection refused")
+            raise ChainError("unreachable", "connection refused")
         self.seen.append(beef)
         return self.result
 
@@ -305,11 +308,21 @@ async def test_malformed_beef_is_400(paid: Setup) -> None:
 
 
 async def test_network_refusal_releases_nothing_and_grants_nothing(paid: Setup) -> None:
-    paid.broadcaster.result = Result(False, "double-spend", "competing transaction seen")
+    paid.broadcaster.result = Result(False, True, "double-spend", "competing transaction seen")
     headers = brc121(paid, 25)
     status, _, body, _ = await fetch(f"{paid.base}/archive/pages/1", send(headers))
     assert status == 402 and b"double-spend" in body
     assert await paid.store.receipt(headers["_txid"]) is None
+
+
+async def test_pending_broadcast_is_503_and_can_be_retried(paid: Setup) -> None:
+    paid.broadcaster.result = Result(False, False, "pending", "", "STORED")
+    headers = brc121(paid, 25)
+    status, _, body, _ = await fetch(f"{paid.base}/archive/pages/1", send(headers))
+    assert status == 503 and b"broadcast-pending" in body
+    paid.broadcaster.result = Result()
+    status, _, _, _ = await fetch(f"{paid.base}/archive/pages/1", send(headers))
+    assert status == 200
 
 
 async def test_chain_outage_is_503_and_retry_works(paid: Setup) -> None:
@@ -388,11 +401,14 @@ async def test_pay_endpoint_binary_beef(paid: Setup) -> None:
     ],
 )
 async def test_pay_endpoint_bad_input(paid: Setup, body: str, status: int, reason: str) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{paid.base}/.well-known/farebox/pay",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{paid.base}/.well-known/farebox/pay",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as r,
+    ):
         assert r.status == status
         assert (await r.json(content_type=None))["reason"] == reason
 

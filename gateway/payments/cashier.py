@@ -15,10 +15,10 @@ import binascii
 import re
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from bsv import PrivateKey, PublicKey
 
+from gateway.chain import Broadcaster, ChainError
 from gateway.ledger import Receipt
 from gateway.payments.beef import Limits, read_beef
 from gateway.payments.derivation import p2pkh_script, payee_key
@@ -30,22 +30,6 @@ from gateway.tokens import Grant, Tokens, new_grant_id, payer_hash
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,16}")
-
-
-class Broadcast(Protocol):
-    accepted: bool
-    reason: str  # short machine-readable cause when not accepted
-    detail: str
-
-
-class Broadcaster(Protocol):
-    async def broadcast(self, beef: bytes) -> Broadcast:
-        """Raise ChainUnavailable when the answer is unknown (outage, timeout)."""
-        ...
-
-
-class ChainUnavailable(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,17 +160,26 @@ class Cashier:
             return claim
 
         try:
-            result = await self.broadcaster.broadcast(_plain_beef(payment.beef))
-        except ChainUnavailable as exc:
+            # Name the payment: with unconfirmed ancestors ARC answers about
+            # the first of them unless asked about this txid.
+            result = await self.broadcaster.broadcast(payment.beef, txid=verified.txid)
+        except ChainError as exc:
             await self.store.release(verified.txid, purchase)
             raise PaymentError(
-                "chain-unavailable", f"cannot reach the network to broadcast: {exc}", status=503
+                "chain-unavailable", f"cannot broadcast now ({exc.kind}); retry later", status=503
             ) from None
         except BaseException:
             await self.store.release(verified.txid, purchase)
             raise
         if not result.accepted:
             await self.store.release(verified.txid, purchase)
+            if not result.rejected:
+                # Neither refused nor seen yet: the same payment may come again.
+                raise PaymentError(
+                    "broadcast-pending",
+                    f"the network has not taken the transaction yet ({result.status}); retry shortly",
+                    status=503,
+                )
             raise PaymentError(
                 result.reason or "broadcast-rejected",
                 result.detail or "the network refused the transaction",
@@ -251,8 +244,3 @@ class Cashier:
                     status=409,
                 )
             await asyncio.sleep(0.02)
-
-
-def _plain_beef(data: bytes) -> bytes:
-    # Broadcasters take BEEF; the Atomic wrapper (BRC-95) is for the payee.
-    return data[36:] if data[:4] == b"\x01\x01\x01\x01" else data
