@@ -84,6 +84,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_const", const=True, help="log every request")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    pay = serve.add_argument_group("payments (without a chain, priced routes only ever answer 402)")
+    pay.add_argument(
+        "--devnet-url", metavar="URL", help="take payments on a devnet (farebox devnet)"
+    )
+    pay.add_argument("--arc-url", metavar="URL", help="broadcast payments through this ARC")
+    pay.add_argument(
+        "--headers-url", metavar="URL", help="Block Headers Service that proves merkle roots"
+    )
+    pay.add_argument(
+        "--token-keys",
+        type=Path,
+        metavar="DIR",
+        help="token signing keys, created if empty (default ./token-keys)",
+    )
+    pay.add_argument(
+        "--payment-window",
+        metavar="DURATION",
+        help="how far x-bsv-time may be from now (default 30s)",
+    )
+    pay.add_argument(
+        "--insecure-cookies",
+        dest="cookie_secure",
+        action="store_const",
+        const=False,
+        help="send grant cookies over plain http too",
+    )
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser(
@@ -97,8 +123,27 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     demo.add_argument("--port", type=int, default=8402, help="gateway port (default 8402)")
-    demo.add_argument("--upstream-port", type=int, default=8403, help=argparse.SUPPRESS)
     demo.set_defaults(run=_demo)
+
+    devnet = sub.add_parser(
+        "devnet",
+        help="run a local BSV development chain",
+        description="Run a local BSV development chain (like regtest) with an ARC-compatible "
+        "API (POST /v1/tx, GET /v1/tx/{txid}), block headers, merkle-root checks and a faucet "
+        "(POST /faucet). Point a gateway at it with --devnet-url.",
+    )
+    devnet.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    devnet.add_argument("--port", type=int, default=8404, help="port (default 8404)")
+    devnet.add_argument(
+        "--block-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="mine pending transactions this often; 0 = only on POST /mine (default 10)",
+    )
+    devnet.set_defaults(run=_devnet)
 
     policy = sub.add_parser(
         "policy", help="work with policy files", description="Work with policy files."
@@ -159,7 +204,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     names = (
         "host", "port", "workers", "policies", "key_file", "connect_timeout", "read_timeout",
-        "upstream_connections", "watch", "access_log", "log_level",
+        "upstream_connections", "watch", "access_log", "log_level", "devnet_url", "arc_url",
+        "headers_url", "token_keys", "payment_window", "cookie_secure",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:
@@ -172,7 +218,22 @@ def _serve(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from gateway.demo.run import run_demo
 
-    run_demo(args.host, args.port, args.upstream_port, EXAMPLES)
+    run_demo(args.host, args.port, EXAMPLES)
+
+
+def _devnet(args: argparse.Namespace) -> None:
+    from gateway.devnet.http import main as devnet_main
+
+    devnet_main(
+        [
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--block-interval",
+            str(args.block_interval),
+        ]
+    )
 
 
 def _policy_check(args: argparse.Namespace) -> None:

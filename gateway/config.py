@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.policy.schema import Duration
 
@@ -39,6 +39,30 @@ class Settings(BaseModel):
     watch: bool = True
     access_log: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Payments
+    token_keys: Path = Path("token-keys")
+    payment_window: Duration = 30
+    cookie_secure: bool = True
+    devnet_url: str | None = None
+    arc_url: str | None = None
+    arc_api_key: str | None = None
+    arc_wait_for: str | None = "SEEN_ON_NETWORK"
+    headers_url: str | None = None
+    headers_api_key: str | None = None
+
+    @model_validator(mode="after")
+    def _chain(self) -> Settings:
+        if self.devnet_url and self.arc_url:
+            raise ValueError("set either devnet_url or arc_url, not both")
+        if self.arc_url and not self.headers_url:
+            raise ValueError(
+                "arc_url needs headers_url: payments are checked against block headers"
+            )
+        return self
+
+    @property
+    def payments_enabled(self) -> bool:
+        return bool(self.devnet_url or self.arc_url)
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -81,7 +105,7 @@ def load_settings(
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
             msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"{key}: {msg.removeprefix('Value error, ')}")
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None

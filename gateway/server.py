@@ -21,19 +21,22 @@ from dataclasses import dataclass
 
 import uvloop
 from aiohttp import web
+from bsv import PrivateKey
 
 from gateway import keys, wellknown
 from gateway.access import GRANT_HEADER, by_payment, by_token, has_payment, set_token
+from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge import payment_required
 from gateway.config import Settings
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import Cashier
 from gateway.payments.errors import PaymentError
-from gateway.policy import Match, NoMatch
+from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
 from gateway.problems import problem
 from gateway.proxy import Proxy
-from gateway.tokens import Tokens
+from gateway.store.memory import MemoryStore
+from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox")
 
@@ -118,22 +121,52 @@ def configure_logging(level: str) -> None:
     )
 
 
+@dataclass
+class Startup:
+    """What start-up loaded and checked once, before any worker runs."""
+
+    holder: PolicyHolder
+    identity: PrivateKey
+    tokens: Tokens
+
+
 async def run_worker(
     settings: Settings,
-    holder: PolicyHolder,
-    server_key: str,
+    startup: Startup,
     *,
+    chain: tuple[ChainTracker, Broadcaster] | None = None,
     reuse_port: bool = False,
     ready: Callable[[int], Awaitable[None] | None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop."""
+    holder = startup.holder
     proxy = Proxy(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         connections=settings.upstream_connections,
     )
     await proxy.start()
-    gateway = Gateway(holder, proxy, server_key)
+    closers: list[Callable[[], Awaitable[None]]] = [proxy.close]
+    if chain is None and settings.payments_enabled:
+        chain = _chain_clients(settings, closers)
+    cashier = None
+    if chain is not None:
+        cashier = Cashier(
+            startup.identity,
+            tracker=chain[0],
+            broadcaster=chain[1],
+            store=MemoryStore(),
+            tokens=startup.tokens,
+            time_window=settings.payment_window,
+        )
+    gateway = Gateway(
+        holder,
+        proxy,
+        startup.identity.public_key().hex(),
+        tokens=startup.tokens,
+        cashier=cashier,
+        cookie_secure=settings.cookie_secure,
+    )
     server = web.Server(gateway.handle, access_log=log if settings.access_log else None)
     runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
@@ -142,7 +175,11 @@ async def run_worker(
     port = runner.addresses[0][1]
     _tune_gc()
     log.info(
-        "listening on http://%s:%d, policy version %s", settings.host, port, holder.current.version
+        "listening on http://%s:%d, policy version %s, payments %s",
+        settings.host,
+        port,
+        holder.current.version,
+        "on" if cashier else "off (no chain configured)",
     )
     if ready is not None:
         result = ready(port)
@@ -164,10 +201,31 @@ async def run_worker(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await runner.cleanup()
-        await proxy.close()
+        for close in closers:
+            await close()
 
 
-def prepare(settings: Settings) -> tuple[PolicyHolder, str]:
+def _chain_clients(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> tuple[ChainTracker, Broadcaster]:
+    from gateway.chain.arc import ArcBroadcaster
+    from gateway.chain.headers import BlockHeadersTracker, CachingTracker, DevnetTracker
+
+    if settings.devnet_url:
+        inner: ChainTracker = DevnetTracker(settings.devnet_url)
+        broadcaster = ArcBroadcaster(settings.devnet_url)
+    else:
+        assert settings.arc_url and settings.headers_url
+        inner = BlockHeadersTracker(settings.headers_url, api_key=settings.headers_api_key)
+        broadcaster = ArcBroadcaster(
+            settings.arc_url, api_key=settings.arc_api_key, wait_for=settings.arc_wait_for
+        )
+    tracker = CachingTracker(inner)
+    closers += [tracker.close, broadcaster.close]
+    return tracker, broadcaster
+
+
+def prepare(settings: Settings) -> Startup:
     """Everything that can fail at start-up, checked once, before any worker."""
     import bsv
 
@@ -175,32 +233,41 @@ def prepare(settings: Settings) -> tuple[PolicyHolder, str]:
         raise SystemExit(
             "farebox: bsv-sdk was installed without its native extension (libsecp256k1)"
         )
+    if settings.workers > 1 and settings.payments_enabled:
+        # Claims live in each worker's memory until the shared store exists:
+        # two workers could each accept the same payment.
+        raise SystemExit(
+            "farebox: --workers above 1 with payments needs a shared store; run one worker"
+        )
     try:
-        key = keys.load(settings.key_file)
+        identity = keys.load(settings.key_file)
     except keys.KeyFileError as exc:
         raise SystemExit(f"farebox: {exc}") from None
-    from gateway.policy import PolicyError
-
     try:
         holder = PolicyHolder.load(settings.policies)
     except PolicyError as exc:
         raise SystemExit(f"farebox: invalid policy, not starting:\n{exc}") from None
-    return holder, key.public_key().hex()
+    try:
+        tokens = Tokens(KeyRing.load(settings.token_keys))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"farebox: cannot load token signing keys from {settings.token_keys}: {exc}"
+        ) from None
+    return Startup(holder, identity, tokens)
 
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    holder, server_key = prepare(settings)
+    startup = prepare(settings)
     if settings.workers == 1:
-        uvloop.run(run_worker(settings, holder, server_key))
+        uvloop.run(run_worker(settings, startup))
         return
     _supervise(settings)
 
 
 def _worker_main(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    holder, server_key = prepare(settings)
-    uvloop.run(run_worker(settings, holder, server_key, reuse_port=True))
+    uvloop.run(run_worker(settings, prepare(settings), reuse_port=True))
 
 
 def _supervise(settings: Settings) -> None:

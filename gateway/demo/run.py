@@ -1,58 +1,74 @@
-"""`farebox demo`: the gateway and a sample upstream in one process, no setup."""
+"""`farebox demo`: gateway, sample upstream and a devnet in one process, no setup."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import uvloop
 from bsv import PrivateKey
 
+from gateway.chain.local import LocalBroadcaster
 from gateway.config import Settings
 from gateway.demo import upstream
+from gateway.devnet import Devnet
+from gateway.devnet import start as start_devnet
 from gateway.policy import PolicyError
 from gateway.policy.reload import PolicyHolder
-from gateway.server import configure_logging, run_worker
+from gateway.server import Startup, configure_logging, run_worker
+from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox.demo")
 
+UPSTREAM_PORT = 8403
+DEVNET_PORT = 8404
+BLOCK_INTERVAL = 10.0
+
 TRY = (
-    ("free", "GET", "/archive/records/search?q=census"),
-    ("free", "GET", "/archive/records/HLM-CR-1881"),
-    ("paid", "GET", "/archive/records/HLM-CR-1881/pages/1"),
-    ("free", "GET", "/opendata/search?q=air"),
-    ("paid", "GET", "/opendata/query?dataset=air-quality&where=station=Market+Square"),
-    ("paid", "GET", "/meter/meters/M-1001/reading"),
+    ("free", "/archive/records/search?q=census"),
+    ("free", "/archive/records/HLM-CR-1881"),
+    ("25 sats", "/archive/records/HLM-CR-1881/pages/1"),
+    ("free", "/opendata/search?q=air"),
+    ("10 sats", "/opendata/query?dataset=air-quality&where=station=Market+Square"),
+    ("5 sats", "/meter/meters/M-1001/reading"),
 )
 
 
-def run_demo(host: str, port: int, upstream_port: int, policies: Path) -> None:
+def run_demo(host: str, port: int, policies: Path) -> None:
     configure_logging("info")
-    if upstream_port != 8403:
-        raise SystemExit(
-            "farebox demo: the example policies expect the sample upstream on port 8403"
-        )
     try:
         holder = PolicyHolder.load(policies)
     except PolicyError as exc:
         raise SystemExit(f"farebox demo: example policies are invalid:\n{exc}") from None
-    # A throw-away identity: demo payments are never worth keeping.
-    server_key = PrivateKey().public_key().hex()
-    settings = Settings(host=host, port=port, policies=policies)
+    # Throw-away keys: demo payments are never worth keeping.
+    keydir = Path(tempfile.mkdtemp(prefix="farebox-demo-"))
+    startup = Startup(holder, PrivateKey(), Tokens(KeyRing.load(keydir / "token-keys")))
+    # Cookies over plain http://127.0.0.1 would never be sent if marked Secure.
+    settings = Settings(host=host, port=port, policies=policies, cookie_secure=False)
 
     async def main() -> None:
+        runners = []
         try:
-            runner = await upstream.start("127.0.0.1", upstream_port)
+            runners.append(await upstream.start("127.0.0.1", UPSTREAM_PORT))
+            devnet_runner, devnet = await start_devnet(
+                "127.0.0.1", DEVNET_PORT, devnet=Devnet(), block_interval=BLOCK_INTERVAL
+            )
+            runners.append(devnet_runner)
         except OSError as exc:
             raise SystemExit(
-                f"farebox demo: cannot start the sample upstream on port {upstream_port}: {exc.strerror}"
+                f"farebox demo: a demo port is taken ({exc.strerror}); is another demo running?"
             ) from None
         try:
             await run_worker(
-                settings, holder, server_key, ready=lambda p: _banner(host, p, policies)
+                settings,
+                startup,
+                chain=(devnet, LocalBroadcaster(devnet)),
+                ready=lambda p: _banner(host, p, policies),
             )
         finally:
-            await runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
 
     uvloop.run(main())
 
@@ -62,9 +78,18 @@ def _banner(host: str, port: int, policies: Path) -> None:
     lines = [
         "",
         f"Farebox demo is running at {base} (Ctrl-C to stop)",
-        f"Policies: {policies} (edit a file and the gateway reloads it)",
-        "Try:",
+        f"  sample upstream  http://127.0.0.1:{UPSTREAM_PORT}",
+        f"  devnet + faucet  http://127.0.0.1:{DEVNET_PORT}  (mines every {BLOCK_INTERVAL:.0f} s)",
+        f"  policies         {policies} (edit a file and the gateway reloads it)",
+        "",
+        "Look around:",
     ]
-    lines += [f"  curl -i '{base}{path}'   # {kind}" for kind, _, path in TRY]
-    lines.append("")
+    lines += [f"  curl -i '{base}{path}'   # {kind}" for kind, path in TRY]
+    lines += [
+        "",
+        "Pay from another terminal:",
+        "  farebox wallet new && farebox wallet fund",
+        f"  farebox pay '{base}{TRY[2][1]}'",
+        "",
+    ]
     print("\n".join(lines), flush=True)
