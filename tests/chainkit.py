@@ -98,14 +98,16 @@ def pay(
     server: PublicKey,
     client: PrivateKey,
     satoshis: int,
-    tracker: Tracker,
+    tracker: Tracker | None,
     *,
     prefix: str = "cHJlZml4",
     suffix: str = "MTcwMDAwMDAwMDAwMA==",
     funds: int = 100_000,
     parent: Transaction | None = None,
 ) -> Payment:
-    parent = parent or funding(client, funds, tracker)
+    if parent is None:
+        assert tracker is not None, "a funding transaction needs a tracker to be proven to"
+        parent = funding(client, funds, tracker)
     payee = payee_key_for_sender(server, client, prefix, suffix)
     change = parent.outputs[0].satoshis - satoshis - 1
     tx = spend(parent, 0, client, [(payee, satoshis), (client.public_key(), change)])
