@@ -40,6 +40,7 @@ from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox")
 
+MAX_HEADER_BYTES = 64 * 1024
 _UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
 
 
@@ -167,7 +168,12 @@ async def run_worker(
         cashier=cashier,
         cookie_secure=settings.cookie_secure,
     )
-    server = web.Server(gateway.handle, access_log=log if settings.access_log else None)
+    server = web.Server(
+        gateway.handle,
+        access_log=log if settings.access_log else None,
+        # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.
+        max_field_size=MAX_HEADER_BYTES,
+    )
     runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)

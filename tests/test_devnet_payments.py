@@ -97,3 +97,61 @@ async def test_serve_takes_a_devnet_payment_end_to_end(
             body = await r.json(content_type=None)
             assert r.status == 402 and body["reason"] == "double-spend", body
         assert chain.status(double_txid) is None or not chain.status(double_txid).accepted
+
+
+async def test_large_beef_header_is_accepted(tmp_path: Path, upstream: Upstream, devnet) -> None:
+    # A payment whose parent is unconfirmed and fat: ~20 kB of BEEF in a header,
+    # beyond aiohttp's default 8 kB header limit.
+    from tests.chainkit import spend
+
+    url, chain = devnet
+    key = tmp_path / "server.key"
+    server_pub = run("keys", "generate", "--out", str(key)).stdout.split("public key: ")[1].strip()
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(
+        f"services:\n  s:\n    upstream: {upstream.url}\n    routes: [{{path: /x, price: 5}}]\n"
+    )
+    client = PrivateKey()
+    funding = await faucet(url, client, 1_000_000)
+    fat = spend(
+        funding, 0, client, [(client.public_key(), 1000)] * 500 + [(client.public_key(), 400_000)]
+    )
+    assert chain.submit(fat).accepted
+    now = str(int(time.time() * 1000))
+    p = pay(
+        PublicKey(server_pub),
+        client,
+        5,
+        None,
+        parent=fat,
+        prefix="ZmF0",
+        suffix=base64.b64encode(now.encode()).decode(),
+    )
+    beef = atomic(p.tx, funding, fat, p.tx)
+    assert len(beef) > 16_000
+    headers = {
+        "x-bsv-beef": base64.b64encode(beef).decode(),
+        "x-bsv-sender": client.public_key().hex(),
+        "x-bsv-nonce": "ZmF0",
+        "x-bsv-time": now,
+        "x-bsv-vout": "0",
+    }
+    args = (
+        "--policies",
+        str(folder),
+        "--key-file",
+        str(key),
+        "--port",
+        "0",
+        "--devnet-url",
+        url,
+        "--token-keys",
+        str(tmp_path / "tk"),
+    )
+    async with (
+        serve(*args) as gw,
+        aiohttp.ClientSession() as http,
+        http.get(f"{gw.base}/x", headers=headers) as r,
+    ):
+        assert r.status == 200, await r.text()

@@ -14,7 +14,7 @@ import base64
 import binascii
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bsv import PrivateKey, PublicKey
 
@@ -54,6 +54,7 @@ class Accepted:
     token: str
     receipt: Receipt
     repeated: bool  # an idempotent retry of an already accepted payment
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 def remittance(
@@ -149,13 +150,18 @@ class Cashier:
                 "stale-time",
                 f"payment time is {skew:.0f} s away from now (window {self.time_window:.0f} s)",
             )
+        lap = _Laps()
         beef = read_beef(payment.beef, self.beef_limits)
+        lap("parse")
         payee = payee_key(self.server_key, payment.sender, payment.prefix, payment.suffix)
         expect = Expectation(price, p2pkh_script(payee), payment.vout)
+        lap("derivation")
         verified = await verify_payment(beef, expect, self.tracker, self.ancestry)
+        lap.add(verified.timings)
 
         purchase = f"{match.service.name}\n{match.scope}"
         claim = await self._claim(verified.txid, purchase)
+        lap("claim")
         if claim is not None:
             return claim
 
@@ -184,6 +190,7 @@ class Cashier:
                 result.reason or "broadcast-rejected",
                 result.detail or "the network refused the transaction",
             )
+        lap("broadcast")
 
         now = int(time.time())
         grant = Grant(
@@ -198,6 +205,7 @@ class Cashier:
             payer=payer_hash(payment.sender_hex),
         )
         token = self.tokens.mint(grant)
+        lap("token")
         receipt = Receipt(
             txid=verified.txid,
             vout=verified.vout,
@@ -211,7 +219,8 @@ class Cashier:
             payer=grant.payer,
         )
         await self.store.complete(verified.txid, receipt, token)  # before the token leaves
-        return Accepted(grant, token, receipt, repeated=False)
+        lap("receipt")
+        return Accepted(grant, token, receipt, repeated=False, timings=lap.stages)
 
     async def _claim(self, txid: str, purchase: str) -> Accepted | None:
         """None when this caller now owns the txid; else the earlier outcome."""
@@ -244,3 +253,20 @@ class Cashier:
                     status=409,
                 )
             await asyncio.sleep(0.02)
+
+
+class _Laps:
+    """Seconds spent per stage of one acceptance, for the bench and metrics."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = now - self._last
+        self._last = now
+
+    def add(self, stages: dict[str, float]) -> None:
+        self.stages.update(stages)
+        self._last = time.perf_counter()
