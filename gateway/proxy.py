@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -20,6 +20,7 @@ from yarl import URL
 
 from gateway.policy import Match
 from gateway.problems import problem
+from gateway.upstream import Client, Origin, Reply, UnreachableError, UpstreamError
 
 log = logging.getLogger("farebox.proxy")
 
@@ -27,6 +28,9 @@ CHUNK = 64 * 1024
 # Read small bodies whole: one write instead of several, which is most of the
 # proxy's cost on typical API answers.
 SMALL_BODY = 256 * 1024
+# Bodiless requests to plain http:// upstreams go through gateway.upstream,
+# far cheaper than ClientSession; the rest (bodies, https, WebSocket) do not.
+FAST_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 HOP_BY_HOP = frozenset(
     {
@@ -46,6 +50,9 @@ OWN_HEADERS = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
 OWN_PREFIX = "x-farebox-"
+# Never forwarded: Farebox's own headers and the client's payment (BRC-121).
+PRIVATE_PREFIXES = (OWN_PREFIX, "x-bsv-")
+CREDENTIAL_COOKIE = "farebox_token="
 _WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 WS_HANDSHAKE = frozenset(
     {
@@ -66,6 +73,8 @@ class Proxy:
         self.connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[int | None, int | None], aiohttp.ClientTimeout] = {}
+        self._client = Client(connections)
+        self._origins: dict[str, tuple[Origin, str]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -80,6 +89,7 @@ class Proxy:
         )
 
     async def close(self) -> None:
+        await self._client.close()
         if self._session is not None:
             await self._session.close()
 
@@ -100,6 +110,17 @@ class Proxy:
             )
         return timeout
 
+    def _origin(self, upstream: str) -> tuple[Origin, str]:
+        """Where a plain-http upstream base URL connects, and its base path."""
+        found = self._origins.get(upstream)
+        if found is None:
+            url = URL(upstream)
+            assert url.raw_host is not None and url.port is not None
+            origin = Origin(url.raw_host, url.port, url.host_port_subcomponent or url.raw_host)
+            base = "" if url.raw_path == "/" else url.raw_path
+            found = self._origins[upstream] = (origin, base)
+        return found
+
     async def forward(
         self, request: web.BaseRequest, match: Match, extra: dict[str, str] | None = None
     ) -> web.StreamResponse:
@@ -109,6 +130,8 @@ class Proxy:
             return await self._websocket(request, match, headers)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if _fast_path(request, match):
+            return await self._forward_fast(request, match, headers)
         body = _stream(request.content) if request.body_exists else None
         try:
             upstream = await self.session.request(
@@ -127,6 +150,37 @@ class Proxy:
         finally:
             upstream.release()
 
+    async def _forward_fast(
+        self, request: web.BaseRequest, match: Match, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
+        upstream = match.service.upstream
+        origin, base = self._origin(upstream)
+        target = base + match.upstream_url[len(upstream) :]
+        if not target.startswith("/"):
+            target = "/" + target
+        timeout = self._timeout(match)
+        try:
+            reply = await self._client.request(
+                origin,
+                request.method,
+                target,
+                headers,
+                connect_timeout=timeout.sock_connect or self.connect_timeout,
+                read_timeout=timeout.sock_read or self.read_timeout,
+                whole_limit=SMALL_BODY,
+            )
+        except Exception as exc:
+            return _upstream_problem(exc, match)
+        out = _without_hop_by_hop(reply.headers)
+        if reply.body is None:
+            try:
+                return await self._pump(request, reply.status, reply.reason, out, reply, match)
+            finally:
+                reply.release()
+        if request.method == "HEAD" or reply.status in (204, 304):
+            return web.Response(status=reply.status, reason=reply.reason, headers=out)
+        return web.Response(status=reply.status, reason=reply.reason, headers=out, body=reply.body)
+
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, match: Match
     ) -> web.StreamResponse:
@@ -142,19 +196,34 @@ class Proxy:
             return web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
+        return await self._pump(request, upstream.status, upstream.reason, headers, upstream, match)
+
+    async def _pump(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        upstream: aiohttp.ClientResponse | Reply,
+        match: Match,
+    ) -> web.StreamResponse:
+        """Stream a body the size of which does not allow reading it whole."""
+        chunks = (
+            upstream.chunks()
+            if isinstance(upstream, Reply)
+            else upstream.content.iter_chunked(CHUNK)
         )
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            async for chunk in chunks:
                 await response.write(chunk)
         except ConnectionError:
             # The client went away; releasing the upstream response (in
             # forward) drops that connection instead of reusing it.
             log.debug("client left before %s finished its response", match.service.name)
             return response
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
             # Headers are gone already: the only honest signal left is to cut
             # the connection so the client sees a truncated response.
             log.warning("upstream %s broke mid-response: %s", match.service.name, _brief(exc))
@@ -215,19 +284,26 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     drop = _connection_listed(request.headers)
     websocket = _is_websocket(request)
+    priced = not match.route.route.price.free
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
         if (
             lower in HOP_BY_HOP
             or lower in OWN_HEADERS
-            or lower.startswith(OWN_PREFIX)
+            or lower.startswith(PRIVATE_PREFIXES)
             or lower in drop
             or lower == "expect"
             or (lower == "host" and not match.service.service.preserve_host)
             or (websocket and lower in WS_HANDSHAKE)
         ):
             continue
+        if lower == "cookie" and CREDENTIAL_COOKIE in value:
+            value = _without_credential_cookie(value)
+            if not value:
+                continue
+        elif lower == "authorization" and priced and value[:7].lower() == "bearer ":
+            continue  # on a priced route a bearer token is ours to check, not theirs
         out.add(name, value)
     out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = request.scheme
@@ -238,13 +314,22 @@ def upstream_headers(
 
 
 def response_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
-    drop = _connection_listed(headers)
+    return _without_hop_by_hop(headers.items())
+
+
+def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
+    listed: list[str] = []
+    for name, value in pairs:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower in drop:
-            continue
-        out.add(name, value)
+        if lower == "connection":
+            listed.append(value)
+        elif lower not in HOP_BY_HOP:
+            out.add(name, value)
+    # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
+    for token in ",".join(listed).split(","):
+        if token.strip():
+            out.popall(token.strip(), None)
     return out
 
 
@@ -258,6 +343,17 @@ def _connection_listed(headers: CIMultiDict[str]) -> frozenset[str]:
 
 def _is_websocket(request: web.BaseRequest) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _fast_path(request: web.BaseRequest, match: Match) -> bool:
+    headers = request.headers
+    return (
+        request.method in FAST_METHODS
+        and not request.body_exists
+        and "Content-Length" not in headers
+        and "Transfer-Encoding" not in headers
+        and match.service.upstream.startswith("http://")
+    )
 
 
 async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
@@ -279,7 +375,7 @@ def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
         detail = f"service {name!r} refused the WebSocket upgrade (status {exc.status})"
         log.warning("upstream %s: %s", name, detail)
         return problem(502, "upstream-refused-upgrade", "Upstream refused WebSocket", detail)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, (aiohttp.ClientConnectorError, UnreachableError)):
         log.warning("upstream %s unreachable: %s", name, _brief(exc))
         return problem(
             502,
@@ -287,7 +383,7 @@ def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
             "Upstream unreachable",
             f"service {name!r} refused the connection",
         )
-    if isinstance(exc, (aiohttp.ClientError, OSError)):
+    if isinstance(exc, (aiohttp.ClientError, OSError, UpstreamError)):
         log.warning("upstream %s failed: %s", name, _brief(exc))
         return problem(
             502,
@@ -302,3 +398,8 @@ def _brief(exc: BaseException) -> str:
     # aiohttp's messages can quote kilobytes of the upstream's bytes.
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _without_credential_cookie(header: str) -> str:
+    pairs = (p.strip() for p in header.split(";"))
+    return "; ".join(p for p in pairs if p and not p.startswith(CREDENTIAL_COOKIE))
