@@ -144,3 +144,24 @@ def beef_of(*txs: Transaction) -> bytes:
 
 def atomic(subject: Transaction, *txs: Transaction) -> bytes:
     return b"\x01\x01\x01\x01" + bytes.fromhex(subject.txid())[::-1] + beef_of(*txs)
+
+
+def beef_v2_of(*txs: Transaction) -> bytes:
+    """The same as beef_of, framed as BEEF V2 (BRC-96)."""
+    from bsv.utils import unsigned_to_varint
+
+    bumps: list[MerklePath] = []
+    for tx in txs:
+        if tx.merkle_path is not None and tx.merkle_path not in bumps:
+            bumps.append(tx.merkle_path)
+    out = bytearray(b"\x02\x00\xbe\xef") + unsigned_to_varint(len(bumps))
+    for bump in bumps:
+        out += bump.to_binary()
+    out += unsigned_to_varint(len(txs))
+    for tx in txs:
+        if tx.merkle_path is None:
+            out += b"\x00"
+        else:
+            out += b"\x01" + unsigned_to_varint(bumps.index(tx.merkle_path))
+        out += tx.serialize()
+    return bytes(out)

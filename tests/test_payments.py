@@ -11,7 +11,17 @@ from gateway.payments.beef import Limits, read_beef
 from gateway.payments.derivation import p2pkh_script, payee_key
 from gateway.payments.errors import PaymentError
 from gateway.payments.verify import AncestryLimits, Expectation, verify_payment
-from tests.chainkit import Tracker, atomic, atomic_beef, beef_of, funding, mined, pay, spend
+from tests.chainkit import (
+    Tracker,
+    atomic,
+    atomic_beef,
+    beef_of,
+    beef_v2_of,
+    funding,
+    mined,
+    pay,
+    spend,
+)
 
 SERVER = PrivateKey(0x5EC2E7)
 CLIENT = PrivateKey(0xC11E47)
@@ -322,6 +332,16 @@ def test_atomic_beef_with_unrelated_transaction_refused() -> None:
     with pytest.raises(PaymentError) as info:
         read_beef(atomic(p.tx, stranger, parent, p.tx))
     assert "unrelated" in info.value.detail
+
+
+async def test_beef_v2_with_proven_parent_is_accepted() -> None:
+    tracker = Tracker()
+    p = pay(SERVER.public_key(), CLIENT, PRICE, tracker)
+    parent = p.tx.inputs[0].source_transaction
+    data = beef_v2_of(parent, p.tx)
+    assert (await check(data, expectation(p), tracker)).satoshis == PRICE
+    wrapped = b"\x01\x01\x01\x01" + bytes.fromhex(p.tx.txid())[::-1] + data
+    assert (await check(wrapped, expectation(p), tracker)).satoshis == PRICE
 
 
 def test_same_transaction_twice_is_malformed() -> None:

@@ -112,7 +112,9 @@ def _read_transactions(
 ) -> list[Transaction]:
     out = []
     for _ in range(_count(reader, size, limits.max_transactions, "transactions")):
+        bump = None
         if version == BEEF_V2:
+            # BRC-96 entry: <kind> [<BUMP index> when kind 1] <raw tx>
             kind = reader.read_uint8()
             if kind == 2:
                 raise PaymentError(
@@ -121,21 +123,27 @@ def _read_transactions(
                 )
             if kind not in (0, 1):
                 raise _malformed(f"unknown BEEF V2 entry kind {kind}")
+            if kind == 1:
+                bump = _bump(reader, bumps)
             tx = Transaction.from_reader(reader)
-            has_bump = kind == 1
         else:
+            # BRC-62 entry: <raw tx> <has BUMP> [<BUMP index>]
             tx = Transaction.from_reader(reader)
             flag = reader.read_uint8()
             if flag not in (0, 1):
                 raise _malformed("bad BUMP flag after a transaction")
-            has_bump = flag == 1
-        if has_bump:
-            index = reader.read_var_int_num()
-            if index is None or index >= len(bumps):
-                raise _malformed("transaction points at a BUMP that does not exist")
-            tx.merkle_path = bumps[index]
+            if flag == 1:
+                bump = _bump(reader, bumps)
+        tx.merkle_path = bump
         out.append(tx)
     return out
+
+
+def _bump(reader: Reader, bumps: list[MerklePath]) -> MerklePath:
+    index = reader.read_var_int_num()
+    if index is None or index >= len(bumps):
+        raise _malformed("transaction points at a BUMP that does not exist")
+    return bumps[index]
 
 
 def _require_only_ancestry(subject: Transaction, by_id: dict[str, Transaction]) -> None:
