@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.payments.cashier import Accepted, Cashier, remittance
 from gateway.policy import Match
@@ -91,15 +92,16 @@ def cookie_path(grant: Grant) -> str:
     return "/" + "/".join(literal)
 
 
-def set_token(response: web.StreamResponse, accepted: Accepted, *, secure: bool, now: int) -> None:
+def token_headers(accepted: Accepted, *, secure: bool, now: int) -> CIMultiDict[str]:
+    """The token for the client: a header for scripts, a cookie for browsers."""
     grant = accepted.grant
-    response.headers[TOKEN_HEADER] = accepted.token
-    response.set_cookie(
-        COOKIE,
-        accepted.token,
-        path=cookie_path(grant),
-        max_age=max(0, grant.expires - now),
-        httponly=True,
-        secure=secure,
-        samesite="Lax",
-    )
+    cookie: SimpleCookie = SimpleCookie()
+    cookie[COOKIE] = accepted.token
+    morsel = cookie[COOKIE]
+    morsel["path"] = cookie_path(grant)
+    morsel["max-age"] = str(max(0, grant.expires - now))
+    morsel["httponly"] = True
+    morsel["samesite"] = "Lax"
+    if secure:
+        morsel["secure"] = True
+    return CIMultiDict({TOKEN_HEADER: accepted.token, "Set-Cookie": morsel.OutputString()})

@@ -122,16 +122,24 @@ class Proxy:
         return found
 
     async def forward(
-        self, request: web.BaseRequest, match: Match, extra: dict[str, str] | None = None
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        extra: dict[str, str] | None = None,
+        reply: CIMultiDict[str] | None = None,
     ) -> web.StreamResponse:
-        """Send the request upstream and stream the answer back."""
+        """Send the request upstream and stream the answer back.
+
+        `extra` headers go upstream; `reply` headers are added to the answer
+        (before it is sent, so streamed answers carry them too).
+        """
         headers = upstream_headers(request, match, extra)
         if _is_websocket(request):
             return await self._websocket(request, match, headers)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if _fast_path(request, match):
-            return await self._forward_fast(request, match, headers)
+            return await self._forward_fast(request, match, headers, reply)
         body = _stream(request.content) if request.body_exists else None
         try:
             upstream = await self.session.request(
@@ -146,12 +154,16 @@ class Proxy:
         except Exception as exc:
             return _upstream_problem(exc, match)
         try:
-            return await self._relay(request, upstream, match)
+            return await self._relay(request, upstream, match, reply)
         finally:
             upstream.release()
 
     async def _forward_fast(
-        self, request: web.BaseRequest, match: Match, headers: CIMultiDict[str]
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        headers: CIMultiDict[str],
+        reply_extra: CIMultiDict[str] | None,
     ) -> web.StreamResponse:
         upstream = match.service.upstream
         origin, base = self._origin(upstream)
@@ -172,6 +184,8 @@ class Proxy:
         except Exception as exc:
             return _upstream_problem(exc, match)
         out = _without_hop_by_hop(reply.headers)
+        if reply_extra:
+            out.extend(reply_extra)
         if reply.body is None:
             try:
                 return await self._pump(request, reply.status, reply.reason, out, reply, match)
@@ -182,9 +196,15 @@ class Proxy:
         return web.Response(status=reply.status, reason=reply.reason, headers=out, body=reply.body)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, match: Match
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        match: Match,
+        reply_extra: CIMultiDict[str] | None,
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
+        if reply_extra:
+            headers.extend(reply_extra)
         length = upstream.content_length
         if request.method == "HEAD" or upstream.status in (204, 304):
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)

@@ -24,7 +24,7 @@ from aiohttp import web
 from bsv import PrivateKey
 
 from gateway import keys, wellknown
-from gateway.access import GRANT_HEADER, by_payment, by_token, has_payment, set_token
+from gateway.access import GRANT_HEADER, by_payment, by_token, has_payment, token_headers
 from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge import payment_required
 from gateway.config import Settings
@@ -97,12 +97,12 @@ class Gateway:
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
             return payment_required(match, request.method, self.server_key)
-        response = await self.proxy.forward(
-            request, match, {GRANT_HEADER: admitted.upstream_header}
+        reply = None
+        if admitted.paid is not None:
+            reply = token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))
+        return await self.proxy.forward(
+            request, match, {GRANT_HEADER: admitted.upstream_header}, reply
         )
-        if admitted.paid is not None and not response.prepared:
-            set_token(response, admitted.paid, secure=self.cookie_secure, now=int(time.time()))
-        return response
 
 
 def _tune_gc() -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.access import presented_tokens, set_token
+from gateway.access import presented_tokens, token_headers
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import remittance
 from gateway.payments.errors import PaymentError
@@ -103,13 +103,11 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
         "receipt": accepted.receipt.to_json(),
         "repeated": accepted.repeated,
     }
-    response = web.Response(
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
+    headers = token_headers(accepted, secure=gw.cookie_secure, now=int(time.time()))
+    headers["Cache-Control"] = "no-store"
+    return web.Response(
+        body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
-    set_token(response, accepted, secure=gw.cookie_secure, now=int(time.time()))
-    return response
 
 
 async def _pay_fields(request: web.BaseRequest, limit: int) -> dict[str, Any]:

@@ -39,6 +39,8 @@ services:
       - path: /datasets/**
         price: 100
         grant: {{lasts: 1h, covers: route}}
+      - path: /big/{{size}}
+        price: 5
       - path: /**
         price: free
 """
@@ -416,3 +418,13 @@ async def test_pay_endpoint_bad_input(paid: Setup, body: str, status: int, reaso
 async def test_jwks_lists_the_signing_keys(paid: Setup) -> None:
     status, _, body, _ = await fetch(f"{paid.base}/.well-known/jwks.json")
     assert status == 200 and b'"crv": "Ed25519"' in body
+
+
+async def test_streamed_paid_response_carries_the_token(paid: Setup) -> None:
+    # Above 256 KiB the answer streams: the token must be in its headers too.
+    size = 1 << 20
+    status, resp, body, cookies = await fetch(
+        f"{paid.base}/archive/big/{size}", send(brc121(paid, 5))
+    )
+    assert status == 200 and len(body) == size
+    assert "X-Farebox-Token" in resp and "farebox_token" in cookies
