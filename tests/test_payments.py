@@ -238,6 +238,27 @@ async def test_wide_ancestry_refused() -> None:
     )
 
 
+async def test_too_many_inputs_refused() -> None:
+    tracker = Tracker()
+    coins = [funding(CLIENT, 1000, tracker, height=400 + i) for i in range(6)]
+    key = payee_key(SERVER, CLIENT.public_key(), "cA==", "cw==")
+    tx = Transaction(
+        [
+            TransactionInput(
+                source_transaction=c,
+                source_output_index=0,
+                unlocking_script_template=P2PKH().unlock(CLIENT),
+            )
+            for c in coins
+        ],
+        [TransactionOutput(P2PKH().lock(key.address()), PRICE)],
+    )
+    tx.sign()
+    expect = Expectation(PRICE, p2pkh_script(key), 0)
+    await refused("ancestry-too-large", tx.to_beef(), expect, tracker, max_inputs=5)
+    assert (await check(tx.to_beef(), expect, tracker, max_inputs=6)).satoshis == PRICE
+
+
 async def test_diamond_ancestry_is_walked_once_per_transaction() -> None:
     # Each generation spends both outputs of the one before: 14 generations
     # are 2^14 input paths, which bsv-sdk's recursive verify (and its

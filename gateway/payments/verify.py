@@ -41,6 +41,7 @@ class Expectation:
 class AncestryLimits:
     max_unconfirmed: int = 100  # unconfirmed transactions, subject included
     max_depth: int = 25
+    max_inputs: int = 1000  # script checks, summed over unconfirmed transactions
 
 
 @dataclass(slots=True)
@@ -97,6 +98,7 @@ def walk_ancestry(
     seen: set[str] = {subject.txid()}
     level = [subject]
     depth = 0
+    inputs = 0
     while level:
         depth += 1
         if depth > limits.max_depth:
@@ -109,6 +111,12 @@ def walk_ancestry(
                 proven.append(tx)
                 continue
             unconfirmed.append(tx)
+            inputs += len(tx.inputs)
+            if inputs > limits.max_inputs:
+                raise PaymentError(
+                    "ancestry-too-large",
+                    f"more than {limits.max_inputs} unconfirmed inputs to check",
+                )
             if len(unconfirmed) > limits.max_unconfirmed:
                 raise PaymentError(
                     "ancestry-too-large",
