@@ -36,8 +36,13 @@ class Tracker:
         return max(self.roots, default=0)
 
 
-def mined(tx: Transaction, tracker: Tracker, height: int = 100) -> Transaction:
-    """Put `tx` in a block (next to a random sibling) the tracker knows."""
+def mined(tx: Transaction, tracker: Tracker, height: int | None = None) -> Transaction:
+    """Put `tx` in a block (next to a random sibling) the tracker knows.
+
+    Without a height it goes in a new block on top, so earlier proofs stay valid.
+    """
+    if height is None:
+        height = max(tracker.roots, default=99) + 1
     sibling = os.urandom(32).hex()
     tx.merkle_path = MerklePath(
         height,
@@ -47,7 +52,9 @@ def mined(tx: Transaction, tracker: Tracker, height: int = 100) -> Transaction:
     return tx
 
 
-def funding(owner: PrivateKey, satoshis: int, tracker: Tracker, height: int = 100) -> Transaction:
+def funding(
+    owner: PrivateKey, satoshis: int, tracker: Tracker, height: int | None = None
+) -> Transaction:
     """A confirmed output of `satoshis` to `owner` (its own inputs are never checked)."""
     tx = Transaction(
         [

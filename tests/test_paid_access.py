@@ -12,6 +12,7 @@ import base64
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import jwt
@@ -295,6 +296,27 @@ async def test_stale_time_is_refused(paid: Setup) -> None:
     headers = brc121(paid, 25, time_ms=int(time.time() * 1000) - 120_000)
     status, _, body, _ = await fetch(f"{paid.base}/archive/pages/1", send(headers))
     assert status == 402 and b"stale-time" in body
+
+
+async def test_accepted_payment_resent_after_the_window_gets_its_grant(
+    paid: Setup, monkeypatch
+) -> None:
+    headers = send(brc121(paid, 25))
+    status, first, _, _ = await fetch(f"{paid.base}/archive/pages/1", headers)
+    assert status == 200
+    later = time.time() + 600  # the client lost the answer and retries much later
+
+    # The cashier's clock only: the token itself still has most of its hour.
+    clock = SimpleNamespace(
+        time=lambda: later, perf_counter=time.perf_counter, monotonic=time.monotonic
+    )
+    monkeypatch.setattr("gateway.payments.cashier.time", clock)
+    stale = send(brc121(paid, 25))
+    status, _, body, _ = await fetch(f"{paid.base}/archive/pages/2", stale)
+    assert status == 402 and b"stale-time" in body  # a new payment that old is refused
+    status, again, body, _ = await fetch(f"{paid.base}/archive/pages/1", headers)
+    assert status == 200 and again["X-Farebox-Token"] == first["X-Farebox-Token"], body
+    assert len(paid.broadcaster.seen) == 1
 
 
 async def test_underpayment_is_refused(paid: Setup) -> None:
