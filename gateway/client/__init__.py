@@ -1,0 +1,41 @@
+"""Paying Farebox gateways: a file wallet, a paying HTTP session, `farebox wallet|pay`."""
+
+from gateway.client.coins import Coin
+from gateway.client.errors import (
+    BadChallenge,
+    ClientError,
+    InsufficientFunds,
+    PaymentNotSettled,
+    PaymentRefused,
+    SpendingLimitExceeded,
+    WalletError,
+    WalletNotFound,
+)
+from gateway.client.faucet import FaucetUnavailable, fund
+from gateway.client.proofs import refresh_proofs
+from gateway.client.session import FareboxResponse, PayingSession, Payment
+from gateway.client.tokens import StoredToken
+from gateway.client.wallet import Balance, PreparedPayment, Wallet, default_path
+
+__all__ = [
+    "BadChallenge",
+    "Balance",
+    "ClientError",
+    "Coin",
+    "FareboxResponse",
+    "FaucetUnavailable",
+    "InsufficientFunds",
+    "PayingSession",
+    "Payment",
+    "PaymentNotSettled",
+    "PaymentRefused",
+    "PreparedPayment",
+    "SpendingLimitExceeded",
+    "StoredToken",
+    "Wallet",
+    "WalletError",
+    "WalletNotFound",
+    "default_path",
+    "fund",
+    "refresh_proofs",
+]

@@ -1,0 +1,84 @@
+"""Reading a 402: what is asked, by whom, and where a payment may go."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from bsv import PublicKey
+
+from gateway.client.errors import BadChallenge
+
+PAY_PATH = "/.well-known/farebox/pay"
+_DIGITS = re.compile(r"[0-9]{1,16}")
+_PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    satoshis: int
+    server: str  # server identity key, compressed hex
+    pay_url: str  # relative to the gateway's origin
+    reason: str  # "payment-required", or why a payment was just refused
+    detail: str
+    scope: str | None = None  # what a payment would buy, when the body says
+    covers: str | None = None
+
+
+async def problem_of(resp: aiohttp.ClientResponse) -> dict[str, Any] | None:
+    """The JSON body of a problem answer, if it has one (the body stays readable)."""
+    if resp.content_type not in ("application/problem+json", "application/json"):
+        return None
+    try:
+        body = json.loads(await resp.read())
+    except (ValueError, UnicodeDecodeError, aiohttp.ClientError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def read_challenge(resp: aiohttp.ClientResponse) -> Challenge | None:
+    """The payment request of a 402; None when it asks for no BSV payment.
+
+    The BRC-121 headers are what every gateway sends; Farebox's body says
+    the same at more length. When both are there they must agree: a body
+    that names another price or key than the headers is not paid.
+    """
+    sats = resp.headers.get("x-bsv-sats")
+    server = resp.headers.get("x-bsv-server")
+    if sats is None or server is None:
+        return None
+    if not _DIGITS.fullmatch(sats.strip()) or int(sats) < 1:
+        raise BadChallenge(f"x-bsv-sats is not a price in satoshis: {sats!r}")
+    if not _PUBKEY.fullmatch(server.strip()):
+        raise BadChallenge("x-bsv-server is not a compressed public key")
+    price, server = int(sats), server.strip().lower()
+    try:
+        PublicKey(server)
+    except Exception:  # bsv-sdk raises assorted types for points off the curve
+        raise BadChallenge("x-bsv-server is not a valid public key") from None
+    body = await problem_of(resp) or {}
+    payment = _dict(body.get("payment"))
+    stated = _dict(payment.get("price")).get("satoshis")
+    if stated is not None and stated != price:
+        raise BadChallenge(f"the 402 asks {price} satoshis in its headers, {stated} in its body")
+    stated_key = payment.get("server")
+    if stated_key is not None and str(stated_key).lower() != server:
+        raise BadChallenge("the 402 names two different server keys")
+    grant = _dict(payment.get("grant"))
+    pay_url = payment.get("pay_url")
+    return Challenge(
+        satoshis=price,
+        server=server,
+        pay_url=pay_url if isinstance(pay_url, str) and pay_url.startswith("/") else PAY_PATH,
+        reason=str(body.get("reason") or "payment-required"),
+        detail=str(body.get("detail") or ""),
+        scope=grant.get("scope") if isinstance(grant.get("scope"), str) else None,
+        covers=grant.get("covers") if isinstance(grant.get("covers"), str) else None,
+    )
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
