@@ -163,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_policy_check)
 
+    from gateway.client.cli import register as register_client
+
+    register_client(sub)
+
     keys = sub.add_parser(
         "keys", help="manage the server identity key", description="Manage the server identity key."
     )
