@@ -128,47 +128,28 @@ def atomic_beef(tx: Transaction) -> bytes:
     return b"\x01\x01\x01\x01" + bytes.fromhex(tx.txid())[::-1] + tx.to_beef()
 
 
-def beef_of(*txs: Transaction) -> bytes:
-    """A V1 BEEF of exactly these transactions, oldest first (test framing)."""
+def beef_of(*txs: Transaction, version: int = 1) -> bytes:
+    """A BEEF of exactly these transactions, oldest first: V1 (BRC-62) or V2 (BRC-96)."""
     from bsv.utils import unsigned_to_varint
 
     bumps: list[MerklePath] = []
     for tx in txs:
         if tx.merkle_path is not None and tx.merkle_path not in bumps:
             bumps.append(tx.merkle_path)
-    out = bytearray(b"\x01\x00\xbe\xef") + unsigned_to_varint(len(bumps))
+    out = bytearray(bytes([version]) + b"\x00\xbe\xef") + unsigned_to_varint(len(bumps))
     for bump in bumps:
         out += bump.to_binary()
     out += unsigned_to_varint(len(txs))
     for tx in txs:
-        out += tx.serialize()
-        if tx.merkle_path is None:
-            out += b"\x00"
-        else:
-            out += b"\x01" + unsigned_to_varint(bumps.index(tx.merkle_path))
+        proof = (
+            b"\x00"
+            if tx.merkle_path is None
+            else b"\x01" + unsigned_to_varint(bumps.index(tx.merkle_path))
+        )
+        # V1 puts the proof after the raw transaction, V2 before it.
+        out += tx.serialize() + proof if version == 1 else proof + tx.serialize()
     return bytes(out)
 
 
 def atomic(subject: Transaction, *txs: Transaction) -> bytes:
     return b"\x01\x01\x01\x01" + bytes.fromhex(subject.txid())[::-1] + beef_of(*txs)
-
-
-def beef_v2_of(*txs: Transaction) -> bytes:
-    """The same as beef_of, framed as BEEF V2 (BRC-96)."""
-    from bsv.utils import unsigned_to_varint
-
-    bumps: list[MerklePath] = []
-    for tx in txs:
-        if tx.merkle_path is not None and tx.merkle_path not in bumps:
-            bumps.append(tx.merkle_path)
-    out = bytearray(b"\x02\x00\xbe\xef") + unsigned_to_varint(len(bumps))
-    for bump in bumps:
-        out += bump.to_binary()
-    out += unsigned_to_varint(len(txs))
-    for tx in txs:
-        if tx.merkle_path is None:
-            out += b"\x00"
-        else:
-            out += b"\x01" + unsigned_to_varint(bumps.index(tx.merkle_path))
-        out += tx.serialize()
-    return bytes(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,10 +13,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from bsv import PrivateKey
 
+from gateway.chain import Broadcaster, BroadcastResult
+from gateway.payments.cashier import Cashier
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy import Proxy
 from gateway.server import Gateway
+from gateway.store.memory import MemoryStore
+from gateway.tokens import KeyRing, Tokens
 
 SERVER_KEY = "02" + "11" * 32
 
@@ -198,3 +204,73 @@ async def raw_request(
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, body
+
+
+# --- a gateway that takes payments ------------------------------------------------------
+
+PAID_SERVER = PrivateKey(0x5E_12_7E_12)
+PAID_POLICY = """\
+services:
+  archive:
+    upstream: {upstream}
+    mount: /archive
+    routes:
+      - path: /pages/{{n}}
+        price: 25
+        grant: {{lasts: 1h, covers: resource}}
+      - path: /datasets/**
+        price: 100
+        grant: {{lasts: 1h, covers: route}}
+      - path: /big/{{size}}
+        price: 10
+        grant: {{lasts: 1h, covers: resource}}
+      - path: /**
+        price: free
+"""
+
+
+@dataclass
+class Recording:
+    """Wraps a broadcaster and remembers everything it was asked to send."""
+
+    inner: Broadcaster
+    seen: list[bytes] = field(default_factory=list)
+
+    async def broadcast(self, tx: bytes | str, *, txid: str | None = None) -> BroadcastResult:
+        self.seen.append(tx if isinstance(tx, bytes) else bytes.fromhex(tx))
+        return await self.inner.broadcast(tx, txid=txid)
+
+
+@dataclass
+class Paid:
+    base: str
+    tokens: Tokens
+    store: MemoryStore
+    cashier: Cashier
+
+
+PaidGatewayFactory = Callable[..., Awaitable[Paid]]
+
+
+@pytest.fixture
+async def paid_gateway(
+    gateway: GatewayFactory, upstream: Upstream, tmp_path: Path
+) -> PaidGatewayFactory:
+    """Start a gateway over PAID_POLICY whose cashier uses this tracker and broadcaster."""
+
+    async def start(tracker: object, broadcaster: object, *, announce: str | None = None) -> Paid:
+        store = MemoryStore()
+        tokens = Tokens(KeyRing.load(tmp_path / f"ring-{os.urandom(4).hex()}"))
+        cashier = Cashier(
+            PAID_SERVER, tracker=tracker, broadcaster=broadcaster, store=store, tokens=tokens
+        )  # type: ignore[arg-type]
+        base = await gateway(
+            PAID_POLICY.format(upstream=upstream.url),
+            server_key=announce or PAID_SERVER.public_key().hex(),
+            tokens=tokens,
+            cashier=cashier,
+            cookie_secure=False,
+        )
+        return Paid(base, tokens, store, cashier)
+
+    return start

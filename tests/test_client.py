@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from bsv import P2PKH, PrivateKey, Transaction, TransactionInput, TransactionOutput
 
+from gateway.chain.local import LocalBroadcaster
 from gateway.client import (
     BadChallenge,
     Balance,
@@ -38,106 +39,38 @@ from gateway.client.cli import main
 from gateway.client.coins import Coin, fee_for, select, tx_size
 from gateway.devnet import Devnet, TxStatus, start
 from gateway.payments.beef import read_beef
-from gateway.payments.cashier import Cashier
 from gateway.payments.derivation import p2pkh_script, payee_key
 from gateway.payments.verify import Expectation, verify_payment
-from gateway.store.memory import MemoryStore
-from gateway.tokens import KeyRing, Tokens
+from tests.conftest import PAID_SERVER, Recording
 
-SERVER = PrivateKey(0x5E_12_7E_12)
+SERVER = PAID_SERVER
 OTHER = PrivateKey(0x07_4E_12)
 REPO = Path(__file__).resolve().parent.parent
-
-POLICY = """\
-services:
-  archive:
-    upstream: {upstream}
-    mount: /archive
-    routes:
-      - path: /pages/{{n}}
-        price: 25
-        grant: {{lasts: 1h, covers: resource}}
-      - path: /datasets/**
-        price: 100
-        grant: {{lasts: 1h, covers: route}}
-      - path: /big/{{size}}
-        price: 10
-        grant: {{lasts: 1h, covers: resource}}
-      - path: /**
-        price: free
-"""
-
-
-@dataclass
-class Outcome:
-    accepted: bool
-    rejected: bool
-    reason: str = ""
-    detail: str = ""
-    status: str = ""
-
-
-@dataclass
-class DevnetBroadcaster:
-    """The Cashier's broadcaster: the BEEF's unmined ancestors, then its subject, to the devnet."""
-
-    devnet: Devnet
-    seen: list[bytes] = field(default_factory=list)
-
-    async def broadcast(self, beef: bytes, *, txid: str | None = None) -> Outcome:
-        self.seen.append(beef)
-        parsed = read_beef(beef)
-        for tx in parsed.transactions.values():  # in BEEF order: parents first
-            if tx.merkle_path is None and tx is not parsed.subject:
-                result = self.devnet.submit(tx)
-                if not result.accepted:
-                    return Outcome(False, True, "ancestor-refused", result.reason, result.status)
-        result = self.devnet.submit(parsed.subject)
-        if result.accepted:
-            return Outcome(True, False, status=result.status)
-        reason = (
-            "double-spend"
-            if result.status == TxStatus.DOUBLE_SPEND_ATTEMPTED
-            else str(result.rejection or "rejected")
-        )
-        return Outcome(False, True, reason, result.reason, result.status)
 
 
 @dataclass
 class Chain:
     devnet: Devnet
     url: str
-    broadcaster: DevnetBroadcaster
+    broadcaster: Recording
 
 
 @pytest.fixture
 async def chain() -> AsyncIterator[Chain]:
     runner, devnet = await start("127.0.0.1", 0)
-    yield Chain(devnet, f"http://127.0.0.1:{runner.addresses[0][1]}", DevnetBroadcaster(devnet))
+    yield Chain(
+        devnet, f"http://127.0.0.1:{runner.addresses[0][1]}", Recording(LocalBroadcaster(devnet))
+    )
     await runner.cleanup()
 
 
-async def _gateway(gateway, upstream, chain: Chain, tmp_path: Path, server_key: str) -> str:
-    tokens = Tokens(KeyRing.load(tmp_path / f"ring-{server_key[:8]}"))
-    cashier = Cashier(
-        SERVER,
-        tracker=chain.devnet,
-        broadcaster=chain.broadcaster,
-        store=MemoryStore(),
-        tokens=tokens,
-    )
-    return await gateway(
-        POLICY.format(upstream=upstream.url),
-        server_key=server_key,
-        tokens=tokens,
-        cashier=cashier,
-        cookie_secure=False,
-    )
+async def _gateway(paid_gateway, chain: Chain, announce: str | None = None) -> str:
+    return (await paid_gateway(chain.devnet, chain.broadcaster, announce=announce)).base
 
 
 @pytest.fixture
-async def base(gateway, upstream, chain: Chain, tmp_path: Path) -> str:
-    return await _gateway(gateway, upstream, chain, tmp_path, SERVER.public_key().hex())
+async def base(paid_gateway, chain: Chain) -> str:
+    return await _gateway(paid_gateway, chain)
 
 
 @pytest.fixture
@@ -238,11 +171,11 @@ async def test_limits_refuse_before_paying(base: str, wallet: Wallet, chain: Cha
 
 
 async def test_refused_payment_releases_the_coins(
-    gateway, upstream, chain: Chain, wallet: Wallet, tmp_path: Path
+    paid_gateway, upstream, chain: Chain, wallet: Wallet
 ) -> None:
     # A gateway announcing a key its cashier does not hold: every payment is
     # made to the wrong derived key, and refused before broadcast.
-    wrong = await _gateway(gateway, upstream, chain, tmp_path, OTHER.public_key().hex())
+    wrong = await _gateway(paid_gateway, chain, OTHER.public_key().hex())
     before = wallet.coins()
     async with PayingSession(wallet) as s:
         with pytest.raises(PaymentRefused) as caught:

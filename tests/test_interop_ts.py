@@ -29,30 +29,17 @@ from bsv import PrivateKey, PublicKey
 
 from gateway.chain.local import LocalBroadcaster
 from gateway.devnet import Devnet
-from gateway.payments.cashier import Cashier
 from gateway.payments.derivation import payee_key
 from gateway.store.memory import MemoryStore
-from gateway.tokens import KeyRing, Tokens
+from gateway.tokens import Tokens
+from tests.conftest import PAID_SERVER
 
 INTEROP = Path(__file__).parent / "interop"
 PAY_SCRIPT = INTEROP / "pay.mjs"
 NPM_CI_TIMEOUT = 300  # seconds; it takes about 2 s here
 NODE_TIMEOUT = 60
 
-SERVER = PrivateKey(0x7E_5D_C0_DE)
-
-POLICY = """\
-services:
-  archive:
-    upstream: {upstream}
-    mount: /archive
-    routes:
-      - path: /pages/{{n}}
-        price: 25
-        grant: {{lasts: 1h, covers: resource}}
-      - path: /**
-        price: free
-"""
+SERVER = PAID_SERVER
 
 
 @cache
@@ -106,24 +93,10 @@ class Setup:
 
 
 @pytest.fixture
-async def paid(node_sdk: str, gateway, upstream, tmp_path: Path) -> Setup:
-    devnet, store = Devnet(), MemoryStore()
-    tokens = Tokens(KeyRing.load(tmp_path / "ring"))
-    cashier = Cashier(
-        SERVER,
-        tracker=devnet,
-        broadcaster=LocalBroadcaster(devnet),
-        store=store,
-        tokens=tokens,
-    )
-    base = await gateway(
-        POLICY.format(upstream=upstream.url),
-        server_key=SERVER.public_key().hex(),
-        tokens=tokens,
-        cashier=cashier,
-        cookie_secure=False,
-    )
-    return Setup(base, devnet, tokens, store, node_sdk)
+async def paid(node_sdk: str, paid_gateway) -> Setup:
+    devnet = Devnet()
+    started = await paid_gateway(devnet, LocalBroadcaster(devnet))
+    return Setup(started.base, devnet, started.tokens, started.store, node_sdk)
 
 
 async def ts_payment(setup: Setup, satoshis: int, *, beef_version: int = 1) -> dict[str, str]:

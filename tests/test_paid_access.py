@@ -11,7 +11,6 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -20,31 +19,13 @@ import pytest
 from bsv import PrivateKey
 
 from gateway.chain import ChainError
-from gateway.payments.cashier import Cashier
 from gateway.store.memory import MemoryStore
-from gateway.tokens import UPSTREAM, KeyRing, Tokens
+from gateway.tokens import UPSTREAM, Tokens
 from tests.chainkit import Tracker, atomic_beef, pay
+from tests.conftest import PAID_SERVER
 
-SERVER = PrivateKey(0x5E_12_7E_12)
+SERVER = PAID_SERVER
 CLIENT = PrivateKey(0xC1_1E_17)
-
-POLICY = """\
-services:
-  archive:
-    upstream: {upstream}
-    mount: /archive
-    routes:
-      - path: /pages/{{n}}
-        price: 25
-        grant: {{lasts: 1h, covers: resource}}
-      - path: /datasets/**
-        price: 100
-        grant: {{lasts: 1h, covers: route}}
-      - path: /big/{{size}}
-        price: 5
-      - path: /**
-        price: free
-"""
 
 
 @dataclass
@@ -82,18 +63,10 @@ class Setup:
 
 
 @pytest.fixture
-async def paid(gateway, upstream, tmp_path: Path) -> Setup:
-    tracker, broadcaster, store = Tracker(), FakeBroadcaster(), MemoryStore()
-    tokens = Tokens(KeyRing.load(tmp_path / "ring"))
-    cashier = Cashier(SERVER, tracker=tracker, broadcaster=broadcaster, store=store, tokens=tokens)
-    base = await gateway(
-        POLICY.format(upstream=upstream.url),
-        server_key=SERVER.public_key().hex(),
-        tokens=tokens,
-        cashier=cashier,
-        cookie_secure=False,
-    )
-    return Setup(base, tracker, broadcaster, tokens, store)
+async def paid(paid_gateway) -> Setup:
+    tracker, broadcaster = Tracker(), FakeBroadcaster()
+    started = await paid_gateway(tracker, broadcaster)
+    return Setup(started.base, tracker, broadcaster, started.tokens, started.store)
 
 
 def brc121(
@@ -446,7 +419,7 @@ async def test_streamed_paid_response_carries_the_token(paid: Setup) -> None:
     # Above 256 KiB the answer streams: the token must be in its headers too.
     size = 1 << 20
     status, resp, body, cookies = await fetch(
-        f"{paid.base}/archive/big/{size}", send(brc121(paid, 5))
+        f"{paid.base}/archive/big/{size}", send(brc121(paid, 10))
     )
     assert status == 200 and len(body) == size
     assert "X-Farebox-Token" in resp and "farebox_token" in cookies

@@ -16,7 +16,6 @@ from tests.chainkit import (
     atomic,
     atomic_beef,
     beef_of,
-    beef_v2_of,
     funding,
     mined,
     pay,
@@ -359,7 +358,7 @@ async def test_beef_v2_with_proven_parent_is_accepted() -> None:
     tracker = Tracker()
     p = pay(SERVER.public_key(), CLIENT, PRICE, tracker)
     parent = p.tx.inputs[0].source_transaction
-    data = beef_v2_of(parent, p.tx)
+    data = beef_of(parent, p.tx, version=2)
     assert (await check(data, expectation(p), tracker)).satoshis == PRICE
     wrapped = b"\x01\x01\x01\x01" + bytes.fromhex(p.tx.txid())[::-1] + data
     assert (await check(wrapped, expectation(p), tracker)).satoshis == PRICE
