@@ -47,6 +47,8 @@ class Settings(BaseModel):
     arc_url: str | None = None
     arc_api_key: str | None = None
     arc_wait_for: str | None = "SEEN_ON_NETWORK"
+    arc_callback_url: str | None = None
+    arc_callback_token: str | None = None
     headers_url: str | None = None
     headers_api_key: str | None = None
 

@@ -224,7 +224,11 @@ def _chain_clients(
         assert settings.arc_url and settings.headers_url
         inner = BlockHeadersTracker(settings.headers_url, api_key=settings.headers_api_key)
         broadcaster = ArcBroadcaster(
-            settings.arc_url, api_key=settings.arc_api_key, wait_for=settings.arc_wait_for
+            settings.arc_url,
+            api_key=settings.arc_api_key,
+            wait_for=settings.arc_wait_for,
+            callback_url=settings.arc_callback_url,
+            callback_token=settings.arc_callback_token,
         )
     tracker = CachingTracker(inner)
     closers += [tracker.close, broadcaster.close]
