@@ -1,11 +1,23 @@
-"""The embedded store: one process, state in dicts, lost on restart."""
+"""The embedded store: one process, state in dicts, lost on restart.
+
+Every operation runs on one event loop with no await between reading and
+writing, so each is atomic without locks. Anything that expires (held
+amounts, quota windows, revocations) is checked lazily when touched, against
+an injectable clock (unix seconds) so tests need not sleep.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from gateway.ledger import Receipt
-from gateway.store import Claim, Outcome
+from gateway.store import Claim, Outcome, Window
+
+_PURGE_EVERY = 60.0  # seconds between sweeps of expired quota and revocation entries
 
 
 @dataclass
@@ -15,10 +27,41 @@ class _Entry:
     token: str | None = None
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self._claims: dict[str, _Entry] = {}
+@dataclass
+class _Tab:
+    balance: int = 0
+    held: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (amount, deadline)
+    due: list[tuple[float, str]] = field(default_factory=list)  # heap of (deadline, id)
+    once: set[str] = field(default_factory=set)
 
+    def sweep(self, now: float) -> None:
+        """Return every hold whose deadline passed (its worker died mid-request)."""
+        while self.due and self.due[0][0] <= now:
+            deadline, reservation = heapq.heappop(self.due)
+            hold = self.held.get(reservation)
+            # The heap keeps entries of settled holds (and of earlier holds
+            # reusing an id): only the live hold with this deadline counts.
+            if hold is not None and hold[1] == deadline:
+                del self.held[reservation]
+                self.balance += hold[0]
+
+    def finish(self, reservation: str, charge: int) -> None:
+        """Charge at most what was held and return the rest; unknown ids do nothing."""
+        hold = self.held.pop(reservation, None)
+        if hold is not None:
+            self.balance += hold[0] - min(charge, hold[0])
+
+
+class MemoryStore:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._claims: dict[str, _Entry] = {}
+        self._tabs: dict[str, _Tab] = {}
+        self._windows: dict[tuple[str, int], tuple[int, float]] = {}  # -> (count, ends)
+        self._revoked: dict[str, int] = {}  # grant id -> until
+        self._next_purge = clock() + _PURGE_EVERY
+
+    # --- payments ---------------------------------------------------------------------
     async def claim(self, txid: str, purchase: str) -> Claim:
         # No await between the check and the write: atomic on one event loop.
         entry = self._claims.get(txid)
@@ -30,7 +73,8 @@ class MemoryStore:
         return Claim(Outcome.SAME, entry.receipt, entry.token)
 
     async def complete(self, txid: str, receipt: Receipt, token: str) -> None:
-        entry = self._claims[txid]
+        # setdefault: a claim taken over after its first owner released it.
+        entry = self._claims.setdefault(txid, _Entry(f"{receipt.service}\n{receipt.resource}"))
         entry.receipt, entry.token = receipt, token
 
     async def release(self, txid: str, purchase: str) -> None:
@@ -41,3 +85,98 @@ class MemoryStore:
     async def receipt(self, txid: str) -> Receipt | None:
         entry = self._claims.get(txid)
         return entry.receipt if entry else None
+
+    # --- tabs ---------------------------------------------------------------------------
+    async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]:
+        _at_least("amount", amount, 0)
+        account = self._tab(tab, create=True)
+        assert account is not None
+        if once in account.once:
+            return account.balance, False
+        account.once.add(once)
+        account.balance += amount
+        return account.balance, True
+
+    async def reserve(self, tab: str, amount: int, reservation: str, ttl: int) -> int | None:
+        _at_least("amount", amount, 0)
+        _at_least("ttl", ttl, 1)
+        account = self._tab(tab)
+        if account is None:
+            return None
+        if reservation in account.held:
+            # A retried reserve: the hold stands once, unchanged.
+            return account.balance
+        if account.balance < amount:
+            return None
+        deadline = self._clock() + ttl
+        account.held[reservation] = (amount, deadline)
+        heapq.heappush(account.due, (deadline, reservation))
+        account.balance -= amount
+        return account.balance
+
+    async def settle(self, tab: str, reservation: str, charge: int) -> int:
+        _at_least("charge", charge, 0)
+        account = self._tab(tab)
+        if account is None:
+            return 0
+        account.finish(reservation, charge)
+        return account.balance
+
+    async def refund(self, tab: str, reservation: str) -> int:
+        return await self.settle(tab, reservation, 0)
+
+    async def balance(self, tab: str) -> int | None:
+        account = self._tab(tab)
+        return None if account is None else account.balance
+
+    def _tab(self, tab: str, *, create: bool = False) -> _Tab | None:
+        """The tab with its expired holds already returned to its balance."""
+        account = self._tabs.get(tab)
+        if account is None and create:
+            account = self._tabs[tab] = _Tab()
+        if account is not None:
+            account.sweep(self._clock())
+        return account
+
+    # --- quotas -------------------------------------------------------------------------
+    async def hit(self, key: str, window: int) -> Window:
+        _at_least("window", window, 1)
+        now = self._clock()
+        self._purge(now)
+        count, ends = self._windows.get((key, window), (0, now))
+        if ends <= now:
+            # The window starts with its first hit, as in the Redis store.
+            count, ends = 0, now + window
+        self._windows[key, window] = (count + 1, ends)
+        return Window(count + 1, max(1, math.ceil(ends - now)))
+
+    # --- revocations --------------------------------------------------------------------
+    async def revoke(self, grant_id: str, until: int) -> None:
+        now = self._clock()
+        self._purge(now)
+        # The later deadline wins: a revocation is never shortened by another.
+        if until > now and until > self._revoked.get(grant_id, 0):
+            self._revoked[grant_id] = until
+
+    async def revoked(self, grant_id: str) -> bool:
+        return self._revoked.get(grant_id, 0) > self._clock()
+
+    def _purge(self, now: float) -> None:
+        """Drop ended windows and revocations now and then, so memory stays bounded."""
+        if now < self._next_purge:
+            return
+        self._next_purge = now + _PURGE_EVERY
+        self._windows = {k: v for k, v in self._windows.items() if v[1] > now}
+        self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+
+    # --- health -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")

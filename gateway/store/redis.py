@@ -1,0 +1,482 @@
+"""The shared store: Redis (single server, Sentinel or Cluster) through redis.asyncio.
+
+Every operation that reads and then writes is one Lua script, so it is atomic
+on the server; every key one script touches carries the same hash tag, so a
+Redis Cluster keeps them in one slot.
+
+Key schema (P is the configurable prefix, "farebox:" by default; it may not
+contain braces so that the first "{...}" of every key is the tag below):
+
+    P claim:{TXID}          hash  purchase, owner, receipt (JSON), token
+                                  a claim in progress expires after `claim_ttl`
+                                  (1 h) in case its owner died; `complete`
+                                  removes the expiry: receipts are kept for good
+    P tab:{TAB}             hash  balance (spendable; held amounts excluded)
+    P tab:{TAB}:held        hash  reservation -> amount held
+    P tab:{TAB}:due         zset  reservation -> deadline (Redis TIME, ms)
+    P tab:{TAB}:once        set   `once` values credited to this tab
+    P hit:{KEY}:WINDOW      str   requests in the current window; PEXPIRE set
+                                  by the window's first hit
+    P revoked:{GRANT_ID}    str   the `until` of the revocation; EXPIREAT until
+
+TXID, TAB, KEY and GRANT_ID are written as given, except that "%", "{" and
+"}" become "%25", "%7B" and "%7D" and an empty id becomes "%": a brace inside
+an id would otherwise end the tag early (or leave it empty, and Redis then
+hashes the whole key name, scattering one tab over several slots).
+
+Time inside scripts comes from `redis.call('TIME')` (allowed in Redis 7:
+scripts replicate their effects, not their source) so that every worker of
+every machine agrees on when a hold expires; one tab lives on one server, so
+one clock decides. Expired holds go back to the balance at the start of every
+tab script, so no background job is needed. `hit` needs no clock (PTTL) and
+`revoke` compares `until` with TIME.
+
+Lua numbers are doubles: amounts stay exact below 2**53 (about 9e15, i.e. 90
+million BSV in satoshis or 90,000 BSV in millisatoshis per tab).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.ledger import Receipt
+from gateway.store import Claim, Outcome, StoreUnavailable, Window
+
+T = TypeVar("T")
+Client = Redis | RedisCluster
+Arg = str | int
+
+CLAIM_TTL = 3600  # seconds an unfinished claim survives a claimant that died
+
+# --- Lua ------------------------------------------------------------------------------
+
+_CLAIM = """
+-- KEYS: claim   ARGV: purchase, owner, ttl
+local v = redis.call('HMGET', KEYS[1], 'purchase', 'owner', 'receipt', 'token')
+if not v[1] then
+  redis.call('HSET', KEYS[1], 'purchase', ARGV[1], 'owner', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {'new'}
+end
+if v[1] ~= ARGV[1] then return {'conflict'} end
+-- Our own call again (redis-py retried after losing the reply): still ours.
+if v[2] == ARGV[2] and not v[3] then return {'new'} end
+return {'same', v[3], v[4]}
+"""
+
+_COMPLETE = """
+-- KEYS: claim   ARGV: purchase (from the receipt), receipt, token
+-- HSETNX: a claim that expired or was released is taken over, as in memory.
+redis.call('HSETNX', KEYS[1], 'purchase', ARGV[1])
+redis.call('HSET', KEYS[1], 'receipt', ARGV[2], 'token', ARGV[3])
+redis.call('HDEL', KEYS[1], 'owner')
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
+_RELEASE = """
+-- KEYS: claim   ARGV: purchase
+local v = redis.call('HMGET', KEYS[1], 'purchase', 'receipt')
+if v[1] == ARGV[1] and not v[2] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Shared by every tab script. KEYS: tab, held, due, once.
+_TAB = """
+-- string.format('%d'): tostring would write 1e+15 for large sums, which
+-- HINCRBY refuses.
+local function int(n) return string.format('%d', n) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function balance()
+  return tonumber(redis.call('HGET', KEYS[1], 'balance') or 0)
+end
+-- Holds past their deadline return to the balance before anything else.
+local function sweep()
+  local now = int(now_ms())
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+  if #gone == 0 then return end
+  local back = 0
+  for _, id in ipairs(gone) do
+    back = back + tonumber(redis.call('HGET', KEYS[2], id) or 0)
+    redis.call('HDEL', KEYS[2], id)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  redis.call('HINCRBY', KEYS[1], 'balance', int(back))
+end
+sweep()
+"""
+
+_CREDIT = (
+    _TAB
+    + """
+-- ARGV: amount, once
+if redis.call('SADD', KEYS[4], ARGV[2]) == 0 then return {balance(), 0} end
+return {redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1]), 1}
+"""
+)
+
+_RESERVE = (
+    _TAB
+    + """
+-- ARGV: amount, reservation, ttl (s)
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local b = balance()
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return b end  -- a retry: held once
+local amount = tonumber(ARGV[1])
+if b < amount then return false end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], int(now_ms() + tonumber(ARGV[3]) * 1000), ARGV[2])
+return redis.call('HINCRBY', KEYS[1], 'balance', int(-amount))
+"""
+)
+
+_SETTLE = (
+    _TAB
+    + """
+-- ARGV: reservation, charge (refund: 0)
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if held then
+  held = tonumber(held)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'balance', int(held - math.min(tonumber(ARGV[2]), held)))
+end
+return balance()
+"""
+)
+
+_BALANCE = (
+    _TAB
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return balance()
+"""
+)
+
+_HIT = """
+-- KEYS: counter   ARGV: window (s). Returns {count, ms until the window ends}.
+local n = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then  -- the window's first hit (or a counter that lost its expiry)
+  left = tonumber(ARGV[1]) * 1000
+  redis.call('PEXPIRE', KEYS[1], left)
+end
+return {n, left}
+"""
+
+_REVOKE = """
+-- KEYS: flag   ARGV: until (unix s). The later deadline wins.
+local untl = tonumber(ARGV[1])
+if untl <= tonumber(redis.call('TIME')[1]) then return 0 end
+if untl <= tonumber(redis.call('GET', KEYS[1]) or 0) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[1])
+return 1
+"""
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+def tag(name: str) -> str:
+    """A hash tag for one id: braces escaped, never empty (see the module doc)."""
+    if not name:
+        return "{%}"
+    escaped = name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return "{" + escaped + "}"
+
+
+class Keys:
+    """Key names by operation; each list shares one hash tag, so one slot."""
+
+    def __init__(self, prefix: str) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the store key prefix may not contain '{' or '}'")
+        self.prefix = prefix
+
+    def claim(self, txid: str) -> list[str]:
+        return [f"{self.prefix}claim:{tag(txid)}"]
+
+    def tab(self, tab: str) -> list[str]:
+        base = f"{self.prefix}tab:{tag(tab)}"
+        return [base, f"{base}:held", f"{base}:due", f"{base}:once"]
+
+    def hit(self, key: str, window: int) -> list[str]:
+        return [f"{self.prefix}hit:{tag(key)}:{window}"]
+
+    def revoked(self, grant_id: str) -> list[str]:
+        return [f"{self.prefix}revoked:{tag(grant_id)}"]
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class RedisStore:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "farebox:",
+        pool_size: int = 50,
+        timeout: float = 2.0,
+        claim_ttl: int = CLAIM_TTL,
+        closers: Sequence[Callable[[], Awaitable[Any]]] = (),
+    ) -> None:
+        self.keys = Keys(prefix)
+        self._client = client
+        self._timeout = timeout
+        self._claim_ttl = claim_ttl
+        self._closers = [client.aclose, *closers]
+        # At most pool_size calls in flight: redis-py's pools raise instead of
+        # waiting when exhausted, and a burst must queue, not fail.
+        self._slots = asyncio.Semaphore(pool_size)
+        # Registered once; EVALSHA, with SCRIPT LOAD on NOSCRIPT (a restarted
+        # server, a new cluster node) done by redis-py's Script objects.
+        self._claim = client.register_script(_CLAIM)
+        self._complete = client.register_script(_COMPLETE)
+        self._release = client.register_script(_RELEASE)
+        self._credit = client.register_script(_CREDIT)
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+        self._balance = client.register_script(_BALANCE)
+        self._hit = client.register_script(_HIT)
+        self._revoke = client.register_script(_REVOKE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "farebox:", pool_size: int = 50, timeout: float = 2.0
+    ) -> RedisStore:
+        """A store for redis://, rediss://, redis+sentinel:// or redis+cluster:// URLs.
+
+        redis[s]://[[user]:password@]host[:port][/db][?redis-py options]
+        redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]
+            [?sentinel_username=...&sentinel_password=...]
+            (user and password are the master's; the sentinels' are separate)
+        redis+cluster://[[user]:password@]host:port[,host:port...]
+        """
+        Keys(prefix)  # refuse a bad prefix before any client exists
+        scheme = url.partition("://")[0].lower()
+        options = _client_options(pool_size, timeout)
+        if scheme in ("redis", "rediss"):
+            pool = BlockingConnectionPool.from_url(url, timeout=timeout, **options)
+            client: Client = Redis.from_pool(pool)
+            return cls(client, prefix=prefix, pool_size=pool_size, timeout=timeout)
+        if scheme == "redis+sentinel":
+            return cls._sentinel(url, options, prefix, pool_size, timeout)
+        if scheme == "redis+cluster":
+            return cls._cluster(url, options, prefix, pool_size, timeout)
+        raise ValueError(f"not a Redis URL: {scheme}://")
+
+    @classmethod
+    def _sentinel(
+        cls, url: str, options: dict[str, Any], prefix: str, pool_size: int, timeout: float
+    ) -> RedisStore:
+        parts = urlsplit(url)
+        user, password, hosts = _netloc(parts.netloc)
+        path = [p for p in parts.path.split("/") if p]
+        if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+            raise ValueError("redis+sentinel:// needs /service_name[/db] after the hosts")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        sentinel_auth = {
+            "username": query.get("sentinel_username"),
+            "password": query.get("sentinel_password"),
+        }
+        sentinel = Sentinel(
+            hosts,
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                **{k: v for k, v in sentinel_auth.items() if v},
+            },
+        )
+        client = sentinel.master_for(
+            unquote(path[0]),
+            db=int(path[1]) if len(path) == 2 else 0,
+            username=user,
+            password=password,
+            **options,
+        )
+
+        async def close_sentinels() -> None:
+            await sentinel.aclose()
+
+        return cls(
+            client,
+            prefix=prefix,
+            pool_size=pool_size,
+            timeout=timeout,
+            closers=[close_sentinels],
+        )
+
+    @classmethod
+    def _cluster(
+        cls, url: str, options: dict[str, Any], prefix: str, pool_size: int, timeout: float
+    ) -> RedisStore:
+        parts = urlsplit(url)
+        if parts.path.strip("/"):
+            raise ValueError("redis+cluster:// takes no database: a cluster has only db 0")
+        user, password, hosts = _netloc(parts.netloc)
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in hosts],
+            username=user,
+            password=password,
+            **options,
+        )
+        return cls(client, prefix=prefix, pool_size=pool_size, timeout=timeout)
+
+    # --- payments -----------------------------------------------------------------------
+    async def claim(self, txid: str, purchase: str) -> Claim:
+        # A fresh owner per call: a retry of this very call still sees NEW.
+        owner = secrets.token_hex(8)
+        reply = await self._run(
+            self._claim, self.keys.claim(txid), [purchase, owner, self._claim_ttl]
+        )
+        outcome = Outcome(reply[0])
+        if outcome is not Outcome.SAME:
+            return Claim(outcome)
+        receipt = Receipt.from_json(json.loads(reply[1])) if reply[1] else None
+        return Claim(outcome, receipt, reply[2] or None)
+
+    async def complete(self, txid: str, receipt: Receipt, token: str) -> None:
+        purchase = f"{receipt.service}\n{receipt.resource}"
+        body = json.dumps(receipt.to_json(), separators=(",", ":"))
+        await self._run(self._complete, self.keys.claim(txid), [purchase, body, token])
+
+    async def release(self, txid: str, purchase: str) -> None:
+        await self._run(self._release, self.keys.claim(txid), [purchase])
+
+    async def receipt(self, txid: str) -> Receipt | None:
+        (key,) = self.keys.claim(txid)
+        body = await self._guard(lambda: self._client.hget(key, "receipt"))
+        return Receipt.from_json(json.loads(body)) if body else None
+
+    # --- tabs ---------------------------------------------------------------------------
+    async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]:
+        _at_least("amount", amount, 0)
+        balance, credited = await self._run(self._credit, self.keys.tab(tab), [amount, once])
+        return int(balance), bool(credited)
+
+    async def reserve(self, tab: str, amount: int, reservation: str, ttl: int) -> int | None:
+        _at_least("amount", amount, 0)
+        _at_least("ttl", ttl, 1)
+        left = await self._run(self._reserve, self.keys.tab(tab), [amount, reservation, ttl])
+        return None if left is None else int(left)
+
+    async def settle(self, tab: str, reservation: str, charge: int) -> int:
+        _at_least("charge", charge, 0)
+        return int(await self._run(self._settle, self.keys.tab(tab), [reservation, charge]))
+
+    async def refund(self, tab: str, reservation: str) -> int:
+        return await self.settle(tab, reservation, 0)
+
+    async def balance(self, tab: str) -> int | None:
+        left = await self._run(self._balance, self.keys.tab(tab), [])
+        return None if left is None else int(left)
+
+    # --- quotas -------------------------------------------------------------------------
+    async def hit(self, key: str, window: int) -> Window:
+        _at_least("window", window, 1)
+        count, left_ms = await self._run(self._hit, self.keys.hit(key, window), [window])
+        return Window(int(count), max(1, math.ceil(int(left_ms) / 1000)))
+
+    # --- revocations --------------------------------------------------------------------
+    async def revoke(self, grant_id: str, until: int) -> None:
+        await self._run(self._revoke, self.keys.revoked(grant_id), [int(until)])
+
+    async def revoked(self, grant_id: str) -> bool:
+        (key,) = self.keys.revoked(grant_id)
+        return bool(await self._guard(lambda: self._client.exists(key)))
+
+    # --- health -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._guard(self._client.ping)
+
+    async def close(self) -> None:
+        for closer in self._closers:
+            # Closing connections to a dead server: nothing left to release.
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await closer()
+
+    # --- plumbing -----------------------------------------------------------------------
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Arg]) -> Any:
+        """One script call; the single place keys reach Redis (the slot test spies here)."""
+        return await self._guard(lambda: script(keys=keys, args=args))
+
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Bound one call by `timeout` and turn every Redis failure into StoreUnavailable."""
+        try:
+            async with asyncio.timeout(self._timeout), self._slots:
+                if isinstance(self._client, RedisCluster):
+                    # redis-py routes commands sent before the slot map is
+                    # loaded to an arbitrary node (MOVED storms, reconnects):
+                    # load it first. A no-op once loaded.
+                    await self._client.initialize()
+                return await call()
+        except TimeoutError:  # ours; redis-py's TimeoutError is a RedisError
+            raise StoreUnavailable(f"no answer within {self._timeout:g} s") from None
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreUnavailable(_reason(exc)) from exc
+        except Exception as exc:
+            # Only redis-py runs in here; an internal fault of the client (seen
+            # under concurrent cluster reconnects) must fail closed too.
+            raise StoreUnavailable(f"redis client failed: {exc!r}"[:160]) from exc
+
+
+def _client_options(pool_size: int, timeout: float) -> dict[str, Any]:
+    # A few quick retries with a fresh connection heal a restarted server or a
+    # failover without restarting Farebox; the whole call stays bounded by
+    # `timeout` in _guard, so a dead Redis still fails fast.
+    retry = Retry(
+        ExponentialBackoff(cap=0.2, base=0.02),
+        retries=3,
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
+    )
+    return {
+        "max_connections": pool_size,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": retry,
+        "decode_responses": True,
+    }
+
+
+def _netloc(netloc: str) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """user, password and (host, port) pairs of "[user[:password]@]h:p[,h:p...]"."""
+    auth, _, hosts = netloc.rpartition("@")
+    user, _, password = auth.partition(":")
+    pairs = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {item!r}")
+        pairs.append((host.strip("[]"), int(port)))
+    return unquote(user) or None, unquote(password) or None, pairs
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")

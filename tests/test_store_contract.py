@@ -1,0 +1,494 @@
+"""One contract for every Store: memory, a single Redis, and a 3-master Redis Cluster.
+
+The Redis backends run against throwaway redis-server processes (tests/redis_servers.py)
+on free ports, never the machine's own Redis; each test uses a fresh key prefix.
+Time-dependent cases advance a fake clock for memory and really wait for Redis,
+whose scripts read the server's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from gateway.ledger import Receipt
+from gateway.store import Outcome, Store, StoreUnavailable
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore, tag
+from tests.redis_servers import (
+    Cluster,
+    RedisServer,
+    SentinelSetup,
+    free_port,
+    need_redis,
+    running,
+)
+
+PURCHASE = "archive\n/records/1"
+WEIRD_IDS = ["", "{", "}", "}x", "a{b}c", "%7B", "%", "tab with spaces", "ünïcode"]
+
+
+# --- servers (session-wide) and backends (per test) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    need_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    with running(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    need_redis()
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    with running(cluster):
+        yield cluster
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Backend:
+    name: str
+    store: Store
+    clock: FakeClock | None = None  # memory only: Redis scripts read the server's TIME
+
+    def now(self) -> float:
+        return self.clock() if self.clock else time.time()
+
+    async def elapse(self, seconds: float) -> None:
+        if self.clock:
+            self.clock.now += seconds
+        else:
+            await asyncio.sleep(seconds)
+
+
+def redis_store(url: str, **options: Any) -> RedisStore:
+    # A fresh prefix isolates each test without flushing shared servers.
+    return RedisStore.from_url(url, prefix=f"t{secrets.token_hex(4)}:", **options)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        clock = FakeClock()
+        yield Backend("memory", MemoryStore(clock), clock)
+        return
+    server = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster"
+    )
+    store = redis_store(server.url)
+    yield Backend(request.param, store)
+    await store.close()
+
+
+def receipt_for(txid: str, purchase: str = PURCHASE) -> Receipt:
+    service, resource = purchase.split("\n")
+    return Receipt(txid, 0, 100, service, resource, "GET", "g-1", 1_700_000_000, 1_700_000_600, "p")
+
+
+# --- claims ---------------------------------------------------------------------------
+
+
+async def test_claim_new_then_same_then_conflict(backend: Backend) -> None:
+    store = backend.store
+    assert (await store.claim("aa", PURCHASE)).outcome is Outcome.NEW
+    same = await store.claim("aa", PURCHASE)
+    assert (same.outcome, same.receipt, same.token) == (Outcome.SAME, None, None)
+    assert (await store.claim("aa", "archive\n/records/2")).outcome is Outcome.CONFLICT
+    assert await store.receipt("aa") is None  # in progress: no receipt yet
+
+
+async def test_complete_then_same_returns_receipt_and_token(backend: Backend) -> None:
+    store = backend.store
+    await store.claim("bb", PURCHASE)
+    await store.complete("bb", receipt_for("bb"), "tok-bb")
+    same = await store.claim("bb", PURCHASE)
+    assert (same.outcome, same.receipt, same.token) == (Outcome.SAME, receipt_for("bb"), "tok-bb")
+    assert await store.receipt("bb") == receipt_for("bb")
+    assert await store.receipt("unknown") is None
+    assert (await store.claim("bb", "other\n/x")).outcome is Outcome.CONFLICT
+
+
+async def test_release_only_by_same_purchase_and_before_complete(backend: Backend) -> None:
+    store = backend.store
+    await store.claim("cc", PURCHASE)
+    await store.release("cc", "other\n/x")  # someone else's purchase: ignored
+    assert (await store.claim("cc", PURCHASE)).outcome is Outcome.SAME
+    await store.release("cc", PURCHASE)
+    assert (await store.claim("cc", "other\n/x")).outcome is Outcome.NEW  # free again
+
+    await store.claim("dd", PURCHASE)
+    await store.complete("dd", receipt_for("dd"), "tok-dd")
+    await store.release("dd", PURCHASE)  # too late: the payment was accepted
+    assert (await store.claim("dd", PURCHASE)).token == "tok-dd"
+    await store.release("never-claimed", PURCHASE)
+
+
+async def test_complete_takes_over_a_released_claim(backend: Backend) -> None:
+    store = backend.store
+    await store.complete("ee", receipt_for("ee"), "tok-ee")  # the claim was released meanwhile
+    same = await store.claim("ee", PURCHASE)
+    assert (same.outcome, same.token) == (Outcome.SAME, "tok-ee")
+    assert (await store.claim("ee", "other\n/x")).outcome is Outcome.CONFLICT
+
+
+async def test_concurrent_claims_of_one_txid_have_one_owner(backend: Backend) -> None:
+    claims = await asyncio.gather(*(backend.store.claim("ff", PURCHASE) for _ in range(200)))
+    outcomes = [c.outcome for c in claims]
+    assert outcomes.count(Outcome.NEW) == 1
+    assert outcomes.count(Outcome.SAME) == 199
+
+
+# --- tabs -----------------------------------------------------------------------------
+
+
+async def test_credit_is_idempotent_per_once(backend: Backend) -> None:
+    store = backend.store
+    assert await store.credit("t", 10, "tx1") == (10, True)
+    assert await store.credit("t", 10, "tx1") == (10, False)
+    assert await store.credit("t", 5, "tx2") == (15, True)
+    assert await store.credit("other", 7, "tx1") == (7, True)  # `once` is per tab
+    assert await store.balance("t") == 15
+
+
+async def test_concurrent_identical_credits_count_once(backend: Backend) -> None:
+    results = await asyncio.gather(*(backend.store.credit("t", 10, "tx") for _ in range(200)))
+    assert [credited for _, credited in results].count(True) == 1
+    assert {balance for balance, _ in results} == {10}
+    assert await backend.store.balance("t") == 10
+
+
+async def test_reserve_holds_only_what_the_balance_covers(backend: Backend) -> None:
+    store = backend.store
+    assert await store.reserve("nobody", 0, "r0", 30) is None
+    assert await store.balance("nobody") is None  # a failed reserve opens no tab
+    await store.credit("t", 10, "tx")
+    assert await store.reserve("t", 4, "r1", 30) == 6
+    assert await store.reserve("t", 7, "r2", 30) is None
+    assert await store.balance("t") == 6  # nothing held by the refusal
+    assert await store.reserve("t", 6, "r3", 30) == 0
+    assert await store.reserve("t", 0, "r4", 30) == 0
+
+
+async def test_reserving_one_id_twice_holds_once(backend: Backend) -> None:
+    store = backend.store
+    await store.credit("t", 10, "tx")
+    assert await store.reserve("t", 4, "r", 30) == 6
+    assert await store.reserve("t", 4, "r", 30) == 6
+    assert await store.refund("t", "r") == 10
+
+
+async def test_concurrent_reserves_never_overdraw(backend: Backend) -> None:
+    store = backend.store
+    await store.credit("t", 100, "tx")
+    left = await asyncio.gather(*(store.reserve("t", 1, f"r{i}", 30) for i in range(1000)))
+    granted = [x for x in left if x is not None]
+    assert sorted(granted) == list(range(100))
+    assert await store.balance("t") == 0
+
+
+async def test_settle_charges_at_most_what_was_held(backend: Backend) -> None:
+    store = backend.store
+    await store.credit("t", 10, "tx")
+    await store.reserve("t", 6, "r1", 30)
+    assert await store.settle("t", "r1", 2) == 8  # 4 of the 6 come back
+    assert await store.settle("t", "r1", 2) == 8  # twice: nothing changes
+    assert await store.refund("t", "r1") == 8
+    await store.reserve("t", 3, "r2", 30)
+    assert await store.settle("t", "r2", 99) == 5  # never more than the 3 held
+
+
+async def test_refund_returns_everything_once(backend: Backend) -> None:
+    store = backend.store
+    await store.credit("t", 10, "tx")
+    await store.reserve("t", 6, "r", 30)
+    assert await store.refund("t", "r") == 10
+    assert await store.refund("t", "r") == 10
+    assert await store.settle("t", "r", 6) == 10
+    assert await store.settle("t", "unknown", 5) == 10
+    assert await store.settle("nobody", "r", 1) == 0
+    assert await store.refund("nobody", "r") == 0
+    assert await store.balance("nobody") is None
+
+
+async def test_expired_reservation_returns_to_the_balance(backend: Backend) -> None:
+    store = backend.store
+    await store.credit("t", 10, "tx")
+    assert await store.reserve("t", 4, "dies", 1) == 6
+    assert await store.reserve("t", 3, "lives", 30) == 3
+    await backend.elapse(1.05)
+    assert await store.balance("t") == 7  # the expired 4 came back, the live 3 did not
+    assert await store.settle("t", "dies", 4) == 7  # expired: settling changes nothing
+    assert await store.settle("t", "lives", 1) == 9
+
+
+async def test_balance_of_unknown_tab_is_none(backend: Backend) -> None:
+    assert await backend.store.balance("nobody") is None
+    await backend.store.credit("zero", 0, "open")
+    assert await backend.store.balance("zero") == 0
+
+
+async def test_amounts_may_not_be_negative(backend: Backend) -> None:
+    store = backend.store
+    with pytest.raises(ValueError):
+        await store.credit("t", -1, "tx")
+    with pytest.raises(ValueError):
+        await store.reserve("t", -1, "r", 30)
+    with pytest.raises(ValueError):
+        await store.reserve("t", 1, "r", 0)
+    with pytest.raises(ValueError):
+        await store.settle("t", "r", -1)
+    with pytest.raises(ValueError):
+        await store.hit("k", 0)
+
+
+# --- quotas ---------------------------------------------------------------------------
+
+
+async def test_hit_counts_within_a_window_then_resets(backend: Backend) -> None:
+    store = backend.store
+    first = await store.hit("k", 1)
+    assert (first.count, first.resets_in) == (1, 1)
+    assert (await store.hit("k", 1)).count == 2
+    assert (await store.hit("other", 1)).count == 1
+    assert (await store.hit("k", 60)).count == 1  # another window length, another counter
+    assert 1 <= (await store.hit("k", 60)).resets_in <= 60
+    await backend.elapse(1.05)
+    assert (await store.hit("k", 1)).count == 1
+    assert (await store.hit("k", 60)).count == 3
+
+
+# --- revocations ----------------------------------------------------------------------
+
+
+async def test_revocations_last_until_the_latest_deadline(backend: Backend) -> None:
+    store = backend.store
+    soon, later = int(backend.now()) + 1, int(backend.now()) + 100
+    assert not await store.revoked("g")
+    await store.revoke("short", soon)
+    await store.revoke("extended", soon)
+    await store.revoke("extended", later)
+    await store.revoke("kept", later)
+    await store.revoke("kept", soon)  # never shortened by a later call
+    await store.revoke("past", soon - 5)
+    assert [await store.revoked(g) for g in ("short", "extended", "kept", "past")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    await backend.elapse(soon - backend.now() + 0.05)
+    assert [await store.revoked(g) for g in ("short", "extended", "kept")] == [False, True, True]
+
+
+# --- ids and health -------------------------------------------------------------------
+
+
+async def test_odd_ids_are_distinct_and_work(backend: Backend) -> None:
+    store = backend.store
+    for i, name in enumerate(WEIRD_IDS):
+        assert await store.credit(name, i + 1, "tx") == (i + 1, True)
+        assert (await store.claim(name, PURCHASE)).outcome is Outcome.NEW
+        assert (await store.hit(name, 60)).count == 1
+        await store.revoke(name, int(backend.now()) + 60)
+    for i, name in enumerate(WEIRD_IDS):
+        assert await store.reserve(name, 1, name, 30) == i
+        assert await store.revoked(name)
+
+
+async def test_ping_and_close(backend: Backend) -> None:
+    await backend.store.ping()
+    await backend.store.close()
+    await backend.store.close()  # twice is harmless
+
+
+# --- Redis only -----------------------------------------------------------------------
+
+
+async def test_every_script_touches_one_slot(redis_cluster: Cluster) -> None:
+    """Run every operation on the cluster and check the keys each script got."""
+    store = redis_store(redis_cluster.url)
+    calls: list[list[str]] = []
+    run = store._run
+
+    async def spy(script: Any, keys: list[str], args: list[Any]) -> Any:
+        calls.append(keys)
+        return await run(script, keys, args)
+
+    store._run = spy  # type: ignore[method-assign]
+    try:
+        for name in ["tx", *WEIRD_IDS]:
+            await exercise(store, name)
+    finally:
+        await store.close()
+    assert len(calls) == 10 * (1 + len(WEIRD_IDS))
+    for keys in calls:
+        assert all(k.count("{") == 1 and k.count("}") == 1 for k in keys), keys
+        assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+        assert len({k[k.index("{") : k.index("}") + 1] for k in keys}) == 1, keys
+
+
+async def exercise(store: Store, name: str) -> None:
+    """Every scripted operation once."""
+    await store.claim(name, PURCHASE)
+    await store.release(name, PURCHASE)
+    await store.complete(name, receipt_for(name), "tok")
+    await store.credit(name, 5, name)
+    await store.reserve(name, 2, name, 30)
+    await store.settle(name, name, 1)
+    await store.refund(name, name)
+    await store.balance(name)
+    await store.hit(name, 60)
+    await store.revoke(name, int(time.time()) + 60)
+
+
+def test_tags_are_never_empty_and_escape_braces() -> None:
+    assert tag("") == "{%}"
+    assert tag("a{b}c") == "{a%7Bb%7Dc}"
+    assert tag("%7B") == "{%257B}"  # distinct from the escaped "{"
+    assert len({tag(x) for x in WEIRD_IDS}) == len(WEIRD_IDS)
+
+
+async def test_claims_in_progress_expire_but_receipts_stay(redis_server: RedisServer) -> None:
+    store = redis_store(redis_server.url)
+    raw = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await store.claim("gg", PURCHASE)
+        (key,) = store.keys.claim("gg")
+        assert 3500 < await raw.ttl(key) <= 3600
+        await store.complete("gg", receipt_for("gg"), "tok")
+        assert await raw.ttl(key) == -1  # kept for good
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
+async def test_a_retried_claim_call_is_still_new(redis_server: RedisServer) -> None:
+    """redis-py may resend a script whose reply was lost: the owner nonce makes it NEW."""
+    store = redis_store(redis_server.url)
+    try:
+        keys, args = store.keys.claim("hh"), [PURCHASE, "owner-1", 60]
+        assert (await store._run(store._claim, keys, args))[0] == "new"
+        assert (await store._run(store._claim, keys, args))[0] == "new"
+        assert (await store.claim("hh", PURCHASE)).outcome is Outcome.SAME
+    finally:
+        await store.close()
+
+
+async def test_store_fails_closed_and_heals_when_redis_returns(tmp_path: Path) -> None:
+    need_redis()
+    server = RedisServer(tmp_path)
+    with running(server):
+        store = redis_store(server.url, timeout=1.0)
+        await store.credit("t", 5, "tx")
+        server.stop()
+        started = time.monotonic()
+        failures = await asyncio.gather(*every_operation(store, "t"), return_exceptions=True)
+        assert all(isinstance(f, StoreUnavailable) for f in failures), failures
+        assert time.monotonic() - started < 1.5  # refused connections fail fast
+        server.start()  # same port, empty data (no persistence)
+        await store.ping()  # the same store object: no restart needed
+        assert (await store.claim("tx", PURCHASE)).outcome is Outcome.NEW
+        assert await store.credit("t", 5, "tx") == (5, True)
+        await store.close()
+
+
+def every_operation(store: Store, name: str) -> list[Any]:
+    return [
+        store.ping(),
+        store.claim(name, PURCHASE),
+        store.complete(name, receipt_for(name), "tok"),
+        store.release(name, PURCHASE),
+        store.receipt(name),
+        store.credit(name, 1, name),
+        store.reserve(name, 1, name, 30),
+        store.settle(name, name, 1),
+        store.refund(name, name),
+        store.balance(name),
+        store.hit(name, 60),
+        store.revoke(name, int(time.time()) + 60),
+        store.revoked(name),
+    ]
+
+
+async def test_a_frozen_redis_fails_within_the_timeout(tmp_path: Path) -> None:
+    need_redis()
+    server = RedisServer(tmp_path)
+    with running(server):
+        store = redis_store(server.url, timeout=0.3)
+        await store.ping()
+        server.pause()  # connections open, no answers: only the timeout ends a call
+        try:
+            for operation in (store.ping(), store.claim("frozen", PURCHASE)):
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable, match=r"no answer|Timeout"):
+                    await operation
+                assert time.monotonic() - started < 0.8
+        finally:
+            server.resume()
+        # Timed-out connections were dropped: later replies cannot be mixed up.
+        assert (await store.claim("after", PURCHASE)).outcome is Outcome.NEW
+        assert await store.credit("t", 3, "tx") == (3, True)
+        await store.close()
+
+
+async def test_unreachable_url_is_unavailable_not_a_redis_error() -> None:
+    port = free_port()
+    for url in (f"redis://127.0.0.1:{port}/0", f"redis+cluster://127.0.0.1:{port}"):
+        store = RedisStore.from_url(url, timeout=0.5)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.claim("x", PURCHASE)
+        await store.close()
+
+
+async def test_sentinel_url_finds_the_master(tmp_path: Path) -> None:
+    need_redis()
+    setup = SentinelSetup(tmp_path)
+    with running(setup):
+        store = redis_store(setup.url)
+        try:
+            await store.ping()
+            assert (await store.claim("ss", PURCHASE)).outcome is Outcome.NEW
+            assert await store.credit("t", 4, "tx") == (4, True)
+        finally:
+            await store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memcached://127.0.0.1:11211",
+        "redis+sentinel://127.0.0.1:26379",  # no service name
+        "redis+sentinel://127.0.0.1:26379/svc/zero",
+        "redis+cluster://127.0.0.1:7000/1",  # clusters have only db 0
+        "redis+cluster://127.0.0.1",  # no port
+    ],
+)
+def test_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        RedisStore.from_url(url)
+
+
+def test_prefix_may_not_hold_a_hash_tag() -> None:
+    with pytest.raises(ValueError):
+        RedisStore.from_url("redis://127.0.0.1:1/0", prefix="{farebox}:")
