@@ -8,6 +8,7 @@ cashier; otherwise there is nothing to admit and the caller challenges.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 
@@ -16,6 +17,7 @@ from multidict import CIMultiDict
 
 from gateway.payments.cashier import Accepted, Cashier, remittance
 from gateway.policy import Match
+from gateway.store import Store
 from gateway.tokens import Grant, Tokens
 
 COOKIE = "farebox_token"
@@ -105,3 +107,29 @@ def token_headers(accepted: Accepted, *, secure: bool, now: int) -> CIMultiDict[
     if secure:
         morsel["secure"] = True
     return CIMultiDict({TOKEN_HEADER: accepted.token, "Set-Cookie": morsel.OutputString()})
+
+
+class Revocations:
+    """Whether a grant was revoked, asked of the store at most once per `ttl`.
+
+    The hot path (a valid token) would otherwise cost a store round trip per
+    request; the price is that a revocation takes up to `ttl` seconds to reach
+    every worker. StoreUnavailable propagates: the caller fails closed.
+    """
+
+    def __init__(self, store: Store, ttl: float = 1.0, size: int = 100_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.size = size
+        self._answers: dict[str, tuple[bool, float]] = {}
+
+    async def revoked(self, grant_id: str) -> bool:
+        now = time.monotonic()
+        hit = self._answers.get(grant_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        answer = await self.store.revoked(grant_id)
+        if len(self._answers) >= self.size:
+            self._answers.clear()  # crude but bounded; answers are cheap to refetch
+        self._answers[grant_id] = (answer, now + self.ttl)
+        return answer

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--access-log", action="store_const", const=True, help="log every request")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="shared state: memory (default, one process) or redis://, rediss://, "
+        "redis+sentinel://, redis+cluster:// URL",
+    )
     pay = serve.add_argument_group("payments (without a chain, priced routes only ever answer 402)")
     pay.add_argument(
         "--devnet-url", metavar="URL", help="take payments on a devnet (farebox devnet)"
@@ -209,7 +215,7 @@ def _serve(args: argparse.Namespace) -> None:
     names = (
         "host", "port", "workers", "policies", "key_file", "connect_timeout", "read_timeout",
         "upstream_connections", "watch", "access_log", "log_level", "devnet_url", "arc_url",
-        "headers_url", "token_keys", "payment_window", "cookie_secure",
+        "headers_url", "token_keys", "payment_window", "cookie_secure", "store",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.policy.schema import Duration
 
 ENV_PREFIX = "FAREBOX_"
+STORE_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "redis+cluster://")
 
 
 class ConfigError(Exception):
@@ -39,6 +40,12 @@ class Settings(BaseModel):
     watch: bool = True
     access_log: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Shared state: "memory" (one process) or a redis://, rediss://,
+    # redis+sentinel:// or redis+cluster:// URL
+    store: str = "memory"
+    store_prefix: str = "farebox:"
+    store_pool_size: int = Field(50, ge=1)
+    store_timeout: float = Field(2.0, gt=0)
     # Payments
     token_keys: Path = Path("token-keys")
     payment_window: Duration = 30
@@ -56,11 +63,19 @@ class Settings(BaseModel):
     def _chain(self) -> Settings:
         if self.devnet_url and self.arc_url:
             raise ValueError("set either devnet_url or arc_url, not both")
+        if self.store != "memory" and not self.store.startswith(STORE_SCHEMES):
+            raise ValueError(
+                f"store must be 'memory' or a URL starting with {', '.join(STORE_SCHEMES)}"
+            )
         if self.arc_url and not self.headers_url:
             raise ValueError(
                 "arc_url needs headers_url: payments are checked against block headers"
             )
         return self
+
+    @property
+    def shared_store(self) -> bool:
+        return self.store != "memory"
 
     @property
     def payments_enabled(self) -> bool:

@@ -17,14 +17,21 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvloop
 from aiohttp import web
 from bsv import PrivateKey
 
 from gateway import keys, wellknown
-from gateway.access import GRANT_HEADER, by_payment, by_token, has_payment, token_headers
+from gateway.access import (
+    GRANT_HEADER,
+    Revocations,
+    by_payment,
+    by_token,
+    has_payment,
+    token_headers,
+)
 from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge import payment_required
 from gateway.config import Settings
@@ -35,12 +42,14 @@ from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
 from gateway.problems import problem
 from gateway.proxy import Proxy
+from gateway.store import Store, StoreUnavailable
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox")
 
 MAX_HEADER_BYTES = 64 * 1024
+STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
 _UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
 
 
@@ -52,6 +61,19 @@ class Gateway:
     tokens: Tokens | None = None
     cashier: Cashier | None = None
     cookie_secure: bool = True
+    store: Store | None = None
+    revocations: Revocations | None = None
+    _store_failed: float = field(default=-1e9, init=False)
+
+    async def _store_usable(self) -> None:
+        """Raise StoreUnavailable if the store failed lately and still does.
+
+        Only after a recent failure does this cost a ping, so an unpaid
+        request normally touches no store at all.
+        """
+        if self.store is not None and time.monotonic() - self._store_failed < STORE_RECHECK:
+            await self.store.ping()
+            self._store_failed = -1e9
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -80,7 +102,28 @@ class Gateway:
         return await self._priced(request, match)
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+        try:
+            return await self._admit(request, match)
+        except StoreUnavailable:
+            # Money rule 4: without the store nothing priced is served.
+            self._store_failed = time.monotonic()
+            return problem(
+                503,
+                "store-unavailable",
+                "Temporarily unavailable",
+                "priced resources are paused while the gateway's store is unreachable",
+                headers={"Retry-After": "5"},
+            )
+
+    async def _admit(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         admitted = by_token(self.tokens, request, match) if self.tokens is not None else None
+        if (
+            admitted is not None
+            and self.revocations is not None
+            and await self.revocations.revoked(admitted.grant.id)
+        ):
+            refusal = PaymentError("grant-revoked", "this grant was revoked; pay again for access")
+            return payment_required(match, request.method, self.server_key, refusal)
         if admitted is None and has_payment(request):
             if self.cashier is None:
                 return problem(
@@ -96,6 +139,7 @@ class Gateway:
                     return payment_required(match, request.method, self.server_key, exc)
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
+            await self._store_usable()  # no challenge that invites paying into an outage
             return payment_required(match, request.method, self.server_key)
         reply = None
         if admitted.paid is not None:
@@ -150,13 +194,15 @@ async def run_worker(
     closers: list[Callable[[], Awaitable[None]]] = [proxy.close]
     if chain is None and settings.payments_enabled:
         chain = _chain_clients(settings, closers)
+    store = open_store(settings)
+    closers.append(store.close)
     cashier = None
     if chain is not None:
         cashier = Cashier(
             startup.identity,
             tracker=chain[0],
             broadcaster=chain[1],
-            store=MemoryStore(),
+            store=store,
             tokens=startup.tokens,
             time_window=settings.payment_window,
         )
@@ -167,6 +213,8 @@ async def run_worker(
         tokens=startup.tokens,
         cashier=cashier,
         cookie_secure=settings.cookie_secure,
+        store=store,
+        revocations=Revocations(store),
     )
     server = web.Server(
         gateway.handle,
@@ -235,6 +283,19 @@ def _chain_clients(
     return tracker, broadcaster
 
 
+def open_store(settings: Settings) -> Store:
+    if not settings.shared_store:
+        return MemoryStore()
+    from gateway.store.redis import RedisStore
+
+    return RedisStore.from_url(
+        settings.store,
+        prefix=settings.store_prefix,
+        pool_size=settings.store_pool_size,
+        timeout=settings.store_timeout,
+    )
+
+
 def prepare(settings: Settings) -> Startup:
     """Everything that can fail at start-up, checked once, before any worker."""
     import bsv
@@ -243,11 +304,10 @@ def prepare(settings: Settings) -> Startup:
         raise SystemExit(
             "farebox: bsv-sdk was installed without its native extension (libsecp256k1)"
         )
-    if settings.workers > 1 and settings.payments_enabled:
-        # Claims live in each worker's memory until the shared store exists:
-        # two workers could each accept the same payment.
+    if settings.workers > 1 and settings.payments_enabled and not settings.shared_store:
+        # Claims in each worker's memory: two workers could each accept one payment.
         raise SystemExit(
-            "farebox: --workers above 1 with payments needs a shared store; run one worker"
+            "farebox: --workers above 1 with payments needs a shared store (--store redis://...)"
         )
     try:
         identity = keys.load(settings.key_file)

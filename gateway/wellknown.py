@@ -15,6 +15,7 @@ from gateway.payments.cashier import remittance
 from gateway.payments.errors import PaymentError
 from gateway.policy import NoMatch
 from gateway.problems import problem
+from gateway.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -25,8 +26,12 @@ JWKS = "/.well-known/jwks.json"
 _TXID = re.compile(r"[0-9a-f]{64}")
 
 
+HEALTH = "/healthz"
+READY = "/readyz"
+
+
 def is_own(path: str) -> bool:
-    return path.startswith("/.well-known/farebox/") or path == JWKS
+    return path.startswith("/.well-known/farebox/") or path in (JWKS, HEALTH, READY)
 
 
 async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.StreamResponse:
@@ -37,6 +42,10 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
         return web.Response(
             body=body, content_type="application/json", headers={"Cache-Control": "max-age=300"}
         )
+    if path == HEALTH:
+        return _json({"status": "ok"})
+    if path == READY:
+        return await ready(gw)
     if path == PAY:
         if request.method != "POST":
             return problem(
@@ -165,3 +174,24 @@ def _grant_for(gw: Gateway, request: web.BaseRequest, txid: str) -> object | Non
         if verified is not None and verified[0].txid == txid:
             return verified[0]
     return None
+
+
+async def ready(gw: Gateway) -> web.Response:
+    """Ready when the store answers: without it priced routes only say 503."""
+    body: dict[str, Any] = {"status": "ready", "policy": gw.policy.current.version, "store": "ok"}
+    if gw.store is not None:
+        try:
+            await gw.store.ping()
+        except StoreUnavailable as exc:
+            body.update(status="not-ready", store=f"unavailable: {exc}")
+            return _json(body, status=503)
+    return _json(body)
+
+
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )

@@ -221,7 +221,16 @@ class Cashier:
             expires=grant.expires,
             payer=grant.payer,
         )
-        await self.store.complete(verified.txid, receipt, token)  # before the token leaves
+        try:
+            await self.store.complete(verified.txid, receipt, token)  # before the token leaves
+        except StoreUnavailable:
+            # Broadcast but not recorded: no token without a receipt. The same
+            # payment sent again completes it (the claim is taken over).
+            raise PaymentError(
+                "store-unavailable",
+                "payment seen but not recorded; send it again shortly",
+                status=503,
+            ) from None
         lap("receipt")
         return Accepted(grant, token, receipt, repeated=False, timings=lap.stages)
 
@@ -248,13 +257,12 @@ class Cashier:
                         "grant-expired", "this payment was accepted before and its grant has ended"
                     )
                 return Accepted(verified[0], claim.token, claim.receipt, repeated=True)
-            # The same payment is being accepted by a concurrent request.
+            # The same payment is being accepted by a concurrent request. If
+            # that takes longer than any broadcast may, its owner died or lost
+            # the store before completing: take over. Broadcasting again is
+            # harmless (idempotent) and the purchase is the same.
             if time.monotonic() > deadline:
-                raise PaymentError(
-                    "payment-in-progress",
-                    "this payment is still being processed; retry shortly",
-                    status=409,
-                )
+                return None
             await asyncio.sleep(0.02)
 
 
