@@ -153,3 +153,44 @@ def beef_of(*txs: Transaction, version: int = 1) -> bytes:
 
 def atomic(subject: Transaction, *txs: Transaction) -> bytes:
     return b"\x01\x01\x01\x01" + bytes.fromhex(subject.txid())[::-1] + beef_of(*txs)
+
+
+def brc121_headers(
+    server: str, client: PrivateKey, parent: Transaction, sats: int
+) -> tuple[dict[str, str], str]:
+    """BRC-121 payment headers paying `sats` from `parent` (a proven coin of
+    `client`'s at output 0) to server `server` (hex); and the payment's txid."""
+    import base64
+    import time
+
+    nonce = "Y2hhaW5raXQ="
+    now = str(int(time.time() * 1000))
+    p = pay(
+        PublicKey(server),
+        client,
+        sats,
+        None,
+        parent=parent,
+        prefix=nonce,
+        suffix=base64.b64encode(now.encode()).decode(),
+    )
+    headers = {
+        "x-bsv-beef": base64.b64encode(atomic(p.tx, parent, p.tx)).decode(),
+        "x-bsv-sender": client.public_key().hex(),
+        "x-bsv-nonce": nonce,
+        "x-bsv-time": now,
+        "x-bsv-vout": "0",
+    }
+    return headers, p.tx.txid()
+
+
+async def faucet(url: str, key: PrivateKey, sats: int) -> Transaction:
+    """A proven coin of `sats` for `key` from the devnet at `url`."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/faucet", json={"address": key.address(), "satoshis": sats}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return Transaction.from_beef(bytes.fromhex((await r.json())["beef"]))

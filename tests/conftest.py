@@ -16,6 +16,8 @@ from aiohttp import web
 from bsv import PrivateKey
 
 from gateway.chain import Broadcaster, BroadcastResult
+from gateway.devnet import Devnet
+from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy import Proxy
@@ -274,3 +276,11 @@ async def paid_gateway(
         return Paid(base, tokens, store, cashier)
 
     return start
+
+
+@pytest.fixture
+async def devnet_http() -> AsyncIterator[tuple[str, Devnet]]:
+    """A devnet served over HTTP on a free port: (its URL, the chain itself)."""
+    runner, chain = await start_devnet("127.0.0.1", 0, devnet=Devnet())
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", chain
+    await runner.cleanup()

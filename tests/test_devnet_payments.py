@@ -9,60 +9,17 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
-from bsv import PrivateKey, PublicKey, Transaction
+from bsv import PrivateKey, PublicKey
 
-from gateway.devnet import Devnet
-from gateway.devnet import start as start_devnet
-from tests.chainkit import atomic, pay
+from tests.chainkit import atomic, brc121_headers, faucet, pay
 from tests.conftest import Upstream
 from tests.farebox_process import run, serve
 
 
-@pytest.fixture
-async def devnet():
-    runner, chain = await start_devnet("127.0.0.1", 0, devnet=Devnet())
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", chain
-    await runner.cleanup()
-
-
-async def faucet(url: str, key: PrivateKey, sats: int) -> Transaction:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{url}/faucet", json={"address": key.address(), "satoshis": sats}) as r,
-    ):
-        assert r.status == 200, await r.text()
-        answer = await r.json()
-    return Transaction.from_beef(bytes.fromhex(answer["beef"]))
-
-
-def headers_for(
-    server: str, client: PrivateKey, parent: Transaction, sats: int
-) -> tuple[dict[str, str], str]:
-    now = str(int(time.time() * 1000))
-    p = pay(
-        PublicKey(server),
-        client,
-        sats,
-        None,
-        parent=parent,
-        prefix="ZGV2bmV0",
-        suffix=base64.b64encode(now.encode()).decode(),
-    )
-    beef = atomic(p.tx, parent, p.tx)
-    return {
-        "x-bsv-beef": base64.b64encode(beef).decode(),
-        "x-bsv-sender": client.public_key().hex(),
-        "x-bsv-nonce": "ZGV2bmV0",
-        "x-bsv-time": now,
-        "x-bsv-vout": "0",
-    }, p.tx.txid()
-
-
 async def test_serve_takes_a_devnet_payment_end_to_end(
-    tmp_path: Path, upstream: Upstream, devnet
+    tmp_path: Path, upstream: Upstream, devnet_http
 ) -> None:
-    url, chain = devnet
+    url, chain = devnet_http
     key = tmp_path / "server.key"
     generated = run("keys", "generate", "--out", str(key))
     server_pub = generated.stdout.split("public key: ")[1].strip()
@@ -78,7 +35,7 @@ async def test_serve_takes_a_devnet_payment_end_to_end(
             "--devnet-url", url, "--token-keys", str(tmp_path / "tk"))  # fmt: skip
     async with serve(*args) as gw, aiohttp.ClientSession() as http:
         assert "payments on" in gw.log
-        headers, txid = headers_for(server_pub, client, parent, 40)
+        headers, txid = brc121_headers(server_pub, client, parent, 40)
         async with http.get(f"{gw.base}/page/1", headers=headers) as r:
             assert r.status == 200, await r.text()
             token = r.headers["X-Farebox-Token"]
@@ -92,19 +49,21 @@ async def test_serve_takes_a_devnet_payment_end_to_end(
         # The token opens the page again; the same coins cannot pay twice.
         async with http.get(f"{gw.base}/page/1", headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status == 200
-        double, double_txid = headers_for(server_pub, client, parent, 41)
+        double, double_txid = brc121_headers(server_pub, client, parent, 41)
         async with http.get(f"{gw.base}/page/2", headers=double) as r:
             body = await r.json(content_type=None)
             assert r.status == 402 and body["reason"] == "double-spend", body
         assert chain.status(double_txid) is None or not chain.status(double_txid).accepted
 
 
-async def test_large_beef_header_is_accepted(tmp_path: Path, upstream: Upstream, devnet) -> None:
+async def test_large_beef_header_is_accepted(
+    tmp_path: Path, upstream: Upstream, devnet_http
+) -> None:
     # A payment whose parent is unconfirmed and fat: ~20 kB of BEEF in a header,
     # beyond aiohttp's default 8 kB header limit.
     from tests.chainkit import spend
 
-    url, chain = devnet
+    url, chain = devnet_http
     key = tmp_path / "server.key"
     server_pub = run("keys", "generate", "--out", str(key)).stdout.split("public key: ")[1].strip()
     folder = tmp_path / "policies"

@@ -8,19 +8,16 @@ machines behind a load balancer would).
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
-from bsv import PrivateKey, PublicKey, Transaction
+from bsv import PrivateKey
 
-from gateway.devnet import Devnet
-from gateway.devnet import start as start_devnet
 from gateway.store.redis import RedisStore
-from tests.chainkit import atomic, pay
+from tests.chainkit import brc121_headers, faucet
 from tests.conftest import Upstream
 from tests.farebox_process import Running, run, serve
 from tests.redis_servers import RedisServer, need_redis
@@ -33,44 +30,6 @@ def redis(tmp_path: Path):
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def devnet():
-    runner, chain = await start_devnet("127.0.0.1", 0, devnet=Devnet())
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", chain
-    await runner.cleanup()
-
-
-async def faucet(url: str, key: PrivateKey, sats: int) -> Transaction:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{url}/faucet", json={"address": key.address(), "satoshis": sats}) as r,
-    ):
-        return Transaction.from_beef(bytes.fromhex((await r.json())["beef"]))
-
-
-def payment(
-    server_pub: str, client: PrivateKey, parent: Transaction, sats: int
-) -> tuple[dict[str, str], str]:
-    now = str(int(time.time() * 1000))
-    p = pay(
-        PublicKey(server_pub),
-        client,
-        sats,
-        None,
-        parent=parent,
-        prefix="c2hhcmVk",
-        suffix=base64.b64encode(now.encode()).decode(),
-    )
-    headers = {
-        "x-bsv-beef": base64.b64encode(atomic(p.tx, parent, p.tx)).decode(),
-        "x-bsv-sender": client.public_key().hex(),
-        "x-bsv-nonce": "c2hhcmVk",
-        "x-bsv-time": now,
-        "x-bsv-vout": "0",
-    }
-    return headers, p.tx.txid()
 
 
 def setup(tmp_path: Path, upstream: Upstream) -> tuple[list[str], str]:
@@ -104,16 +63,16 @@ async def get(
 
 
 async def test_two_instances_agree_on_tokens_payments_and_revocations(
-    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet
+    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet_http
 ) -> None:
-    url, chain = devnet
+    url, chain = devnet_http
     args, server_pub = setup(tmp_path, upstream)
     args += ["--devnet-url", url, "--store", redis.url]
     client = PrivateKey()
     parent = await faucet(url, client, 100_000)
     async with serve(*args) as a, serve(*args) as b, aiohttp.ClientSession() as http:
         # A token minted by one is honoured by the other.
-        headers, _ = payment(server_pub, client, parent, 30)
+        headers, _ = brc121_headers(server_pub, client, parent, 30)
         status, resp, _ = await get(http, f"{a.base}/page/1", headers)
         assert status == 200
         token = {"Authorization": f"Bearer {resp['X-Farebox-Token']}"}
@@ -122,7 +81,7 @@ async def test_two_instances_agree_on_tokens_payments_and_revocations(
 
         # The same new payment, 200 times at once over both: accepted once.
         parent2 = await faucet(url, client, 100_000)
-        headers2, txid2 = payment(server_pub, client, parent2, 30)
+        headers2, txid2 = brc121_headers(server_pub, client, parent2, 30)
         gateways: list[Running] = [a, b]
         results = await asyncio.gather(
             *(get(http, f"{gateways[i % 2].base}/page/3", headers2) for i in range(200))
@@ -150,15 +109,15 @@ async def test_two_instances_agree_on_tokens_payments_and_revocations(
 
 
 async def test_store_outage_fails_closed_and_heals(
-    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet
+    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet_http
 ) -> None:
-    url, _ = devnet
+    url, _ = devnet_http
     args, server_pub = setup(tmp_path, upstream)
     args += ["--devnet-url", url, "--store", redis.url, "--workers", "1"]
     client = PrivateKey()
     parent = await faucet(url, client, 100_000)
     async with serve(*args) as gw, aiohttp.ClientSession() as http:
-        headers, _ = payment(server_pub, client, parent, 30)
+        headers, _ = brc121_headers(server_pub, client, parent, 30)
         status, resp, _ = await get(http, f"{gw.base}/page/1", headers)
         assert status == 200
         token = {"Authorization": f"Bearer {resp['X-Farebox-Token']}"}
@@ -169,7 +128,7 @@ async def test_store_outage_fails_closed_and_heals(
             # A valid token, a fresh payment, or nothing: never a priced 200.
             for attempt in (
                 token,
-                payment(server_pub, client, await faucet(url, client, 50_000), 30)[0],
+                brc121_headers(server_pub, client, await faucet(url, client, 50_000), 30)[0],
                 None,
             ):
                 status, _, body = await get(http, f"{gw.base}/page/1", attempt)
@@ -189,11 +148,11 @@ async def test_store_outage_fails_closed_and_heals(
 
 
 async def test_workers_share_the_store(
-    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet
+    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet_http
 ) -> None:
     import socket
 
-    url, chain = devnet
+    url, chain = devnet_http
     args, server_pub = setup(tmp_path, upstream)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -206,7 +165,7 @@ async def test_workers_share_the_store(
         gw.port = port
         for _ in range(2):
             await gw.wait_for_log(r"listening on", timeout=20)
-        headers, txid = payment(server_pub, client, parent, 30)
+        headers, txid = brc121_headers(server_pub, client, parent, 30)
         # New connections spread over both workers; one payment, one acceptance.
         results = []
         for _ in range(20):
