@@ -3,16 +3,21 @@
 
 One command: `./dev bench-payments` (or `.venv/bin/python bench/payments.py`).
 
-It starts the sample upstream and, in a second process, a gateway whose chain
-is an in-process devnet (the devnet is the chain tracker; its faucet is served
-over HTTP). The bench funds itself from the faucet, splits the coins into
-proven outputs, signs one BRC-121 payment per output, and sends them all with
-a fixed concurrency, each for its own resource. Two broadcast modes:
+It starts the sample upstream and gateway workers in front of it. The bench
+funds itself from a devnet faucet, splits the coins into proven outputs,
+signs one BRC-121 payment per output, and sends them all with a fixed
+concurrency, each for its own resource. Layouts:
 
-- `none`: payments are verified, claimed, receipted and tokenised but not
-  broadcast (what Farebox itself costs: "no broadcast wait");
-- `devnet`: each payment is also submitted to the devnet, which checks its
-  scripts again and updates its UTXO set (a stand-in for ARC's answer).
+- 1 worker, memory store, the devnet inside the gateway process (in-process
+  chain tracker);
+- 1 and 2 workers on a Redis store the bench starts, sharing a devnet
+  process (tracker over HTTP behind the cache, ARC client to broadcast);
+  `--no-shared` skips these.
+
+Broadcast modes: `none` (payments are verified, claimed, receipted and
+tokenised but not broadcast: Farebox's own cost, "no broadcast wait") and
+`devnet` (each payment is also submitted to the devnet, which checks its
+scripts again and updates its UTXO set: a stand-in for ARC's answer).
 
 Then the same kind of payments go through the cashier in this process, to
 time each stage (parse, derivation, structure, output, merkle, scripts,
