@@ -42,7 +42,8 @@ from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
 from gateway.problems import problem
 from gateway.proxy import Proxy
-from gateway.store import Store, StoreUnavailable
+from gateway.quota import client_network, ratelimit_headers
+from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 
@@ -97,9 +98,50 @@ class Gateway:
             return problem(
                 status, "no-route", _UNMATCHED_TITLES[status], f"no service offers {target.path}"
             )
-        if match.route.route.price.free:
+        route = match.route.route
+        if not route.price.free:
+            return await self._priced(request, match)
+        if route.free_quota is None:
             return await self.proxy.forward(request, match)
-        return await self._priced(request, match)
+        try:
+            window = await self._count(request, match)
+        except StoreUnavailable:
+            return await self.proxy.forward(request, match)  # free routes keep working
+        return await self._within_quota(request, match, window, over=self._over_limit)
+
+    async def _count(self, request: web.BaseRequest, match: Match) -> Window:
+        quota = match.route.route.free_quota
+        assert quota is not None and self.store is not None
+        key = f"quota:{match.service.name}:{match.route.scope}:{client_network(request.remote)}"
+        return await self.store.hit(key, quota.per)
+
+    async def _within_quota(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        window: Window,
+        over: Callable[[web.BaseRequest, Match], web.Response],
+    ) -> web.StreamResponse:
+        quota = match.route.route.free_quota
+        assert quota is not None
+        headers = ratelimit_headers(quota.requests, quota.per, window)
+        if window.count <= quota.requests:
+            return await self.proxy.forward(request, match, None, headers)
+        response = over(request, match)
+        response.headers.extend(headers)
+        response.headers["Retry-After"] = str(window.resets_in)
+        return response
+
+    def _over_limit(self, request: web.BaseRequest, match: Match) -> web.Response:
+        return problem(
+            429,
+            "quota-exhausted",
+            "Too many requests",
+            f"the free quota of {match.route.scope} is used up for now",
+        )
+
+    def _challenge(self, request: web.BaseRequest, match: Match) -> web.Response:
+        return payment_required(match, request.method, self.server_key)
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
@@ -139,6 +181,9 @@ class Gateway:
                     return payment_required(match, request.method, self.server_key, exc)
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
+            if match.route.route.free_quota is not None:
+                window = await self._count(request, match)
+                return await self._within_quota(request, match, window, over=self._challenge)
             await self._store_usable()  # no challenge that invites paying into an outage
             return payment_required(match, request.method, self.server_key)
         reply = None

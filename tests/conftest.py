@@ -171,6 +171,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         proxy = Proxy(connect_timeout=connect_timeout, read_timeout=read_timeout)
         await proxy.start()
         proxies.append(proxy)
+        extra.setdefault("store", MemoryStore())
         handler = Gateway(
             PolicyHolder.load(path), proxy, extra.pop("server_key", SERVER_KEY), **extra
         )
@@ -272,6 +273,7 @@ async def paid_gateway(
             tokens=tokens,
             cashier=cashier,
             cookie_secure=False,
+            store=store,
         )
         return Paid(base, tokens, store, cashier)
 

@@ -2,7 +2,7 @@
 
 from gateway.policy.compiled import CompiledRoute, CompiledService, Match, NoMatch, Policy
 from gateway.policy.load import load_policy, policy_files
-from gateway.policy.schema import Grant, Price, Route, Service, parse_duration
+from gateway.policy.schema import Grant, Price, Quota, Route, Service, parse_duration
 from gateway.policy.source import Issue, PolicyError
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Price",
+    "Quota",
     "Route",
     "Service",
     "load_policy",

@@ -98,6 +98,8 @@ def _known_keys(parent: tuple, doc: Document) -> list[str]:
         return list(Route.model_fields)
     if len(parent) == 5 and parent[-1] == "grant":
         return ["lasts", "covers"]
+    if len(parent) == 5 and parent[-1] == "free_quota":
+        return ["requests", "per", "by"]
     return []
 
 

@@ -79,11 +79,20 @@ class Grant(_Frozen):
     covers: Literal["resource", "route"] = "resource"
 
 
+class Quota(_Frozen):
+    """Free requests per client network (IPv4 /24, IPv6 /64) per window."""
+
+    requests: int = Field(ge=1, le=1_000_000_000)
+    per: Duration
+    by: Literal["ip"] = "ip"
+
+
 class Route(_Frozen):
     path: str
     methods: tuple[str, ...] = ("GET", "HEAD")
     price: Annotated[Price, BeforeValidator(_parse_price)]
     grant: Grant | None = None
+    free_quota: Quota | None = None
     description: str = ""
 
     @field_validator("path")
