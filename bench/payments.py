@@ -304,7 +304,7 @@ async def stages(
                 vout=0,
                 max_bytes=1 << 20,
             )
-            accepted = await cashier.accept(payment, match, "GET")
+            accepted = await cashier.accept(payment, match, "GET", PRICE)
             for stage, seconds in accepted.timings.items():
                 totals[stage] = totals.get(stage, 0.0) + seconds
         elapsed = time.perf_counter() - started

@@ -67,7 +67,9 @@ def has_payment(request: web.BaseRequest) -> bool:
     return "x-bsv-beef" in request.headers
 
 
-async def by_payment(cashier: Cashier, request: web.BaseRequest, match: Match) -> Admitted:
+async def by_payment(
+    cashier: Cashier, request: web.BaseRequest, match: Match, price: int
+) -> Admitted:
     """Take the BRC-121 payment on this request; raises PaymentError."""
     h = request.headers
     payment = remittance(
@@ -78,7 +80,7 @@ async def by_payment(cashier: Cashier, request: web.BaseRequest, match: Match) -
         vout=h.get("x-bsv-vout"),
         max_bytes=cashier.beef_limits.max_bytes,
     )
-    accepted = await cashier.accept(payment, match, request.method)
+    accepted = await cashier.accept(payment, match, request.method, price)
     return Admitted(accepted.grant, cashier.tokens.upstream_header(accepted.grant), accepted)
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match
+from gateway.pricer import Quote
 from gateway.problems import CONTENT_TYPE, problem_body
 
 PAY_PATH = "/.well-known/farebox/pay"
@@ -21,11 +22,11 @@ PAY_PATH = "/.well-known/farebox/pay"
 EXPOSE = "x-bsv-sats, x-bsv-server"
 
 
-def payment_request(match: Match, method: str, server_key: str) -> dict:
+def payment_request(match: Match, method: str, server_key: str, quote: Quote) -> dict:
     route = match.route.route
     grant = route.effective_grant
     return {
-        "price": {"satoshis": route.price.satoshis},
+        "price": _price(quote),
         "service": match.service.name,
         "resource": {"method": method, "path": match.resource},
         "description": route.description or match.service.service.description,
@@ -52,11 +53,28 @@ def payment_request(match: Match, method: str, server_key: str) -> dict:
     }
 
 
+def _price(quote: Quote) -> dict:
+    price: dict = {"satoshis": quote.satoshis}
+    if quote.rate is not None:
+        price["fiat"] = {
+            "currency": quote.rate.currency,
+            "cents": float(quote.cents or 0),
+            "rate_per_bsv": float(quote.rate.per_bsv),
+            "rate_as_of": int(quote.rate.as_of),
+            "rounding": "satoshis rounded up",
+        }
+    return price
+
+
 def payment_required(
-    match: Match, method: str, server_key: str, refused: PaymentError | None = None
+    match: Match,
+    method: str,
+    server_key: str,
+    quote: Quote,
+    refused: PaymentError | None = None,
 ) -> web.Response:
     """402 with the payment request; `refused` says why a payment just failed."""
-    request = payment_request(match, method, server_key)
+    request = payment_request(match, method, server_key, quote)
     sats = request["price"]["satoshis"]
     if refused is None:
         reason, title = "payment-required", "Payment required"

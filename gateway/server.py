@@ -40,6 +40,7 @@ from gateway.payments.cashier import Cashier
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
+from gateway.pricer import Rates, RateUnavailable, quote
 from gateway.problems import problem
 from gateway.proxy import Proxy
 from gateway.quota import client_network, ratelimit_headers
@@ -64,6 +65,7 @@ class Gateway:
     cookie_secure: bool = True
     store: Store | None = None
     revocations: Revocations | None = None
+    rates: Rates | None = None
     _store_failed: float = field(default=-1e9, init=False)
 
     async def _store_usable(self) -> None:
@@ -120,19 +122,19 @@ class Gateway:
         request: web.BaseRequest,
         match: Match,
         window: Window,
-        over: Callable[[web.BaseRequest, Match], web.Response],
+        over: Callable[[web.BaseRequest, Match], Awaitable[web.Response]],
     ) -> web.StreamResponse:
         quota = match.route.route.free_quota
         assert quota is not None
         headers = ratelimit_headers(quota.requests, quota.per, window)
         if window.count <= quota.requests:
             return await self.proxy.forward(request, match, None, headers)
-        response = over(request, match)
+        response = await over(request, match)
         response.headers.extend(headers)
         response.headers["Retry-After"] = str(window.resets_in)
         return response
 
-    def _over_limit(self, request: web.BaseRequest, match: Match) -> web.Response:
+    async def _over_limit(self, request: web.BaseRequest, match: Match) -> web.Response:
         return problem(
             429,
             "quota-exhausted",
@@ -140,12 +142,23 @@ class Gateway:
             f"the free quota of {match.route.scope} is used up for now",
         )
 
-    def _challenge(self, request: web.BaseRequest, match: Match) -> web.Response:
-        return payment_required(match, request.method, self.server_key)
+    async def _challenge(
+        self, request: web.BaseRequest, match: Match, refused: PaymentError | None = None
+    ) -> web.Response:
+        quoted = await quote(match.route.route.price, self.rates)
+        return payment_required(match, request.method, self.server_key, quoted, refused)
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
             return await self._admit(request, match)
+        except RateUnavailable as exc:
+            return problem(
+                503,
+                "price-unavailable",
+                "Price unavailable",
+                str(exc),
+                headers={"Retry-After": "30"},
+            )
         except StoreUnavailable:
             # Money rule 4: without the store nothing priced is served.
             self._store_failed = time.monotonic()
@@ -165,7 +178,7 @@ class Gateway:
             and await self.revocations.revoked(admitted.grant.id)
         ):
             refusal = PaymentError("grant-revoked", "this grant was revoked; pay again for access")
-            return payment_required(match, request.method, self.server_key, refusal)
+            return await self._challenge(request, match, refusal)
         if admitted is None and has_payment(request):
             if self.cashier is None:
                 return problem(
@@ -174,18 +187,19 @@ class Gateway:
                     "Payments are not configured",
                     "this gateway has no chain services configured",
                 )
+            quoted = await quote(match.route.route.price, self.rates)
             try:
-                admitted = await by_payment(self.cashier, request, match)
+                admitted = await by_payment(self.cashier, request, match, quoted.satoshis)
             except PaymentError as exc:
                 if exc.status == 402:
-                    return payment_required(match, request.method, self.server_key, exc)
+                    return payment_required(match, request.method, self.server_key, quoted, exc)
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
             if match.route.route.free_quota is not None:
                 window = await self._count(request, match)
                 return await self._within_quota(request, match, window, over=self._challenge)
             await self._store_usable()  # no challenge that invites paying into an outage
-            return payment_required(match, request.method, self.server_key)
+            return await self._challenge(request, match)
         reply = None
         if admitted.paid is not None:
             reply = token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))

@@ -14,6 +14,7 @@ from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import remittance
 from gateway.payments.errors import PaymentError
 from gateway.policy import NoMatch
+from gateway.pricer import RateUnavailable, quote
 from gateway.problems import problem
 from gateway.store import StoreUnavailable
 
@@ -96,7 +97,10 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
             vout=fields.get("vout"),
             max_bytes=limit,
         )
-        accepted = await gw.cashier.accept(payment, match, method)
+        quoted = await quote(match.route.route.price, gw.rates)
+        accepted = await gw.cashier.accept(payment, match, method, quoted.satoshis)
+    except RateUnavailable as exc:
+        return problem(503, "price-unavailable", "Price unavailable", str(exc))
     except PaymentError as exc:
         title = "Payment refused" if exc.status == 402 else "Payment not processed"
         return problem(exc.status, exc.reason, title, exc.detail)

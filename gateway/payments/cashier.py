@@ -141,9 +141,9 @@ class Cashier:
         self.ancestry = ancestry
         self.settle_wait = settle_wait
 
-    async def accept(self, payment: Remittance, match: Match, method: str) -> Accepted:
+    async def accept(self, payment: Remittance, match: Match, method: str, price: int) -> Accepted:
+        """Take `payment` for `match`, priced at `price` satoshis (quoted now)."""
         route = match.route.route
-        price = route.price.satoshis
         lap = _Laps()
         beef = read_beef(payment.beef, self.beef_limits)
         lap("parse")

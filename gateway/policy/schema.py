@@ -8,6 +8,7 @@ data the rest of the gateway reads.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -47,6 +48,8 @@ def _parse_price(value: object) -> object:
         return value
     if value == "free":
         return {"satoshis": 0}
+    if isinstance(value, dict):
+        return _fiat_price(value)
     if isinstance(value, bool):
         raise ValueError(f"price must be 'free' or a whole number of satoshis, got {value!r}")
     if isinstance(value, int):
@@ -57,7 +60,23 @@ def _parse_price(value: object) -> object:
         return {"satoshis": value}
     if isinstance(value, float):
         raise ValueError(f"price must be a whole number of satoshis, got {value!r}")
-    raise ValueError(f"price must be 'free' or a whole number of satoshis, got {value!r}")
+    raise ValueError(
+        f"price must be 'free', a whole number of satoshis, or {{usd_cents: N}} / {{eur_cents: N}}, got {value!r}"
+    )
+
+
+def _fiat_price(value: dict) -> dict:
+    keys = set(value)
+    if len(keys) != 1 or not keys <= {"usd_cents", "eur_cents"}:
+        raise ValueError("a fiat price is exactly one of {usd_cents: N} or {eur_cents: N}")
+    (key,) = keys
+    amount = value[key]
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+        raise ValueError(f"{key} must be a number, got {amount!r}")
+    cents = Decimal(str(amount))
+    if not (cents.is_finite() and Decimal("0.0001") <= cents <= Decimal(10**9)):
+        raise ValueError(f"{key} must be between 0.0001 and 1,000,000,000")
+    return {"cents": cents, "currency": key[:3].upper()}
 
 
 class _Frozen(BaseModel):
@@ -65,11 +84,15 @@ class _Frozen(BaseModel):
 
 
 class Price(_Frozen):
-    satoshis: int
+    """Satoshis, or cents of a currency converted at request time (gateway.pricer)."""
+
+    satoshis: int = 0
+    cents: Decimal | None = None
+    currency: Literal["USD", "EUR"] | None = None
 
     @property
     def free(self) -> bool:
-        return self.satoshis == 0
+        return self.satoshis == 0 and self.currency is None
 
 
 class Grant(_Frozen):
