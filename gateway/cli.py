@@ -90,6 +90,21 @@ def _parser() -> argparse.ArgumentParser:
         help="shared state: memory (default, one process) or redis://, rediss://, "
         "redis+sentinel://, redis+cluster:// URL",
     )
+    fiat = serve.add_argument_group("fiat prices (policy prices in usd_cents or eur_cents)")
+    fiat.add_argument(
+        "--rate-usd", type=float, metavar="USD", help="fixed rate: US dollars per BSV"
+    )
+    fiat.add_argument("--rate-eur", type=float, metavar="EUR", help="fixed rate: euros per BSV")
+    fiat.add_argument(
+        "--rate-feed",
+        metavar="URL",
+        help='JSON feed of rates per BSV, e.g. {"USD": 41.2, "EUR": 38.0}',
+    )
+    fiat.add_argument(
+        "--rate-max-age",
+        metavar="DURATION",
+        help="refuse fiat prices when the feed's rate is older (default 5m)",
+    )
     pay = serve.add_argument_group("payments (without a chain, priced routes only ever answer 402)")
     pay.add_argument(
         "--devnet-url", metavar="URL", help="take payments on a devnet (farebox devnet)"
@@ -215,7 +230,8 @@ def _serve(args: argparse.Namespace) -> None:
     names = (
         "host", "port", "workers", "policies", "key_file", "connect_timeout", "read_timeout",
         "upstream_connections", "watch", "access_log", "log_level", "devnet_url", "arc_url",
-        "headers_url", "token_keys", "payment_window", "cookie_secure", "store",
+        "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
+        "rate_eur", "rate_feed", "rate_max_age",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

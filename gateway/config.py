@@ -46,6 +46,11 @@ class Settings(BaseModel):
     store_prefix: str = "farebox:"
     store_pool_size: int = Field(50, ge=1)
     store_timeout: float = Field(2.0, gt=0)
+    # Fiat prices: fixed rates (currency units per BSV) or a JSON feed
+    rate_usd: float | None = Field(None, gt=0)
+    rate_eur: float | None = Field(None, gt=0)
+    rate_feed: str | None = None
+    rate_max_age: Duration = 300
     # Payments
     token_keys: Path = Path("token-keys")
     payment_window: Duration = 30
@@ -67,6 +72,8 @@ class Settings(BaseModel):
             raise ValueError(
                 f"store must be 'memory' or a URL starting with {', '.join(STORE_SCHEMES)}"
             )
+        if self.rate_feed and (self.rate_usd or self.rate_eur):
+            raise ValueError("set either fixed rates (rate_usd, rate_eur) or rate_feed, not both")
         if self.arc_url and not self.headers_url:
             raise ValueError(
                 "arc_url needs headers_url: payments are checked against block headers"

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import uvloop
 from aiohttp import web
@@ -40,7 +41,7 @@ from gateway.payments.cashier import Cashier
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
-from gateway.pricer import Rates, RateUnavailable, quote
+from gateway.pricer import FeedRates, FixedRates, Rates, RateUnavailable, quote
 from gateway.problems import problem
 from gateway.proxy import Proxy
 from gateway.quota import client_network, ratelimit_headers
@@ -274,6 +275,7 @@ async def run_worker(
         cookie_secure=settings.cookie_secure,
         store=store,
         revocations=Revocations(store),
+        rates=open_rates(settings, closers),
     )
     server = web.Server(
         gateway.handle,
@@ -340,6 +342,19 @@ def _chain_clients(
     tracker = CachingTracker(inner)
     closers += [tracker.close, broadcaster.close]
     return tracker, broadcaster
+
+
+def open_rates(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Rates | None:
+    if settings.rate_feed:
+        feed = FeedRates(settings.rate_feed, max_age=settings.rate_max_age)
+        closers.append(feed.close)
+        return feed
+    fixed = {
+        currency: Decimal(str(value))
+        for currency, value in (("USD", settings.rate_usd), ("EUR", settings.rate_eur))
+        if value
+    }
+    return FixedRates(fixed) if fixed else None
 
 
 def open_store(settings: Settings) -> Store:
