@@ -9,6 +9,7 @@ protected content: the upstream is not asked until a payment is verified.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -55,6 +56,12 @@ def payment_request(match: Match, method: str, server_key: str, quote: Quote) ->
 
 def _price(quote: Quote) -> dict:
     price: dict = {"satoshis": quote.satoshis}
+    if quote.concession is not None:
+        price["full_satoshis"] = quote.full_satoshis
+        price["concession"] = {
+            "name": quote.concession.name,
+            "discount_percent": quote.concession.discount,
+        }
     if quote.rate is not None:
         price["fiat"] = {
             "currency": quote.rate.currency,
@@ -72,9 +79,20 @@ def payment_required(
     server_key: str,
     quote: Quote,
     refused: PaymentError | None = None,
+    concessions: tuple[Any, ...] = (),
 ) -> web.Response:
     """402 with the payment request; `refused` says why a payment just failed."""
     request = payment_request(match, method, server_key, quote)
+    if concessions:
+        request["concessions"] = [
+            {
+                "name": c.name,
+                "discount_percent": c.discount,
+                "description": c.description,
+                "credential_header": "X-Farebox-Eligibility",
+            }
+            for c in concessions
+        ]
     sats = request["price"]["satoshis"]
     if refused is None:
         reason, title = "payment-required", "Payment required"

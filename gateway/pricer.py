@@ -18,11 +18,11 @@ import math
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
-from gateway.policy import Price
+from gateway.policy.schema import Price
 
 SATOSHIS_PER_BSV = Decimal(100_000_000)
 
@@ -43,6 +43,8 @@ class Quote:
     satoshis: int
     rate: Rate | None = None  # set for a fiat price
     cents: Decimal | None = None
+    full_satoshis: int | None = None  # the price before a concession
+    concession: Any = None  # the gateway.concessions.Eligibility applied
 
 
 class Rates(Protocol):

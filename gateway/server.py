@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -35,13 +36,15 @@ from gateway.access import (
 )
 from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge import payment_required
+from gateway.concessions import HEADER as ELIGIBILITY
+from gateway.concessions import discounted, eligible
 from gateway.config import Settings
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import Cashier
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
-from gateway.pricer import FeedRates, FixedRates, Rates, RateUnavailable, quote
+from gateway.pricer import FeedRates, FixedRates, Quote, Rates, RateUnavailable, quote
 from gateway.problems import problem
 from gateway.proxy import Proxy
 from gateway.quota import client_network, ratelimit_headers
@@ -143,11 +146,32 @@ class Gateway:
             f"the free quota of {match.route.scope} is used up for now",
         )
 
-    async def _challenge(
-        self, request: web.BaseRequest, match: Match, refused: PaymentError | None = None
-    ) -> web.Response:
+    async def quote(self, request: web.BaseRequest, match: Match) -> Quote:
+        """This request's price: the policy's, converted, less any proven concession."""
         quoted = await quote(match.route.route.price, self.rates)
-        return payment_required(match, request.method, self.server_key, quoted, refused)
+        names = match.route.route.concessions
+        if names:
+            known = self.policy.current.concessions
+            offered = tuple(known[n] for n in names if n in known)
+            proven = eligible(request.headers.get(ELIGIBILITY), offered)
+            if proven is not None:
+                quoted = discounted(quoted, proven)
+        return quoted
+
+    async def _challenge(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        refused: PaymentError | None = None,
+        quoted: Quote | None = None,
+    ) -> web.Response:
+        quoted = quoted or await self.quote(request, match)
+        offered = self._offered(match)
+        return payment_required(match, request.method, self.server_key, quoted, refused, offered)
+
+    def _offered(self, match: Match) -> tuple[Any, ...]:
+        known = self.policy.current.concessions
+        return tuple(known[n] for n in match.route.route.concessions if n in known)
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
@@ -180,6 +204,11 @@ class Gateway:
         ):
             refusal = PaymentError("grant-revoked", "this grant was revoked; pay again for access")
             return await self._challenge(request, match, refusal)
+        quoted = None
+        if admitted is None:
+            quoted = await self.quote(request, match)
+            if quoted.satoshis == 0:  # a full concession: served free
+                return await self.proxy.forward(request, match)
         if admitted is None and has_payment(request):
             if self.cashier is None:
                 return problem(
@@ -188,19 +217,19 @@ class Gateway:
                     "Payments are not configured",
                     "this gateway has no chain services configured",
                 )
-            quoted = await quote(match.route.route.price, self.rates)
+            assert quoted is not None
             try:
                 admitted = await by_payment(self.cashier, request, match, quoted.satoshis)
             except PaymentError as exc:
                 if exc.status == 402:
-                    return payment_required(match, request.method, self.server_key, quoted, exc)
+                    return await self._challenge(request, match, exc, quoted)
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
             if match.route.route.free_quota is not None:
                 window = await self._count(request, match)
                 return await self._within_quota(request, match, window, over=self._challenge)
             await self._store_usable()  # no challenge that invites paying into an outage
-            return await self._challenge(request, match)
+            return await self._challenge(request, match, quoted=quoted)
         reply = None
         if admitted.paid is not None:
             reply = token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))

@@ -14,7 +14,7 @@ from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import remittance
 from gateway.payments.errors import PaymentError
 from gateway.policy import NoMatch
-from gateway.pricer import RateUnavailable, quote
+from gateway.pricer import RateUnavailable
 from gateway.problems import problem
 from gateway.store import StoreUnavailable
 
@@ -97,7 +97,7 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
             vout=fields.get("vout"),
             max_bytes=limit,
         )
-        quoted = await quote(match.route.route.price, gw.rates)
+        quoted = await gw.quote(request, match)
         accepted = await gw.cashier.accept(payment, match, method, quoted.satoshis)
     except RateUnavailable as exc:
         return problem(503, "price-unavailable", "Price unavailable", str(exc))

@@ -7,7 +7,8 @@ order and the first whose pattern and method both match wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.paths import Target
 from gateway.policy.patterns import Pattern
@@ -55,6 +56,7 @@ class Policy:
     unmatched: int
     sources: tuple[str, ...]
     version: str  # content hash, so admins can tell which policy is live
+    concessions: dict[str, Any] = field(default_factory=dict)  # name → Eligibility
 
     def match(self, host: str | None, target: Target, method: str) -> Match | NoMatch:
         name = _host_name(host)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -55,10 +56,46 @@ def load_policy(path: str | Path) -> Policy:
         if model is not None:
             docs.append((doc, model))
     services = _compile(docs, issues)
+    concessions = _concessions(docs, issues)
     if issues:
         raise PolicyError(issues)
     unmatched = next((m.unmatched for _, m in docs if m.unmatched is not None), 404)
-    return Policy(services, unmatched, tuple(str(f) for f in files), digest.hexdigest()[:12])
+    sources = tuple(str(f) for f in files)
+    return Policy(services, unmatched, sources, digest.hexdigest()[:12], concessions)
+
+
+def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -> dict[str, Any]:
+    """Load every concession's issuer keys; check that routes name real ones."""
+    from gateway.concessions import load as load_concession  # its imports need gateway.policy
+
+    loaded: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    for doc, model in docs:
+        for name, concession in model.concessions.items():
+            loc = ("concessions", name)
+            if name in where:
+                issues.append(
+                    doc.issue(loc, f"concession {name!r} is already defined at {where[name]}")
+                )
+                continue
+            where[name] = f"{doc.file}:{doc.line_of(loc)}"
+            try:
+                loaded[name] = load_concession(name, concession, Path(doc.file).parent)
+            except ValueError as exc:
+                issues.append(doc.issue(loc, str(exc)))
+    for doc, model in docs:
+        for service_name, service in model.services.items():
+            for i, route in enumerate(service.routes):
+                loc = ("services", service_name, "routes", i, "concessions")
+                for name in route.concessions:
+                    if name not in where:
+                        known = ", ".join(sorted(where)) or "none defined"
+                        issues.append(
+                            doc.issue(loc, f"unknown concession {name!r} (known: {known})")
+                        )
+                if route.concessions and route.price.free:
+                    issues.append(doc.issue(loc, "a free route has nothing to discount"))
+    return loaded
 
 
 def _validate(doc: Document, issues: list[Issue]) -> PolicyFile | None:

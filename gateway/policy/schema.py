@@ -11,7 +11,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
 from gateway.policy.patterns import PatternError, compile_pattern
@@ -110,12 +110,33 @@ class Quota(_Frozen):
     by: Literal["ip"] = "ip"
 
 
+class Concession(_Frozen):
+    """A discount for holders of an eligibility credential from one issuer.
+
+    The issuer (a benefits agency, say) signs short-lived JWTs; its public
+    key is given inline (PEM) or as a JWKS file, relative to the policy file.
+    """
+
+    description: str = ""
+    discount: int = Field(ge=1, le=100)  # percent off; 100 is free
+    issuer_key: str | None = None
+    issuer_jwks: str | None = None
+    issuer: str | None = None  # the `iss` the credentials must carry, if set
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Concession:
+        if (self.issuer_key is None) == (self.issuer_jwks is None):
+            raise ValueError("give exactly one of issuer_key (PEM) or issuer_jwks (a file)")
+        return self
+
+
 class Route(_Frozen):
     path: str
     methods: tuple[str, ...] = ("GET", "HEAD")
     price: Annotated[Price, BeforeValidator(_parse_price)]
     grant: Grant | None = None
     free_quota: Quota | None = None
+    concessions: tuple[str, ...] = ()
     description: str = ""
 
     @field_validator("path")
@@ -203,6 +224,7 @@ class Service(_Frozen):
 
 class PolicyFile(_Frozen):
     services: dict[str, Service] = Field(default_factory=dict)
+    concessions: dict[str, Concession] = Field(default_factory=dict)
     unmatched: Literal[403, 404, 410] | None = None
 
     @field_validator("services")
