@@ -72,6 +72,14 @@ async def test_demo_then_pay(tmp_path: Path) -> None:
         again = farebox("pay", url)
         assert again.returncode == 0 and again.stdout == first.stdout
         assert "paid nothing" in again.stderr
+
+        # A day pass: one payment opens every dataset export.
+        export = f"{base}/opendata/export/air-quality.csv"
+        bought = farebox("pay", export)
+        assert bought.returncode == 0 and "paid 200 satoshis" in bought.stderr, bought.stderr
+        assert "," in bought.stdout.splitlines()[0]  # the CSV itself
+        other = farebox("pay", f"{base}/opendata/export/bus-punctuality.csv")
+        assert other.returncode == 0 and "paid nothing" in other.stderr, other.stderr
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)
