@@ -189,7 +189,11 @@ def test_version_changes_with_content(tmp_path: Path) -> None:
             9,
             "routes[1].price: price must be a whole number of satoshis",
         ),
-        ("      - path: /x\n        price: cheap\n", 9, "price must be 'free', a whole number of satoshis, or {usd_cents: N}"),
+        (
+            "      - path: /x\n        price: cheap\n",
+            9,
+            "price must be 'free', a whole number of satoshis, or {usd_cents: N}",
+        ),
         (
             "      - path: /x\n        price: 3\n        grant: {lasts: 10 minutes}\n",
             10,
