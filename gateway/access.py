@@ -15,7 +15,7 @@ from http.cookies import SimpleCookie
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.payments.cashier import Accepted, Cashier, remittance
+from gateway.payments.cashier import Accepted, Cashier, TopUp, remittance
 from gateway.policy import Match
 from gateway.store import Store
 from gateway.tokens import Grant, Tokens
@@ -63,12 +63,28 @@ def by_token(tokens: Tokens, request: web.BaseRequest, match: Match) -> Admitted
     return None
 
 
+def by_tab(tokens: Tokens, request: web.BaseRequest, match: Match) -> Admitted | None:
+    """A tab token of this service, for a metered route."""
+    for token in presented_tokens(request):
+        verified = tokens.verify(token)
+        if verified is None:
+            continue
+        grant, header = verified
+        if grant.covers == "tab" and grant.tab and grant.service == match.service.name:
+            return Admitted(grant, header)
+    return None
+
+
 def has_payment(request: web.BaseRequest) -> bool:
     return "x-bsv-beef" in request.headers
 
 
 async def by_payment(
-    cashier: Cashier, request: web.BaseRequest, match: Match, price: int
+    cashier: Cashier,
+    request: web.BaseRequest,
+    match: Match,
+    price: int,
+    top_up: TopUp | None = None,
 ) -> Admitted:
     """Take the BRC-121 payment on this request; raises PaymentError."""
     h = request.headers
@@ -80,7 +96,7 @@ async def by_payment(
         vout=h.get("x-bsv-vout"),
         max_bytes=cashier.beef_limits.max_bytes,
     )
-    accepted = await cashier.accept(payment, match, request.method, price)
+    accepted = await cashier.accept(payment, match, request.method, price, top_up)
     return Admitted(accepted.grant, cashier.tokens.upstream_header(accepted.grant), accepted)
 
 

@@ -17,26 +17,40 @@ from gateway.payments.errors import PaymentError
 from gateway.policy import Match
 from gateway.pricer import Quote
 from gateway.problems import CONTENT_TYPE, problem_body
+from gateway.tabs import tab_scope
 
 PAY_PATH = "/.well-known/farebox/pay"
 # BRC-121 headers must be readable by browser scripts on other origins.
 EXPOSE = "x-bsv-sats, x-bsv-server"
 
 
-def payment_request(match: Match, method: str, server_key: str, quote: Quote) -> dict:
+def payment_request(
+    match: Match, method: str, server_key: str, quote: Quote, tab: dict | None = None
+) -> dict:
     route = match.route.route
-    grant = route.effective_grant
-    return {
-        "price": _price(quote),
-        "service": match.service.name,
-        "resource": {"method": method, "path": match.resource},
-        "description": route.description or match.service.service.description,
-        "grant": {
+    if tab is None:
+        grant = route.effective_grant
+        bought = {
             "lasts_seconds": grant.lasts,
             "covers": grant.covers,
             "scope": match.scope,
             "methods": list(route.methods),
-        },
+        }
+    else:
+        tabs = match.service.service.tabs
+        assert tabs is not None
+        bought = {
+            "lasts_seconds": tabs.lasts,
+            "covers": "tab",
+            "scope": tab_scope(match),
+            "methods": ["*"],
+        }
+    request = {
+        "price": _price(quote),
+        "service": match.service.name,
+        "resource": {"method": method, "path": match.resource},
+        "description": route.description or match.service.service.description,
+        "grant": bought,
         "accepts": [
             {
                 "scheme": "brc-121",
@@ -52,6 +66,9 @@ def payment_request(match: Match, method: str, server_key: str, quote: Quote) ->
         "pay_url": PAY_PATH,
         "server": server_key,
     }
+    if tab is not None:
+        request["tab"] = tab
+    return request
 
 
 def _price(quote: Quote) -> dict:
@@ -80,9 +97,14 @@ def payment_required(
     quote: Quote,
     refused: PaymentError | None = None,
     concessions: tuple[Any, ...] = (),
+    tab: dict | None = None,
 ) -> web.Response:
-    """402 with the payment request; `refused` says why a payment just failed."""
-    request = payment_request(match, method, server_key, quote)
+    """402 with the payment request; `refused` says why a payment just failed.
+
+    For a metered route `tab` describes the metering, and the price is the
+    smallest top-up of a tab (any larger payment is credited in full).
+    """
+    request = payment_request(match, method, server_key, quote, tab)
     if concessions:
         request["concessions"] = [
             {
@@ -97,6 +119,11 @@ def payment_required(
     if refused is None:
         reason, title = "payment-required", "Payment required"
         detail = f"{method} {match.resource} costs {sats} satoshis"
+        if tab is not None:
+            detail = (
+                f"{method} {match.resource} is paid from a prepaid tab: "
+                f"top one up with at least {sats} satoshis"
+            )
     else:
         reason, title, detail = refused.reason, "Payment refused", refused.detail
     body = problem_body(402, reason, title, detail, payment=request)

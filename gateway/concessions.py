@@ -11,6 +11,7 @@ ignored and the normal price applies. The upstream never sees the credential
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from gateway.policy.schema import Concession
+from gateway.policy.schema import Concession, Quota
 from gateway.pricer import Quote
 
 HEADER = "X-Farebox-Eligibility"
@@ -34,6 +35,7 @@ class Eligibility:
     description: str
     issuer: str | None
     keys: tuple[Any, ...]  # public keys that may sign credentials
+    free_quota: Quota | None = None  # counted per credential holder
 
 
 def load(name: str, concession: Concession, base: Path) -> Eligibility:
@@ -53,7 +55,14 @@ def load(name: str, concession: Concession, base: Path) -> Eligibility:
         except (ValueError, jwt.PyJWTError) as exc:
             raise ValueError(f"{path} is not a usable JWKS: {exc}") from None
         keys = tuple(k.key for k in keyset.keys)
-    return Eligibility(name, concession.discount, concession.description, concession.issuer, keys)
+    return Eligibility(
+        name,
+        concession.discount,
+        concession.description,
+        concession.issuer,
+        keys,
+        concession.free_quota,
+    )
 
 
 def eligible(credential: str | None, offered: tuple[Eligibility, ...]) -> Eligibility | None:
@@ -62,24 +71,45 @@ def eligible(credential: str | None, offered: tuple[Eligibility, ...]) -> Eligib
         return None
     best = None
     for concession in offered:
-        if best is not None and best.discount >= concession.discount:
+        if concession.discount == 0 or (best is not None and best.discount >= concession.discount):
             continue
-        if _verifies(credential, concession):
+        if _holder(credential, concession) is not None:
             best = concession
     return best
 
 
-def _verifies(credential: str, concession: Eligibility) -> bool:
+def free_quota_holder(
+    credential: str | None, offered: tuple[Eligibility, ...]
+) -> tuple[Eligibility, str] | None:
+    """The first offered concession with a free quota this credential proves,
+    and who holds it (issuer and subject: the quota is counted per holder)."""
+    if not credential or len(credential) > 8192:
+        return None
+    for concession in offered:
+        if concession.free_quota is None:
+            continue
+        holder = _holder(credential, concession)
+        if holder is not None:
+            return concession, holder
+    return None
+
+
+def _holder(credential: str, concession: Eligibility) -> str | None:
+    """Who the credential names when it verifies for this concession, else None."""
     options = {"require": ["exp"], "verify_aud": False}
     for key in concession.keys:
         try:
-            jwt.decode(
+            claims = jwt.decode(
                 credential, key, algorithms=ALGORITHMS, issuer=concession.issuer, options=options
             )
         except jwt.PyJWTError:
             continue
-        return True
-    return False
+        # Without a subject the credential itself is the holder: one quota per credential.
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            subject = "jwt:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
+        return f"{claims.get('iss', '')}|{subject}"
+    return None
 
 
 def discounted(quote: Quote, concession: Eligibility) -> Quote:

@@ -68,6 +68,19 @@ async def quote(price: Price, rates: Rates | None) -> Quote:
     return Quote(satoshis_for(price.cents, rate), rate, price.cents)
 
 
+async def msat_quote(price: Price, rates: Rates | None) -> int:
+    """One unit of a metered price in millisatoshis (rounded up, at least 1)."""
+    if price.currency is None:
+        return price.satoshis * 1000
+    if rates is None:
+        raise RateUnavailable(
+            f"a {price.currency} price needs a rate source (rate_usd, rate_eur or rate_feed)"
+        )
+    assert price.cents is not None
+    rate = await rates.rate(price.currency)
+    return max(1, math.ceil(price.cents / 100 / rate.per_bsv * SATOSHIS_PER_BSV * 1000))
+
+
 class FixedRates:
     """Rates written in the configuration (fiat units per BSV)."""
 

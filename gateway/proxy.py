@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -62,6 +63,20 @@ WS_HANDSHAKE = frozenset(
         "sec-websocket-protocol",
     }
 )
+
+
+class Metered(Protocol):
+    """What a metered request learns as its answer passes (gateway.tabs.Metering)."""
+
+    def begin(self, status: int, headers: CIMultiDict[str]) -> None:
+        """Headers are about to go: read what is needed, add what is owed."""
+
+    def allow(self, size: int) -> int:
+        """How many of the next `size` body bytes may be delivered."""
+        ...
+
+    def end(self) -> None:
+        """The whole answer reached the client."""
 
 
 class Proxy:
@@ -127,19 +142,26 @@ class Proxy:
         match: Match,
         extra: dict[str, str] | None = None,
         reply: CIMultiDict[str] | None = None,
+        meter: Metered | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream the answer back.
 
         `extra` headers go upstream; `reply` headers are added to the answer
-        (before it is sent, so streamed answers carry them too).
+        (before it is sent, so streamed answers carry them too). With a
+        `meter` the answer is always written here, not after the handler
+        returns, so that what reached the client is known.
         """
         headers = upstream_headers(request, match, extra)
+        if meter is not None and _is_websocket(request):
+            return problem(
+                400, "not-metered", "WebSocket not metered", "metered routes take plain HTTP"
+            )
         if _is_websocket(request):
             return await self._websocket(request, match, headers)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if _fast_path(request, match):
-            return await self._forward_fast(request, match, headers, reply)
+            return await self._forward_fast(request, match, headers, reply, meter)
         body = _stream(request.content) if request.body_exists else None
         try:
             upstream = await self.session.request(
@@ -154,6 +176,14 @@ class Proxy:
         except Exception as exc:
             return _upstream_problem(exc, match)
         try:
+            if meter is not None:
+                out = response_headers(upstream.headers)
+                if reply:
+                    out.extend(reply)
+                chunks = upstream.content.iter_chunked(CHUNK)
+                return await self._metered(
+                    request, upstream.status, upstream.reason, out, chunks, match, meter
+                )
             return await self._relay(request, upstream, match, reply)
         finally:
             upstream.release()
@@ -164,6 +194,7 @@ class Proxy:
         match: Match,
         headers: CIMultiDict[str],
         reply_extra: CIMultiDict[str] | None,
+        meter: Metered | None,
     ) -> web.StreamResponse:
         upstream = match.service.upstream
         origin, base = self._origin(upstream)
@@ -186,6 +217,14 @@ class Proxy:
         out = _without_hop_by_hop(reply.headers)
         if reply_extra:
             out.extend(reply_extra)
+        if meter is not None:
+            chunks = reply.chunks() if reply.body is None else _once(reply.body)
+            try:
+                return await self._metered(
+                    request, reply.status, reply.reason, out, chunks, match, meter
+                )
+            finally:
+                reply.release()
         if reply.body is None:
             try:
                 return await self._pump(request, reply.status, reply.reason, out, reply, match)
@@ -251,6 +290,45 @@ class Proxy:
                 request.transport.abort()
             return response
         await response.write_eof()
+        return response
+
+    async def _metered(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        chunks: AsyncIterable[bytes],
+        match: Match,
+        meter: Metered,
+    ) -> web.StreamResponse:
+        """Write the answer here, telling `meter` what reached the client."""
+        meter.begin(status, headers)
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD" and status not in (204, 304):
+                async for chunk in chunks:
+                    allowed = meter.allow(len(chunk))
+                    if allowed:
+                        await response.write(chunk if allowed == len(chunk) else chunk[:allowed])
+                    if allowed < len(chunk):
+                        # Cut at what the tab held: close so the client sees it.
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
+            await response.write_eof()
+        except ConnectionError:
+            log.debug("client left before %s finished its response", match.service.name)
+            return response
+        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
+            log.warning("upstream %s broke mid-response: %s", match.service.name, _brief(exc))
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if request.transport is None or request.transport.is_closing():
+            return response  # the last bytes went nowhere
+        meter.end()
         return response
 
     async def _websocket(
@@ -374,6 +452,10 @@ def _fast_path(request: web.BaseRequest, match: Match) -> bool:
         and "Transfer-Encoding" not in headers
         and match.service.upstream.startswith("http://")
     )
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:

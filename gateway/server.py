@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,12 +27,14 @@ from typing import Any
 import uvloop
 from aiohttp import web
 from bsv import PrivateKey
+from multidict import CIMultiDict
 
 from gateway import keys, wellknown
 from gateway.access import (
     GRANT_HEADER,
     Revocations,
     by_payment,
+    by_tab,
     by_token,
     has_payment,
     token_headers,
@@ -37,19 +42,28 @@ from gateway.access import (
 from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge import payment_required
 from gateway.concessions import HEADER as ELIGIBILITY
-from gateway.concessions import discounted, eligible
+from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder
 from gateway.config import Settings
 from gateway.paths import PathError, canonicalize
-from gateway.payments.cashier import Cashier
+from gateway.payments.cashier import Cashier, TopUp
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
-from gateway.pricer import FeedRates, FixedRates, Quote, Rates, RateUnavailable, quote
+from gateway.pricer import (
+    FeedRates,
+    FixedRates,
+    Quote,
+    Rates,
+    RateUnavailable,
+    msat_quote,
+    quote,
+)
 from gateway.problems import problem
 from gateway.proxy import Proxy
 from gateway.quota import client_network, ratelimit_headers
 from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
+from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
 from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox")
@@ -149,14 +163,23 @@ class Gateway:
     async def quote(self, request: web.BaseRequest, match: Match) -> Quote:
         """This request's price: the policy's, converted, less any proven concession."""
         quoted = await quote(match.route.route.price, self.rates)
-        names = match.route.route.concessions
-        if names:
-            known = self.policy.current.concessions
-            offered = tuple(known[n] for n in names if n in known)
-            proven = eligible(request.headers.get(ELIGIBILITY), offered)
-            if proven is not None:
-                quoted = discounted(quoted, proven)
-        return quoted
+        proven = self._proven(request, match)
+        return quoted if proven is None else discounted(quoted, proven)
+
+    async def unit_price(self, request: web.BaseRequest, match: Match) -> tuple[int, int, Any]:
+        """A metered route's unit price in msat: (to pay, before concession, concession)."""
+        full = await msat_quote(match.route.route.price, self.rates)
+        proven = self._proven(request, match)
+        if proven is None:
+            return full, full, None
+        if proven.discount >= 100:
+            return 0, full, proven
+        return max(1, math.ceil(full * (100 - proven.discount) / 100)), full, proven
+
+    def _proven(self, request: web.BaseRequest, match: Match) -> Eligibility | None:
+        if not match.route.route.concessions:
+            return None
+        return eligible(request.headers.get(ELIGIBILITY), self._offered(match))
 
     async def _challenge(
         self,
@@ -169,12 +192,46 @@ class Gateway:
         offered = self._offered(match)
         return payment_required(match, request.method, self.server_key, quoted, refused, offered)
 
+    async def _tab_challenge(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        refused: PaymentError | None = None,
+        balance: int | None = None,
+    ) -> web.Response:
+        """402 for a metered route: open or top up a tab."""
+        meter, tabs = match.route.route.meter, match.service.service.tabs
+        assert meter is not None and tabs is not None
+        top_up = await quote(tabs.top_up, self.rates)
+        unit, full, proven = await self.unit_price(request, match)
+        unit_price: dict[str, Any] = {"satoshis": sats(unit)}
+        if proven is not None:
+            unit_price["full_satoshis"] = sats(full)
+            unit_price["concession"] = {"name": proven.name, "discount_percent": proven.discount}
+        tab: dict[str, Any] = {
+            "per": meter.per,
+            "unit_price": unit_price,
+            "most_units": str(meter.most),
+            "most_satoshis": sats(most_msat(meter, unit)),
+            "top_up_satoshis": top_up.satoshis,
+            "balance_url": wellknown.TAB,
+        }
+        if meter.per == "unit":
+            tab["units_header"] = meter.units_header
+        if balance is not None:
+            tab["balance_satoshis"] = sats(balance)
+        return payment_required(
+            match, request.method, self.server_key, top_up, refused, self._offered(match), tab
+        )
+
     def _offered(self, match: Match) -> tuple[Any, ...]:
         known = self.policy.current.concessions
         return tuple(known[n] for n in match.route.route.concessions if n in known)
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
+            if match.route.route.meter is not None:
+                return await self._metered(request, match)
             return await self._admit(request, match)
         except RateUnavailable as exc:
             return problem(
@@ -225,17 +282,108 @@ class Gateway:
                     return await self._challenge(request, match, exc, quoted)
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
-            if match.route.route.free_quota is not None:
-                window = await self._count(request, match)
-                return await self._within_quota(request, match, window, over=self._challenge)
-            await self._store_usable()  # no challenge that invites paying into an outage
-            return await self._challenge(request, match, quoted=quoted)
+            return await self._unpaid(request, match, self._challenge)
         reply = None
         if admitted.paid is not None:
             reply = token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))
         return await self.proxy.forward(
             request, match, {GRANT_HEADER: admitted.upstream_header}, reply
         )
+
+    async def _unpaid(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        challenge: Callable[[web.BaseRequest, Match], Awaitable[web.Response]],
+    ) -> web.StreamResponse:
+        """No grant, no payment: a free quota if one is left, else the challenge.
+
+        A concession holder's own quota (counted per holder) goes first, then
+        the route's (counted per client network).
+        """
+        assert self.store is not None
+        holder = free_quota_holder(request.headers.get(ELIGIBILITY), self._offered(match))
+        if holder is not None:
+            concession, who = holder
+            quota = concession.free_quota
+            assert quota is not None
+            digest = hashlib.sha256(who.encode()).hexdigest()[:32]
+            key = (
+                f"quota:{match.service.name}:{match.route.scope}:holder:{concession.name}:{digest}"
+            )
+            window = await self.store.hit(key, quota.per)
+            if window.count <= quota.requests:
+                headers = ratelimit_headers(quota.requests, quota.per, window)
+                return await self.proxy.forward(request, match, None, headers)
+        if match.route.route.free_quota is not None:
+            window = await self._count(request, match)
+            return await self._within_quota(request, match, window, over=challenge)
+        await self._store_usable()  # no challenge that invites paying into an outage
+        return await challenge(request, match)
+
+    async def _metered(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+        """A route charged from a tab: hold the most, proxy, settle what it cost."""
+        meter, tabs = match.route.route.meter, match.service.service.tabs
+        assert meter is not None and tabs is not None and self.store is not None
+        admitted = by_tab(self.tokens, request, match) if self.tokens is not None else None
+        if admitted is not None and self.revocations is not None:
+            grant = admitted.grant
+            if await self.revocations.revoked(grant.tab) or await self.revocations.revoked(
+                grant.id
+            ):
+                refusal = PaymentError("grant-revoked", "this tab was revoked; open a new one")
+                return await self._tab_challenge(request, match, refusal)
+        if has_payment(request):
+            if self.cashier is None:
+                return problem(
+                    503,
+                    "payments-disabled",
+                    "Payments are not configured",
+                    "this gateway has no chain services configured",
+                )
+            minimum = await quote(tabs.top_up, self.rates)
+            top_up = TopUp(admitted.grant.tab if admitted is not None else None, tabs.lasts)
+            try:
+                admitted = await by_payment(self.cashier, request, match, minimum.satoshis, top_up)
+            except PaymentError as exc:
+                if exc.status == 402:
+                    return await self._tab_challenge(request, match, exc)
+                return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
+        unit, _, _ = await self.unit_price(request, match)
+        if admitted is None:
+            if unit == 0:  # a full concession: served free
+                return await self.proxy.forward(request, match)
+            return await self._unpaid(request, match, self._tab_challenge)
+        tab = admitted.grant.tab
+        reply: CIMultiDict[str] = CIMultiDict({TAB: tab})
+        if admitted.paid is not None:
+            reply.extend(
+                token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))
+            )
+        held = most_msat(meter, unit)
+        reservation = uuid.uuid4().hex
+        balance = await self.store.reserve(tab, held, reservation, HOLD_TTL)
+        if balance is None:
+            left = await self.store.balance(tab) or 0
+            refusal = PaymentError(
+                "tab-exhausted",
+                f"the tab holds {sats(left)} satoshis and this request may cost up to "
+                f"{sats(held)}: top it up",
+            )
+            response = await self._tab_challenge(request, match, refusal, balance=left)
+            response.headers.extend(reply)
+            return response
+        metering = Metering(meter, unit, held, balance)
+        try:
+            return await self.proxy.forward(
+                request, match, {GRANT_HEADER: admitted.upstream_header}, reply, metering
+            )
+        finally:
+            try:
+                await self.store.settle(tab, reservation, metering.charge())
+            except StoreUnavailable:
+                # The hold returns to the tab when it expires: unbilled, not lost.
+                log.error("could not settle a metered request on tab %s: store unavailable", tab)
 
 
 def _tune_gc() -> None:

@@ -42,9 +42,15 @@ class Grant:
     txid: str
     satoshis: int
     payer: str  # hash of the payer's identity key: never the key itself
+    tab: str = ""  # for covers "tab": the prepaid tab this token draws on
 
     def allows(self, service: str, method: str, resource: str, route_scope: str) -> bool:
-        if service != self.service or not (self.methods[0] == "*" or method in self.methods):
+        """Whether this grant opens a priced (not metered) resource."""
+        if (
+            self.covers == "tab"
+            or service != self.service
+            or not (self.methods[0] == "*" or method in self.methods)
+        ):
             return False
         return self.scope == (resource if self.covers == "resource" else route_scope)
 
@@ -147,6 +153,8 @@ class Tokens:
             "txid": grant.txid,
             "sats": grant.satoshis,
         }
+        if grant.tab:
+            claims["tab"] = grant.tab
         kid = self.ring.active
         return jwt.encode(claims, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
 
@@ -174,6 +182,7 @@ class Tokens:
                 txid=str(claims["txid"]),
                 satoshis=int(claims["sats"]),
                 payer=str(claims["sub"]),
+                tab=str(claims.get("tab", "")),
             )
         except (jwt.PyJWTError, KeyError, TypeError, ValueError):
             return None

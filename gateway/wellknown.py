@@ -11,18 +11,21 @@ from aiohttp import web
 
 from gateway.access import presented_tokens, token_headers
 from gateway.paths import PathError, canonicalize
-from gateway.payments.cashier import remittance
+from gateway.payments.cashier import TopUp, remittance
 from gateway.payments.errors import PaymentError
 from gateway.policy import NoMatch
-from gateway.pricer import RateUnavailable
+from gateway.pricer import RateUnavailable, quote
 from gateway.problems import problem
 from gateway.store import StoreUnavailable
+from gateway.tabs import sats
+from gateway.tokens import Grant
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
 
 PAY = "/.well-known/farebox/pay"
 RECEIPTS = "/.well-known/farebox/receipts/"
+TAB = "/.well-known/farebox/tab"
 JWKS = "/.well-known/jwks.json"
 _TXID = re.compile(r"[0-9a-f]{64}")
 
@@ -57,6 +60,8 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
                 headers={"Allow": "POST"},
             )
         return await pay(gw, request)
+    if path == TAB and request.method in ("GET", "HEAD"):
+        return await tab_balance(gw, request)
     if path.startswith(RECEIPTS) and request.method in ("GET", "HEAD"):
         return await receipt(gw, request, path[len(RECEIPTS) :])
     return problem(404, "no-route", "Not found", f"no Farebox endpoint at {path}")
@@ -88,6 +93,20 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
             "Nothing to pay for",
             f"{method} {target.path} is not a priced resource",
         )
+    top_up = None
+    tabs = match.service.service.tabs
+    if match.route.route.meter is not None and tabs is not None:
+        top_up = TopUp(None, tabs.lasts)
+        if fields.get("tab"):
+            grant = _tab_grant(gw, str(fields["tab"]))
+            if grant is None or grant.service != match.service.name:
+                return problem(
+                    400,
+                    "bad-tab",
+                    "Not a tab of this service",
+                    "`tab` must be a valid tab token of the service this payment is for",
+                )
+            top_up = TopUp(grant.tab, tabs.lasts)
     try:
         payment = remittance(
             beef=fields.get("beef"),
@@ -97,8 +116,11 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
             vout=fields.get("vout"),
             max_bytes=limit,
         )
-        quoted = await gw.quote(request, match)
-        accepted = await gw.cashier.accept(payment, match, method, quoted.satoshis)
+        if top_up is not None and tabs is not None:
+            price = (await quote(tabs.top_up, gw.rates)).satoshis
+        else:
+            price = (await gw.quote(request, match)).satoshis
+        accepted = await gw.cashier.accept(payment, match, method, price, top_up)
     except RateUnavailable as exc:
         return problem(503, "price-unavailable", "Price unavailable", str(exc))
     except PaymentError as exc:
@@ -116,6 +138,12 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
         "receipt": accepted.receipt.to_json(),
         "repeated": accepted.repeated,
     }
+    if accepted.grant.tab:
+        try:
+            balance = await gw.cashier.store.balance(accepted.grant.tab)
+        except StoreUnavailable:
+            balance = accepted.balance
+        body["tab"] = {"id": accepted.grant.tab, "balance_satoshis": sats(balance or 0)}
     headers = token_headers(accepted, secure=gw.cookie_secure, now=int(time.time()))
     headers["Cache-Control"] = "no-store"
     return web.Response(
@@ -169,6 +197,47 @@ async def receipt(gw: Gateway, request: web.BaseRequest, txid: str) -> web.Strea
             "present the token of this payment to see its receipt",
         )
     return web.Response(body=json.dumps(found.to_json()).encode(), content_type="application/json")
+
+
+def _tab_grant(gw: Gateway, token: str) -> Grant | None:
+    verified = gw.tokens.verify(token) if gw.tokens is not None else None
+    if verified is None or verified[0].covers != "tab" or not verified[0].tab:
+        return None
+    return verified[0]
+
+
+async def tab_balance(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+    """What is left on the tab whose token is presented (Bearer or cookie)."""
+    for token in presented_tokens(request):
+        grant = _tab_grant(gw, token)
+        if grant is None or gw.store is None:
+            continue
+        try:
+            if gw.revocations is not None and await gw.revocations.revoked(grant.tab):
+                break
+            balance = await gw.store.balance(grant.tab)
+        except StoreUnavailable:
+            return problem(
+                503, "store-unavailable", "Temporarily unavailable", "the store is unreachable"
+            )
+        left = balance or 0
+        return _json(
+            {
+                "tab": grant.tab,
+                "service": grant.service,
+                "scope": grant.scope,
+                "balance_satoshis": sats(left),
+                "balance_msat": left,
+                "expires": grant.expires,
+            }
+        )
+    return problem(
+        401,
+        "no-tab",
+        "No tab presented",
+        "present a tab token (Authorization: Bearer) to see its balance",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def _grant_for(gw: Gateway, request: web.BaseRequest, txid: str) -> object | None:

@@ -26,6 +26,7 @@ from gateway.payments.errors import PaymentError
 from gateway.payments.verify import AncestryLimits, ChainTracker, Expectation, verify_payment
 from gateway.policy import Match
 from gateway.store import Outcome, Store, StoreUnavailable
+from gateway.tabs import MSAT, tab_for_payment, tab_scope
 from gateway.tokens import Grant, Tokens, new_grant_id, payer_hash
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
@@ -49,12 +50,21 @@ class Remittance:
 
 
 @dataclass(frozen=True, slots=True)
+class TopUp:
+    """A payment that credits a prepaid tab instead of buying a grant."""
+
+    tab: str | None  # the tab to top up; None opens a new one
+    lasts: int  # seconds the tab's token lasts from now
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     grant: Grant
     token: str
     receipt: Receipt
     repeated: bool  # an idempotent retry of an already accepted payment
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    balance: int | None = None  # a top-up: the tab's balance (msat) once credited
 
 
 def remittance(
@@ -141,8 +151,19 @@ class Cashier:
         self.ancestry = ancestry
         self.settle_wait = settle_wait
 
-    async def accept(self, payment: Remittance, match: Match, method: str, price: int) -> Accepted:
-        """Take `payment` for `match`, priced at `price` satoshis (quoted now)."""
+    async def accept(
+        self,
+        payment: Remittance,
+        match: Match,
+        method: str,
+        price: int,
+        top_up: TopUp | None = None,
+    ) -> Accepted:
+        """Take `payment` for `match`, priced at `price` satoshis (quoted now).
+
+        With `top_up`, `price` is the smallest top-up, the whole output is
+        credited to the tab (once per txid) and the grant is a tab token.
+        """
         route = match.route.route
         lap = _Laps()
         beef = read_beef(payment.beef, self.beef_limits)
@@ -153,7 +174,10 @@ class Cashier:
         verified = await verify_payment(beef, expect, self.tracker, self.ancestry)
         lap.add(verified.timings)
 
-        purchase = f"{match.service.name}\n{match.scope}"
+        if top_up is None:
+            purchase = f"{match.service.name}\n{match.scope}"
+        else:
+            purchase = f"{match.service.name}\ntab:{top_up.tab or 'new'}"
         claim = await self._claim(verified.txid, purchase)
         lap("claim")
         if claim is not None:
@@ -196,17 +220,43 @@ class Cashier:
         lap("broadcast")
 
         now = int(time.time())
-        grant = Grant(
-            id=new_grant_id(),
-            service=match.service.name,
-            scope=match.scope,
-            covers=route.effective_grant.covers,
-            methods=route.methods,
-            expires=now + route.effective_grant.lasts,
-            txid=verified.txid,
-            satoshis=verified.satoshis,
-            payer=payer_hash(payment.sender_hex),
-        )
+        balance = None
+        if top_up is None:
+            grant = Grant(
+                id=new_grant_id(),
+                service=match.service.name,
+                scope=match.scope,
+                covers=route.effective_grant.covers,
+                methods=route.methods,
+                expires=now + route.effective_grant.lasts,
+                txid=verified.txid,
+                satoshis=verified.satoshis,
+                payer=payer_hash(payment.sender_hex),
+            )
+        else:
+            tab = top_up.tab or tab_for_payment(verified.txid)
+            try:
+                # Once per txid, whoever gets here: a resent or taken-over
+                # payment finds it credited already.
+                balance, _ = await self.store.credit(tab, verified.satoshis * MSAT, verified.txid)
+            except StoreUnavailable:
+                raise PaymentError(
+                    "store-unavailable",
+                    "payment seen but not credited; send it again shortly",
+                    status=503,
+                ) from None
+            grant = Grant(
+                id=new_grant_id(),
+                service=match.service.name,
+                scope=tab_scope(match),
+                covers="tab",
+                methods=("*",),
+                expires=now + top_up.lasts,
+                txid=verified.txid,
+                satoshis=verified.satoshis,
+                payer=payer_hash(payment.sender_hex),
+                tab=tab,
+            )
         token = self.tokens.mint(grant)
         lap("token")
         receipt = Receipt(
@@ -232,7 +282,7 @@ class Cashier:
                 status=503,
             ) from None
         lap("receipt")
-        return Accepted(grant, token, receipt, repeated=False, timings=lap.stages)
+        return Accepted(grant, token, receipt, False, lap.stages, balance)
 
     async def _claim(self, txid: str, purchase: str) -> Accepted | None:
         """None when this caller now owns the txid; else the earlier outcome."""

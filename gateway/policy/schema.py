@@ -7,6 +7,7 @@ data the rest of the gateway reads.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -111,14 +112,18 @@ class Quota(_Frozen):
 
 
 class Concession(_Frozen):
-    """A discount for holders of an eligibility credential from one issuer.
+    """A discount, or free requests of its own, for holders of an eligibility
+    credential from one issuer.
 
     The issuer (a benefits agency, say) signs short-lived JWTs; its public
     key is given inline (PEM) or as a JWKS file, relative to the policy file.
+    `free_quota` is counted per credential holder (the credential's `sub`),
+    not per network, and is used before any price or discount applies.
     """
 
     description: str = ""
-    discount: int = Field(ge=1, le=100)  # percent off; 100 is free
+    discount: int = Field(default=0, ge=0, le=100)  # percent off; 100 is free
+    free_quota: Quota | None = None
     issuer_key: str | None = None
     issuer_jwks: str | None = None
     issuer: str | None = None  # the `iss` the credentials must carry, if set
@@ -127,7 +132,59 @@ class Concession(_Frozen):
     def _one_source(self) -> Concession:
         if (self.issuer_key is None) == (self.issuer_jwks is None):
             raise ValueError("give exactly one of issuer_key (PEM) or issuer_jwks (a file)")
+        if self.discount == 0 and self.free_quota is None:
+            raise ValueError("a concession needs a discount (percent) or a free_quota, or both")
         return self
+
+
+MB = 1_000_000  # bytes: per-MB prices count decimal megabytes
+
+
+class Meter(_Frozen):
+    """Charged from a prepaid tab, per request, per MB of response body or per
+    unit the upstream reports in a response header. The route's `price` is the
+    price of one unit; `most` is the most units one request may use (what is
+    held on the tab before the request goes upstream)."""
+
+    per: Literal["request", "mb", "unit"]
+    most: Annotated[Decimal, Field(gt=0, le=10**9)] = Decimal(1)
+    units_header: str = "X-Usage-Units"
+
+    @field_validator("most", mode="before")
+    @classmethod
+    def _most(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+            raise ValueError(f"most must be a number of units, got {value!r}")
+        return Decimal(str(value))
+
+    @field_validator("units_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not _TOKEN.fullmatch(value) or value.lower().startswith(("x-farebox-", "x-bsv-")):
+            raise ValueError(f"{value!r} is not a header name the upstream can send")
+        return value
+
+    @model_validator(mode="after")
+    def _request_is_one(self) -> Meter:
+        if self.per == "request" and self.most != 1:
+            raise ValueError("a per-request meter charges one unit per request: drop `most`")
+        return self
+
+
+class Tabs(_Frozen):
+    """How a service's prepaid tabs are opened: the smallest top-up (what a
+    402 asks for; a larger payment is credited in full) and how long a tab's
+    token lasts after its latest top-up."""
+
+    top_up: Annotated[Price, BeforeValidator(_parse_price)]
+    lasts: Duration = 30 * 86400
+
+    @field_validator("top_up")
+    @classmethod
+    def _not_free(cls, value: Price) -> Price:
+        if value.free:
+            raise ValueError("top_up must be a price, not 'free'")
+        return value
 
 
 class Route(_Frozen):
@@ -137,7 +194,17 @@ class Route(_Frozen):
     grant: Grant | None = None
     free_quota: Quota | None = None
     concessions: tuple[str, ...] = ()
+    meter: Meter | None = None
     description: str = ""
+
+    @model_validator(mode="after")
+    def _metered(self) -> Route:
+        if self.meter is not None:
+            if self.price.free:
+                raise ValueError("a metered route needs a price per unit, not 'free'")
+            if self.grant is not None:
+                raise ValueError("a metered route is charged per use from a tab: drop `grant`")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -183,7 +250,26 @@ class Service(_Frozen):
     preserve_host: bool = False
     connect_timeout: Duration | None = None
     read_timeout: Duration | None = None
+    tabs: Tabs | None = None
     routes: tuple[Route, ...]
+
+    @model_validator(mode="after")
+    def _tabs_for_meters(self) -> Service:
+        if self.tabs is None and any(r.meter is not None for r in self.routes):
+            raise ValueError(
+                "metered routes are paid from tabs: add `tabs: {top_up: N}` (satoshis or cents)"
+            )
+        top_up = self.tabs.top_up.satoshis if self.tabs is not None else 0
+        for route in self.routes:
+            if route.meter is None or not top_up or route.price.currency is not None:
+                continue
+            most = math.ceil(route.price.satoshis * route.meter.most)
+            if top_up < most:
+                raise ValueError(
+                    f"tabs.top_up ({top_up}) is less than one request on {route.path} "
+                    f"may cost ({most} satoshis): no top-up could ever pay for it"
+                )
+        return self
 
     @field_validator("upstream")
     @classmethod

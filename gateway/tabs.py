@@ -1,0 +1,167 @@
+"""Prepaid tabs: what one metered request may cost, and what it did cost.
+
+A tab is a balance a client tops up by paying (gateway.payments.cashier) and
+draws on with a tab token. Amounts on a tab are millisatoshis (msat), so
+per-MB and fractional-unit charges add up exactly; headers show satoshis
+with up to three decimals.
+
+One metered request: hold the most it may cost (`most` units at the unit
+price) → proxy, with a `Metering` the proxy reports into → settle the actual
+charge, which returns the rest of the hold. Only answers below 400 that
+reached the client are charged:
+
+- per request: one unit;
+- per unit: the units the upstream reports in its header (capped at `most`);
+- per MB: the bytes delivered (10^6 bytes a MB), rounded up to a msat; a
+  body longer than `most` MB is cut there.
+
+Charges are rounded up to a whole msat. A client that hangs up pays nothing
+(per MB: only what was delivered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from multidict import CIMultiDict
+
+from gateway.policy import Match
+from gateway.policy.schema import MB, Meter
+
+log = logging.getLogger("farebox.tabs")
+
+MSAT = 1000  # msat per satoshi
+HOLD_TTL = 3600  # seconds a hold lives if its worker dies before settling it
+
+CHARGE = "X-Farebox-Charge"  # satoshis this request costs
+BALANCE = "X-Farebox-Balance"  # satoshis left on the tab after it
+CHARGE_LIMIT = "X-Farebox-Charge-Limit"  # per MB, length unknown: the most it may cost
+TAB = "X-Farebox-Tab"
+
+
+def tab_for_payment(txid: str) -> str:
+    """The id of the tab a payment opens: derived, so a resent payment finds
+    the same tab, whoever handles it."""
+    return "t" + hashlib.sha256(b"farebox-tab\n" + txid.encode()).hexdigest()[:31]
+
+
+def tab_scope(match: Match) -> str:
+    """What a tab token covers: every metered route of the service."""
+    return f"{match.service.prefix}/**"
+
+
+def sats(msat: int) -> str:
+    """12345 msat → '12.345'; 5000 → '5'."""
+    whole, part = divmod(msat, MSAT)
+    return str(whole) if not part else f"{whole}.{part:03d}".rstrip("0")
+
+
+def most_msat(meter: Meter, unit_msat: int) -> int:
+    return math.ceil(meter.most * unit_msat)
+
+
+@dataclass
+class Metering:
+    """The charge of one request, told by the proxy as the answer passes."""
+
+    meter: Meter
+    unit_msat: int  # price of one unit
+    held: int  # msat held for this request
+    balance: int  # msat left on the tab while it is held
+    status: int | None = None  # the answer's status, once it started
+    units: Decimal = Decimal(0)  # per unit: what the upstream reported
+    sent: int = 0  # body bytes handed to the client
+    delivered: bool = False  # the whole answer went out
+
+    def begin(self, status: int, headers: CIMultiDict[str]) -> None:
+        """The upstream answered: read its units, add the charge headers."""
+        self.status = status
+        if status < 400 and self.meter.per == "unit":
+            self.units = self._reported(headers.getall(self.meter.units_header, []))
+        expected = self._charge_for(_length(headers))
+        if expected is None:
+            headers[CHARGE_LIMIT] = sats(self.held)
+            headers[BALANCE] = sats(self.balance)
+        else:
+            headers[CHARGE] = sats(expected)
+            headers[BALANCE] = sats(self.balance + self.held - expected)
+
+    def allow(self, size: int) -> int:
+        """How many of the next `size` body bytes may go to the client."""
+        if self.meter.per != "mb":
+            return size
+        limit = math.floor(self.meter.most * MB)
+        allowed = max(0, min(size, limit - self.sent))
+        if allowed < size:
+            log.warning(
+                "metered answer longer than its route's most (%s MB): cut at %d bytes",
+                self.meter.most,
+                limit,
+            )
+        self.sent += allowed
+        return allowed
+
+    def end(self) -> None:
+        self.delivered = True
+
+    def charge(self) -> int:
+        """What to settle: nothing unless a good answer reached the client."""
+        if self.status is None or self.status >= 400:
+            return 0
+        if self.meter.per == "mb":
+            return self._charge_for(self.sent) or 0
+        if not self.delivered:
+            return 0
+        return self._charge_for(None) or 0
+
+    def _charge_for(self, length: int | None) -> int | None:
+        """The charge if `length` body bytes are delivered; None if unknown yet."""
+        if self.status is None or self.status >= 400:
+            return 0
+        if self.meter.per == "request":
+            exact: Decimal | int = self.unit_msat
+        elif self.meter.per == "unit":
+            exact = self.units * self.unit_msat
+        elif length is None:
+            return None
+        else:
+            exact = Decimal(min(length, math.floor(self.meter.most * MB))) * self.unit_msat / MB
+        return min(self.held, math.ceil(exact))
+
+    def _reported(self, values: list[str]) -> Decimal:
+        if len(values) != 1:
+            log.warning(
+                "upstream sent %d %s headers on a per-unit route: charged 0 units",
+                len(values),
+                self.meter.units_header,
+            )
+            return Decimal(0)
+        try:
+            units = Decimal(values[0].strip())
+        except InvalidOperation:
+            units = Decimal(-1)
+        if not units.is_finite() or units < 0:
+            log.warning(
+                "upstream sent %s: %r, not a number of units: charged 0",
+                self.meter.units_header,
+                values[0][:40],
+            )
+            return Decimal(0)
+        if units > self.meter.most:
+            log.warning(
+                "upstream reported %s units, more than the route's most (%s): charged %s",
+                units,
+                self.meter.most,
+                self.meter.most,
+            )
+            return self.meter.most
+        return units
+
+
+def _length(headers: CIMultiDict[str]) -> int | None:
+    value = headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
