@@ -174,7 +174,7 @@ class Proxy:
                 compress=None,
             )
         except Exception as exc:
-            return _upstream_problem(exc, match)
+            return _upstream_problem(exc, match, reply)
         try:
             if meter is not None:
                 out = response_headers(upstream.headers)
@@ -213,7 +213,7 @@ class Proxy:
                 whole_limit=SMALL_BODY,
             )
         except Exception as exc:
-            return _upstream_problem(exc, match)
+            return _upstream_problem(exc, match, reply_extra)
         out = _without_hop_by_hop(reply.headers)
         if reply_extra:
             out.extend(reply_extra)
@@ -251,7 +251,7 @@ class Proxy:
             try:
                 body = await upstream.read()
             except Exception as exc:
-                return _upstream_problem(exc, match)
+                return _upstream_problem(exc, match, reply_extra)
             return web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
@@ -463,7 +463,18 @@ async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _upstream_problem(exc: BaseException, match: Match) -> web.Response:
+def _upstream_problem(
+    exc: BaseException, match: Match, reply: CIMultiDict[str] | None = None
+) -> web.Response:
+    """The problem answer for an upstream failure; `reply` headers (a token
+    just bought) are kept on it: the purchase stands though the upstream failed."""
+    response = _problem_for(exc, match)
+    if reply:
+        response.headers.extend(reply)
+    return response
+
+
+def _problem_for(exc: BaseException, match: Match) -> web.Response:
     name = match.service.name
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         log.warning("upstream %s timed out: %s", name, _brief(exc))

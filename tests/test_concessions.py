@@ -37,10 +37,23 @@ concessions:
     issuer_key: |
 {pem}
     issuer: https://benefits.example.gov
+  pensioners:
+    description: Two free record lookups a day for pension card holders
+    free_quota: {{requests: 2, per: 1d}}
+    issuer_key: |
+{pem}
 services:
   data:
     upstream: {upstream}
+    tabs: {{top_up: 500}}
     routes:
+      - path: /records/{{n}}
+        price: 30
+        concessions: [pensioners]
+      - path: /calls/{{n}}
+        price: 10
+        meter: {{per: request}}
+        concessions: [low-income]
       - path: /query
         price: 100
         concessions: [low-income]
@@ -57,11 +70,15 @@ def jwks(key: Ed25519PrivateKey) -> dict:
 
 
 def credential(
-    key: Ed25519PrivateKey = AGENCY, *, issuer: str = ISSUER, expires_in: int = 3600
+    key: Ed25519PrivateKey = AGENCY,
+    *,
+    issuer: str = ISSUER,
+    expires_in: int = 3600,
+    subject: str = "household-42",
 ) -> str:
     claims = {
         "iss": issuer,
-        "sub": "household-42",
+        "sub": subject,
         "exp": int(time.time()) + expires_in,
         "eligible": True,
     }
@@ -177,6 +194,39 @@ async def test_paying_the_discounted_price(setup) -> None:
             assert r.status == 402 and (await r.json(content_type=None))["reason"] == "underpaid"
 
 
+async def test_a_concession_free_quota_counts_per_holder(setup, upstream) -> None:
+    base, _ = setup
+    mine = with_credential(credential())
+    async with aiohttp.ClientSession() as http:
+        for left in ("1", "0"):
+            async with http.get(f"{base}/records/1", headers=mine) as r:
+                assert r.status == 200 and r.headers["RateLimit-Remaining"] == left
+        async with http.get(f"{base}/records/1", headers=mine) as r:
+            assert r.status == 402  # used up: the normal price applies
+        # Another holder has a quota of their own; a forged credential has none.
+        theirs = with_credential(credential(subject="household-7"))
+        async with http.get(f"{base}/records/2", headers=theirs) as r:
+            assert r.status == 200
+        forged = with_credential(credential(Ed25519PrivateKey.generate(), subject="x"))
+        async with http.get(f"{base}/records/3", headers=forged) as r:
+            assert r.status == 402
+    assert upstream.paths == ["/records/1", "/records/1", "/records/2"]
+    assert not any("x-farebox-eligibility" in {k.lower() for k in s.headers} for s in upstream.seen)
+
+
+async def test_a_discount_lowers_a_metered_unit_price(setup) -> None:
+    base, _ = setup
+    status, body = await challenge(base, "/calls/1", with_credential(credential()))
+    tab = body["payment"]["tab"]
+    assert status == 402 and tab["unit_price"] == {
+        "satoshis": "5",
+        "full_satoshis": "10",
+        "concession": {"name": "low-income", "discount_percent": 50},
+    }
+    status, body = await challenge(base, "/calls/1", with_credential("forged"))
+    assert body["payment"]["tab"]["unit_price"] == {"satoshis": "10"}
+
+
 def test_policy_errors_point_at_concessions(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(
         "concessions:\n"
@@ -198,3 +248,12 @@ def test_a_concession_needs_exactly_one_key_source(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(tmp_path)
     assert "p.yaml:2: concessions.b: give exactly one of issuer_key" in str(info.value)
+
+
+def test_a_concession_gives_a_discount_or_a_quota(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("concessions:\n  b: {issuer_jwks: k.json}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    assert "concessions.b: a concession needs a discount (percent) or a free_quota" in str(
+        info.value
+    )
