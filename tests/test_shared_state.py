@@ -8,6 +8,7 @@ machines behind a load balancer would).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -38,9 +39,11 @@ def setup(tmp_path: Path, upstream: Upstream) -> tuple[list[str], str]:
     folder = tmp_path / "policies"
     folder.mkdir()
     (folder / "p.yaml").write_text(
-        f"services:\n  s:\n    upstream: {upstream.url}\n    routes:\n"
+        f"services:\n  s:\n    upstream: {upstream.url}\n    tabs: {{top_up: 1000}}\n"
+        "    routes:\n"
         "      - {path: /page/*, price: 30, grant: {lasts: 1h}}\n"
         "      - {path: /free/*, price: free}\n"
+        "      - {path: /calls/*, price: 10, meter: {per: request}}\n"
     )
     args = [
         "--policies",
@@ -174,3 +177,54 @@ async def test_workers_share_the_store(
         assert {status for status, _, _ in results} == {200}
         assert len({resp["X-Farebox-Token"] for _, resp, _ in results}) == 1
         assert str(chain.status(txid).status) == "SEEN_ON_NETWORK"
+
+
+async def test_a_tab_is_never_overspent_across_instances(
+    tmp_path: Path, upstream: Upstream, redis: RedisServer, devnet_http
+) -> None:
+    """1,000 requests at once over two instances against a tab worth exactly 100."""
+    url, _ = devnet_http
+    args, server_pub = setup(tmp_path, upstream)
+    args += ["--devnet-url", url, "--store", redis.url]
+    client = PrivateKey()
+    parent = await faucet(url, client, 100_000)
+    connector = aiohttp.TCPConnector(limit=200)
+    async with (
+        serve(*args) as a,
+        serve(*args) as b,
+        aiohttp.ClientSession(connector=connector) as http,
+    ):
+        gateways: list[Running] = [a, b]
+        # One top-up of 1000 satoshis sent 20 times at once to the pay
+        # endpoints of both instances: one tab, credited once.
+        headers, _ = brc121_headers(server_pub, client, parent, 1000)
+        body = {
+            "beef": headers["x-bsv-beef"],
+            "sender": headers["x-bsv-sender"],
+            "nonce": headers["x-bsv-nonce"],
+            "time": headers["x-bsv-time"],
+            "vout": 0,
+            "url": "/calls/0",
+        }
+
+        async def top_up(gw: Running) -> dict:
+            async with http.post(f"{gw.base}/.well-known/farebox/pay", json=body) as r:
+                assert r.status == 200, await r.text()
+                return await r.json()
+
+        answers = await asyncio.gather(*(top_up(gateways[i % 2]) for i in range(20)))
+        assert len({answer["tab"]["id"] for answer in answers}) == 1
+        token = {"Authorization": f"Bearer {answers[0]['token']}"}
+        status, _, tab = await get(http, f"{a.base}/.well-known/farebox/tab", token)
+        assert status == 200 and json.loads(tab)["balance_msat"] == 1000 * 1000
+
+        # 10 satoshis a call: exactly 100 calls' worth, asked for 1,000 times.
+        results = await asyncio.gather(
+            *(get(http, f"{gateways[i % 2].base}/calls/{i}", token) for i in range(1000))
+        )
+        codes = [status for status, _, _ in results]
+        assert codes.count(200) == 100 and codes.count(402) == 900, set(codes)
+        assert all(b"tab-exhausted" in body for status, _, body in results if status == 402)
+        status, _, tab = await get(http, f"{b.base}/.well-known/farebox/tab", token)
+        assert json.loads(tab)["balance_msat"] == 0
+    assert len([s for s in upstream.seen if s.raw_path.startswith("/calls/")]) == 100
