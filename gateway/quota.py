@@ -9,10 +9,13 @@ every worker and machine.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+from collections.abc import Mapping
 
 from multidict import CIMultiDict
 
+from gateway.policy.schema import Quota
 from gateway.store import Window
 
 
@@ -26,6 +29,16 @@ def client_network(remote: str | None) -> str:
         address = address.ipv4_mapped
     prefix = 24 if address.version == 4 else 64
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def client_of(quota: Quota, headers: Mapping[str, str], remote: str | None) -> str:
+    """Who a quota counts this request against: a client key, or a network."""
+    if quota.by == "key":
+        key = headers.get(quota.key_header, "").strip()
+        if key:
+            # Hashed: keys are credentials and must not sit in the store as such.
+            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return client_network(remote)
 
 
 def remaining(limit: int, window: Window) -> int:

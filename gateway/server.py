@@ -60,7 +60,7 @@ from gateway.pricer import (
 )
 from gateway.problems import problem
 from gateway.proxy import Proxy
-from gateway.quota import client_network, ratelimit_headers
+from gateway.quota import client_of, ratelimit_headers
 from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
 from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
@@ -132,7 +132,8 @@ class Gateway:
     async def _count(self, request: web.BaseRequest, match: Match) -> Window:
         quota = match.route.route.free_quota
         assert quota is not None and self.store is not None
-        key = f"quota:{match.service.name}:{match.route.scope}:{client_network(request.remote)}"
+        client = client_of(quota, request.headers, request.remote)
+        key = f"quota:{match.service.name}:{match.route.scope}:{client}"
         return await self.store.hit(key, quota.per)
 
     async def _within_quota(

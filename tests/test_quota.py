@@ -21,6 +21,9 @@ services:
       - path: /search
         price: free
         free_quota: {{requests: 2, per: 2s}}
+      - path: /api
+        price: 10
+        free_quota: {{requests: 2, per: 1h, by: key, key_header: X-Api-Key}}
 """
 
 
@@ -40,8 +43,10 @@ def test_clients_are_counted_by_network(remote: str | None, network: str) -> Non
     assert client_network(remote) == network
 
 
-async def get(base: str, path: str) -> tuple[int, dict[str, str]]:
-    async with aiohttp.ClientSession() as http, http.get(base + path) as r:
+async def get(
+    base: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str]]:
+    async with aiohttp.ClientSession() as http, http.get(base + path, headers=headers) as r:
         await r.read()
         return r.status, dict(r.headers)
 
@@ -79,6 +84,17 @@ async def test_quota_counts_per_route(gateway, upstream) -> None:
     assert (await get(base, "/search"))[0] == 200  # another route, its own count
 
 
+async def test_quota_by_client_key(gateway, upstream) -> None:
+    base = await gateway(POLICY.format(upstream=upstream.url))
+    alice, bob = {"X-Api-Key": "alice-key"}, {"X-Api-Key": "bob-key"}
+    assert [(await get(base, "/api", alice))[0] for _ in range(3)] == [200, 200, 402]
+    assert (await get(base, "/api", bob))[0] == 200  # a key of its own
+    # Without a key the client's network is counted instead.
+    assert [(await get(base, "/api"))[0] for _ in range(3)] == [200, 200, 402]
+    # The upstream still gets the key (it is the client's, not Farebox's).
+    assert upstream.seen[0].headers["X-Api-Key"] == "alice-key"
+
+
 def test_quota_validation(tmp_path) -> None:
     from gateway.policy import PolicyError, load_policy
 
@@ -90,4 +106,4 @@ def test_quota_validation(tmp_path) -> None:
         load_policy(tmp_path)
     text = str(info.value)
     assert "p.yaml:7: services.s.routes[0].free_quota.requests" in text
-    assert "free_quota.by: Input should be 'ip'" in text
+    assert "free_quota.by: Input should be 'ip' or 'key'" in text

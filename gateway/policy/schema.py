@@ -104,11 +104,22 @@ class Grant(_Frozen):
 
 
 class Quota(_Frozen):
-    """Free requests per client network (IPv4 /24, IPv6 /64) per window."""
+    """Free requests per client per window: per network (IPv4 /24, IPv6 /64),
+    or per client key (the value of `key_header`; requests without one are
+    counted by network). Client keys must be checked before Farebox sees
+    them (nginx, an API gateway), or anyone can mint a fresh quota."""
 
     requests: int = Field(ge=1, le=1_000_000_000)
     per: Duration
-    by: Literal["ip"] = "ip"
+    by: Literal["ip", "key"] = "ip"
+    key_header: str = "X-Api-Key"
+
+    @field_validator("key_header")
+    @classmethod
+    def _key_header(cls, value: str) -> str:
+        if not _TOKEN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a header name")
+        return value
 
 
 class Concession(_Frozen):
