@@ -20,13 +20,13 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 import uvloop
 from aiohttp import web
-from bsv import PrivateKey
+from bsv import PrivateKey, PublicKey
 from multidict import CIMultiDict
 
 from gateway import keys, wellknown
@@ -47,6 +47,9 @@ from gateway.config import Settings
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import Cashier, TopUp
 from gateway.payments.errors import PaymentError
+from gateway.paywall import Page, buys_text, desk, render, wants_html
+from gateway.paywall.checkout import LIFETIME, open_checkout, payee, payment_uri
+from gateway.paywall.desk import PaymentWatcher
 from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
 from gateway.pricer import (
@@ -63,7 +66,7 @@ from gateway.proxy import Proxy
 from gateway.quota import client_of, ratelimit_headers
 from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
-from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
+from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
 from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox")
@@ -84,6 +87,8 @@ class Gateway:
     store: Store | None = None
     revocations: Revocations | None = None
     rates: Rates | None = None
+    watcher: PaymentWatcher | None = None
+    wallet_url: str = "http://localhost:3321"
     _store_failed: float = field(default=-1e9, init=False)
 
     async def _store_usable(self) -> None:
@@ -191,7 +196,66 @@ class Gateway:
     ) -> web.Response:
         quoted = quoted or await self.quote(request, match)
         offered = self._offered(match)
-        return payment_required(match, request.method, self.server_key, quoted, refused, offered)
+        answer = payment_required(match, request.method, self.server_key, quoted, refused, offered)
+        if wants_html(request.headers.get("Accept")):
+            return self._paywall(request, match, quoted, refused, answer)
+        return answer
+
+    def _paywall(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        quoted: Quote,
+        refused: PaymentError | None,
+        answer: web.Response,
+    ) -> web.Response:
+        """The 402 as a page for a person, with the same BRC-121 headers."""
+        route, service = match.route.route, match.service
+        language = request.headers.get("Accept-Language")
+        if route.meter is not None:
+            assert service.service.tabs is not None
+            covers, scope, lasts = "tab", tab_scope(match), service.service.tabs.lasts
+        else:
+            grant = route.effective_grant
+            covers, scope, lasts = grant.covers, match.scope, grant.lasts
+        title = service.service.description or service.name
+        page = Page(
+            service=service.name,
+            service_title=title,
+            description=route.description,
+            method=request.method,
+            resource=match.resource,
+            satoshis=quoted.satoshis,
+            buys=buys_text(covers, scope, lasts, title, language),
+            server=self.server_key,
+            pay_url=wellknown.PAY,
+            wallet_url=self.wallet_url,
+            fiat=_fiat(quoted),
+            concession=_concession(quoted),
+            offered=", ".join(c.name for c in self._offered(match)),
+            refused=refused.detail if refused is not None else "",
+        )
+        if self.cashier is not None and self.tokens is not None:
+            checkout, ticket = open_checkout(
+                self.tokens, service.name, match.resource, request.method, quoted.satoshis
+            )
+            origin = f"{request.scheme}://{request.host}"
+            status_url = desk.PREFIX + ticket
+            address = payee(PublicKey(self.server_key), checkout).address()
+            page = replace(
+                page,
+                checkout_uri=payment_uri(address, quoted.satoshis, origin + status_url, title),
+                status_url=status_url,
+                expires=checkout.expires,
+                minutes=LIFETIME // 60,
+            )
+        headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
+        return web.Response(
+            status=402,
+            text=render(page, language),
+            content_type="text/html",
+            headers={**headers, "Vary": "Accept, Accept-Language"},
+        )
 
     async def _tab_challenge(
         self,
@@ -221,9 +285,12 @@ class Gateway:
             tab["units_header"] = meter.units_header
         if balance is not None:
             tab["balance_satoshis"] = sats(balance)
-        return payment_required(
+        answer = payment_required(
             match, request.method, self.server_key, top_up, refused, self._offered(match), tab
         )
+        if wants_html(request.headers.get("Accept")):
+            return self._paywall(request, match, top_up, refused, answer)
+        return answer
 
     def _offered(self, match: Match) -> tuple[Any, ...]:
         known = self.policy.current.concessions
@@ -385,6 +452,26 @@ class Gateway:
             except StoreUnavailable:
                 # The hold returns to the tab when it expires: unbilled, not lost.
                 log.error("could not settle a metered request on tab %s: store unavailable", tab)
+
+
+def _fiat(quoted: Quote) -> dict[str, str] | None:
+    if quoted.rate is None or quoted.cents is None:
+        return None
+    return {
+        "amount": f"{quoted.cents / 100:.4f}".rstrip("0").rstrip("."),
+        "currency": quoted.rate.currency,
+        "rate": f"{quoted.rate.per_bsv:.2f}",
+    }
+
+
+def _concession(quoted: Quote) -> dict[str, Any] | None:
+    if quoted.concession is None:
+        return None
+    return {
+        "name": quoted.concession.description or quoted.concession.name,
+        "discount": quoted.concession.discount,
+        "full": quoted.full_satoshis,
+    }
 
 
 def _tune_gc() -> None:

@@ -138,6 +138,32 @@ class Tokens:
             self._cache.popitem(last=False)
         return entry
 
+    def sign_claims(self, claims: dict[str, Any], audience: str) -> str:
+        """A signed token of other claims (checkout tickets), for `audience` only."""
+        kid = self.ring.active
+        payload = {**claims, "iss": ISSUER, "aud": audience}
+        return jwt.encode(payload, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
+
+    def read_claims(
+        self, token: str, audience: str, *, verify_exp: bool = True
+    ) -> dict[str, Any] | None:
+        """The claims of a token from `sign_claims`, or None if it is not one."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self.ring.public.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                return None
+            return jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=audience,
+                issuer=ISSUER,
+                options={"require": ["exp", "aud", "iss"], "verify_exp": verify_exp},
+            )
+        except jwt.PyJWTError:
+            return None
+
     def _sign(self, grant: Grant, audience: str) -> str:
         claims = {
             "iss": ISSUER,

@@ -8,11 +8,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from bsv import PublicKey
 
+from gateway import paywall
 from gateway.access import presented_tokens, token_headers
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import TopUp, remittance
+from gateway.payments.derivation import p2pkh_script
 from gateway.payments.errors import PaymentError
+from gateway.paywall import desk
 from gateway.policy import NoMatch
 from gateway.pricer import RateUnavailable, quote
 from gateway.problems import problem
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
 PAY = "/.well-known/farebox/pay"
 RECEIPTS = "/.well-known/farebox/receipts/"
 TAB = "/.well-known/farebox/tab"
+P2PKH = "/.well-known/farebox/p2pkh/"
+_PUBKEY = re.compile(r"0[23][0-9a-f]{64}")
 JWKS = "/.well-known/jwks.json"
 _TXID = re.compile(r"[0-9a-f]{64}")
 
@@ -50,6 +56,12 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
         return _json({"status": "ok"})
     if path == READY:
         return await ready(gw)
+    if path.startswith(paywall.ASSETS + "/") and request.method in ("GET", "HEAD"):
+        return paywall.asset(path[len(paywall.ASSETS) + 1 :])
+    if path.startswith(P2PKH) and request.method in ("GET", "HEAD"):
+        return p2pkh(path[len(P2PKH) :])
+    if path.startswith(desk.PREFIX):
+        return await desk.handle(gw, request, path[len(desk.PREFIX) :])
     if path == PAY:
         if request.method != "POST":
             return problem(
@@ -197,6 +209,18 @@ async def receipt(gw: Gateway, request: web.BaseRequest, txid: str) -> web.Strea
             "present the token of this payment to see its receipt",
         )
     return web.Response(body=json.dumps(found.to_json()).encode(), content_type="application/json")
+
+
+def p2pkh(key: str) -> web.Response:
+    """The P2PKH locking script of a public key: what a browser page needs to
+    pay a key a wallet derived (WebCrypto has no RIPEMD-160)."""
+    if not _PUBKEY.fullmatch(key):
+        return problem(400, "bad-key", "Bad public key", "a compressed public key in hex")
+    try:
+        script = p2pkh_script(PublicKey(key))
+    except Exception:  # bsv-sdk raises assorted types for points off the curve
+        return problem(400, "bad-key", "Bad public key", "not a point on the curve")
+    return _json({"script": script.hex()})
 
 
 def _tab_grant(gw: Gateway, token: str) -> Grant | None:

@@ -158,11 +158,16 @@ class Cashier:
         method: str,
         price: int,
         top_up: TopUp | None = None,
+        *,
+        fresh: bool = True,
     ) -> Accepted:
         """Take `payment` for `match`, priced at `price` satoshis (quoted now).
 
         With `top_up`, `price` is the smallest top-up, the whole output is
         credited to the tab (once per txid) and the grant is a tab token.
+        `fresh=False` skips the payment-time window: a checkout (paywall
+        page) has its own expiry, and its time names the checkout, not the
+        moment of paying.
         """
         route = match.route.route
         lap = _Laps()
@@ -185,7 +190,7 @@ class Cashier:
             # resend an accepted payment at any time and get its grant back.
             return claim
         skew = abs(time.time() * 1000 - int(payment.time)) / 1000
-        if skew > self.time_window:
+        if fresh and skew > self.time_window:
             await self.store.release(verified.txid, purchase)
             raise PaymentError(
                 "stale-time",

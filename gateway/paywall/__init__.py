@@ -1,0 +1,138 @@
+"""The paywall page: the 402 a person in a browser sees.
+
+A client that prefers HTML gets a page instead of problem+json: what is for
+sale, the price (and its fiat value), what a payment buys, a QR code of a
+checkout for phone wallets and a button for a browser wallet. The BRC-121
+headers stay on the answer, so 402-aware browsers and extensions work the
+same. Everything the page needs is served by Farebox itself (assets under
+/.well-known/farebox/assets/); all its words live in `texts.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import segno
+from aiohttp import web
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from gateway.paywall.texts import TEXTS, duration, texts
+
+ASSETS = "/.well-known/farebox/assets"
+_STATIC = {"paywall.css": "text/css", "paywall.js": "text/javascript"}
+_env = Environment(
+    loader=PackageLoader("gateway.paywall", "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def wants_html(accept: str | None) -> bool:
+    """Whether the client prefers text/html to JSON (browsers do; curl does not)."""
+    if not accept:
+        return False
+    best_html, best_json = 0.0, 0.0
+    for part in accept.split(","):
+        fields = part.strip().split(";")
+        kind = fields[0].strip().lower()
+        q = 1.0
+        for param in fields[1:]:
+            name, _, value = param.strip().partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if kind in ("text/html", "application/xhtml+xml"):
+            best_html = max(best_html, q)
+        elif kind in ("application/json", "application/problem+json", "*/*"):
+            best_json = max(best_json, q)
+    return best_html > 0 and best_html > best_json
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What one paywall page says; plain data the template renders."""
+
+    service: str
+    service_title: str
+    description: str
+    method: str
+    resource: str
+    satoshis: int
+    buys: str
+    server: str
+    pay_url: str
+    wallet_url: str
+    fiat: dict[str, str] | None = None
+    concession: dict[str, Any] | None = None
+    offered: str = ""
+    refused: str = ""
+    checkout_uri: str | None = None  # the payment URI the QR code shows
+    status_url: str = ""
+    expires: int = 0  # unix seconds the checkout ends
+    minutes: int = 0
+
+
+def render(page: Page, accept_language: str | None) -> str:
+    words = texts(accept_language)
+    lang = next(tag for tag, table in TEXTS.items() if table is words)
+    qr_svg = None
+    if page.checkout_uri:
+        # Error correction M keeps the code readable on a dim phone screen.
+        qr = segno.make(page.checkout_uri, error="m", micro=False)
+        qr_svg = qr.svg_inline(scale=4, border=2, dark="#000", light="#fff", omitsize=True)
+    return _env.get_template("paywall.html").render(
+        t=words,
+        lang=lang,
+        assets=ASSETS,
+        service_title=page.service_title,
+        description=page.description,
+        method=page.method,
+        resource=page.resource,
+        satoshis=page.satoshis,
+        fiat=page.fiat,
+        concession=page.concession,
+        offered=page.offered,
+        refused=page.refused,
+        buys=page.buys,
+        qr_svg=qr_svg,
+        payment_uri=page.checkout_uri or "",
+        status_url=page.status_url,
+        pay_url=page.pay_url,
+        server=page.server,
+        wallet_url=page.wallet_url,
+        expires=page.expires,
+        minutes=page.minutes,
+        texts_json=json.dumps(words).replace("</", "<\\/"),
+    )
+
+
+def buys_text(
+    covers: str, scope: str, lasts: int, service: str, accept_language: str | None
+) -> str:
+    words = texts(accept_language)
+    if covers == "tab":
+        return words["buys_tab"].format(service=service)
+    length = duration(lasts, words)
+    if covers == "route":
+        return words["buys_route"].format(scope=scope, lasts=length)
+    return words["buys_resource"].format(lasts=length)
+
+
+def asset(name: str) -> web.Response:
+    """One of the page's own files; 404 for anything else."""
+    kind = _STATIC.get(name)
+    if kind is None:
+        return web.Response(status=404, text="no such asset")
+    body = (files("gateway.paywall") / "static" / name).read_bytes()
+    return web.Response(
+        body=body,
+        content_type=kind,
+        charset="utf-8",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
