@@ -131,6 +131,21 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="send grant cookies over plain http too",
     )
+    page = serve.add_argument_group("paywall page (browsers)")
+    page.add_argument(
+        "--watch-url",
+        metavar="URL",
+        help="a WhatsOnChain-style API to find payments wallets broadcast themselves "
+        "(e.g. https://api.whatsonchain.com; with --devnet-url the devnet is asked)",
+    )
+    page.add_argument(
+        "--watch-network", metavar="NAME", help="the API's network: main or test (default main)"
+    )
+    page.add_argument(
+        "--wallet-url",
+        metavar="URL",
+        help="where the page looks for a BRC-100 browser wallet (default http://localhost:3321)",
+    )
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser(
@@ -231,7 +246,7 @@ def _serve(args: argparse.Namespace) -> None:
         "host", "port", "workers", "policies", "key_file", "connect_timeout", "read_timeout",
         "upstream_connections", "watch", "access_log", "log_level", "devnet_url", "arc_url",
         "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
-        "rate_eur", "rate_feed", "rate_max_age",
+        "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

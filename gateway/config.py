@@ -63,6 +63,11 @@ class Settings(BaseModel):
     arc_callback_token: str | None = None
     headers_url: str | None = None
     headers_api_key: str | None = None
+    # The paywall page
+    watch_url: str | None = None  # WhatsOnChain-style API; the devnet when devnet_url is set
+    watch_network: Literal["main", "test"] = "main"
+    watch_api_key: str | None = None
+    wallet_url: str = "http://localhost:3321"
 
     @model_validator(mode="after")
     def _chain(self) -> Settings:

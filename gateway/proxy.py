@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 import aiohttp
@@ -90,6 +90,8 @@ class Proxy:
         self._timeouts: dict[tuple[int | None, int | None], aiohttp.ClientTimeout] = {}
         self._client = Client(connections)
         self._origins: dict[str, tuple[Origin, str]] = {}
+        # Says whether a bearer token is one Farebox issued (set by the server).
+        self.own_token: Callable[[str], bool] | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -151,7 +153,7 @@ class Proxy:
         `meter` the answer is always written here, not after the handler
         returns, so that what reached the client is known.
         """
-        headers = upstream_headers(request, match, extra)
+        headers = upstream_headers(request, match, extra, self.own_token)
         if meter is not None and _is_websocket(request):
             return problem(
                 400, "not-metered", "WebSocket not metered", "metered routes take plain HTTP"
@@ -378,7 +380,10 @@ async def _bridge(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSock
 
 
 def upstream_headers(
-    request: web.BaseRequest, match: Match, extra: dict[str, str] | None = None
+    request: web.BaseRequest,
+    match: Match,
+    extra: dict[str, str] | None = None,
+    own_token: Callable[[str], bool] | None = None,
 ) -> CIMultiDict[str]:
     drop = _connection_listed(request.headers)
     websocket = _is_websocket(request)
@@ -400,8 +405,15 @@ def upstream_headers(
             value = _without_credential_cookie(value)
             if not value:
                 continue
-        elif lower == "authorization" and priced and value[:7].lower() == "bearer ":
-            continue  # on a priced route a bearer token is ours to check, not theirs
+        elif (
+            lower == "authorization"
+            and value[:7].lower() == "bearer "
+            and (priced or (own_token is not None and own_token(value[7:].strip())))
+        ):
+            # On a priced route a bearer token is ours to check, not theirs; on
+            # a free one a token of ours (a tab's, say) is a credential the
+            # upstream must not receive.
+            continue
         out.add(name, value)
     out["X-Forwarded-For"] = request.remote or ""
     out["X-Forwarded-Proto"] = request.scheme

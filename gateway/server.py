@@ -531,6 +531,8 @@ async def run_worker(
             tokens=startup.tokens,
             time_window=settings.payment_window,
         )
+    payments_watcher = open_watcher(settings, closers) if cashier is not None else None
+    proxy.own_token = startup.tokens.issued_here
     gateway = Gateway(
         holder,
         proxy,
@@ -541,6 +543,8 @@ async def run_worker(
         store=store,
         revocations=Revocations(store),
         rates=open_rates(settings, closers),
+        watcher=payments_watcher,
+        wallet_url=settings.wallet_url,
     )
     server = web.Server(
         gateway.handle,
@@ -607,6 +611,19 @@ def _chain_clients(
     tracker = CachingTracker(inner)
     closers += [tracker.close, broadcaster.close]
     return tracker, broadcaster
+
+
+def open_watcher(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> PaymentWatcher | None:
+    from gateway.chain.watch import WocWatcher
+
+    url = settings.watch_url or settings.devnet_url
+    if not url:
+        return None
+    watcher = WocWatcher(url, network=settings.watch_network, api_key=settings.watch_api_key)
+    closers.append(watcher.close)
+    return watcher
 
 
 def open_rates(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Rates | None:

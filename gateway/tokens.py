@@ -114,6 +114,15 @@ class Tokens:
         self._cache: OrderedDict[str, tuple[Grant, str]] = OrderedDict()
         self._cache_size = cache_size
 
+    def issued_here(self, token: str) -> bool:
+        """Whether a token names one of our signing keys (signature not checked:
+        enough to keep it from an upstream)."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return False
+        return isinstance(kid, str) and kid in self.ring.public
+
     def mint(self, grant: Grant) -> str:
         return self._sign(grant, ACCESS)
 

@@ -111,6 +111,21 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
         top_up = TopUp(None, tabs.lasts)
         if fields.get("tab"):
             grant = _tab_grant(gw, str(fields["tab"]))
+            try:
+                revoked = (
+                    grant is not None
+                    and gw.revocations is not None
+                    and (
+                        await gw.revocations.revoked(grant.tab)
+                        or await gw.revocations.revoked(grant.id)
+                    )
+                )
+            except StoreUnavailable:
+                return problem(503, "store-unavailable", "Temporarily unavailable", "try again")
+            if revoked:
+                return problem(
+                    400, "grant-revoked", "Tab revoked", "this tab was revoked; open a new one"
+                )
             if grant is None or grant.service != match.service.name:
                 return problem(
                     400,

@@ -172,6 +172,8 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         await proxy.start()
         proxies.append(proxy)
         extra.setdefault("store", MemoryStore())
+        if extra.get("tokens") is not None:
+            proxy.own_token = extra["tokens"].issued_here  # type: ignore[attr-defined]
         handler = Gateway(
             PolicyHolder.load(path), proxy, extra.pop("server_key", SERVER_KEY), **extra
         )

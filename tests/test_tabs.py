@@ -59,6 +59,8 @@ services:
         meter: {{per: request}}
       - path: /page
         price: 25
+      - path: /info
+        price: free
 """
 
 
@@ -105,6 +107,7 @@ def metered_app(calls: list[str]) -> web.Application:
         return web.Response(text="late")
 
     async def page(request: web.Request) -> web.Response:
+        calls.append(f"{request.path} auth={request.headers.get('Authorization', '')}")
         return web.Response(text="a page")
 
     app = web.Application()
@@ -114,6 +117,7 @@ def metered_app(calls: list[str]) -> web.Application:
     app.router.add_get("/fail", fail)
     app.router.add_get("/slow", slow)
     app.router.add_get("/page", page)
+    app.router.add_get("/info", page)
     return app
 
 
@@ -315,6 +319,35 @@ async def test_tabs_and_grants_do_not_stand_in_for_each_other(metered: Setup) ->
     assert status == 200
     status, _, body = await get(f"{metered.base}/util/calls/1", bearer(headers["X-Farebox-Token"]))
     assert status == 402 and json.loads(body)["reason"] == "payment-required"
+
+
+async def test_tab_tokens_never_reach_the_upstream(metered: Setup) -> None:
+    token, _ = await metered.open_tab()
+    status, _, _ = await get(f"{metered.base}/util/info", bearer(token))
+    assert status == 200 and metered.calls[-1] == "/info auth="
+    # Someone else's bearer token on a free route is the upstream's business.
+    status, _, _ = await get(f"{metered.base}/util/info", bearer("their-api-token"))
+    assert metered.calls[-1] == "/info auth=Bearer their-api-token"
+
+
+async def test_a_revoked_tab_cannot_be_topped_up(metered: Setup) -> None:
+    token, tab = await metered.open_tab()
+    await metered.store.revoke(tab, int(time.time()) + 3600)
+    payment = metered.payment(1000)
+    body = {
+        "beef": payment["x-bsv-beef"],
+        "sender": payment["x-bsv-sender"],
+        "nonce": payment["x-bsv-nonce"],
+        "time": payment["x-bsv-time"],
+        "vout": 0,
+        "url": "/util/calls/1",
+        "tab": token,
+    }
+    pay_url = f"{metered.base}/.well-known/farebox/pay"
+    async with aiohttp.ClientSession() as http, http.post(pay_url, json=body) as r:
+        assert r.status == 400 and (await r.json())["reason"] == "grant-revoked"
+    assert await balance(metered, tab) == 990_000
+    assert len(metered.broadcaster.seen) == 1  # the refused top-up was never broadcast
 
 
 async def test_a_revoked_tab_is_refused(metered: Setup) -> None:

@@ -25,6 +25,7 @@ class Answer:
     status: int
     body: Any  # parsed JSON, or None when the body was empty or not JSON
     text: str  # the start of the raw body, for error messages
+    raw: bytes = b""  # the whole body (bounded by MAX_ANSWER_BYTES)
 
 
 class HttpClient:
@@ -80,7 +81,7 @@ class HttpClient:
             ) as response:
                 raw = await _read_bounded(response)
                 return Answer(
-                    response.status, _parse_json(raw), raw[:300].decode("utf-8", "replace")
+                    response.status, _parse_json(raw), raw[:300].decode("utf-8", "replace"), raw
                 )
         except TimeoutError:  # asyncio.TimeoutError is TimeoutError since 3.11
             raise ChainError(

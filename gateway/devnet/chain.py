@@ -477,6 +477,27 @@ class Devnet(ChainTracker):
             return None
         return entry.tx.outputs[vout]
 
+    def scripts_with_unspent(self) -> dict[bytes, list[tuple[str, int, int, int | None]]]:
+        """Every locking script with unspent outputs, and those outputs."""
+        by_script: dict[bytes, list[tuple[str, int, int, int | None]]] = {}
+        for (txid, vout), output in self._utxos.items():
+            entry = self._txs.get(txid)
+            by_script.setdefault(output.locking_script.serialize(), []).append(
+                (txid, vout, output.satoshis or 0, entry.height if entry else None)
+            )
+        return by_script
+
+    def unspent_by_script(self, script: bytes) -> list[tuple[str, int, int, int | None]]:
+        """Unspent outputs locked by `script`: (txid, vout, satoshis, height or None),
+        oldest first. A scan: the devnet is small, and this serves only the
+        WhatsOnChain-style lookup the payment watcher makes."""
+        found = []
+        for (txid, vout), output in self._utxos.items():
+            if output.locking_script.serialize() == script:
+                entry = self._txs.get(txid)
+                found.append((txid, vout, output.satoshis or 0, entry.height if entry else None))
+        return found
+
     def is_unspent(self, txid: str, vout: int) -> bool:
         return (txid, vout) in self._utxos
 

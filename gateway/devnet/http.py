@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -431,6 +432,38 @@ async def get_beef(request: web.Request) -> web.Response:
     return web.json_response({"txid": txid, "beef": beef.hex()})
 
 
+# ----- WhatsOnChain-style lookups (what gateway.chain.watch asks) ----------------
+
+
+async def woc_unspent(request: web.Request) -> web.Response:
+    """GET /v1/bsv/{net}/script/{scripthash}/unspent, answered as WhatsOnChain does:
+    the script hash is the SHA-256 of the locking script, byte-reversed hex."""
+    devnet = request.app[DEVNET]
+    wanted = request.match_info["scripthash"].lower()
+    found = []
+    for script, outputs in devnet.scripts_with_unspent().items():
+        if hashlib.sha256(script).digest()[::-1].hex() == wanted:
+            found = outputs
+            break
+    return web.json_response(
+        [
+            {"height": height or 0, "tx_pos": vout, "tx_hash": txid, "value": sats}
+            for txid, vout, sats, height in found
+        ]
+    )
+
+
+async def woc_beef(request: web.Request) -> web.Response:
+    """GET /v1/bsv/{net}/tx/{txid}/beef: the transaction's BEEF as hex text."""
+    devnet = request.app[DEVNET]
+    txid = _txid_param(request)
+    try:
+        beef = devnet.beef_for(txid)
+    except KeyError:
+        return web.Response(status=404, text="not found")
+    return web.Response(text=beef.hex())
+
+
 # ----- app --------------------------------------------------------------------
 
 
@@ -478,6 +511,8 @@ def make_app(
     app.router.add_post("/api/v1/chain/merkleroot/verify", bhs_verify_roots)
     app.router.add_get("/api/v1/chain/tip/longest", bhs_tip)
     app.router.add_get("/beef/{txid}", get_beef)
+    app.router.add_get("/v1/bsv/{net}/script/{scripthash}/unspent", woc_unspent)
+    app.router.add_get("/v1/bsv/{net}/tx/{txid}/beef", woc_beef)
     app.router.add_post("/faucet", post_faucet)
     app.router.add_post("/mine", post_mine)
     return app

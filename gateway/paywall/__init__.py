@@ -85,7 +85,7 @@ def render(page: Page, accept_language: str | None) -> str:
     if page.checkout_uri:
         # Error correction M keeps the code readable on a dim phone screen.
         qr = segno.make(page.checkout_uri, error="m", micro=False)
-        qr_svg = qr.svg_inline(scale=4, border=2, dark="#000", light="#fff", omitsize=True)
+        qr_svg = qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", omitsize=True)
     return _env.get_template("paywall.html").render(
         t=words,
         lang=lang,
