@@ -1,5 +1,6 @@
 """Paying Farebox gateways: a file wallet, a paying HTTP session, `farebox wallet|pay`."""
 
+from gateway.client.challenge import Challenge, TabTerms
 from gateway.client.coins import Coin
 from gateway.client.errors import (
     BadChallenge,
@@ -13,13 +14,14 @@ from gateway.client.errors import (
 )
 from gateway.client.faucet import FaucetUnavailable, fund
 from gateway.client.proofs import refresh_proofs
-from gateway.client.session import FareboxResponse, PayingSession, Payment
+from gateway.client.session import FareboxResponse, PayingSession, Payment, TabBalance
 from gateway.client.tokens import StoredToken
 from gateway.client.wallet import Balance, PreparedPayment, Wallet, default_path
 
 __all__ = [
     "BadChallenge",
     "Balance",
+    "Challenge",
     "ClientError",
     "Coin",
     "FareboxResponse",
@@ -32,6 +34,8 @@ __all__ = [
     "PreparedPayment",
     "SpendingLimitExceeded",
     "StoredToken",
+    "TabBalance",
+    "TabTerms",
     "Wallet",
     "WalletError",
     "WalletNotFound",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
@@ -13,19 +14,43 @@ from bsv import PublicKey
 from gateway.client.errors import BadChallenge
 
 PAY_PATH = "/.well-known/farebox/pay"
+TAB_PATH = "/.well-known/farebox/tab"
 _DIGITS = re.compile(r"[0-9]{1,16}")
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True, slots=True)
+class TabTerms:
+    """How a metered route draws on a prepaid tab, as its 402 says.
+
+    Amounts are satoshis; charges may have fractions (down to a msat).
+    """
+
+    per: str  # "request", "unit" (reported by the upstream) or "mb" of response body
+    unit_price: Decimal | None  # satoshis per unit
+    most_units: Decimal | None  # the most units one request may use
+    most_satoshis: Decimal | None  # the most one request may cost: held on the tab
+    top_up: int  # the smallest top-up; any larger payment is credited in full
+    balance: Decimal | None = None  # what the presented tab holds ("tab-exhausted")
+    balance_url: str = TAB_PATH
+    units_header: str | None = None  # per unit: where the upstream reports them
+
+
+@dataclass(frozen=True, slots=True)
 class Challenge:
-    satoshis: int
+    satoshis: int  # the price; for a tab the smallest top-up (more is credited in full)
     server: str  # server identity key, compressed hex
     pay_url: str  # relative to the gateway's origin
     reason: str  # "payment-required", or why a payment was just refused
     detail: str
     scope: str | None = None  # what a payment would buy, when the body says
-    covers: str | None = None
+    covers: str | None = None  # "resource", "route", or "tab": a top-up of a prepaid tab
+    tab: TabTerms | None = None  # covers "tab": the metering
+
+    @property
+    def for_tab(self) -> bool:
+        """A metered route: a payment opens or tops up a prepaid tab."""
+        return self.covers == "tab"
 
 
 async def problem_of(resp: aiohttp.ClientResponse) -> dict[str, Any] | None:
@@ -77,7 +102,37 @@ async def read_challenge(resp: aiohttp.ClientResponse) -> Challenge | None:
         detail=str(body.get("detail") or ""),
         scope=grant.get("scope") if isinstance(grant.get("scope"), str) else None,
         covers=grant.get("covers") if isinstance(grant.get("covers"), str) else None,
+        tab=_tab_terms(payment.get("tab"), price),
     )
+
+
+def _tab_terms(value: object, price: int) -> TabTerms | None:
+    tab = _dict(value)
+    if not tab:
+        return None
+    url = tab.get("balance_url")
+    header = tab.get("units_header")
+    return TabTerms(
+        per=str(tab.get("per") or "request"),
+        unit_price=_sats(_dict(tab.get("unit_price")).get("satoshis")),
+        most_units=_sats(tab.get("most_units")),
+        most_satoshis=_sats(tab.get("most_satoshis")),
+        top_up=price,  # x-bsv-sats: what the headers ask is what is paid
+        balance=_sats(tab.get("balance_satoshis")),
+        balance_url=url if isinstance(url, str) and url.startswith("/") else TAB_PATH,
+        units_header=header if isinstance(header, str) else None,
+    )
+
+
+def _sats(value: object) -> Decimal | None:
+    """A non-negative amount the gateway wrote as a decimal string (or number)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return amount if amount.is_finite() and amount >= 0 else None
 
 
 def _dict(value: object) -> dict[str, Any]:

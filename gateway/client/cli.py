@@ -1,5 +1,9 @@
 """`farebox wallet ...` and `farebox pay`: paying priced routes from the command line.
 
+Metered routes are paid from a prepaid tab: `farebox pay` opens or tops one
+up when the route asks, `--top-up SATS` makes those top-ups bigger (or, with
+`--balance`, makes one now) and `--balance` shows what the tab holds.
+
 `gateway/cli.py` calls `register` with its subcommand table; `python -m
 gateway.client.cli` runs these commands alone. Exit status: 0 done, 1
 refused (limit, payment refused, no funds, no wallet, nothing reachable),
@@ -11,13 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
+from collections.abc import Awaitable
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
 
 from gateway.client.errors import ClientError
 from gateway.client.faucet import DEFAULT_DEVNET, fund
-from gateway.client.session import FareboxResponse, PayingSession
+from gateway.client.session import FareboxResponse, PayingSession, Payment, TabBalance
 from gateway.client.wallet import ENV_WALLET, Wallet
 
 DEFAULT_FUND = 100_000
@@ -32,8 +39,21 @@ spend, in one JSON file readable by its owner only (default
 PAY_EPILOG = """\
 The response body goes to stdout; what was paid (amount, fee, txid) to
 stderr. A grant bought once is kept in the wallet file and used again until
-it expires, so asking twice pays once. Exit status: 0 done, 1 refused
-(over --max, payment refused, not enough funds, HTTP error), 2 usage.
+it expires, so asking twice pays once.
+
+Metered routes are paid from a prepaid tab, one per service: the first
+request pays a top-up (the gateway's smallest, or --top-up SATS if more),
+which opens a tab; later requests are charged from it (stderr: "charged 10
+satoshis from tab t3f…, 990 left") and pay nothing, until it runs low and
+the next request tops the same tab up. The tab's token is kept in the wallet.
+
+  farebox pay URL                    request; pay the price, or draw on the tab
+  farebox pay --top-up N URL         the same; top-ups are at least N satoshis
+  farebox pay --balance URL          show what the tab of URL's service holds
+  farebox pay --balance --top-up N URL   top that tab up by N now, and show it
+
+Exit status: 0 done, 1 refused (over --max, payment refused, not enough
+funds, no tab, HTTP error), 2 usage.
 """
 
 
@@ -90,9 +110,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     pay = subparsers.add_parser(
         "pay",
-        help="request a URL, paying its price if it answers 402",
-        description="Request URL; if it answers 402 Payment Required with a BSV price of at "
-        "most --max satoshis, pay it from the wallet and request it again.",
+        help="request a URL, paying its price (or a tab's top-up) if it answers 402",
+        description="Request URL; if it answers 402 Payment Required with a BSV price (or a\n"
+        "tab's top-up) of at most --max satoshis, pay it from the wallet and request\n"
+        "it again.",
         epilog=PAY_EPILOG,
         formatter_class=fmt,
     )
@@ -100,11 +121,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pay.add_argument(
         "--max",
         type=_positive,
-        default=DEFAULT_MAX,
+        default=None,
         metavar="SATS",
-        help=f"refuse to pay a higher price (default {DEFAULT_MAX})",
+        help="refuse to pay more at once, price or top-up "
+        f"(default {DEFAULT_MAX}, or --top-up if that is more)",
     )
-    pay.add_argument("--method", metavar="M", help="HTTP method (default GET, POST with --data)")
+    pay.add_argument(
+        "--top-up",
+        type=_positive,
+        default=None,
+        metavar="SATS",
+        help="when a tab is opened or topped up, pay at least SATS into it; "
+        "with --balance, top URL's tab up by SATS now instead of requesting URL",
+    )
+    pay.add_argument(
+        "--balance",
+        action="store_true",
+        help="show what the wallet's tab for URL's service holds instead of requesting URL",
+    )
+    pay.add_argument(
+        "--method",
+        metavar="M",
+        help="HTTP method (default GET, POST with --data); with --balance --top-up, "
+        "one that URL's route takes",
+    )
     pay.add_argument("--data", metavar="D", help="request body; @FILE reads it from FILE")
     pay.add_argument(
         "--pay-endpoint",
@@ -181,6 +221,10 @@ def _wallet_fund(args: argparse.Namespace) -> None:
 def _pay(args: argparse.Namespace) -> None:
     if not args.url.startswith(("http://", "https://")):
         raise _fail(f"pay: URL must start with http:// or https://: {args.url}", 2)
+    if args.max is not None and args.top_up is not None and args.top_up > args.max:
+        raise _fail(f"pay: --top-up {args.top_up} is more than --max {args.max}", 2)
+    if args.balance and args.data is not None:
+        raise _fail("pay: --balance sends no request body: drop --data", 2)
     data: bytes | None = None
     if args.data is not None:
         try:
@@ -193,24 +237,26 @@ def _pay(args: argparse.Namespace) -> None:
             raise _fail(f"pay: cannot read {args.data[1:]}: {exc.strerror}", 2) from None
     method = (args.method or ("POST" if data is not None else "GET")).upper()
     wallet = _open(args.wallet)
-    code = asyncio.run(_pay_and_print(wallet, method, args.url, data, args))
+    session = PayingSession(
+        wallet,
+        max_per_request=args.max or max(DEFAULT_MAX, args.top_up or 0),
+        top_up=args.top_up,
+        use_pay_endpoint=args.pay_endpoint,
+        chain_url=wallet.chain,  # fresh proofs keep change BEEFs short
+    )
+    if args.balance:
+        work = _balance_and_print(session, method, args.url, args.top_up)
+    else:
+        work = _pay_and_print(session, method, args.url, data)
+    code = asyncio.run(_guarded(work, args.url))
     if code:
         raise SystemExit(code)
 
 
-async def _pay_and_print(
-    wallet: Wallet, method: str, url: str, data: bytes | None, args: argparse.Namespace
-) -> int:
-    session = PayingSession(
-        wallet,
-        max_per_request=args.max,
-        use_pay_endpoint=args.pay_endpoint,
-        chain_url=wallet.chain,  # fresh proofs keep change BEEFs short
-    )
+async def _guarded(work: Awaitable[int], url: str) -> int:
+    """Run `work`; a refusal or an unreachable gateway is a message and exit 1."""
     try:
-        async with session, session.request(method, url, data=data) as resp:
-            body = await resp.read()
-            _report(resp)
+        return await work
     except ClientError as exc:
         print(f"farebox: {exc}", file=sys.stderr)
         return 1
@@ -220,27 +266,90 @@ async def _pay_and_print(
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(f"farebox: cannot get {url}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
+
+
+async def _pay_and_print(session: PayingSession, method: str, url: str, data: bytes | None) -> int:
+    async with session, session.request(method, url, data=data) as resp:
+        body = await resp.read()
+        _report(resp)
     sys.stdout.buffer.write(body)
     sys.stdout.buffer.flush()
     return 1 if resp.status >= 400 else 0
 
 
+async def _balance_and_print(
+    session: PayingSession, method: str, url: str, top_up: int | None
+) -> int:
+    async with session:
+        if top_up is not None:
+            balance = await session.top_up(url, top_up, method=method)
+            _report_payment(session.payments[-1])
+        else:
+            found = await session.tab_balance(url)
+            if found is None:
+                print(
+                    f"farebox: the wallet has no tab for {url}; a request to a metered route "
+                    "opens one, or --top-up SATS --balance",
+                    file=sys.stderr,
+                )
+                return 1
+            balance = found
+    print(_tab_line(balance))
+    return 0
+
+
+def _tab_line(balance: TabBalance) -> str:
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(balance.expires))
+    return (
+        f"tab {balance.tab}: {_sats(balance.satoshis)} satoshis "
+        f"(service {balance.service}, {balance.scope}; its token lasts until {until})"
+    )
+
+
 def _report(resp: FareboxResponse) -> None:
     paid = resp.farebox_payment
+    tab = resp.farebox_tab
     if paid is not None:
-        via = " via the pay endpoint" if paid.via == "pay-endpoint" else ""
-        print(
-            f"paid {paid.satoshis} satoshis (fee {paid.fee}){via}: txid {paid.txid}",
-            file=sys.stderr,
-        )
+        _report_payment(paid)
+    elif tab is not None:
+        pass  # charged from a tab: said below
     elif resp.farebox_used_token:
         print("paid nothing: used a stored token", file=sys.stderr)
     elif resp.status == 402:
         print("paid nothing: the 402 asks for no BSV payment", file=sys.stderr)
     else:
         print("paid nothing: no payment was asked", file=sys.stderr)
+    if tab is not None:
+        charge, limit, left = resp.farebox_charge, resp.farebox_charge_limit, resp.farebox_balance
+        if charge is not None:
+            line = f"charged {_sats(charge)} satoshis from tab {_short(tab)}"
+            print(line + ("" if left is None else f", {_sats(left)} left"), file=sys.stderr)
+        elif limit is not None:
+            line = f"charged at most {_sats(limit)} satoshis from tab {_short(tab)}"
+            print(
+                line + ("" if left is None else f", at least {_sats(left)} left"), file=sys.stderr
+            )
     if resp.status >= 400:
         print(f"HTTP {resp.status} {resp.reason or ''}".rstrip(), file=sys.stderr)
+
+
+def _report_payment(paid: Payment) -> None:
+    via = " via the pay endpoint" if paid.via == "pay-endpoint" else ""
+    into = f" into tab {_short(paid.tab)}" if paid.tab else ""
+    print(
+        f"paid {paid.satoshis} satoshis (fee {paid.fee}){into}{via}: txid {paid.txid}",
+        file=sys.stderr,
+    )
+
+
+def _short(tab: str) -> str:
+    return tab if len(tab) <= 12 else tab[:10] + "…"
+
+
+def _sats(amount: Decimal) -> str:
+    """10 → "10", 2.930 → "2.93": as the gateway writes amounts."""
+    text = format(amount, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def main(argv: list[str] | None = None) -> None:

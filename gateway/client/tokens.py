@@ -27,11 +27,12 @@ class StoredToken:
     origin: str  # scheme://host:port the gateway answered on
     token: str
     service: str
-    scope: str  # a canonical path (covers "resource") or a route pattern ("route")
-    covers: str
+    scope: str  # a canonical path (covers "resource") or a route pattern ("route", "tab")
+    covers: str  # "resource", "route" or "tab" (draws on a prepaid tab)
     methods: tuple[str, ...]
     expires: int  # Unix seconds
     txid: str
+    tab: str = ""  # covers "tab": the tab's id
 
     def usable(self, now: float | None = None) -> bool:
         return self.expires > (time.time() if now is None else now) + EXPIRY_MARGIN
@@ -41,6 +42,7 @@ class StoredToken:
             return False
         if self.covers == "resource":
             return path == self.scope
+        # "route" and "tab": the scope is a route pattern (a tab's: `/mount/**`).
         pattern = _route_regex(self.scope)
         return pattern is not None and pattern.fullmatch(path) is not None
 
@@ -82,6 +84,7 @@ def read_token(origin: str, token: str) -> StoredToken | None:
             methods=tuple(str(m).upper() for m in methods),
             expires=int(claims["exp"]),
             txid=str(claims.get("txid", "")),
+            tab=str(claims.get("tab", "")) if claims["covers"] == "tab" else "",
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError):
         return None

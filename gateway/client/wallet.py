@@ -392,8 +392,15 @@ class Wallet:
         return [t for t in self._state.tokens if t.origin == origin and t.usable(now)]
 
     def remember_token(self, token: StoredToken) -> None:
+        """Keep `token`; of several tokens for one tab only the one lasting longest stays."""
         with self._update() as state:
-            state.tokens = [t for t in state.tokens if t.token != token.token] + [token]
+            kept = [t for t in state.tokens if t.token != token.token]
+            if token.tab:
+                same = [t for t in kept if t.origin == token.origin and t.tab == token.tab]
+                if any(t.expires > token.expires for t in same):
+                    return  # a later top-up's token is there already: it outlasts this one
+                kept = [t for t in kept if t not in same]
+            state.tokens = [*kept, token]
 
     def forget_token(self, token: str) -> None:
         with self._update() as state:
