@@ -29,7 +29,7 @@ from aiohttp import web
 from bsv import PrivateKey, PublicKey
 from multidict import CIMultiDict
 
-from gateway import keys, wellknown
+from gateway import cors, keys, wellknown
 from gateway.access import (
     GRANT_HEADER,
     Revocations,
@@ -44,8 +44,8 @@ from gateway.challenge import payment_required
 from gateway.concessions import HEADER as ELIGIBILITY
 from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder
 from gateway.config import Settings
-from gateway.paths import PathError, canonicalize
-from gateway.payments.cashier import Cashier, TopUp
+from gateway.paths import PathError, Target, canonicalize
+from gateway.payments.cashier import Accepted, Cashier, TopUp
 from gateway.payments.errors import PaymentError
 from gateway.paywall import Page, buys_text, desk, render, wants_html
 from gateway.paywall.checkout import LIFETIME, open_checkout, payee, payment_uri
@@ -72,6 +72,8 @@ from gateway.tokens import KeyRing, Tokens
 log = logging.getLogger("farebox")
 
 MAX_HEADER_BYTES = 64 * 1024
+# Per request: the CORS headers for an allowed cross-origin payment.
+CORS = web.RequestKey("farebox.cors", CIMultiDict[str])
 STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
 _UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
 
@@ -109,6 +111,10 @@ class Gateway:
         if wellknown.is_own(target.path):
             return await wellknown.handle(self, request, target.path)
         policy = self.policy.current
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            preflight = self._preflight(request, target)
+            if preflight is not None:
+                return preflight
         match = policy.match(request.host, target, request.method)
         if isinstance(match, NoMatch):
             if match.allowed:
@@ -296,7 +302,42 @@ class Gateway:
         known = self.policy.current.concessions
         return tuple(known[n] for n in match.route.route.concessions if n in known)
 
+    def _preflight(self, request: web.BaseRequest, target: Target) -> web.Response | None:
+        """A browser asking whether a page elsewhere may pay here; None: not ours
+        to answer (a free route's upstream answers its own preflights)."""
+        wanted = request.headers["Access-Control-Request-Method"].upper()
+        match = self.policy.current.match(request.host, target, wanted)
+        if isinstance(match, NoMatch) or match.route.route.price.free:
+            return None
+        allow = cors.allowed(match, request.headers.get("Origin"))
+        if allow is None:
+            return problem(
+                403,
+                "origin-not-allowed",
+                "Cross-origin payment not allowed",
+                f"service {match.service.name!r} takes payments from its own pages only",
+            )
+        return web.Response(status=204, headers=cors.preflight_headers(allow, match))
+
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+        allow = cors.allowed(match, request.headers.get("Origin"))
+        if allow is not None:
+            request[CORS] = cors.answer_headers(allow)
+        response = await self._priced_inner(request, match)
+        if allow is not None and not response.prepared:
+            response.headers.update(request[CORS])
+        return response
+
+    def _reply(self, request: web.BaseRequest, paid: Accepted | None) -> CIMultiDict[str]:
+        """Headers for a priced answer: a token just bought, CORS for allowed origins."""
+        reply: CIMultiDict[str] = CIMultiDict()
+        if paid is not None:
+            reply.extend(token_headers(paid, secure=self.cookie_secure, now=int(time.time())))
+        if CORS in request:
+            reply.update(request[CORS])
+        return reply
+
+    async def _priced_inner(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
             if match.route.route.meter is not None:
                 return await self._metered(request, match)
@@ -351,9 +392,7 @@ class Gateway:
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
             return await self._unpaid(request, match, self._challenge)
-        reply = None
-        if admitted.paid is not None:
-            reply = token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))
+        reply = self._reply(request, admitted.paid)
         return await self.proxy.forward(
             request, match, {GRANT_HEADER: admitted.upstream_header}, reply
         )
@@ -423,11 +462,8 @@ class Gateway:
                 return await self.proxy.forward(request, match)
             return await self._unpaid(request, match, self._tab_challenge)
         tab = admitted.grant.tab
-        reply: CIMultiDict[str] = CIMultiDict({TAB: tab})
-        if admitted.paid is not None:
-            reply.extend(
-                token_headers(admitted.paid, secure=self.cookie_secure, now=int(time.time()))
-            )
+        reply = self._reply(request, admitted.paid)
+        reply[TAB] = tab
         held = most_msat(meter, unit)
         reservation = uuid.uuid4().hex
         balance = await self.store.reserve(tab, held, reservation, HOLD_TTL)

@@ -177,3 +177,71 @@ def test_p2pkh_helper(paid=None) -> None:
 
     key = PublicKey(PAID_SERVER.public_key().hex())
     assert p2pkh_script(key).hex().startswith("76a914")
+
+
+# --- cross-origin payments ------------------------------------------------------------
+
+CORS_POLICY = """\
+services:
+  data:
+    upstream: {upstream}
+    cors_origins: [https://portal.example.gov]
+    routes:
+      - path: /query
+        price: 10
+      - path: /open
+        price: free
+"""
+
+
+async def test_preflight_for_payment_headers_from_an_allowed_origin(
+    gateway, upstream, tmp_path
+) -> None:
+    from gateway.payments.cashier import Cashier
+    from gateway.store.memory import MemoryStore
+    from gateway.tokens import KeyRing, Tokens
+
+    tracker, broadcaster, store = Tracker(), FakeBroadcaster(), MemoryStore()
+    tokens = Tokens(KeyRing.load(tmp_path / "ring"))
+    cashier = Cashier(
+        PAID_SERVER, tracker=tracker, broadcaster=broadcaster, store=store, tokens=tokens
+    )
+    base = await gateway(
+        CORS_POLICY.format(upstream=upstream.url),
+        server_key=PAID_SERVER.public_key().hex(),
+        tokens=tokens,
+        cashier=cashier,
+        store=store,
+    )
+    ask = {
+        "Origin": "https://portal.example.gov",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "x-bsv-beef, x-bsv-sender",
+    }
+    status, headers, _ = await fetch(f"{base}/query", ask, method="OPTIONS")
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == "https://portal.example.gov"
+    assert "x-bsv-beef" in headers["Access-Control-Allow-Headers"]
+    assert "GET" in headers["Access-Control-Allow-Methods"] and headers["Vary"] == "Origin"
+    status, _, body = await fetch(
+        f"{base}/query", {**ask, "Origin": "https://elsewhere.example"}, method="OPTIONS"
+    )
+    assert status == 403 and json.loads(body)["reason"] == "origin-not-allowed"
+    assert upstream.seen == []  # preflights for priced routes never reach the upstream
+
+    # The paid answer is readable by the portal's script: token exposed.
+    from types import SimpleNamespace
+
+    from tests.test_paid_access import brc121
+
+    made = brc121(SimpleNamespace(tracker=tracker), 10)  # type: ignore[arg-type]
+    paying = {k: v for k, v in made.items() if not k.startswith("_")}
+    status, headers, _ = await fetch(
+        f"{base}/query", {**paying, "Origin": "https://portal.example.gov"}
+    )
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://portal.example.gov"
+    assert "x-farebox-token" in headers["Access-Control-Expose-Headers"]
+    # Without an Origin (a script, not a page) nothing changes.
+    status, headers, _ = await fetch(f"{base}/query")
+    assert status == 402 and headers["Access-Control-Allow-Origin"] == "*"

@@ -262,7 +262,34 @@ class Service(_Frozen):
     connect_timeout: Duration | None = None
     read_timeout: Duration | None = None
     tabs: Tabs | None = None
+    cors_origins: tuple[str, ...] = ()  # pages elsewhere that may pay by BRC-121; "*": any
     routes: tuple[Route, ...]
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError("cors_origins is a list of origins such as https://portal.example.gov")
+        out = []
+        for origin in value:
+            if origin == "*":
+                out.append("*")
+                continue
+            url = URL(str(origin)) if isinstance(origin, str) else None
+            if (
+                url is None
+                or url.scheme not in ("http", "https")
+                or not url.host
+                or url.raw_path not in ("", "/")
+                or url.query_string
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], e.g. https://portal.example.gov"
+                )
+            out.append(str(origin).rstrip("/").lower())
+        return tuple(out)
 
     @model_validator(mode="after")
     def _tabs_for_meters(self) -> Service:

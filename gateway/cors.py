@@ -1,0 +1,54 @@
+"""Cross-origin payments: which pages on other origins may pay by BRC-121.
+
+A service lists the origins allowed (`cors_origins`, or "*" for any). For
+them Farebox answers the browser's preflight for the payment headers and
+marks its answers on priced routes readable (the token, the charge, the
+balance), so a portal on another origin, or a browser extension, can pay
+and read what it bought. No credentials mode: payments and tokens travel
+in headers, never cookies, across origins.
+"""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict
+
+from gateway.policy import Match
+
+REQUEST_HEADERS = (
+    "authorization, content-type, x-bsv-beef, x-bsv-sender, x-bsv-nonce, x-bsv-time, "
+    "x-bsv-vout, x-farebox-eligibility"
+)
+EXPOSE = (
+    "x-bsv-sats, x-bsv-server, x-farebox-token, x-farebox-tab, x-farebox-charge, "
+    "x-farebox-charge-limit, x-farebox-balance, ratelimit-limit, ratelimit-remaining, "
+    "ratelimit-reset, retry-after"
+)
+MAX_AGE = "600"
+
+
+def allowed(match: Match, origin: str | None) -> str | None:
+    """The Access-Control-Allow-Origin value for this origin, or None."""
+    origins = match.service.service.cors_origins
+    if not origin or not origins:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin.lower() in origins else None
+
+
+def answer_headers(allow: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict(
+        {"Access-Control-Allow-Origin": allow, "Access-Control-Expose-Headers": EXPOSE}
+    )
+    if allow != "*":
+        headers["Vary"] = "Origin"
+    return headers
+
+
+def preflight_headers(allow: str, match: Match) -> CIMultiDict[str]:
+    methods = match.route.route.methods
+    headers = answer_headers(allow)
+    headers["Access-Control-Allow-Methods"] = "*" if methods[0] == "*" else ", ".join(methods)
+    headers["Access-Control-Allow-Headers"] = REQUEST_HEADERS
+    headers["Access-Control-Max-Age"] = MAX_AGE
+    return headers
