@@ -245,3 +245,28 @@ async def test_preflight_for_payment_headers_from_an_allowed_origin(
     # Without an Origin (a script, not a page) nothing changes.
     status, headers, _ = await fetch(f"{base}/query")
     assert status == 402 and headers["Access-Control-Allow-Origin"] == "*"
+
+
+# --- a metered route's page opens a tab -------------------------------------------------
+
+from tests.test_tabs import metered  # noqa: E402,F401  (the fixture)
+
+
+async def test_a_metered_page_checkout_opens_a_tab(metered) -> None:  # noqa: F811
+    url = f"{metered.base}/util/calls/1"
+    status, headers, body = await fetch(url, {"Accept": BROWSER})
+    page = body.decode()
+    assert status == 402 and headers["x-bsv-sats"] == "1000"
+    assert "A prepaid balance for util" in page
+    status_path, address, sats = checkout_of(page)
+    assert sats == 1000
+    parent = funding(CLIENT, 10_000, metered.tracker)
+    tx = spend(parent, 0, CLIENT, [(address, 1500), (CLIENT.public_key(), 8_000)])
+    status, headers, answer = await fetch(
+        metered.base + status_path, method="POST", data=atomic_beef(tx)
+    )
+    assert status == 200, answer
+    token = headers["X-Farebox-Token"]
+    assert "Path=/util" in headers["Set-Cookie"]
+    status, headers, _ = await fetch(url, {"Cookie": f"farebox_token={token}"})
+    assert status == 200 and headers["X-Farebox-Balance"] == "1490"  # all 1500 credited
