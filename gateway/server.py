@@ -477,7 +477,7 @@ class Gateway:
             response = await self._tab_challenge(request, match, refusal, balance=left)
             response.headers.extend(reply)
             return response
-        metering = Metering(meter, unit, held, balance)
+        metering = Metering(meter, unit, held, balance, bodiless=request.method == "HEAD")
         try:
             return await self.proxy.forward(
                 request, match, {GRANT_HEADER: admitted.upstream_header}, reply, metering

@@ -76,13 +76,14 @@ class Metering:
     units: Decimal = Decimal(0)  # per unit: what the upstream reported
     sent: int = 0  # body bytes handed to the client
     delivered: bool = False  # the whole answer went out
+    bodiless: bool = False  # a HEAD request: no body will be delivered
 
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
         """The upstream answered: read its units, add the charge headers."""
         self.status = status
         if status < 400 and self.meter.per == "unit":
             self.units = self._reported(headers.getall(self.meter.units_header, []))
-        expected = self._charge_for(_length(headers))
+        expected = self._charge_for(0 if self.bodiless else _length(headers))
         if expected is None:
             headers[CHARGE_LIMIT] = sats(self.held)
             headers[BALANCE] = sats(self.balance)

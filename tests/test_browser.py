@@ -65,6 +65,7 @@ class StandInWallet:
         self.coin = coin
         self.url = ""
         self.actions: list[dict] = []
+        self.txids: list[str] = []
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -111,6 +112,7 @@ class StandInWallet:
             self.coin, self.key, bytes.fromhex(output["lockingScript"]), output["satoshis"]
         )
         atomic = b"\x01\x01\x01\x01" + bytes.fromhex(tx.txid())[::-1] + beef_of(self.coin, tx)
+        self.txids.append(tx.txid())
         return web.json_response({"txid": tx.txid(), "tx": list(atomic)})
 
 
@@ -241,6 +243,8 @@ async def test_browser_wallet_button_pays_and_the_page_opens(
             assert '"path": "/records/9/pages/1"' in await page.inner_text("body")
             [action] = wallet.actions
             assert action["outputs"][0]["satoshis"] == 40
+            # The gateway broadcast what the wallet built.
+            assert str(chain.status(wallet.txids[0]).status) == "SEEN_ON_NETWORK"
             await context.close()
     finally:
         await wallet.stop()
@@ -267,7 +271,10 @@ async def test_curl_still_gets_problem_json(
 ) -> None:
     url, _ = devnet_http
     args = setup_gateway(tmp_path, upstream, url, "http://127.0.0.1:9")
-    async with serve(*args) as gw, aiohttp.ClientSession() as http:
-        async with http.get(f"{gw.base}/records/1/pages/1", headers={"Accept": "*/*"}) as r:
-            assert r.status == 402 and r.content_type == "application/problem+json"
-            assert r.headers["x-bsv-sats"] == "40"
+    async with (
+        serve(*args) as gw,
+        aiohttp.ClientSession() as http,
+        http.get(f"{gw.base}/records/1/pages/1", headers={"Accept": "*/*"}) as r,
+    ):
+        assert r.status == 402 and r.content_type == "application/problem+json"
+        assert r.headers["x-bsv-sats"] == "40"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -80,6 +81,17 @@ async def test_demo_then_pay(tmp_path: Path) -> None:
         assert "," in bought.stdout.splitlines()[0]  # the CSV itself
         other = farebox("pay", f"{base}/opendata/export/bus-punctuality.csv")
         assert other.returncode == 0 and "paid nothing" in other.stderr, other.stderr
+
+        # A transit card: the first ride loads a prepaid tab with EUR 8 (1000
+        # satoshis at the demo's rate), every ride takes the EUR 1.20 fare.
+        board = ("pay", "--method", "POST", f"{base}/transit/lines/T1/board")
+        ride = farebox(*board)
+        assert ride.returncode == 0, ride.stderr
+        assert json.loads(ride.stdout)["boarded_at"]["name"] == "Quay Road"
+        assert "paid 1000 satoshis" in ride.stderr and "charged 150 satoshis" in ride.stderr
+        ride = farebox(*board)
+        assert ride.returncode == 0 and "paid 1000" not in ride.stderr, ride.stderr
+        assert "charged 150 satoshis" in ride.stderr and "700 left" in ride.stderr
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)

@@ -50,7 +50,7 @@ async def assert_error(resp: aiohttp.ClientResponse, status: int) -> dict:
 # ----------------------------------------------------------------- indexes
 
 
-@pytest.mark.parametrize("prefix", ["/archive", "/opendata", "/meter", "/bench"])
+@pytest.mark.parametrize("prefix", ["/archive", "/opendata", "/meter", "/transit", "/bench"])
 async def test_index_on_every_prefix(http, prefix):
     for path in (prefix, prefix + "/"):
         body = await get_json(http, path)
@@ -179,6 +179,37 @@ async def test_opendata_export_csv(http):
         await assert_error(resp, 404)
 
 
+async def test_opendata_bulk_is_the_full_history(http):
+    async with http.get("/opendata/bulk/air-quality.csv") as resp:
+        assert resp.status == 200 and resp.content_type == "text/csv"
+        assert "air-quality-full.csv" in resp.headers["Content-Disposition"]
+        raw = await resp.read()
+    assert 2_000_000 < len(raw) < 3_000_000
+    assert int(resp.headers["Content-Length"]) == len(raw)
+    lines = raw.decode().splitlines()
+    assert lines[0] == "station_id,station,time,pm25,no2,o3"
+    assert len(lines) == 1 + 365 * 24 * 5  # hourly, five stations, a year
+    assert lines[-1].startswith("AQ05,Fenside Park,2024-06-30T23:00,")
+    # The daily export is the mean of the same hourly readings.
+    hourly = [
+        line.split(",") for line in lines if line.startswith("AQ01,Market Square,2024-06-30T")
+    ]
+    assert len(hourly) == 24
+    async with http.get("/opendata/export/air-quality.csv") as resp:
+        daily = [row for row in (await resp.text()).splitlines() if row.startswith("AQ01,")]
+    mean = round(sum(float(row[3]) for row in hourly) / 24, 1)
+    assert daily[-1].split(",")[2:4] == ["2024-06-30", str(mean)]
+
+    async with http.get("/opendata/bulk/bus-punctuality.csv") as resp:
+        bus = (await resp.read()).decode().splitlines()
+    assert len(bus) == 1 + 3 * 365 * 15 and 500_000 < sum(map(len, bus)) < 1_000_000
+    async with http.get("/opendata/export/bus-punctuality.csv") as resp:
+        export = (await resp.text()).splitlines()
+    assert export[1:] == bus[-90 * 15 :]  # the export is the bulk file's last 90 days
+    async with http.get("/opendata/bulk/unicorns.csv") as resp:
+        await assert_error(resp, 404)
+
+
 # ----------------------------------------------------------------- meter
 
 
@@ -203,14 +234,25 @@ async def test_meter_usage(http):
             await assert_error(resp, 400)
 
 
-async def test_meter_topup(http):
-    async with http.post("/meter/meters/M-1001/topup", json={"kwh": 12.5}) as resp:
+async def test_meter_draw_reports_the_units_supplied(http):
+    async with http.post("/meter/meters/M-1001/draw", json={"kwh": 3.5}) as resp:
         assert resp.status == 200
         assert resp.content_type == JSON
+        assert resp.headers["X-Usage-Units"] == "3.5"
         body = await resp.json()
-    assert body["meter_id"] == "M-1001"
-    assert body["topup_kwh"] == 12.5
-    assert body["status"] == "accepted"
+    assert body["meter_id"] == "M-1001" and body["status"] == "supplied"
+    assert body["kwh"] == 3.5 and body["unit"] == "kWh"
+    assert body["reading_kwh"] == pytest.approx(upstream.current_reading("M-1001") + 3.5)
+    # Whole numbers and fractions keep their value; watt-hours are the finest unit.
+    for kwh, units in ((10, "10"), (0.25, "0.25"), (2.0001, "2")):
+        async with http.post("/meter/meters/M-1001/draw", json={"kwh": kwh}) as resp:
+            assert resp.status == 200 and resp.headers["X-Usage-Units"] == units
+
+
+async def test_an_offline_meter_supplies_nothing(http):
+    async with http.post("/meter/meters/offline/draw", json={"kwh": 1}) as resp:
+        await assert_error(resp, 503)
+        assert "X-Usage-Units" not in resp.headers
 
 
 @pytest.mark.parametrize(
@@ -224,16 +266,63 @@ async def test_meter_topup(http):
         b'{"kwh": true}',
         b'{"kwh": -1}',
         b'{"kwh": 0}',
+        b'{"kwh": 10.5}',
         b'{"kwh": NaN}',
         b'{"kwh": Infinity}',
         b"\xff\xfe\x00",
         b"[" * 100_000,
     ],
 )
-async def test_meter_topup_rejects_bad_body(http, body):
+async def test_meter_draw_rejects_bad_body(http, body):
     headers = {"Content-Type": "application/json"}
-    async with http.post("/meter/meters/M-1001/topup", data=body, headers=headers) as resp:
+    async with http.post("/meter/meters/M-1001/draw", data=body, headers=headers) as resp:
         await assert_error(resp, 400)
+        assert "X-Usage-Units" not in resp.headers
+
+
+# ----------------------------------------------------------------- transit
+
+
+async def test_transit_lines_and_timetable(http):
+    lines = await get_json(http, "/transit/lines")
+    assert {line["id"] for line in lines} == {"1", "4", "7X", "T1"}
+    table = await get_json(http, "/transit/lines/T1/timetable")
+    assert table["mode"] == "tram" and table["every_minutes"] == 10
+    assert table["stops"][0] == {"id": "HM003", "name": "Quay Road", "minutes_from_terminus": 0}
+    assert table["departures"][:3] == ["05:30", "05:40", "05:50"]
+    assert table["departures"][-1] == "23:30"
+    async with http.get("/transit/lines/T9/timetable") as resp:
+        await assert_error(resp, 404)
+
+
+async def test_transit_board_issues_a_ticket(http):
+    async with http.post("/transit/lines/7X/board") as resp:
+        assert resp.status == 200
+        ticket = await resp.json()
+    assert ticket["line"] == "7X" and ticket["valid_minutes"] == 90
+    assert ticket["boarded_at"] == {"id": "HM012", "name": "Railway Station"}  # the terminus
+    assert ticket["ticket"].startswith("HT-")
+    async with http.post("/transit/lines/7X/board", json={"stop": "HM009"}) as resp:
+        other = await resp.json()
+    assert other["boarded_at"]["name"] == "College" and other["ticket"] != ticket["ticket"]
+    async with http.post("/transit/lines/7X/board") as resp:
+        assert (await resp.json()) == ticket  # stateless: the same request, the same answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/transit/lines/T9/board", None, 404),
+        ("/transit/lines/7X/board", {"stop": "HM002"}, 400),
+        ("/transit/lines/7X/board", {"stop": 7}, 400),
+        ("/transit/lines/7X/board", [1], 400),
+    ],
+)
+async def test_transit_board_refusals(http, path, body, status):
+    async with http.post(path, json=body) as resp:
+        await assert_error(resp, status)
+    async with http.get("/transit/lines/7X/board") as resp:
+        await assert_error(resp, 405)
 
 
 # ----------------------------------------------------------------- bench

@@ -408,4 +408,4 @@ def test_bad_durations(bad: object) -> None:
 
 def test_example_policies_are_valid() -> None:
     policy = load_policy(Path(__file__).parent.parent / "policies")
-    assert {s.name for s in policy.services} >= {"archive", "opendata", "meter"}
+    assert {s.name for s in policy.services} >= {"archive", "opendata", "meter", "transit"}

@@ -394,6 +394,14 @@ async def test_per_mb_charges_the_bytes_delivered(metered: Setup) -> None:
     assert await balance(metered, tab) == (978 - 2) * 1000
 
 
+async def test_per_mb_head_costs_nothing_and_says_so(metered: Setup) -> None:
+    token, tab = await metered.open_tab()
+    status, headers, _ = await get(f"{metered.base}/util/files/{MB}", bearer(token), method="HEAD")
+    assert status == 200 and headers["X-Farebox-Charge"] == "0"
+    assert headers["X-Farebox-Balance"] == "990"
+    assert await balance(metered, tab) == 990_000
+
+
 async def test_per_mb_cuts_an_answer_longer_than_its_most(metered: Setup) -> None:
     token, tab = await metered.open_tab()
     with pytest.raises(aiohttp.ClientPayloadError):

@@ -25,14 +25,41 @@ UPSTREAM_PORT = 8403
 DEVNET_PORT = 8404
 BLOCK_INTERVAL = 10.0
 
+# Made-up exchange rates for the example policies' fiat prices (the transit
+# fare): demo figures, not market rates. The devnet's coins are worth
+# nothing, and at these rates fiat prices come out at demo-sized amounts:
+# a euro cent is 1.25 satoshis, a US cent 1 satoshi. A real gateway sets
+# --rate-usd / --rate-eur or --rate-feed.
+DEMO_RATE_EUR = 800_000.0  # EUR per BSV
+DEMO_RATE_USD = 1_000_000.0  # USD per BSV
+
 TRY = (
     ("free", "/archive/records/search?q=census"),
     ("free", "/archive/records/HLM-CR-1881"),
     ("25 sats", "/archive/records/HLM-CR-1881/pages/1"),
     ("free", "/opendata/search?q=air"),
-    ("10 sats", "/opendata/query?dataset=air-quality&where=station=Market+Square"),
-    ("5 sats", "/meter/meters/M-1001/reading"),
+    (
+        "3 a day free, then 10 sats",
+        "/opendata/query?dataset=air-quality&where=station=Market+Square",
+    ),
+    ("200 sats a day", "/opendata/export/air-quality.csv"),
+    ("10 sats per MB, prepaid tab", "/opendata/bulk/air-quality.csv"),
+    ("free", "/meter/meters/M-1001/reading"),
+    ("free", "/transit/lines/T1/timetable"),
 )
+
+
+def demo_settings(host: str, port: int, policies: Path) -> Settings:
+    """The demo's settings: the example policies and the demo's fixed rates."""
+    # Cookies over plain http://127.0.0.1 would never be sent if marked Secure.
+    return Settings(
+        host=host,
+        port=port,
+        policies=policies,
+        cookie_secure=False,
+        rate_eur=DEMO_RATE_EUR,
+        rate_usd=DEMO_RATE_USD,
+    )
 
 
 def run_demo(host: str, port: int, policies: Path) -> None:
@@ -44,8 +71,7 @@ def run_demo(host: str, port: int, policies: Path) -> None:
     # Throw-away keys: demo payments are never worth keeping.
     keydir = Path(tempfile.mkdtemp(prefix="farebox-demo-"))
     startup = Startup(holder, PrivateKey(), Tokens(KeyRing.load(keydir / "token-keys")))
-    # Cookies over plain http://127.0.0.1 would never be sent if marked Secure.
-    settings = Settings(host=host, port=port, policies=policies, cookie_secure=False)
+    settings = demo_settings(host, port, policies)
 
     async def main() -> None:
         runners = []
@@ -81,6 +107,8 @@ def _banner(host: str, port: int, policies: Path) -> None:
         f"  sample upstream  http://127.0.0.1:{UPSTREAM_PORT}",
         f"  devnet + faucet  http://127.0.0.1:{DEVNET_PORT}  (mines every {BLOCK_INTERVAL:.0f} s)",
         f"  policies         {policies} (edit a file and the gateway reloads it)",
+        f"  fiat rates       1 BSV = {DEMO_RATE_EUR:,.0f} EUR = {DEMO_RATE_USD:,.0f} USD"
+        " (made-up demo figures)",
         "",
         "Look around:",
     ]
@@ -90,6 +118,8 @@ def _banner(host: str, port: int, policies: Path) -> None:
         "Pay from another terminal:",
         "  farebox wallet new && farebox wallet fund",
         f"  farebox pay '{base}{TRY[2][1]}'",
+        f"  farebox pay --method POST --data '{{\"kwh\": 3.5}}' '{base}/meter/meters/M-1001/draw'",
+        f"  farebox pay --method POST '{base}/transit/lines/T1/board'",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -1,10 +1,11 @@
 """A stand-in for existing public-sector services, used by ``farebox demo``.
 
 It plays a government backend that knows nothing about payments: the gateway
-sits in front of it and charges for access. Three small fake services live
-under their own path prefixes (``/archive``, ``/opendata``, ``/meter``), plus
-``/bench`` helpers for tests and benchmarks. All data is generated in code
-from fixed seeds, so every run and every test sees the same answers.
+sits in front of it and charges for access. Four small fake services live
+under their own path prefixes (``/archive``, ``/opendata``, ``/meter``,
+``/transit``), plus ``/bench`` helpers for tests and benchmarks. All data is
+generated in code from fixed seeds, so every run and every test sees the same
+answers; the services keep no state.
 
 Run it standalone with ``python -m gateway.demo.upstream --port 8403``.
 """
@@ -20,9 +21,10 @@ import math
 import random
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -278,6 +280,8 @@ async def archive_page(request: web.Request) -> web.Response:
 QUERY_MAX_LIMIT = 1000
 QUERY_DEFAULT_LIMIT = 100
 SEARCH_MAX_ROWS = 10
+EXPORT_DAYS = {"air-quality": 120, "bus-punctuality": 90}  # the daily exports
+BULK_DAYS = {"air-quality": 365, "bus-punctuality": 3 * 365}  # the bulk downloads
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,32 +316,49 @@ _BUS_STOPS = tuple(
 _BUS_ROUTES = ("1", "4", "7X")
 
 
+def _days(days: int) -> list[date]:
+    """The last `days` days up to DEMO_TODAY, oldest first."""
+    return [DEMO_TODAY - timedelta(days=days - 1 - offset) for offset in range(days)]
+
+
+def _hourly_air(station_id: str, day: date) -> list[tuple[float, float, float]]:
+    """24 hourly (pm25, no2, o3) readings; seeded per station and day, so the
+    daily export and the hourly bulk file agree on every day they share."""
+    rng = random.Random(f"air-quality:{station_id}:{day.isoformat()}")
+    level = rng.uniform(0.4, 1.6)  # the day's weather: some days are worse than others
+    return [
+        (round(level * rng.uniform(2.0, 25.0), 1), round(level * rng.uniform(5.0, 40.0), 1),
+         round(level * rng.uniform(20.0, 60.0), 1))
+        for _ in range(24)
+    ]  # fmt: skip
+
+
 def _air_quality_rows(days: int) -> tuple[Json, ...]:
-    rng = random.Random("air-quality")
-    start = DEMO_TODAY - timedelta(days=days - 1)
+    """Daily means of the hourly readings."""
     rows = []
-    for offset in range(days):
-        day = (start + timedelta(days=offset)).isoformat()
+    for day in _days(days):
         for station_id, station in _AQ_STATIONS:
+            hours = _hourly_air(station_id, day)
+            pm25, no2, o3 = (
+                round(sum(column) / len(hours), 1) for column in zip(*hours, strict=True)
+            )
             rows.append(
                 {
                     "station_id": station_id,
                     "station": station,
-                    "date": day,
-                    "pm25": round(rng.uniform(2.0, 35.0), 1),
-                    "no2": round(rng.uniform(5.0, 60.0), 1),
-                    "o3": round(rng.uniform(20.0, 90.0), 1),
+                    "date": day.isoformat(),
+                    "pm25": pm25,
+                    "no2": no2,
+                    "o3": o3,
                 }
             )
     return tuple(rows)
 
 
 def _bus_punctuality_rows(days: int) -> tuple[Json, ...]:
-    rng = random.Random("bus-punctuality")
-    start = DEMO_TODAY - timedelta(days=days - 1)
     rows = []
-    for offset in range(days):
-        day = (start + timedelta(days=offset)).isoformat()
+    for day in _days(days):
+        rng = random.Random(f"bus-punctuality:{day.isoformat()}")
         for index, (stop_id, stop_name) in enumerate(_BUS_STOPS):
             departures = rng.randint(30, 90)
             on_time = departures - rng.randint(0, departures // 4)
@@ -346,7 +367,7 @@ def _bus_punctuality_rows(days: int) -> tuple[Json, ...]:
                     "stop_id": stop_id,
                     "stop_name": stop_name,
                     "route": _BUS_ROUTES[index % len(_BUS_ROUTES)],
-                    "date": day,
+                    "date": day.isoformat(),
                     "departures": departures,
                     "on_time": on_time,
                     "pct_on_time": round(100 * on_time / departures, 1),
@@ -358,8 +379,8 @@ def _bus_punctuality_rows(days: int) -> tuple[Json, ...]:
 @functools.cache
 def datasets() -> dict[str, Dataset]:
     # Built lazily so importing the module (e.g. by the CLI) costs nothing.
-    air = _air_quality_rows(days=120)
-    bus = _bus_punctuality_rows(days=90)
+    air = _air_quality_rows(days=EXPORT_DAYS["air-quality"])
+    bus = _bus_punctuality_rows(days=EXPORT_DAYS["bus-punctuality"])
     built = (
         Dataset("air-quality", f"{TOWN} daily air quality readings", tuple(air[0]), air),
         Dataset("bus-punctuality", f"{TOWN} bus punctuality per stop per day", tuple(bus[0]), bus),
@@ -367,14 +388,43 @@ def datasets() -> dict[str, Dataset]:
     return {dataset.id: dataset for dataset in built}
 
 
+def _csv(fields: Sequence[str], rows: Iterable[Json]) -> bytes:
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
 @functools.cache
 def dataset_csv(dataset_id: str) -> bytes:
     dataset = datasets()[dataset_id]
-    out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=dataset.fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(dataset.rows)
-    return out.getvalue().encode()
+    return _csv(dataset.fields, dataset.rows)
+
+
+def _hourly_air_csv(days: int) -> bytes:
+    # Written by hand rather than with csv: 44k rows, and no field needs quoting.
+    lines = ["station_id,station,time,pm25,no2,o3\n"]
+    for day in _days(days):
+        for station_id, station in _AQ_STATIONS:
+            for hour, (pm25, no2, o3) in enumerate(_hourly_air(station_id, day)):
+                lines.append(f"{station_id},{station},{day}T{hour:02d}:00,{pm25},{no2},{o3}\n")
+    return "".join(lines).encode()
+
+
+@functools.cache
+def bulk_csv(dataset_id: str) -> bytes:
+    """A dataset's full history at full resolution: a bulk download of 1-3 MB.
+
+    Air quality: every hourly reading of the last year (~2.4 MB); bus
+    punctuality: every day of the last three years (~0.9 MB). The daily
+    export is a summary (air quality) or the tail (buses) of the same data.
+    """
+    days = BULK_DAYS[dataset_id]
+    if dataset_id == "air-quality":
+        return _hourly_air_csv(days)
+    rows = _bus_punctuality_rows(days)
+    return _csv(tuple(rows[0]), rows)
 
 
 def _parse_where(clauses: Sequence[str], dataset: Dataset) -> list[tuple[str, str]] | str:
@@ -405,6 +455,7 @@ async def opendata_index(request: web.Request) -> web.Response:
             "GET /opendata/search?q=",
             "GET /opendata/query?dataset=&where=field=value&limit=",
             "GET /opendata/export/{dataset}.csv",
+            "GET /opendata/bulk/{dataset}.csv",
         ),
     )
 
@@ -445,16 +496,27 @@ async def opendata_query(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+def _csv_download(body: bytes, filename: str) -> web.Response:
+    return web.Response(
+        body=body,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={hdrs.CONTENT_DISPOSITION: f'attachment; filename="{filename}"'},
+    )
+
+
 async def opendata_export(request: web.Request) -> web.Response:
     dataset_id = request.match_info["dataset"]
     if dataset_id not in datasets():
         return _error(404, "no such dataset")
-    return web.Response(
-        body=dataset_csv(dataset_id),
-        content_type="text/csv",
-        charset="utf-8",
-        headers={hdrs.CONTENT_DISPOSITION: f'attachment; filename="{dataset_id}.csv"'},
-    )
+    return _csv_download(dataset_csv(dataset_id), f"{dataset_id}.csv")
+
+
+async def opendata_bulk(request: web.Request) -> web.Response:
+    dataset_id = request.match_info["dataset"]
+    if dataset_id not in BULK_DAYS:
+        return _error(404, "no such dataset")
+    return _csv_download(bulk_csv(dataset_id), f"{dataset_id}-full.csv")
 
 
 # --------------------------------------------------------------------------
@@ -463,8 +525,9 @@ async def opendata_export(request: web.Request) -> web.Response:
 
 USAGE_DEFAULT_DAYS = 7
 USAGE_MAX_DAYS = 366
-TOPUP_MAX_KWH = 10_000
-_TOPUP_SHAPE = 'body must be a JSON object like {"kwh": 10}'
+DRAW_MAX_KWH = 10  # the most one draw may supply; the example policy holds as much
+USAGE_UNITS_HEADER = "X-Usage-Units"  # how the meter tells the gateway what to charge
+_DRAW_SHAPE = 'body must be a JSON object like {"kwh": 3.5}'
 
 
 def _meter_hash(*parts: object) -> int:
@@ -480,14 +543,45 @@ def daily_usage(meter_id: str, day: date) -> float:
     return round(4 + (_meter_hash(meter_id, day.isoformat()) % 160) / 10, 1)
 
 
+def meter_offline(meter_id: str) -> bool:
+    """Meters whose id starts with "offline" never answer: a failure to show
+    that a draw which supplied nothing costs nothing."""
+    return meter_id.casefold().startswith("offline")
+
+
+def _json_object(body: bytes) -> Json | None:
+    """A request body that is a JSON object, or None."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON and bad UTF-8; RecursionError covers hostile nesting.
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _draw_kwh(body: bytes) -> Decimal | str:
+    """Validate a draw body; a str result is the error message."""
+    payload = _json_object(body)
+    if payload is None or "kwh" not in payload:
+        return _DRAW_SHAPE
+    kwh = payload["kwh"]
+    # bool is an int subclass, and json.loads accepts NaN/Infinity; neither is an amount.
+    if isinstance(kwh, bool) or not isinstance(kwh, int | float) or not math.isfinite(kwh):
+        return "kwh must be a number"
+    if not 0 < kwh <= DRAW_MAX_KWH:
+        return f"kwh must be greater than 0 and at most {DRAW_MAX_KWH}"
+    # Through str, so 3.5 stays 3.5 (not 3.49999...); to 0.001 kWh, a watt-hour.
+    return Decimal(str(kwh)).quantize(Decimal("0.001")).normalize()
+
+
 async def meter_index(request: web.Request) -> web.Response:
     return _index(
         f"{TOWN} Smart Meter Service",
-        "Readings, usage history and prepaid top-ups for household electricity meters.",
+        "Readings, usage history and prepaid electricity for household meters.",
         (
             "GET /meter/meters/{meter_id}/reading",
             "GET /meter/meters/{meter_id}/usage?days=",
-            "POST /meter/meters/{meter_id}/topup",
+            "POST /meter/meters/{meter_id}/draw  {kwh}",
         ),
     )
 
@@ -509,49 +603,143 @@ async def meter_usage(request: web.Request) -> web.Response:
     days = _int_param(request, "days", USAGE_DEFAULT_DAYS, 1, USAGE_MAX_DAYS)
     if days is None:
         return _error(400, f"days must be an integer between 1 and {USAGE_MAX_DAYS}")
-    first = DEMO_TODAY - timedelta(days=days - 1)
-    usage = [
-        {"date": day.isoformat(), "kwh": daily_usage(meter_id, day)}
-        for day in (first + timedelta(days=offset) for offset in range(days))
-    ]
+    usage = [{"date": day.isoformat(), "kwh": daily_usage(meter_id, day)} for day in _days(days)]
     total = round(sum(entry["kwh"] for entry in usage), 1)
     return web.json_response(
         {"meter_id": meter_id, "unit": "kWh", "days": usage, "total_kwh": total}
     )
 
 
-def _topup_kwh(body: bytes) -> float | str:
-    """Validate a top-up body; a str result is the error message."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON and bad UTF-8; RecursionError covers hostile nesting.
-        return _TOPUP_SHAPE
-    if not isinstance(payload, dict) or "kwh" not in payload:
-        return _TOPUP_SHAPE
-    kwh = payload["kwh"]
-    # bool is an int subclass, and json.loads accepts NaN/Infinity; neither is an amount.
-    if isinstance(kwh, bool) or not isinstance(kwh, int | float) or not math.isfinite(kwh):
-        return "kwh must be a number"
-    if not 0 < kwh <= TOPUP_MAX_KWH:
-        return f"kwh must be greater than 0 and at most {TOPUP_MAX_KWH}"
-    return float(kwh)
+async def meter_draw(request: web.Request) -> web.Response:
+    """Supply `kwh` to a prepaid meter, and report them in X-Usage-Units.
 
-
-async def meter_topup(request: web.Request) -> web.Response:
+    The utility's system knows nothing of payments: it supplies and reports
+    the energy; the gateway charges the household's prepaid tab per kWh.
+    Stateless on purpose: the same request always gets the same answer.
+    """
     meter_id = request.match_info["meter_id"]
-    kwh = _topup_kwh(await request.read())
+    kwh = _draw_kwh(await request.read())
     if isinstance(kwh, str):
         return _error(400, kwh)
-    # Stateless on purpose: the same request always gets the same answer.
-    credit = round((_meter_hash(meter_id, "credit") % 500) / 10 + kwh, 1)
+    if meter_offline(meter_id):
+        return _error(503, f"meter {meter_id} is not answering; nothing was supplied")
+    units = format(kwh, "f")
     return web.json_response(
         {
             "meter_id": meter_id,
-            "status": "accepted",
-            "topup_kwh": kwh,
-            "credit_kwh": credit,
-            "reference": f"TU-{_meter_hash(meter_id, kwh):08X}",
+            "status": "supplied",
+            "kwh": float(kwh),
+            "unit": "kWh",
+            "reading_kwh": round(current_reading(meter_id) + float(kwh), 1),
+            "reference": f"DR-{_meter_hash(meter_id, units):08X}",
+        },
+        headers={USAGE_UNITS_HEADER: units},
+    )
+
+
+# --------------------------------------------------------------------------
+# Public transport (/transit)
+# --------------------------------------------------------------------------
+
+TICKET_MINUTES = 90  # a ticket is valid for changes within this time
+_STOP_NAMES = dict(_BUS_STOPS)
+_FIRST_DEPARTURE = 5 * 60 + 30  # 05:30, in minutes after midnight
+_LAST_DEPARTURE = 23 * 60 + 30
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    id: str
+    mode: str
+    stops: tuple[str, ...]  # stop ids, terminus first
+    every: int  # minutes between departures
+    minutes_between_stops: int = 3
+
+    @property
+    def name(self) -> str:
+        first, last = _STOP_NAMES[self.stops[0]], _STOP_NAMES[self.stops[-1]]
+        return f"{first} - {last}"
+
+    def summary(self) -> Json:
+        return {"id": self.id, "mode": self.mode, "name": self.name, "every_minutes": self.every}
+
+
+LINES: dict[str, Line] = {
+    line.id: line
+    for line in (
+        Line("1", "bus", ("HM001", "HM002", "HM004", "HM008", "HM010"), every=15),
+        Line("4", "bus", ("HM002", "HM003", "HM013", "HM014"), every=20),
+        Line("7X", "express bus", ("HM012", "HM001", "HM009"), every=30, minutes_between_stops=6),
+        Line("T1", "tram", ("HM003", "HM001", "HM005", "HM006", "HM015"), every=10),
+    )
+}
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+async def transit_index(request: web.Request) -> web.Response:
+    return _index(
+        f"{TOWN} Transit",
+        "Buses and trams: lines, timetables and tickets.",
+        (
+            "GET /transit/lines",
+            "GET /transit/lines/{line}/timetable",
+            "POST /transit/lines/{line}/board  {stop}",
+        ),
+    )
+
+
+async def transit_lines(request: web.Request) -> web.Response:
+    return web.json_response([line.summary() for line in LINES.values()])
+
+
+async def transit_timetable(request: web.Request) -> web.Response:
+    line = LINES.get(request.match_info["line"])
+    if line is None:
+        return _error(404, "no such line")
+    departures = range(_FIRST_DEPARTURE, _LAST_DEPARTURE + 1, line.every)
+    return web.json_response(
+        {
+            **line.summary(),
+            "date": DEMO_TODAY.isoformat(),
+            "stops": [
+                {
+                    "id": stop,
+                    "name": _STOP_NAMES[stop],
+                    "minutes_from_terminus": n * line.minutes_between_stops,
+                }
+                for n, stop in enumerate(line.stops)
+            ],
+            "departures": [_clock(minutes) for minutes in departures],
+        }
+    )
+
+
+async def transit_board(request: web.Request) -> web.Response:
+    """Issue a ride ticket; the fare is the gateway's business, not ours."""
+    line = LINES.get(request.match_info["line"])
+    if line is None:
+        return _error(404, "no such line")
+    body = await request.read()
+    stop = line.stops[0]
+    if body.strip():
+        payload = _json_object(body)
+        if payload is None or not isinstance(payload.get("stop", stop), str):
+            return _error(400, 'body must be empty or a JSON object like {"stop": "HM001"}')
+        stop = payload.get("stop", stop)
+    if stop not in line.stops:
+        stops = ", ".join(line.stops)
+        return _error(400, f"line {line.id} does not stop at {stop!r}; its stops: {stops}")
+    return web.json_response(
+        {
+            "ticket": f"HT-{_meter_hash('ticket', line.id, stop):08X}",
+            "line": line.id,
+            "mode": line.mode,
+            "name": line.name,
+            "boarded_at": {"id": stop, "name": _STOP_NAMES[stop]},
+            "valid_minutes": TICKET_MINUTES,
         }
     )
 
@@ -684,12 +872,19 @@ def make_app() -> web.Application:
     router.add_get("/opendata/search", opendata_search)
     router.add_get("/opendata/query", opendata_query)
     router.add_get("/opendata/export/{dataset:[A-Za-z0-9_-]+}.csv", opendata_export)
+    router.add_get("/opendata/bulk/{dataset:[A-Za-z0-9_-]+}.csv", opendata_bulk)
 
     meter = "/meter/meters/{meter_id:[A-Za-z0-9_-]{1,64}}"
     _add_index(app, "/meter", meter_index)
     router.add_get(meter + "/reading", meter_reading)
     router.add_get(meter + "/usage", meter_usage)
-    router.add_post(meter + "/topup", meter_topup)
+    router.add_post(meter + "/draw", meter_draw)
+
+    line = "/transit/lines/{line:[A-Za-z0-9]{1,8}}"
+    _add_index(app, "/transit", transit_index)
+    router.add_get("/transit/lines", transit_lines)
+    router.add_get(line + "/timetable", transit_timetable)
+    router.add_post(line + "/board", transit_board)
 
     _add_index(app, "/bench", bench_index)
     router.add_get("/bench/hello", bench_hello)
