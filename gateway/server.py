@@ -541,10 +541,14 @@ async def run_worker(
     startup: Startup,
     *,
     chain: tuple[ChainTracker, Broadcaster] | None = None,
+    watcher: PaymentWatcher | None = None,
     reuse_port: bool = False,
     ready: Callable[[int], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop."""
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop.
+
+    `chain` and `watcher` replace what the settings would open (the demo
+    and tests pass an in-process devnet)."""
     holder = startup.holder
     proxy = Proxy(
         connect_timeout=settings.connect_timeout,
@@ -567,7 +571,9 @@ async def run_worker(
             tokens=startup.tokens,
             time_window=settings.payment_window,
         )
-    payments_watcher = open_watcher(settings, closers) if cashier is not None else None
+    payments_watcher = watcher
+    if payments_watcher is None and cashier is not None:
+        payments_watcher = open_watcher(settings, closers)
     proxy.own_token = startup.tokens.issued_here
     gateway = Gateway(
         holder,

@@ -223,6 +223,39 @@ async def test_phone_wallet_pays_the_qr_code_and_the_page_opens(
         await context.close()
 
 
+async def test_an_underpaid_phone_payment_is_explained(
+    tmp_path: Path, upstream: Upstream, devnet_http, browser
+) -> None:
+    url, _ = devnet_http
+    args = setup_gateway(tmp_path, upstream, url, "http://127.0.0.1:9")
+    phone = PrivateKey()
+    coin = await faucet(url, phone, 20_000)
+    async with serve(*args) as gw:
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(f"{gw.base}/records/2/pages/2")
+        address, _ = payment_request(await page.get_attribute("#payment-uri", "href"))
+        tx = spend(coin, 0, phone, [(address, 30), (phone.public_key(), 19_000)])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/v1/tx",
+                data=beef_of(coin, tx),
+                headers={"Content-Type": "application/octet-stream"},
+            ) as r,
+        ):
+            assert r.status == 200
+        status = page.locator("#status")
+        await page.wait_for_function(
+            "document.getElementById('status').innerText.includes('less than the price')",
+            timeout=20_000,
+        )
+        text = await status.inner_text()
+        assert "30 satoshis" in text and "40" in text and "Pay the full price" in text
+        assert await page.locator("#paywall").count() == 1  # still the paywall
+        await context.close()
+
+
 async def test_browser_wallet_button_pays_and_the_page_opens(
     tmp_path: Path, upstream: Upstream, devnet_http, browser
 ) -> None:

@@ -270,3 +270,27 @@ async def test_a_metered_page_checkout_opens_a_tab(metered) -> None:  # noqa: F8
     assert "Path=/util" in headers["Set-Cookie"]
     status, headers, _ = await fetch(url, {"Cookie": f"farebox_token={token}"})
     assert status == 200 and headers["X-Farebox-Balance"] == "1490"  # all 1500 credited
+
+
+async def test_an_expired_checkout_says_so_and_takes_nothing(paid) -> None:
+    import time as clock
+
+    started, tracker, broadcaster = paid
+    claims = {
+        "jti": "c3RhbGUtY2hlY2tvdXQ=",
+        "svc": "archive",
+        "res": "/archive/pages/8",
+        "m": "GET",
+        "sats": 25,
+        "iat_ms": int(clock.time() * 1000) - 700_000,
+        "exp": int(clock.time()) - 100,
+    }
+    ticket = started.tokens.sign_claims(claims, "farebox:checkout")
+    url = f"{started.base}/.well-known/farebox/checkout/{ticket}"
+    status, _, answer = await fetch(url)
+    assert status == 200 and json.loads(answer) == {"status": "expired"}
+    parent = funding(CLIENT, 10_000, tracker)
+    tx = spend(parent, 0, CLIENT, [(CLIENT.public_key(), 9_000)])
+    status, _, answer = await fetch(url, method="POST", data=atomic_beef(tx))
+    assert status == 410 and json.loads(answer)["status"] == "expired"
+    assert broadcaster.seen == []

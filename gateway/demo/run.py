@@ -10,6 +10,7 @@ import uvloop
 from bsv import PrivateKey
 
 from gateway.chain.local import LocalBroadcaster
+from gateway.chain.watch import LocalWatcher
 from gateway.config import Settings
 from gateway.demo import upstream
 from gateway.devnet import Devnet
@@ -90,6 +91,7 @@ def run_demo(host: str, port: int, policies: Path) -> None:
                 settings,
                 startup,
                 chain=(devnet, LocalBroadcaster(devnet)),
+                watcher=LocalWatcher(devnet),
                 ready=lambda p: _banner(host, p, policies),
             )
         finally:
