@@ -11,6 +11,8 @@ One command: `./dev bench-store`.
    payment claims (each a new txid), and a tab's reserve + settle pair.
 
 Redis is a `redis-server` the bench starts on a free port (no persistence).
+Metered requests (a tab's reserve + settle on each) over HTTP: `./dev
+bench-metering` (bench/metering.py).
 """
 
 from __future__ import annotations
@@ -78,30 +80,37 @@ async def token_path(
         stop(proc)
 
 
+async def rate(coro_factory, count: int, concurrency: int) -> float:
+    """Calls per second of `coro_factory(i)` for i < count, `concurrency` in flight."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await coro_factory(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return count / (time.perf_counter() - started)
+
+
+async def reserve_settle(store: MemoryStore | RedisStore, n: int, concurrency: int) -> float:
+    """A tab's reserve + settle pairs per second: what one metered request asks of the store."""
+    tab = f"tab-{os.urandom(4).hex()}"
+    await store.credit(tab, n * 10, "seed")
+
+    async def pair(i: int) -> None:
+        await store.reserve(tab, 10, f"r{i}", 60)
+        await store.settle(tab, f"r{i}", 7)
+
+    return await rate(pair, n, concurrency)
+
+
 async def operations(
     store: MemoryStore | RedisStore, label: str, n: int, concurrency: int
 ) -> dict[str, float]:
-    sem = asyncio.Semaphore(concurrency)
     tag = os.urandom(4).hex()
-
-    async def run(coro_factory, count: int) -> float:
-        async def one(i: int) -> None:
-            async with sem:
-                await coro_factory(i)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(count)))
-        return count / (time.perf_counter() - started)
-
-    claims = await run(lambda i: store.claim(f"{tag}{i:056x}", "bench\n/x"), n)
-    await store.credit(f"tab-{tag}", n * 10, "seed")
-
-    async def reserve_settle(i: int) -> None:
-        await store.reserve(f"tab-{tag}", 10, f"r{i}", 60)
-        await store.settle(f"tab-{tag}", f"r{i}", 7)
-
-    pairs = await run(reserve_settle, n)
-    return {"claims": claims, "reserve+settle": pairs}
+    claims = await rate(lambda i: store.claim(f"{tag}{i:056x}", "bench\n/x"), n, concurrency)
+    return {"claims": claims, "reserve+settle": await reserve_settle(store, n, concurrency)}
 
 
 async def main(args: argparse.Namespace) -> None:
