@@ -131,6 +131,34 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="send grant cookies over plain http too",
     )
+    ops = serve.add_argument_group("operations")
+    ops.add_argument(
+        "--trusted-proxies",
+        metavar="CIDRS",
+        help="comma-separated addresses or networks of proxies in front (nginx) whose "
+        "X-Forwarded-For/-Proto/-Host are believed (default: none)",
+    )
+    ops.add_argument(
+        "--admin-port",
+        type=int,
+        metavar="PORT",
+        help="admin API and /metrics listener port (default 9402; only with a token)",
+    )
+    ops.add_argument(
+        "--admin-host", metavar="ADDR", help="admin listener address (default 127.0.0.1)"
+    )
+    ops.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the admin API's bearer token (or FAREBOX_ADMIN_TOKEN); "
+        "without one the admin listener stays off",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text (default) or one JSON object per line",
+    )
     page = serve.add_argument_group("paywall page (browsers)")
     page.add_argument(
         "--watch-url",
@@ -247,6 +275,7 @@ def _serve(args: argparse.Namespace) -> None:
         "upstream_connections", "watch", "access_log", "log_level", "devnet_url", "arc_url",
         "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
         "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
+        "trusted_proxies", "admin_port", "admin_host", "admin_token_file", "log_format",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

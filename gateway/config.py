@@ -7,13 +7,14 @@ line. Unknown keys in the file are errors, as in policies.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.policy.schema import Duration
 
@@ -63,11 +64,34 @@ class Settings(BaseModel):
     arc_callback_token: str | None = None
     headers_url: str | None = None
     headers_api_key: str | None = None
+    # Behind a proxy: peers whose X-Forwarded-* headers are believed
+    trusted_proxies: tuple[str, ...] = ()
+    # The admin listener (loopback; off until a token is given)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(9402, ge=0, le=65535)
+    admin_token: str | None = None
+    admin_token_file: Path | None = None
+    log_format: Literal["text", "json"] = "text"
     # The paywall page
     watch_url: str | None = None  # WhatsOnChain-style API; the devnet when devnet_url is set
     watch_network: Literal["main", "test"] = "main"
     watch_api_key: str | None = None
     wallet_url: str = "http://localhost:3321"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [v for v in (part.strip() for part in value.split(",")) if v]
+        out = []
+        for item in value or ():
+            try:
+                out.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {item!r} is not an address or network (e.g. 10.0.0.0/8)"
+                ) from None
+        return tuple(out)
 
     @model_validator(mode="after")
     def _chain(self) -> Settings:
