@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.forwarded import Network, is_trusted
 from gateway.policy import Match
 from gateway.problems import problem
 from gateway.upstream import Client, Origin, Reply, UnreachableError, UpstreamError
@@ -92,6 +93,7 @@ class Proxy:
         self._origins: dict[str, tuple[Origin, str]] = {}
         # Says whether a bearer token is one Farebox issued (set by the server).
         self.own_token: Callable[[str], bool] | None = None
+        self.trusted: tuple[Network, ...] = ()  # proxies whose X-Forwarded-* we keep
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -153,7 +155,7 @@ class Proxy:
         `meter` the answer is always written here, not after the handler
         returns, so that what reached the client is known.
         """
-        headers = upstream_headers(request, match, extra, self.own_token)
+        headers = upstream_headers(request, match, extra, self.own_token, self.trusted)
         if meter is not None and _is_websocket(request):
             return problem(
                 400, "not-metered", "WebSocket not metered", "metered routes take plain HTTP"
@@ -384,6 +386,7 @@ def upstream_headers(
     match: Match,
     extra: dict[str, str] | None = None,
     own_token: Callable[[str], bool] | None = None,
+    trusted: tuple[Network, ...] = (),
 ) -> CIMultiDict[str]:
     drop = _connection_listed(request.headers)
     websocket = _is_websocket(request)
@@ -415,9 +418,17 @@ def upstream_headers(
             # upstream must not receive.
             continue
         out.add(name, value)
-    out["X-Forwarded-For"] = request.remote or ""
-    out["X-Forwarded-Proto"] = request.scheme
-    out["X-Forwarded-Host"] = request.host
+    if trusted and is_trusted(request.remote, trusted):
+        # A proxy we trust in front: extend its chain, keep what it said.
+        chain = request.headers.get("X-Forwarded-For", "")
+        hop = request.remote or ""
+        out["X-Forwarded-For"] = f"{chain}, {hop}" if chain else hop
+        out["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
+        out["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+    else:
+        out["X-Forwarded-For"] = request.remote or ""
+        out["X-Forwarded-Proto"] = request.scheme
+        out["X-Forwarded-Host"] = request.host
     if extra:
         out.update(extra)
     return out

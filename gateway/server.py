@@ -28,6 +28,7 @@ import uvloop
 from aiohttp import web
 from bsv import PrivateKey, PublicKey
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway import cors, keys, wellknown
 from gateway.access import (
@@ -44,6 +45,7 @@ from gateway.challenge import payment_required
 from gateway.concessions import HEADER as ELIGIBILITY
 from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder
 from gateway.config import Settings
+from gateway.forwarded import client_address, is_trusted, networks
 from gateway.paths import PathError, Target, canonicalize
 from gateway.payments.cashier import Accepted, Cashier, TopUp
 from gateway.payments.errors import PaymentError
@@ -72,6 +74,8 @@ from gateway.tokens import KeyRing, Tokens
 log = logging.getLogger("farebox")
 
 MAX_HEADER_BYTES = 64 * 1024
+# Per request: decide only, never proxy (an nginx auth_request subrequest).
+AUTH_ONLY = web.RequestKey("farebox.auth_only", bool)
 # Per request: the CORS headers for an allowed cross-origin payment.
 CORS = web.RequestKey("farebox.cors", CIMultiDict[str])
 STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
@@ -133,17 +137,68 @@ class Gateway:
         if not route.price.free:
             return await self._priced(request, match)
         if route.free_quota is None:
-            return await self.proxy.forward(request, match)
+            return await self._pass(request, match)
         try:
             window = await self._count(request, match)
         except StoreUnavailable:
-            return await self.proxy.forward(request, match)  # free routes keep working
+            return await self._pass(request, match)  # free routes keep working
         return await self._within_quota(request, match, window, over=self._over_limit)
+
+    async def _pass(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        extra: dict[str, str] | None = None,
+        reply: CIMultiDict[str] | None = None,
+    ) -> web.StreamResponse:
+        """Let the request through: proxy it, or (nginx auth_request) say so."""
+        if request.get(AUTH_ONLY):
+            headers: CIMultiDict[str] = CIMultiDict(reply or {})
+            headers.update(extra or {})
+            return web.Response(status=204, headers=headers)
+        return await self.proxy.forward(request, match, extra, reply)
+
+    async def authorize(self, request: web.BaseRequest) -> web.StreamResponse:
+        """nginx auth_request: may the original request go to the upstream?
+
+        204 (with X-Farebox-Grant for the upstream, and a token just bought
+        for the client) or 401: nginx then sends the request to Farebox
+        itself (error_page 401), which answers the 402 challenge, a problem,
+        or proxies it (metered routes). nginx accepts only 2xx, 401 and 403
+        from an auth subrequest, hence 401 for everything else.
+        """
+        if self.proxy.trusted and not is_trusted(request.remote, self.proxy.trusted):
+            return problem(403, "not-a-trusted-proxy", "Forbidden", "ask through the proxy")
+        uri = request.headers.get("X-Original-URI")
+        if not uri:
+            return problem(400, "missing-original-uri", "Bad auth request", "X-Original-URI")
+        method = request.headers.get("X-Original-Method", "GET").upper()
+        try:
+            original = request.clone(method=method, rel_url=URL(uri, encoded=True))
+        except ValueError:
+            return web.Response(status=401)
+        if wellknown.is_own(original.path):
+            return web.Response(status=403)  # Farebox's own paths are never authorised this way
+        original[AUTH_ONLY] = True
+        answer = await self.handle(original)
+        if 200 <= answer.status < 300:
+            return answer
+        refusal = web.Response(status=401, headers={"Cache-Control": "no-store"})
+        for name in ("x-bsv-sats", "x-bsv-server"):
+            if name in answer.headers:
+                refusal.headers[name] = answer.headers[name]
+        return refusal
+
+    def client_ip(self, request: web.BaseRequest) -> str | None:
+        """The client's address, believing X-Forwarded-For from trusted proxies only."""
+        return client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), self.proxy.trusted
+        )
 
     async def _count(self, request: web.BaseRequest, match: Match) -> Window:
         quota = match.route.route.free_quota
         assert quota is not None and self.store is not None
-        client = client_of(quota, request.headers, request.remote)
+        client = client_of(quota, request.headers, self.client_ip(request))
         key = f"quota:{match.service.name}:{match.route.scope}:{client}"
         return await self.store.hit(key, quota.per)
 
@@ -158,7 +213,7 @@ class Gateway:
         assert quota is not None
         headers = ratelimit_headers(quota.requests, quota.per, window)
         if window.count <= quota.requests:
-            return await self.proxy.forward(request, match, None, headers)
+            return await self._pass(request, match, None, headers)
         response = await over(request, match)
         response.headers.extend(headers)
         response.headers["Retry-After"] = str(window.resets_in)
@@ -340,6 +395,9 @@ class Gateway:
     async def _priced_inner(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
             if match.route.route.meter is not None:
+                if request.get(AUTH_ONLY):
+                    # Metering needs the answer: nginx sends these to Farebox to proxy.
+                    return problem(401, "metered-via-farebox", "Proxied by Farebox")
                 return await self._metered(request, match)
             return await self._admit(request, match)
         except RateUnavailable as exc:
@@ -374,7 +432,7 @@ class Gateway:
         if admitted is None:
             quoted = await self.quote(request, match)
             if quoted.satoshis == 0:  # a full concession: served free
-                return await self.proxy.forward(request, match)
+                return await self._pass(request, match)
         if admitted is None and has_payment(request):
             if self.cashier is None:
                 return problem(
@@ -393,9 +451,7 @@ class Gateway:
         if admitted is None:
             return await self._unpaid(request, match, self._challenge)
         reply = self._reply(request, admitted.paid)
-        return await self.proxy.forward(
-            request, match, {GRANT_HEADER: admitted.upstream_header}, reply
-        )
+        return await self._pass(request, match, {GRANT_HEADER: admitted.upstream_header}, reply)
 
     async def _unpaid(
         self,
@@ -421,7 +477,7 @@ class Gateway:
             window = await self.store.hit(key, quota.per)
             if window.count <= quota.requests:
                 headers = ratelimit_headers(quota.requests, quota.per, window)
-                return await self.proxy.forward(request, match, None, headers)
+                return await self._pass(request, match, None, headers)
         if match.route.route.free_quota is not None:
             window = await self._count(request, match)
             return await self._within_quota(request, match, window, over=challenge)
@@ -575,6 +631,7 @@ async def run_worker(
     if payments_watcher is None and cashier is not None:
         payments_watcher = open_watcher(settings, closers)
     proxy.own_token = startup.tokens.issued_here
+    proxy.trusted = networks(settings.trusted_proxies)
     gateway = Gateway(
         holder,
         proxy,

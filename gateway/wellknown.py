@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 PAY = "/.well-known/farebox/pay"
 RECEIPTS = "/.well-known/farebox/receipts/"
 TAB = "/.well-known/farebox/tab"
+AUTH = "/.well-known/farebox/auth"  # nginx auth_request
 P2PKH = "/.well-known/farebox/p2pkh/"
 _PUBKEY = re.compile(r"0[23][0-9a-f]{64}")
 JWKS = "/.well-known/jwks.json"
@@ -72,6 +73,8 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
                 headers={"Allow": "POST"},
             )
         return await pay(gw, request)
+    if path == AUTH:
+        return await gw.authorize(request)
     if path == TAB and request.method in ("GET", "HEAD"):
         return await tab_balance(gw, request)
     if path.startswith(RECEIPTS) and request.method in ("GET", "HEAD"):

@@ -107,3 +107,16 @@ def test_quota_validation(tmp_path) -> None:
     text = str(info.value)
     assert "p.yaml:7: services.s.routes[0].free_quota.requests" in text
     assert "free_quota.by: Input should be 'ip' or 'key'" in text
+
+
+def test_trusted_proxies_name_the_client() -> None:
+    from gateway.forwarded import client_address, networks
+
+    trusted = networks(["127.0.0.1/32", "10.0.0.0/8"])
+    # nginx (trusted) forwards for a client; a spoofed hop on the left is ignored.
+    assert client_address("127.0.0.1", "6.6.6.6, 203.0.113.9", trusted) == "203.0.113.9"
+    assert client_address("127.0.0.1", "203.0.113.9, 10.1.2.3", trusted) == "203.0.113.9"
+    # An untrusted peer's header is not believed.
+    assert client_address("198.51.100.1", "203.0.113.9", trusted) == "198.51.100.1"
+    assert client_address("127.0.0.1", None, trusted) == "127.0.0.1"
+    assert client_address("127.0.0.1", "203.0.113.9", ()) == "127.0.0.1"

@@ -1,0 +1,43 @@
+"""Who the client is when Farebox sits behind a proxy (nginx).
+
+Only a peer listed in `trusted_proxies` may tell us, in X-Forwarded-For,
+who it is forwarding for; anyone else's copy is spoofing and is dropped.
+The client is the right-most address in the chain that is not itself a
+trusted proxy (the left-most ones are whatever the client claimed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def is_trusted(address: str | None, trusted: tuple[Network, ...]) -> bool:
+    if not trusted or not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in trusted if net.version == ip.version)
+
+
+def client_address(
+    remote: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
+) -> str | None:
+    """The client's address: `remote`, or from a trusted peer's X-Forwarded-For."""
+    if not forwarded_for or not is_trusted(remote, trusted):
+        return remote
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else remote
