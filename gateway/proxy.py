@@ -10,6 +10,7 @@ become problem+json: 502 when it refuses or breaks, 504 when it is too slow.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Protocol
@@ -19,6 +20,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway import logs, metrics
 from gateway.forwarded import Network, is_trusted
 from gateway.policy import Match
 from gateway.problems import problem
@@ -156,6 +158,12 @@ class Proxy:
         returns, so that what reached the client is known.
         """
         headers = upstream_headers(request, match, extra, self.own_token, self.trusted)
+        rid = logs.REQUEST_ID.get()
+        if rid:
+            # One id from the client through Farebox to the upstream and back.
+            headers[logs.HEADER] = rid
+            reply = CIMultiDict(reply or {})
+            reply[logs.HEADER] = rid
         if meter is not None and _is_websocket(request):
             return problem(
                 400, "not-metered", "WebSocket not metered", "metered routes take plain HTTP"
@@ -445,7 +453,7 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
         lower = name.lower()
         if lower == "connection":
             listed.append(value)
-        elif lower not in HOP_BY_HOP:
+        elif lower not in HOP_BY_HOP and lower != "x-request-id":  # ours is sent back instead
             out.add(name, value)
     # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
     for token in ",".join(listed).split(","):
@@ -492,6 +500,7 @@ def _upstream_problem(
     """The problem answer for an upstream failure; `reply` headers (a token
     just bought) are kept on it: the purchase stands though the upstream failed."""
     response = _problem_for(exc, match)
+    metrics.UPSTREAM_ERRORS.labels(match.service.name, json.loads(response.body)["reason"]).inc()
     if reply:
         response.headers.extend(reply)
     return response

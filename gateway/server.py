@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from bsv import PrivateKey, PublicKey
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import cors, keys, wellknown
+from gateway import cors, keys, logs, metrics, wellknown
 from gateway.access import (
     GRANT_HEADER,
     Revocations,
@@ -46,6 +47,7 @@ from gateway.concessions import HEADER as ELIGIBILITY
 from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder
 from gateway.config import Settings
 from gateway.forwarded import client_address, is_trusted, networks
+from gateway.ledger import Receipt
 from gateway.paths import PathError, Target, canonicalize
 from gateway.payments.cashier import Accepted, Cashier, TopUp
 from gateway.payments.errors import PaymentError
@@ -69,6 +71,7 @@ from gateway.quota import client_of, ratelimit_headers
 from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
 from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
+from gateway.tally import Tally
 from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox")
@@ -95,6 +98,7 @@ class Gateway:
     rates: Rates | None = None
     watcher: PaymentWatcher | None = None
     wallet_url: str = "http://localhost:3321"
+    tally: Tally | None = None
     _store_failed: float = field(default=-1e9, init=False)
 
     async def _store_usable(self) -> None:
@@ -108,9 +112,18 @@ class Gateway:
             self._store_failed = -1e9
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rid = logs.request_id(request)
+        response = await self._handle(request)
+        if not response.prepared:
+            response.headers[logs.HEADER] = rid
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
             target = canonicalize(request.raw_path)
         except PathError as exc:
+            metrics.REQUESTS.labels("", "", 400).inc()
             return problem(400, exc.reason, "Bad request target", exc.detail)
         if wellknown.is_own(target.path):
             return await wellknown.handle(self, request, target.path)
@@ -121,6 +134,7 @@ class Gateway:
                 return preflight
         match = policy.match(request.host, target, request.method)
         if isinstance(match, NoMatch):
+            metrics.REQUESTS.labels("", "", 405 if match.allowed else policy.unmatched).inc()
             if match.allowed:
                 return problem(
                     405,
@@ -133,6 +147,22 @@ class Gateway:
             return problem(
                 status, "no-route", _UNMATCHED_TITLES[status], f"no service offers {target.path}"
             )
+        response = await self._matched(request, match)
+        service, route = match.service.name, match.route.scope
+        metrics.REQUESTS.labels(service, route, response.status).inc()
+        metrics.LATENCY.labels(service).observe(time.perf_counter() - started)
+        if self.tally is not None:
+            status = response.status
+            self.tally.add(
+                service,
+                route,
+                requests=1,
+                challenges=int(status == 402),
+                upstream_errors=int(status in (502, 504)),
+            )
+        return response
+
+    async def _matched(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         route = match.route.route
         if not route.price.free:
             return await self._priced(request, match)
@@ -410,6 +440,7 @@ class Gateway:
             )
         except StoreUnavailable:
             # Money rule 4: without the store nothing priced is served.
+            metrics.STORE_ERRORS.inc()
             self._store_failed = time.monotonic()
             return problem(
                 503,
@@ -539,8 +570,17 @@ class Gateway:
                 request, match, {GRANT_HEADER: admitted.upstream_header}, reply, metering
             )
         finally:
+            charge = metering.charge()
+            metrics.METERED.labels(match.service.name).inc(charge)
+            if self.tally is not None:
+                self.tally.add(
+                    match.service.name,
+                    match.route.scope,
+                    metered_msat=charge,
+                    refunds=int(charge == 0 and held > 0),
+                )
             try:
-                await self.store.settle(tab, reservation, metering.charge())
+                await self.store.settle(tab, reservation, charge)
             except StoreUnavailable:
                 # The hold returns to the tab when it expires: unbilled, not lost.
                 log.error("could not settle a metered request on tab %s: store unavailable", tab)
@@ -576,11 +616,8 @@ def _tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+def configure_logging(level: str, fmt: str = "text") -> None:
+    logs.configure(level, fmt)
 
 
 @dataclass
@@ -617,10 +654,16 @@ async def run_worker(
         chain = _chain_clients(settings, closers)
     store = open_store(settings)
     closers.append(store.close)
+    tally = Tally(store)
+
+    def paid(match: Match, receipt: Receipt) -> None:
+        tally.add(match.service.name, match.route.scope, payments=1, satoshis=receipt.satoshis)
+
     cashier = None
     if chain is not None:
         cashier = Cashier(
             startup.identity,
+            on_accepted=paid,
             tracker=chain[0],
             broadcaster=chain[1],
             store=store,
@@ -644,10 +687,12 @@ async def run_worker(
         rates=open_rates(settings, closers),
         watcher=payments_watcher,
         wallet_url=settings.wallet_url,
+        tally=tally,
     )
     server = web.Server(
         gateway.handle,
-        access_log=log if settings.access_log else None,
+        access_log=logging.getLogger("farebox.access") if settings.access_log else None,
+        access_log_class=logs.AccessLog,
         # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.
         max_field_size=MAX_HEADER_BYTES,
     )
@@ -656,6 +701,8 @@ async def run_worker(
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)
     await site.start()
     port = runner.addresses[0][1]
+    tallying = asyncio.ensure_future(tally.run())
+    admin_runner = await _start_admin(settings, gateway, reuse_port)
     _tune_gc()
     log.info(
         "listening on http://%s:%d, policy version %s, payments %s",
@@ -684,8 +731,31 @@ async def run_worker(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        tallying.cancel()  # flushes what it counted
+        with contextlib.suppress(asyncio.CancelledError):
+            await tallying
         for close in closers:
             await close()
+
+
+async def _start_admin(
+    settings: Settings, gateway: Gateway, reuse_port: bool
+) -> web.AppRunner | None:
+    """The admin API on its own listener, when an admin token is configured."""
+    from gateway import admin
+
+    token = admin.load_token(settings.admin_token, settings.admin_token_file)
+    if token is None:
+        log.info("admin API off (no admin token configured)")
+        return None
+    runner = web.AppRunner(admin.app(gateway, token, metrics.handler), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
+    await site.start()
+    log.info("admin API on http://%s:%d", settings.admin_host, runner.addresses[0][1])
+    return runner
 
 
 def _chain_clients(
@@ -782,7 +852,7 @@ def prepare(settings: Settings) -> Startup:
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     startup = prepare(settings)
     if settings.workers == 1:
         uvloop.run(run_worker(settings, startup))
@@ -791,7 +861,7 @@ def serve(settings: Settings) -> None:
 
 
 def _worker_main(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     uvloop.run(run_worker(settings, prepare(settings), reuse_port=True))
 
 
@@ -818,6 +888,9 @@ def _supervise(settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    if not os.environ.get(metrics.MULTIPROC_ENV):
+        # Workers write their samples here; any worker's /metrics sums them.
+        os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="farebox-metrics-")
     for _ in range(settings.workers):
         start_one()
     log.info("supervising %d workers", settings.workers)
@@ -827,6 +900,7 @@ def _supervise(settings: Settings) -> None:
             if proc.is_alive():
                 continue
             del workers[pid]
+            metrics.mark_dead(pid)
             if stopping:
                 continue
             log.error("worker %d exited with code %s; starting another", pid, proc.exitcode)

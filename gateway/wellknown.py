@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from bsv import PublicKey
 
-from gateway import paywall
+from gateway import paywall, transparency
 from gateway.access import presented_tokens, token_headers
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import TopUp, remittance
@@ -73,6 +73,8 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
                 headers={"Allow": "POST"},
             )
         return await pay(gw, request)
+    if path == transparency.PATH and request.method in ("GET", "HEAD"):
+        return await transparency_report(gw, request)
     if path == AUTH:
         return await gw.authorize(request)
     if path == TAB and request.method in ("GET", "HEAD"):
@@ -227,6 +229,29 @@ async def receipt(gw: Gateway, request: web.BaseRequest, txid: str) -> web.Strea
             "present the token of this payment to see its receipt",
         )
     return web.Response(body=json.dumps(found.to_json()).encode(), content_type="application/json")
+
+
+async def transparency_report(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
+    try:
+        days = int(request.query.get("days", transparency.DEFAULT_DAYS))
+    except ValueError:
+        days = 0
+    if not 1 <= days <= transparency.MAX_DAYS:
+        return problem(400, "bad-days", "Bad request", f"days is 1 to {transparency.MAX_DAYS}")
+    if gw.store is None:
+        return problem(404, "no-report", "No report", "this gateway keeps no receipts")
+    try:
+        figures = await transparency.report(gw, days)
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Temporarily unavailable", "try again shortly")
+    headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
+    if request.query.get("format") != "json" and paywall.wants_html(request.headers.get("Accept")):
+        return web.Response(
+            text=paywall.render_report(figures), content_type="text/html", headers=headers
+        )
+    return web.Response(
+        body=json.dumps(figures).encode(), content_type="application/json", headers=headers
+    )
 
 
 def p2pkh(key: str) -> web.Response:

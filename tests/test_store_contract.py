@@ -1,4 +1,4 @@
-"""One contract for every Store: memory, a single Redis, and a 3-master Redis Cluster.
+"""One contract for every Store: memory, a single Redis, a 3-master Redis Cluster, Sentinel.
 
 The Redis backends run against throwaway redis-server processes (tests/redis_servers.py)
 on free ports, never the machine's own Redis; each test uses a fresh key prefix.
@@ -9,6 +9,7 @@ whose scripts read the server's clock.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from gateway.ledger import Receipt
-from gateway.store import Outcome, Store, StoreUnavailable
+from gateway.store import MAX_DAYS, MAX_PAGE, DayStats, Outcome, Store, StoreUnavailable
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, tag
 from tests.redis_servers import (
@@ -56,6 +57,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         yield cluster
 
 
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    need_redis()
+    setup = SentinelSetup(tmp_path_factory.mktemp("sentinel"))
+    with running(setup):
+        yield setup
+
+
+SERVERS = {"redis": "redis_server", "cluster": "redis_cluster", "sentinel": "redis_sentinel"}
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = time.time()
@@ -85,15 +97,13 @@ def redis_store(url: str, **options: Any) -> RedisStore:
     return RedisStore.from_url(url, prefix=f"t{secrets.token_hex(4)}:", **options)
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         clock = FakeClock()
         yield Backend("memory", MemoryStore(clock), clock)
         return
-    server = request.getfixturevalue(
-        "redis_server" if request.param == "redis" else "redis_cluster"
-    )
+    server = request.getfixturevalue(SERVERS[request.param])
     store = redis_store(server.url)
     yield Backend(request.param, store)
     await store.close()
@@ -102,6 +112,20 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 def receipt_for(txid: str, purchase: str = PURCHASE) -> Receipt:
     service, resource = purchase.split("\n")
     return Receipt(txid, 0, 100, service, resource, "GET", "g-1", 1_700_000_000, 1_700_000_600, "p")
+
+
+T0 = 1_700_000_000
+
+
+def receipt_at(txid: str, at: int, service: str = "archive", grant: str = "g-1") -> Receipt:
+    return Receipt(txid, 1, 250, service, "/records/*", "GET", grant, T0 + at, T0 + at + 600, "p")
+
+
+async def paid(store: Store, *receipts: Receipt) -> None:
+    """Claim and complete each receipt as the cashier does."""
+    for r in receipts:
+        assert (await store.claim(r.txid, f"{r.service}\n{r.resource}")).outcome is Outcome.NEW
+        await store.complete(r.txid, r, f"tok-{r.txid}")
 
 
 # --- claims ---------------------------------------------------------------------------
@@ -299,6 +323,173 @@ async def test_revocations_last_until_the_latest_deadline(backend: Backend) -> N
     assert [await store.revoked(g) for g in ("short", "extended", "kept")] == [False, True, True]
 
 
+# --- receipts index --------------------------------------------------------------------
+
+
+async def test_a_receipt_is_listed_once_however_often_completed(backend: Backend) -> None:
+    store = backend.store
+    first = receipt_at("aa" * 32, 5)
+    await paid(store, first)
+    # The paywall completes the same receipt again under its checkout's key.
+    assert (await store.claim("checkout:c1", first.txid)).outcome is Outcome.NEW
+    await store.complete("checkout:c1", first, "tok")
+    await store.complete("checkout:c1", first, "tok")  # a retried call
+    assert await store.receipts() == [first]
+    assert await store.receipt("checkout:c1") == first
+    assert await store.receipt(first.txid) == first
+    # Completed again with another receipt (a claim taken over): the last one is listed.
+    later = receipt_at(first.txid, 9, grant="g-2")
+    await store.complete(first.txid, later, "tok-2")
+    assert await store.receipts() == [later]
+    assert await store.receipts(service="archive", txid=first.txid) == [later]
+
+
+async def test_a_receipt_taken_over_by_another_service_moves(backend: Backend) -> None:
+    store = backend.store
+    await store.complete("tx", receipt_at("tx", 1, "archive"), "tok")
+    await store.complete("tx", receipt_at("tx", 2, "weather"), "tok")
+    assert await store.receipts(service="archive") == []
+    assert await store.receipts(service="weather") == [receipt_at("tx", 2, "weather")]
+    assert await store.receipts() == [receipt_at("tx", 2, "weather")]
+
+
+async def test_receipts_filter_by_time_service_and_txid(backend: Backend) -> None:
+    store = backend.store
+    a1, a2, a3 = (receipt_at(f"a{i}", i * 10, "archive") for i in (1, 2, 3))
+    w1, w2 = (receipt_at(f"w{i}", i * 10, "weather") for i in (1, 2))
+    await paid(store, a3, w2, a1, w1, a2)  # completed out of order
+    assert await store.receipts() == [a1, w1, a2, w2, a3]  # time, then txid
+    assert await store.receipts(since=T0 + 20) == [a2, w2, a3]  # since: included
+    assert await store.receipts(until=T0 + 20) == [a1, w1]  # until: excluded
+    assert await store.receipts(since=T0 + 11, until=T0 + 30) == [a2, w2]
+    assert await store.receipts(service="weather") == [w1, w2]
+    assert await store.receipts(service="archive", since=T0 + 15) == [a2, a3]
+    assert await store.receipts(service="nobody") == []
+    assert await store.receipts(txid="w2") == [w2]
+    assert await store.receipts(txid="w2", service="weather", since=T0 + 20) == [w2]
+    assert await store.receipts(txid="w2", service="archive") == []
+    assert await store.receipts(txid="w2", until=T0 + 20) == []
+    assert await store.receipts(txid="w2", after="a2") == [w2]  # (20, w2) sorts after (20, a2)
+    assert await store.receipts(txid="w2", after="w2") == []
+    assert await store.receipts(txid="unknown") == []
+    assert await store.receipts(txid="") == []
+    assert await store.receipts(limit=2) == [a1, w1]
+    assert await store.receipts(since=T0 + 100) == []
+    assert await store.receipts(since=T0 + 30, until=T0 + 10) == []
+
+
+async def test_pages_return_every_receipt_exactly_once(backend: Backend) -> None:
+    store = backend.store
+    # 60 receipts over 7 distinct seconds: most ties in time are broken by txid.
+    everything = [
+        receipt_at(f"{(i * 37) % 101:03d}-{i}", i % 7, "archive" if i % 3 else "weather")
+        for i in range(60)
+    ]
+    await asyncio.gather(*(store.complete(r.txid, r, "tok") for r in everything))
+    ordered = sorted(everything, key=lambda r: (r.time, r.txid))
+    assert await store.receipts() == ordered
+
+    async def walk(size: int, **filters: Any) -> list[Receipt]:
+        seen: list[Receipt] = []
+        while True:
+            after = seen[-1].txid if seen else None
+            page = await store.receipts(limit=size, after=after, **filters)
+            assert len(page) <= size
+            seen += page
+            if len(page) < size:
+                return seen
+
+    for size in (1, 7, 10, 60, 61):
+        assert await walk(size) == ordered
+    weather = [r for r in ordered if r.service == "weather"]
+    assert await walk(4, service="weather") == weather
+    middle = [r for r in ordered if T0 + 2 <= r.time < T0 + 5]
+    assert await walk(5, since=T0 + 2, until=T0 + 5) == middle
+    # A cursor from another service's receipt still marks a place in time.
+    pivot = next(r for r in ordered if r.service == "archive" and r.time == T0 + 3)
+    later = [r for r in weather if (r.time, r.txid) > (pivot.time, pivot.txid)]
+    assert await store.receipts(service="weather", after=pivot.txid) == later
+    # A receipt added meanwhile is found when it sorts after the cursor.
+    first_page = await store.receipts(limit=30)
+    late = receipt_at("zz-late", 6)
+    await store.complete(late.txid, late, "tok")
+    rest = await store.receipts(after=first_page[-1].txid, limit=MAX_PAGE)
+    assert first_page + rest == [*ordered, late]
+
+
+async def test_receipts_refuse_bad_pages(backend: Backend) -> None:
+    store = backend.store
+    await paid(store, receipt_at("known", 1))
+    with pytest.raises(ValueError):
+        await store.receipts(after="never-indexed")
+    with pytest.raises(ValueError):
+        await store.receipts(after="")
+    with pytest.raises(ValueError):
+        await store.receipts(limit=0)
+    assert await store.receipts(limit=MAX_PAGE + 1) == [receipt_at("known", 1)]  # capped
+
+
+# --- statistics -----------------------------------------------------------------------
+
+
+async def test_concurrent_counts_sum_exactly(backend: Backend) -> None:
+    store = backend.store
+    await asyncio.gather(
+        *(
+            store.count("2024-05-01", "archive", "GET /records/*", requests=1, satoshis=i)
+            for i in range(200)
+        )
+    )
+    assert await store.stats(since_day="2024-05-01", until_day="2024-05-01") == [
+        DayStats("2024-05-01", "archive", "GET /records/*", {"requests": 200, "satoshis": 19900})
+    ]
+
+
+async def test_stats_by_day_range_and_service(backend: Backend) -> None:
+    store = backend.store
+    await store.count("2024-02-28", "weather", "GET /now", requests=3, challenges=1)
+    await store.count("2024-02-29", "archive", "GET /a", requests=1, payments=1, satoshis=50)
+    await store.count("2024-02-29", "archive", "POST /a", requests=2, upstream_errors=0)
+    await store.count("2024-02-29", "weather", "GET /now", metered_msat=1500)
+    await store.count("2024-03-01", "archive", "GET /a", refunds_msat=7)
+    await store.count("2024-03-01", "archive", "GET /a", requests=0)  # a zero adds nothing
+    await store.count("2024-03-01", "empty", "GET /", requests=0)
+    every = await store.stats(since_day="2024-02-01", until_day="2024-03-31")
+    assert every == [
+        DayStats("2024-02-28", "weather", "GET /now", {"requests": 3, "challenges": 1}),
+        DayStats("2024-02-29", "archive", "GET /a", {"requests": 1, "payments": 1, "satoshis": 50}),
+        DayStats("2024-02-29", "archive", "POST /a", {"requests": 2}),
+        DayStats("2024-02-29", "weather", "GET /now", {"metered_msat": 1500}),
+        DayStats("2024-03-01", "archive", "GET /a", {"refunds_msat": 7}),
+    ]
+    assert await store.stats(since_day="2024-02-29", until_day="2024-02-29") == every[1:4]
+    assert await store.stats(since_day="2024-02-29", until_day="2024-03-01") == every[1:]
+    assert await store.stats(since_day="2024-02-01", until_day="2024-03-31", service="archive") == [
+        every[1],
+        every[2],
+        every[4],
+    ]
+    assert await store.stats(since_day="2024-01-01", until_day="2024-02-27") == []
+    assert await store.stats(since_day="2024-03-01", until_day="2024-02-01") == []
+    assert await store.stats(since_day="2024-02-01", until_day="2024-03-31", service="x") == []
+
+
+async def test_count_and_stats_refuse_bad_input(backend: Backend) -> None:
+    store = backend.store
+    with pytest.raises(ValueError):
+        await store.count("2024-05-01", "s", "r", requests=-1)
+    for day in ("2024-5-1", "20240501", "2024-02-30", "yesterday", ""):
+        with pytest.raises(ValueError):
+            await store.count(day, "s", "r", requests=1)
+        with pytest.raises(ValueError):
+            await store.stats(since_day=day, until_day="2024-05-01")
+    with pytest.raises(ValueError):
+        await store.stats(since_day="2000-01-01", until_day="2024-05-01")  # > MAX_DAYS
+    last = (datetime.date(2015, 1, 1) + datetime.timedelta(days=MAX_DAYS - 1)).isoformat()
+    assert await store.stats(since_day="2015-01-01", until_day=last) == []  # just allowed
+    assert await store.stats(since_day="2024-05-01", until_day="2024-05-01") == []
+
+
 # --- ids and health -------------------------------------------------------------------
 
 
@@ -312,6 +503,24 @@ async def test_odd_ids_are_distinct_and_work(backend: Backend) -> None:
     for i, name in enumerate(WEIRD_IDS):
         assert await store.reserve(name, 1, name, 30) == i
         assert await store.revoked(name)
+
+
+async def test_odd_names_in_receipts_and_stats(backend: Backend) -> None:
+    store = backend.store
+    for i, name in enumerate(WEIRD_IDS):
+        await store.complete(f"claim-{i}", receipt_at(name, i, service=name), "tok")
+        await store.count("2024-05-01", name, f'GET /"{name}"/*', requests=i + 1)
+    listed = await store.receipts()
+    assert [r.txid for r in listed] == WEIRD_IDS
+    for i, name in enumerate(WEIRD_IDS):
+        assert await store.receipts(service=name) == [listed[i]]
+        assert await store.receipts(txid=name) == [listed[i]]
+        if i:
+            assert (await store.receipts(after=WEIRD_IDS[i - 1], limit=1)) == [listed[i]]
+    stats = await store.stats(since_day="2024-05-01", until_day="2024-05-01")
+    assert sorted((s.service, s.route, s.counters["requests"]) for s in stats) == sorted(
+        (name, f'GET /"{name}"/*', i + 1) for i, name in enumerate(WEIRD_IDS)
+    )
 
 
 async def test_ping_and_close(backend: Backend) -> None:
@@ -339,9 +548,11 @@ async def test_every_script_touches_one_slot(redis_cluster: Cluster) -> None:
             await exercise(store, name)
     finally:
         await store.close()
-    assert len(calls) == 10 * (1 + len(WEIRD_IDS))
+    assert len(calls) == 13 * (1 + len(WEIRD_IDS))
     for keys in calls:
-        assert all(k.count("{") == 1 and k.count("}") == 1 for k in keys), keys
+        # One brace pair (ids escaped), save a service name after the index's tag.
+        escaped = [k for k in keys if not k.startswith(store.keys.by_service())]
+        assert all(k.count("{") == 1 and k.count("}") == 1 for k in escaped), keys
         assert len({key_slot(k.encode()) for k in keys}) == 1, keys
         assert len({k[k.index("{") : k.index("}") + 1] for k in keys}) == 1, keys
 
@@ -358,6 +569,8 @@ async def exercise(store: Store, name: str) -> None:
     await store.balance(name)
     await store.hit(name, 60)
     await store.revoke(name, int(time.time()) + 60)
+    await store.receipts(service=name, after=name)
+    await store.count("2024-05-01", name, name, requests=1, satoshis=2)
 
 
 def test_tags_are_never_empty_and_escape_braces() -> None:
@@ -378,6 +591,32 @@ async def test_claims_in_progress_expire_but_receipts_stay(redis_server: RedisSe
         assert await raw.ttl(key) == -1  # kept for good
     finally:
         await raw.aclose()
+        await store.close()
+
+
+async def test_complete_indexes_first_and_a_retry_finishes(redis_server: RedisServer) -> None:
+    """Should the claim write fail after the index write, the same call again completes it."""
+    store = redis_store(redis_server.url)
+    run = store._run
+
+    async def claim_write_fails(script: Any, keys: list[str], args: list[Any]) -> Any:
+        if script is store._complete:
+            raise StoreUnavailable("connection lost")
+        return await run(script, keys, args)
+
+    r = receipt_at("ii", 1)
+    try:
+        await store.claim("ii", f"{r.service}\n{r.resource}")
+        store._run = claim_write_fails  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailable):
+            await store.complete("ii", r, "tok")
+        store._run = run  # type: ignore[method-assign]
+        assert await store.receipts() == [r]  # listed: the payment was taken
+        assert (await store.claim("ii", f"{r.service}\n{r.resource}")).receipt is None
+        await store.complete("ii", r, "tok")  # the payer's retry
+        assert await store.receipt("ii") == r
+        assert await store.receipts() == [r]
+    finally:
         await store.close()
 
 
@@ -426,6 +665,10 @@ def every_operation(store: Store, name: str) -> list[Any]:
         store.hit(name, 60),
         store.revoke(name, int(time.time()) + 60),
         store.revoked(name),
+        store.receipts(),
+        store.receipts(service=name, after=name),
+        store.count("2024-05-01", name, "GET /", requests=1),
+        store.stats(since_day="2024-05-01", until_day="2024-05-07"),
     ]
 
 

@@ -14,10 +14,12 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bsv import PrivateKey, PublicKey
 
+from gateway import metrics
 from gateway.chain import Broadcaster, ChainError
 from gateway.ledger import Receipt
 from gateway.payments.beef import Limits, read_beef
@@ -140,6 +142,7 @@ class Cashier:
         beef_limits: Limits = Limits(),
         ancestry: AncestryLimits = AncestryLimits(),
         settle_wait: float = 10.0,
+        on_accepted: Callable[[Match, Receipt], None] | None = None,
     ) -> None:
         self.server_key = server_key
         self.tracker = tracker
@@ -150,6 +153,7 @@ class Cashier:
         self.beef_limits = beef_limits
         self.ancestry = ancestry
         self.settle_wait = settle_wait
+        self.on_accepted = on_accepted  # told of each new payment (statistics, metrics)
 
     async def accept(
         self,
@@ -169,6 +173,25 @@ class Cashier:
         page) has its own expiry, and its time names the checkout, not the
         moment of paying.
         """
+        try:
+            accepted = await self._accept(payment, match, method, price, top_up, fresh)
+        except PaymentError as exc:
+            metrics.PAYMENTS.labels(match.service.name, "refused", exc.reason).inc()
+            raise
+        if not accepted.repeated:
+            metrics.PAYMENTS.labels(match.service.name, "accepted", "").inc()
+            metrics.SATOSHIS.labels(match.service.name).inc(accepted.receipt.satoshis)
+        return accepted
+
+    async def _accept(
+        self,
+        payment: Remittance,
+        match: Match,
+        method: str,
+        price: int,
+        top_up: TopUp | None,
+        fresh: bool,
+    ) -> Accepted:
         route = match.route.route
         lap = _Laps()
         beef = read_beef(payment.beef, self.beef_limits)
@@ -287,6 +310,8 @@ class Cashier:
                 status=503,
             ) from None
         lap("receipt")
+        if self.on_accepted is not None:
+            self.on_accepted(match, receipt)
         return Accepted(grant, token, receipt, False, lap.stages, balance)
 
     async def _claim(self, txid: str, purchase: str) -> Accepted | None:

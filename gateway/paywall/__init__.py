@@ -112,6 +112,11 @@ def render(page: Page, accept_language: str | None) -> str:
     )
 
 
+def render_report(report: dict[str, Any]) -> str:
+    """The transparency report as a page (gateway.transparency has the figures)."""
+    return _env.get_template("transparency.html").render(assets=ASSETS, report=report)
+
+
 def buys_text(
     covers: str, scope: str, lasts: int, service: str, accept_language: str | None
 ) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
+from gateway import metrics
 from gateway.policy.compiled import Policy
 from gateway.policy.load import SUFFIXES, load_policy
 from gateway.policy.source import PolicyError
@@ -35,12 +36,14 @@ class PolicyHolder:
         try:
             policy = load_policy(self.path)
         except PolicyError as exc:
+            metrics.RELOADS.labels("refused").inc()
             self.last_error = str(exc)
             log.error(
                 "policy reload refused, still serving version %s:\n%s", self.current.version, exc
             )
             return False
         self.last_error = None
+        metrics.RELOADS.labels("ok").inc()
         if policy.version != self.current.version:
             self.current = policy
             log.info("policy version %s loaded from %s", policy.version, ", ".join(policy.sources))

@@ -263,6 +263,7 @@ class Service(_Frozen):
     read_timeout: Duration | None = None
     tabs: Tabs | None = None
     cors_origins: tuple[str, ...] = ()  # pages elsewhere that may pay by BRC-121; "*": any
+    transparency: bool = True  # in the public transparency report (never names payers)
     routes: tuple[Route, ...]
 
     @field_validator("cors_origins", mode="before")

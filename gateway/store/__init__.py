@@ -6,16 +6,22 @@ one operation in one Redis Cluster slot). The contract tests in
 tests/test_store_contract.py run against both.
 
 Amounts are whole numbers in the tab's smallest unit (satoshis, or
-millisatoshis for prices below a satoshi); durations are seconds.
+millisatoshis for prices below a satoshi); durations are seconds; times are
+unix seconds; days are UTC dates written "YYYY-MM-DD" (see `utc_day`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import datetime
+import time
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
 from gateway.ledger import Receipt
+
+MAX_PAGE = 10_000  # receipts one `receipts` call returns at most
+MAX_DAYS = 3_660  # days one `stats` call may span (ten years)
 
 
 class Outcome(Enum):
@@ -39,6 +45,16 @@ class Window:
     resets_in: int  # seconds until the window starts again
 
 
+@dataclass(frozen=True, slots=True)
+class DayStats:
+    """The counters of one route of one service on one UTC day."""
+
+    day: str  # "YYYY-MM-DD"
+    service: str
+    route: str
+    counters: dict[str, int] = field(default_factory=dict)  # counter -> total (> 0)
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached: priced routes must fail closed."""
 
@@ -50,14 +66,48 @@ class Store(Protocol):
         ...
 
     async def complete(self, txid: str, receipt: Receipt, token: str) -> None:
-        """Record the receipt and token of a claimed payment (kept for good)."""
+        """Record the receipt and token of a claimed payment (kept for good).
+
+        The receipt also enters the receipts index under `receipt.txid`, once
+        however often and under however many claim keys it is completed (a
+        checkout completes the same receipt under "checkout:<id>"); the last
+        receipt completed for a txid is the one listed. The index is written
+        first: once `complete` returns, both are there; when it raises, the
+        receipt may be listed but not yet recorded under `txid`, and the same
+        call again finishes the job (both writes are idempotent).
+        """
         ...
 
     async def release(self, txid: str, purchase: str) -> None:
         """Give up a claim whose payment failed before it was accepted."""
         ...
 
-    async def receipt(self, txid: str) -> Receipt | None: ...
+    async def receipt(self, txid: str) -> Receipt | None:
+        """The receipt completed under this claim key (a txid, or "checkout:<id>")."""
+        ...
+
+    async def receipts(
+        self,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        service: str | None = None,
+        txid: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Receipt]:
+        """Indexed receipts, ordered by (time, txid), oldest first.
+
+        Filters combine: `since` <= time < `until`, of one `service`, or the
+        one receipt of `txid`. At most `limit` come back (capped at MAX_PAGE).
+        To page, pass the txid of the last receipt of one page as `after` of
+        the next, with the same filters: every receipt then comes exactly once
+        (the position is (time, txid), so ties in time are fine and receipts
+        added meanwhile are found if they sort later). A page shorter than
+        `limit` is the last. An `after` that names no indexed receipt raises
+        ValueError.
+        """
+        ...
 
     # --- tabs: prepaid balances -----------------------------------------------------
     async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]:
@@ -104,9 +154,74 @@ class Store(Protocol):
 
     async def revoked(self, grant_id: str) -> bool: ...
 
+    # --- statistics -----------------------------------------------------------------
+    async def count(self, day: str, service: str, route: str, **fields: int) -> None:
+        """Add to the counters of (`day`, `service`, `route`), e.g. requests=1.
+
+        Counter names are free (requests, challenges, payments, satoshis,
+        refunds_msat, upstream_errors, metered_msat...); increments are whole
+        numbers >= 0 (ValueError otherwise) and a zero adds nothing. All the
+        fields of one call are added together, in one round trip: cheap enough
+        for every request.
+        """
+        ...
+
+    async def stats(
+        self, *, since_day: str, until_day: str, service: str | None = None
+    ) -> list[DayStats]:
+        """Counters of every route counted from `since_day` to `until_day`, both included.
+
+        Ordered by (day, service, route); only routes counted that day appear.
+        A range of more than MAX_DAYS days raises ValueError.
+        """
+        ...
+
     # --- health ---------------------------------------------------------------------
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be used."""
         ...
 
     async def close(self) -> None: ...
+
+
+# --- helpers shared by the implementations ----------------------------------------------
+
+
+def utc_day(t: float | None = None) -> str:
+    """The UTC day "YYYY-MM-DD" of unix time `t` (now by default)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if t is None else t))
+
+
+def check_day(day: str) -> datetime.date:
+    """The date of a "YYYY-MM-DD" day; ValueError for anything else."""
+    try:
+        date = datetime.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        date = None
+    if date is None or date.isoformat() != day:
+        raise ValueError(f"a day is written YYYY-MM-DD, not {day!r}")
+    return date
+
+
+def days(since_day: str, until_day: str) -> list[str]:
+    """Every day from `since_day` to `until_day`, both included (at most MAX_DAYS)."""
+    first, last = check_day(since_day), check_day(until_day)
+    span = (last - first).days + 1
+    if span > MAX_DAYS:
+        raise ValueError(f"stats span at most {MAX_DAYS} days, not {span}")
+    return [(first + datetime.timedelta(days=i)).isoformat() for i in range(span)]
+
+
+def check_counts(fields: dict[str, int]) -> dict[str, int]:
+    """The non-zero increments of a `count` call; ValueError for negative ones."""
+    for name, value in fields.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"counter {name} must grow by a whole number >= 0, not {value!r}")
+    return {name: value for name, value in fields.items() if value}
+
+
+def page_limit(limit: int) -> int:
+    """`limit` capped at MAX_PAGE; ValueError below 1."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    return min(limit, MAX_PAGE)

@@ -4,10 +4,14 @@ Every operation runs on one event loop with no await between reading and
 writing, so each is atomic without locks. Anything that expires (held
 amounts, quota windows, revocations) is checked lazily when touched, against
 an injectable clock (unix seconds) so tests need not sleep.
+
+The receipts index is a list of (time, txid) kept sorted (one overall, one per
+service), so a page is one bisect and a slice.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -15,7 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.ledger import Receipt
-from gateway.store import Claim, Outcome, Window
+from gateway.store import (
+    Claim,
+    DayStats,
+    Outcome,
+    Window,
+    check_counts,
+    check_day,
+    days,
+    page_limit,
+)
 
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired quota and revocation entries
 
@@ -59,6 +72,10 @@ class MemoryStore:
         self._tabs: dict[str, _Tab] = {}
         self._windows: dict[tuple[str, int], tuple[int, float]] = {}  # -> (count, ends)
         self._revoked: dict[str, int] = {}  # grant id -> until
+        self._receipts: dict[str, Receipt] = {}  # txid -> the last receipt completed
+        self._by_time: list[tuple[int, str]] = []  # sorted (time, txid)
+        self._by_service: dict[str, list[tuple[int, str]]] = {}  # service -> sorted (time, txid)
+        self._counters: dict[tuple[str, str, str], dict[str, int]] = {}  # (day, service, route)
         self._next_purge = clock() + _PURGE_EVERY
 
     # --- payments ---------------------------------------------------------------------
@@ -73,9 +90,21 @@ class MemoryStore:
         return Claim(Outcome.SAME, entry.receipt, entry.token)
 
     async def complete(self, txid: str, receipt: Receipt, token: str) -> None:
+        self._index(receipt)
         # setdefault: a claim taken over after its first owner released it.
         entry = self._claims.setdefault(txid, _Entry(f"{receipt.service}\n{receipt.resource}"))
         entry.receipt, entry.token = receipt, token
+
+    def _index(self, receipt: Receipt) -> None:
+        """List `receipt` under its txid, in place of any earlier one."""
+        old = self._receipts.get(receipt.txid)
+        if old is not None:
+            for order in (self._by_time, self._by_service[old.service]):
+                del order[bisect.bisect_left(order, (old.time, old.txid))]
+        self._receipts[receipt.txid] = receipt
+        position = (receipt.time, receipt.txid)
+        bisect.insort(self._by_time, position)
+        bisect.insort(self._by_service.setdefault(receipt.service, []), position)
 
     async def release(self, txid: str, purchase: str) -> None:
         entry = self._claims.get(txid)
@@ -85,6 +114,33 @@ class MemoryStore:
     async def receipt(self, txid: str) -> Receipt | None:
         entry = self._claims.get(txid)
         return entry.receipt if entry else None
+
+    async def receipts(
+        self,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        service: str | None = None,
+        txid: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Receipt]:
+        limit = page_limit(limit)
+        order = self._by_time if service is None else self._by_service.get(service, [])
+        start = 0 if since is None else bisect.bisect_left(order, (since, ""))
+        if after is not None:
+            cursor = self._receipts.get(after)
+            if cursor is None:
+                raise ValueError(f"no receipt {after!r} to page after")
+            start = max(start, bisect.bisect_right(order, (cursor.time, cursor.txid)))
+        end = len(order) if until is None else bisect.bisect_left(order, (until, ""))
+        if txid is not None:
+            found = self._receipts.get(txid)
+            if found is None or service not in (None, found.service):
+                return []
+            rank = bisect.bisect_left(order, (found.time, found.txid))
+            return [found] if start <= rank < end else []
+        return [self._receipts[x] for _, x in order[start : min(end, start + limit)]]
 
     # --- tabs ---------------------------------------------------------------------------
     async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]:
@@ -168,6 +224,25 @@ class MemoryStore:
         self._next_purge = now + _PURGE_EVERY
         self._windows = {k: v for k, v in self._windows.items() if v[1] > now}
         self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+
+    # --- statistics ---------------------------------------------------------------------
+    async def count(self, day: str, service: str, route: str, **fields: int) -> None:
+        check_day(day)
+        fields = check_counts(fields)
+        if fields:
+            counters = self._counters.setdefault((day, service, route), {})
+            for name, value in fields.items():
+                counters[name] = counters.get(name, 0) + value
+
+    async def stats(
+        self, *, since_day: str, until_day: str, service: str | None = None
+    ) -> list[DayStats]:
+        wanted = set(days(since_day, until_day))
+        return [
+            DayStats(day, name, route, dict(counters))
+            for (day, name, route), counters in sorted(self._counters.items())
+            if day in wanted and service in (None, name)
+        ]
 
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:

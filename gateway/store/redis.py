@@ -18,11 +18,30 @@ contain braces so that the first "{...}" of every key is the tag below):
     P hit:{KEY}:WINDOW      str   requests in the current window; PEXPIRE set
                                   by the window's first hit
     P revoked:{GRANT_ID}    str   the `until` of the revocation; EXPIREAT until
+    P receipts:{receipts}:by-time            zset  txid -> receipt time, every
+                                                   receipt completed
+    P receipts:{receipts}:by-service:SERVICE zset  the same, one per service
+    P receipts:{receipts}:body               hash  txid -> receipt (JSON), the
+                                                   last one completed
+    P stats:{DAY}           hash  JSON [service, route, counter] -> count, for
+                                  one UTC day "YYYY-MM-DD"; kept for good
 
 TXID, TAB, KEY and GRANT_ID are written as given, except that "%", "{" and
 "}" become "%25", "%7B" and "%7D" and an empty id becomes "%": a brace inside
 an id would otherwise end the tag early (or leave it empty, and Redis then
-hashes the whole key name, scattering one tab over several slots).
+hashes the whole key name, scattering one tab over several slots). SERVICE
+comes after the tag, so it is written as given.
+
+The receipts index is one hash tag, so one slot (one master of a Cluster)
+holds all of it: each page is one script reading a consistent snapshot in
+one round trip, and each payment adds one small write there. Payments are
+rare next to requests, so that slot is no hot spot; it grows by a few hundred
+bytes per receipt (the body is a second copy: a receipt completed under
+"checkout:<id>" has none under its txid). `complete` writes the index first,
+then the claim: two scripts, as they live in two slots; see Store.complete
+for what a failure in between leaves. The statistics of one day share a slot
+too: one script per `count`, so a day's counting lands on one master (a
+HINCRBY per counter; one master takes well over 100,000 such calls a second).
 
 Time inside scripts comes from `redis.call('TIME')` (allowed in Redis 7:
 scripts replicate their effects, not their source) so that every worker of
@@ -57,7 +76,17 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ledger import Receipt
-from gateway.store import Claim, Outcome, StoreUnavailable, Window
+from gateway.store import (
+    Claim,
+    DayStats,
+    Outcome,
+    StoreUnavailable,
+    Window,
+    check_counts,
+    check_day,
+    days,
+    page_limit,
+)
 
 T = TypeVar("T")
 Client = Redis | RedisCluster
@@ -194,6 +223,82 @@ return 1
 """
 
 
+_INDEX = """
+-- KEYS: by-time, by-service (this receipt's), body
+-- ARGV: txid, time, receipt JSON, service, by-service key prefix
+-- The last receipt completed for a txid is listed, once, under its service.
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if old then
+  local was = cjson.decode(old)['service']
+  if was ~= ARGV[4] then
+    -- A txid taken over for another service (rare). Not among KEYS, but
+    -- under the same hash tag, so in the same slot on the same node.
+    redis.call('ZREM', ARGV[5] .. was, ARGV[1])
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+_RECEIPTS = """
+-- KEYS: index (by-time, or one service's by-service), body, by-time
+-- ARGV: since, until, limit, after, txid; '' for none, ids after a "="
+-- Returns false for an `after` not indexed, else receipt bodies in order.
+-- Members of equal score sort by their bytes: Lua's string '<' follows the
+-- locale, so compare bytes here.
+local function not_after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+local index = KEYS[1]
+local after, txid = string.sub(ARGV[4], 2), string.sub(ARGV[5], 2)
+local start = 0
+if ARGV[1] ~= '' then start = redis.call('ZCOUNT', index, '-inf', '(' .. ARGV[1]) end
+if ARGV[4] ~= '' then
+  local t = redis.call('ZSCORE', KEYS[3], after)
+  if not t then return false end
+  -- The first rank past (t, after), among the members scored t.
+  local lo = redis.call('ZCOUNT', index, '-inf', '(' .. t)
+  local hi = redis.call('ZCOUNT', index, '-inf', t)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if not_after(redis.call('ZRANGE', index, mid, mid)[1], after) then
+      lo = mid + 1
+    else
+      hi = mid
+    end
+  end
+  start = math.max(start, lo)
+end
+local stop = redis.call('ZCARD', index)
+if ARGV[2] ~= '' then stop = redis.call('ZCOUNT', index, '-inf', '(' .. ARGV[2]) end
+local out = {}
+if ARGV[5] ~= '' then
+  local rank = redis.call('ZRANK', index, txid)
+  if rank and rank >= start and rank < stop then out[1] = redis.call('HGET', KEYS[2], txid) end
+  return out
+end
+stop = math.min(stop, start + tonumber(ARGV[3]))
+if start < stop then
+  for _, txid in ipairs(redis.call('ZRANGE', index, start, stop - 1)) do
+    out[#out + 1] = redis.call('HGET', KEYS[2], txid)
+  end
+end
+return out
+"""
+
+_COUNT = """
+-- KEYS: the day's counters   ARGV: field, increment, field, increment...
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 # --- keys -----------------------------------------------------------------------------
 
 
@@ -225,6 +330,23 @@ class Keys:
 
     def revoked(self, grant_id: str) -> list[str]:
         return [f"{self.prefix}revoked:{tag(grant_id)}"]
+
+    def by_service(self, service: str = "") -> str:
+        """The receipts index of one service (without `service`: the prefix of all)."""
+        return f"{self.prefix}receipts:{{receipts}}:by-service:{service}"
+
+    def index(self, service: str) -> list[str]:
+        """What `complete` adds to: by-time, by-service, body."""
+        base = f"{self.prefix}receipts:{{receipts}}"
+        return [f"{base}:by-time", self.by_service(service), f"{base}:body"]
+
+    def receipts(self, service: str | None) -> list[str]:
+        """What `receipts` reads: the index to walk, body, by-time."""
+        by_time, _, body = self.index("")
+        return [by_time if service is None else self.by_service(service), body, by_time]
+
+    def stats(self, day: str) -> list[str]:
+        return [f"{self.prefix}stats:{tag(day)}"]
 
 
 # --- the store ------------------------------------------------------------------------
@@ -260,6 +382,9 @@ class RedisStore:
         self._balance = client.register_script(_BALANCE)
         self._hit = client.register_script(_HIT)
         self._revoke = client.register_script(_REVOKE)
+        self._index = client.register_script(_INDEX)
+        self._receipts = client.register_script(_RECEIPTS)
+        self._count = client.register_script(_COUNT)
 
     @classmethod
     def from_url(
@@ -359,6 +484,14 @@ class RedisStore:
     async def complete(self, txid: str, receipt: Receipt, token: str) -> None:
         purchase = f"{receipt.service}\n{receipt.resource}"
         body = json.dumps(receipt.to_json(), separators=(",", ":"))
+        # The index first: should the claim write fail, the payer's retry
+        # reaches `complete` again (the claim holds no receipt yet), whereas
+        # a completed claim is answered from the claim alone.
+        await self._run(
+            self._index,
+            self.keys.index(receipt.service),
+            [receipt.txid, receipt.time, body, receipt.service, self.keys.by_service()],
+        )
         await self._run(self._complete, self.keys.claim(txid), [purchase, body, token])
 
     async def release(self, txid: str, purchase: str) -> None:
@@ -368,6 +501,28 @@ class RedisStore:
         (key,) = self.keys.claim(txid)
         body = await self._guard(lambda: self._client.hget(key, "receipt"))
         return Receipt.from_json(json.loads(body)) if body else None
+
+    async def receipts(
+        self,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        service: str | None = None,
+        txid: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Receipt]:
+        args: list[Arg] = [
+            "" if since is None else int(since),
+            "" if until is None else int(until),
+            page_limit(limit),
+            "" if after is None else f"={after}",  # "=" marks a given id, even ""
+            "" if txid is None else f"={txid}",
+        ]
+        bodies = await self._run(self._receipts, self.keys.receipts(service), args)
+        if bodies is None:
+            raise ValueError(f"no receipt {after!r} to page after")
+        return [Receipt.from_json(json.loads(body)) for body in bodies]
 
     # --- tabs ---------------------------------------------------------------------------
     async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]:
@@ -405,6 +560,39 @@ class RedisStore:
     async def revoked(self, grant_id: str) -> bool:
         (key,) = self.keys.revoked(grant_id)
         return bool(await self._guard(lambda: self._client.exists(key)))
+
+    # --- statistics ---------------------------------------------------------------------
+    async def count(self, day: str, service: str, route: str, **fields: int) -> None:
+        check_day(day)
+        args: list[Arg] = []
+        for name, value in check_counts(fields).items():
+            args += [_stat(service, route, name), value]
+        if args:
+            await self._run(self._count, self.keys.stats(day), args)
+
+    async def stats(
+        self, *, since_day: str, until_day: str, service: str | None = None
+    ) -> list[DayStats]:
+        wanted = days(since_day, until_day)
+        if not wanted:
+            return []
+
+        async def read() -> list[dict[str, str]]:
+            # One round trip per node: each day is one key, spread over the slots.
+            pipe = self._client.pipeline(transaction=False)
+            for day in wanted:
+                pipe.hgetall(self.keys.stats(day)[0])
+            return await pipe.execute()
+
+        found: list[DayStats] = []
+        for day, fields in zip(wanted, await self._guard(read), strict=True):
+            counters: dict[tuple[str, str], dict[str, int]] = {}
+            for field, value in fields.items():
+                name, route, counter = json.loads(field)
+                if service in (None, name):
+                    counters.setdefault((name, route), {})[counter] = int(value)
+            found += [DayStats(day, n, r, c) for (n, r), c in sorted(counters.items())]
+        return found
 
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:
@@ -470,6 +658,11 @@ def _netloc(netloc: str) -> tuple[str | None, str | None, list[tuple[str, int]]]
             raise ValueError(f"expected host:port, got {item!r}")
         pairs.append((host.strip("[]"), int(port)))
     return unquote(user) or None, unquote(password) or None, pairs
+
+
+def _stat(service: str, route: str, counter: str) -> str:
+    """The field of one counter in a day's hash."""
+    return json.dumps([service, route, counter], separators=(",", ":"), ensure_ascii=False)
 
 
 def _reason(exc: BaseException) -> str:

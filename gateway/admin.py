@@ -1,0 +1,246 @@
+"""The admin API: its own listener (loopback by default), a bearer token.
+
+    GET  /stats?since=DAY&until=DAY&service=S        counters per service, route, day
+    GET  /receipts?since=&until=&service=&txid=&limit=&after=&format=json|csv
+    POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]
+    GET  /policy                                      version, files, last reload error
+    POST /reload                                      reload the policy now
+    GET  /metrics                                     Prometheus (gateway.metrics)
+
+Times are Unix seconds or ISO dates/datetimes (UTC). Every answer is JSON
+(or CSV), every error problem+json; without the token, 401. Receipts leave
+out the derivation data kept for sweeping (the payer's key): an export
+names a payer only by the hash the upstream also sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.problems import problem
+from gateway.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+EXPORTED = (
+    "txid",
+    "vout",
+    "satoshis",
+    "service",
+    "resource",
+    "method",
+    "grant_id",
+    "time",
+    "expires",
+    "payer",
+)
+REVOKE_FOR = 400 * 86400  # default: longer than any grant or tab token lasts
+MAX_LIMIT = 10_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+class BadQuery(ValueError):
+    pass
+
+
+def load_token(value: str | None, file: Path | None) -> str | None:
+    """The admin token from the setting or its file; None: the admin API stays off."""
+    if value:
+        token = value.strip()
+    elif file is not None:
+        try:
+            token = file.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(
+                f"farebox: cannot read admin token file {file}: {exc.strerror}"
+            ) from None
+    else:
+        return None
+    if len(token) < 16:
+        raise SystemExit("farebox: the admin token must be at least 16 characters")
+    return token
+
+
+def app(gw: Gateway, token: str, metrics: Handler | None = None) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "")
+        if not (
+            given[:7].lower() == "bearer "
+            and hmac.compare_digest(given[7:].strip().encode(), token.encode())
+        ):
+            return problem(
+                401,
+                "admin-token-required",
+                "Unauthorized",
+                "send the admin token as Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="farebox-admin"'},
+            )
+        try:
+            return await handler(request)
+        except ValueError as exc:  # BadQuery, and the store's refusals (bad cursor, span)
+            return problem(400, "bad-query", "Bad request", str(exc))
+        except StoreUnavailable:
+            return problem(503, "store-unavailable", "Store unavailable", "try again shortly")
+
+    application = web.Application(middlewares=[guard])
+    application[GATEWAY] = gw
+    application.router.add_get("/stats", stats)
+    application.router.add_get("/receipts", receipts)
+    application.router.add_post("/revoke", revoke)
+    application.router.add_get("/policy", policy)
+    application.router.add_post("/reload", reload)
+    if metrics is not None:
+        application.router.add_get("/metrics", metrics)
+    return application
+
+
+def _gw(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(body, indent=1).encode(),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """Unix seconds, or an ISO date / datetime (UTC when no zone is given)."""
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadQuery(f"{name}: {value!r} is not Unix seconds or an ISO date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def parse_day(value: str | None, name: str, default: str) -> str:
+    if not value:
+        return default
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
+    except ValueError:
+        raise BadQuery(f"{name}: {value!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _days_ago(n: int) -> str:
+    return (datetime.now(UTC) - timedelta(days=n)).strftime("%Y-%m-%d")
+
+
+async def stats(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    assert gw.store is not None
+    since = parse_day(request.query.get("since"), "since", _days_ago(30))
+    until = parse_day(request.query.get("until"), "until", _days_ago(0))
+    if gw.tally is not None:
+        await gw.tally.flush()  # this worker's latest counts too
+    rows = await gw.store.stats(
+        since_day=since, until_day=until, service=request.query.get("service") or None
+    )
+    return _json(
+        {
+            "since": since,
+            "until": until,
+            "rows": [
+                {"day": r.day, "service": r.service, "route": r.route, **r.counters} for r in rows
+            ],
+        }
+    )
+
+
+async def receipts(request: web.Request) -> web.StreamResponse:
+    gw = _gw(request)
+    assert gw.store is not None
+    q = request.query
+    try:
+        limit = min(int(q.get("limit", "1000")), MAX_LIMIT)
+    except ValueError:
+        raise BadQuery("limit must be a number") from None
+    if limit < 1:
+        raise BadQuery("limit must be at least 1")
+    found = await gw.store.receipts(
+        since=parse_time(q.get("since"), "since"),
+        until=parse_time(q.get("until"), "until"),
+        service=q.get("service") or None,
+        txid=q.get("txid") or None,
+        limit=limit,
+        after=q.get("after") or None,
+    )
+    rows = [{name: getattr(r, name) for name in EXPORTED} for r in found]
+    if q.get("format", "json") == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=EXPORTED)
+        writer.writeheader()
+        writer.writerows(rows)
+        return web.Response(
+            text=out.getvalue(),
+            content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="farebox-receipts.csv"'},
+        )
+    if q.get("format", "json") != "json":
+        raise BadQuery("format is json or csv")
+    body: dict[str, Any] = {"receipts": rows}
+    if len(rows) == limit and rows:
+        body["next"] = rows[-1]["txid"]  # pass as `after` for the next page
+    return _json(body)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    gw = _gw(request)
+    assert gw.store is not None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadQuery('send JSON: {"grant": ID} or {"tab": ID}') from None
+    if not isinstance(body, dict):
+        raise BadQuery("send a JSON object")
+    target = body.get("grant") or body.get("tab")
+    if not isinstance(target, str) or not target or len(target) > 200:
+        raise BadQuery("name a grant id (a token's jti) or a tab id")
+    until = body.get("until", int(time.time()) + REVOKE_FOR)
+    if not isinstance(until, int) or until <= time.time():
+        raise BadQuery("until must be a future Unix time")
+    await gw.store.revoke(target, until)
+    return _json({"revoked": target, "until": until, "in_force_within_seconds": 1})
+
+
+async def policy(request: web.Request) -> web.Response:
+    holder = _gw(request).policy
+    current = holder.current
+    return _json(
+        {
+            "version": current.version,
+            "sources": list(current.sources),
+            "services": [s.name for s in current.services],
+            "last_reload_error": holder.last_error,
+        }
+    )
+
+
+async def reload(request: web.Request) -> web.Response:
+    holder = _gw(request).policy
+    ok = holder.reload()
+    body = {"reloaded": ok, "version": holder.current.version, "error": holder.last_error}
+    return _json(body, status=200 if ok else 422)

@@ -1,0 +1,98 @@
+"""Logging: plain text or one JSON object per line, each tagged with its request id.
+
+Every request gets an id (the client's X-Request-Id when it is a short plain
+token, else a new one); it goes upstream and back to the client in
+X-Request-Id and into every log line written while the request is handled,
+so one request can be followed through Farebox and the upstream's logs.
+
+What is never logged: tokens, keys, cookies, payment headers (BEEF), query
+strings. The access log names method, path, status, duration and client.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+HEADER = "X-Request-Id"
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+_PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def request_id(request: web.BaseRequest) -> str:
+    """This request's id: the client's if it is plain and short, else a new one."""
+    given = request.headers.get(HEADER, "")
+    rid = given if _PLAIN.fullmatch(given) else uuid.uuid4().hex[:16]
+    REQUEST_ID.set(rid)
+    return rid
+
+
+class _Tag(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", ""):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", "")
+        if rid:
+            entry["request_id"] = rid
+        for name in ("method", "path", "status", "duration_ms", "client"):
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_Tag())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: no query string, no headers."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
+        self.logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            duration * 1000,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_ms": round(duration * 1000, 2),
+                "client": request.remote,
+                "request_id": response.headers.get(HEADER, ""),
+            },
+        )

@@ -1,0 +1,73 @@
+"""Prometheus metrics, served at /metrics on the admin listener.
+
+prometheus-client keeps the counters; updating one is a dict lookup and an
+add, cheap enough for every request. With `--workers N` each worker writes
+its samples to a shared directory (prometheus-client's multiprocess mode,
+set up by the supervisor before workers start) and any worker's /metrics
+answers for all of them.
+
+Labels are bounded: services and route patterns come from the policy,
+statuses and reasons from fixed sets; never a path, a client or a txid.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+REQUESTS = Counter(
+    "farebox_requests_total",
+    "Requests answered, by service, route pattern and status",
+    ["service", "route", "status"],
+)
+LATENCY = Histogram(
+    "farebox_request_duration_seconds",
+    "Time to answer a request (to the end of a streamed body), by service",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PAYMENTS = Counter(
+    "farebox_payments_total",
+    "Payments taken, and refused by reason",
+    ["service", "result", "reason"],
+)
+SATOSHIS = Counter("farebox_satoshis_total", "Satoshis received, by service", ["service"])
+METERED = Counter(
+    "farebox_metered_millisatoshis_total", "Charged from tabs (msat), by service", ["service"]
+)
+UPSTREAM_ERRORS = Counter(
+    "farebox_upstream_errors_total", "Upstream failures, by service and kind", ["service", "kind"]
+)
+STORE_ERRORS = Counter("farebox_store_errors_total", "Calls that found the store unavailable")
+RELOADS = Counter("farebox_policy_reloads_total", "Policy reloads, by result", ["result"])
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition() -> bytes:
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
+
+
+async def handler(request: web.Request) -> web.Response:
+    response = web.Response(body=exposition())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return response
+
+
+def mark_dead(pid: int) -> None:
+    """Tell multiprocess mode a worker is gone (its live gauges no longer count)."""
+    if os.environ.get(MULTIPROC_ENV):
+        _multiprocess.mark_process_dead(pid)

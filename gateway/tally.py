@@ -1,0 +1,62 @@
+"""Usage counters per service, route and UTC day, kept cheap on the hot path.
+
+Counting a request is a dict update in this worker; every few seconds the
+sums go to the store in one call per (day, service, route), where every
+worker's and machine's sums add up. A worker that dies loses at most its
+last few seconds of counts: these are statistics. The money is in the
+receipts, which are written before a token leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+
+from gateway.store import Store, StoreUnavailable
+
+log = logging.getLogger("farebox.tally")
+
+FLUSH_EVERY = 5.0  # seconds
+MAX_PENDING = 10_000  # (day, service, route) keys held while the store is away
+
+
+def today(now: float | None = None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+
+
+class Tally:
+    def __init__(self, store: Store, *, every: float = FLUSH_EVERY) -> None:
+        self.store = store
+        self.every = every
+        self._pending: defaultdict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+
+    def add(self, service: str, route: str, **fields: int) -> None:
+        counts = {name: n for name, n in fields.items() if n}
+        if counts:
+            self._pending[(today(), service, route)].update(counts)
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, defaultdict(Counter)
+        for key, counts in pending.items():
+            try:
+                await self.store.count(*key, **counts)
+            except ValueError as exc:  # a bug, not an outage: say so, keep going
+                log.error("store refused counts for %s: %s", key, exc)
+            except StoreUnavailable:
+                # Keep it for the next flush, within bounds.
+                if len(self._pending) < MAX_PENDING:
+                    self._pending[key].update(counts)
+                else:
+                    log.warning("store unavailable: dropped counts for %s", key)
+
+    async def run(self) -> None:
+        """Flush every `every` seconds until cancelled, then flush once more."""
+        try:
+            while True:
+                await asyncio.sleep(self.every)
+                await self.flush()
+        except asyncio.CancelledError:
+            await self.flush()
+            raise

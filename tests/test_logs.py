@@ -1,0 +1,115 @@
+"""Logs: JSON lines with a request id, and never a secret.
+
+A real `farebox serve` with every log turned up (debug, access log, JSON)
+goes through paying, tokens, cookies, bad tokens, the admin API and an
+upstream failure; then no token, key, cookie, BEEF, payer key or admin
+token may appear in any line, and every line must be JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import aiohttp
+from bsv import PrivateKey
+
+from tests.chainkit import brc121_headers, faucet
+from tests.conftest import Upstream
+from tests.farebox_process import run, serve
+from tests.redis_servers import free_port
+
+ADMIN_TOKEN = "log-test-admin-token-0123456789abcdef"
+
+
+async def test_no_secret_reaches_a_log_line(
+    tmp_path: Path, upstream: Upstream, devnet_http
+) -> None:
+    url, _ = devnet_http
+    key_file = tmp_path / "server.key"
+    server_pub = run("keys", "generate", "--out", str(key_file)).stdout.split("public key: ")[1]
+    server_pub = server_pub.strip()
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(
+        f"services:\n  s:\n    upstream: {upstream.url}\n    tabs: {{top_up: 500}}\n"
+        "    routes:\n"
+        "      - {path: /page/*, price: 30, grant: {lasts: 1h}}\n"
+        "      - {path: /calls/*, price: 5, meter: {per: request}}\n"
+        "      - {path: /hangup, price: free}\n"
+        "  dead:\n    upstream: http://127.0.0.1:9\n    mount: /dead\n"
+        "    routes: [{path: /x, price: free}]\n"
+    )
+    (tmp_path / "admin.token").write_text(ADMIN_TOKEN)
+    admin_port = free_port()
+    args = [
+        "--policies", str(folder), "--key-file", str(key_file), "--port", "0",
+        "--devnet-url", url, "--token-keys", str(tmp_path / "tk"),
+        "--log-level", "debug", "--access-log", "--log-format", "json",
+        "--admin-port", str(admin_port), "--admin-token-file", str(tmp_path / "admin.token"),
+    ]  # fmt: skip
+    client = PrivateKey()
+    secrets: list[str] = [ADMIN_TOKEN, client.public_key().hex()]
+    async with serve(*args) as gw, aiohttp.ClientSession() as http:
+        parent = await faucet(url, client, 100_000)
+        headers, _ = brc121_headers(server_pub, client, parent, 30)
+        secrets.append(headers["x-bsv-beef"][:60])
+        async with http.get(f"{gw.base}/page/1", headers=headers) as r:
+            assert r.status == 200
+            token = r.headers["X-Farebox-Token"]
+            rid = r.headers["X-Request-Id"]
+        secrets.append(token)
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with http.get(f"{gw.base}/page/1", headers=bearer) as r:
+            assert r.status == 200
+        async with http.get(f"{gw.base}/page/1", headers={"Cookie": f"farebox_token={token}"}) as r:
+            assert r.status == 200
+        async with http.get(
+            f"{gw.base}/page/2", headers={"Authorization": "Bearer forged.x.y"}
+        ) as r:
+            assert r.status == 402
+        # A tab, through the pay endpoint.
+        parent2 = await faucet(url, client, 100_000)
+        tab_pay, _ = brc121_headers(server_pub, client, parent2, 500)
+        body = {
+            "beef": tab_pay["x-bsv-beef"],
+            "sender": tab_pay["x-bsv-sender"],
+            "nonce": tab_pay["x-bsv-nonce"],
+            "time": tab_pay["x-bsv-time"],
+            "vout": 0,
+            "url": "/calls/1",
+        }
+        async with http.post(f"{gw.base}/.well-known/farebox/pay", json=body) as r:
+            assert r.status == 200
+            tab_token = (await r.json())["token"]
+        secrets += [tab_token, tab_pay["x-bsv-beef"][:60]]
+        async with http.get(
+            f"{gw.base}/calls/2", headers={"Authorization": f"Bearer {tab_token}"}
+        ) as r:
+            assert r.status == 200
+        # Broken payments and a broken upstream are logged, without their contents.
+        bad = dict(headers, **{"x-bsv-beef": base64.b64encode(b"\x01\x00\xbe\xef junk").decode()})
+        async with http.get(f"{gw.base}/page/3", headers=bad) as r:
+            assert r.status in (400, 402)
+        async with http.get(f"{gw.base}/dead/x") as r:
+            assert r.status == 502
+        admin = f"http://127.0.0.1:{admin_port}"
+        async with http.get(
+            f"{admin}/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as r:
+            assert r.status == 200
+        async with http.get(f"{admin}/stats", headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+    lines = [line for line in gw.lines if line.strip()]
+    key_text = key_file.read_text().strip()
+    secrets.append(key_text)
+    for line in lines:
+        entry = json.loads(line)  # every line is one JSON object
+        assert {"time", "level", "logger", "message"} <= set(entry), line
+        for secret in secrets:
+            assert secret not in line, f"a secret reached the log: {line[:200]}"
+    # Requests are logged with their id, which the client got back.
+    access = [json.loads(line) for line in lines if '"logger": "farebox.access"' in line]
+    assert any(entry.get("request_id") == rid and entry["path"] == "/page/1" for entry in access)
+    assert any(entry["status"] == 502 for entry in access)
