@@ -219,6 +219,14 @@ class Gateway:
                 refusal.headers[name] = answer.headers[name]
         return refusal
 
+    def origin(self, request: web.BaseRequest) -> str:
+        """scheme://host the client used: a trusted proxy's word for it (TLS in front)."""
+        scheme, host = request.scheme, request.host
+        if is_trusted(request.remote, self.proxy.trusted):
+            scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        return f"{scheme}://{host}"
+
     def client_ip(self, request: web.BaseRequest) -> str | None:
         """The client's address, believing X-Forwarded-For from trusted proxies only."""
         return client_address(
@@ -330,7 +338,7 @@ class Gateway:
             checkout, ticket = open_checkout(
                 self.tokens, service.name, match.resource, request.method, quoted.satoshis
             )
-            origin = f"{request.scheme}://{request.host}"
+            origin = self.origin(request)
             status_url = desk.PREFIX + ticket
             address = payee(PublicKey(self.server_key), checkout).address()
             page = replace(
