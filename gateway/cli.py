@@ -27,6 +27,38 @@ Signals: SIGHUP reloads the policy (so does saving a policy file); SIGTERM
 drains in-flight requests and stops.
 """
 
+ROTATE_DESCRIPTION = """\
+Add a new token signing key to the ring in DIR; it signs once each gateway
+restarts. Older keys stay in the ring (and the JWKS) and keep verifying the
+tokens they signed. With --prune, keys retired longer ago than --older-than
+are deleted; the active key never is.
+
+With --identity, write a new server identity key to --key-file and keep the
+old one as FILE.previous (mode 0600): what was paid to the old key must be
+swept with --key-file FILE.previous.
+"""
+
+ROTATE_EPILOG = """\
+Running gateways read the token keys at start-up: restart them (one at a
+time) after a rotation. A token names its key (kid); the JWKS at
+/.well-known/jwks.json lists every key in the ring.
+"""
+
+SWEEP_DESCRIPTION = """\
+Spend every unspent output the receipts lead to into ADDRESS: derive each
+output's key from the server key and the receipt's derivation data, ask the
+chain which outputs are unspent, and broadcast P2PKH transactions paying all
+but the fee to ADDRESS.
+"""
+
+SWEEP_EPILOG = """\
+Which outputs are unspent is asked of the chain (a WhatsOnChain-style API:
+the devnet, or --watch-url), never of a local record: a sweep run twice
+sweeps nothing the second time, and an interrupted one is just run again.
+Exit status: 0 when everything found was swept (or there was nothing to
+sweep), 1 when the sweep was refused or a transaction was not taken.
+"""
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
@@ -232,7 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     register_client(sub)
 
     keys = sub.add_parser(
-        "keys", help="manage the server identity key", description="Manage the server identity key."
+        "keys",
+        help="manage the server identity key and the token signing keys",
+        description="Manage the server identity key and the token signing keys.",
     )
     ksub = keys.add_subparsers(title="commands", metavar="COMMAND", required=True)
     gen = ksub.add_parser(
@@ -263,6 +297,100 @@ def _parser() -> argparse.ArgumentParser:
         help="key file (default $FAREBOX_KEY, else ./farebox.key)",
     )
     show.set_defaults(run=_keys_show)
+    rotate = ksub.add_parser(
+        "rotate",
+        help="add a new token signing key (or, with --identity, replace the server key)",
+        description=ROTATE_DESCRIPTION,
+        epilog=ROTATE_EPILOG,
+        formatter_class=fmt,
+    )
+    rotate.add_argument(
+        "--token-keys",
+        type=Path,
+        metavar="DIR",
+        help="the token signing key ring (default $FAREBOX_TOKEN_KEYS, else ./token-keys)",
+    )
+    rotate.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete keys retired longer ago than --older-than (never the active one)",
+    )
+    rotate.add_argument(
+        "--older-than",
+        default="90d",
+        metavar="DURATION",
+        help="how long a retired key keeps verifying: longer than any grant, tab or "
+        "checkout lasts (default 90d)",
+    )
+    rotate.add_argument(
+        "--identity",
+        action="store_true",
+        help="rotate the server identity key instead of the token keys",
+    )
+    rotate.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help="with --identity: the server key file (default $FAREBOX_KEY_FILE)",
+    )
+    rotate.set_defaults(run=_keys_rotate)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="move what clients paid to the server key on to a treasury address",
+        description=SWEEP_DESCRIPTION,
+        epilog=SWEEP_EPILOG,
+        formatter_class=fmt,
+    )
+    sweep.add_argument("--to", required=True, metavar="ADDRESS", help="the treasury address")
+    sweep.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help="the server key (default: the settings' key_file or $FAREBOX_KEY); "
+        "FILE.previous after a rotation",
+    )
+    sweep.add_argument("--config", type=Path, metavar="FILE", help="the gateway's YAML settings")
+    sweep.add_argument("--store", metavar="URL", help="the gateway's shared store (redis://...)")
+    sweep.add_argument(
+        "--receipts",
+        type=Path,
+        metavar="FILE",
+        help="read receipts from FILE (one JSON receipt per line) instead of the store",
+    )
+    sweep.add_argument("--devnet-url", metavar="URL", help="sweep on a devnet (farebox devnet)")
+    sweep.add_argument("--arc-url", metavar="URL", help="broadcast through this ARC")
+    sweep.add_argument(
+        "--watch-url",
+        metavar="URL",
+        help="WhatsOnChain-style API that says which outputs are unspent (needed with "
+        "--arc-url; with --devnet-url the devnet is asked)",
+    )
+    sweep.add_argument("--watch-network", metavar="NAME", help="main or test (default main)")
+    sweep.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only receipts from then on: 8d, 2025-01-31, an ISO time or unix seconds "
+        "(default: every receipt)",
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="build and sign, print, broadcast nothing"
+    )
+    sweep.add_argument(
+        "--fee-rate",
+        type=float,
+        default=1.0,
+        metavar="SAT/KB",
+        help="fee in satoshis per 1000 bytes (default 1)",
+    )
+    sweep.add_argument(
+        "--max-inputs",
+        type=int,
+        default=200,
+        metavar="N",
+        help="outputs spent per transaction at most (default 200)",
+    )
+    sweep.set_defaults(run=_sweep)
     return parser
 
 
@@ -348,6 +476,219 @@ def _keys_show(args: argparse.Namespace) -> None:
     except keys.KeyFileError as exc:
         raise SystemExit(f"farebox: {exc}") from None
     print(key.public_key().hex())
+
+
+def _keys_rotate(args: argparse.Namespace) -> None:
+    import os
+    import time
+
+    from gateway import keys
+    from gateway.custody import rotate
+    from gateway.policy.schema import parse_duration
+
+    if args.identity:
+        path = args.key_file or (
+            Path(os.environ["FAREBOX_KEY_FILE"]) if os.environ.get("FAREBOX_KEY_FILE") else None
+        )
+        if path is None:
+            raise SystemExit("farebox: --identity needs --key-file FILE")
+        if os.environ.get(keys.ENV_KEY):
+            raise SystemExit(
+                f"farebox: ${keys.ENV_KEY} is set: the gateway takes its key from there, "
+                f"not from {path}; put a new key there instead"
+            )
+        try:
+            done = rotate.rotate_identity(path)
+        except (keys.KeyFileError, OSError) as exc:
+            raise SystemExit(f"farebox: {exc}") from None
+        print(f"wrote a new server key to {done.path} (mode 0600)")
+        print(f"new public key: {done.new_public}")
+        print(f"kept the old key as {done.previous} (mode 0600)")
+        print(f"old public key: {done.old_public}")
+        print(
+            "Restart the gateways: clients then pay to the new key. Everything paid to the old\n"
+            "key (every receipt until the restart) can only be spent with it. Sweep it with\n"
+            f"  farebox sweep --key-file {done.previous} --to ADDRESS ...\n"
+            f"and keep {done.previous} until such a sweep finds nothing left."
+        )
+        return
+
+    folder = args.token_keys or Path(os.environ.get("FAREBOX_TOKEN_KEYS") or "token-keys")
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise SystemExit(f"farebox: --older-than: {exc}") from None
+    try:
+        kid = rotate.rotate_token_keys(folder)
+        pruned = rotate.prune_token_keys(folder, older_than) if args.prune else []
+        ring = rotate.ring_keys(folder)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"farebox: cannot rotate the keys in {folder}: {exc}") from None
+
+    def day(t: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+    print(f"new signing key: {kid}")
+    for key in pruned:
+        assert key.retired is not None
+        print(f"pruned: {key.kid} (retired {day(key.retired)})")
+    print(f"keys in {folder}, newest first:")
+    for key in reversed(ring):
+        state = "active" if key.retired is None else f"verifies, retired {day(key.retired)}"
+        print(f"  {key.kid}  {state}")
+    print("Restart the gateways to sign with the new key; older tokens keep verifying.")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    import asyncio
+    import time
+
+    from gateway import keys
+    from gateway.config import ConfigError, load_settings
+    from gateway.custody import sweep as sw
+    from gateway.custody.rotate import load_key_file
+
+    names = ("store", "devnet_url", "arc_url", "watch_url", "watch_network")
+    flags = {n: getattr(args, n) for n in names}
+    # The settings insist on a headers service next to ARC (serve checks merkle
+    # roots); a sweep checks none, so it needs none.
+    flags["headers_url"] = "-"
+    try:
+        settings = load_settings(args.config, flags)
+    except ConfigError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    try:
+        server = load_key_file(args.key_file) if args.key_file else keys.load(settings.key_file)
+    except keys.KeyFileError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    try:
+        since = sw.parse_since(args.since, time.time()) if args.since else None
+        network = None if settings.devnet_url else settings.watch_network
+        sw.treasury_script(args.to, network)  # refuse a bad address before any I/O
+    except sw.SweepError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    if args.receipts is None and not settings.shared_store:
+        raise SystemExit(
+            "farebox: sweep reads receipts from the gateway's shared store (--store redis://...) "
+            "or --receipts FILE; the memory store lives inside the gateway process"
+        )
+    watch_url = settings.watch_url or settings.devnet_url
+    if not watch_url:
+        raise SystemExit(
+            "farebox: no chain: give --devnet-url, or --arc-url with --watch-url (a "
+            "WhatsOnChain-style API that says which outputs are unspent)"
+        )
+    if not (settings.devnet_url or settings.arc_url or args.dry_run):
+        raise SystemExit("farebox: nothing to broadcast through: give --arc-url, or --dry-run")
+    code = asyncio.run(_run_sweep(args, settings, server, since, network, watch_url))
+    raise SystemExit(code)
+
+
+async def _run_sweep(
+    args: argparse.Namespace,
+    settings: Any,
+    server: Any,
+    since: int | None,
+    network: str | None,
+    watch_url: str,
+) -> int:
+    from gateway.chain import ChainError
+    from gateway.chain.arc import ArcBroadcaster
+    from gateway.custody import sweep as sw
+    from gateway.store import StoreUnavailable
+
+    closers = []
+    if args.receipts is not None:
+        source: sw.ReceiptSource = sw.FileReceipts(args.receipts)
+    else:
+        from gateway.store.redis import RedisStore
+
+        store = RedisStore.from_url(
+            settings.store,
+            prefix=settings.store_prefix,
+            pool_size=settings.store_pool_size,
+            timeout=settings.store_timeout,
+        )
+        closers.append(store.close)
+        source = sw.StoreReceipts(store)
+    utxos = sw.WocUtxos(watch_url, network=settings.watch_network, api_key=settings.watch_api_key)
+    closers.append(utxos.close)
+    broadcaster = None
+    if settings.devnet_url:
+        broadcaster = ArcBroadcaster(settings.devnet_url)
+    elif settings.arc_url:
+        broadcaster = ArcBroadcaster(
+            settings.arc_url, api_key=settings.arc_api_key, wait_for=settings.arc_wait_for
+        )
+    if broadcaster is not None:
+        closers.append(broadcaster.close)
+    try:
+        report = await sw.sweep(
+            server,
+            args.to,
+            source,
+            utxos,
+            broadcaster,
+            since=since,
+            fee_rate=args.fee_rate,
+            max_inputs=args.max_inputs,
+            dry_run=args.dry_run,
+            network=network,
+            progress=lambda line: print(line, flush=True),
+        )
+    except sw.SweepError as exc:
+        print(f"farebox: {exc}", file=sys.stderr)
+        return 1
+    except ChainError as exc:
+        print(f"farebox: chain unreachable, nothing sent: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"farebox: cannot read receipts from the store: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for close in closers:
+            await close()
+    _print_sweep(report, args.to, args.dry_run)
+    return 1 if report.failed else 0
+
+
+def _print_sweep(report: Any, to: str, dry_run: bool) -> None:
+    notes = []
+    if report.spent:
+        notes.append(f"{report.spent} spent already (or not paid to this key)")
+    if report.without_derivation:
+        notes.append(
+            f"{report.without_derivation} without derivation data (accepted before Farebox "
+            "recorded it): not sweepable"
+        )
+    if report.mismatched:
+        notes.append(f"{report.mismatched} whose amount on chain differs: left alone")
+    if report.extra:
+        notes.append(f"{report.extra} more outputs found at receipts' addresses")
+    print(f"receipts: {report.receipts}" + (f"; {'; '.join(notes)}" if notes else ""))
+    if not report.batches:
+        print("nothing to sweep")
+        return
+    if dry_run:
+        built = [b for b in report.batches if b.status == "dry-run"]
+        sats, fee = sum(b.satoshis for b in built), sum(b.fee for b in built)
+        outputs = sum(b.inputs for b in built)
+        print(
+            f"dry run: would sweep {outputs} outputs, {sats} satoshis, fee {fee}, "
+            f"sending {sats - fee} to {to} in {len(built)} transaction(s); nothing broadcast"
+        )
+    else:
+        outputs = f"{report.outputs} output{'s' if report.outputs != 1 else ''}"
+        print(
+            f"swept {outputs}, {report.satoshis} satoshis, fee {report.fee}: "
+            f"{report.satoshis - report.fee} satoshis to {to} in {len(report.swept)} "
+            "transaction(s)"
+        )
+    for batch in report.batches:
+        detail = f" ({batch.detail})" if batch.detail else ""
+        print(f"  {batch.txid or '-'}  {batch.status}{detail}")
+    if report.stopped:
+        print(f"stopped: {report.stopped}; run the sweep again to finish", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from bsv import PublicKey
 
 from gateway import paywall, transparency
 from gateway.access import presented_tokens, token_headers
+from gateway.ledger import DERIVATION_FIELDS, Receipt
 from gateway.paths import PathError, canonicalize
 from gateway.payments.cashier import TopUp, remittance
 from gateway.payments.derivation import p2pkh_script
@@ -167,7 +168,7 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
             "covers": accepted.grant.covers,
             "methods": list(accepted.grant.methods),
         },
-        "receipt": accepted.receipt.to_json(),
+        "receipt": _shown(accepted.receipt),
         "repeated": accepted.repeated,
     }
     if accepted.grant.tab:
@@ -228,7 +229,7 @@ async def receipt(gw: Gateway, request: web.BaseRequest, txid: str) -> web.Strea
             "No such receipt",
             "present the token of this payment to see its receipt",
         )
-    return web.Response(body=json.dumps(found.to_json()).encode(), content_type="application/json")
+    return web.Response(body=json.dumps(_shown(found)).encode(), content_type="application/json")
 
 
 async def transparency_report(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
@@ -264,6 +265,11 @@ def p2pkh(key: str) -> web.Response:
     except Exception:  # bsv-sdk raises assorted types for points off the curve
         return problem(400, "bad-key", "Bad public key", "not a point on the curve")
     return _json({"script": script.hex()})
+
+
+def _shown(receipt: Receipt) -> dict[str, Any]:
+    """A receipt as its payer sees it: without the derivation data kept for sweeping."""
+    return {k: v for k, v in receipt.to_json().items() if k not in DERIVATION_FIELDS}
 
 
 def _tab_grant(gw: Gateway, token: str) -> Grant | None:

@@ -360,7 +360,10 @@ async def test_pay_endpoint_json_and_receipt(paid: Setup) -> None:
         url = f"{paid.base}/.well-known/farebox/receipts/{h['_txid']}"
         async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
             assert r.status == 200
-            assert (await r.json())["grant_id"] == answer["receipt"]["grant_id"]
+            shown = await r.json()
+            assert shown["grant_id"] == answer["receipt"]["grant_id"]
+            # The derivation data kept for sweeping is not shown, not even to the payer.
+            assert not {"sender", "prefix", "suffix"} & (set(shown) | set(answer["receipt"]))
         async with http.get(url) as r:
             assert r.status == 404  # not without proof of being the payer
         async with http.post(f"{paid.base}/.well-known/farebox/pay", json=body) as r:

@@ -298,6 +298,10 @@ class Cashier:
             time=now,
             expires=grant.expires,
             payer=grant.payer,
+            # What sweeping needs to derive the key that spends this output.
+            sender=payment.sender_hex,
+            prefix=payment.prefix,
+            suffix=payment.suffix,
         )
         try:
             await self.store.complete(verified.txid, receipt, token)  # before the token leaves
