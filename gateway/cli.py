@@ -165,6 +165,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ops = serve.add_argument_group("operations")
     ops.add_argument(
+        "--receipts-file",
+        type=Path,
+        metavar="FILE",
+        help="append every receipt here as a JSON line, mode 0600: what `farebox sweep "
+        "--receipts` reads to spend payments (default ./receipts.jsonl)",
+    )
+    ops.add_argument(
         "--trusted-proxies",
         metavar="CIDRS",
         help="comma-separated addresses or networks of proxies in front (nginx) whose "
@@ -404,6 +411,7 @@ def _serve(args: argparse.Namespace) -> None:
         "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
         "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
         "trusted_proxies", "admin_port", "admin_host", "admin_token_file", "log_format",
+        "receipts_file",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

@@ -64,6 +64,8 @@ class Settings(BaseModel):
     arc_callback_token: str | None = None
     headers_url: str | None = None
     headers_api_key: str | None = None
+    # Every receipt is also appended here (JSON lines, 0600): what sweeping reads
+    receipts_file: Path | None = Path("receipts.jsonl")
     # Behind a proxy: peers whose X-Forwarded-* headers are believed
     trusted_proxies: tuple[str, ...] = ()
     # The admin listener (loopback; off until a token is given)

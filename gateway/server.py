@@ -47,7 +47,7 @@ from gateway.concessions import HEADER as ELIGIBILITY
 from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder
 from gateway.config import Settings
 from gateway.forwarded import client_address, is_trusted, networks
-from gateway.ledger import Receipt
+from gateway.ledger import Journal, Receipt
 from gateway.paths import PathError, Target, canonicalize
 from gateway.payments.cashier import Accepted, Cashier, TopUp
 from gateway.payments.errors import PaymentError
@@ -664,8 +664,12 @@ async def run_worker(
     closers.append(store.close)
     tally = Tally(store)
 
+    journal = _open_journal(settings) if settings.payments_enabled or chain else None
+
     def paid(match: Match, receipt: Receipt) -> None:
         tally.add(match.service.name, match.route.scope, payments=1, satoshis=receipt.satoshis)
+        if journal is not None:
+            journal.append(receipt)
 
     cashier = None
     if chain is not None:
@@ -764,6 +768,17 @@ async def _start_admin(
     await site.start()
     log.info("admin API on http://%s:%d", settings.admin_host, runner.addresses[0][1])
     return runner
+
+
+def _open_journal(settings: Settings) -> Journal | None:
+    if settings.receipts_file is None:  # turned off on purpose (the demo's coins are worthless)
+        return None
+    try:
+        return Journal(settings.receipts_file)
+    except OSError as exc:
+        raise SystemExit(
+            f"farebox: cannot open receipts file {settings.receipts_file}: {exc.strerror}"
+        ) from None
 
 
 def _chain_clients(

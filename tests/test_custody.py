@@ -421,8 +421,6 @@ async def test_sweep_command_reads_the_redis_store(tmp_path: Path, devnet_http) 
     need_redis()
     from gateway.store.redis import RedisStore
 
-    if not hasattr(RedisStore, "receipts"):
-        pytest.skip("the Redis store has no receipts index yet")
     url, chain = devnet_http
     key_file = tmp_path / "server.key"
     assert run("keys", "generate", "--out", str(key_file)).returncode == 0
@@ -606,3 +604,47 @@ async def test_payments_to_the_old_identity_are_swept_with_previous(
     with_old = await asyncio.to_thread(sweep_with, tmp_path / "server.key.previous")
     assert with_old.returncode == 0 and "swept 2 outputs, 3000 satoshis" in with_old.stdout
     assert not any(chain.is_unspent(r.txid, 0) for r in before + after)
+
+
+async def test_serve_journals_receipts_that_sweep_spends(tmp_path: Path, devnet_http) -> None:
+    """The memory store dies with the gateway; the receipts file keeps what sweeping needs."""
+    import os
+    import stat
+
+    import aiohttp
+
+    from tests.chainkit import brc121_headers, faucet
+    from tests.farebox_process import serve
+
+    url, chain = devnet_http
+    key_file = tmp_path / "server.key"
+    server_pub = run("keys", "generate", "--out", str(key_file)).stdout.split("public key: ")[1]
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(
+        "services:\n  s:\n    upstream: http://127.0.0.1:9\n    routes:\n"
+        "      - {path: /page/*, price: 700, grant: {lasts: 1h}}\n"
+    )
+    journal = tmp_path / "receipts.jsonl"
+    client = PrivateKey()
+    args = ("--policies", str(folder), "--key-file", str(key_file), "--port", "0",
+            "--devnet-url", url, "--token-keys", str(tmp_path / "tk"),
+            "--receipts-file", str(journal))  # fmt: skip
+    async with serve(*args) as gw, aiohttp.ClientSession() as http:
+        for n in range(2):
+            parent = await faucet(url, client, 10_000)
+            headers, _ = brc121_headers(server_pub.strip(), client, parent, 700)
+            async with http.get(f"{gw.base}/page/{n}", headers=headers) as r:
+                assert r.status in (200, 502)  # paid; the upstream is down on purpose
+                assert "X-Farebox-Token" in r.headers
+    assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
+    assert len(journal.read_text().splitlines()) == 2
+    treasury = PrivateKey().address()
+    done = await asyncio.to_thread(
+        run, "sweep", "--to", treasury, "--key-file", str(key_file),
+        "--receipts", str(journal), "--devnet-url", url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "swept 2 outputs, 1400 satoshis" in done.stdout
+    fee = int(done.stdout.split("fee ")[-1].split(":")[0])
+    assert balance(chain, treasury) == 1_400 - fee

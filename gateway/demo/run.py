@@ -58,6 +58,7 @@ def demo_settings(host: str, port: int, policies: Path) -> Settings:
         port=port,
         policies=policies,
         cookie_secure=False,
+        receipts_file=None,  # throw-away keys: nothing to sweep
         rate_eur=DEMO_RATE_EUR,
         rate_usd=DEMO_RATE_USD,
     )
