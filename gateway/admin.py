@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hmac
 import io
-import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.problems import problem
+from gateway.problems import answer, problem
 from gateway.store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -112,15 +111,6 @@ def _gw(request: web.Request) -> Gateway:
     return request.app[GATEWAY]
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(body, indent=1).encode(),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
 def parse_time(value: str | None, name: str) -> int | None:
     """Unix seconds, or an ISO date / datetime (UTC when no zone is given)."""
     if value is None or value == "":
@@ -159,7 +149,7 @@ async def stats(request: web.Request) -> web.Response:
     rows = await gw.store.stats(
         since_day=since, until_day=until, service=request.query.get("service") or None
     )
-    return _json(
+    return answer(
         {
             "since": since,
             "until": until,
@@ -204,7 +194,7 @@ async def receipts(request: web.Request) -> web.StreamResponse:
     body: dict[str, Any] = {"receipts": rows}
     if len(rows) == limit and rows:
         body["next"] = rows[-1]["txid"]  # pass as `after` for the next page
-    return _json(body)
+    return answer(body)
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -223,13 +213,13 @@ async def revoke(request: web.Request) -> web.Response:
     if not isinstance(until, int) or until <= time.time():
         raise BadQuery("until must be a future Unix time")
     await gw.store.revoke(target, until)
-    return _json({"revoked": target, "until": until, "in_force_within_seconds": 1})
+    return answer({"revoked": target, "until": until, "in_force_within_seconds": 1})
 
 
 async def policy(request: web.Request) -> web.Response:
     holder = _gw(request).policy
     current = holder.current
-    return _json(
+    return answer(
         {
             "version": current.version,
             "sources": list(current.sources),
@@ -243,4 +233,4 @@ async def reload(request: web.Request) -> web.Response:
     holder = _gw(request).policy
     ok = holder.reload()
     body = {"reloaded": ok, "version": holder.current.version, "error": holder.last_error}
-    return _json(body, status=200 if ok else 422)
+    return answer(body, status=200 if ok else 422)

@@ -40,3 +40,22 @@ def problem(
         content_type=CONTENT_TYPE,
         headers=headers,
     )
+
+
+def answer(body: Any, status: int = 200) -> web.Response:
+    """One of Farebox's own JSON answers (not an error): never cached."""
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def payments_disabled() -> web.Response:
+    return problem(
+        503,
+        "payments-disabled",
+        "Payments are not configured",
+        "this gateway has no chain services configured",
+    )

@@ -65,7 +65,7 @@ from gateway.pricer import (
     msat_quote,
     quote,
 )
-from gateway.problems import problem
+from gateway.problems import payments_disabled, problem
 from gateway.proxy import Proxy
 from gateway.quota import client_of, ratelimit_headers
 from gateway.store import Store, StoreUnavailable, Window
@@ -474,12 +474,7 @@ class Gateway:
                 return await self._pass(request, match)
         if admitted is None and has_payment(request):
             if self.cashier is None:
-                return problem(
-                    503,
-                    "payments-disabled",
-                    "Payments are not configured",
-                    "this gateway has no chain services configured",
-                )
+                return payments_disabled()
             assert quoted is not None
             try:
                 admitted = await by_payment(self.cashier, request, match, quoted.satoshis)
@@ -537,12 +532,7 @@ class Gateway:
                 return await self._tab_challenge(request, match, refusal)
         if has_payment(request):
             if self.cashier is None:
-                return problem(
-                    503,
-                    "payments-disabled",
-                    "Payments are not configured",
-                    "this gateway has no chain services configured",
-                )
+                return payments_disabled()
             minimum = await quote(tabs.top_up, self.rates)
             top_up = TopUp(admitted.grant.tab if admitted is not None else None, tabs.lasts)
             try:

@@ -20,7 +20,7 @@ from gateway.payments.errors import PaymentError
 from gateway.paywall import desk
 from gateway.policy import NoMatch
 from gateway.pricer import RateUnavailable, quote
-from gateway.problems import problem
+from gateway.problems import answer, payments_disabled, problem
 from gateway.store import StoreUnavailable
 from gateway.tabs import sats
 from gateway.tokens import Grant
@@ -55,7 +55,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
             body=body, content_type="application/json", headers={"Cache-Control": "max-age=300"}
         )
     if path == HEALTH:
-        return _json({"status": "ok"})
+        return answer({"status": "ok"})
     if path == READY:
         return await ready(gw)
     if path.startswith(paywall.ASSETS + "/") and request.method in ("GET", "HEAD"):
@@ -88,12 +88,7 @@ async def handle(gw: Gateway, request: web.BaseRequest, path: str) -> web.Stream
 async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
     """Take a payment in the body: no header-size limit for large BEEF."""
     if gw.cashier is None:
-        return problem(
-            503,
-            "payments-disabled",
-            "Payments are not configured",
-            "this gateway has no chain services configured",
-        )
+        return payments_disabled()
     limit = gw.cashier.beef_limits.max_bytes
     try:
         fields = await _pay_fields(request, limit)
@@ -264,7 +259,7 @@ def p2pkh(key: str) -> web.Response:
         script = p2pkh_script(PublicKey(key))
     except Exception:  # bsv-sdk raises assorted types for points off the curve
         return problem(400, "bad-key", "Bad public key", "not a point on the curve")
-    return _json({"script": script.hex()})
+    return answer({"script": script.hex()})
 
 
 def _shown(receipt: Receipt) -> dict[str, Any]:
@@ -294,7 +289,7 @@ async def tab_balance(gw: Gateway, request: web.BaseRequest) -> web.StreamRespon
                 503, "store-unavailable", "Temporarily unavailable", "the store is unreachable"
             )
         left = balance or 0
-        return _json(
+        return answer(
             {
                 "tab": grant.tab,
                 "service": grant.service,
@@ -330,14 +325,5 @@ async def ready(gw: Gateway) -> web.Response:
             await gw.store.ping()
         except StoreUnavailable as exc:
             body.update(status="not-ready", store=f"unavailable: {exc}")
-            return _json(body, status=503)
-    return _json(body)
-
-
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(body).encode(),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+            return answer(body, status=503)
+    return answer(body)

@@ -29,7 +29,7 @@ from gateway.payments.cashier import Accepted, Remittance, TopUp
 from gateway.payments.errors import PaymentError
 from gateway.paywall.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script, read_ticket
 from gateway.policy import Match, NoMatch
-from gateway.problems import problem
+from gateway.problems import answer, payments_disabled, problem
 from gateway.store import Outcome, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class PaymentWatcher(Protocol):
 
 async def handle(gw: Gateway, request: web.BaseRequest, ticket: str) -> web.StreamResponse:
     if gw.cashier is None or gw.tokens is None:
-        return problem(503, "payments-disabled", "Payments are not configured", "no chain set up")
+        return payments_disabled()
     checkout = read_ticket(gw.tokens, ticket, allow_expired=True)
     if checkout is None:
         return problem(404, "no-checkout", "No such checkout", "this checkout link is not valid")
@@ -103,7 +103,7 @@ async def _posted(
     if beef is None:
         return problem(400, "malformed-beef", "Bad payment", "post the transaction as BEEF")
     if checkout.expired:
-        return _json({"status": "expired"}, status=410)
+        return answer({"status": "expired"}, status=410)
     try:
         accepted = await take(gw, checkout, match, beef)
     except PaymentError as exc:
@@ -117,13 +117,13 @@ async def _status(gw: Gateway, checkout: Checkout, match: Match) -> web.StreamRe
     try:
         done = await gw.cashier.store.receipt(_key(checkout))
     except StoreUnavailable:
-        return _json({"status": "pending", "detail": "store unavailable"}, status=503)
+        return answer({"status": "pending", "detail": "store unavailable"}, status=503)
     if done is not None:
         accepted = await _accepted_before(gw, checkout, match)
         if accepted is not None:
             return _paid(gw, accepted)
     if checkout.expired:
-        return _json({"status": "expired"})
+        return answer({"status": "expired"})
     watcher: PaymentWatcher | None = gw.watcher
     if watcher is not None:
         script = locking_script(PublicKey(gw.server_key), checkout)
@@ -138,8 +138,8 @@ async def _status(gw: Gateway, checkout: Checkout, match: Match) -> web.StreamRe
                 return _paid(gw, await take(gw, checkout, match, beef))
             except PaymentError as exc:
                 outcome = _refusal(exc, checkout)
-        return _json(outcome)
-    return _json({"status": "pending"})
+        return answer(outcome)
+    return answer({"status": "pending"})
 
 
 async def take(gw: Gateway, checkout: Checkout, match: Match, beef_bytes: bytes) -> Accepted:
@@ -231,12 +231,3 @@ def _bytes_of(data: bytes) -> bytes | None:
         except binascii.Error:
             return None
     return data or None
-
-
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(body).encode(),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
