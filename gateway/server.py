@@ -722,7 +722,15 @@ async def run_worker(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, holder.reload)
+    def reread() -> None:
+        holder.reload()
+        try:
+            kid = startup.tokens.reload(settings.token_keys)
+            log.info("token keys reloaded from %s, signing with %s", settings.token_keys, kid)
+        except (OSError, ValueError) as exc:
+            log.error("token keys not reloaded, keeping the current ring: %s", exc)
+
+    loop.add_signal_handler(signal.SIGHUP, reread)
     watcher = asyncio.ensure_future(holder.watch()) if settings.watch else None
     try:
         await stop.wait()

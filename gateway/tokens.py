@@ -114,6 +114,17 @@ class Tokens:
         self._cache: OrderedDict[str, tuple[Grant, str]] = OrderedDict()
         self._cache_size = cache_size
 
+    def reload(self, folder: Path) -> str:
+        """Read the key ring again (after `farebox keys rotate`); the active kid.
+
+        Verified tokens are forgotten, so a pruned key stops verifying at
+        once. On any error the current ring stays and the error is raised.
+        """
+        ring = KeyRing.load(folder, create=False)
+        self.ring = ring
+        self._cache.clear()
+        return ring.active
+
     def issued_here(self, token: str) -> bool:
         """Whether a token names one of our signing keys (signature not checked:
         enough to keep it from an upstream)."""

@@ -648,3 +648,46 @@ async def test_serve_journals_receipts_that_sweep_spends(tmp_path: Path, devnet_
     assert "swept 2 outputs, 1400 satoshis" in done.stdout
     fee = int(done.stdout.split("fee ")[-1].split(":")[0])
     assert balance(chain, treasury) == 1_400 - fee
+
+
+async def test_sighup_rereads_the_token_keys(tmp_path: Path, devnet_http) -> None:
+    """After `keys rotate`, SIGHUP makes a running gateway sign with the new key."""
+    import signal
+
+    import aiohttp
+    import jwt
+
+    from tests.chainkit import brc121_headers, faucet
+    from tests.farebox_process import serve
+
+    url, _ = devnet_http
+    key_file = tmp_path / "server.key"
+    server_pub = run("keys", "generate", "--out", str(key_file)).stdout.split("public key: ")
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(
+        "services:\n  s:\n    upstream: http://127.0.0.1:9\n    routes:\n"
+        "      - {path: /page/*, price: 50, grant: {lasts: 1h}}\n"
+    )
+    ring = tmp_path / "tk"
+    args = ("--policies", str(folder), "--key-file", str(key_file), "--port", "0",
+            "--devnet-url", url, "--token-keys", str(ring))  # fmt: skip
+    client = PrivateKey()
+
+    async def buy(http: aiohttp.ClientSession, base: str, n: int) -> str:
+        parent = await faucet(url, client, 10_000)
+        headers, _ = brc121_headers(server_pub[1].strip(), client, parent, 50)
+        async with http.get(f"{base}/page/{n}", headers=headers) as r:
+            return r.headers["X-Farebox-Token"]
+
+    async with serve(*args) as gw, aiohttp.ClientSession() as http:
+        old = await buy(http, gw.base, 1)
+        new_kid = run("keys", "rotate", "--token-keys", str(ring)).stdout
+        gw.proc.send_signal(signal.SIGHUP)
+        await gw.wait_for_log(r"token keys reloaded", timeout=10)
+        fresh = await buy(http, gw.base, 2)
+        assert jwt.get_unverified_header(fresh)["kid"] in new_kid
+        assert jwt.get_unverified_header(fresh)["kid"] != jwt.get_unverified_header(old)["kid"]
+        # The old token still opens its page.
+        async with http.get(f"{gw.base}/page/1", headers={"Authorization": f"Bearer {old}"}) as r:
+            assert r.status == 502  # admitted; the upstream is down on purpose
