@@ -13,6 +13,7 @@ statuses and reasons from fixed sets; never a path, a client or a txid.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -51,6 +52,24 @@ STORE_ERRORS = Counter("farebox_store_errors_total", "Calls that found the store
 RELOADS = Counter("farebox_policy_reloads_total", "Policy reloads, by result", ["result"])
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# labels() costs more than the increment itself: keep the children (bounded:
+# services and routes come from the policy, statuses from HTTP).
+_answers: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def answered(service: str, route: str, status: int, seconds: float) -> None:
+    """Count one answered request and its duration (the per-request hot path)."""
+    children = _answers.get((service, route, status))
+    if children is None:
+        if len(_answers) > 100_000:  # a policy churning routes: start over
+            _answers.clear()
+        children = _answers[(service, route, status)] = (
+            REQUESTS.labels(service, route, str(status)),
+            LATENCY.labels(service),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def exposition() -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import hashlib
 import logging
@@ -78,7 +79,9 @@ log = logging.getLogger("farebox")
 
 MAX_HEADER_BYTES = 64 * 1024
 # Per request: decide only, never proxy (an nginx auth_request subrequest).
-AUTH_ONLY = web.RequestKey("farebox.auth_only", bool)
+# A context variable, not a request key: asked on every request, and a miss on
+# a request key costs a raised KeyError.
+AUTH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("auth_only", default=False)
 # Per request: the CORS headers for an allowed cross-origin payment.
 CORS = web.RequestKey("farebox.cors", CIMultiDict[str])
 STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
@@ -149,8 +152,7 @@ class Gateway:
             )
         response = await self._matched(request, match)
         service, route = match.service.name, match.route.scope
-        metrics.REQUESTS.labels(service, route, response.status).inc()
-        metrics.LATENCY.labels(service).observe(time.perf_counter() - started)
+        metrics.answered(service, route, response.status, time.perf_counter() - started)
         if self.tally is not None:
             status = response.status
             self.tally.add(
@@ -182,7 +184,7 @@ class Gateway:
         reply: CIMultiDict[str] | None = None,
     ) -> web.StreamResponse:
         """Let the request through: proxy it, or (nginx auth_request) say so."""
-        if request.get(AUTH_ONLY):
+        if AUTH_ONLY.get():
             headers: CIMultiDict[str] = CIMultiDict(reply or {})
             headers.update(extra or {})
             return web.Response(status=204, headers=headers)
@@ -209,8 +211,11 @@ class Gateway:
             return web.Response(status=401)
         if wellknown.is_own(original.path):
             return web.Response(status=403)  # Farebox's own paths are never authorised this way
-        original[AUTH_ONLY] = True
-        answer = await self.handle(original)
+        reset = AUTH_ONLY.set(True)
+        try:
+            answer = await self.handle(original)
+        finally:
+            AUTH_ONLY.reset(reset)
         if 200 <= answer.status < 300:
             return answer
         refusal = web.Response(status=401, headers={"Cache-Control": "no-store"})
@@ -433,7 +438,7 @@ class Gateway:
     async def _priced_inner(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         try:
             if match.route.route.meter is not None:
-                if request.get(AUTH_ONLY):
+                if AUTH_ONLY.get():
                     # Metering needs the answer: nginx sends these to Farebox to proxy.
                     return problem(401, "metered-via-farebox", "Proxied by Farebox")
                 return await self._metered(request, match)
@@ -722,6 +727,7 @@ async def run_worker(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
     def reread() -> None:
         holder.reload()
         try:

@@ -31,15 +31,24 @@ class Tally:
         self.store = store
         self.every = every
         self._pending: defaultdict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+        self._day = ""
+        self._day_ends = 0.0
 
     def add(self, service: str, route: str, **fields: int) -> None:
-        counts = {name: n for name, n in fields.items() if n}
-        if counts:
-            self._pending[(today(), service, route)].update(counts)
+        now = time.time()
+        if now >= self._day_ends:  # the UTC day, worked out once a day, not per request
+            self._day = today(now)
+            self._day_ends = (now // 86400 + 1) * 86400
+        counts = self._pending[(self._day, service, route)]
+        for name, n in fields.items():
+            if n:
+                counts[name] += n
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, defaultdict(Counter)
         for key, counts in pending.items():
+            if not counts:
+                continue
             try:
                 await self.store.count(*key, **counts)
             except ValueError as exc:  # a bug, not an outage: say so, keep going
