@@ -141,6 +141,10 @@ class Revocations:
         self.size = size
         self._answers: dict[str, tuple[bool, float]] = {}
 
+    async def of(self, grant: Grant) -> bool:
+        """Whether this grant, or the tab it draws on, was revoked."""
+        return await self.revoked(grant.id) or (bool(grant.tab) and await self.revoked(grant.tab))
+
     async def revoked(self, grant_id: str) -> bool:
         now = time.monotonic()
         hit = self._answers.get(grant_id)

@@ -112,10 +112,17 @@ def _holder(credential: str, concession: Eligibility) -> str | None:
     return None
 
 
-def discounted(quote: Quote, concession: Eligibility) -> Quote:
-    """Apply a percentage off, rounded up; 100% off is free (0 satoshis)."""
+def reduced(amount: int, concession: Eligibility) -> int:
+    """A percentage off, rounded up (never below 1); 100% off is free (0)."""
     if concession.discount >= 100:
-        satoshis = 0
-    else:
-        satoshis = max(1, math.ceil(quote.satoshis * (100 - concession.discount) / 100))
-    return replace(quote, satoshis=satoshis, full_satoshis=quote.satoshis, concession=concession)
+        return 0
+    return max(1, math.ceil(amount * (100 - concession.discount) / 100))
+
+
+def discounted(quote: Quote, concession: Eligibility) -> Quote:
+    return replace(
+        quote,
+        satoshis=reduced(quote.satoshis, concession),
+        full_satoshis=quote.satoshis,
+        concession=concession,
+    )

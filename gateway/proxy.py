@@ -10,7 +10,6 @@ become problem+json: 502 when it refuses or breaks, 504 when it is too slow.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Protocol
@@ -24,7 +23,7 @@ from gateway import logs, metrics
 from gateway.forwarded import Network, is_trusted
 from gateway.policy import Match
 from gateway.problems import problem
-from gateway.upstream import Client, Origin, Reply, UnreachableError, UpstreamError
+from gateway.upstream import Client, Origin, UnreachableError, UpstreamError
 
 log = logging.getLogger("farebox.proxy")
 
@@ -188,15 +187,7 @@ class Proxy:
         except Exception as exc:
             return _upstream_problem(exc, match, reply)
         try:
-            if meter is not None:
-                out = response_headers(upstream.headers)
-                if reply:
-                    out.extend(reply)
-                chunks = upstream.content.iter_chunked(CHUNK)
-                return await self._metered(
-                    request, upstream.status, upstream.reason, out, chunks, match, meter
-                )
-            return await self._relay(request, upstream, match, reply)
+            return await self._relay(request, upstream, match, reply, meter)
         finally:
             upstream.release()
 
@@ -229,17 +220,12 @@ class Proxy:
         out = _without_hop_by_hop(reply.headers)
         if reply_extra:
             out.extend(reply_extra)
-        if meter is not None:
+        if meter is not None or reply.body is None:
             chunks = reply.chunks() if reply.body is None else _once(reply.body)
             try:
-                return await self._metered(
+                return await self._stream(
                     request, reply.status, reply.reason, out, chunks, match, meter
                 )
-            finally:
-                reply.release()
-        if reply.body is None:
-            try:
-                return await self._pump(request, reply.status, reply.reason, out, reply, match)
             finally:
                 reply.release()
         if request.method == "HEAD" or reply.status in (204, 304):
@@ -252,10 +238,16 @@ class Proxy:
         upstream: aiohttp.ClientResponse,
         match: Match,
         reply_extra: CIMultiDict[str] | None,
+        meter: Metered | None,
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
         if reply_extra:
             headers.extend(reply_extra)
+        chunks = upstream.content.iter_chunked(CHUNK)
+        if meter is not None:
+            return await self._stream(
+                request, upstream.status, upstream.reason, headers, chunks, match, meter
+            )
         length = upstream.content_length
         if request.method == "HEAD" or upstream.status in (204, 304):
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -267,28 +259,36 @@ class Proxy:
             return web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
-        return await self._pump(request, upstream.status, upstream.reason, headers, upstream, match)
+        return await self._stream(request, upstream.status, upstream.reason, headers, chunks, match)
 
-    async def _pump(
+    async def _stream(
         self,
         request: web.BaseRequest,
         status: int,
         reason: str | None,
         headers: CIMultiDict[str],
-        upstream: aiohttp.ClientResponse | Reply,
+        chunks: AsyncIterable[bytes],
         match: Match,
+        meter: Metered | None = None,
     ) -> web.StreamResponse:
-        """Stream a body the size of which does not allow reading it whole."""
-        chunks = (
-            upstream.chunks()
-            if isinstance(upstream, Reply)
-            else upstream.content.iter_chunked(CHUNK)
-        )
+        """Write the answer here, chunk by chunk (a body too big to read whole,
+        or a metered one: then `meter` is told what reached the client)."""
+        if meter is not None:
+            meter.begin(status, headers)
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
-        await response.prepare(request)
         try:
-            async for chunk in chunks:
-                await response.write(chunk)
+            await response.prepare(request)
+            if request.method != "HEAD" and status not in (204, 304):
+                async for chunk in chunks:
+                    allowed = len(chunk) if meter is None else meter.allow(len(chunk))
+                    if allowed:
+                        await response.write(chunk if allowed == len(chunk) else chunk[:allowed])
+                    if allowed < len(chunk):
+                        # Cut at what the tab held: close so the client sees it.
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
+            await response.write_eof()
         except ConnectionError:
             # The client went away; releasing the upstream response (in
             # forward) drops that connection instead of reusing it.
@@ -301,46 +301,12 @@ class Proxy:
             if request.transport is not None:
                 request.transport.abort()
             return response
-        await response.write_eof()
-        return response
-
-    async def _metered(
-        self,
-        request: web.BaseRequest,
-        status: int,
-        reason: str | None,
-        headers: CIMultiDict[str],
-        chunks: AsyncIterable[bytes],
-        match: Match,
-        meter: Metered,
-    ) -> web.StreamResponse:
-        """Write the answer here, telling `meter` what reached the client."""
-        meter.begin(status, headers)
-        response = web.StreamResponse(status=status, reason=reason, headers=headers)
-        try:
-            await response.prepare(request)
-            if request.method != "HEAD" and status not in (204, 304):
-                async for chunk in chunks:
-                    allowed = meter.allow(len(chunk))
-                    if allowed:
-                        await response.write(chunk if allowed == len(chunk) else chunk[:allowed])
-                    if allowed < len(chunk):
-                        # Cut at what the tab held: close so the client sees it.
-                        if request.transport is not None:
-                            request.transport.abort()
-                        return response
-            await response.write_eof()
-        except ConnectionError:
-            log.debug("client left before %s finished its response", match.service.name)
-            return response
-        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
-            log.warning("upstream %s broke mid-response: %s", match.service.name, _brief(exc))
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        if request.transport is None or request.transport.is_closing():
-            return response  # the last bytes went nowhere
-        meter.end()
+        if (
+            meter is not None
+            and request.transport is not None
+            and not request.transport.is_closing()
+        ):
+            meter.end()  # the last bytes went somewhere
         return response
 
     async def _websocket(
@@ -499,18 +465,19 @@ def _upstream_problem(
 ) -> web.Response:
     """The problem answer for an upstream failure; `reply` headers (a token
     just bought) are kept on it: the purchase stands though the upstream failed."""
-    response = _problem_for(exc, match)
-    metrics.UPSTREAM_ERRORS.labels(match.service.name, json.loads(response.body)["reason"]).inc()
+    status, reason, title, detail = _failure(exc, match.service.name)
+    metrics.UPSTREAM_ERRORS.labels(match.service.name, reason).inc()
+    response = problem(status, reason, title, detail)
     if reply:
         response.headers.extend(reply)
     return response
 
 
-def _problem_for(exc: BaseException, match: Match) -> web.Response:
-    name = match.service.name
+def _failure(exc: BaseException, name: str) -> tuple[int, str, str, str]:
+    """Log an upstream failure; its status, reason, title and detail."""
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         log.warning("upstream %s timed out: %s", name, _brief(exc))
-        return problem(
+        return (
             504,
             "upstream-timeout",
             "Upstream timed out",
@@ -519,10 +486,10 @@ def _problem_for(exc: BaseException, match: Match) -> web.Response:
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         detail = f"service {name!r} refused the WebSocket upgrade (status {exc.status})"
         log.warning("upstream %s: %s", name, detail)
-        return problem(502, "upstream-refused-upgrade", "Upstream refused WebSocket", detail)
+        return 502, "upstream-refused-upgrade", "Upstream refused WebSocket", detail
     if isinstance(exc, (aiohttp.ClientConnectorError, UnreachableError)):
         log.warning("upstream %s unreachable: %s", name, _brief(exc))
-        return problem(
+        return (
             502,
             "upstream-unreachable",
             "Upstream unreachable",
@@ -530,7 +497,7 @@ def _problem_for(exc: BaseException, match: Match) -> web.Response:
         )
     if isinstance(exc, (aiohttp.ClientError, OSError, UpstreamError)):
         log.warning("upstream %s failed: %s", name, _brief(exc))
-        return problem(
+        return (
             502,
             "upstream-failed",
             "Upstream failed",

@@ -14,7 +14,6 @@ import contextvars
 import gc
 import hashlib
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -45,7 +44,7 @@ from gateway.access import (
 from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge import payment_required
 from gateway.concessions import HEADER as ELIGIBILITY
-from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder
+from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder, reduced
 from gateway.config import Settings
 from gateway.forwarded import client_address, is_trusted, networks
 from gateway.ledger import Journal, Receipt
@@ -73,7 +72,7 @@ from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
 from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
 from gateway.tally import Tally
-from gateway.tokens import KeyRing, Tokens
+from gateway.tokens import Grant, KeyRing, Tokens
 
 log = logging.getLogger("farebox")
 
@@ -82,8 +81,9 @@ MAX_HEADER_BYTES = 64 * 1024
 # A context variable, not a request key: asked on every request, and a miss on
 # a request key costs a raised KeyError.
 AUTH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("auth_only", default=False)
-# Per request: the CORS headers for an allowed cross-origin payment.
-CORS = web.RequestKey("farebox.cors", CIMultiDict[str])
+# Per request: the CORS headers for an allowed cross-origin payment (a context
+# variable too: read on every priced request).
+CORS: contextvars.ContextVar[CIMultiDict[str] | None] = contextvars.ContextVar("cors", default=None)
 STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
 _UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
 
@@ -224,6 +224,10 @@ class Gateway:
                 refusal.headers[name] = answer.headers[name]
         return refusal
 
+    async def revoked(self, grant: Grant) -> bool:
+        """Whether a grant (or its tab) was revoked; StoreUnavailable propagates."""
+        return self.revocations is not None and await self.revocations.of(grant)
+
     def origin(self, request: web.BaseRequest) -> str:
         """scheme://host the client used: a trusted proxy's word for it (TLS in front)."""
         scheme, host = request.scheme, request.host
@@ -282,9 +286,7 @@ class Gateway:
         proven = self._proven(request, match)
         if proven is None:
             return full, full, None
-        if proven.discount >= 100:
-            return 0, full, proven
-        return max(1, math.ceil(full * (100 - proven.discount) / 100)), full, proven
+        return reduced(full, proven), full, proven
 
     def _proven(self, request: web.BaseRequest, match: Match) -> Eligibility | None:
         if not match.route.route.concessions:
@@ -419,20 +421,26 @@ class Gateway:
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         allow = cors.allowed(match, request.headers.get("Origin"))
-        if allow is not None:
-            request[CORS] = cors.answer_headers(allow)
-        response = await self._priced_inner(request, match)
-        if allow is not None and not response.prepared:
-            response.headers.update(request[CORS])
+        if allow is None:
+            return await self._priced_inner(request, match)
+        headers = cors.answer_headers(allow)
+        reset = CORS.set(headers)
+        try:
+            response = await self._priced_inner(request, match)
+        finally:
+            CORS.reset(reset)
+        if not response.prepared:
+            response.headers.update(headers)
         return response
 
-    def _reply(self, request: web.BaseRequest, paid: Accepted | None) -> CIMultiDict[str]:
+    def _reply(self, paid: Accepted | None) -> CIMultiDict[str]:
         """Headers for a priced answer: a token just bought, CORS for allowed origins."""
         reply: CIMultiDict[str] = CIMultiDict()
         if paid is not None:
             reply.extend(token_headers(paid, secure=self.cookie_secure, now=int(time.time())))
-        if CORS in request:
-            reply.update(request[CORS])
+        allowed = CORS.get()
+        if allowed is not None:
+            reply.update(allowed)
         return reply
 
     async def _priced_inner(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
@@ -465,11 +473,7 @@ class Gateway:
 
     async def _admit(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         admitted = by_token(self.tokens, request, match) if self.tokens is not None else None
-        if (
-            admitted is not None
-            and self.revocations is not None
-            and await self.revocations.revoked(admitted.grant.id)
-        ):
+        if admitted is not None and await self.revoked(admitted.grant):
             refusal = PaymentError("grant-revoked", "this grant was revoked; pay again for access")
             return await self._challenge(request, match, refusal)
         quoted = None
@@ -489,7 +493,7 @@ class Gateway:
                 return problem(exc.status, exc.reason, "Payment not processed", exc.detail)
         if admitted is None:
             return await self._unpaid(request, match, self._challenge)
-        reply = self._reply(request, admitted.paid)
+        reply = self._reply(admitted.paid)
         return await self._pass(request, match, {GRANT_HEADER: admitted.upstream_header}, reply)
 
     async def _unpaid(
@@ -528,13 +532,9 @@ class Gateway:
         meter, tabs = match.route.route.meter, match.service.service.tabs
         assert meter is not None and tabs is not None and self.store is not None
         admitted = by_tab(self.tokens, request, match) if self.tokens is not None else None
-        if admitted is not None and self.revocations is not None:
-            grant = admitted.grant
-            if await self.revocations.revoked(grant.tab) or await self.revocations.revoked(
-                grant.id
-            ):
-                refusal = PaymentError("grant-revoked", "this tab was revoked; open a new one")
-                return await self._tab_challenge(request, match, refusal)
+        if admitted is not None and await self.revoked(admitted.grant):
+            refusal = PaymentError("grant-revoked", "this tab was revoked; open a new one")
+            return await self._tab_challenge(request, match, refusal)
         if has_payment(request):
             if self.cashier is None:
                 return payments_disabled()
@@ -552,7 +552,7 @@ class Gateway:
                 return await self.proxy.forward(request, match)
             return await self._unpaid(request, match, self._tab_challenge)
         tab = admitted.grant.tab
-        reply = self._reply(request, admitted.paid)
+        reply = self._reply(admitted.paid)
         reply[TAB] = tab
         held = most_msat(meter, unit)
         reservation = uuid.uuid4().hex

@@ -159,15 +159,20 @@ class Tokens:
         return entry
 
     def sign_claims(self, claims: dict[str, Any], audience: str) -> str:
-        """A signed token of other claims (checkout tickets), for `audience` only."""
+        """A signed token of these claims, for `audience` only (checkout tickets too)."""
         kid = self.ring.active
         payload = {**claims, "iss": ISSUER, "aud": audience}
         return jwt.encode(payload, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
 
     def read_claims(
-        self, token: str, audience: str, *, verify_exp: bool = True
+        self,
+        token: str,
+        audience: str,
+        *,
+        verify_exp: bool = True,
+        require: tuple[str, ...] = (),
     ) -> dict[str, Any] | None:
-        """The claims of a token from `sign_claims`, or None if it is not one."""
+        """The claims of a token this ring signed for `audience`, or None."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self.ring.public.get(kid) if isinstance(kid, str) else None
@@ -176,18 +181,16 @@ class Tokens:
             return jwt.decode(
                 token,
                 key,
-                algorithms=[ALGORITHM],
+                algorithms=[ALGORITHM],  # never "none", never a MAC keyed with the public key
                 audience=audience,
                 issuer=ISSUER,
-                options={"require": ["exp", "aud", "iss"], "verify_exp": verify_exp},
+                options={"require": ["exp", "aud", "iss", *require], "verify_exp": verify_exp},
             )
         except jwt.PyJWTError:
             return None
 
     def _sign(self, grant: Grant, audience: str) -> str:
         claims = {
-            "iss": ISSUER,
-            "aud": audience,
             "sub": grant.payer,
             "jti": grant.id,
             "iat": int(time.time()),
@@ -201,23 +204,13 @@ class Tokens:
         }
         if grant.tab:
             claims["tab"] = grant.tab
-        kid = self.ring.active
-        return jwt.encode(claims, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
+        return self.sign_claims(claims, audience)
 
     def _decode(self, token: str) -> Grant | None:
+        claims = self.read_claims(token, ACCESS, require=("iat", "jti"))
+        if claims is None:
+            return None
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            key = self.ring.public.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                return None
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[ALGORITHM],  # never "none", never a MAC keyed with the public key
-                audience=ACCESS,
-                issuer=ISSUER,
-                options={"require": ["exp", "iat", "jti", "aud", "iss"]},
-            )
             return Grant(
                 id=str(claims["jti"]),
                 service=str(claims["svc"]),
@@ -230,7 +223,7 @@ class Tokens:
                 payer=str(claims["sub"]),
                 tab=str(claims.get("tab", "")),
             )
-        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             return None
 
 

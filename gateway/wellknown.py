@@ -113,14 +113,7 @@ async def pay(gw: Gateway, request: web.BaseRequest) -> web.StreamResponse:
         if fields.get("tab"):
             grant = _tab_grant(gw, str(fields["tab"]))
             try:
-                revoked = (
-                    grant is not None
-                    and gw.revocations is not None
-                    and (
-                        await gw.revocations.revoked(grant.tab)
-                        or await gw.revocations.revoked(grant.id)
-                    )
-                )
+                revoked = grant is not None and await gw.revoked(grant)
             except StoreUnavailable:
                 return problem(503, "store-unavailable", "Temporarily unavailable", "try again")
             if revoked:
@@ -281,7 +274,7 @@ async def tab_balance(gw: Gateway, request: web.BaseRequest) -> web.StreamRespon
         if grant is None or gw.store is None:
             continue
         try:
-            if gw.revocations is not None and await gw.revocations.revoked(grant.tab):
+            if await gw.revoked(grant):
                 break
             balance = await gw.store.balance(grant.tab)
         except StoreUnavailable:

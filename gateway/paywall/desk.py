@@ -181,7 +181,12 @@ async def take(gw: Gateway, checkout: Checkout, match: Match, beef_bytes: bytes)
             await cashier.store.release(key, txid)
         raise
     if claim.outcome is Outcome.NEW or claim.receipt is None:
-        await cashier.store.complete(key, accepted.receipt, accepted.token)
+        try:
+            await cashier.store.complete(key, accepted.receipt, accepted.token)
+        except StoreUnavailable:
+            # Taken but not yet recorded for the checkout: the next poll (or
+            # the same post again) finds the payment accepted and records it.
+            raise PaymentError("store-unavailable", "try again shortly", status=503) from None
     return accepted
 
 
