@@ -330,8 +330,6 @@ def test_since_reads_durations_dates_and_seconds() -> None:
 
 async def test_store_receipts_pages_through_the_index() -> None:
     store = MemoryStore()
-    if not hasattr(store, "receipts"):
-        pytest.skip("this store has no receipts index yet")
     chain = Devnet()
     server = PrivateKey()
     receipts = [pay_server(chain, server.public_key(), 400 + i) for i in range(7)]
