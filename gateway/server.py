@@ -326,7 +326,6 @@ class Gateway:
             covers, scope, lasts = grant.covers, match.scope, grant.lasts
         title = service.service.description or service.name
         page = Page(
-            service=service.name,
             service_title=title,
             description=route.description,
             method=request.method,

@@ -58,7 +58,6 @@ def wants_html(accept: str | None) -> bool:
 class Page:
     """What one paywall page says; plain data the template renders."""
 
-    service: str
     service_title: str
     description: str
     method: str
