@@ -59,7 +59,7 @@ import aiohttp  # noqa: E402
 import psutil  # noqa: E402
 from bsv import P2PKH, PrivateKey, PublicKey, Transaction, TransactionInput, TransactionOutput  # noqa: E402
 
-from gateway.payments.derivation import payee_key_for_sender  # noqa: E402
+from gateway.bsv.derivation import payee_key_for_sender  # noqa: E402
 from gateway.store.memory import MemoryStore  # noqa: E402
 from gateway.store.redis import RedisStore  # noqa: E402
 from gateway.tokens import Grant, KeyRing, Tokens, new_grant_id  # noqa: E402

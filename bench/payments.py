@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 from bsv import P2PKH, PrivateKey, PublicKey, Transaction, TransactionInput, TransactionOutput  # noqa: E402
 
-from gateway.payments.derivation import payee_key_for_sender  # noqa: E402
+from gateway.bsv.derivation import payee_key_for_sender  # noqa: E402
 
 PRICE = 10
 COIN = 300  # satoshis per prepared output
@@ -96,8 +96,8 @@ def run_server(args: argparse.Namespace) -> None:
     from gateway.config import Settings
     from gateway.devnet import Devnet
     from gateway.devnet import start as start_devnet
+    from gateway.pipeline.gateway import Startup, configure_logging, run_worker
     from gateway.policy.reload import PolicyHolder
-    from gateway.server import Startup, configure_logging, run_worker
     from gateway.tokens import KeyRing, Tokens
 
     class NoBroadcast:
@@ -265,7 +265,7 @@ async def stages(
 ) -> tuple[dict[str, float], float]:
     """Run the cashier in this process and average each stage."""
     from gateway.chain import BroadcastResult
-    from gateway.paths import canonicalize
+    from gateway.edge.paths import canonicalize
     from gateway.payments.cashier import Cashier, remittance
     from gateway.policy import load_policy
     from gateway.store.memory import MemoryStore

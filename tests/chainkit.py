@@ -20,7 +20,7 @@ from bsv import (
     TransactionOutput,
 )
 
-from gateway.payments.derivation import payee_key_for_sender
+from gateway.bsv.derivation import payee_key_for_sender
 
 
 @dataclass

@@ -19,9 +19,9 @@ from gateway.chain import Broadcaster, BroadcastResult
 from gateway.devnet import Devnet
 from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
+from gateway.pipeline.gateway import Gateway
 from gateway.policy.reload import PolicyHolder
-from gateway.proxy import Proxy
-from gateway.server import Gateway
+from gateway.proxy.forward import Proxy
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 

@@ -19,16 +19,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway import admin
-from gateway.access import Revocations
-from gateway.ledger import Receipt
+from gateway.endpoints import admin
+from gateway.ledger.receipts import Receipt
+from gateway.ledger.tally import Tally, today
 from gateway.payments.cashier import Cashier
+from gateway.pipeline.credentials import Revocations
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import Match
 from gateway.policy.reload import PolicyHolder
-from gateway.proxy import Proxy
-from gateway.server import Gateway
+from gateway.proxy.forward import Proxy
 from gateway.store.memory import MemoryStore
-from gateway.tally import Tally, today
 from gateway.tokens import KeyRing, Tokens
 from tests.chainkit import Tracker
 from tests.conftest import PAID_SERVER
@@ -227,7 +227,7 @@ async def test_transparency_report_shows_revenue_and_txids_never_payers(setup) -
 
 
 async def test_metrics_count_requests_payments_and_refusals(setup) -> None:
-    from gateway import metrics
+    from gateway.edge import metrics
 
     side = web.AppRunner(
         admin.app(SimpleNamespace(), TOKEN, metrics.handler),  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from bsv import PrivateKey, PublicKey, Transaction
 
-from gateway.payments.derivation import PROTOCOL_ID
+from gateway.bsv.derivation import PROTOCOL_ID
 from tests.chainkit import beef_of, faucet, spend
 from tests.conftest import Upstream
 from tests.farebox_process import run, serve

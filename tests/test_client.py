@@ -21,6 +21,8 @@ import pytest
 from aiohttp import web
 from bsv import P2PKH, PrivateKey, Transaction, TransactionInput, TransactionOutput
 
+from gateway.bsv.beef import read_beef
+from gateway.bsv.derivation import p2pkh_script, payee_key
 from gateway.chain.local import LocalBroadcaster
 from gateway.client import (
     BadChallenge,
@@ -38,8 +40,6 @@ from gateway.client.beef import transaction_from_beef
 from gateway.client.cli import main
 from gateway.client.coins import Coin, fee_for, select, tx_size
 from gateway.devnet import Devnet, TxStatus, start
-from gateway.payments.beef import read_beef
-from gateway.payments.derivation import p2pkh_script, payee_key
 from gateway.payments.verify import Expectation, verify_payment
 from tests.conftest import PAID_SERVER, Recording
 

@@ -24,7 +24,6 @@ import jwt
 import pytest
 from aiohttp import web
 
-from gateway.access import Revocations
 from gateway.chain.local import LocalBroadcaster
 from gateway.client import (
     ClientError,
@@ -40,6 +39,7 @@ from gateway.client.cli import main
 from gateway.client.tokens import read_token
 from gateway.devnet import Devnet, TxStatus, start
 from gateway.payments.cashier import Cashier
+from gateway.pipeline.credentials import Revocations
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 from tests.conftest import PAID_SERVER, Recording

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import ConfigError, load_settings
-from gateway.server import _chain_clients
+from gateway.pipeline.gateway import _chain_clients
 
 
 def test_chain_settings_must_be_complete_and_unambiguous() -> None:

@@ -19,6 +19,7 @@ import jwt
 import pytest
 from bsv import PrivateKey, PublicKey, Transaction
 
+from gateway.bsv.derivation import p2pkh_script, payee_key_for_sender, spending_key
 from gateway.chain import BroadcastResult, ChainError
 from gateway.chain.local import LocalBroadcaster
 from gateway.custody import rotate
@@ -35,9 +36,8 @@ from gateway.custody.sweep import (
 )
 from gateway.devnet import Devnet
 from gateway.devnet.wire import parse_submission
-from gateway.ledger import Receipt
-from gateway.payments.derivation import p2pkh_script, payee_key_for_sender, spending_key
-from gateway.paywall.checkout import ANYONE, ANYONE_HEX
+from gateway.ledger.receipts import Receipt
+from gateway.payments.checkout import ANYONE, ANYONE_HEX
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens, payer_hash
 from tests.chainkit import brc121_headers, spend

@@ -373,8 +373,8 @@ def test_image_layout_serves_and_passes_its_healthcheck(
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
-    assert list((site / "gateway" / "paywall" / "templates").glob("*.html"))
-    assert list((site / "gateway" / "paywall" / "static").iterdir())
+    assert list((site / "gateway" / "challenge" / "paywall" / "templates").glob("*.html"))
+    assert list((site / "gateway" / "challenge" / "paywall" / "static").iterdir())
     assert (site / "bin" / "farebox").exists()
 
     # The image's filesystem under `root`: the policies and key mounts, the

@@ -30,7 +30,6 @@ import pytest
 from aiohttp import web
 from bsv import PrivateKey
 
-from gateway.access import Revocations
 from gateway.chain.local import LocalBroadcaster
 from gateway.client import PayingSession, Wallet, fund
 from gateway.demo import upstream
@@ -38,11 +37,12 @@ from gateway.demo.run import DEMO_RATE_EUR, UPSTREAM_PORT, demo_settings
 from gateway.devnet import Devnet, TxStatus
 from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
+from gateway.pipeline.credentials import Revocations
+from gateway.pipeline.gateway import MAX_HEADER_BYTES, Gateway, open_rates
 from gateway.policy.reload import PolicyHolder
-from gateway.proxy import Proxy
-from gateway.server import MAX_HEADER_BYTES, Gateway, open_rates
+from gateway.pricing.tabs import sats
+from gateway.proxy.forward import Proxy
 from gateway.store.memory import MemoryStore
-from gateway.tabs import sats
 from gateway.tokens import KeyRing, Tokens
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "policies"

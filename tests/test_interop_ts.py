@@ -27,9 +27,9 @@ import aiohttp
 import pytest
 from bsv import PrivateKey, PublicKey
 
+from gateway.bsv.derivation import payee_key
 from gateway.chain.local import LocalBroadcaster
 from gateway.devnet import Devnet
-from gateway.payments.derivation import payee_key
 from gateway.store.memory import MemoryStore
 from gateway.tokens import Tokens
 from tests.conftest import PAID_SERVER

@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from gateway.paths import PathError, canonicalize
+from gateway.edge.paths import PathError, canonicalize
 
 
 @pytest.mark.parametrize(

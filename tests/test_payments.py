@@ -7,8 +7,8 @@ import time
 import pytest
 from bsv import P2PKH, PrivateKey, PublicKey, Transaction, TransactionInput, TransactionOutput
 
-from gateway.payments.beef import Limits, read_beef
-from gateway.payments.derivation import p2pkh_script, payee_key
+from gateway.bsv.beef import Limits, read_beef
+from gateway.bsv.derivation import p2pkh_script, payee_key
 from gateway.payments.errors import PaymentError
 from gateway.payments.verify import AncestryLimits, Expectation, verify_payment
 from tests.chainkit import (

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from bsv import PrivateKey, PublicKey
 
-from gateway.paywall import wants_html
-from gateway.paywall.checkout import ANYONE, read_ticket
+from gateway.challenge.paywall import wants_html
+from gateway.payments.checkout import ANYONE, read_ticket
 from tests.chainkit import Tracker, atomic_beef, funding, spend
 from tests.conftest import PAID_SERVER
 from tests.test_paid_access import FakeBroadcaster
@@ -159,7 +159,7 @@ async def test_tickets_are_signed_and_expire(paid) -> None:
     checkout = read_ticket(started.tokens, ticket)
     assert checkout is not None and checkout.resource == "/archive/pages/6"
     # The address is the checkout's own BRC-29 key for the "anyone" sender.
-    from gateway.payments.derivation import payee_key
+    from gateway.bsv.derivation import payee_key
 
     prefix, suffix = (
         checkout.id,
@@ -173,7 +173,7 @@ async def test_tickets_are_signed_and_expire(paid) -> None:
 
 
 def test_p2pkh_helper(paid=None) -> None:
-    from gateway.payments.derivation import p2pkh_script
+    from gateway.bsv.derivation import p2pkh_script
 
     key = PublicKey(PAID_SERVER.public_key().hex())
     assert p2pkh_script(key).hex().startswith("76a914")

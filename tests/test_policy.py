@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.paths import canonicalize
+from gateway.edge.paths import canonicalize
 from gateway.policy import Match, NoMatch, PolicyError, load_policy, parse_duration
 from gateway.policy.patterns import PatternError, compile_pattern, shadows
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from gateway.policy.schema import Price
-from gateway.pricer import FeedRates, FixedRates, Rate, RateUnavailable, quote, satoshis_for
+from gateway.pricing.rates import FeedRates, FixedRates, Rate, RateUnavailable, quote, satoshis_for
 
 
 @pytest.mark.parametrize(
@@ -70,14 +70,14 @@ async def test_feed_is_cached_and_refused_when_stale(feed, monkeypatch) -> None:
         # The feed breaks; the last good rate serves until it is too old.
         feed["status"] = 500
         now = time.time()
-        monkeypatch.setattr("gateway.pricer.time.time", lambda: now + 6)
+        monkeypatch.setattr("gateway.pricing.rates.time.time", lambda: now + 6)
         assert (await rates.rate("USD")).per_bsv == Decimal("40")
-        monkeypatch.setattr("gateway.pricer.time.time", lambda: now + 11)
+        monkeypatch.setattr("gateway.pricing.rates.time.time", lambda: now + 11)
         with pytest.raises(RateUnavailable, match="no fresh rate"):
             await rates.rate("USD")
         # It recovers with the feed.
         feed["status"], feed["body"] = 200, {"USD": 44}
-        monkeypatch.setattr("gateway.pricer.time.time", lambda: now + 20)
+        monkeypatch.setattr("gateway.pricing.rates.time.time", lambda: now + 20)
         assert (await rates.rate("USD")).per_bsv == Decimal("44")
     finally:
         await rates.close()

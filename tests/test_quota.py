@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from gateway.quota import client_network
+from gateway.pricing.quota import client_network
 
 POLICY = """\
 services:
@@ -110,7 +110,7 @@ def test_quota_validation(tmp_path) -> None:
 
 
 def test_trusted_proxies_name_the_client() -> None:
-    from gateway.forwarded import client_address, networks
+    from gateway.edge.forwarded import client_address, networks
 
     trusted = networks(["127.0.0.1/32", "10.0.0.0/8"])
     # nginx (trusted) forwards for a client; a spoofed hop on the left is ignored.

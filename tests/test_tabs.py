@@ -22,10 +22,10 @@ import pytest
 from aiohttp import web
 from bsv import PrivateKey
 
-from gateway.access import Revocations
 from gateway.payments.cashier import Cashier
+from gateway.pipeline.credentials import Revocations
+from gateway.pricing.tabs import tab_for_payment
 from gateway.store.memory import MemoryStore
-from gateway.tabs import tab_for_payment
 from gateway.tokens import KeyRing, Tokens
 from tests.chainkit import Tracker, atomic_beef, pay
 from tests.conftest import PAID_SERVER

@@ -12,8 +12,8 @@ import pytest
 import uvloop
 from multidict import CIMultiDict
 
-from gateway import upstream as upstream_module
-from gateway.upstream import (
+from gateway.proxy import upstream as upstream_module
+from gateway.proxy.upstream import (
     HIGH_WATER,
     Client,
     Origin,

@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from bsv import PrivateKey
 
+from gateway.bsv.beef import read_beef
+from gateway.bsv.derivation import p2pkh_script
 from gateway.chain import ChainError
 from gateway.chain.watch import LocalWatcher, WocWatcher, script_hash
 from gateway.devnet import Devnet
-from gateway.payments.beef import read_beef
-from gateway.payments.derivation import p2pkh_script
 from tests.chainkit import beef_of, faucet, spend
 
 

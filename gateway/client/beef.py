@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from bsv import MerklePath, Transaction
 from bsv.utils import Writer
 
+from gateway.bsv.beef import Limits, read_beef
 from gateway.client.errors import WalletError
-from gateway.payments.beef import Limits, read_beef
 from gateway.payments.errors import PaymentError
 
 BEEF_V1 = 0xEFBE0001

@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 from yarl import URL
 
-from gateway.paths import PathError, canonicalize
+from gateway.edge.paths import PathError, canonicalize
 
 # A token about to expire may be refused on its way: pay again instead.
 EXPIRY_MARGIN = 5

@@ -39,11 +39,11 @@ from bsv import (
     TransactionOutput,
 )
 
+from gateway.bsv.derivation import payee_key_for_sender
 from gateway.client.beef import atomic_beef, beef_of, transaction_from_beef, unproven
 from gateway.client.coins import DEFAULT_FEE_RATE, Coin, fee_for, select
 from gateway.client.errors import WalletError, WalletNotFound
 from gateway.client.tokens import StoredToken
-from gateway.payments.derivation import payee_key_for_sender
 
 ENV_WALLET = "FAREBOX_WALLET"
 DEFAULT_PATH = "~/.farebox/wallet.json"

@@ -42,11 +42,11 @@ from bsv import (
 from bsv.constants import Network
 from bsv.utils import Writer, decode_address
 
+from gateway.bsv.derivation import p2pkh_script, spending_key
 from gateway.chain import Broadcaster, ChainError
 from gateway.chain._http import HttpClient, transport_failure
 from gateway.chain.watch import script_hash
-from gateway.ledger import Receipt
-from gateway.payments.derivation import p2pkh_script, spending_key
+from gateway.ledger.receipts import Receipt
 
 DEFAULT_FEE_RATE = 1.0  # satoshis per 1000 bytes
 DEFAULT_MAX_INPUTS = 200

@@ -22,7 +22,7 @@ from typing import Protocol
 from bsv import Transaction
 from bsv.script.spend import Spend
 
-from gateway.payments.beef import Beef
+from gateway.bsv.beef import Beef
 from gateway.payments.errors import PaymentError
 
 

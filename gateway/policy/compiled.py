@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.paths import Target
+from gateway.edge.paths import Target
 from gateway.policy.patterns import Pattern
 from gateway.policy.schema import Route, Service
 

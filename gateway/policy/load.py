@@ -66,7 +66,9 @@ def load_policy(path: str | Path) -> Policy:
 
 def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -> dict[str, Any]:
     """Load every concession's issuer keys; check that routes name real ones."""
-    from gateway.concessions import load as load_concession  # its imports need gateway.policy
+    from gateway.pricing.concessions import (
+        load as load_concession,  # its imports need gateway.policy
+    )
 
     loaded: dict[str, Any] = {}
     where: dict[str, str] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from gateway import metrics
+from gateway.edge import metrics
 from gateway.policy.compiled import Policy
 from gateway.policy.load import SUFFIXES, load_policy
 from gateway.policy.source import PolicyError

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.ledger import Receipt
+from gateway.ledger.receipts import Receipt
 from gateway.store import (
     Claim,
     DayStats,

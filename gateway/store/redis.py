@@ -75,7 +75,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.ledger import Receipt
+from gateway.ledger.receipts import Receipt
 from gateway.store import (
     Claim,
     DayStats,

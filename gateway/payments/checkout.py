@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from bsv import PrivateKey, PublicKey
 
-from gateway.payments.derivation import p2pkh_script, payee_key_for_sender
+from gateway.bsv.derivation import p2pkh_script, payee_key_for_sender
 from gateway.tokens import Tokens
 
 ANYONE = PrivateKey(1)  # BRC-42's "anyone": a sender whose key everybody knows

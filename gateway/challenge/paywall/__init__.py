@@ -19,12 +19,12 @@ import segno
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from gateway.paywall.texts import TEXTS, duration, texts
+from gateway.challenge.paywall.texts import TEXTS, duration, texts
 
 ASSETS = "/.well-known/farebox/assets"
 _STATIC = {"paywall.css": "text/css", "paywall.js": "text/javascript"}
 _env = Environment(
-    loader=PackageLoader("gateway.paywall", "templates"),
+    loader=PackageLoader("gateway.challenge.paywall", "templates"),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -133,7 +133,7 @@ def asset(name: str) -> web.Response:
     kind = _STATIC.get(name)
     if kind is None:
         return web.Response(status=404, text="no such asset")
-    body = (files("gateway.paywall") / "static" / name).read_bytes()
+    body = (files("gateway.challenge.paywall") / "static" / name).read_bytes()
     return web.Response(
         body=body,
         content_type=kind,

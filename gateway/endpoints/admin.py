@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.problems import answer, problem
+from gateway.edge.problems import answer, problem
 from gateway.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.pipeline.gateway import Gateway
 
 EXPORTED = (
     "txid",

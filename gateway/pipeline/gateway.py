@@ -31,8 +31,24 @@ from bsv import PrivateKey, PublicKey
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import cors, keys, logs, metrics, wellknown
-from gateway.access import (
+from gateway import keys
+from gateway.chain import Broadcaster, ChainTracker
+from gateway.challenge.answer import payment_required
+from gateway.challenge.paywall import Page, buys_text, render, wants_html
+from gateway.config import Settings
+from gateway.edge import cors, logs, metrics
+from gateway.edge.forwarded import client_address, is_trusted, networks
+from gateway.edge.paths import PathError, Target, canonicalize
+from gateway.edge.problems import payments_disabled, problem
+from gateway.endpoints import checkout as desk
+from gateway.endpoints import wellknown
+from gateway.endpoints.checkout import PaymentWatcher
+from gateway.ledger.receipts import Journal, Receipt
+from gateway.ledger.tally import Tally
+from gateway.payments.cashier import Accepted, Cashier, TopUp
+from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
+from gateway.payments.errors import PaymentError
+from gateway.pipeline.credentials import (
     GRANT_HEADER,
     Revocations,
     by_payment,
@@ -41,22 +57,18 @@ from gateway.access import (
     has_payment,
     token_headers,
 )
-from gateway.chain import Broadcaster, ChainTracker
-from gateway.challenge import payment_required
-from gateway.concessions import HEADER as ELIGIBILITY
-from gateway.concessions import Eligibility, discounted, eligible, free_quota_holder, reduced
-from gateway.config import Settings
-from gateway.forwarded import client_address, is_trusted, networks
-from gateway.ledger import Journal, Receipt
-from gateway.paths import PathError, Target, canonicalize
-from gateway.payments.cashier import Accepted, Cashier, TopUp
-from gateway.payments.errors import PaymentError
-from gateway.paywall import Page, buys_text, desk, render, wants_html
-from gateway.paywall.checkout import LIFETIME, open_checkout, payee, payment_uri
-from gateway.paywall.desk import PaymentWatcher
 from gateway.policy import Match, NoMatch, PolicyError
 from gateway.policy.reload import PolicyHolder
-from gateway.pricer import (
+from gateway.pricing.concessions import HEADER as ELIGIBILITY
+from gateway.pricing.concessions import (
+    Eligibility,
+    discounted,
+    eligible,
+    free_quota_holder,
+    reduced,
+)
+from gateway.pricing.quota import client_of, ratelimit_headers
+from gateway.pricing.rates import (
     FeedRates,
     FixedRates,
     Quote,
@@ -65,13 +77,10 @@ from gateway.pricer import (
     msat_quote,
     quote,
 )
-from gateway.problems import payments_disabled, problem
-from gateway.proxy import Proxy
-from gateway.quota import client_of, ratelimit_headers
+from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
+from gateway.proxy.forward import Proxy
 from gateway.store import Store, StoreUnavailable, Window
 from gateway.store.memory import MemoryStore
-from gateway.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
-from gateway.tally import Tally
 from gateway.tokens import Grant, KeyRing, Tokens
 
 log = logging.getLogger("farebox")
@@ -759,7 +768,7 @@ async def _start_admin(
     settings: Settings, gateway: Gateway, reuse_port: bool
 ) -> web.AppRunner | None:
     """The admin API on its own listener, when an admin token is configured."""
-    from gateway import admin
+    from gateway.endpoints import admin
 
     token = admin.load_token(settings.admin_token, settings.admin_token_file)
     if token is None:

@@ -22,7 +22,7 @@ import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.policy.schema import Concession, Quota
-from gateway.pricer import Quote
+from gateway.pricing.rates import Quote
 
 HEADER = "X-Farebox-Eligibility"
 ALGORITHMS = ["EdDSA", "ES256", "ES384", "RS256", "PS256"]  # never HMAC, never none

@@ -14,10 +14,10 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from gateway.ledger import Receipt
+from gateway.ledger.receipts import Receipt
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.pipeline.gateway import Gateway
 
 PATH = "/.well-known/farebox/transparency"
 DEFAULT_DAYS = 30

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from bsv import PublicKey
 
-from gateway.access import token_headers
-from gateway.paths import PathError, canonicalize
-from gateway.payments.beef import read_beef
+from gateway.bsv.beef import read_beef
+from gateway.edge.paths import PathError, canonicalize
+from gateway.edge.problems import answer, payments_disabled, problem
 from gateway.payments.cashier import Accepted, Remittance, TopUp
+from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script, read_ticket
 from gateway.payments.errors import PaymentError
-from gateway.paywall.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script, read_ticket
+from gateway.pipeline.credentials import token_headers
 from gateway.policy import Match, NoMatch
-from gateway.problems import answer, payments_disabled, problem
 from gateway.store import Outcome, StoreUnavailable
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.pipeline.gateway import Gateway
 
 log = logging.getLogger("farebox.checkout")
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.edge.problems import CONTENT_TYPE, problem_body
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match
-from gateway.pricer import Quote
-from gateway.problems import CONTENT_TYPE, problem_body
-from gateway.tabs import tab_scope
+from gateway.pricing.rates import Quote
+from gateway.pricing.tabs import tab_scope
 
 PAY_PATH = "/.well-known/farebox/pay"
 # BRC-121 headers must be readable by browser scripts on other origins.

@@ -19,11 +19,11 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import logs, metrics
-from gateway.forwarded import Network, is_trusted
+from gateway.edge import logs, metrics
+from gateway.edge.forwarded import Network, is_trusted
+from gateway.edge.problems import problem
 from gateway.policy import Match
-from gateway.problems import problem
-from gateway.upstream import Client, Origin, UnreachableError, UpstreamError
+from gateway.proxy.upstream import Client, Origin, UnreachableError, UpstreamError
 
 log = logging.getLogger("farebox.proxy")
 

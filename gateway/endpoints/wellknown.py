@@ -10,23 +10,24 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from bsv import PublicKey
 
-from gateway import paywall, transparency
-from gateway.access import presented_tokens, token_headers
-from gateway.ledger import DERIVATION_FIELDS, Receipt
-from gateway.paths import PathError, canonicalize
+from gateway.bsv.derivation import p2pkh_script
+from gateway.challenge import paywall
+from gateway.edge.paths import PathError, canonicalize
+from gateway.edge.problems import answer, payments_disabled, problem
+from gateway.endpoints import checkout as desk
+from gateway.ledger import transparency
+from gateway.ledger.receipts import DERIVATION_FIELDS, Receipt
 from gateway.payments.cashier import TopUp, remittance
-from gateway.payments.derivation import p2pkh_script
 from gateway.payments.errors import PaymentError
-from gateway.paywall import desk
+from gateway.pipeline.credentials import presented_tokens, token_headers
 from gateway.policy import NoMatch
-from gateway.pricer import RateUnavailable, quote
-from gateway.problems import answer, payments_disabled, problem
+from gateway.pricing.rates import RateUnavailable, quote
+from gateway.pricing.tabs import sats
 from gateway.store import StoreUnavailable
-from gateway.tabs import sats
 from gateway.tokens import Grant
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.pipeline.gateway import Gateway
 
 PAY = "/.well-known/farebox/pay"
 RECEIPTS = "/.well-known/farebox/receipts/"
