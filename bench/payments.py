@@ -96,8 +96,9 @@ def run_server(args: argparse.Namespace) -> None:
     from gateway.config import Settings
     from gateway.devnet import Devnet
     from gateway.devnet import start as start_devnet
-    from gateway.pipeline.gateway import Startup, configure_logging, run_worker
     from gateway.policy.reload import PolicyHolder
+    from gateway.serve.assemble import Startup
+    from gateway.serve.worker import configure_logging, run_worker
     from gateway.tokens import KeyRing, Tokens
 
     class NoBroadcast:

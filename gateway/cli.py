@@ -403,7 +403,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> None:
     from gateway.config import ConfigError, load_settings
-    from gateway.pipeline.gateway import serve
+    from gateway.serve.supervisor import serve
 
     names = (
         "host", "port", "workers", "policies", "key_file", "connect_timeout", "read_timeout",

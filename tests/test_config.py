@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import ConfigError, load_settings
-from gateway.pipeline.gateway import _chain_clients
+from gateway.serve.assemble import chain_clients
 
 
 def test_chain_settings_must_be_complete_and_unambiguous() -> None:
@@ -34,7 +34,7 @@ async def test_arc_settings_reach_the_broadcaster() -> None:
     )
     assert settings.payments_enabled
     closers: list = []
-    _, broadcaster = _chain_clients(settings, closers)
+    _, broadcaster = chain_clients(settings, closers)
     headers = {k.lower(): v for k, v in broadcaster._post_headers.items()}
     assert headers["x-callbackurl"] == "https://gw.example.gov/arc-callback"
     assert headers["x-callbacktoken"] == "t0ken"

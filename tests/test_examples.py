@@ -38,10 +38,11 @@ from gateway.devnet import Devnet, TxStatus
 from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
 from gateway.pipeline.credentials import Revocations
-from gateway.pipeline.gateway import MAX_HEADER_BYTES, Gateway, open_rates
+from gateway.pipeline.gateway import MAX_HEADER_BYTES, Gateway
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.tabs import sats
 from gateway.proxy.forward import Proxy
+from gateway.serve.assemble import open_rates
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 

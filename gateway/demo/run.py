@@ -15,9 +15,10 @@ from gateway.config import Settings
 from gateway.demo import upstream
 from gateway.devnet import Devnet
 from gateway.devnet import start as start_devnet
-from gateway.pipeline.gateway import Startup, configure_logging, run_worker
 from gateway.policy import PolicyError
 from gateway.policy.reload import PolicyHolder
+from gateway.serve.assemble import Startup
+from gateway.serve.worker import configure_logging, run_worker
 from gateway.tokens import KeyRing, Tokens
 
 log = logging.getLogger("farebox.demo")

@@ -8,42 +8,29 @@ pool and policy watcher.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
-import gc
 import hashlib
 import logging
-import multiprocessing
-import os
-import signal
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from typing import Any
 
-import uvloop
 from aiohttp import web
-from bsv import PrivateKey, PublicKey
+from bsv import PublicKey
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway import keys
-from gateway.chain import Broadcaster, ChainTracker
 from gateway.challenge.answer import payment_required
 from gateway.challenge.paywall import Page, buys_text, render, wants_html
-from gateway.config import Settings
 from gateway.edge import cors, logs, metrics
-from gateway.edge.forwarded import client_address, is_trusted, networks
+from gateway.edge.forwarded import client_address, is_trusted
 from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints import checkout as desk
 from gateway.endpoints import wellknown
 from gateway.endpoints.checkout import PaymentWatcher
-from gateway.ledger.receipts import Journal, Receipt
 from gateway.ledger.tally import Tally
 from gateway.payments.cashier import Accepted, Cashier, TopUp
 from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
@@ -57,7 +44,7 @@ from gateway.pipeline.credentials import (
     has_payment,
     token_headers,
 )
-from gateway.policy import Match, NoMatch, PolicyError
+from gateway.policy import Match, NoMatch
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import (
@@ -69,8 +56,6 @@ from gateway.pricing.concessions import (
 )
 from gateway.pricing.quota import client_of, ratelimit_headers
 from gateway.pricing.rates import (
-    FeedRates,
-    FixedRates,
     Quote,
     Rates,
     RateUnavailable,
@@ -80,8 +65,7 @@ from gateway.pricing.rates import (
 from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
 from gateway.proxy.forward import Proxy
 from gateway.store import Store, StoreUnavailable, Window
-from gateway.store.memory import MemoryStore
-from gateway.tokens import Grant, KeyRing, Tokens
+from gateway.tokens import Grant, Tokens
 
 log = logging.getLogger("farebox")
 
@@ -615,338 +599,3 @@ def _concession(quoted: Quote) -> dict[str, Any] | None:
         "discount": quoted.concession.discount,
         "full": quoted.full_satoshis,
     }
-
-
-def _tune_gc() -> None:
-    # Start-up leaves ~50k long-lived objects (pydantic, bsv-sdk, aiohttp) that
-    # every full collection would walk again: ~40 ms pauses that set the p99.
-    # Freeze them out of the collector and collect the young generation less
-    # often; request garbage is mostly freed by reference counting anyway.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-
-
-def configure_logging(level: str, fmt: str = "text") -> None:
-    logs.configure(level, fmt)
-
-
-@dataclass
-class Startup:
-    """What start-up loaded and checked once, before any worker runs."""
-
-    holder: PolicyHolder
-    identity: PrivateKey
-    tokens: Tokens
-
-
-async def run_worker(
-    settings: Settings,
-    startup: Startup,
-    *,
-    chain: tuple[ChainTracker, Broadcaster] | None = None,
-    watcher: PaymentWatcher | None = None,
-    reuse_port: bool = False,
-    ready: Callable[[int], Awaitable[None] | None] | None = None,
-) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop.
-
-    `chain` and `watcher` replace what the settings would open (the demo
-    and tests pass an in-process devnet)."""
-    holder = startup.holder
-    proxy = Proxy(
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        connections=settings.upstream_connections,
-    )
-    await proxy.start()
-    closers: list[Callable[[], Awaitable[None]]] = [proxy.close]
-    if chain is None and settings.payments_enabled:
-        chain = _chain_clients(settings, closers)
-    store = open_store(settings)
-    closers.append(store.close)
-    tally = Tally(store)
-
-    journal = _open_journal(settings) if settings.payments_enabled or chain else None
-
-    def paid(match: Match, receipt: Receipt) -> None:
-        tally.add(match.service.name, match.route.scope, payments=1, satoshis=receipt.satoshis)
-        if journal is not None:
-            journal.append(receipt)
-
-    cashier = None
-    if chain is not None:
-        cashier = Cashier(
-            startup.identity,
-            on_accepted=paid,
-            tracker=chain[0],
-            broadcaster=chain[1],
-            store=store,
-            tokens=startup.tokens,
-            time_window=settings.payment_window,
-        )
-    payments_watcher = watcher
-    if payments_watcher is None and cashier is not None:
-        payments_watcher = open_watcher(settings, closers)
-    proxy.own_token = startup.tokens.issued_here
-    proxy.trusted = networks(settings.trusted_proxies)
-    gateway = Gateway(
-        holder,
-        proxy,
-        startup.identity.public_key().hex(),
-        tokens=startup.tokens,
-        cashier=cashier,
-        cookie_secure=settings.cookie_secure,
-        store=store,
-        revocations=Revocations(store),
-        rates=open_rates(settings, closers),
-        watcher=payments_watcher,
-        wallet_url=settings.wallet_url,
-        tally=tally,
-    )
-    server = web.Server(
-        gateway.handle,
-        access_log=logging.getLogger("farebox.access") if settings.access_log else None,
-        access_log_class=logs.AccessLog,
-        # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.
-        max_field_size=MAX_HEADER_BYTES,
-    )
-    runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)
-    await site.start()
-    port = runner.addresses[0][1]
-    tallying = asyncio.ensure_future(tally.run())
-    admin_runner = await _start_admin(settings, gateway, reuse_port)
-    _tune_gc()
-    log.info(
-        "listening on http://%s:%d, policy version %s, payments %s",
-        settings.host,
-        port,
-        holder.current.version,
-        "on" if cashier else "off (no chain configured)",
-    )
-    if ready is not None:
-        result = ready(port)
-        if asyncio.iscoroutine(result):
-            await result
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    def reread() -> None:
-        holder.reload()
-        try:
-            kid = startup.tokens.reload(settings.token_keys)
-            log.info("token keys reloaded from %s, signing with %s", settings.token_keys, kid)
-        except (OSError, ValueError) as exc:
-            log.error("token keys not reloaded, keeping the current ring: %s", exc)
-
-    loop.add_signal_handler(signal.SIGHUP, reread)
-    watcher = asyncio.ensure_future(holder.watch()) if settings.watch else None
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down: draining in-flight requests")
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        await runner.cleanup()
-        if admin_runner is not None:
-            await admin_runner.cleanup()
-        tallying.cancel()  # flushes what it counted
-        with contextlib.suppress(asyncio.CancelledError):
-            await tallying
-        for close in closers:
-            await close()
-
-
-async def _start_admin(
-    settings: Settings, gateway: Gateway, reuse_port: bool
-) -> web.AppRunner | None:
-    """The admin API on its own listener, when an admin token is configured."""
-    from gateway.endpoints import admin
-
-    token = admin.load_token(settings.admin_token, settings.admin_token_file)
-    if token is None:
-        log.info("admin API off (no admin token configured)")
-        return None
-    runner = web.AppRunner(admin.app(gateway, token, metrics.handler), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
-    await site.start()
-    log.info("admin API on http://%s:%d", settings.admin_host, runner.addresses[0][1])
-    return runner
-
-
-def _open_journal(settings: Settings) -> Journal | None:
-    if settings.receipts_file is None:  # turned off on purpose (the demo's coins are worthless)
-        return None
-    try:
-        return Journal(settings.receipts_file)
-    except OSError as exc:
-        raise SystemExit(
-            f"farebox: cannot open receipts file {settings.receipts_file}: {exc.strerror}"
-        ) from None
-
-
-def _chain_clients(
-    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
-) -> tuple[ChainTracker, Broadcaster]:
-    from gateway.chain.arc import ArcBroadcaster
-    from gateway.chain.headers import BlockHeadersTracker, CachingTracker, DevnetTracker
-
-    if settings.devnet_url:
-        inner: ChainTracker = DevnetTracker(settings.devnet_url)
-        broadcaster = ArcBroadcaster(settings.devnet_url)
-    else:
-        assert settings.arc_url and settings.headers_url
-        inner = BlockHeadersTracker(settings.headers_url, api_key=settings.headers_api_key)
-        broadcaster = ArcBroadcaster(
-            settings.arc_url,
-            api_key=settings.arc_api_key,
-            wait_for=settings.arc_wait_for,
-            callback_url=settings.arc_callback_url,
-            callback_token=settings.arc_callback_token,
-        )
-    tracker = CachingTracker(inner)
-    closers += [tracker.close, broadcaster.close]
-    return tracker, broadcaster
-
-
-def open_watcher(
-    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
-) -> PaymentWatcher | None:
-    from gateway.chain.watch import WocWatcher
-
-    url = settings.watch_url or settings.devnet_url
-    if not url:
-        return None
-    watcher = WocWatcher(url, network=settings.watch_network, api_key=settings.watch_api_key)
-    closers.append(watcher.close)
-    return watcher
-
-
-def open_rates(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Rates | None:
-    if settings.rate_feed:
-        feed = FeedRates(settings.rate_feed, max_age=settings.rate_max_age)
-        closers.append(feed.close)
-        return feed
-    fixed = {
-        currency: Decimal(str(value))
-        for currency, value in (("USD", settings.rate_usd), ("EUR", settings.rate_eur))
-        if value
-    }
-    return FixedRates(fixed) if fixed else None
-
-
-def open_store(settings: Settings) -> Store:
-    if not settings.shared_store:
-        return MemoryStore()
-    from gateway.store.redis import RedisStore
-
-    return RedisStore.from_url(
-        settings.store,
-        prefix=settings.store_prefix,
-        pool_size=settings.store_pool_size,
-        timeout=settings.store_timeout,
-    )
-
-
-def prepare(settings: Settings) -> Startup:
-    """Everything that can fail at start-up, checked once, before any worker."""
-    import bsv
-
-    if not bsv.native_status().get("available"):
-        raise SystemExit(
-            "farebox: bsv-sdk was installed without its native extension (libsecp256k1)"
-        )
-    if settings.workers > 1 and settings.payments_enabled and not settings.shared_store:
-        # Claims in each worker's memory: two workers could each accept one payment.
-        raise SystemExit(
-            "farebox: --workers above 1 with payments needs a shared store (--store redis://...)"
-        )
-    try:
-        identity = keys.load(settings.key_file)
-    except keys.KeyFileError as exc:
-        raise SystemExit(f"farebox: {exc}") from None
-    try:
-        holder = PolicyHolder.load(settings.policies)
-    except PolicyError as exc:
-        raise SystemExit(f"farebox: invalid policy, not starting:\n{exc}") from None
-    try:
-        tokens = Tokens(KeyRing.load(settings.token_keys))
-    except (OSError, ValueError) as exc:
-        raise SystemExit(
-            f"farebox: cannot load token signing keys from {settings.token_keys}: {exc}"
-        ) from None
-    return Startup(holder, identity, tokens)
-
-
-def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    startup = prepare(settings)
-    if settings.workers == 1:
-        uvloop.run(run_worker(settings, startup))
-        return
-    _supervise(settings)
-
-
-def _worker_main(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(run_worker(settings, prepare(settings), reuse_port=True))
-
-
-def _supervise(settings: Settings) -> None:
-    """Run N workers on one port; pass signals on; replace a worker that dies."""
-    ctx = multiprocessing.get_context("spawn")
-    workers: dict[int, multiprocessing.process.BaseProcess] = {}
-    stopping = False
-
-    def start_one() -> None:
-        proc = ctx.Process(target=_worker_main, args=(settings,), daemon=False)
-        proc.start()
-        assert proc.pid is not None
-        workers[proc.pid] = proc
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for proc in workers.values():
-            if proc.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    if not os.environ.get(metrics.MULTIPROC_ENV):
-        # Workers write their samples here; any worker's /metrics sums them.
-        os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="farebox-metrics-")
-    for _ in range(settings.workers):
-        start_one()
-    log.info("supervising %d workers", settings.workers)
-    restarts: list[float] = []
-    while workers:
-        for pid, proc in list(workers.items()):
-            if proc.is_alive():
-                continue
-            del workers[pid]
-            metrics.mark_dead(pid)
-            if stopping:
-                continue
-            log.error("worker %d exited with code %s; starting another", pid, proc.exitcode)
-            now = time.monotonic()
-            restarts = [t for t in restarts if now - t < 60] + [now]
-            if len(restarts) > 5 * settings.workers:
-                log.critical("workers keep dying; giving up")
-                stopping = True
-                forward(signal.SIGTERM, None)
-                continue
-            start_one()
-        time.sleep(0.2)
-    if restarts and stopping and len(restarts) > 5 * settings.workers:
-        raise SystemExit(1)

@@ -1,0 +1,1 @@
+"""Processes and wiring: no request logic lives here (see pipeline/)."""

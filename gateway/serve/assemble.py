@@ -1,0 +1,139 @@
+"""Settings -> the parts a worker runs: store, chain clients, rates, watcher, journal.
+
+Commands (serve, demo, sweep) build their clients here, so each is opened one way."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from bsv import PrivateKey
+
+from gateway import keys
+from gateway.chain import Broadcaster, ChainTracker
+from gateway.config import Settings
+from gateway.endpoints.checkout import PaymentWatcher
+from gateway.ledger.receipts import Journal
+from gateway.policy import PolicyError
+from gateway.policy.reload import PolicyHolder
+from gateway.pricing.rates import FeedRates, FixedRates, Rates
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.tokens import KeyRing, Tokens
+
+log = logging.getLogger("farebox")
+
+
+@dataclass
+class Startup:
+    """What start-up loaded and checked once, before any worker runs."""
+
+    holder: PolicyHolder
+    identity: PrivateKey
+    tokens: Tokens
+
+
+def open_journal(settings: Settings) -> Journal | None:
+    if settings.receipts_file is None:  # turned off on purpose (the demo's coins are worthless)
+        return None
+    try:
+        return Journal(settings.receipts_file)
+    except OSError as exc:
+        raise SystemExit(
+            f"farebox: cannot open receipts file {settings.receipts_file}: {exc.strerror}"
+        ) from None
+
+
+def chain_clients(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> tuple[ChainTracker, Broadcaster]:
+    from gateway.chain.arc import ArcBroadcaster
+    from gateway.chain.headers import BlockHeadersTracker, CachingTracker, DevnetTracker
+
+    if settings.devnet_url:
+        inner: ChainTracker = DevnetTracker(settings.devnet_url)
+        broadcaster = ArcBroadcaster(settings.devnet_url)
+    else:
+        assert settings.arc_url and settings.headers_url
+        inner = BlockHeadersTracker(settings.headers_url, api_key=settings.headers_api_key)
+        broadcaster = ArcBroadcaster(
+            settings.arc_url,
+            api_key=settings.arc_api_key,
+            wait_for=settings.arc_wait_for,
+            callback_url=settings.arc_callback_url,
+            callback_token=settings.arc_callback_token,
+        )
+    tracker = CachingTracker(inner)
+    closers += [tracker.close, broadcaster.close]
+    return tracker, broadcaster
+
+
+def open_watcher(
+    settings: Settings, closers: list[Callable[[], Awaitable[None]]]
+) -> PaymentWatcher | None:
+    from gateway.chain.watch import WocWatcher
+
+    url = settings.watch_url or settings.devnet_url
+    if not url:
+        return None
+    watcher = WocWatcher(url, network=settings.watch_network, api_key=settings.watch_api_key)
+    closers.append(watcher.close)
+    return watcher
+
+
+def open_rates(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Rates | None:
+    if settings.rate_feed:
+        feed = FeedRates(settings.rate_feed, max_age=settings.rate_max_age)
+        closers.append(feed.close)
+        return feed
+    fixed = {
+        currency: Decimal(str(value))
+        for currency, value in (("USD", settings.rate_usd), ("EUR", settings.rate_eur))
+        if value
+    }
+    return FixedRates(fixed) if fixed else None
+
+
+def open_store(settings: Settings) -> Store:
+    if not settings.shared_store:
+        return MemoryStore()
+    from gateway.store.redis import RedisStore
+
+    return RedisStore.from_url(
+        settings.store,
+        prefix=settings.store_prefix,
+        pool_size=settings.store_pool_size,
+        timeout=settings.store_timeout,
+    )
+
+
+def prepare(settings: Settings) -> Startup:
+    """Everything that can fail at start-up, checked once, before any worker."""
+    import bsv
+
+    if not bsv.native_status().get("available"):
+        raise SystemExit(
+            "farebox: bsv-sdk was installed without its native extension (libsecp256k1)"
+        )
+    if settings.workers > 1 and settings.payments_enabled and not settings.shared_store:
+        # Claims in each worker's memory: two workers could each accept one payment.
+        raise SystemExit(
+            "farebox: --workers above 1 with payments needs a shared store (--store redis://...)"
+        )
+    try:
+        identity = keys.load(settings.key_file)
+    except keys.KeyFileError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    try:
+        holder = PolicyHolder.load(settings.policies)
+    except PolicyError as exc:
+        raise SystemExit(f"farebox: invalid policy, not starting:\n{exc}") from None
+    try:
+        tokens = Tokens(KeyRing.load(settings.token_keys))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"farebox: cannot load token signing keys from {settings.token_keys}: {exc}"
+        ) from None
+    return Startup(holder, identity, tokens)

@@ -1,0 +1,191 @@
+"""One worker: its event loop, the public and admin listeners, reloads, a clean drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.chain import Broadcaster, ChainTracker
+from gateway.config import Settings
+from gateway.edge import logs, metrics
+from gateway.edge.forwarded import networks
+from gateway.endpoints.checkout import PaymentWatcher
+from gateway.ledger.receipts import Receipt
+from gateway.ledger.tally import Tally
+from gateway.payments.cashier import Cashier
+from gateway.pipeline.credentials import Revocations
+from gateway.pipeline.gateway import MAX_HEADER_BYTES, Gateway
+from gateway.policy import Match
+from gateway.proxy.forward import Proxy
+from gateway.serve.assemble import (
+    Startup,
+    chain_clients,
+    open_journal,
+    open_rates,
+    open_store,
+    open_watcher,
+)
+
+log = logging.getLogger("farebox")
+
+
+def _tune_gc() -> None:
+    # Start-up leaves ~50k long-lived objects (pydantic, bsv-sdk, aiohttp) that
+    # every full collection would walk again: ~40 ms pauses that set the p99.
+    # Freeze them out of the collector and collect the young generation less
+    # often; request garbage is mostly freed by reference counting anyway.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    logs.configure(level, fmt)
+
+
+async def run_worker(
+    settings: Settings,
+    startup: Startup,
+    *,
+    chain: tuple[ChainTracker, Broadcaster] | None = None,
+    watcher: PaymentWatcher | None = None,
+    reuse_port: bool = False,
+    ready: Callable[[int], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight requests and stop.
+
+    `chain` and `watcher` replace what the settings would open (the demo
+    and tests pass an in-process devnet)."""
+    holder = startup.holder
+    proxy = Proxy(
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        connections=settings.upstream_connections,
+    )
+    await proxy.start()
+    closers: list[Callable[[], Awaitable[None]]] = [proxy.close]
+    if chain is None and settings.payments_enabled:
+        chain = chain_clients(settings, closers)
+    store = open_store(settings)
+    closers.append(store.close)
+    tally = Tally(store)
+
+    journal = open_journal(settings) if settings.payments_enabled or chain else None
+
+    def paid(match: Match, receipt: Receipt) -> None:
+        tally.add(match.service.name, match.route.scope, payments=1, satoshis=receipt.satoshis)
+        if journal is not None:
+            journal.append(receipt)
+
+    cashier = None
+    if chain is not None:
+        cashier = Cashier(
+            startup.identity,
+            on_accepted=paid,
+            tracker=chain[0],
+            broadcaster=chain[1],
+            store=store,
+            tokens=startup.tokens,
+            time_window=settings.payment_window,
+        )
+    payments_watcher = watcher
+    if payments_watcher is None and cashier is not None:
+        payments_watcher = open_watcher(settings, closers)
+    proxy.own_token = startup.tokens.issued_here
+    proxy.trusted = networks(settings.trusted_proxies)
+    gateway = Gateway(
+        holder,
+        proxy,
+        startup.identity.public_key().hex(),
+        tokens=startup.tokens,
+        cashier=cashier,
+        cookie_secure=settings.cookie_secure,
+        store=store,
+        revocations=Revocations(store),
+        rates=open_rates(settings, closers),
+        watcher=payments_watcher,
+        wallet_url=settings.wallet_url,
+        tally=tally,
+    )
+    server = web.Server(
+        gateway.handle,
+        access_log=logging.getLogger("farebox.access") if settings.access_log else None,
+        access_log_class=logs.AccessLog,
+        # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.
+        max_field_size=MAX_HEADER_BYTES,
+    )
+    runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    port = runner.addresses[0][1]
+    tallying = asyncio.ensure_future(tally.run())
+    admin_runner = await _start_admin(settings, gateway, reuse_port)
+    _tune_gc()
+    log.info(
+        "listening on http://%s:%d, policy version %s, payments %s",
+        settings.host,
+        port,
+        holder.current.version,
+        "on" if cashier else "off (no chain configured)",
+    )
+    if ready is not None:
+        result = ready(port)
+        if asyncio.iscoroutine(result):
+            await result
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def reread() -> None:
+        holder.reload()
+        try:
+            kid = startup.tokens.reload(settings.token_keys)
+            log.info("token keys reloaded from %s, signing with %s", settings.token_keys, kid)
+        except (OSError, ValueError) as exc:
+            log.error("token keys not reloaded, keeping the current ring: %s", exc)
+
+    loop.add_signal_handler(signal.SIGHUP, reread)
+    watcher = asyncio.ensure_future(holder.watch()) if settings.watch else None
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining in-flight requests")
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        tallying.cancel()  # flushes what it counted
+        with contextlib.suppress(asyncio.CancelledError):
+            await tallying
+        for close in closers:
+            await close()
+
+
+async def _start_admin(
+    settings: Settings, gateway: Gateway, reuse_port: bool
+) -> web.AppRunner | None:
+    """The admin API on its own listener, when an admin token is configured."""
+    from gateway.endpoints import admin
+
+    token = admin.load_token(settings.admin_token, settings.admin_token_file)
+    if token is None:
+        log.info("admin API off (no admin token configured)")
+        return None
+    runner = web.AppRunner(admin.app(gateway, token, metrics.handler), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
+    await site.start()
+    log.info("admin API on http://%s:%d", settings.admin_host, runner.addresses[0][1])
+    return runner
