@@ -267,7 +267,8 @@ async def stages(
     """Run the cashier in this process and average each stage."""
     from gateway.chain import BroadcastResult
     from gateway.edge.paths import canonicalize
-    from gateway.payments.cashier import Cashier, remittance
+    from gateway.payments.cashier import Cashier
+    from gateway.payments.remittance import remittance
     from gateway.policy import load_policy
     from gateway.store.memory import MemoryStore
     from gateway.tokens import KeyRing, Tokens

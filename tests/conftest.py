@@ -19,9 +19,10 @@ from gateway.chain import Broadcaster, BroadcastResult
 from gateway.devnet import Devnet
 from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
-from gateway.pipeline.gateway import Gateway
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.forward import Proxy
+from gateway.serve.assemble import assemble_gateway
+from gateway.services import Services
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 
@@ -174,9 +175,8 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         extra.setdefault("store", MemoryStore())
         if extra.get("tokens") is not None:
             proxy.own_token = extra["tokens"].issued_here  # type: ignore[attr-defined]
-        handler = Gateway(
-            PolicyHolder.load(path), proxy, extra.pop("server_key", SERVER_KEY), **extra
-        )
+        services = Services(PolicyHolder.load(path), extra.pop("server_key", SERVER_KEY), **extra)
+        handler = assemble_gateway(services, proxy)
         runner = web.ServerRunner(web.Server(handler.handle, access_log=None))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

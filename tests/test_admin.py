@@ -24,10 +24,11 @@ from gateway.ledger.receipts import Receipt
 from gateway.ledger.tally import Tally, today
 from gateway.payments.cashier import Cashier
 from gateway.pipeline.credentials import Revocations
-from gateway.pipeline.gateway import Gateway
 from gateway.policy import Match
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.forward import Proxy
+from gateway.serve.assemble import assemble_gateway
+from gateway.services import Services
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 from tests.chainkit import Tracker
@@ -75,9 +76,8 @@ async def setup(upstream, tmp_path: Path):
     )
     proxy = Proxy(connect_timeout=2, read_timeout=5)
     await proxy.start()
-    gw = Gateway(
+    services = Services(
         PolicyHolder.load(folder),
-        proxy,
         PAID_SERVER.public_key().hex(),
         tokens=tokens,
         cashier=cashier,
@@ -85,10 +85,11 @@ async def setup(upstream, tmp_path: Path):
         revocations=Revocations(store),
         tally=tally,
     )
+    gw = assemble_gateway(services, proxy)
     main = web.ServerRunner(web.Server(gw.handle, access_log=None))
     await main.setup()
     await web.TCPSite(main, "127.0.0.1", 0).start()
-    side = web.AppRunner(admin.app(gw, TOKEN), access_log=None)
+    side = web.AppRunner(admin.app(services, TOKEN), access_log=None)
     await side.setup()
     await web.TCPSite(side, "127.0.0.1", 0).start()
     yield SimpleNamespace(

@@ -38,11 +38,12 @@ from gateway.devnet import Devnet, TxStatus
 from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
 from gateway.pipeline.credentials import Revocations
-from gateway.pipeline.gateway import MAX_HEADER_BYTES, Gateway
+from gateway.pipeline.gateway import MAX_HEADER_BYTES
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.tabs import sats
 from gateway.proxy.forward import Proxy
-from gateway.serve.assemble import open_rates
+from gateway.serve.assemble import assemble_gateway, open_rates
+from gateway.services import Services
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 
@@ -89,9 +90,8 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
     proxy = Proxy(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
     await proxy.start()
     cleanups.append(proxy.close)
-    gateway = Gateway(
+    services = Services(
         PolicyHolder.load(folder),
-        proxy,
         identity.public_key().hex(),
         tokens=tokens,
         cashier=cashier,
@@ -100,6 +100,7 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
         revocations=Revocations(store),
         rates=open_rates(settings, cleanups),
     )
+    gateway = assemble_gateway(services, proxy)
     runner = web.ServerRunner(
         web.Server(gateway.handle, access_log=None, max_field_size=MAX_HEADER_BYTES)
     )

@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.edge.problems import CONTENT_TYPE, problem_body
+from gateway.edge.urls import PAY
 from gateway.payments.errors import PaymentError
 from gateway.policy import Match
 from gateway.pricing.rates import Quote
 from gateway.pricing.tabs import tab_scope
 
-PAY_PATH = "/.well-known/farebox/pay"
 # BRC-121 headers must be readable by browser scripts on other origins.
 EXPOSE = "x-bsv-sats, x-bsv-server"
 
@@ -60,10 +60,10 @@ def payment_request(
             {
                 "scheme": "farebox",
                 "description": "POST the payment as JSON to pay_url",
-                "pay_url": PAY_PATH,
+                "pay_url": PAY,
             },
         ],
-        "pay_url": PAY_PATH,
+        "pay_url": PAY,
         "server": server_key,
     }
     if tab is not None:

@@ -22,15 +22,13 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from gateway.edge.problems import answer, problem
+from gateway.services import Services
 from gateway.store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from gateway.pipeline.gateway import Gateway
 
 EXPORTED = (
     "txid",
@@ -48,7 +46,7 @@ REVOKE_FOR = 400 * 86400  # default: longer than any grant or tab token lasts
 MAX_LIMIT = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+SERVICES: web.AppKey[Services] = web.AppKey("services")
 
 
 class BadQuery(ValueError):
@@ -73,7 +71,9 @@ def load_token(value: str | None, file: Path | None) -> str | None:
     return token
 
 
-def app(gw: Gateway, token: str, metrics: Handler | None = None) -> web.Application:
+def app(services: Services, token: str, metrics: Handler | None = None) -> web.Application:
+    """The admin application: every route behind the bearer token; errors as problem+json."""
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
@@ -96,7 +96,7 @@ def app(gw: Gateway, token: str, metrics: Handler | None = None) -> web.Applicat
             return problem(503, "store-unavailable", "Store unavailable", "try again shortly")
 
     application = web.Application(middlewares=[guard])
-    application[GATEWAY] = gw
+    application[SERVICES] = services
     application.router.add_get("/stats", stats)
     application.router.add_get("/receipts", receipts)
     application.router.add_post("/revoke", revoke)
@@ -107,8 +107,8 @@ def app(gw: Gateway, token: str, metrics: Handler | None = None) -> web.Applicat
     return application
 
 
-def _gw(request: web.Request) -> Gateway:
-    return request.app[GATEWAY]
+def _gw(request: web.Request) -> Services:
+    return request.app[SERVICES]
 
 
 def parse_time(value: str | None, name: str) -> int | None:

@@ -12,31 +12,39 @@ from __future__ import annotations
 import calendar
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway.ledger.receipts import Receipt
+from gateway.policy import Policy
 
-if TYPE_CHECKING:
-    from gateway.pipeline.gateway import Gateway
 
-PATH = "/.well-known/farebox/transparency"
+class Receipts(Protocol):
+    """What the report needs of the store."""
+
+    async def receipts(
+        self, *, since: int | None = None, limit: int = 1000, after: str | None = None
+    ) -> list[Receipt]: ...
+
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 MAX_RECEIPTS = 100_000  # per report; beyond it the report says it is truncated
 PAGE = 10_000
 
 
-def published(gw: Gateway) -> set[str]:
-    return {s.name for s in gw.policy.current.services if s.service.transparency}
+def published(policy: Policy) -> set[str]:
+    """The services the report shows (all but those with `transparency: false`)."""
+    return {s.name for s in policy.services if s.service.transparency}
 
 
-async def report(gw: Gateway, days: int) -> dict[str, Any]:
-    """Revenue per service per day over the last `days` days (today included)."""
-    assert gw.store is not None
+async def report(policy: Policy, store: Receipts, days: int) -> dict[str, Any]:
+    """Revenue per service per day over the last `days` days (today included).
+
+    Raises StoreUnavailable when the store cannot be read.
+    """
     now = int(time.time())
     start_day = time.strftime("%Y-%m-%d", time.gmtime(now - (days - 1) * 86400))
     since = calendar.timegm(time.strptime(start_day, "%Y-%m-%d"))
-    shown = published(gw)
+    shown = published(policy)
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"payments": 0, "satoshis": 0, "txids": []}
     )
@@ -44,7 +52,7 @@ async def report(gw: Gateway, days: int) -> dict[str, Any]:
     truncated = False
     after: str | None = None
     while True:
-        page: list[Receipt] = await gw.store.receipts(since=since, limit=PAGE, after=after)
+        page: list[Receipt] = await store.receipts(since=since, limit=PAGE, after=after)
         for receipt in page:
             if receipt.service not in shown:
                 continue

@@ -10,14 +10,12 @@ leaves.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bsv import PrivateKey, PublicKey
+from bsv import PrivateKey
 
 from gateway.bsv.beef import Limits, read_beef
 from gateway.bsv.derivation import p2pkh_script, payee_key
@@ -25,6 +23,7 @@ from gateway.chain import Broadcaster, ChainError
 from gateway.edge import metrics
 from gateway.ledger.receipts import Receipt
 from gateway.payments.errors import PaymentError
+from gateway.payments.remittance import Remittance, TopUp
 from gateway.payments.verify import AncestryLimits, ChainTracker, Expectation, verify_payment
 from gateway.policy import Match
 from gateway.pricing.tabs import MSAT, tab_for_payment, tab_scope
@@ -36,30 +35,6 @@ _DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
-class Remittance:
-    """A payment as a client sends it (BRC-121 headers or the pay endpoint)."""
-
-    beef: bytes
-    sender: PublicKey
-    sender_hex: str
-    prefix: str
-    time: str  # Unix milliseconds, decimal; also the derivation suffix source
-    vout: int
-
-    @property
-    def suffix(self) -> str:
-        return base64.b64encode(self.time.encode("ascii")).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class TopUp:
-    """A payment that credits a prepaid tab instead of buying a grant."""
-
-    tab: str | None  # the tab to top up; None opens a new one
-    lasts: int  # seconds the tab's token lasts from now
-
-
-@dataclass(frozen=True, slots=True)
 class Accepted:
     grant: Grant
     token: str
@@ -67,66 +42,6 @@ class Accepted:
     repeated: bool  # an idempotent retry of an already accepted payment
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     balance: int | None = None  # a top-up: the tab's balance (msat) once credited
-
-
-def remittance(
-    *,
-    beef: str | bytes | None,
-    sender: str | None,
-    nonce: str | None,
-    time_ms: str | None,
-    vout: str | int | None,
-    max_bytes: int,
-) -> Remittance:
-    """Validate the fields of a payment; base64 BEEF is decoded here."""
-    missing = [
-        n
-        for n, v in (
-            ("beef", beef),
-            ("sender", sender),
-            ("nonce", nonce),
-            ("time", time_ms),
-            ("vout", vout),
-        )
-        if v in (None, "")
-    ]
-    if missing:
-        raise PaymentError("missing-payment-field", f"payment lacks: {', '.join(missing)}")
-    assert sender is not None and nonce is not None and time_ms is not None and beef is not None
-    if not _PUBKEY.fullmatch(sender):
-        raise PaymentError("bad-sender", "sender must be a compressed public key in hex")
-    try:
-        sender_key = PublicKey(sender)
-    except Exception:  # bsv-sdk raises assorted types for points off the curve
-        raise PaymentError("bad-sender", "sender is not a valid public key") from None
-    if len(nonce) > 128 or not _is_base64(nonce):
-        raise PaymentError("bad-nonce", "nonce must be base64 (at most 128 characters)")
-    if not _DIGITS.fullmatch(time_ms):
-        raise PaymentError("bad-time", "time must be Unix milliseconds as a decimal number")
-    try:
-        index = int(vout)
-    except (TypeError, ValueError):
-        raise PaymentError("bad-vout", "vout must be an output index") from None
-    if not 0 <= index < 2**32:
-        raise PaymentError("bad-vout", "vout must be an output index")
-    if isinstance(beef, str):
-        if len(beef) > max_bytes * 4 // 3 + 4:
-            raise PaymentError(
-                "beef-too-large", f"BEEF is larger than {max_bytes} bytes", status=413
-            )
-        try:
-            beef = base64.b64decode(beef, validate=True)
-        except (binascii.Error, ValueError):
-            raise PaymentError("malformed-beef", "BEEF is not valid base64", status=400) from None
-    return Remittance(beef, sender_key, sender.lower(), nonce, time_ms, index)
-
-
-def _is_base64(text: str) -> bool:
-    try:
-        base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return bool(text)
 
 
 class Cashier:
@@ -199,7 +114,15 @@ class Cashier:
         payee = payee_key(self.server_key, payment.sender, payment.prefix, payment.suffix)
         expect = Expectation(price, p2pkh_script(payee), payment.vout)
         lap("derivation")
-        verified = await verify_payment(beef, expect, self.tracker, self.ancestry)
+        try:
+            verified = await verify_payment(beef, expect, self.tracker, self.ancestry)
+        except ChainError as exc:
+            # Unknown, not refused: the merkle roots could not be checked now.
+            raise PaymentError(
+                "chain-unavailable",
+                f"cannot check the proofs now ({exc.kind}); retry later",
+                status=503,
+            ) from None
         lap.add(verified.timings)
 
         if top_up is None:

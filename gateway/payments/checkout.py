@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 from urllib.parse import quote
 
 from bsv import PrivateKey, PublicKey
@@ -114,3 +115,13 @@ def payment_uri(address: str, satoshis: int, pay_url: str, label: str) -> str:
         f"bitcoin:{address}?sv&amount={amount}"
         f"&label={quote(label, safe='')}&r={quote(pay_url, safe='')}"
     )
+
+
+class PaymentWatcher(Protocol):
+    """Finds transactions paying a script, for wallets that do not post them."""
+
+    async def payments_to(self, script: bytes) -> list[bytes]:
+        """BEEFs of transactions with an output locked by `script` (newest last)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,9 +1,8 @@
-"""Getting into a priced route: an existing grant, or a payment on the request.
+"""Credentials a request presents: access and tab tokens (Bearer or cookie),
+the token and cookie a payment hands back, and the revocation list.
 
-`admit` answers one question for a matched priced request: may it be proxied
-now, and with which grant? A valid token (Bearer or cookie) for this very
-resource admits it; otherwise BRC-121 payment headers are taken to the
-cashier; otherwise there is nothing to admit and the caller challenges.
+Whether a grant found here opens the request is admission's decision
+(payments/admission.py), the same for a token as for a payment.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from http.cookies import SimpleCookie
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.payments.cashier import Accepted, Cashier, TopUp, remittance
-from gateway.policy import Match
+from gateway.payments.admission import Wanted, covers
+from gateway.payments.cashier import Accepted
 from gateway.store import Store
 from gateway.tokens import Grant, Tokens
 
@@ -52,52 +51,26 @@ def presented_tokens(request: web.BaseRequest) -> list[str]:
     return found
 
 
-def by_token(tokens: Tokens, request: web.BaseRequest, match: Match) -> Admitted | None:
+def by_token(tokens: Tokens | None, request: web.BaseRequest, wanted: Wanted) -> Admitted | None:
+    """The first presented token whose grant covers the request (admission.covers).
+
+    Revocation is not asked here: the caller admits the grant it found.
+    """
+    if tokens is None:
+        return None
     for token in presented_tokens(request):
         verified = tokens.verify(token)
-        if verified is None:
-            continue
-        grant, header = verified
-        if grant.allows(match.service.name, request.method, match.resource, match.route.scope):
-            return Admitted(grant, header)
+        if verified is not None and covers(verified[0], wanted):
+            return Admitted(*verified)
     return None
 
 
-def by_tab(tokens: Tokens, request: web.BaseRequest, match: Match) -> Admitted | None:
-    """A tab token of this service, for a metered route."""
-    for token in presented_tokens(request):
-        verified = tokens.verify(token)
-        if verified is None:
-            continue
-        grant, header = verified
-        if grant.covers == "tab" and grant.tab and grant.service == match.service.name:
-            return Admitted(grant, header)
-    return None
-
-
-def has_payment(request: web.BaseRequest) -> bool:
-    return "x-bsv-beef" in request.headers
-
-
-async def by_payment(
-    cashier: Cashier,
-    request: web.BaseRequest,
-    match: Match,
-    price: int,
-    top_up: TopUp | None = None,
-) -> Admitted:
-    """Take the BRC-121 payment on this request; raises PaymentError."""
-    h = request.headers
-    payment = remittance(
-        beef=h.get("x-bsv-beef"),
-        sender=h.get("x-bsv-sender"),
-        nonce=h.get("x-bsv-nonce"),
-        time_ms=h.get("x-bsv-time"),
-        vout=h.get("x-bsv-vout"),
-        max_bytes=cashier.beef_limits.max_bytes,
-    )
-    accepted = await cashier.accept(payment, match, request.method, price, top_up)
-    return Admitted(accepted.grant, cashier.tokens.upstream_header(accepted.grant), accepted)
+def tab_grant(tokens: Tokens | None, token: str) -> Grant | None:
+    """The grant of a valid tab token, or None."""
+    verified = tokens.verify(token) if tokens is not None else None
+    if verified is None or verified[0].covers != "tab" or not verified[0].tab:
+        return None
+    return verified[0]
 
 
 def cookie_path(grant: Grant) -> str:

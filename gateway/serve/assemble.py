@@ -8,17 +8,24 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 
 from bsv import PrivateKey
 
 from gateway import keys
 from gateway.chain import Broadcaster, ChainTracker
 from gateway.config import Settings
-from gateway.endpoints.checkout import PaymentWatcher
+from gateway.edge import urls
+from gateway.endpoints.routes import Route, table
 from gateway.ledger.receipts import Journal
+from gateway.payments.checkout import PaymentWatcher
+from gateway.pipeline.auth_request import authorize
+from gateway.pipeline.gateway import Gateway
 from gateway.policy import PolicyError
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.rates import FeedRates, FixedRates, Rates
+from gateway.proxy.forward import Proxy
+from gateway.services import Services
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
@@ -137,3 +144,15 @@ def prepare(settings: Settings) -> Startup:
             f"farebox: cannot load token signing keys from {settings.token_keys}: {exc}"
         ) from None
     return Startup(holder, identity, tokens)
+
+
+def assemble_gateway(services: Services, proxy: Proxy) -> Gateway:
+    """The public listener's handler: the pipeline, with Farebox's own URLs routed.
+
+    The route table (endpoints/) is handed to the pipeline here, so the
+    pipeline never imports the endpoints; the nginx auth_request endpoint
+    is the one route that needs the gateway itself.
+    """
+    gateway = Gateway(services, proxy)
+    gateway.router = table(services, Route(urls.AUTH, ("*",), partial(authorize, gateway)))
+    return gateway

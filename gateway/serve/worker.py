@@ -15,22 +15,25 @@ from gateway.chain import Broadcaster, ChainTracker
 from gateway.config import Settings
 from gateway.edge import logs, metrics
 from gateway.edge.forwarded import networks
-from gateway.endpoints.checkout import PaymentWatcher
+from gateway.endpoints import admin
 from gateway.ledger.receipts import Receipt
 from gateway.ledger.tally import Tally
 from gateway.payments.cashier import Cashier
+from gateway.payments.checkout import PaymentWatcher
 from gateway.pipeline.credentials import Revocations
-from gateway.pipeline.gateway import MAX_HEADER_BYTES, Gateway
+from gateway.pipeline.gateway import MAX_HEADER_BYTES
 from gateway.policy import Match
 from gateway.proxy.forward import Proxy
 from gateway.serve.assemble import (
     Startup,
+    assemble_gateway,
     chain_clients,
     open_journal,
     open_rates,
     open_store,
     open_watcher,
 )
+from gateway.services import Services
 
 log = logging.getLogger("farebox")
 
@@ -99,9 +102,8 @@ async def run_worker(
         payments_watcher = open_watcher(settings, closers)
     proxy.own_token = startup.tokens.issued_here
     proxy.trusted = networks(settings.trusted_proxies)
-    gateway = Gateway(
+    services = Services(
         holder,
-        proxy,
         startup.identity.public_key().hex(),
         tokens=startup.tokens,
         cashier=cashier,
@@ -113,6 +115,7 @@ async def run_worker(
         wallet_url=settings.wallet_url,
         tally=tally,
     )
+    gateway = assemble_gateway(services, proxy)
     server = web.Server(
         gateway.handle,
         access_log=logging.getLogger("farebox.access") if settings.access_log else None,
@@ -126,7 +129,7 @@ async def run_worker(
     await site.start()
     port = runner.addresses[0][1]
     tallying = asyncio.ensure_future(tally.run())
-    admin_runner = await _start_admin(settings, gateway, reuse_port)
+    admin_runner = await _start_admin(settings, services, reuse_port)
     _tune_gc()
     log.info(
         "listening on http://%s:%d, policy version %s, payments %s",
@@ -174,16 +177,14 @@ async def run_worker(
 
 
 async def _start_admin(
-    settings: Settings, gateway: Gateway, reuse_port: bool
+    settings: Settings, services: Services, reuse_port: bool
 ) -> web.AppRunner | None:
     """The admin API on its own listener, when an admin token is configured."""
-    from gateway.endpoints import admin
-
     token = admin.load_token(settings.admin_token, settings.admin_token_file)
     if token is None:
         log.info("admin API off (no admin token configured)")
         return None
-    runner = web.AppRunner(admin.app(gateway, token, metrics.handler), access_log=None)
+    runner = web.AppRunner(admin.app(services, token, metrics.handler), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
     await site.start()

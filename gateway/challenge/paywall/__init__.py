@@ -20,8 +20,9 @@ from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from gateway.challenge.paywall.texts import TEXTS, duration, texts
+from gateway.edge.problems import problem
+from gateway.edge.urls import ASSETS
 
-ASSETS = "/.well-known/farebox/assets"
 _STATIC = {"paywall.css": "text/css", "paywall.js": "text/javascript"}
 _env = Environment(
     loader=PackageLoader("gateway.challenge.paywall", "templates"),
@@ -132,7 +133,7 @@ def asset(name: str) -> web.Response:
     """One of the page's own files; 404 for anything else."""
     kind = _STATIC.get(name)
     if kind is None:
-        return web.Response(status=404, text="no such asset")
+        return problem(404, "no-asset", "Not found", f"no paywall asset named {name!r}")
     body = (files("gateway.challenge.paywall") / "static" / name).read_bytes()
     return web.Response(
         body=body,

@@ -1,0 +1,162 @@
+"""The 402 a priced request gets: for a purchase or a tab, as JSON or a page.
+
+`challenge` answers a route sold per grant, `tab_challenge` a metered route
+(open or top up a tab). Both carry the BRC-121 headers and the problem+json
+payment request (answer.py); a browser gets the same as a paywall page with
+a checkout a phone wallet can pay (paywall/, payments/checkout.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from bsv import PublicKey
+
+from gateway.challenge.answer import payment_required
+from gateway.challenge.paywall import Page, buys_text, render, wants_html
+from gateway.edge import urls
+from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
+from gateway.payments.errors import PaymentError
+from gateway.policy import Match
+from gateway.pricing import quote
+from gateway.pricing.rates import Quote
+from gateway.pricing.tabs import most_msat, sats, tab_scope
+from gateway.services import Services
+
+
+async def challenge(
+    services: Services,
+    request: web.BaseRequest,
+    match: Match,
+    origin: str,
+    refused: PaymentError | None = None,
+    quoted: Quote | None = None,
+) -> web.Response:
+    """402 for a route sold per grant; `refused` says why a payment was not taken."""
+    policy = services.policy.current
+    quoted = quoted or await quote.price(policy, services.rates, request.headers, match)
+    offered = quote.offered(policy, match)
+    answer = payment_required(match, request.method, services.server_key, quoted, refused, offered)
+    if wants_html(request.headers.get("Accept")):
+        return _paywall(services, request, match, origin, quoted, refused, answer)
+    return answer
+
+
+async def tab_challenge(
+    services: Services,
+    request: web.BaseRequest,
+    match: Match,
+    origin: str,
+    refused: PaymentError | None = None,
+    balance: int | None = None,
+) -> web.Response:
+    """402 for a metered route: open or top up a tab (`balance` in msat when known)."""
+    meter = match.route.route.meter
+    assert meter is not None
+    policy = services.policy.current
+    top_up = await quote.top_up(services.rates, match)
+    unit, full, proven = await quote.unit_price(policy, services.rates, request.headers, match)
+    unit_price: dict[str, Any] = {"satoshis": sats(unit)}
+    if proven is not None:
+        unit_price["full_satoshis"] = sats(full)
+        unit_price["concession"] = {"name": proven.name, "discount_percent": proven.discount}
+    tab: dict[str, Any] = {
+        "per": meter.per,
+        "unit_price": unit_price,
+        "most_units": str(meter.most),
+        "most_satoshis": sats(most_msat(meter, unit)),
+        "top_up_satoshis": top_up.satoshis,
+        "balance_url": urls.TAB,
+    }
+    if meter.per == "unit":
+        tab["units_header"] = meter.units_header
+    if balance is not None:
+        tab["balance_satoshis"] = sats(balance)
+    offered = quote.offered(policy, match)
+    answer = payment_required(
+        match, request.method, services.server_key, top_up, refused, offered, tab
+    )
+    if wants_html(request.headers.get("Accept")):
+        return _paywall(services, request, match, origin, top_up, refused, answer)
+    return answer
+
+
+def _paywall(
+    services: Services,
+    request: web.BaseRequest,
+    match: Match,
+    origin: str,
+    quoted: Quote,
+    refused: PaymentError | None,
+    answer: web.Response,
+) -> web.Response:
+    """The 402 as a page for a person, with the same BRC-121 headers."""
+    route, service = match.route.route, match.service
+    language = request.headers.get("Accept-Language")
+    if route.meter is not None:
+        assert service.service.tabs is not None
+        covers, scope, lasts = "tab", tab_scope(match), service.service.tabs.lasts
+    else:
+        grant = route.effective_grant
+        covers, scope, lasts = grant.covers, match.scope, grant.lasts
+    title = service.service.description or service.name
+    page = Page(
+        service_title=title,
+        description=route.description,
+        method=request.method,
+        resource=match.resource,
+        satoshis=quoted.satoshis,
+        buys=buys_text(covers, scope, lasts, title, language),
+        server=services.server_key,
+        pay_url=urls.PAY,
+        wallet_url=services.wallet_url,
+        fiat=_fiat(quoted),
+        concession=_concession(quoted),
+        offered=", ".join(c.name for c in quote.offered(services.policy.current, match)),
+        refused=refused.detail if refused is not None else "",
+    )
+    if services.cashier is not None and services.tokens is not None:
+        checkout, ticket = open_checkout(
+            services.tokens, service.name, match.resource, request.method, quoted.satoshis
+        )
+        status_url = urls.CHECKOUT + ticket
+        address = payee(PublicKey(services.server_key), checkout).address()
+        page = replace(
+            page,
+            checkout_uri=payment_uri(address, quoted.satoshis, origin + status_url, title),
+            status_url=status_url,
+            expires=checkout.expires,
+            minutes=LIFETIME // 60,
+        )
+    headers: Mapping[str, str] = {
+        k: v for k, v in answer.headers.items() if k.lower() != "content-type"
+    }
+    return web.Response(
+        status=402,
+        text=render(page, language),
+        content_type="text/html",
+        headers={**headers, "Vary": "Accept, Accept-Language"},
+    )
+
+
+def _fiat(quoted: Quote) -> dict[str, str] | None:
+    if quoted.rate is None or quoted.cents is None:
+        return None
+    return {
+        "amount": f"{quoted.cents / 100:.4f}".rstrip("0").rstrip("."),
+        "currency": quoted.rate.currency,
+        "rate": f"{quoted.rate.per_bsv:.2f}",
+    }
+
+
+def _concession(quoted: Quote) -> dict[str, Any] | None:
+    if quoted.concession is None:
+        return None
+    return {
+        "name": quoted.concession.description or quoted.concession.name,
+        "discount": quoted.concession.discount,
+        "full": quoted.full_satoshis,
+    }

@@ -1,0 +1,223 @@
+"""Every way a payment arrives, turned into one Remittance and taken one way.
+
+The adapters read a protocol's wire form and nothing else:
+- `from_headers`: BRC-121 `x-bsv-beef / -sender / -nonce / -time / -vout`
+  on the priced request itself (bitcoin-sv/BRCs payments/0121.md);
+- `from_fields`: the pay endpoint's JSON body, or its query beside raw BEEF;
+- `from_checkout`: a transaction posted to (or found on chain for) a
+  checkout: the payee and the price are the checkout's.
+
+Then `take` runs the cashier (every check, the atomic claim, broadcast,
+receipt, token: cashier.py) and the one admission decision (admission.py)
+on the grant it returns — new or answered from an earlier claim — so a
+resent payment opens only what its grant opens as a token.
+
+To add a protocol (BRC-105, x402): write its `from_*` adapter returning a
+Remittance, build its Purchase with `purchase`, call `take`, and add its
+challenge headers in challenge/. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bsv import PublicKey
+
+from gateway.bsv.beef import read_beef
+from gateway.payments.admission import Revoked, Wanted, admit
+from gateway.payments.cashier import Accepted, Cashier
+from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script
+from gateway.payments.errors import PaymentError
+from gateway.payments.remittance import Remittance, TopUp, remittance
+from gateway.policy import Match
+from gateway.store import Outcome, StoreUnavailable
+
+HEADERS = ("x-bsv-beef", "x-bsv-sender", "x-bsv-nonce", "x-bsv-time", "x-bsv-vout")
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """What a payment is offered for: the matched request and its terms."""
+
+    match: Match
+    method: str
+    price: int  # satoshis: the price, or the smallest top-up of a tab
+    top_up: TopUp | None = None  # a metered route: credit a tab instead of a grant
+    fresh: bool = True  # hold the payment's time to the freshness window
+
+    @property
+    def wanted(self) -> Wanted:
+        return Wanted.of(self.match, self.method)
+
+
+class Underpaid(PaymentError):
+    """A checkout paid less than its price: nothing was claimed, a full payment may follow."""
+
+    def __init__(self, paid: int, price: int) -> None:
+        super().__init__("underpaid", f"the payment is {paid} satoshis; the price is {price}")
+        self.paid = paid
+
+
+def purchase(
+    match: Match, method: str, price: int, *, tab: str | None = None, fresh: bool = True
+) -> Purchase:
+    """The terms of paying for `match`: a grant, or for a metered route a tab top-up.
+
+    `tab` names the tab to top up (from a presented tab token); None opens one.
+    """
+    tabs = match.service.service.tabs
+    top_up = None
+    if match.route.route.meter is not None and tabs is not None:
+        top_up = TopUp(tab, tabs.lasts)
+    return Purchase(match, method.upper(), price, top_up, fresh)
+
+
+def has_payment(headers: Mapping[str, str]) -> bool:
+    """Whether a request carries BRC-121 payment headers (any of them)."""
+    return any(name in headers for name in HEADERS)
+
+
+def from_headers(headers: Mapping[str, str], max_bytes: int) -> Remittance:
+    """BRC-121 headers -> Remittance; raises PaymentError."""
+    return remittance(
+        beef=headers.get("x-bsv-beef"),
+        sender=headers.get("x-bsv-sender"),
+        nonce=headers.get("x-bsv-nonce"),
+        time_ms=headers.get("x-bsv-time"),
+        vout=headers.get("x-bsv-vout"),
+        max_bytes=max_bytes,
+    )
+
+
+def from_fields(fields: Mapping[str, Any], max_bytes: int) -> Remittance:
+    """The pay endpoint's fields (JSON, or query + raw BEEF) -> Remittance; raises PaymentError.
+
+    A field that cannot be read is a malformed request here (400 naming the
+    field), not a payment the client may retry as it is.
+    """
+    try:
+        return remittance(
+            beef=fields.get("beef"),
+            sender=fields.get("sender"),
+            nonce=fields.get("nonce"),
+            time_ms=fields.get("time"),
+            vout=fields.get("vout"),
+            max_bytes=max_bytes,
+        )
+    except PaymentError as exc:
+        if exc.status == 402 and exc.reason.startswith("bad-"):
+            raise PaymentError(exc.reason, exc.detail, status=400) from None
+        raise
+
+
+def from_checkout(
+    server: PublicKey, checkout: Checkout, beef: bytes, cashier: Cashier
+) -> Remittance:
+    """A transaction paying a checkout's address -> Remittance; raises PaymentError.
+
+    The payee is the checkout's own BRC-29 key for the "anyone" sender
+    (payments/checkout.py), so the output is found by its script, and a
+    payment below the checkout's price is refused before anything is claimed.
+    """
+    subject = read_beef(beef, cashier.beef_limits).subject
+    script = locking_script(server, checkout)
+    vout = next(
+        (i for i, out in enumerate(subject.outputs) if out.locking_script.serialize() == script),
+        None,
+    )
+    if vout is None:
+        raise PaymentError("wrong-payee", "no output of this transaction pays this checkout")
+    paid = subject.outputs[vout].satoshis or 0
+    if paid < checkout.satoshis:
+        raise Underpaid(paid, checkout.satoshis)
+    return Remittance(
+        beef, ANYONE.public_key(), ANYONE_HEX, checkout.id, str(checkout.issued_ms), vout
+    )
+
+
+async def take(
+    cashier: Cashier, revocations: Revoked | None, payment: Remittance, bought: Purchase
+) -> Accepted:
+    """Take a payment for a purchase, then admit its grant; raises PaymentError.
+
+    A payment accepted before comes back with its grant only if that grant
+    admits this request (`payment-reused` or `grant-revoked` otherwise).
+    StoreUnavailable propagates from the revocation check.
+    """
+    accepted = await cashier.accept(
+        payment, bought.match, bought.method, bought.price, bought.top_up, fresh=bought.fresh
+    )
+    # A grant minted just now is for this very purchase and cannot have been
+    # revoked yet; one answered from an earlier claim is asked like a token.
+    await admit(accepted.grant, bought.wanted, revocations if accepted.repeated else None)
+    return accepted
+
+
+def checkout_key(checkout: Checkout) -> str:
+    """The claim key of a checkout: paid by one transaction only."""
+    return f"checkout:{checkout.id}"
+
+
+async def take_checkout(
+    cashier: Cashier,
+    revocations: Revoked | None,
+    server: PublicKey,
+    checkout: Checkout,
+    match: Match,
+    beef: bytes,
+) -> Accepted:
+    """Accept one transaction for a checkout; raises PaymentError.
+
+    The checkout is claimed for the first transaction that pays it: a second
+    payment is refused (`checkout-paid`) before it is broadcast.
+    """
+    payment = from_checkout(server, checkout, beef, cashier)
+    txid = read_beef(beef, cashier.beef_limits).subject.txid()
+    key = checkout_key(checkout)
+    try:
+        claim = await cashier.store.claim(key, txid)
+    except StoreUnavailable:
+        raise PaymentError("store-unavailable", "try again shortly", status=503) from None
+    if claim.outcome is Outcome.CONFLICT:
+        raise PaymentError(
+            "checkout-paid", "this checkout was paid by another transaction", status=409
+        )
+    bought = purchase(match, checkout.method, checkout.satoshis, fresh=False)
+    try:
+        accepted = await take(cashier, revocations, payment, bought)
+    except PaymentError:
+        if claim.outcome is Outcome.NEW:
+            await cashier.store.release(key, txid)
+        raise
+    if claim.outcome is Outcome.NEW or claim.receipt is None:
+        try:
+            await cashier.store.complete(key, accepted.receipt, accepted.token)
+        except StoreUnavailable:
+            # Taken but not yet recorded for the checkout: the next poll (or
+            # the same post again) finds the payment accepted and records it.
+            raise PaymentError("store-unavailable", "try again shortly", status=503) from None
+    return accepted
+
+
+async def checkout_taken(
+    cashier: Cashier, revocations: Revoked | None, checkout: Checkout, match: Match
+) -> Accepted | None:
+    """The grant a completed checkout bought, admitted again; None while unpaid.
+
+    Raises PaymentError when that grant no longer opens the resource
+    (revoked), StoreUnavailable when the store cannot say.
+    """
+    key = checkout_key(checkout)
+    receipt = await cashier.store.receipt(key)
+    if receipt is None:
+        return None
+    claim = await cashier.store.claim(key, receipt.txid)
+    if claim.token is None:
+        return None
+    verified = cashier.tokens.verify(claim.token)
+    if verified is None:
+        return None
+    await admit(verified[0], Wanted.of(match, checkout.method), revocations)
+    return Accepted(verified[0], claim.token, receipt, True)

@@ -1,0 +1,123 @@
+"""A payment as a client sends it, whatever the protocol, and its field checks.
+
+Every intake adapter (payments/intake.py) turns what arrived — BRC-121
+headers, the pay endpoint's JSON or query, a checkout's posted BEEF — into
+one `Remittance`; the cashier then checks and takes that, never the wire form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from bsv import PublicKey
+
+from gateway.payments.errors import PaymentError
+
+_PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+@dataclass(frozen=True, slots=True)
+class Remittance:
+    """One payment: an Atomic BEEF paying the BRC-29 key of (prefix, suffix) at `vout`."""
+
+    beef: bytes
+    sender: PublicKey
+    sender_hex: str
+    prefix: str  # BRC-29 derivation prefix (base64)
+    time: str  # Unix milliseconds, decimal; also the derivation suffix source
+    vout: int
+
+    @property
+    def suffix(self) -> str:
+        """BRC-121: the derivation suffix is base64 of the ASCII time string."""
+        return base64.b64encode(self.time.encode("ascii")).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """A payment that credits a prepaid tab instead of buying a grant."""
+
+    tab: str | None  # the tab to top up; None opens a new one
+    lasts: int  # seconds the tab's token lasts from now
+
+
+def remittance(
+    *,
+    beef: object,
+    sender: object,
+    nonce: object,
+    time_ms: object,
+    vout: object,
+    max_bytes: int,
+) -> Remittance:
+    """Check the fields of a payment and build it; base64 BEEF is decoded here.
+
+    Fields come from headers (always strings) or JSON (any type). A missing
+    field is `402 missing-payment-field`; a field of the wrong JSON type is
+    `400 bad-<field>` naming it; a value that cannot be a payment is 402 with
+    its reason (BRC-121: the client may pay again); BEEF over `max_bytes` is 413.
+    """
+    missing = [
+        n
+        for n, v in (
+            ("beef", beef),
+            ("sender", sender),
+            ("nonce", nonce),
+            ("time", time_ms),
+            ("vout", vout),
+        )
+        if v is None or v == ""
+    ]
+    if missing:
+        raise PaymentError("missing-payment-field", f"payment lacks: {', '.join(missing)}")
+    _typed("sender", sender, str)
+    _typed("nonce", nonce, str)
+    _typed("time", time_ms, str, int)
+    _typed("vout", vout, str, int)
+    _typed("beef", beef, str, bytes)
+    assert isinstance(sender, str) and isinstance(nonce, str) and isinstance(beef, str | bytes)
+    if not _PUBKEY.fullmatch(sender):
+        raise PaymentError("bad-sender", "sender must be a compressed public key in hex")
+    try:
+        sender_key = PublicKey(sender)
+    except Exception:  # bsv-sdk raises assorted types for points off the curve
+        raise PaymentError("bad-sender", "sender is not a valid public key") from None
+    if len(nonce) > 128 or not _is_base64(nonce):
+        raise PaymentError("bad-nonce", "nonce must be base64 (at most 128 characters)")
+    time_text = str(time_ms)
+    if not _DIGITS.fullmatch(time_text):
+        raise PaymentError("bad-time", "time must be Unix milliseconds as a decimal number")
+    vout_text = str(vout)
+    if not _DIGITS.fullmatch(vout_text) or int(vout_text) >= 2**32:
+        raise PaymentError("bad-vout", "vout must be an output index")
+    if isinstance(beef, str):
+        if len(beef) > max_bytes * 4 // 3 + 4:
+            raise PaymentError(
+                "beef-too-large", f"BEEF is larger than {max_bytes} bytes", status=413
+            )
+        try:
+            beef = base64.b64decode(beef, validate=True)
+        except (binascii.Error, ValueError):
+            raise PaymentError("malformed-beef", "BEEF is not valid base64", status=400) from None
+    return Remittance(beef, sender_key, sender.lower(), nonce, time_text, int(vout_text))
+
+
+def _typed(name: str, value: object, *types: type) -> None:
+    # bool is an int to Python, never to a client that meant a number.
+    if isinstance(value, bool) or not isinstance(value, types):
+        kinds = " or ".join(
+            "a string" if t is str else "a number" if t is int else "bytes" for t in types
+        )
+        raise PaymentError(f"bad-{name}", f"`{name}` must be {kinds}", status=400)
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(text)

@@ -1,0 +1,135 @@
+"""A metered route: drawn from a prepaid tab, held, proxied, settled.
+
+Hold the most the request may cost (`meter.most` units at the unit price),
+proxy it, then settle what it really cost — one unit, the units the
+upstream reports, or the bytes delivered — and return the rest of the
+hold (pricing/tabs.py `Metering` counts). A payment on the request opens
+or tops up the tab through the one intake first.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.challenge.respond import tab_challenge
+from gateway.edge import metrics
+from gateway.edge.problems import payments_disabled
+from gateway.payments.admission import Wanted, admit
+from gateway.payments.cashier import Accepted
+from gateway.payments.errors import PaymentError
+from gateway.payments.intake import from_headers, has_payment, purchase, take
+from gateway.pipeline.credentials import GRANT_HEADER, by_token
+from gateway.policy import Match
+from gateway.pricing import quote
+from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
+from gateway.proxy.forward import Proxy
+from gateway.services import Services
+from gateway.store import StoreUnavailable
+from gateway.tokens import Grant
+
+log = logging.getLogger("farebox")
+
+
+class Passage(Protocol):
+    """What metering needs of the pipeline that calls it."""
+
+    services: Services
+    proxy: Proxy
+
+    def origin(self, request: web.BaseRequest) -> str: ...
+
+    def reply(self, paid: Accepted | None) -> CIMultiDict[str]: ...
+
+    async def unpaid(
+        self, request: web.BaseRequest, match: Match, challenge: object
+    ) -> web.StreamResponse: ...
+
+
+async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+    """Serve one metered request from its tab, or answer the tab challenge."""
+    services = gw.services
+    store = services.store
+    assert match.route.route.meter is not None and store is not None
+    meter = match.route.route.meter
+
+    async def refuse(
+        request: web.BaseRequest,
+        match: Match,
+        refused: PaymentError | None = None,
+        balance: int | None = None,
+    ) -> web.Response:
+        return await tab_challenge(services, request, match, gw.origin(request), refused, balance)
+
+    wanted = Wanted.of(match, request.method)
+    found = by_token(services.tokens, request, wanted)
+    grant: Grant | None = found.grant if found is not None else None
+    upstream = found.upstream_header if found is not None else ""
+    if grant is not None:
+        try:
+            await admit(grant, wanted, services.revocations)
+        except PaymentError as refused:
+            return await refuse(request, match, refused)
+    paid = None
+    if has_payment(request.headers):
+        cashier = services.cashier
+        if cashier is None:
+            return payments_disabled()
+        minimum = await quote.top_up(services.rates, match)
+        try:
+            payment = from_headers(request.headers, cashier.beef_limits.max_bytes)
+            bought = purchase(
+                match, request.method, minimum.satoshis, tab=grant.tab if grant else None
+            )
+            paid = await take(cashier, services.revocations, payment, bought)
+        except PaymentError as refused:
+            if refused.status != 402:
+                raise
+            return await refuse(request, match, refused)
+        grant, upstream = paid.grant, cashier.tokens.upstream_header(paid.grant)
+    unit, _, _ = await quote.unit_price(
+        services.policy.current, services.rates, request.headers, match
+    )
+    if grant is None:
+        if unit == 0:  # a full concession: served free
+            return await gw.proxy.forward(request, match)
+        return await gw.unpaid(request, match, refuse)
+    tab = grant.tab
+    assert tab is not None
+    reply = gw.reply(paid)
+    reply[TAB] = tab
+    held = most_msat(meter, unit)
+    reservation = uuid.uuid4().hex
+    balance = await store.reserve(tab, held, reservation, HOLD_TTL)
+    if balance is None:
+        left = await store.balance(tab) or 0
+        refusal = PaymentError(
+            "tab-exhausted",
+            f"the tab holds {sats(left)} satoshis and this request may cost up to "
+            f"{sats(held)}: top it up",
+        )
+        response = await refuse(request, match, refusal, left)
+        response.headers.extend(reply)
+        return response
+    metering = Metering(meter, unit, held, balance, bodiless=request.method == "HEAD")
+    try:
+        return await gw.proxy.forward(request, match, {GRANT_HEADER: upstream}, reply, metering)
+    finally:
+        charge = metering.charge()
+        metrics.METERED.labels(match.service.name).inc(charge)
+        if services.tally is not None:
+            services.tally.add(
+                match.service.name,
+                match.route.scope,
+                metered_msat=charge,
+                refunds=int(charge == 0 and held > 0),
+            )
+        try:
+            await store.settle(tab, reservation, charge)
+        except StoreUnavailable:
+            # The hold returns to the tab when it expires: unbilled, not lost.
+            log.error("could not settle a metered request on tab %s: store unavailable", tab)

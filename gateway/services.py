@@ -1,0 +1,35 @@
+"""The parts a request handler may use, bundled once per worker (frozen).
+
+Handlers — the pipeline, Farebox's own endpoints, the admin API — are given
+this bundle instead of reaching through the Gateway. What a deployment leaves
+out is None: `cashier` and `tokens` when no chain is configured (payments
+off), `rates` without a fiat rate, `watcher` without a chain API to watch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.ledger.tally import Tally
+from gateway.payments.cashier import Cashier
+from gateway.payments.checkout import PaymentWatcher
+from gateway.pipeline.credentials import Revocations
+from gateway.policy.reload import PolicyHolder
+from gateway.pricing.rates import Rates
+from gateway.store import Store
+from gateway.tokens import Tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    policy: PolicyHolder
+    server_key: str  # compressed public key, hex: safe to show anyone
+    tokens: Tokens | None = None
+    cashier: Cashier | None = None
+    store: Store | None = None
+    revocations: Revocations | None = None
+    rates: Rates | None = None
+    watcher: PaymentWatcher | None = None
+    tally: Tally | None = None
+    cookie_secure: bool = True  # Set-Cookie with Secure (off only for plain-HTTP demos)
+    wallet_url: str = "http://localhost:3321"  # the browser wallet the paywall offers
