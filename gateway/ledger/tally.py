@@ -13,8 +13,9 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
+from typing import Protocol
 
-from gateway.store import Store, StoreUnavailable
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger("farebox.tally")
 
@@ -26,8 +27,14 @@ def today(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
+class Counters(Protocol):
+    """What the tally needs of the store."""
+
+    async def count(self, day: str, service: str, route: str, **fields: int) -> None: ...
+
+
 class Tally:
-    def __init__(self, store: Store, *, every: float = FLUSH_EVERY) -> None:
+    def __init__(self, store: Counters, *, every: float = FLUSH_EVERY) -> None:
         self.store = store
         self.every = every
         self._pending: defaultdict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bsv import PrivateKey
 
@@ -27,11 +28,22 @@ from gateway.payments.remittance import Remittance, TopUp
 from gateway.payments.verify import AncestryLimits, ChainTracker, Expectation, verify_payment
 from gateway.policy import Match
 from gateway.pricing.tabs import MSAT, tab_for_payment, tab_scope
-from gateway.store import Outcome, Store, StoreUnavailable
+from gateway.store import Claim, Outcome, StoreUnavailable
 from gateway.tokens import Grant, Tokens, new_grant_id, payer_hash
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+class Ledger(Protocol):
+    """What taking payments needs of the store (store/ holds the contract)."""
+
+    async def claim(self, txid: str, purchase: str) -> Claim: ...
+    async def complete(self, txid: str, receipt: Receipt, token: str) -> None: ...
+    async def release(self, txid: str, purchase: str) -> None: ...
+    async def receipt(self, txid: str) -> Receipt | None: ...
+    async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]: ...
+    async def balance(self, tab: str) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +63,7 @@ class Cashier:
         *,
         tracker: ChainTracker,
         broadcaster: Broadcaster,
-        store: Store,
+        store: Ledger,
         tokens: Tokens,
         time_window: float = 30.0,
         beef_limits: Limits = Limits(),

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.payments.admission import Wanted, covers
 from gateway.payments.cashier import Accepted
-from gateway.store import Store
 from gateway.tokens import Grant, Tokens
 
 COOKIE = "farebox_token"
@@ -100,6 +100,12 @@ def token_headers(accepted: Accepted, *, secure: bool, now: int) -> CIMultiDict[
     return CIMultiDict({TOKEN_HEADER: accepted.token, "Set-Cookie": morsel.OutputString()})
 
 
+class RevocationList(Protocol):
+    """What the revocation cache needs of the store."""
+
+    async def revoked(self, grant_id: str) -> bool: ...
+
+
 class Revocations:
     """Whether a grant was revoked, asked of the store at most once per `ttl`.
 
@@ -108,7 +114,7 @@ class Revocations:
     every worker. StoreUnavailable propagates: the caller fails closed.
     """
 
-    def __init__(self, store: Store, ttl: float = 1.0, size: int = 100_000) -> None:
+    def __init__(self, store: RevocationList, ttl: float = 1.0, size: int = 100_000) -> None:
         self.store = store
         self.ttl = ttl
         self.size = size

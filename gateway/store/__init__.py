@@ -1,4 +1,10 @@
-"""Shared state behind one small protocol.
+"""Shared state: the contract every store implements.
+
+`Store` is the union that memory and Redis implement; each consumer
+declares the few methods it uses as its own protocol (the cashier's
+`Ledger`, the tally's `Counters`, the revocation cache's `RevocationList`,
+the transparency report's `Receipts`), so a part can be tested against a
+stand-in of two or three methods and reads as what it really needs.
 
 `memory` is the embedded default for one process; `redis` shares the same
 contract between workers and machines (every operation atomic, every key of
