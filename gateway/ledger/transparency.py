@@ -25,6 +25,7 @@ class Receipts(Protocol):
         self, *, since: int | None = None, limit: int = 1000, after: str | None = None
     ) -> list[Receipt]: ...
 
+
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 MAX_RECEIPTS = 100_000  # per report; beyond it the report says it is truncated
