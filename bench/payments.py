@@ -299,12 +299,14 @@ async def stages(
             match = policy.match(None, canonicalize(p.path), "GET")
             h = p.headers
             payment = remittance(
-                beef=p.beef,
-                sender=h["x-bsv-sender"],
-                nonce=h["x-bsv-nonce"],
-                time_ms=h["x-bsv-time"],
-                vout=0,
-                max_bytes=1 << 20,
+                {
+                    "beef": p.beef,
+                    "sender": h["x-bsv-sender"],
+                    "nonce": h["x-bsv-nonce"],
+                    "time": h["x-bsv-time"],
+                    "vout": 0,
+                },
+                1 << 20,
             )
             accepted = await cashier.accept(payment, match, "GET", PRICE)
             for stage, seconds in accepted.timings.items():

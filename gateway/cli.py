@@ -601,33 +601,20 @@ async def _run_sweep(
     watch_url: str,
 ) -> int:
     from gateway.chain import ChainError
-    from gateway.chain.arc import ArcBroadcaster
     from gateway.custody import sweep as sw
+    from gateway.serve.assemble import open_broadcaster, open_store
     from gateway.store import StoreUnavailable
 
     closers = []
     if args.receipts is not None:
         source: sw.ReceiptSource = sw.FileReceipts(args.receipts)
     else:
-        from gateway.store.redis import RedisStore
-
-        store = RedisStore.from_url(
-            settings.store,
-            prefix=settings.store_prefix,
-            pool_size=settings.store_pool_size,
-            timeout=settings.store_timeout,
-        )
+        store = open_store(settings)
         closers.append(store.close)
         source = sw.StoreReceipts(store)
     utxos = sw.WocUtxos(watch_url, network=settings.watch_network, api_key=settings.watch_api_key)
     closers.append(utxos.close)
-    broadcaster = None
-    if settings.devnet_url:
-        broadcaster = ArcBroadcaster(settings.devnet_url)
-    elif settings.arc_url:
-        broadcaster = ArcBroadcaster(
-            settings.arc_url, api_key=settings.arc_api_key, wait_for=settings.arc_wait_for
-        )
+    broadcaster = open_broadcaster(settings, callbacks=False)
     if broadcaster is not None:
         closers.append(broadcaster.close)
     try:

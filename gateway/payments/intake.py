@@ -30,11 +30,11 @@ from gateway.payments.admission import Revoked, Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script
 from gateway.payments.errors import PaymentError
-from gateway.payments.remittance import Remittance, TopUp, remittance
+from gateway.payments.remittance import FIELDS, Remittance, TopUp, remittance
 from gateway.policy import Match
 from gateway.store import Outcome, StoreUnavailable
 
-HEADERS = ("x-bsv-beef", "x-bsv-sender", "x-bsv-nonce", "x-bsv-time", "x-bsv-vout")
+HEADERS = tuple("x-bsv-" + name for name in FIELDS)  # BRC-121
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +80,11 @@ def has_payment(headers: Mapping[str, str]) -> bool:
 
 
 def from_headers(headers: Mapping[str, str], max_bytes: int) -> Remittance:
-    """BRC-121 headers -> Remittance; raises PaymentError."""
-    return remittance(
-        beef=headers.get("x-bsv-beef"),
-        sender=headers.get("x-bsv-sender"),
-        nonce=headers.get("x-bsv-nonce"),
-        time_ms=headers.get("x-bsv-time"),
-        vout=headers.get("x-bsv-vout"),
-        max_bytes=max_bytes,
-    )
+    """BRC-121 headers (`x-bsv-beef`, `-sender`, `-nonce`, `-time`, `-vout`) -> Remittance.
+
+    Raises PaymentError.
+    """
+    return remittance({name: headers.get("x-bsv-" + name) for name in FIELDS}, max_bytes)
 
 
 def from_fields(fields: Mapping[str, Any], max_bytes: int) -> Remittance:
@@ -98,14 +94,7 @@ def from_fields(fields: Mapping[str, Any], max_bytes: int) -> Remittance:
     field), not a payment the client may retry as it is.
     """
     try:
-        return remittance(
-            beef=fields.get("beef"),
-            sender=fields.get("sender"),
-            nonce=fields.get("nonce"),
-            time_ms=fields.get("time"),
-            vout=fields.get("vout"),
-            max_bytes=max_bytes,
-        )
+        return remittance(fields, max_bytes)
     except PaymentError as exc:
         if exc.status == 402 and exc.reason.startswith("bad-"):
             raise PaymentError(exc.reason, exc.detail, status=400) from None

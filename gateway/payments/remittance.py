@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bsv import PublicKey
@@ -45,22 +46,22 @@ class TopUp:
     lasts: int  # seconds the tab's token lasts from now
 
 
-def remittance(
-    *,
-    beef: object,
-    sender: object,
-    nonce: object,
-    time_ms: object,
-    vout: object,
-    max_bytes: int,
-) -> Remittance:
+FIELDS = ("beef", "sender", "nonce", "time", "vout")
+
+
+def remittance(fields: Mapping[str, object], max_bytes: int) -> Remittance:
     """Check the fields of a payment and build it; base64 BEEF is decoded here.
 
-    Fields come from headers (always strings) or JSON (any type). A missing
-    field is `402 missing-payment-field`; a field of the wrong JSON type is
-    `400 bad-<field>` naming it; a value that cannot be a payment is 402 with
-    its reason (BRC-121: the client may pay again); BEEF over `max_bytes` is 413.
+    `fields` holds `beef` (base64 text or bytes), `sender` (compressed
+    public key, hex), `nonce` (the derivation prefix, base64), `time` (Unix
+    ms) and `vout`, from headers (always strings) or JSON (any type). A
+    missing field is `402 missing-payment-field`; a field of the wrong JSON
+    type is `400 bad-<field>` naming it; a value that cannot be a payment is
+    402 with its reason (BRC-121: the client may pay again); BEEF over
+    `max_bytes` is 413.
     """
+    beef, sender, nonce = fields.get("beef"), fields.get("sender"), fields.get("nonce")
+    time_ms, vout = fields.get("time"), fields.get("vout")
     missing = [
         n
         for n, v in (

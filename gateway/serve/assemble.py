@@ -14,6 +14,8 @@ from bsv import PrivateKey
 
 from gateway import keys
 from gateway.chain import Broadcaster, ChainTracker
+from gateway.chain.arc import ArcBroadcaster
+from gateway.chain.headers import BlockHeadersTracker, CachingTracker, DevnetTracker
 from gateway.config import Settings
 from gateway.edge import urls
 from gateway.endpoints.routes import Route, table
@@ -53,25 +55,35 @@ def open_journal(settings: Settings) -> Journal | None:
         ) from None
 
 
+def open_broadcaster(settings: Settings, *, callbacks: bool = True) -> ArcBroadcaster | None:
+    """The broadcaster the settings name: the devnet's ARC API, or ARC; None without either.
+
+    `callbacks=False` leaves out ARC's status callbacks (a sweep wants none).
+    """
+    if settings.devnet_url:
+        return ArcBroadcaster(settings.devnet_url)
+    if not settings.arc_url:
+        return None
+    return ArcBroadcaster(
+        settings.arc_url,
+        api_key=settings.arc_api_key,
+        wait_for=settings.arc_wait_for,
+        callback_url=settings.arc_callback_url if callbacks else None,
+        callback_token=settings.arc_callback_token if callbacks else None,
+    )
+
+
 def chain_clients(
     settings: Settings, closers: list[Callable[[], Awaitable[None]]]
 ) -> tuple[ChainTracker, Broadcaster]:
-    from gateway.chain.arc import ArcBroadcaster
-    from gateway.chain.headers import BlockHeadersTracker, CachingTracker, DevnetTracker
-
+    """The chain tracker (cached) and broadcaster a worker takes payments with."""
     if settings.devnet_url:
         inner: ChainTracker = DevnetTracker(settings.devnet_url)
-        broadcaster = ArcBroadcaster(settings.devnet_url)
     else:
-        assert settings.arc_url and settings.headers_url
+        assert settings.headers_url
         inner = BlockHeadersTracker(settings.headers_url, api_key=settings.headers_api_key)
-        broadcaster = ArcBroadcaster(
-            settings.arc_url,
-            api_key=settings.arc_api_key,
-            wait_for=settings.arc_wait_for,
-            callback_url=settings.arc_callback_url,
-            callback_token=settings.arc_callback_token,
-        )
+    broadcaster = open_broadcaster(settings)
+    assert broadcaster is not None, "settings with payments name a devnet or ARC"
     tracker = CachingTracker(inner)
     closers += [tracker.close, broadcaster.close]
     return tracker, broadcaster
