@@ -8,9 +8,9 @@ order and the first whose pattern and method both match wins.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from gateway.edge.paths import Target
+from gateway.policy.concessions import Eligibility
 from gateway.policy.patterns import Pattern
 from gateway.policy.schema import Route, Service
 
@@ -56,7 +56,7 @@ class Policy:
     unmatched: int
     sources: tuple[str, ...]
     version: str  # content hash, so admins can tell which policy is live
-    concessions: dict[str, Any] = field(default_factory=dict)  # name → Eligibility
+    concessions: dict[str, Eligibility] = field(default_factory=dict)
 
     def match(self, host: str | None, target: Target, method: str) -> Match | NoMatch:
         name = _host_name(host)

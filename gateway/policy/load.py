@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.policy.compiled import CompiledRoute, CompiledService, Policy
+from gateway.policy.concessions import load as load_concession
 from gateway.policy.patterns import Pattern, compile_pattern, shadows
 from gateway.policy.schema import PolicyFile, Route, Service
 from gateway.policy.source import Document, Issue, PolicyError, parse
@@ -66,10 +67,6 @@ def load_policy(path: str | Path) -> Policy:
 
 def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -> dict[str, Any]:
     """Load every concession's issuer keys; check that routes name real ones."""
-    from gateway.pricing.concessions import (
-        load as load_concession,  # its imports need gateway.policy
-    )
-
     loaded: dict[str, Any] = {}
     where: dict[str, str] = {}
     for doc, model in docs:

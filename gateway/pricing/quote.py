@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.policy import Match, Policy
-from gateway.pricing.concessions import HEADER, Eligibility, discounted, eligible, reduced
+from gateway.policy.concessions import Eligibility
+from gateway.pricing.concessions import HEADER, discounted, eligible, reduced
 from gateway.pricing.rates import Quote, Rates, msat_quote, quote
 
 
