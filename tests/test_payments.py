@@ -7,10 +7,11 @@ import time
 import pytest
 from bsv import P2PKH, PrivateKey, PublicKey, Transaction, TransactionInput, TransactionOutput
 
+from gateway.bsv.ancestry import AncestryLimits
 from gateway.bsv.beef import Limits, read_beef
 from gateway.bsv.derivation import p2pkh_script, payee_key
 from gateway.payments.errors import PaymentError
-from gateway.payments.verify import AncestryLimits, Expectation, verify_payment
+from gateway.payments.verify import Expectation, verify_payment
 from tests.chainkit import (
     Tracker,
     atomic,

@@ -1,35 +1,76 @@
-"""Reading a payment's BEEF strictly: Atomic BEEF (BRC-95), BEEF V1 and V2.
+"""BEEF, read and written: BRC-62 (V1), BRC-96 (V2) and BRC-95 (Atomic BEEF).
 
-bsv-sdk's own readers accept trailing junk and, for Atomic BEEF, unrelated
-extra transactions, and give no bound on what they walk. This reader frames
-the bytes itself (every count checked against caps and against what is left),
-hands each raw transaction and BUMP to bsv-sdk, and refuses anything left
-over at the end.
+A BEEF is a transaction with its unconfirmed ancestry, the proven ancestors
+carrying BRC-74 merkle paths (BUMPs). This module is the one reader and the
+one writer of that framing, for the gateway, the client and the devnet.
+
+Reading frames the bytes here (every count checked against caps and against
+what is left), hands each raw transaction and BUMP to bsv-sdk, and refuses
+anything left over at the end: bsv-sdk's own readers accept trailing junk
+and, for Atomic BEEF, unrelated extra transactions, and give no bound on
+what they walk. `read_entries` gives the framing as it is (the devnet, like
+ARC, takes txid-only entries); `read_beef` is what a payment must be.
+
+Writing is V1 (what every reader takes): bsv-sdk's `to_beef()` walks the
+ancestry recursively without a memo, writing a shared ancestor once per
+path to it, and its `new_beef_from_bytes` drops the BUMPs of a V1 BEEF.
+
+Errors are `PaymentError`s: "malformed-beef" (status 400), "beef-too-large"
+(413), "txid-only-ancestor" and, from the writer, "missing-ancestor" (402).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bsv import MerklePath, Transaction
-from bsv.utils import Reader
+from bsv.utils import Reader, Writer
 
+from gateway.bsv.ancestry import parents_first, walk_ancestry
 from gateway.payments.errors import PaymentError
 
 BEEF_V1 = 0xEFBE0001
 BEEF_V2 = 0xEFBE0002
-ATOMIC = 0x01010101
+ATOMIC_BEEF = 0x01010101
+ATOMIC_PREFIX = ATOMIC_BEEF.to_bytes(4, "little")
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """Caps on what one BEEF may make the reader do (bytes, and counts as declared)."""
+
     max_bytes: int = 1 << 20
     max_transactions: int = 1000
     max_bumps: int = 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One transaction of a BEEF, as framed."""
+
+    txid: str
+    tx: Transaction | None  # None for a BRC-96 txid-only entry; its BUMP is tx.merkle_path
+    raw: bytes  # the transaction's bytes as the BEEF holds them; b"" for a txid-only entry
+
+    @property
+    def path(self) -> MerklePath | None:
+        return None if self.tx is None else self.tx.merkle_path
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """What `read_entries` found."""
+
+    subject: str  # txid: the Atomic BEEF's subject (a full entry), else the last entry's
+    atomic: bool
+    entries: tuple[Entry, ...]  # in the BEEF's order, parents first; at least one
+
+
 @dataclass(slots=True)
 class Beef:
+    """A payment's BEEF, read by `read_beef`."""
+
     subject: Transaction  # the payment: the atomic subject, else the last transaction
     transactions: dict[str, Transaction]  # txid → tx, parents linked as source_transaction
     atomic: bool
@@ -39,7 +80,12 @@ def _malformed(detail: str) -> PaymentError:
     return PaymentError("malformed-beef", detail, status=400)
 
 
-def read_beef(data: bytes, limits: Limits = Limits()) -> Beef:
+def read_entries(data: bytes, limits: Limits = Limits()) -> Entries:
+    """The entries of a BEEF V1 or V2, Atomic or not, checking the framing only.
+
+    Raises PaymentError "beef-too-large" beyond `limits`, "malformed-beef"
+    for anything that is not exactly one BEEF (trailing bytes included).
+    """
     if len(data) > limits.max_bytes:
         raise PaymentError(
             "beef-too-large",
@@ -50,44 +96,62 @@ def read_beef(data: bytes, limits: Limits = Limits()) -> Beef:
         raise _malformed("too short to be BEEF")
     reader = Reader(data)
     magic = reader.read_uint32_le()
-    subject_txid = None
-    if magic == ATOMIC:
+    subject = None
+    if magic == ATOMIC_BEEF:
         raw = reader.read(32)
-        if len(raw) != 32:
+        if raw is None or len(raw) != 32:  # Reader.read gives None at the end
             raise _malformed("Atomic BEEF ends inside its subject txid")
-        subject_txid = raw[::-1].hex()
+        subject = raw[::-1].hex()
         magic = reader.read_uint32_le()
     if magic not in (BEEF_V1, BEEF_V2):
         raise _malformed("not BEEF: unknown version bytes")
     try:
-        bumps = _read_bumps(reader, len(data), limits)
-        txs = _read_transactions(reader, magic, bumps, len(data), limits)
+        bumps = _read_bumps(reader, data, limits)
+        entries = _read_transactions(reader, magic, bumps, data, limits)
     except PaymentError:
         raise
     except Exception as exc:  # bsv-sdk raises ValueError, TypeError, IndexError...
         raise _malformed(f"unreadable BEEF: {type(exc).__name__}") from None
     if reader.tell() != len(data):
         raise _malformed(f"{len(data) - reader.tell()} unexpected bytes after the BEEF")
-    if not txs:
+    if not entries:
         raise _malformed("BEEF holds no transaction")
-    by_id = {tx.txid(): tx for tx in txs}
-    if len(by_id) != len(txs):
+    if subject is None:
+        return Entries(entries[-1].txid, False, tuple(entries))
+    if all(e.txid != subject or e.tx is None for e in entries):
+        raise _malformed("Atomic BEEF does not contain its subject transaction")
+    return Entries(subject, True, tuple(entries))
+
+
+def read_beef(data: bytes, limits: Limits = Limits()) -> Beef:
+    """A payment's BEEF: full transactions only, each once, parents linked; an Atomic
+    BEEF holds its subject's ancestry and nothing else.
+
+    Raises PaymentError as `read_entries` does, and "txid-only-ancestor".
+    """
+    found = read_entries(data, limits)
+    by_id: dict[str, Transaction] = {}
+    for entry in found.entries:
+        if entry.tx is None:
+            raise PaymentError(
+                "txid-only-ancestor",
+                "BEEF has a txid-only entry; a payment must carry full ancestry",
+            )
+        by_id[entry.txid] = entry.tx
+    if len(by_id) != len(found.entries):
         raise _malformed("BEEF holds the same transaction twice")
-    for tx in txs:
+    for tx in by_id.values():
         for tx_input in tx.inputs:
             parent = by_id.get(tx_input.source_txid)
             if parent is not None:
                 tx_input.source_transaction = parent
-    if subject_txid is None:
-        return Beef(txs[-1], by_id, atomic=False)
-    subject = by_id.get(subject_txid)
-    if subject is None:
-        raise _malformed("Atomic BEEF does not contain its subject transaction")
-    _require_only_ancestry(subject, by_id)
-    return Beef(subject, by_id, atomic=True)
+    subject = by_id[found.subject]
+    if found.atomic:
+        _require_only_ancestry(subject, by_id)
+    return Beef(subject, by_id, found.atomic)
 
 
-def _count(reader: Reader, size: int, cap: int, what: str) -> int:
+def _count(reader: Reader, data: bytes, cap: int, what: str) -> int:
     n = reader.read_var_int_num()
     if n is None:
         raise _malformed(f"BEEF ends before its {what} count")
@@ -95,48 +159,57 @@ def _count(reader: Reader, size: int, cap: int, what: str) -> int:
         raise PaymentError(
             "beef-too-large", f"BEEF declares {n} {what}; the limit is {cap}", status=413
         )
-    if n > size - reader.tell():
+    if n > len(data) - reader.tell():
         raise _malformed(f"BEEF declares more {what} than it has bytes")
     return n
 
 
-def _read_bumps(reader: Reader, size: int, limits: Limits) -> list[MerklePath]:
+def _read_bumps(reader: Reader, data: bytes, limits: Limits) -> list[MerklePath]:
     return [
         MerklePath.from_reader(reader)
-        for _ in range(_count(reader, size, limits.max_bumps, "BUMPs"))
+        for _ in range(_count(reader, data, limits.max_bumps, "BUMPs"))
     ]
 
 
 def _read_transactions(
-    reader: Reader, version: int, bumps: list[MerklePath], size: int, limits: Limits
-) -> list[Transaction]:
+    reader: Reader, version: int, bumps: list[MerklePath], data: bytes, limits: Limits
+) -> list[Entry]:
     out = []
-    for _ in range(_count(reader, size, limits.max_transactions, "transactions")):
+    for _ in range(_count(reader, data, limits.max_transactions, "transactions")):
         bump = None
         if version == BEEF_V2:
-            # BRC-96 entry: <kind> [<BUMP index> when kind 1] <raw tx>
+            # BRC-96 entry: <kind> [<BUMP index> when kind 1] <raw tx>, or <2> <txid>
             kind = reader.read_uint8()
             if kind == 2:
-                raise PaymentError(
-                    "txid-only-ancestor",
-                    "BEEF has a txid-only entry; a payment must carry full ancestry",
-                )
+                out.append(_txid_only(reader))
+                continue
             if kind not in (0, 1):
                 raise _malformed(f"unknown BEEF V2 entry kind {kind}")
             if kind == 1:
                 bump = _bump(reader, bumps)
+            start = reader.tell()
             tx = Transaction.from_reader(reader)
+            end = reader.tell()
         else:
             # BRC-62 entry: <raw tx> <has BUMP> [<BUMP index>]
+            start = reader.tell()
             tx = Transaction.from_reader(reader)
+            end = reader.tell()
             flag = reader.read_uint8()
             if flag not in (0, 1):
                 raise _malformed("bad BUMP flag after a transaction")
             if flag == 1:
                 bump = _bump(reader, bumps)
         tx.merkle_path = bump
-        out.append(tx)
+        out.append(Entry(tx.txid(), tx, data[start:end]))
     return out
+
+
+def _txid_only(reader: Reader) -> Entry:
+    raw = reader.read(32)
+    if raw is None or len(raw) != 32:
+        raise _malformed("BEEF ends inside a txid-only entry")
+    return Entry(raw[::-1].hex(), None, b"")
 
 
 def _bump(reader: Reader, bumps: list[MerklePath]) -> MerklePath:
@@ -161,3 +234,75 @@ def _require_only_ancestry(subject: Transaction, by_id: dict[str, Transaction]) 
                 stack.append(parent)
     if len(seen) != len(by_id):
         raise _malformed("Atomic BEEF carries transactions unrelated to its subject")
+
+
+def split_atomic(data: bytes) -> tuple[str | None, bytes]:
+    """(subject txid, the BEEF inside) of an Atomic BEEF; (None, `data`) for anything else.
+
+    Only the 36-byte BRC-95 prefix is looked at; what follows is not read."""
+    if not data.startswith(ATOMIC_PREFIX):
+        return None, data
+    return data[4:36][::-1].hex(), data[36:]
+
+
+# ----- writing ------------------------------------------------------------------------
+
+
+def write_beef(txs: Sequence[Transaction], *, atomic: bool = False) -> bytes:
+    """A V1 BEEF (BRC-62) of exactly `txs`, in this order (parents first); with
+    `atomic`, framed as an Atomic BEEF (BRC-95) about the last of them.
+
+    A transaction's `merkle_path` is written as its BUMP, one BUMP per block
+    where the paths combine.
+    """
+    bumps: list[tuple[MerklePath, list[str]]] = []
+    index_of: dict[str, int] = {}
+    for tx in txs:
+        if tx.merkle_path is not None:
+            index_of[tx.txid()] = _bump_for(bumps, tx.merkle_path, tx.txid())
+    writer = Writer()
+    if atomic:
+        writer.write(ATOMIC_PREFIX)
+        writer.write(bytes.fromhex(txs[-1].txid())[::-1])
+    writer.write_uint32_le(BEEF_V1)
+    writer.write_var_int_num(len(bumps))
+    for bump, _ in bumps:
+        writer.write(bump.to_binary())
+    writer.write_var_int_num(len(txs))
+    for tx in txs:
+        writer.write(tx.serialize())
+        index = index_of.get(tx.txid())
+        if index is None:
+            writer.write_uint8(0)
+        else:
+            writer.write_uint8(1)
+            writer.write_var_int_num(index)
+    return writer.to_bytes()
+
+
+def beef_of(tx: Transaction, *, atomic: bool = False) -> bytes:
+    """V1 BEEF proving `tx` (Atomic BEEF with `atomic`): it, its unconfirmed
+    ancestors and the proven transactions they spend, each once.
+
+    Raises PaymentError "missing-ancestor" when an unconfirmed transaction's
+    parent is not linked as its input's `source_transaction`.
+    """
+    return write_beef(parents_first(walk_ancestry(tx)), atomic=atomic)
+
+
+def _bump_for(bumps: list[tuple[MerklePath, list[str]]], path: MerklePath, txid: str) -> int:
+    """Index of the BUMP that proves `txid`; one BUMP per block where they combine."""
+    for index, (bump, txids) in enumerate(bumps):
+        if bump.block_height != path.block_height:
+            continue
+        try:
+            merged = MerklePath.from_binary(bump.to_binary())
+            merged.combine(MerklePath.from_binary(path.to_binary()))
+            root = merged.compute_root(txid)
+            if all(merged.compute_root(t) == root for t in txids):
+                bumps[index] = (merged, [*txids, txid])
+                return index
+        except Exception:  # bsv-sdk raises assorted types; separate BUMPs are valid too
+            pass
+    bumps.append((path, [txid]))
+    return len(bumps) - 1

@@ -33,10 +33,9 @@ from typing import Any
 
 import aiohttp
 
+from gateway.bsv.beef import ATOMIC_PREFIX, split_atomic
 from gateway.chain import ACCEPTED_STATUSES, BroadcastResult, ChainError, classify_status
 from gateway.chain._http import Answer, HttpClient, transport_failure
-
-ATOMIC_PREFIX = b"\x01\x01\x01\x01"
 
 # ARC error code -> reason (pkg/api/status.go, doc/errors.md). All of them
 # are definite refusals of the submitted transaction.
@@ -202,11 +201,10 @@ def _wire_form(tx: bytes | str) -> tuple[bytes | str, str, str | None]:
         return text.lower(), "text/plain", None
     if not tx:
         raise ValueError("empty transaction")
-    if tx.startswith(ATOMIC_PREFIX):
-        if len(tx) <= 36:
-            raise ValueError("Atomic BEEF is shorter than its prefix")
-        return bytes(tx[36:]), "application/octet-stream", tx[4:36][::-1].hex()
-    return bytes(tx), "application/octet-stream", None
+    subject, beef = split_atomic(bytes(tx))
+    if subject is not None and not beef:
+        raise ValueError("Atomic BEEF is shorter than its prefix")
+    return beef, "application/octet-stream", subject
 
 
 def _status_result(

@@ -7,12 +7,11 @@ exactly what the devnet's ARC-style HTTP API accepts.
 
 from __future__ import annotations
 
+from gateway.bsv.beef import split_atomic
 from gateway.chain import BroadcastResult, classify_status
 from gateway.devnet import Devnet
 from gateway.devnet.http import ArcError, process_submission
 from gateway.devnet.wire import WireError, parse_submission
-
-_ATOMIC = b"\x01\x01\x01\x01"
 
 
 class LocalBroadcaster:
@@ -20,10 +19,8 @@ class LocalBroadcaster:
         self.devnet = devnet
 
     async def broadcast(self, tx: bytes | str, *, txid: str | None = None) -> BroadcastResult:
-        data = bytes.fromhex(tx) if isinstance(tx, str) else tx
-        if data[:4] == _ATOMIC:
-            txid = txid or data[4:36][::-1].hex()
-            data = data[36:]
+        subject, data = split_atomic(bytes.fromhex(tx) if isinstance(tx, str) else tx)
+        txid = txid or subject
         try:
             result = process_submission(self.devnet, parse_submission(data))
         except (ArcError, WireError) as exc:

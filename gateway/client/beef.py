@@ -1,116 +1,44 @@
-"""BEEF as a paying wallet writes it: V1 (BRC-62) and Atomic BEEF (BRC-95).
+"""BEEF as the wallet reads and writes it: `gateway.bsv.beef`, with the wallet's errors.
 
-The framing is written here. bsv-sdk's `to_beef()` walks the ancestry
-recursively without a memo, writing a shared ancestor once per path to it,
-and its `new_beef_from_bytes` drops the BUMPs of a V1 BEEF. Reading goes
-through the gateway's strict reader, so the wallet stores only what the
-gateway would accept.
+Coins are stored as V1 BEEF (BRC-62), payments leave as Atomic BEEF
+(BRC-95). Reading goes through the gateway's own strict reader, so the
+wallet keeps only what a gateway would accept. Every function raises
+WalletError, never the PaymentError the shared code speaks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bsv import Transaction
 
-from bsv import MerklePath, Transaction
-from bsv.utils import Writer
-
-from gateway.bsv.beef import Limits, read_beef
+from gateway.bsv import beef as bsv_beef
+from gateway.bsv.ancestry import walk_ancestry
 from gateway.client.errors import WalletError
 from gateway.payments.errors import PaymentError
 
-BEEF_V1 = 0xEFBE0001
-ATOMIC = 0x01010101
-
-
-def ancestry(tx: Transaction) -> list[Transaction]:
-    """`tx`, its unproven ancestors and the proven ones they spend: parents first, each once.
-
-    Iterative (no recursion limit) and memoised (a diamond costs one visit
-    per transaction). A transaction with a merkle path ends its branch: its
-    own parents are not needed to prove it.
-    """
-    order: list[Transaction] = []
-    seen: set[str] = set()
-    stack: list[tuple[Transaction, bool]] = [(tx, False)]
-    while stack:
-        current, parents_done = stack.pop()
-        if parents_done:
-            order.append(current)
-            continue
-        txid = current.txid()
-        if txid in seen:
-            continue
-        seen.add(txid)
-        stack.append((current, True))
-        if current.merkle_path is not None:
-            continue
-        for tx_input in current.inputs:
-            parent = tx_input.source_transaction
-            if parent is None:
-                raise WalletError(f"{txid} spends {tx_input.source_txid}, which the wallet lacks")
-            stack.append((parent, False))
-    return order
-
-
-def _bump_for(bumps: list[tuple[MerklePath, list[str]]], path: MerklePath, txid: str) -> int:
-    """Index of the BUMP that proves `txid`; one BUMP per block where they combine."""
-    for index, (bump, txids) in enumerate(bumps):
-        if bump.block_height != path.block_height:
-            continue
-        try:
-            merged = MerklePath.from_binary(bump.to_binary())
-            merged.combine(MerklePath.from_binary(path.to_binary()))
-            root = merged.compute_root(txid)
-            if all(merged.compute_root(t) == root for t in txids):
-                bumps[index] = (merged, [*txids, txid])
-                return index
-        except Exception:  # bsv-sdk raises assorted types; separate BUMPs are valid too
-            pass
-    bumps.append((path, [txid]))
-    return len(bumps) - 1
-
-
-def beef_v1(txs: Sequence[Transaction]) -> bytes:
-    """A V1 BEEF of exactly these transactions, in this order (parents first)."""
-    bumps: list[tuple[MerklePath, list[str]]] = []
-    index_of: dict[str, int] = {}
-    for tx in txs:
-        if tx.merkle_path is not None:
-            index_of[tx.txid()] = _bump_for(bumps, tx.merkle_path, tx.txid())
-    writer = Writer()
-    writer.write_uint32_le(BEEF_V1)
-    writer.write_var_int_num(len(bumps))
-    for bump, _ in bumps:
-        writer.write(bump.to_binary())
-    writer.write_var_int_num(len(txs))
-    for tx in txs:
-        writer.write(tx.serialize())
-        index = index_of.get(tx.txid())
-        if index is None:
-            writer.write_uint8(0)
-        else:
-            writer.write_uint8(1)
-            writer.write_var_int_num(index)
-    return writer.to_bytes()
+# A wallet's own coins may carry long unconfirmed chains: larger than a payment's caps.
+LIMITS = bsv_beef.Limits(max_bytes=16 << 20, max_transactions=10_000)
 
 
 def beef_of(tx: Transaction) -> bytes:
     """V1 BEEF proving `tx`: it and its ancestry back to mined transactions."""
-    return beef_v1(ancestry(tx))
+    try:
+        return bsv_beef.beef_of(tx)
+    except PaymentError as exc:
+        raise WalletError(exc.detail) from None
 
 
 def atomic_beef(tx: Transaction) -> bytes:
-    """BRC-95: `01010101`, the subject txid (wire byte order), then the BEEF."""
-    writer = Writer()
-    writer.write_uint32_le(ATOMIC)
-    writer.write(bytes.fromhex(tx.txid())[::-1])
-    return writer.to_bytes() + beef_of(tx)
+    """The same as an Atomic BEEF (BRC-95) about `tx`: how a payment is sent."""
+    try:
+        return bsv_beef.beef_of(tx, atomic=True)
+    except PaymentError as exc:
+        raise WalletError(exc.detail) from None
 
 
 def transaction_from_beef(beef: bytes, txid: str) -> Transaction:
     """The transaction `txid` out of a BEEF, its parents linked as source transactions."""
     try:
-        parsed = read_beef(beef, Limits(max_bytes=16 << 20, max_transactions=10_000))
+        parsed = bsv_beef.read_beef(beef, LIMITS)
     except PaymentError as exc:
         raise WalletError(f"unreadable BEEF for {txid}: {exc.detail}") from None
     tx = parsed.transactions.get(txid)
@@ -120,5 +48,8 @@ def transaction_from_beef(beef: bytes, txid: str) -> Transaction:
 
 
 def unproven(tx: Transaction) -> list[Transaction]:
-    """The transactions in `tx`'s ancestry (itself included) that lack a merkle path."""
-    return [t for t in ancestry(tx) if t.merkle_path is None]
+    """`tx` (unless it is mined) and its ancestors that lack a merkle path, `tx` first."""
+    try:
+        return walk_ancestry(tx).unconfirmed
+    except PaymentError as exc:
+        raise WalletError(exc.detail) from None

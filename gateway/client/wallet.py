@@ -359,7 +359,7 @@ class Wallet:
         for coin in self._state.coins:
             if coin.reserved_by is None:
                 tx = transaction_from_beef(bytes.fromhex(coin.beef), coin.txid)
-                found.update(dict.fromkeys(t.txid() for t in reversed(unproven(tx))))
+                found.update(dict.fromkeys(t.txid() for t in unproven(tx)))
         return list(found)
 
     def add_proofs(self, paths: dict[str, MerklePath]) -> int:

@@ -31,16 +31,16 @@ from bsv import (
     TransactionOutput,
 )
 from bsv.hash import hash256
-from bsv.script.spend import Spend
-from bsv.utils import Writer, encode_pushdata
+from bsv.utils import encode_pushdata
 
+from gateway.bsv.ancestry import parents_first, walk_ancestry
+from gateway.bsv.beef import write_beef
+from gateway.bsv.scripts import script_failure
 from gateway.devnet.merkle import merkle_path, tree_levels
 
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN
 NULL_TXID = "00" * 32
-BEEF_V1 = 0xEFBE0001
-ATOMIC_BEEF = 0x01010101
 # Regtest's difficulty: about every other nonce gives a valid proof of work,
 # so headers are genuinely "mined" at no cost.
 REGTEST_BITS = 0x207FFFFF
@@ -98,7 +98,7 @@ class Block:
 
 @dataclass(slots=True)
 class _Entry:
-    tx: Transaction  # private parsed copy: callers never hold it
+    tx: Transaction  # private parsed copy, inputs linked to what they spend: callers never hold it
     raw: bytes
     fee: int
     height: int | None = None  # None while in the mempool
@@ -142,36 +142,16 @@ def _structure_problem(tx: Transaction) -> str | None:
 
 
 def _script_problem(tx: Transaction) -> str | None:
-    """Runs each input through bsv-sdk's interpreter against the spent output.
+    """Runs each input's scripts against the output it spends (gateway.bsv.scripts,
+    the check the gateway makes too).
 
     `tx` inputs must already carry `satoshis` and `locking_script` of what
-    they spend. Not `tx.verify()`: that also wants proofs of the parents,
-    defaults to a network chain tracker and passes no-input transactions.
+    they spend.
     """
     for vin, tx_input in enumerate(tx.inputs):
-        spend = Spend(
-            {
-                "sourceTXID": tx_input.source_txid,
-                "sourceOutputIndex": tx_input.source_output_index,
-                "sourceSatoshis": tx_input.satoshis,
-                "lockingScript": tx_input.locking_script,
-                "transactionVersion": tx.version,
-                "otherInputs": [other for j, other in enumerate(tx.inputs) if j != vin],
-                "inputIndex": vin,
-                "unlockingScript": tx_input.unlocking_script,
-                "outputs": tx.outputs,
-                "inputSequence": tx_input.sequence,
-                "lockTime": tx.locktime,
-            }
-        )
-        # validate() reports failure by raising (RuntimeError from the
-        # interpreter; others for scripts it cannot even parse), not by False.
-        try:
-            valid = spend.validate()
-        except Exception as exc:
-            return f"input {vin}: {str(exc).splitlines()[0]}"
-        if not valid:
-            return f"input {vin}: script evaluated to false"
+        failure = script_failure(tx, vin, tx_input.satoshis, tx_input.locking_script)
+        if failure is not None:
+            return f"input {vin}: {failure}"
     return None
 
 
@@ -326,6 +306,8 @@ class Devnet(ChainTracker):
 
     def _accept(self, tx: Transaction, txid: str, raw: bytes) -> None:
         fee = sum(i.satoshis for i in tx.inputs) - sum(o.satoshis for o in tx.outputs)
+        for tx_input in tx.inputs:  # what it spends, for walking its ancestry
+            tx_input.source_transaction = self._txs[tx_input.source_txid].tx
         self._register(txid, tx, raw, fee)
         self._mempool[txid] = None
         self._rejected.pop(txid, None)
@@ -553,58 +535,14 @@ class Devnet(ChainTracker):
     # ----- BEEF -------------------------------------------------------------
 
     def beef_for(self, txid: str, *, atomic: bool = False) -> bytes:
-        """BEEF V1 of a transaction and its unmined ancestry back to mined ones.
-
-        Written here rather than with `Transaction.to_beef()`, which recurses
-        without a memo and writes a shared ancestor once per path to it.
-        With `atomic`, wrapped as BRC-95 Atomic BEEF.
-        """
-        if txid not in self._txs:
+        """BEEF V1 of a transaction and its unmined ancestry back to mined ones
+        (gateway.bsv.beef's writer). With `atomic`, wrapped as BRC-95 Atomic BEEF."""
+        entry = self._txs.get(txid)
+        if entry is None:
             raise KeyError(f"unknown transaction {txid}")
-        order = self._ancestry(txid)
-        by_height: dict[int, list[str]] = {}
-        for t in order:
-            height = self._txs[t].height
-            if height is not None:
-                by_height.setdefault(height, []).append(t)
-        bump_index = {h: i for i, h in enumerate(by_height)}
-        writer = Writer()
-        if atomic:
-            writer.write_uint32_le(ATOMIC_BEEF)
-            writer.write(bytes.fromhex(txid)[::-1])
-        writer.write_uint32_le(BEEF_V1)
-        writer.write_var_int_num(len(by_height))
-        for height, txids in by_height.items():
-            writer.write(self._block_path(height, txids).to_binary())
-        writer.write_var_int_num(len(order))
-        for t in order:
-            entry = self._txs[t]
-            writer.write(entry.raw)
-            if entry.height is None:
-                writer.write_uint8(0)
-            else:
-                writer.write_uint8(1)
-                writer.write_var_int_num(bump_index[entry.height])
-        return writer.to_bytes()
+        ancestry = walk_ancestry(entry.tx, proven=self._mined)
+        copies = [self.get_transaction(tx.txid()) for tx in parents_first(ancestry)]
+        return write_beef([tx for tx in copies if tx is not None], atomic=atomic)
 
-    def _ancestry(self, txid: str) -> list[str]:
-        """`txid` and its unmined ancestors, parents before children, each once.
-
-        Iterative (no recursion limit) and memoised (no blow-up on diamonds).
-        """
-        order: list[str] = []
-        seen: set[str] = set()
-        stack: list[tuple[str, bool]] = [(txid, False)]
-        while stack:
-            current, parents_done = stack.pop()
-            if parents_done:
-                order.append(current)
-                continue
-            if current in seen:
-                continue
-            seen.add(current)
-            stack.append((current, True))
-            entry = self._txs[current]
-            if entry.height is None:  # unmined: its parents must come along
-                stack.extend((i.source_txid, False) for i in entry.tx.inputs)
-        return order
+    def _mined(self, tx: Transaction) -> bool:
+        return self._txs[tx.txid()].height is not None

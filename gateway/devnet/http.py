@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -43,8 +42,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from bsv import MerklePath
 
+from gateway.bsv.beef import Entry
+from gateway.bsv.scripts import script_hash
 from gateway.devnet.chain import Devnet, Rejection, SubmitResult, TxStatus
-from gateway.devnet.wire import Entry, Submission, WireError, parse_submission
+from gateway.devnet.wire import Submission, WireError, parse_submission
 
 log = logging.getLogger("farebox.devnet")
 
@@ -432,7 +433,7 @@ async def get_beef(request: web.Request) -> web.Response:
     return web.json_response({"txid": txid, "beef": beef.hex()})
 
 
-# ----- WhatsOnChain-style lookups (what gateway.chain.watch asks) ----------------
+# ----- WhatsOnChain-style lookups (what gateway.chain.woc asks) ------------------
 
 
 async def woc_unspent(request: web.Request) -> web.Response:
@@ -442,7 +443,7 @@ async def woc_unspent(request: web.Request) -> web.Response:
     wanted = request.match_info["scripthash"].lower()
     found = []
     for script, outputs in devnet.scripts_with_unspent().items():
-        if hashlib.sha256(script).digest()[::-1].hex() == wanted:
+        if script_hash(script) == wanted:
             found = outputs
             break
     return web.json_response(

@@ -1,8 +1,9 @@
 """Reading what ARC's `POST /v1/tx` accepts: raw tx, Extended Format, BEEF.
 
-The framing is done here, strictly (counts checked against what is left, no
-trailing bytes), and only raw transactions and BUMPs are handed to bsv-sdk:
-its own readers accept trailing junk, read V1 BEEF only
+The framing is done strictly (counts checked against what is left, no
+trailing bytes), here for raw transactions and Extended Format and by
+`gateway.bsv.beef` for BEEF; only raw transactions and BUMPs are handed to
+bsv-sdk: its own readers accept trailing junk, read V1 BEEF only
 (`Transaction.from_beef`) or raise assorted exception types.
 """
 
@@ -10,25 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bsv import MerklePath, Script, Transaction, TransactionInput, TransactionOutput
+from bsv import Script, Transaction, TransactionInput, TransactionOutput
 from bsv.utils import Reader
 
-BEEF_V1 = 0xEFBE0001
-BEEF_V2 = 0xEFBE0002
-ATOMIC_BEEF = 0x01010101
+from gateway.bsv.beef import ATOMIC_BEEF, BEEF_V1, BEEF_V2, Entry, Limits, read_entries
+from gateway.payments.errors import PaymentError
+
 EF_MARKER = bytes.fromhex("0000000000ef")
-MAX_ITEMS = 10_000  # transactions or BUMPs in one BEEF
+MAX_ITEMS = 10_000  # inputs or outputs of one transaction
+# Transactions or BUMPs in one BEEF; the HTTP layer bounds the bytes.
+LIMITS = Limits(max_bytes=1 << 62, max_transactions=MAX_ITEMS, max_bumps=MAX_ITEMS)
 
 
 class WireError(ValueError):
     """The body is not a transaction in any accepted format."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    txid: str
-    tx: Transaction | None  # None for a BEEF V2 txid-only entry
-    path: MerklePath | None  # the entry's proof, if the BEEF gives one
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +47,9 @@ def parse_submission(data: bytes) -> Submission:
         return _parse_beef(data)
     if data[4:10] == EF_MARKER:
         tx = _parse_ef(data)
-        return Submission("ef", (Entry(tx.txid(), tx, None),), tx.txid())
+        return Submission("ef", (Entry(tx.txid(), tx, tx.serialize()),), tx.txid())
     tx = _parse_raw(data)
-    return Submission("raw", (Entry(tx.txid(), tx, None),), tx.txid())
+    return Submission("raw", (Entry(tx.txid(), tx, data),), tx.txid())
 
 
 def _need(value: int | None, what: str) -> int:
@@ -140,47 +136,14 @@ def _read_ef_input(reader: Reader) -> TransactionInput:
 
 
 def _parse_beef(data: bytes) -> Submission:
-    reader = Reader(data)
-    magic = _need(reader.read_uint32_le(), "version")
-    subject = None
-    if magic == ATOMIC_BEEF:
-        subject = _take(reader, 32, "subject txid")[::-1].hex()
-        magic = _need(reader.read_uint32_le(), "version")
-    if magic not in (BEEF_V1, BEEF_V2):
-        raise WireError(f"unknown BEEF version {magic:#010x}")
-    bumps = []
-    for _ in range(_count(reader, "BUMP count", MAX_ITEMS)):
-        try:
-            bumps.append(MerklePath.from_reader(reader))
-        except Exception as exc:
-            raise WireError(f"malformed BUMP: {exc}") from None
-    entries = [
-        _read_beef_entry(reader, bumps, magic == BEEF_V2)
-        for _ in range(_count(reader, "transaction count", MAX_ITEMS))
-    ]
-    if not reader.eof():
-        raise WireError("trailing bytes after the BEEF")
-    if not entries or entries[-1].tx is None:
+    """BEEF through gateway.bsv.beef's reader, taking txid-only entries as ARC does."""
+    try:
+        found = read_entries(data, LIMITS)
+    except PaymentError as exc:
+        raise WireError(exc.detail) from None
+    for entry in found.entries:
+        if entry.tx is not None and entry.tx.serialize() != entry.raw:
+            raise WireError("transaction is not canonically encoded")
+    if found.entries[-1].tx is None:
         raise WireError("BEEF must end with a full transaction")
-    subject = subject or entries[-1].txid
-    if all(e.txid != subject or e.tx is None for e in entries):
-        raise WireError("Atomic BEEF does not contain its subject transaction")
-    return Submission("beef", tuple(entries), subject)
-
-
-def _read_beef_entry(reader: Reader, bumps: list[MerklePath], v2: bool) -> Entry:
-    if v2:
-        kind = _need(reader.read_uint8(), "transaction format")
-        if kind == 2:
-            return Entry(_take(reader, 32, "txid")[::-1].hex(), None, None)
-        if kind not in (0, 1):
-            raise WireError(f"unknown BEEF V2 transaction format {kind}")
-        index = _need(reader.read_var_int_num(), "BUMP index") if kind == 1 else None
-        tx = _read_tx(reader)
-    else:
-        tx = _read_tx(reader)
-        has_bump = _need(reader.read_uint8(), "BUMP flag")
-        index = _need(reader.read_var_int_num(), "BUMP index") if has_bump else None
-    if index is not None and index >= len(bumps):
-        raise WireError(f"BUMP index {index} out of range")
-    return Entry(tx.txid(), tx, bumps[index] if index is not None else None)
+    return Submission("beef", found.entries, found.subject)

@@ -6,11 +6,15 @@ memo), so the checks are spelled out here, in this order, each bounded:
 
 1. structure of every unconfirmed transaction: ≥ 1 input, no outpoint spent
    twice, every parent present, Σ inputs ≥ Σ outputs;
-2. the ancestry walk, iterative with a memo, capped in size and depth,
-   stopping at transactions proven by a merkle path;
+2. the ancestry walk (a payment already in a block is refused first),
+   iterative with a memo, capped in size and depth, stopping at
+   transactions proven by a merkle path;
 3. the payment output: P2PKH to the derived payee key, enough satoshis;
 4. merkle roots of the proven ancestors, via the chain tracker;
 5. the scripts of every unconfirmed input (the expensive part, so last).
+
+The walk (`gateway.bsv.ancestry`) and the script check (`gateway.bsv.scripts`)
+are the ones the client and the devnet use too; the rules are here.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bsv import Transaction
-from bsv.script.spend import Spend
 
+from gateway.bsv.ancestry import AncestryLimits, walk_ancestry
 from gateway.bsv.beef import Beef
+from gateway.bsv.scripts import script_failure
 from gateway.payments.errors import PaymentError
 
 
@@ -35,13 +40,6 @@ class Expectation:
     satoshis: int  # the price
     payee_script: bytes  # P2PKH locking script of the derived key
     vout: int  # which output pays
-
-
-@dataclass(frozen=True, slots=True)
-class AncestryLimits:
-    max_unconfirmed: int = 100  # unconfirmed transactions, subject included
-    max_depth: int = 25
-    max_inputs: int = 1000  # script checks, summed over unconfirmed transactions
 
 
 @dataclass(slots=True)
@@ -69,71 +67,24 @@ async def verify_payment(
         clock = now
 
     subject = beef.subject
-    unconfirmed, proven = walk_ancestry(subject, limits)
-    for tx in unconfirmed:
+    check_unmined(subject)
+    ancestry = walk_ancestry(subject, limits)
+    for tx in ancestry.unconfirmed:
         check_structure(tx)
     lap("structure")
     satoshis = check_output(subject, expect)
     lap("output")
-    await check_roots(proven, tracker)
+    await check_roots(ancestry.proven, tracker)
     lap("merkle")
-    for tx in unconfirmed:
+    for tx in ancestry.unconfirmed:
         check_scripts(tx)
     lap("scripts")
     return Verified(subject.txid(), expect.vout, satoshis, subject, timings)
 
 
-def walk_ancestry(
-    subject: Transaction, limits: AncestryLimits
-) -> tuple[list[Transaction], list[Transaction]]:
-    """Split the ancestry into unconfirmed transactions and proven ones.
-
-    Breadth-first with a memo, so a diamond-shaped ancestry costs one visit
-    per transaction (bsv-sdk's recursion doubles per level).
-    """
+def check_unmined(subject: Transaction) -> None:
     if subject.merkle_path is not None:
         raise PaymentError("already-mined", "the payment transaction is already in a block")
-    unconfirmed: list[Transaction] = []
-    proven: list[Transaction] = []
-    seen: set[str] = {subject.txid()}
-    level = [subject]
-    depth = 0
-    inputs = 0
-    while level:
-        depth += 1
-        if depth > limits.max_depth:
-            raise PaymentError(
-                "ancestry-too-deep", f"more than {limits.max_depth} unconfirmed generations"
-            )
-        following = []
-        for tx in level:
-            if tx.merkle_path is not None:
-                proven.append(tx)
-                continue
-            unconfirmed.append(tx)
-            inputs += len(tx.inputs)
-            if inputs > limits.max_inputs:
-                raise PaymentError(
-                    "ancestry-too-large",
-                    f"more than {limits.max_inputs} unconfirmed inputs to check",
-                )
-            if len(unconfirmed) > limits.max_unconfirmed:
-                raise PaymentError(
-                    "ancestry-too-large",
-                    f"more than {limits.max_unconfirmed} unconfirmed ancestors",
-                )
-            for index, tx_input in enumerate(tx.inputs):
-                parent = tx_input.source_transaction
-                if parent is None:
-                    raise PaymentError(
-                        "missing-ancestor",
-                        f"input {index} of {tx.txid()} spends {tx_input.source_txid}, which the BEEF lacks",
-                    )
-                if parent.txid() not in seen:
-                    seen.add(parent.txid())
-                    following.append(parent)
-        level = following
-    return unconfirmed, proven
 
 
 def check_structure(tx: Transaction) -> None:
@@ -203,24 +154,5 @@ async def check_roots(proven: list[Transaction], tracker: ChainTracker) -> None:
 def check_scripts(tx: Transaction) -> None:
     for index, tx_input in enumerate(tx.inputs):
         source = tx_input.source_transaction.outputs[tx_input.source_output_index]
-        spend = Spend(
-            {
-                "sourceTXID": tx_input.source_txid,
-                "sourceOutputIndex": tx_input.source_output_index,
-                "sourceSatoshis": source.satoshis,
-                "lockingScript": source.locking_script,
-                "transactionVersion": tx.version,
-                "otherInputs": [other for j, other in enumerate(tx.inputs) if j != index],
-                "inputIndex": index,
-                "unlockingScript": tx_input.unlocking_script,
-                "outputs": tx.outputs,
-                "inputSequence": tx_input.sequence,
-                "lockTime": tx.locktime,
-            }
-        )
-        try:
-            valid = spend.validate()
-        except Exception:  # the interpreter signals failure by raising, mostly
-            valid = False
-        if not valid:
+        if script_failure(tx, index, source.satoshis, source.locking_script) is not None:
             raise PaymentError("bad-script", f"input {index} of {tx.txid()} is not validly signed")
