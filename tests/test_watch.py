@@ -16,8 +16,9 @@ from bsv import PrivateKey
 
 from gateway.bsv.beef import read_beef
 from gateway.bsv.derivation import p2pkh_script
+from gateway.bsv.scripts import script_hash
 from gateway.chain import ChainError
-from gateway.chain.watch import LocalWatcher, WocWatcher, script_hash
+from gateway.chain.watch import LocalWatcher, WocWatcher
 from gateway.devnet import Devnet
 from tests.chainkit import beef_of, faucet, spend
 

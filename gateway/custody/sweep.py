@@ -5,10 +5,11 @@ the server key can derive, and only with the receipt's derivation data (the
 sender's public key, the prefix and the suffix). A sweep
 
 1. reads receipts (`ReceiptSource`: the store's receipts index, or a file),
-2. derives each output's key and asks a WhatsOnChain-style API which outputs
-   locked to it are still unspent (`UtxoLookup`): the chain, not a local
-   record, says what is left, so a sweep run twice sweeps nothing the second
-   time, and a sweep that died half way is simply run again;
+2. derives each output's key and asks a WhatsOnChain-style API
+   (`UtxoLookup`: `gateway.chain.woc`) which outputs locked to it are still
+   unspent: the chain, not a local record, says what is left, so a sweep run
+   twice sweeps nothing the second time, and a sweep that died half way is
+   simply run again;
 3. spends them, at most `max_inputs` per transaction, in P2PKH transactions
    paying everything but the fee to the treasury address;
 4. broadcasts each (Extended Format, so ARC needs no lookups of its own)
@@ -44,8 +45,7 @@ from bsv.utils import Writer, decode_address
 
 from gateway.bsv.derivation import p2pkh_script, spending_key
 from gateway.chain import Broadcaster, ChainError
-from gateway.chain._http import HttpClient, transport_failure
-from gateway.chain.watch import script_hash
+from gateway.chain.woc import Utxo, WhatsOnChain
 from gateway.ledger.receipts import Receipt
 
 DEFAULT_FEE_RATE = 1.0  # satoshis per 1000 bytes
@@ -118,70 +118,15 @@ class FileReceipts:
 # --- what is unspent ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Utxo:
-    txid: str
-    vout: int
-    satoshis: int
-
-
 class UtxoLookup(Protocol):
     async def unspent(self, script: bytes) -> list[Utxo]:
         """Unspent outputs locked by `script` (mempool included). Raises ChainError."""
         ...
 
 
-class WocUtxos:
-    """A WhatsOnChain-style API: `GET /v1/bsv/<network>/script/<hash>/unspent`.
-
-    WhatsOnChain itself, or the devnet (which answers the same path)."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        network: str = "main",
-        api_key: str | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        headers = {"Authorization": api_key} if api_key else None
-        root = base_url.rstrip("/") + f"/v1/bsv/{network}"
-        self._http = HttpClient(root, timeout=timeout, headers=headers)
-
-    async def unspent(self, script: bytes) -> list[Utxo]:
-        what = "unspent lookup"
-        answer = await self._http.request("GET", f"/script/{script_hash(script)}/unspent")
-        if answer.status == 404:
-            return []
-        failure = transport_failure(answer, what)
-        if failure is not None:
-            raise failure
-        if answer.status != 200:
-            raise ChainError("bad-response", f"{what} answered HTTP {answer.status}")
-        entries = answer.body
-        if isinstance(entries, dict):  # newer API versions wrap the list
-            entries = entries.get("result")
-        if not isinstance(entries, list):
-            raise ChainError("bad-response", f"{what} did not answer a list")
-        found = []
-        for entry in entries:
-            try:
-                txid, vout, value = entry["tx_hash"], entry["tx_pos"], entry["value"]
-            except (KeyError, TypeError):
-                raise ChainError(
-                    "bad-response", f"{what}: entry without tx_hash/tx_pos/value"
-                ) from None
-            if not (isinstance(txid, str) and len(txid) == 64 and _whole(vout) and _whole(value)):
-                raise ChainError("bad-response", f"{what}: malformed entry {entry!r}")
-            found.append(Utxo(txid.lower(), vout, value))
-        return found
-
-    async def close(self) -> None:
-        await self._http.close()
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+# Temporary: gateway/cli.py still builds `sw.WocUtxos(...)`; the class is
+# gateway.chain.woc.WhatsOnChain now. Drop this name once cli.py says so.
+WocUtxos = WhatsOnChain
 
 
 class DevnetUtxos:
@@ -416,7 +361,7 @@ async def sweep(
     way the next sweep picks up what is still unspent.
     """
     to_script = treasury_script(to_address, network)
-    if to_script == P2PKH().lock(server.public_key().hash160()).serialize():
+    if to_script == p2pkh_script(server.public_key()):
         raise SweepError("the treasury must be a key that is not on this server")
     if not fee_rate >= 0 or not math.isfinite(fee_rate):
         raise SweepError("the fee rate must be a number of satoshis per 1000 bytes, >= 0")
