@@ -173,6 +173,8 @@ class Tokens:
         require: tuple[str, ...] = (),
     ) -> dict[str, Any] | None:
         """The claims of a token this ring signed for `audience`, or None."""
+        if not token.isascii():  # a JWT is ASCII; pyjwt fails on anything else with a non-JWT error
+            return None
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self.ring.public.get(kid) if isinstance(kid, str) else None

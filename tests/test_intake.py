@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import inspect
 import json
 import os
 import random
@@ -231,10 +232,12 @@ class Env:
     broadcaster: Switch  # the cashier's broadcaster
     store: SwitchableStore
     upstream: Upstream
+    cashier: Cashier
     closers: list[Any] = field(default_factory=list)
 
-    def payment(self, satoshis: int) -> Payment:
-        time_ms = int(time.time() * 1000)
+    def payment(self, satoshis: int, *, age: float = 0.0) -> Payment:
+        """A payment made `age` seconds ago (its x-bsv-time)."""
+        time_ms = int((time.time() - age) * 1000)
         nonce = base64.b64encode(os.urandom(9)).decode()
         suffix = base64.b64encode(str(time_ms).encode()).decode()
         p = pay(
@@ -304,6 +307,7 @@ async def env(gateway: GatewayFactory, upstream: Upstream, tmp_path: Path) -> As
         broadcaster=broadcaster,
         store=store,
         upstream=upstream,
+        cashier=cashier,
     )
     yield setup
     for closer in setup.closers:
@@ -881,3 +885,111 @@ async def test_random_pay_bodies_never_get_a_500(env: Env) -> None:
             if answer.status >= 400:
                 assert answer.content_type == PROBLEM, (example, body, answer.body[:300])
                 assert json.loads(answer.body).get("reason"), (example, body, answer.body[:300])
+
+
+# --- unknown outcomes: a payment sent again is the same payment ---------------------------
+
+
+class TakenThenTimedOut:
+    """ARC took the transaction, but its answer never came (once)."""
+
+    def __init__(self, inner: FakeBroadcaster) -> None:
+        self.inner, self.failures = inner, 1
+
+    async def broadcast(self, tx: bytes, *, txid: str | None = None) -> object:
+        if self.failures:
+            self.failures -= 1
+            self.inner.seen.append(tx)
+            raise ChainError("timeout", "POST /v1/tx: no answer in time")
+        return await self.inner.broadcast(tx, txid=txid)
+
+
+@pytest.mark.parametrize("intake", ["headers", "pay"])
+async def test_a_payment_sent_again_after_an_unknown_broadcast_is_taken_however_late(
+    env: Env, intake: str
+) -> None:
+    # Money rule 6: "503, send the same payment again" must not turn into
+    # "402 stale-time" because the retry came after the freshness window.
+    env.cashier.time_window = 1.0
+    env.broadcaster.outage = TakenThenTimedOut(env.broadcaster.normal)
+    payment = env.payment(25)
+    first = await INTAKES[intake](env, payment, "/archive/pages/21")
+    assert_unavailable(first, "chain-unavailable")
+    await asyncio.sleep(1.5)
+    again = await INTAKES[intake](env, payment, "/archive/pages/21")
+    assert again.status == 200, again.body[:300]
+    assert await env.store.receipt(payment.txid) is not None
+
+
+async def test_a_stale_payment_is_still_refused_when_it_was_never_seen_fresh(env: Env) -> None:
+    env.cashier.time_window = 1.0
+    answer = await via_headers(env, env.payment(25, age=5), "/archive/pages/22")
+    assert answer.status == 402 and answer.reason() == "stale-time"
+    answer.hands_out_nothing()
+
+
+def test_a_concurrent_resend_waits_longer_than_any_broadcast_before_taking_over() -> None:
+    # A resend takes over a claim only when its owner must have died: the wait
+    # has to outlast the slowest broadcast (ARC: two requests of `timeout`).
+    settle = inspect.signature(Cashier).parameters["settle_wait"].default
+    arc_timeout = inspect.signature(ArcBroadcaster).parameters["timeout"].default
+    assert settle > 2 * arc_timeout
+
+
+class CrashingBroadcaster:
+    async def broadcast(self, tx: bytes, *, txid: str | None = None) -> object:
+        raise aiohttp.ClientError("connection reset by peer")
+
+
+class CrashingTracker:
+    async def is_valid_root_for_height(self, root: str, height: int) -> bool:
+        raise ValueError("unexpected answer from the headers service")
+
+
+@pytest.mark.parametrize("intake", ["headers", "pay"])
+async def test_a_chain_client_failing_its_own_way_is_503_chain_unavailable(
+    env: Env, intake: str
+) -> None:
+    for service, outage in (
+        (env.broadcaster, CrashingBroadcaster()),
+        (env.chain, CrashingTracker()),
+    ):
+        service.outage = outage
+        answer = await INTAKES[intake](env, env.payment(25), "/archive/pages/23")
+        assert_unavailable(answer, "chain-unavailable")
+        service.outage = None
+
+
+async def test_a_checkout_stays_open_after_a_broadcast_failed_its_own_way(env: Env) -> None:
+    checkout = await open_checkout(env, "/archive/pages/24")
+    env.broadcaster.outage = CrashingBroadcaster()
+    first, _ = checkout_beef(env, checkout)
+    assert_unavailable(await call("POST", checkout.url, data=first), "chain-unavailable")
+    env.broadcaster.outage = None
+    second, _ = checkout_beef(env, checkout)  # the wallet builds a new transaction
+    answer = await call("POST", checkout.url, data=second)
+    assert answer.status == 200 and answer.json()["status"] == "paid", answer.body[:300]
+
+
+# --- odd encodings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/archive/pages/25", "/util/calls/1", TAB, "/.well-known/farebox/receipts/" + "0" * 64]
+)
+async def test_a_bearer_token_that_is_not_utf8_is_refused_without_a_500(
+    env: Env, path: str
+) -> None:
+    answer = await raw_get(env.base, path, [("Authorization", b"Bearer \xff\xfe")])
+    assert 400 <= answer.status < 500, answer.body[:300]
+    answer.hands_out_nothing()
+
+
+async def test_a_pay_url_with_a_lone_surrogate_is_400(env: Env) -> None:
+    answer = await call(
+        "POST",
+        env.base + PAY,
+        data=b'{"url": "/archive/pages/\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status == 400 and answer.reason() == "invalid-utf8"

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ import jwt
 import pytest
 from aiohttp import web
 from bsv import PrivateKey, PublicKey
+from yarl import URL
 
 from gateway import keys
 from gateway.devnet import Devnet
@@ -556,3 +558,24 @@ def test_templates_say_what_to_change() -> None:
         for needed in ("server_name", "ssl_certificate ", "upstream farebox", "CHANGE"):
             assert needed in text, (name, needed)
         assert "large_client_header_buffers 4 64k;" in text
+
+
+async def test_auth_request_refuses_a_path_resolvers_read_two_ways(front, decoy, monkeypatch) -> None:
+    # `/page//../1` is /1 to a resolver that folds '//' first and /page/1 to
+    # RFC 3986 and WHATWG resolvers. With a free catch-all, reading it the
+    # first way let nginx hand the priced page's raw path to the service unpaid.
+    catch_all = POLICY.replace(
+        '      - path: /free/**\n        methods: "*"\n        price: free\n',
+        '      - path: /free/**\n        methods: "*"\n        price: free\n'
+        "      - path: /**\n        price: free\n",
+    )
+    assert catch_all != POLICY
+    monkeypatch.setattr(sys.modules[__name__], "POLICY", catch_all)
+    gw = await front("farebox-auth-request.conf", decoy.url)
+    async with gw.client() as http:
+        async with http.get(gw.base + "/page/1") as r:
+            assert r.status == 402
+        async with http.get(URL(gw.base + "/page//../1", encoded=True)) as r:
+            assert r.status == 400, await r.text()
+            assert (await r.json(content_type=None))["reason"] == "ambiguous-dot-segment"
+    assert not any("/page" in seen.raw_path for seen in gw.upstream.seen)

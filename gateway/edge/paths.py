@@ -53,8 +53,11 @@ def canonicalize(raw: str) -> Target:
         raise PathError("not-origin-form", "request target must start with '/'")
     if _PLAIN.fullmatch(path) and "//" not in path and "/." not in path:
         return Target(path, path, query)
-    segments = _resolve(_decode_segments(path))
-    trailing = path.endswith("/") or _ends_with_dot_segment(path)
+    try:
+        segments = _resolve(_decode_segments(path))
+        trailing = path.endswith("/") or _ends_with_dot_segment(path)
+    except UnicodeEncodeError:  # a lone surrogate: no bytes a client could have sent
+        raise PathError("invalid-utf8", "path is not valid UTF-8") from None
     decoded = "/" + "/".join(segments)
     forward = "/" + "/".join(quote(s, safe=_SAFE) for s in segments)
     if trailing and segments:
@@ -110,15 +113,24 @@ def _unquote(part: bytes) -> bytes:
 
 def _resolve(segments: list[str]) -> list[str]:
     out: list[str] = []
+    rfc: list[str] = []  # RFC 3986 section 5.2.4 keeps empty segments ('//')
     for seg in segments:
-        if seg in ("", "."):
+        if seg == ".":
             continue
         if seg == "..":
+            if rfc:
+                rfc.pop()
             if not out:
                 raise PathError("escapes-root", "'..' climbs above the root")
             out.pop()
-        else:
+            continue
+        rfc.append(seg)
+        if seg:
             out.append(seg)
+    if [s for s in rfc if s] != out:
+        # '/a//../b' is /b here but /a/b to RFC 3986 and WHATWG resolvers (an
+        # upstream behind nginx auth_request may be one): no one normal form.
+        raise PathError("ambiguous-dot-segment", "'..' after an empty segment ('//') is ambiguous")
     return out
 
 

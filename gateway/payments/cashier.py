@@ -10,6 +10,7 @@ leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -33,6 +34,10 @@ from gateway.tokens import Grant, Tokens, new_grant_id, payer_hash
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+FRESH = "fresh:"  # claim key prefix: a payment once judged fresh, broadcast outcome unknown
+NEW, TAKEN_OVER = object(), object()  # _claim: this caller owns the txid (by claim, by takeover)
 
 
 class Ledger(Protocol):
@@ -68,7 +73,7 @@ class Cashier:
         time_window: float = 30.0,
         beef_limits: Limits = Limits(),
         ancestry: AncestryLimits = AncestryLimits(),
-        settle_wait: float = 10.0,
+        settle_wait: float = 30.0,
         on_accepted: Callable[[Match, Receipt], None] | None = None,
     ) -> None:
         self.server_key = server_key
@@ -79,6 +84,9 @@ class Cashier:
         self.time_window = time_window
         self.beef_limits = beef_limits
         self.ancestry = ancestry
+        # Seconds a resend waits for a concurrent acceptance of the same
+        # payment before taking it over: longer than any broadcast may take
+        # (ARC: two requests of up to 10 s each), so a live owner is not raced.
         self.settle_wait = settle_wait
         self.on_accepted = on_accepted  # told of each new payment (statistics, metrics)
 
@@ -127,7 +135,7 @@ class Cashier:
         expect = Expectation(price, p2pkh_script(payee), payment.vout)
         lap("derivation")
         try:
-            verified = await verify_payment(beef, expect, self.tracker, self.ancestry)
+            verified = await verify_payment(beef, expect, _Guarded(self.tracker), self.ancestry)
         except ChainError as exc:
             # Unknown, not refused: the merkle roots could not be checked now.
             raise PaymentError(
@@ -143,12 +151,20 @@ class Cashier:
             purchase = f"{match.service.name}\ntab:{top_up.tab or 'new'}"
         claim = await self._claim(verified.txid, purchase)
         lap("claim")
-        if claim is not None:
+        if isinstance(claim, Accepted):
             # Checked after the claim: a client that lost the answer may
             # resend an accepted payment at any time and get its grant back.
             return claim
         skew = abs(time.time() * 1000 - int(payment.time)) / 1000
-        if fresh and skew > self.time_window:
+        # A payment taken over from a stalled owner, or sent again after an
+        # outage left its broadcast unknown, was judged fresh when it first
+        # came: refusing it as stale now would charge the client for nothing.
+        if (
+            fresh
+            and claim is not TAKEN_OVER
+            and skew > self.time_window
+            and not await self._was_fresh(verified.txid, purchase)
+        ):
             await self.store.release(verified.txid, purchase)
             raise PaymentError(
                 "stale-time",
@@ -159,15 +175,22 @@ class Cashier:
             # Name the payment: with unconfirmed ancestors ARC answers about
             # the first of them unless asked about this txid.
             result = await self.broadcaster.broadcast(payment.beef, txid=verified.txid)
-        except ChainError as exc:
+        except Exception as exc:
+            # Unknown outcome (a ChainError, or a broadcaster's own failure):
+            # the network may hold the transaction, so the same payment must
+            # be taken when it comes again, however late.
+            await self._remember_fresh(verified.txid, purchase)
             await self.store.release(verified.txid, purchase)
+            kind = exc.kind if isinstance(exc, ChainError) else type(exc).__name__
             raise PaymentError(
-                "chain-unavailable", f"cannot broadcast now ({exc.kind}); retry later", status=503
+                "chain-unavailable", f"cannot broadcast now ({kind}); send it again", status=503
             ) from None
         except BaseException:
             await self.store.release(verified.txid, purchase)
             raise
         if not result.accepted:
+            if not result.rejected:
+                await self._remember_fresh(verified.txid, purchase)
             await self.store.release(verified.txid, purchase)
             if not result.rejected:
                 # Neither refused nor seen yet: the same payment may come again.
@@ -253,8 +276,26 @@ class Cashier:
             self.on_accepted(match, receipt)
         return Accepted(grant, token, receipt, False, lap.stages, balance)
 
-    async def _claim(self, txid: str, purchase: str) -> Accepted | None:
-        """None when this caller now owns the txid; else the earlier outcome."""
+    async def _was_fresh(self, txid: str, purchase: str) -> bool:
+        """Whether this payment was fresh when it first came (see _remember_fresh)."""
+        try:
+            mark = await self.store.claim(FRESH + txid, purchase)
+            if mark.outcome is Outcome.NEW:
+                await self.store.release(FRESH + txid, purchase)
+        except StoreUnavailable:
+            raise PaymentError(
+                "store-unavailable", "payments are paused: the store is unreachable", status=503
+            ) from None
+        return mark.outcome is Outcome.SAME
+
+    async def _remember_fresh(self, txid: str, purchase: str) -> None:
+        """Mark a fresh payment whose broadcast outcome is unknown (best effort)."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.claim(FRESH + txid, purchase)
+
+    async def _claim(self, txid: str, purchase: str) -> Accepted | object:
+        """The earlier outcome of this txid, or NEW when this caller now owns
+        it, or TAKEN_OVER from an owner that stalled past `settle_wait`."""
         deadline = time.monotonic() + self.settle_wait
         while True:
             try:
@@ -264,7 +305,7 @@ class Cashier:
                     "store-unavailable", "payments are paused: the store is unreachable", status=503
                 ) from None
             if claim.outcome is Outcome.NEW:
-                return None
+                return NEW
             if claim.outcome is Outcome.CONFLICT:
                 raise PaymentError(
                     "payment-reused", "this transaction already paid for something else"
@@ -281,8 +322,23 @@ class Cashier:
             # the store before completing: take over. Broadcasting again is
             # harmless (idempotent) and the purchase is the same.
             if time.monotonic() > deadline:
-                return None
+                return TAKEN_OVER
             await asyncio.sleep(0.02)
+
+
+class _Guarded:
+    """A chain tracker whose every failure is a ChainError: an unknown answer, never a 500."""
+
+    def __init__(self, tracker: ChainTracker) -> None:
+        self.tracker = tracker
+
+    async def is_valid_root_for_height(self, root: str, height: int) -> bool:
+        try:
+            return await self.tracker.is_valid_root_for_height(root, height)
+        except ChainError:
+            raise
+        except Exception as exc:
+            raise ChainError("unexpected", f"{type(exc).__name__}: {exc}") from exc
 
 
 class _Laps:

@@ -19,6 +19,7 @@ challenge headers in challenge/. Nothing else changes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -176,9 +177,12 @@ async def take_checkout(
     bought = purchase(match, checkout.method, checkout.satoshis, fresh=False)
     try:
         accepted = await take(cashier, revocations, payment, bought)
-    except PaymentError:
+    except BaseException:
+        # Not taken (refused, unknown, or a bug): the checkout stays open
+        # for this or another transaction.
         if claim.outcome is Outcome.NEW:
-            await cashier.store.release(key, txid)
+            with contextlib.suppress(StoreUnavailable):
+                await cashier.store.release(key, txid)
         raise
     if claim.outcome is Outcome.NEW or claim.receipt is None:
         try:

@@ -54,6 +54,9 @@ def problem_for(exc: BaseException) -> web.Response:
         return _problem(503, "price-unavailable", "Price unavailable", str(exc))
     if isinstance(exc, PathError):
         return _problem(400, exc.reason, "Bad request target", exc.detail)
+    if isinstance(exc, web.HTTPException):  # aiohttp's own refusals (body too large, ...)
+        reason = exc.reason.lower().replace(" ", "-")
+        return _problem(exc.status, reason, exc.reason, exc.text or "")
     log.exception("unexpected error while handling a request", exc_info=exc)
     return problem(
         500, "internal-error", "Internal error", "the gateway failed; nothing was charged"
