@@ -601,6 +601,7 @@ async def _run_sweep(
     watch_url: str,
 ) -> int:
     from gateway.chain import ChainError
+    from gateway.chain.woc import WhatsOnChain
     from gateway.custody import sweep as sw
     from gateway.serve.assemble import open_broadcaster, open_store
     from gateway.store import StoreUnavailable
@@ -612,7 +613,7 @@ async def _run_sweep(
         store = open_store(settings)
         closers.append(store.close)
         source = sw.StoreReceipts(store)
-    utxos = sw.WocUtxos(watch_url, network=settings.watch_network, api_key=settings.watch_api_key)
+    utxos = WhatsOnChain(watch_url, network=settings.watch_network, api_key=settings.watch_api_key)
     closers.append(utxos.close)
     broadcaster = open_broadcaster(settings, callbacks=False)
     if broadcaster is not None:

@@ -560,7 +560,9 @@ def test_templates_say_what_to_change() -> None:
         assert "large_client_header_buffers 4 64k;" in text
 
 
-async def test_auth_request_refuses_a_path_resolvers_read_two_ways(front, decoy, monkeypatch) -> None:
+async def test_auth_request_refuses_a_path_resolvers_read_two_ways(
+    front, decoy, monkeypatch
+) -> None:
     # `/page//../1` is /1 to a resolver that folds '//' first and /page/1 to
     # RFC 3986 and WHATWG resolvers. With a free catch-all, reading it the
     # first way let nginx hand the priced page's raw path to the service unpaid.

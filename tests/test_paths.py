@@ -120,5 +120,7 @@ def test_accepted_paths_mean_the_same_to_an_rfc_3986_resolver() -> None:
             ours = canonicalize(raw).path
         except PathError:
             continue
-        theirs = re.sub("/+", "/", URL("http://h" + raw.replace("%2E", ".").replace("%2e", ".")).path)
+        theirs = re.sub(
+            "/+", "/", URL("http://h" + raw.replace("%2E", ".").replace("%2e", ".")).path
+        )
         assert ours == theirs, (raw, ours, theirs)

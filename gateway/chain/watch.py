@@ -14,45 +14,44 @@ answer is a hint, never trusted on its own).
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from gateway.chain.woc import WhatsOnChain
-from gateway.devnet import Devnet
 
 log = logging.getLogger("farebox.watch")
 
 MAX_SIGHTINGS = 5  # a checkout address with more payments than this is being played with
 
 
-class WocWatcher:
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        network: str = "main",
-        api_key: str | None = None,
-        timeout: float = 5.0,
-    ) -> None:
-        self._woc = WhatsOnChain(base_url, network=network, api_key=api_key, timeout=timeout)
+class WocWatcher(WhatsOnChain):
+    """WhatsOnChain as a payment watcher."""
+
+    TIMEOUT = 5.0  # a checkout's status poll waits on it
 
     async def payments_to(self, script: bytes) -> list[bytes]:
         """BEEFs of the transactions with an unspent output locked by `script`, in the
         API's order, at most MAX_SIGHTINGS. Raises ChainError."""
-        txids = list(dict.fromkeys(utxo.txid for utxo in await self._woc.unspent(script)))
+        txids = list(dict.fromkeys(utxo.txid for utxo in await self.unspent(script)))
         beefs = []
         for txid in txids[:MAX_SIGHTINGS]:
-            beef = await self._woc.beef(txid)
+            beef = await self.beef(txid)
             if beef is None:
                 log.warning("no usable BEEF for %s", txid)
                 continue
             beefs.append(beef)
         return beefs
 
-    async def close(self) -> None:
-        await self._woc.close()
+
+class ChainIndex(Protocol):
+    """What the local watcher needs of an in-process chain (the devnet)."""
+
+    def unspent_by_script(self, script: bytes) -> list[tuple[str, int, int, int | None]]: ...
+
+    def beef_for(self, txid: str, *, atomic: bool = False) -> bytes: ...
 
 
 class LocalWatcher:
-    def __init__(self, devnet: Devnet) -> None:
+    def __init__(self, devnet: ChainIndex) -> None:
         self.devnet = devnet
 
     async def payments_to(self, script: bytes) -> list[bytes]:

@@ -33,15 +33,18 @@ class Utxo:
 
 
 class WhatsOnChain:
+    TIMEOUT = 10.0  # seconds per request, unless the caller says otherwise
+
     def __init__(
         self,
         base_url: str,
         *,
         network: str = "main",
         api_key: str | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = None,
     ) -> None:
         """`network` is "main" or "test"; `timeout` is seconds per request."""
+        timeout = self.TIMEOUT if timeout is None else timeout
         headers = {"Authorization": api_key} if api_key else None
         root = base_url.rstrip("/") + f"/v1/bsv/{network}"
         self._http = HttpClient(root, timeout=timeout, headers=headers)

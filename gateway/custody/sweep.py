@@ -45,7 +45,7 @@ from bsv.utils import Writer, decode_address
 
 from gateway.bsv.derivation import p2pkh_script, spending_key
 from gateway.chain import Broadcaster, ChainError
-from gateway.chain.woc import Utxo, WhatsOnChain
+from gateway.chain.woc import Utxo
 from gateway.ledger.receipts import Receipt
 
 DEFAULT_FEE_RATE = 1.0  # satoshis per 1000 bytes
@@ -122,11 +122,6 @@ class UtxoLookup(Protocol):
     async def unspent(self, script: bytes) -> list[Utxo]:
         """Unspent outputs locked by `script` (mempool included). Raises ChainError."""
         ...
-
-
-# Temporary: gateway/cli.py still builds `sw.WocUtxos(...)`; the class is
-# gateway.chain.woc.WhatsOnChain now. Drop this name once cli.py says so.
-WocUtxos = WhatsOnChain
 
 
 class DevnetUtxos:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from bsv import PrivateKey
 
+from gateway.bsv.ancestry import AncestryLimits
 from gateway.bsv.beef import Limits, read_beef
 from gateway.bsv.derivation import p2pkh_script, payee_key
 from gateway.chain import Broadcaster, ChainError
@@ -26,7 +27,7 @@ from gateway.edge import metrics
 from gateway.ledger.receipts import Receipt
 from gateway.payments.errors import PaymentError
 from gateway.payments.remittance import Remittance, TopUp
-from gateway.payments.verify import AncestryLimits, ChainTracker, Expectation, verify_payment
+from gateway.payments.verify import ChainTracker, Expectation, verify_payment
 from gateway.policy import Match
 from gateway.pricing.tabs import MSAT, tab_for_payment, tab_scope
 from gateway.store import Claim, Outcome, StoreUnavailable
