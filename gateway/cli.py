@@ -235,17 +235,9 @@ def _parser() -> argparse.ArgumentParser:
         "API (POST /v1/tx, GET /v1/tx/{txid}), block headers, merkle-root checks and a faucet "
         "(POST /faucet). Point a gateway at it with --devnet-url.",
     )
-    devnet.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
-    )
-    devnet.add_argument("--port", type=int, default=8404, help="port (default 8404)")
-    devnet.add_argument(
-        "--block-interval",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="mine pending transactions this often; 0 = only on POST /mine (default 10)",
-    )
+    from gateway.devnet.options import add_arguments as devnet_arguments
+
+    devnet_arguments(devnet)
     devnet.set_defaults(run=_devnet)
 
     policy = sub.add_parser(

@@ -45,6 +45,7 @@ from bsv import MerklePath
 from gateway.bsv.beef import Entry
 from gateway.bsv.scripts import script_hash
 from gateway.devnet.chain import Devnet, Rejection, SubmitResult, TxStatus
+from gateway.devnet.options import add_arguments
 from gateway.devnet.wire import Submission, WireError, parse_submission
 
 log = logging.getLogger("farebox.devnet")
@@ -563,14 +564,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m gateway.devnet",
         description="A local BSV development chain with an ARC-compatible API and a faucet.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8404, help="port (default 8404)")
-    parser.add_argument(
-        "--block-interval",
-        type=float,
-        default=10.0,
-        help="mine pending transactions every this many seconds; 0 = only on POST /mine",
-    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
