@@ -132,6 +132,17 @@ async def test_no_token_no_answer(setup) -> None:
         assert headers["WWW-Authenticate"].startswith("Bearer")
 
 
+async def test_admin_errors_are_problems_too(setup) -> None:
+    status, headers, body = await call(f"{setup.admin}/nowhere")
+    assert status == 404 and headers["Content-Type"].startswith("application/problem+json")
+    assert json.loads(body)["reason"] == "no-route"
+    status, headers, body = await call(f"{setup.admin}/stats", method="POST")
+    assert status == 405 and "GET" in headers["Allow"]
+    assert json.loads(body)["reason"] == "method-not-allowed"
+    status, _, body = await call(f"{setup.admin}/revoke", method="POST", data=b"[")
+    assert status == 400 and json.loads(body)["reason"] == "bad-query"
+
+
 async def test_stats_and_receipts_match_the_payments(setup) -> None:
     txids = await pay_pages(setup, 1, 2)
     await call(f"{setup.base}/archive/pages/3", token=None)  # a 402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import stat
@@ -295,3 +296,29 @@ async def test_workers_share_one_port(tmp_path: Path, key_file: Path, upstream: 
         assert (await get(f"{gw.base}/doc"))[0] == 200
         assert len(psutil.Process(gw.proc.pid).children()) >= 2
     assert gw.proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"FOO /doc HTTP/1.1\r\nHost: x\r\n\r\n",  # a method no parser knows
+        b"GET /doc HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",  # over 64 kB
+        b"GET /doc HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+    ],
+)
+async def test_unparseable_requests_get_problem_json_too(
+    tmp_path: Path, key_file: Path, upstream: Upstream, message: bytes
+) -> None:
+    # aiohttp answers these before any handler runs; the served gateway
+    # answers them as every other error: problem+json with a reason.
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    async with serve("--policies", str(folder), "--key-file", str(key_file), "--port", "0") as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(message)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1][:1] == b"4", head
+    assert b"content-type: application/problem+json" in head.lower(), head
+    assert json.loads(body)["reason"] == "bad-http-message"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,8 @@ EXPORTED = (
 )
 REVOKE_FOR = 400 * 86400  # default: longer than any grant or tab token lasts
 MAX_LIMIT = 10_000
+
+log = logging.getLogger("farebox.admin")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICES: web.AppKey[Services] = web.AppKey("services")
@@ -88,14 +91,36 @@ def app(services: Services, token: str, metrics: Handler | None = None) -> web.A
                 "send the admin token as Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": 'Bearer realm="farebox-admin"'},
             )
+        return await handler(request)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The admin listener's one error mapping: every failure as problem+json."""
         try:
             return await handler(request)
         except ValueError as exc:  # BadQuery, and the store's refusals (bad cursor, span)
             return problem(400, "bad-query", "Bad request", str(exc))
         except StoreUnavailable:
-            return problem(503, "store-unavailable", "Store unavailable", "try again shortly")
+            return problem(
+                503,
+                "store-unavailable",
+                "Store unavailable",
+                "try again shortly",
+                headers={"Retry-After": "5"},
+            )
+        except web.HTTPException as exc:  # the router's 404 and 405
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            reason = {404: "no-route", 405: "method-not-allowed"}.get(exc.status, "bad-request")
+            return problem(
+                exc.status, reason, exc.reason, f"{request.method} {request.path}", headers=headers
+            )
+        except Exception:
+            log.exception("admin request failed")
+            return problem(500, "internal-error", "Internal error", "see the gateway's log")
 
-    application = web.Application(middlewares=[guard])
+    application = web.Application(middlewares=[errors, guard])
     application[SERVICES] = services
     application.router.add_get("/stats", stats)
     application.router.add_get("/receipts", receipts)

@@ -15,6 +15,7 @@ from gateway.chain import Broadcaster, ChainTracker
 from gateway.config import Settings
 from gateway.edge import logs, metrics
 from gateway.edge.forwarded import networks
+from gateway.edge.protocol import ProblemServer
 from gateway.endpoints import admin
 from gateway.ledger.receipts import Receipt
 from gateway.ledger.tally import Tally
@@ -116,7 +117,7 @@ async def run_worker(
         tally=tally,
     )
     gateway = assemble_gateway(services, proxy)
-    server = web.Server(
+    server = ProblemServer(
         gateway.handle,
         access_log=logging.getLogger("farebox.access") if settings.access_log else None,
         access_log_class=logs.AccessLog,
