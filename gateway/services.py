@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.ledger.tally import Tally
+from gateway.payments.admission import Revoked
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import PaymentWatcher
-from gateway.pipeline.credentials import Revocations
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.rates import Rates
 from gateway.store import Store
@@ -27,7 +27,7 @@ class Services:
     tokens: Tokens | None = None
     cashier: Cashier | None = None
     store: Store | None = None
-    revocations: Revocations | None = None
+    revocations: Revoked | None = None  # pipeline/credentials.py's cached list
     rates: Rates | None = None
     watcher: PaymentWatcher | None = None
     tally: Tally | None = None

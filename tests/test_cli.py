@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 from pathlib import Path
 
@@ -322,3 +323,23 @@ async def test_unparseable_requests_get_problem_json_too(
     assert head.split(b" ")[1][:1] == b"4", head
     assert b"content-type: application/problem+json" in head.lower(), head
     assert json.loads(body)["reason"] == "bad-http-message"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_refused_in_one_line(
+    tmp_path: Path, key_file: Path, upstream: Upstream, workers: str
+) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        extra = ["--workers", workers] + (
+            ["--store", "redis://127.0.0.1:1/0"] if workers != "1" else []
+        )
+        done = run(
+            "serve", "--policies", str(folder), "--key-file", str(key_file), "--port", port, *extra
+        )
+    assert done.returncode == 1
+    assert f"farebox: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.edge.paths import canonicalize
+from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints.public import shown
 from gateway.payments.errors import PaymentError
@@ -36,13 +36,16 @@ async def pay(services: Services, request: web.BaseRequest, _: str) -> web.Strea
         return payments_disabled()
     limit = cashier.beef_limits.max_bytes
     fields = await _fields(request, limit)
-    url, method = fields.get("url", ""), fields.get("method", "GET")
-    if not isinstance(url, str):
-        raise PaymentError("bad-url", "`url` must be a string: the path to pay for", status=400)
+    url, method = fields.get("url"), fields.get("method", "GET")
+    if not isinstance(url, str) or not url:
+        raise PaymentError("bad-url", "`url` must be the path to pay for, e.g. /archive/1", status=400)
     if not isinstance(method, str) or not method.isascii() or not method.isalpha():
         raise PaymentError("bad-method", "`method` must be an HTTP method name", status=400)
     method = method.upper()
-    target = canonicalize(url)
+    try:
+        target = canonicalize(url)
+    except PathError as exc:
+        raise PathError(exc.reason, f"`url`: {exc.detail}") from None
     policy = services.policy.current
     match = policy.match(request.host, target, method)
     if isinstance(match, NoMatch) or match.route.route.price.free:

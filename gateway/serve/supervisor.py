@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import tempfile
 import time
 
@@ -26,7 +27,21 @@ def serve(settings: Settings) -> None:
     if settings.workers == 1:
         uvloop.run(run_worker(settings, startup))
         return
+    _can_listen(settings)  # else every worker would fail at start, again and again
     _supervise(settings)
+
+
+def _can_listen(settings: Settings) -> None:
+    """Refuse, in one line, a port the workers could not share (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise SystemExit(
+                f"farebox: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            ) from None
 
 
 def _worker_main(settings: Settings) -> None:

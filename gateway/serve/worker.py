@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -127,7 +128,16 @@ async def run_worker(
     runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        for close in closers:
+            await close()
+        raise SystemExit(
+            f"farebox: cannot listen on {settings.host}:{settings.port}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}"
+        ) from None
     port = runner.addresses[0][1]
     tallying = asyncio.ensure_future(tally.run())
     admin_runner = await _start_admin(settings, services, reuse_port)
