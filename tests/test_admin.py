@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 
 from gateway.endpoints import admin
-from gateway.ledger.receipts import Receipt
 from gateway.ledger.tally import Tally, today
 from gateway.payments.cashier import Cashier
 from gateway.pipeline.credentials import Revocations
@@ -30,6 +29,7 @@ from gateway.proxy.forward import Proxy
 from gateway.serve.assemble import assemble_gateway
 from gateway.services import Services
 from gateway.store.memory import MemoryStore
+from gateway.store.receipts import Receipt
 from gateway.tokens import KeyRing, Tokens
 from tests.chainkit import Tracker
 from tests.conftest import PAID_SERVER

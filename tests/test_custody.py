@@ -36,9 +36,9 @@ from gateway.custody.sweep import (
 )
 from gateway.devnet import Devnet
 from gateway.devnet.wire import parse_submission
-from gateway.ledger.receipts import Receipt
 from gateway.payments.checkout import ANYONE, ANYONE_HEX
 from gateway.store.memory import MemoryStore
+from gateway.store.receipts import Receipt
 from gateway.tokens import KeyRing, Tokens, payer_hash
 from tests.chainkit import brc121_headers, spend
 from tests.conftest import PAID_SERVER

@@ -10,7 +10,7 @@ from bsv import P2PKH, PrivateKey, PublicKey, Transaction, TransactionInput, Tra
 from gateway.bsv.ancestry import AncestryLimits
 from gateway.bsv.beef import Limits, read_beef
 from gateway.bsv.derivation import p2pkh_script, payee_key
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 from gateway.payments.verify import Expectation, verify_payment
 from tests.chainkit import (
     Tracker,

@@ -21,9 +21,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from gateway.ledger.receipts import Receipt
 from gateway.store import MAX_DAYS, MAX_PAGE, DayStats, Outcome, Store, StoreUnavailable
 from gateway.store.memory import MemoryStore
+from gateway.store.receipts import Receipt
 from gateway.store.redis import RedisStore, tag
 from tests.redis_servers import (
     Cluster,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from bsv import Transaction
 
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 
 
 @dataclass(frozen=True, slots=True)

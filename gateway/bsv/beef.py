@@ -28,7 +28,7 @@ from bsv import MerklePath, Transaction
 from bsv.utils import Reader, Writer
 
 from gateway.bsv.ancestry import parents_first, walk_ancestry
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 
 BEEF_V1 = 0xEFBE0001
 BEEF_V2 = 0xEFBE0002

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.edge.problems import CONTENT_TYPE, problem_body
 from gateway.edge.urls import PAY
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 from gateway.policy import Match
 from gateway.pricing.rates import Quote
 from gateway.pricing.tabs import tab_scope

@@ -18,8 +18,8 @@ from bsv import PublicKey
 from gateway.challenge.answer import payment_required
 from gateway.challenge.paywall import Page, buys_text, render, wants_html
 from gateway.edge import urls
+from gateway.errors import PaymentError
 from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
-from gateway.payments.errors import PaymentError
 from gateway.policy import Match
 from gateway.pricing import quote
 from gateway.pricing.rates import Quote

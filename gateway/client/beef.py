@@ -13,7 +13,7 @@ from bsv import Transaction
 from gateway.bsv import beef as bsv_beef
 from gateway.bsv.ancestry import walk_ancestry
 from gateway.client.errors import WalletError
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 
 # A wallet's own coins may carry long unconfirmed chains: larger than a payment's caps.
 LIMITS = bsv_beef.Limits(max_bytes=16 << 20, max_transactions=10_000)

@@ -46,7 +46,7 @@ from bsv.utils import Writer, decode_address
 from gateway.bsv.derivation import p2pkh_script, spending_key
 from gateway.chain import Broadcaster, ChainError
 from gateway.chain.woc import Utxo
-from gateway.ledger.receipts import Receipt
+from gateway.store.receipts import Receipt
 
 DEFAULT_FEE_RATE = 1.0  # satoshis per 1000 bytes
 DEFAULT_MAX_INPUTS = 200

@@ -15,7 +15,7 @@ from bsv import Script, Transaction, TransactionInput, TransactionOutput
 from bsv.utils import Reader
 
 from gateway.bsv.beef import ATOMIC_BEEF, BEEF_V1, BEEF_V2, Entry, Limits, read_entries
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 
 EF_MARKER = bytes.fromhex("0000000000ef")
 MAX_ITEMS = 10_000  # inputs or outputs of one transaction

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
-from gateway.policy import Match
-
 REQUEST_HEADERS = (
     "authorization, content-type, x-bsv-beef, x-bsv-sender, x-bsv-nonce, x-bsv-time, "
     "x-bsv-vout, x-farebox-eligibility"
@@ -26,9 +24,11 @@ EXPOSE = (
 MAX_AGE = "600"
 
 
-def allowed(match: Match, origin: str | None) -> str | None:
-    """The Access-Control-Allow-Origin value for this origin, or None."""
-    origins = match.service.service.cors_origins
+def allowed(origins: tuple[str, ...], origin: str | None) -> str | None:
+    """The Access-Control-Allow-Origin value for this origin, or None.
+
+    `origins` is the service's `cors_origins` (lower-case, or "*").
+    """
     if not origin or not origins:
         return None
     if "*" in origins:
@@ -45,8 +45,8 @@ def answer_headers(allow: str) -> CIMultiDict[str]:
     return headers
 
 
-def preflight_headers(allow: str, match: Match) -> CIMultiDict[str]:
-    methods = match.route.route.methods
+def preflight_headers(allow: str, methods: tuple[str, ...]) -> CIMultiDict[str]:
+    """The answer to a preflight for a route taking `methods` ("*" for any)."""
     headers = answer_headers(allow)
     headers["Access-Control-Allow-Methods"] = "*" if methods[0] == "*" else ", ".join(methods)
     headers["Access-Control-Allow-Headers"] = REQUEST_HEADERS

@@ -24,9 +24,9 @@ from bsv import PublicKey
 
 from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import answer, payments_disabled, problem
+from gateway.errors import PaymentError
 from gateway.payments.cashier import Accepted
 from gateway.payments.checkout import Checkout, locking_script, read_ticket
-from gateway.payments.errors import PaymentError
 from gateway.payments.intake import Underpaid, checkout_taken, take_checkout
 from gateway.pipeline.credentials import token_headers
 from gateway.policy import Match, NoMatch

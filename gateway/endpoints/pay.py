@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints.public import shown
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 from gateway.payments.intake import from_fields, purchase, take
 from gateway.pipeline.credentials import tab_grant, token_headers
 from gateway.policy import NoMatch

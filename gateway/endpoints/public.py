@@ -14,10 +14,10 @@ from gateway.bsv.derivation import p2pkh_script
 from gateway.challenge import paywall
 from gateway.edge.problems import answer, problem
 from gateway.ledger import transparency
-from gateway.ledger.receipts import DERIVATION_FIELDS, Receipt
 from gateway.pipeline.credentials import presented_tokens
 from gateway.services import Services
 from gateway.store import StoreUnavailable
+from gateway.store.receipts import DERIVATION_FIELDS, Receipt
 
 _PUBKEY = re.compile(r"0[23][0-9a-f]{64}")
 _TXID = re.compile(r"[0-9a-f]{64}")

@@ -14,8 +14,8 @@ import time
 from collections import defaultdict
 from typing import Any, Protocol
 
-from gateway.ledger.receipts import Receipt
 from gateway.policy import Policy
+from gateway.store.receipts import Receipt
 
 
 class Receipts(Protocol):

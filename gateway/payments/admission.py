@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 from gateway.policy import Match
 from gateway.tokens import Grant
 

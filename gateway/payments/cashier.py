@@ -24,13 +24,13 @@ from gateway.bsv.beef import Limits, read_beef
 from gateway.bsv.derivation import p2pkh_script, payee_key
 from gateway.chain import Broadcaster, ChainError
 from gateway.edge import metrics
-from gateway.ledger.receipts import Receipt
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 from gateway.payments.remittance import Remittance, TopUp
 from gateway.payments.verify import ChainTracker, Expectation, verify_payment
 from gateway.policy import Match
 from gateway.pricing.tabs import MSAT, tab_for_payment, tab_scope
 from gateway.store import Claim, Outcome, StoreUnavailable
+from gateway.store.receipts import Receipt
 from gateway.tokens import Grant, Tokens, new_grant_id, payer_hash
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")

@@ -27,10 +27,10 @@ from typing import Any
 from bsv import PublicKey
 
 from gateway.bsv.beef import read_beef
+from gateway.errors import PaymentError
 from gateway.payments.admission import Revoked, Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script
-from gateway.payments.errors import PaymentError
 from gateway.payments.remittance import FIELDS, Remittance, TopUp, remittance
 from gateway.policy import Match
 from gateway.store import Outcome, StoreUnavailable

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bsv import PublicKey
 
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,16}")

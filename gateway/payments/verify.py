@@ -28,7 +28,7 @@ from bsv import Transaction
 from gateway.bsv.ancestry import AncestryLimits, walk_ancestry
 from gateway.bsv.beef import Beef
 from gateway.bsv.scripts import script_failure
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 
 
 class ChainTracker(Protocol):

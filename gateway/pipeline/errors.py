@@ -18,7 +18,7 @@ from gateway.chain import ChainError
 from gateway.edge import metrics
 from gateway.edge.paths import PathError
 from gateway.edge.problems import problem
-from gateway.payments.errors import PaymentError
+from gateway.errors import PaymentError
 from gateway.pricing.rates import RateUnavailable
 from gateway.store import StoreUnavailable
 

@@ -22,9 +22,9 @@ from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
 from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import payments_disabled, problem
+from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted
-from gateway.payments.errors import PaymentError
 from gateway.payments.intake import from_headers, has_payment, purchase, take
 from gateway.pipeline import metering
 from gateway.pipeline.credentials import GRANT_HEADER, by_token, token_headers
@@ -188,7 +188,7 @@ class Gateway:
         match = self.services.policy.current.match(request.host, target, wanted)
         if isinstance(match, NoMatch) or match.route.route.price.free:
             return None
-        allow = cors.allowed(match, request.headers.get("Origin"))
+        allow = cors.allowed(match.service.service.cors_origins, request.headers.get("Origin"))
         if allow is None:
             return problem(
                 403,
@@ -196,10 +196,12 @@ class Gateway:
                 "Cross-origin payment not allowed",
                 f"service {match.service.name!r} takes payments from its own pages only",
             )
-        return web.Response(status=204, headers=cors.preflight_headers(allow, match))
+        return web.Response(
+            status=204, headers=cors.preflight_headers(allow, match.route.route.methods)
+        )
 
     async def _priced(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
-        allow = cors.allowed(match, request.headers.get("Origin"))
+        allow = cors.allowed(match.service.service.cors_origins, request.headers.get("Origin"))
         headers = cors.answer_headers(allow) if allow is not None else None
         reset = CORS.set(headers)
         try:

@@ -19,9 +19,9 @@ from multidict import CIMultiDict
 from gateway.challenge.respond import tab_challenge
 from gateway.edge import metrics
 from gateway.edge.problems import payments_disabled
+from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted
-from gateway.payments.errors import PaymentError
 from gateway.payments.intake import from_headers, has_payment, purchase, take
 from gateway.pipeline.credentials import GRANT_HEADER, by_token
 from gateway.policy import Match

@@ -19,7 +19,7 @@ from gateway.chain.headers import BlockHeadersTracker, CachingTracker, DevnetTra
 from gateway.config import Settings
 from gateway.edge import urls
 from gateway.endpoints.routes import Route, table
-from gateway.ledger.receipts import Journal
+from gateway.ledger.journal import Journal
 from gateway.payments.checkout import PaymentWatcher
 from gateway.pipeline.auth_request import authorize
 from gateway.pipeline.gateway import Gateway

@@ -18,7 +18,6 @@ from gateway.edge import logs, metrics
 from gateway.edge.forwarded import networks
 from gateway.edge.protocol import ProblemServer
 from gateway.endpoints import admin
-from gateway.ledger.receipts import Receipt
 from gateway.ledger.tally import Tally
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import PaymentWatcher
@@ -36,6 +35,7 @@ from gateway.serve.assemble import (
     open_watcher,
 )
 from gateway.services import Services
+from gateway.store.receipts import Receipt
 
 log = logging.getLogger("farebox")
 

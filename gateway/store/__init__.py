@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from gateway.ledger.receipts import Receipt
+from gateway.store.receipts import Receipt
 
 MAX_PAGE = 10_000  # receipts one `receipts` call returns at most
 MAX_DAYS = 3_660  # days one `stats` call may span (ten years)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.ledger.receipts import Receipt
 from gateway.store import (
     Claim,
     DayStats,
@@ -29,6 +28,7 @@ from gateway.store import (
     days,
     page_limit,
 )
+from gateway.store.receipts import Receipt
 
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired quota and revocation entries
 

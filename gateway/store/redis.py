@@ -75,7 +75,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.ledger.receipts import Receipt
 from gateway.store import (
     Claim,
     DayStats,
@@ -87,6 +86,7 @@ from gateway.store import (
     days,
     page_limit,
 )
+from gateway.store.receipts import Receipt
 
 T = TypeVar("T")
 Client = Redis | RedisCluster

@@ -1,11 +1,12 @@
-"""Receipts: the record every accepted payment leaves before its token is sent."""
+"""Receipts: the record every accepted payment leaves before its token is sent.
+
+The store keeps them (claims, the receipts index); the journal
+(ledger/journal.py) copies them to a file; the payer sees them without the
+derivation fields."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import MISSING, asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 # The fields that let the server key spend the output (BRC-29): `sender` is the
@@ -41,7 +42,7 @@ class Receipt:
         return bool(self.sender and self.prefix and self.suffix)
 
     def to_json(self) -> dict[str, Any]:
-        """Every field: the storage form (and what the payer who holds the token sees)."""
+        """Every field: the storage form (the payer is shown it without DERIVATION_FIELDS)."""
         return asdict(self)
 
     @classmethod
@@ -53,25 +54,3 @@ class Receipt:
             elif spec.default is MISSING:
                 raise KeyError(name)
         return cls(**values)
-
-
-class Journal:
-    """Receipts appended to a file, one JSON line each (mode 0600).
-
-    The store holds receipts for the admin API and the report; this file
-    is the copy that survives the store (the memory store dies with the
-    process), and `farebox sweep --receipts FILE` reads it: without a
-    receipt's derivation data, what it paid cannot be spent. Lines are
-    written whole with O_APPEND (workers may share the file); they reach the
-    OS at once but are not fsynced, so a power cut may lose the last ones.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-
-    def append(self, receipt: Receipt) -> None:
-        os.write(self._fd, (json.dumps(receipt.to_json()) + "\n").encode())
-
-    def close(self) -> None:
-        os.close(self._fd)
