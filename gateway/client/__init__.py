@@ -14,7 +14,8 @@ from gateway.client.errors import (
 )
 from gateway.client.faucet import FaucetUnavailable, fund
 from gateway.client.proofs import refresh_proofs
-from gateway.client.session import FareboxResponse, PayingSession, Payment, TabBalance
+from gateway.client.responses import FareboxResponse, Payment, TabBalance
+from gateway.client.session import PayingSession
 from gateway.client.tokens import StoredToken
 from gateway.client.wallet import Balance, PreparedPayment, Wallet, default_path
 

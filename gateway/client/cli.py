@@ -24,7 +24,8 @@ import aiohttp
 
 from gateway.client.errors import ClientError
 from gateway.client.faucet import DEFAULT_DEVNET, fund
-from gateway.client.session import FareboxResponse, PayingSession, Payment, TabBalance
+from gateway.client.responses import FareboxResponse, Payment, TabBalance
+from gateway.client.session import PayingSession
 from gateway.client.wallet import ENV_WALLET, Wallet
 
 DEFAULT_FUND = 100_000

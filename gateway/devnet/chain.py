@@ -7,6 +7,10 @@ and serves BRC-74 merkle paths, so SPV code can be exercised end to end.
 It is also a bsv-sdk `ChainTracker` over its own headers.
 
 Not modelled: reorgs, coinbase maturity, lock times, sigop limits.
+
+`Devnet` is the chain's face; its parts hold the state: `Ledger`
+(ledger.py) the transactions, the UTXO set and the mempool, `Blocks`
+(blocks.py) the headers and merkle trees. Lookups that need both are here.
 """
 
 from __future__ import annotations
@@ -14,10 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from bsv import (
     P2PKH,
@@ -31,160 +32,43 @@ from bsv import (
     TransactionOutput,
 )
 from bsv.hash import hash256
-from bsv.utils import encode_pushdata
 
 from gateway.bsv.ancestry import parents_first, walk_ancestry
 from gateway.bsv.beef import write_beef
-from gateway.bsv.scripts import script_failure
-from gateway.devnet.merkle import merkle_path, tree_levels
+from gateway.devnet.blocks import BLOCK_VERSION, REGTEST_BITS, Block, Blocks, coinbase, mine_header
+from gateway.devnet.ledger import (
+    MAX_MONEY,
+    NULL_TXID,
+    Ledger,
+    Outpoint,
+    Rejection,
+    SubmitResult,
+    TxStatus,
+    is_amount,
+    rejected,
+    structure_problem,
+)
 
-COIN = 100_000_000
-MAX_MONEY = 21_000_000 * COIN
-NULL_TXID = "00" * 32
-# Regtest's difficulty: about every other nonce gives a valid proof of work,
-# so headers are genuinely "mined" at no cost.
-REGTEST_BITS = 0x207FFFFF
-BLOCK_VERSION = 0x20000000
+# Names defined here before the chain was split into parts; still importable.
+__all__ = [
+    "BLOCK_VERSION",
+    "COIN",
+    "MAX_MONEY",
+    "NULL_TXID",
+    "REGTEST_BITS",
+    "Block",
+    "Devnet",
+    "Outpoint",
+    "Rejection",
+    "SubmitResult",
+    "TxStatus",
+    "mine_header",
+    "recipient_script",
+]
 
-Outpoint = tuple[str, int]
+COIN = 100_000_000  # satoshis in one BSV
 
 _PUBKEY_HEX = re.compile(r"(0[23][0-9a-fA-F]{64}|04[0-9a-fA-F]{128})")
-
-
-class TxStatus(StrEnum):
-    """ARC's names for the statuses a devnet transaction can have."""
-
-    SEEN_ON_NETWORK = "SEEN_ON_NETWORK"
-    MINED = "MINED"
-    REJECTED = "REJECTED"
-    DOUBLE_SPEND_ATTEMPTED = "DOUBLE_SPEND_ATTEMPTED"
-
-
-class Rejection(StrEnum):
-    """Why a transaction was REJECTED (the HTTP layer maps these to ARC codes)."""
-
-    MALFORMED = "malformed"  # no inputs/outputs, duplicate outpoints, bad amounts, too big
-    MISSING_INPUTS = "missing-inputs"  # spends an output that does not exist
-    SCRIPT = "script"  # an unlocking script does not satisfy its locking script
-    FEE = "fee"  # outputs exceed inputs, or the fee is under the policy
-    MEMPOOL_FULL = "mempool-full"
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    txid: str
-    status: TxStatus
-    block_height: int | None = None
-    block_hash: str | None = None
-    reason: str = ""
-    rejection: Rejection | None = None
-    competing_txs: tuple[str, ...] = ()
-
-    @property
-    def accepted(self) -> bool:
-        return self.status in (TxStatus.SEEN_ON_NETWORK, TxStatus.MINED)
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    height: int
-    hash: str  # display order, like a txid
-    header: bytes  # the 80 bytes whose sha256d is `hash`
-    merkle_root: str  # display order, as `MerklePath.compute_root` returns it
-    prev_hash: str
-    time: int
-    txids: tuple[str, ...]  # coinbase first
-
-
-@dataclass(slots=True)
-class _Entry:
-    tx: Transaction  # private parsed copy, inputs linked to what they spend: callers never hold it
-    raw: bytes
-    fee: int
-    height: int | None = None  # None while in the mempool
-
-
-@dataclass(slots=True)
-class _BlockData:
-    block: Block
-    levels: list[list[bytes]]
-    index: dict[str, int] = field(default_factory=dict)
-
-
-def _reject(txid: str, rejection: Rejection, reason: str) -> SubmitResult:
-    return SubmitResult(txid, TxStatus.REJECTED, reason=reason, rejection=rejection)
-
-
-def _is_amount(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MONEY
-
-
-def _structure_problem(tx: Transaction) -> str | None:
-    """Checks that need nothing but the transaction itself."""
-    if not tx.inputs:
-        return "transaction has no inputs"
-    if not tx.outputs:
-        return "transaction has no outputs"
-    for vout, output in enumerate(tx.outputs):
-        if not _is_amount(output.satoshis):
-            return f"output {vout} has an invalid amount: {output.satoshis!r}"
-    if sum(o.satoshis for o in tx.outputs) > MAX_MONEY:
-        return "outputs total more than 21 million BSV"
-    seen: set[Outpoint] = set()
-    for vin, tx_input in enumerate(tx.inputs):
-        outpoint = (tx_input.source_txid, tx_input.source_output_index)
-        if outpoint in seen:
-            return f"input {vin} spends {outpoint[0]}:{outpoint[1]} twice"
-        if outpoint[0] == NULL_TXID:
-            return f"input {vin} is a coinbase input"
-        seen.add(outpoint)
-    return None
-
-
-def _script_problem(tx: Transaction) -> str | None:
-    """Runs each input's scripts against the output it spends (gateway.bsv.scripts,
-    the check the gateway makes too).
-
-    `tx` inputs must already carry `satoshis` and `locking_script` of what
-    they spend.
-    """
-    for vin, tx_input in enumerate(tx.inputs):
-        failure = script_failure(tx, vin, tx_input.satoshis, tx_input.locking_script)
-        if failure is not None:
-            return f"input {vin}: {failure}"
-    return None
-
-
-def _coinbase_script(height: int) -> Script:
-    # The height makes every coinbase (and so every block) unique, as BIP34 does.
-    return Script(
-        encode_pushdata(height.to_bytes(4, "little")) + encode_pushdata(b"farebox devnet")
-    )
-
-
-def _header(prev: bytes, root: bytes, timestamp: int, nonce: int) -> bytes:
-    return (
-        BLOCK_VERSION.to_bytes(4, "little")
-        + prev
-        + root
-        + timestamp.to_bytes(4, "little")
-        + REGTEST_BITS.to_bytes(4, "little")
-        + nonce.to_bytes(4, "little")
-    )
-
-
-def _target(bits: int) -> int:
-    return (bits & 0xFFFFFF) << (8 * ((bits >> 24) - 3))
-
-
-def mine_header(prev: bytes, root: bytes, timestamp: int) -> bytes:
-    """An 80-byte header meeting regtest difficulty (≈2 tries on average)."""
-    target = _target(REGTEST_BITS)
-    for nonce in range(1 << 32):
-        header = _header(prev, root, timestamp, nonce)
-        if int.from_bytes(hash256(header), "little") <= target:
-            return header
-    raise RuntimeError("no nonce meets the target")  # pragma: no cover
 
 
 def recipient_script(recipient: str | PublicKey) -> Script:
@@ -211,21 +95,14 @@ class Devnet(ChainTracker):
         max_mempool: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not _is_amount(initial_supply) or initial_supply <= 0:
+        if not is_amount(initial_supply) or initial_supply <= 0:
             raise ValueError("initial_supply must be between 1 and 21 million BSV in satoshis")
         self.min_fee_sat_per_kb = min_fee_sat_per_kb
         self.max_tx_bytes = max_tx_bytes
         self.max_mempool = max_mempool
-        self._clock = clock
         self._key = funding_key or PrivateKey()
-        self._txs: dict[str, _Entry] = {}
-        self._utxos: dict[Outpoint, TransactionOutput] = {}
-        self._spent_by: dict[Outpoint, str] = {}
-        self._mempool: dict[str, None] = {}  # insertion-ordered: parents before children
-        self._blocks: list[_BlockData] = []
-        # Rejections are kept only so GET /v1/tx can report them; bounded.
-        self._rejected: OrderedDict[str, SubmitResult] = OrderedDict()
-        self._rejected_cap = 10_000
+        self._ledger = Ledger()
+        self._blocks = Blocks(clock)
         genesis = self._mine_block([], subsidy=initial_supply)
         self._faucet_coin: Outpoint | None = (genesis.txids[0], 0)
 
@@ -238,96 +115,26 @@ class Devnet(ChainTracker):
         Between two valid spends of one output the first seen wins; the
         later gets DOUBLE_SPEND_ATTEMPTED naming the winner.
         """
-        problem = _structure_problem(tx)
+        problem = structure_problem(tx)
         try:
             raw = tx.serialize()
         except (ValueError, TypeError, OverflowError, AttributeError) as exc:
-            return _reject("", Rejection.MALFORMED, problem or f"cannot serialise: {exc}")
+            return rejected("", Rejection.MALFORMED, problem or f"cannot serialise: {exc}")
         txid = hash256(raw)[::-1].hex()
-        if txid in self._txs:
+        if self._ledger.entry(txid) is not None:
             return self._status_of(txid)
         if problem is None and len(raw) > self.max_tx_bytes:
             problem = f"transaction is {len(raw)} bytes; the limit is {self.max_tx_bytes}"
         if problem is not None:
-            return self._remember(_reject(txid, Rejection.MALFORMED, problem))
+            return self._ledger.refuse(rejected(txid, Rejection.MALFORMED, problem))
         own = Transaction.from_hex(raw)  # a private copy the caller cannot mutate
-        result = self._validate(own, txid, len(raw))
+        result = self._ledger.check(
+            own, txid, min_fee=self.required_fee(len(raw)), mempool_cap=self.max_mempool
+        )
         if result is not None:
-            return self._remember(result)
-        self._accept(own, txid, raw)
+            return self._ledger.refuse(result)
+        self._ledger.accept(own, txid, raw)
         return self._status_of(txid)
-
-    def _validate(self, tx: Transaction, txid: str, size: int) -> SubmitResult | None:
-        """None if `tx` may enter the mempool, else why not. Cheap checks first."""
-        missing = self._attach_spent_outputs(tx)
-        if missing:
-            return _reject(txid, Rejection.MISSING_INPUTS, f"unknown outputs spent: {missing}")
-        total_in = sum(i.satoshis for i in tx.inputs)
-        total_out = sum(o.satoshis for o in tx.outputs)
-        if total_out > total_in:
-            return _reject(txid, Rejection.FEE, f"outputs ({total_out}) exceed inputs ({total_in})")
-        fee, needed = total_in - total_out, self.required_fee(size)
-        if fee < needed:
-            return _reject(txid, Rejection.FEE, f"fee {fee} is below the minimum {needed}")
-        problem = _script_problem(tx)
-        if problem is not None:
-            return _reject(txid, Rejection.SCRIPT, problem)
-        competing = self._competing(tx)
-        if competing:
-            return SubmitResult(
-                txid,
-                TxStatus.DOUBLE_SPEND_ATTEMPTED,
-                reason="an input is already spent by another transaction",
-                competing_txs=competing,
-            )
-        if len(self._mempool) >= self.max_mempool:
-            return _reject(txid, Rejection.MEMPOOL_FULL, "mempool is full: mine a block")
-        return None
-
-    def _attach_spent_outputs(self, tx: Transaction) -> str:
-        """Give each input the amount and script it spends; name the unknown ones."""
-        missing = []
-        for tx_input in tx.inputs:
-            output = self.get_output(tx_input.source_txid, tx_input.source_output_index)
-            if output is None:
-                missing.append(f"{tx_input.source_txid}:{tx_input.source_output_index}")
-                continue
-            tx_input.satoshis = output.satoshis
-            tx_input.locking_script = output.locking_script
-        return ", ".join(missing)
-
-    def _competing(self, tx: Transaction) -> tuple[str, ...]:
-        found: dict[str, None] = {}
-        for tx_input in tx.inputs:
-            spender = self._spent_by.get((tx_input.source_txid, tx_input.source_output_index))
-            if spender is not None:
-                found[spender] = None
-        return tuple(found)
-
-    def _accept(self, tx: Transaction, txid: str, raw: bytes) -> None:
-        fee = sum(i.satoshis for i in tx.inputs) - sum(o.satoshis for o in tx.outputs)
-        for tx_input in tx.inputs:  # what it spends, for walking its ancestry
-            tx_input.source_transaction = self._txs[tx_input.source_txid].tx
-        self._register(txid, tx, raw, fee)
-        self._mempool[txid] = None
-        self._rejected.pop(txid, None)
-
-    def _register(self, txid: str, tx: Transaction, raw: bytes, fee: int) -> None:
-        for tx_input in tx.inputs:
-            outpoint = (tx_input.source_txid, tx_input.source_output_index)
-            self._utxos.pop(outpoint, None)
-            self._spent_by[outpoint] = txid
-        for vout, output in enumerate(tx.outputs):
-            self._utxos[(txid, vout)] = output
-        self._txs[txid] = _Entry(tx, raw, fee)
-
-    def _remember(self, result: SubmitResult) -> SubmitResult:
-        if result.txid:
-            self._rejected[result.txid] = result
-            self._rejected.move_to_end(result.txid)
-            while len(self._rejected) > self._rejected_cap:
-                self._rejected.popitem(last=False)
-        return result
 
     def required_fee(self, size: int) -> int:
         """The policy's minimum fee for a transaction of `size` bytes."""
@@ -339,48 +146,23 @@ class Devnet(ChainTracker):
         """Mine `n` blocks; the first takes the whole mempool, the rest only a coinbase."""
         if n < 1:
             raise ValueError("mine at least one block")
-        blocks = [self._mine_block(list(self._mempool))]
+        blocks = [self._mine_block(self._ledger.mempool)]
         blocks += [self._mine_block([]) for _ in range(n - 1)]
         return blocks
 
     def _mine_block(self, txids: list[str], subsidy: int = 0) -> Block:
-        height = len(self._blocks)
-        fees = sum(self._txs[t].fee for t in txids)
-        coinbase = self._coinbase(height, subsidy + fees)
-        coinbase_raw = coinbase.serialize()
-        coinbase_txid = hash256(coinbase_raw)[::-1].hex()
-        self._register(coinbase_txid, coinbase, coinbase_raw, 0)
-        ordered = [coinbase_txid, *txids]
-        levels = tree_levels([bytes.fromhex(t)[::-1] for t in ordered])
-        prev = bytes.fromhex(self._blocks[-1].block.hash)[::-1] if self._blocks else bytes(32)
-        timestamp = int(self._clock())
-        if self._blocks:  # strictly increasing, whatever the clock does
-            timestamp = max(timestamp, self._blocks[-1].block.time + 1)
-        header = mine_header(prev, levels[-1][0], timestamp)
-        block = Block(
-            height=height,
-            hash=hash256(header)[::-1].hex(),
-            header=header,
-            merkle_root=levels[-1][0][::-1].hex(),
-            prev_hash=prev[::-1].hex(),
-            time=timestamp,
-            txids=tuple(ordered),
-        )
-        self._blocks.append(_BlockData(block, levels, {t: i for i, t in enumerate(ordered)}))
-        for txid in ordered:
-            self._txs[txid].height = height
-            self._mempool.pop(txid, None)
+        # Fees (and the genesis supply) go back to the funding key.
+        amount = subsidy + self._ledger.fees(txids)
+        tx = coinbase(self._blocks.height + 1, amount, self._own_lock())
+        raw = tx.serialize()
+        coinbase_txid = hash256(raw)[::-1].hex()
+        self._ledger.register(coinbase_txid, tx, raw, 0)
+        block = self._blocks.add([coinbase_txid, *txids])
+        self._ledger.confirm(block.txids, block.height)
         return block
 
-    def _coinbase(self, height: int, amount: int) -> Transaction:
-        # Fees (and the genesis supply) go back to the funding key.
-        coinbase_input = TransactionInput(
-            source_txid=NULL_TXID,
-            source_output_index=0xFFFFFFFF,
-            unlocking_script=_coinbase_script(height),
-        )
-        output = TransactionOutput(P2PKH().lock(self._key.public_key().hash160()), amount)
-        return Transaction([coinbase_input], [output], version=1)
+    def _own_lock(self) -> Script:
+        return P2PKH().lock(self._key.public_key().hash160())
 
     # ----- faucet -----------------------------------------------------------
 
@@ -394,23 +176,23 @@ class Devnet(ChainTracker):
         if not isinstance(satoshis, int) or isinstance(satoshis, bool) or satoshis <= 0:
             raise ValueError("satoshis must be a positive integer")
         lock = recipient_script(recipient)
-        if self._faucet_coin is None or self._faucet_coin not in self._utxos:
+        coin = self._ledger.unspent(self._faucet_coin) if self._faucet_coin else None
+        if self._faucet_coin is None or coin is None:
             raise RuntimeError("the faucet is dry")
         source_txid, vout = self._faucet_coin
+        source = self._ledger.entry(source_txid)
+        assert source is not None
         tx = Transaction(
             [
                 TransactionInput(
-                    source_transaction=self._txs[source_txid].tx,
+                    source_transaction=source.tx,
                     source_output_index=vout,
                     unlocking_script_template=P2PKH().unlock(self._key),
                 )
             ],
-            [
-                TransactionOutput(lock, satoshis),
-                TransactionOutput(P2PKH().lock(self._key.public_key().hash160()), 0),
-            ],
+            [TransactionOutput(lock, satoshis), TransactionOutput(self._own_lock(), 0)],
         )
-        available = self._utxos[self._faucet_coin].satoshis
+        available = coin.satoshis
         # bsv-sdk estimates a P2PKH unlock at 107 bytes; a signature can make it 108.
         change = available - satoshis - self.required_fee(tx.estimated_byte_length() + 1)
         if change < 0:
@@ -433,19 +215,20 @@ class Devnet(ChainTracker):
 
     def status(self, txid: str) -> SubmitResult | None:
         """Current status of a known transaction (recent rejections included)."""
-        if txid in self._txs:
+        if self._ledger.entry(txid) is not None:
             return self._status_of(txid)
-        return self._rejected.get(txid)
+        return self._ledger.rejection(txid)
 
     def _status_of(self, txid: str) -> SubmitResult:
-        height = self._txs[txid].height
-        if height is None:
+        entry = self._ledger.entry(txid)
+        assert entry is not None
+        if entry.height is None:
             return SubmitResult(txid, TxStatus.SEEN_ON_NETWORK)
-        return SubmitResult(txid, TxStatus.MINED, height, self._blocks[height].block.hash)
+        return SubmitResult(txid, TxStatus.MINED, entry.height, self.block(entry.height).hash)
 
     def get_transaction(self, txid: str) -> Transaction | None:
         """A fresh copy of an accepted transaction, with `merkle_path` if mined."""
-        entry = self._txs.get(txid)
+        entry = self._ledger.entry(txid)
         if entry is None:
             return None
         tx = Transaction.from_hex(entry.raw)
@@ -454,75 +237,59 @@ class Devnet(ChainTracker):
 
     def get_output(self, txid: str, vout: int) -> TransactionOutput | None:
         """An output of an accepted transaction, spent or not."""
-        entry = self._txs.get(txid)
-        if entry is None or not 0 <= vout < len(entry.tx.outputs):
-            return None
-        return entry.tx.outputs[vout]
+        return self._ledger.output(txid, vout)
 
     def scripts_with_unspent(self) -> dict[bytes, list[tuple[str, int, int, int | None]]]:
         """Every locking script with unspent outputs, and those outputs."""
-        by_script: dict[bytes, list[tuple[str, int, int, int | None]]] = {}
-        for (txid, vout), output in self._utxos.items():
-            entry = self._txs.get(txid)
-            by_script.setdefault(output.locking_script.serialize(), []).append(
-                (txid, vout, output.satoshis or 0, entry.height if entry else None)
-            )
-        return by_script
+        return self._ledger.unspent_by_script()
 
     def unspent_by_script(self, script: bytes) -> list[tuple[str, int, int, int | None]]:
         """Unspent outputs locked by `script`: (txid, vout, satoshis, height or None),
         oldest first. A scan: the devnet is small, and this serves only the
         WhatsOnChain-style lookup the payment watcher makes."""
-        found = []
-        for (txid, vout), output in self._utxos.items():
-            if output.locking_script.serialize() == script:
-                entry = self._txs.get(txid)
-                found.append((txid, vout, output.satoshis or 0, entry.height if entry else None))
-        return found
+        return self._ledger.unspent_locked_by(script)
 
     def is_unspent(self, txid: str, vout: int) -> bool:
-        return (txid, vout) in self._utxos
+        """Is output `vout` of `txid` accepted and not spent?"""
+        return self._ledger.unspent((txid, vout)) is not None
 
     def merkle_path(self, txid: str) -> MerklePath | None:
         """The BUMP proving a mined transaction against its block's header."""
-        entry = self._txs.get(txid)
+        entry = self._ledger.entry(txid)
         if entry is None or entry.height is None:
             return None
-        return self._block_path(entry.height, [txid])
-
-    def _block_path(self, height: int, txids: list[str]) -> MerklePath:
-        data = self._blocks[height]
-        return merkle_path(height, data.levels, {data.index[t] for t in txids})
+        return self._blocks.path(entry.height, [txid])
 
     @property
     def height(self) -> int:
-        return len(self._blocks) - 1
+        """The tip's height (genesis is 0)."""
+        return self._blocks.height
 
     @property
     def mempool_size(self) -> int:
-        return len(self._mempool)
+        """Transactions waiting to be mined."""
+        return len(self._ledger.mempool)
 
     @property
     def funding_address(self) -> str:
+        """The address coinbases (and the faucet's change) pay."""
         return self._key.address()
 
     def block(self, height: int) -> Block:
-        if isinstance(height, bool) or not 0 <= height < len(self._blocks):
-            raise IndexError(f"no block at height {height}")
-        return self._blocks[height].block
+        """The block at `height`; IndexError if there is none."""
+        return self._blocks.block(height)
 
     def header(self, height: int) -> bytes:
+        """The 80-byte header at `height`; IndexError if there is none."""
         return self.block(height).header
 
     def merkle_root(self, height: int) -> str:
+        """The merkle root (hex, display order) at `height`; IndexError if there is none."""
         return self.block(height).merkle_root
 
     def root_matches(self, root: str, height: int) -> bool:
         """Synchronous `is_valid_root_for_height`."""
-        try:
-            return self.merkle_root(height) == root.lower()
-        except (IndexError, TypeError, AttributeError):
-            return False
+        return self._blocks.root_matches(root, height)
 
     # ----- bsv ChainTracker -------------------------------------------------
 
@@ -537,7 +304,7 @@ class Devnet(ChainTracker):
     def beef_for(self, txid: str, *, atomic: bool = False) -> bytes:
         """BEEF V1 of a transaction and its unmined ancestry back to mined ones
         (gateway.bsv.beef's writer). With `atomic`, wrapped as BRC-95 Atomic BEEF."""
-        entry = self._txs.get(txid)
+        entry = self._ledger.entry(txid)
         if entry is None:
             raise KeyError(f"unknown transaction {txid}")
         ancestry = walk_ancestry(entry.tx, proven=self._mined)
@@ -545,4 +312,6 @@ class Devnet(ChainTracker):
         return write_beef([tx for tx in copies if tx is not None], atomic=atomic)
 
     def _mined(self, tx: Transaction) -> bool:
-        return self._txs[tx.txid()].height is not None
+        entry = self._ledger.entry(tx.txid())
+        assert entry is not None  # an ancestor linked in was accepted
+        return entry.height is not None

@@ -44,7 +44,8 @@ from bsv import MerklePath
 
 from gateway.bsv.beef import Entry
 from gateway.bsv.scripts import script_hash
-from gateway.devnet.chain import Devnet, Rejection, SubmitResult, TxStatus
+from gateway.devnet.chain import Devnet
+from gateway.devnet.ledger import Rejection, SubmitResult, TxStatus
 from gateway.devnet.options import add_arguments
 from gateway.devnet.wire import Submission, WireError, parse_submission
 
