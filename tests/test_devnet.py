@@ -20,7 +20,7 @@ from bsv.transaction.beef import parse_beef_ex
 from bsv.utils import Writer
 
 from gateway.devnet import Devnet, Rejection, TxStatus, start
-from gateway.devnet.chain import REGTEST_BITS
+from gateway.devnet.blocks import REGTEST_BITS
 from gateway.devnet.merkle import SingleTxMerklePath
 
 

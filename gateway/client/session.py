@@ -41,14 +41,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.client.challenge import Challenge, read_challenge
-from gateway.client.delivery import DEFAULT_HEADER_LIMIT, RETRYABLE, TOKEN_HEADER, Courier
+from gateway.client.delivery import DEFAULT_HEADER_LIMIT, Courier
 from gateway.client.grants import Grants, bearer, refused
 from gateway.client.purse import Purse
 from gateway.client.responses import (
-    BALANCE_HEADER,
-    CHARGE_HEADER,
-    CHARGE_LIMIT_HEADER,
-    TAB_HEADER,
     FareboxResponse,
     Payment,
     RequestContext,
@@ -60,19 +56,6 @@ from gateway.client.tokens import StoredToken
 from gateway.client.wallet import Wallet
 
 # Names defined here before the session was split into parts; still importable.
-__all__ = [
-    "BALANCE_HEADER",
-    "CHARGE_HEADER",
-    "CHARGE_LIMIT_HEADER",
-    "DEFAULT_HEADER_LIMIT",
-    "RETRYABLE",
-    "TAB_HEADER",
-    "TOKEN_HEADER",
-    "FareboxResponse",
-    "PayingSession",
-    "Payment",
-    "TabBalance",
-]
 
 # Bodies that can be sent a second and third time (a stream cannot).
 _RESENDABLE = (bytes, bytearray, str, dict, list, tuple)

@@ -35,10 +35,8 @@ from bsv.hash import hash256
 
 from gateway.bsv.ancestry import parents_first, walk_ancestry
 from gateway.bsv.beef import write_beef
-from gateway.devnet.blocks import BLOCK_VERSION, REGTEST_BITS, Block, Blocks, coinbase, mine_header
+from gateway.devnet.blocks import Block, Blocks, coinbase
 from gateway.devnet.ledger import (
-    MAX_MONEY,
-    NULL_TXID,
     Ledger,
     Outpoint,
     Rejection,
@@ -50,21 +48,6 @@ from gateway.devnet.ledger import (
 )
 
 # Names defined here before the chain was split into parts; still importable.
-__all__ = [
-    "BLOCK_VERSION",
-    "COIN",
-    "MAX_MONEY",
-    "NULL_TXID",
-    "REGTEST_BITS",
-    "Block",
-    "Devnet",
-    "Outpoint",
-    "Rejection",
-    "SubmitResult",
-    "TxStatus",
-    "mine_header",
-    "recipient_script",
-]
 
 COIN = 100_000_000  # satoshis in one BSV
 

@@ -38,7 +38,9 @@ async def pay(services: Services, request: web.BaseRequest, _: str) -> web.Strea
     fields = await _fields(request, limit)
     url, method = fields.get("url"), fields.get("method", "GET")
     if not isinstance(url, str) or not url:
-        raise PaymentError("bad-url", "`url` must be the path to pay for, e.g. /archive/1", status=400)
+        raise PaymentError(
+            "bad-url", "`url` must be the path to pay for, e.g. /archive/1", status=400
+        )
     if not isinstance(method, str) or not method.isascii() or not method.isalpha():
         raise PaymentError("bad-method", "`method` must be an HTTP method name", status=400)
     method = method.upper()
