@@ -22,7 +22,7 @@ from gateway.client.challenge import Challenge
 from gateway.client.errors import PaymentNotSettled, PaymentRefused, SpendingLimitExceeded
 from gateway.client.proofs import refresh_proofs
 from gateway.client.responses import Payment
-from gateway.client.tokens import origin_of
+from gateway.client.tokens import StoredToken, origin_of
 from gateway.client.wallet import PreparedPayment, Wallet
 
 
@@ -122,7 +122,25 @@ class Purse:
         finally:
             self._in_flight -= price
 
-    def record(self, payment: Payment) -> Payment:
-        """Add a delivered payment to `payments`; returns it."""
+    def record(
+        self,
+        url: URL,
+        method: str,
+        prepared: PreparedPayment,
+        price: int,
+        via: str,
+        grant: StoredToken | None,
+    ) -> Payment:
+        """Add a delivered payment (`price` satoshis, `via` "headers" or "pay-endpoint")
+        to `payments`; returns it."""
+        payment = Payment(
+            url=str(url),
+            method=method,
+            txid=prepared.txid,
+            satoshis=price,
+            fee=prepared.fee,
+            via=via,
+            grant=grant,
+        )
         self.payments.append(payment)
         return payment

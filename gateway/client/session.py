@@ -317,17 +317,7 @@ class PayingSession:
                 method, url, headers, kwargs, challenge.pay_url, prepared, tab
             )
         grant = self._grants.remember(url, token)
-        payment = self._purse.record(
-            Payment(
-                url=str(url),
-                method=method,
-                txid=prepared.txid,
-                satoshis=price,
-                fee=prepared.fee,
-                via=via,
-                grant=grant,
-            )
-        )
+        payment = self._purse.record(url, method, prepared, price, via, grant)
         if resp is None:  # paid at the endpoint: now ask with the grant
             resp = await send(self._client(), method, url, bearer(headers, grant), kwargs)
         resp.farebox_payment = payment

@@ -18,7 +18,7 @@ from gateway.client.delivery import Courier, token_in
 from gateway.client.errors import ClientError
 from gateway.client.grants import Grants
 from gateway.client.purse import Purse
-from gateway.client.responses import Payment, TabBalance, json_object, read_amount, send
+from gateway.client.responses import TabBalance, json_object, read_amount, send
 from gateway.client.tokens import StoredToken
 
 
@@ -100,17 +100,7 @@ class Tabs:
         async with purse.spending(url, challenge.server, price, self._client()) as prepared:
             answer = await self._courier.to_endpoint(method, url, challenge.pay_url, prepared, tab)
         grant = self._grants.remember(url, token_in(answer))
-        purse.record(
-            Payment(
-                url=str(url),
-                method=method,
-                txid=prepared.txid,
-                satoshis=price,
-                fee=prepared.fee,
-                via="pay-endpoint",
-                grant=grant,
-            )
-        )
+        purse.record(url, method, prepared, price, "pay-endpoint", grant)
         about = json_object(answer.get("tab"))
         balance = read_amount(about.get("balance_satoshis"))
         if grant is None or not grant.tab or balance is None:
