@@ -115,7 +115,11 @@ def _parser() -> argparse.ArgumentParser:
         help="do not reload policies when files change",
     )
     serve.add_argument("--access-log", action="store_const", const=True, help="log every request")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (default info)",
+    )
     serve.add_argument(
         "--store",
         metavar="URL",
