@@ -452,6 +452,8 @@ def _policy_check(args: argparse.Namespace) -> None:
         )
         raise SystemExit(1) from None
     routes = sum(len(s.routes) for s in policy.services)
+    for note in policy.notes:
+        print(f"note: {note}")
     print(
         f"ok: {len(policy.sources)} file(s), {len(policy.services)} service(s), "
         f"{routes} route(s), version {policy.version}"

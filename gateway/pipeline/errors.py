@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.chain import ChainError
 from gateway.edge import metrics
+from gateway.edge.hosts import HostError
 from gateway.edge.paths import PathError
 from gateway.edge.problems import problem
 from gateway.errors import PaymentError
@@ -54,6 +55,8 @@ def problem_for(exc: BaseException) -> web.Response:
         return _problem(503, "price-unavailable", "Price unavailable", str(exc))
     if isinstance(exc, PathError):
         return _problem(400, exc.reason, "Bad request target", exc.detail)
+    if isinstance(exc, HostError):
+        return _problem(400, exc.reason, "Bad Host header", exc.detail)
     if isinstance(exc, web.HTTPException):  # aiohttp's own refusals (body too large, ...)
         reason = exc.reason.lower().replace(" ", "-")
         return _problem(exc.status, reason, exc.reason, exc.text or "")

@@ -1,18 +1,28 @@
 """A loaded policy, ready to answer "which route is this request?".
 
 Services are picked by host and mount (a service bound to a host wins over a
-catch-all; the longest mount wins), then the service's routes are tried in file
-order and the first whose pattern and method both match wins.
+catch-all; the longest mount wins). Then the service's routes are tried in file
+order: the first whose pattern matches the path decides which routes may answer
+— it and later routes with the same pattern — and the first of those that takes
+the method wins. A path they match but whose method none takes is 405 with
+`Allow`: a later, wider route (a catch-all) never answers a method an earlier
+route refused, so a priced path cannot be reached free by another method.
+
+Case-insensitive services fold ASCII letters only: a character whose Unicode
+folding lands in ASCII (KELVIN SIGN to k) or changes length matches nothing,
+so the path matched and the path forwarded are one form.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.edge.hosts import host_name
 from gateway.edge.paths import Target
 from gateway.policy.concessions import Eligibility
 from gateway.policy.patterns import Pattern
 from gateway.policy.schema import Route, Service
+from gateway.policy.source import Issue
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,36 +67,44 @@ class Policy:
     sources: tuple[str, ...]
     version: str  # content hash, so admins can tell which policy is live
     concessions: dict[str, Eligibility] = field(default_factory=dict)
+    notes: tuple[Issue, ...] = ()  # not errors: what an admin should know (policy check)
 
     def match(self, host: str | None, target: Target, method: str) -> Match | NoMatch:
-        name = _host_name(host)
+        """The route for this request, or NoMatch (with the methods the path takes).
+
+        Raises HostError for a Host header that names no host one way.
+        """
+        name = host_name(host)
         path = target.path
         for svc in self.services:
             if svc.service.host is not None and svc.service.host != name:
                 continue
             prefix = svc.prefix
             if prefix:
-                head = path if svc.service.case_sensitive else path.lower()
+                head = path if svc.service.case_sensitive else path.translate(ASCII_LOWER)
                 if not (head == prefix or head.startswith(prefix + "/")):
                     continue
             rel = path[len(prefix) :]
             allowed: list[str] = []
+            decided: str | None = None  # the pattern of the first route that matched the path
             for compiled in svc.routes:
-                if compiled.pattern.regex.fullmatch(rel) is None:
+                regex = compiled.pattern.regex
+                if decided is not None and regex.pattern != decided:
+                    continue
+                if regex.fullmatch(rel) is None:
                     continue
                 if compiled.route.allows(method):
+                    # The mount is ASCII and matched letter for letter, so it
+                    # spans as many characters in the encoded path.
                     url = svc.upstream + target.forward[len(prefix) :]
                     if target.query:
                         url += "?" + target.query
                     return Match(svc, compiled, path, url)
+                decided = regex.pattern
                 allowed.extend(m for m in compiled.route.methods if m not in allowed)
             return NoMatch(tuple(allowed))
         return NoMatch(())
 
 
-def _host_name(host: str | None) -> str | None:
-    if not host:
-        return None
-    if host.startswith("["):
-        return host[: host.find("]") + 1].lower()
-    return host.rpartition(":")[0].lower() if ":" in host else host.lower()
+# Case-insensitive matching folds A-Z only (str.lower folds KELVIN SIGN to k).
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

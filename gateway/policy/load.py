@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.policy.compiled import CompiledRoute, CompiledService, Policy
+from gateway.policy.compiled import ASCII_LOWER, CompiledRoute, CompiledService, Policy
 from gateway.policy.concessions import load as load_concession
 from gateway.policy.patterns import Pattern, compile_pattern, shadows
 from gateway.policy.schema import PolicyFile, Route, Service
@@ -39,6 +39,7 @@ def load_policy(path: str | Path) -> Policy:
     if not files:
         raise PolicyError([Issue(str(path), 0, "", "no *.yaml policy files in this directory")])
     issues: list[Issue] = []
+    notes: list[Issue] = []
     docs: list[tuple[Document, PolicyFile]] = []
     digest = hashlib.sha256()
     for file in files:
@@ -56,13 +57,14 @@ def load_policy(path: str | Path) -> Policy:
         model = _validate(doc, issues)
         if model is not None:
             docs.append((doc, model))
-    services = _compile(docs, issues)
+    services = _compile(docs, issues, notes)
     concessions = _concessions(docs, issues)
     if issues:
         raise PolicyError(issues)
     unmatched = next((m.unmatched for _, m in docs if m.unmatched is not None), 404)
     sources = tuple(str(f) for f in files)
-    return Policy(services, unmatched, sources, digest.hexdigest()[:12], concessions)
+    version = digest.hexdigest()[:12]
+    return Policy(services, unmatched, sources, version, concessions, tuple(notes))
 
 
 def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def _known_keys(parent: tuple, doc: Document) -> list[str]:
 
 
 def _compile(
-    docs: list[tuple[Document, PolicyFile]], issues: list[Issue]
+    docs: list[tuple[Document, PolicyFile]], issues: list[Issue], notes: list[Issue]
 ) -> tuple[CompiledService, ...]:
     seen_names: dict[str, str] = {}
     seen_mounts: dict[tuple[str | None, str], str] = {}
@@ -170,9 +172,10 @@ def _compile(
                 )
             seen_mounts[key] = name
             routes = _compile_routes(doc, loc, service, issues)
+            notes.extend(_not_caught(doc, loc, routes, service.case_sensitive))
             prefix = "" if service.mount == "/" else service.mount
             if not service.case_sensitive:
-                prefix = prefix.lower()
+                prefix = prefix.translate(ASCII_LOWER)
             compiled.append(CompiledService(name, service, routes, prefix, service.upstream))
     # Bound to a host first, then the most specific (longest) mount.
     compiled.sort(key=lambda s: (s.service.host is None, -len(s.prefix)))
@@ -198,6 +201,43 @@ def _compile_routes(
                 break
         out.append(CompiledRoute(route, pattern, prefix + route.path))
     return tuple(out)
+
+
+def _not_caught(
+    doc: Document, loc: tuple, routes: tuple[CompiledRoute, ...], case: bool
+) -> list[Issue]:
+    """Notes for `policy check`: what a later, wider route does not catch.
+
+    The first route whose pattern matches a path decides it (compiled.py):
+    methods it does not take answer 405 there, even when a later catch-all
+    takes them.
+    """
+    found = []
+    for j, wide in enumerate(routes):
+        for i, narrow in enumerate(routes[:j]):
+            if narrow.pattern.regex.pattern == wide.pattern.regex.pattern:
+                continue
+            if not shadows(wide.pattern, narrow.pattern, case_sensitive=case):
+                continue
+            if narrow.route.methods[0] == "*":
+                continue
+            if wide.route.methods[0] == "*":
+                extra = "any other method"
+            else:
+                missing = [m for m in wide.route.methods if m not in narrow.route.methods]
+                if not missing:
+                    continue
+                extra = ", ".join(missing)
+            line = doc.line_of((*loc, "routes", i))
+            found.append(
+                doc.issue(
+                    (*loc, "routes", j, "path"),
+                    f"{wide.scope} does not catch {extra} on {narrow.scope}: the route at "
+                    f"line {line} decides those paths and answers 405 "
+                    f"(Allow: {', '.join(narrow.route.methods)})",
+                )
+            )
+    return found
 
 
 def _conflict(earlier: CompiledRoute, route: Route, pattern: Pattern, case: bool) -> str | None:

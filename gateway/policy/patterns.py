@@ -57,7 +57,8 @@ def compile_pattern(source: str, *, case_sensitive: bool = True) -> Pattern:
         raise PatternError("a {name} is used twice in one pattern")
     if any(s.text in (".", "..") for s in segments if s.kind == "lit"):
         raise PatternError("'.' and '..' segments never match a canonical path")
-    flags = 0 if case_sensitive else re.IGNORECASE
+    # re.ASCII: ignore case for A-Z only, as the mount is matched.
+    flags = 0 if case_sensitive else re.IGNORECASE | re.ASCII
     return Pattern(source, segments, re.compile(_to_regex(segments), flags), names)
 
 
@@ -115,7 +116,7 @@ def _segment_covers(a: Segment, b: Segment, case_sensitive: bool) -> bool:
     if a.kind == "any":
         return b.kind != "lit" or b.text != ""
     if b.kind == "lit":
-        flags = 0 if case_sensitive else re.IGNORECASE
+        flags = 0 if case_sensitive else re.IGNORECASE | re.ASCII
         return re.fullmatch(a.regex, b.text, flags) is not None
     return a.kind == b.kind and (
         a.text == b.text if case_sensitive else a.text.lower() == b.text.lower()

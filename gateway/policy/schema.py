@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
 
+from gateway.edge.hosts import HostError, host_name
 from gateway.policy.patterns import PatternError, compile_pattern
 
 MAX_SATOSHIS = 21_000_000 * 100_000_000
@@ -333,9 +334,17 @@ class Service(_Frozen):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", value):
-            raise ValueError(f"host must be a plain host name without port, got {value!r}")
-        return value.lower() if value else value
+        if value is None:
+            return value
+        try:
+            name = host_name(value)
+        except HostError:
+            name = None
+        if name is None or ":" in value:
+            raise ValueError(
+                f"host must be a plain host name without port, e.g. data.example.gov, got {value!r}"
+            )
+        return name  # as requests are read: lower case, no trailing dot, IDNA
 
     @field_validator("mount")
     @classmethod

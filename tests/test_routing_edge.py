@@ -1,0 +1,182 @@
+"""Routing at the edge: the route decided is the route served (issue: the edge holds).
+
+Each case is one kind of disagreement between how Farebox picks a route and
+how the request reaches the upstream: Unicode case folding, Host spellings,
+and a later catch-all answering a method an earlier priced route refused.
+Real gateway, real recording upstream, raw request bytes where clients would
+normalise them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.edge.hosts import HostError, host_name
+from gateway.policy import load_policy
+from tests.conftest import raw_request
+
+
+async def with_host(base: str, target: str, host: str) -> tuple[int, bytes]:
+    """GET `target` with exactly this Host header, byte for byte."""
+    address, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(address, int(port))
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+PREMIUM = """\
+services:
+  kiosk:
+    upstream: {upstream}
+    mount: /k/premium
+    case_sensitive: false
+    routes:
+      - path: /**
+        price: free
+  premium:
+    upstream: {upstream}
+    mount: /premium
+    routes:
+      - path: /**
+        price: 100
+        grant: {{lasts: 1h}}
+"""
+
+
+@pytest.mark.parametrize(
+    "letter",
+    [
+        "%E2%84%AA",  # KELVIN SIGN: lower-cases to ASCII k
+        "%C4%B0",  # LATIN CAPITAL I WITH DOT ABOVE: lower-cases to two characters
+        "%E1%BA%9E",  # LATIN CAPITAL SHARP S: folds to ss
+    ],
+)
+async def test_unicode_case_folding_never_reaches_a_priced_path_free(
+    gateway, upstream, letter: str
+) -> None:
+    base = await gateway(PREMIUM.format(upstream=upstream.url))
+    status, _ = await raw_request(base, f"/{letter}/premium/doc")
+    assert status in (400, 404), status
+    assert upstream.seen == []
+    # ASCII case still folds: the free mount is served, and exactly that path goes up.
+    status, _ = await raw_request(base, "/K/Premium/doc")
+    assert status == 200
+    assert upstream.paths == ["/doc"]
+
+
+HOSTS = """\
+services:
+  paid:
+    upstream: {upstream}
+    host: paid.test
+    routes:
+      - path: /**
+        price: 100
+        grant: {{lasts: 1h}}
+  anything:
+    upstream: {upstream}
+    preserve_host: true
+    routes:
+      - path: /**
+        price: free
+"""
+
+
+@pytest.mark.parametrize(
+    "host", ["paid.test", "PAID.test", "paid.test.", "paid.test.:8080", "Paid.Test.:1"]
+)
+async def test_every_spelling_of_a_priced_host_is_priced(gateway, upstream, host: str) -> None:
+    base = await gateway(HOSTS.format(upstream=upstream.url))
+    status, body = await with_host(base, "/doc", host)
+    assert status == 402, body[:200]
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "host", ["paid..test", "paid test", "paid.test:port", "[::1", "p\u00e4id.test\u0000"]
+)
+async def test_a_host_no_virtual_host_reads_one_way_is_400(gateway, upstream, host: str) -> None:
+    base = await gateway(HOSTS.format(upstream=upstream.url))
+    status, body = await with_host(base, "/doc", host)
+    assert status == 400, body[:200]
+    assert upstream.seen == []
+
+
+def test_host_names_as_virtual_hosts_read_them() -> None:
+    assert host_name("B\u00fccher.Example.:443") == "xn--bcher-kva.example"
+    assert host_name("[::1]:8080") == "[::1]"
+    assert host_name(None) is None
+    with pytest.raises(HostError):
+        host_name("a/b")
+
+
+FALL_THROUGH = """\
+services:
+  shop:
+    upstream: {upstream}
+    routes:
+      - path: /paid/**
+        price: 100
+        grant: {{lasts: 1h}}
+      - path: /dual/{{id}}
+        methods: [GET, HEAD]
+        price: 10
+        grant: {{lasts: 1h}}
+      - path: /dual/{{n}}
+        methods: [POST]
+        price: 20
+        grant: {{lasts: 1h}}
+      - path: /**
+        methods: "*"
+        price: free
+"""
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_a_catch_all_never_answers_a_method_a_priced_route_refused(
+    gateway, upstream, method: str
+) -> None:
+    base = await gateway(FALL_THROUGH.format(upstream=upstream.url))
+    status, body = await raw_request(base, "/paid/x", method=method)
+    assert status == 405, body[:200]
+    assert b'"reason": "method-not-allowed"' in body
+    assert upstream.seen == []
+    # Routes of the same pattern still share a path by method.
+    status, _ = await raw_request(base, "/dual/1", method="POST")
+    assert status == 402
+    # And the catch-all still catches what no earlier pattern claims.
+    status, _ = await raw_request(base, "/elsewhere", method=method)
+    assert status == 200
+
+
+async def test_405_carries_allow(gateway, upstream) -> None:
+    base = await gateway(FALL_THROUGH.format(upstream=upstream.url))
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /paid/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = (await reader.read()).partition(b"\r\n\r\n")[0].lower()
+    writer.close()
+    assert b"allow: get, head" in head
+
+
+def test_policy_check_says_what_a_catch_all_does_not_catch(tmp_path) -> None:
+    (tmp_path / "p.yaml").write_text(FALL_THROUGH.format(upstream="http://127.0.0.1:9"))
+    notes = [str(n) for n in load_policy(tmp_path).notes]
+    assert any(
+        "/** does not catch any other method on /paid/**" in n and "405" in n for n in notes
+    ), notes
