@@ -28,6 +28,7 @@ from gateway.policy.reload import PolicyHolder
 from gateway.proxy.forward import Proxy
 from gateway.serve.assemble import assemble_gateway
 from gateway.services import Services
+from gateway.store import StoreUnavailable
 from gateway.store.memory import MemoryStore
 from gateway.store.receipts import Receipt
 from gateway.tokens import KeyRing, Tokens
@@ -276,3 +277,17 @@ async def test_metrics_count_requests_payments_and_refusals(setup) -> None:
         assert (await call(url, token=None))[0] == 401
     finally:
         await side.cleanup()
+
+
+async def test_readiness_details_stay_on_the_admin_listener(setup) -> None:
+    setup.store.ping = _failing_ping  # the store's outage, with its address in the error
+    async with aiohttp.ClientSession() as http, http.get(f"{setup.base}/readyz") as r:
+        assert r.status == 503
+        assert await r.json() == {"status": "not-ready"}
+    status, _, body = await call(f"{setup.admin}/ready")
+    assert status == 503
+    assert "redis://10.0.0.7:6379" in json.loads(body)["store"]
+
+
+async def _failing_ping() -> None:
+    raise StoreUnavailable("redis://10.0.0.7:6379: connection refused")

@@ -4,6 +4,7 @@
     GET  /receipts?since=&until=&service=&txid=&limit=&after=&format=json|csv
     POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]
     GET  /policy                                      version, files, last reload error
+    GET  /ready                                       readiness with the store's state or error
     POST /reload                                      reload the policy now
     GET  /metrics                                     Prometheus (gateway.metrics)
 
@@ -28,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.edge.problems import answer, problem
+from gateway.endpoints.public import readiness
 from gateway.services import Services
 from gateway.store import StoreUnavailable
 
@@ -127,6 +129,7 @@ def app(services: Services, token: str, metrics: Handler | None = None) -> web.A
     application.router.add_post("/revoke", revoke)
     application.router.add_get("/policy", policy)
     application.router.add_post("/reload", reload)
+    application.router.add_get("/ready", ready)
     if metrics is not None:
         application.router.add_get("/metrics", metrics)
     return application
@@ -252,6 +255,12 @@ async def policy(request: web.Request) -> web.Response:
             "last_reload_error": holder.last_error,
         }
     )
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness with the details the public /readyz leaves out (the store's error)."""
+    body = await readiness(_gw(request))
+    return answer(body, status=200 if body["status"] == "ready" else 503)
 
 
 async def reload(request: web.Request) -> web.Response:

@@ -29,7 +29,18 @@ async def health(services: Services, request: web.BaseRequest, _: str) -> web.Re
 
 
 async def ready(services: Services, request: web.BaseRequest, _: str) -> web.Response:
-    """Ready when the store answers: without it priced routes only say 503."""
+    """Ready when the store answers: without it priced routes only say 503.
+
+    The public answer says ready or not and nothing else (the store's address
+    and error text are for the admin listener's GET /ready).
+    """
+    state = await readiness(services)
+    body = {"status": state["status"]}
+    return answer(body, status=200 if state["status"] == "ready" else 503)
+
+
+async def readiness(services: Services) -> dict[str, Any]:
+    """Readiness with its details: policy version, and the store's state or error."""
     body: dict[str, Any] = {
         "status": "ready",
         "policy": services.policy.current.version,
@@ -40,8 +51,7 @@ async def ready(services: Services, request: web.BaseRequest, _: str) -> web.Res
             await services.store.ping()
         except StoreUnavailable as exc:
             body.update(status="not-ready", store=f"unavailable: {exc}")
-            return answer(body, status=503)
-    return answer(body)
+    return body
 
 
 async def jwks(services: Services, request: web.BaseRequest, _: str) -> web.Response:
