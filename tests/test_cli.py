@@ -343,3 +343,15 @@ def test_a_port_in_use_is_refused_in_one_line(
     assert done.returncode == 1
     assert f"farebox: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+async def test_no_versions_in_the_server_header(
+    tmp_path: Path, key_file: Path, upstream: Upstream
+) -> None:
+    folder = write_policy(tmp_path, policy_text(upstream.url))
+    args = ("--policies", str(folder), "--key-file", str(key_file), "--port", "0")
+    async with serve(*args) as gw, aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz", "/a%2Fb", "/.well-known/farebox/nothing"):
+            async with http.get(gw.base + path) as r:
+                server = r.headers.get("Server", "")
+                assert "aiohttp" not in server and "Python" not in server, (path, server)

@@ -17,6 +17,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.edge.problems import CONTENT_TYPE, problem_body
 
+# What Farebox's own answers say in `Server`: no product versions to look up
+# advisories by (aiohttp would send "Python/3.11 aiohttp/<version>").
+SERVER = "farebox"
+
 
 class _ProblemHandler(RequestHandler):
     __slots__ = ()  # the same layout as aiohttp's handler, so a connection can switch to it
@@ -36,6 +40,7 @@ class _ProblemHandler(RequestHandler):
             status=status,
             body=json.dumps(problem_body(status, reason, phrase, detail)).encode(),
             content_type=CONTENT_TYPE,
+            headers={"Server": SERVER},
         )
         answer.force_close()  # as aiohttp does: the stream may be out of step
         return answer

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.edge.problems import answer, problem
+from gateway.edge.protocol import SERVER
 from gateway.endpoints.public import readiness
 from gateway.services import Services
 from gateway.store import StoreUnavailable
@@ -123,6 +124,7 @@ def app(services: Services, token: str, metrics: Handler | None = None) -> web.A
             return problem(500, "internal-error", "Internal error", "see the gateway's log")
 
     application = web.Application(middlewares=[errors, guard])
+    application.on_response_prepare.append(_server_header)
     application[SERVICES] = services
     application.router.add_get("/stats", stats)
     application.router.add_get("/receipts", receipts)
@@ -133,6 +135,10 @@ def app(services: Services, token: str, metrics: Handler | None = None) -> web.A
     if metrics is not None:
         application.router.add_get("/metrics", metrics)
     return application
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER  # no versions (aiohttp would name its own)
 
 
 def _gw(request: web.Request) -> Services:

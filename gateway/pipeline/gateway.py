@@ -22,6 +22,7 @@ from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
 from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import payments_disabled, problem
+from gateway.edge.protocol import SERVER
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted
@@ -74,6 +75,7 @@ class Gateway:
             response = problem_for(exc)
         if not response.prepared:
             response.headers[logs.HEADER] = rid
+            response.headers.setdefault("Server", SERVER)
         return response
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
