@@ -8,7 +8,7 @@ import pytest
 from bsv import P2PKH, PrivateKey, PublicKey, Transaction, TransactionInput, TransactionOutput
 
 from gateway.bsv.ancestry import AncestryLimits
-from gateway.bsv.beef import Limits, read_beef
+from gateway.bsv.beef import Limits, read_beef, read_entries
 from gateway.bsv.derivation import p2pkh_script, payee_key
 from gateway.errors import PaymentError
 from gateway.payments.verify import Expectation, verify_payment
@@ -353,6 +353,99 @@ def test_atomic_beef_with_unrelated_transaction_refused() -> None:
     with pytest.raises(PaymentError) as info:
         read_beef(atomic(p.tx, stranger, parent, p.tx))
     assert "unrelated" in info.value.detail
+
+
+# A payment's BEEF is one subject (the Atomic BEEF's, else the last transaction) and
+# the ancestors it needs: what its inputs reach through unproven transactions.
+
+
+def v2(*items: Transaction | str) -> bytes:
+    """A BEEF V2 (BRC-96) of these entries in this order; a str is a txid-only entry."""
+    from bsv.utils import unsigned_to_varint
+
+    bumps: list = []
+    for item in items:
+        path = item.merkle_path if isinstance(item, Transaction) else None
+        if path is not None and path not in bumps:
+            bumps.append(path)
+    out = bytearray(b"\x02\x00\xbe\xef") + unsigned_to_varint(len(bumps))
+    for bump in bumps:
+        out += bump.to_binary()
+    out += unsigned_to_varint(len(items))
+    for item in items:
+        if isinstance(item, str):
+            out += b"\x02" + bytes.fromhex(item)[::-1]
+        elif item.merkle_path is None:
+            out += b"\x00" + item.serialize()
+        else:
+            out += b"\x01" + unsigned_to_varint(bumps.index(item.merkle_path)) + item.serialize()
+    return bytes(out)
+
+
+def unrelated(data: bytes, stranger: str) -> None:
+    with pytest.raises(PaymentError) as info:
+        read_beef(data)
+    assert (info.value.reason, info.value.status) == ("malformed-beef", 400), info.value.detail
+    assert "unrelated to its subject" in info.value.detail and stranger in info.value.detail
+
+
+def test_v1_beef_with_unrelated_transactions_refused() -> None:
+    tracker = Tracker()
+    p = pay(SERVER.public_key(), CLIENT, PRICE, tracker)
+    parent = p.tx.inputs[0].source_transaction
+    assert read_beef(beef_of(parent, p.tx)).subject.txid() == p.tx.txid()
+    # A proven stranger, anywhere before the subject.
+    stranger = funding(PrivateKey(), 1000, tracker, height=300)
+    unrelated(beef_of(stranger, parent, p.tx), stranger.txid())
+    unrelated(beef_of(parent, stranger, p.tx), stranger.txid())
+    # An unconfirmed stranger with its own proven parent: a whole second graph.
+    other = PrivateKey()
+    other_parent = funding(other, 5000, tracker)
+    other_spend = spend(other_parent, 0, other, [(CLIENT.public_key(), 4000)])
+    unrelated(beef_of(other_parent, parent, other_spend, p.tx), other_parent.txid())
+    # A child of the subject is not its ancestor.
+    child = spend(p.tx, 1, CLIENT, [(CLIENT.public_key(), 1000)])
+    unrelated(beef_of(parent, child, p.tx), child.txid())
+
+
+def test_an_ancestor_behind_a_proven_one_is_not_needed() -> None:
+    tracker = Tracker()
+    grandparent = funding(CLIENT, 200_000, tracker)
+    parent = mined(spend(grandparent, 0, CLIENT, [(CLIENT.public_key(), 100_000)]), tracker)
+    p = pay(SERVER.public_key(), CLIENT, PRICE, tracker, parent=parent)
+    assert read_beef(beef_of(parent, p.tx)).subject.txid() == p.tx.txid()
+    unrelated(beef_of(grandparent, parent, p.tx), grandparent.txid())
+    unrelated(atomic(p.tx, grandparent, parent, p.tx), grandparent.txid())  # as Atomic did
+
+
+def test_v2_beef_with_unrelated_entries_refused() -> None:
+    tracker = Tracker()
+    p = pay(SERVER.public_key(), CLIENT, PRICE, tracker)
+    parent = p.tx.inputs[0].source_transaction
+    assert read_beef(v2(parent, p.tx)).subject.txid() == p.tx.txid()
+    stranger = funding(PrivateKey(), 1000, tracker, height=300)
+    unrelated(v2(stranger, parent, p.tx), stranger.txid())
+    # A txid-only entry nothing spends is unrelated, not a missing ancestor...
+    unrelated(v2("ab" * 32, parent, p.tx), "ab" * 32)
+    # ...while one the subject spends is an ancestor a payment must carry in full.
+    with pytest.raises(PaymentError) as info:
+        read_beef(v2(parent.txid(), p.tx))
+    assert info.value.reason == "txid-only-ancestor"
+
+
+def test_read_entries_refuses_unrelated_only_in_atomic_beef() -> None:
+    # BRC-95 binds an Atomic BEEF to its subject for every reader (the devnet
+    # included); a V1 or V2 BEEF may carry several graphs, as ARC takes them.
+    tracker = Tracker()
+    p = pay(SERVER.public_key(), CLIENT, PRICE, tracker)
+    parent = p.tx.inputs[0].source_transaction
+    stranger = funding(PrivateKey(), 1000, tracker, height=300)
+    assert len(read_entries(beef_of(stranger, parent, p.tx)).entries) == 3
+    assert len(read_entries(v2("ab" * 32, parent, p.tx)).entries) == 3
+    assert read_entries(atomic(p.tx, parent, p.tx)).atomic
+    with pytest.raises(PaymentError) as info:
+        read_entries(atomic(p.tx, stranger, parent, p.tx))
+    assert info.value.reason == "malformed-beef" and stranger.txid() in info.value.detail
 
 
 async def test_beef_v2_with_proven_parent_is_accepted() -> None:

@@ -9,7 +9,15 @@ what is left), hands each raw transaction and BUMP to bsv-sdk, and refuses
 anything left over at the end: bsv-sdk's own readers accept trailing junk
 and, for Atomic BEEF, unrelated extra transactions, and give no bound on
 what they walk. `read_entries` gives the framing as it is (the devnet, like
-ARC, takes txid-only entries); `read_beef` is what a payment must be.
+ARC, takes txid-only entries, and a V1 or V2 BEEF may carry several
+graphs); `read_beef` is what a payment must be.
+
+Related, for a BEEF about one subject (an Atomic BEEF's named transaction;
+for a payment, a V1 or V2 BEEF's last one): the subject, and what the
+subject's inputs reach through unproven transactions. A transaction with a
+merkle path ends its branch (its own parents are not needed to prove it) and
+a txid-only entry can only end one. Anything else is unrelated and refused:
+in an Atomic BEEF by `read_entries` (BRC-95), in any payment by `read_beef`.
 
 Writing is V1 (what every reader takes): bsv-sdk's `to_beef()` walks the
 ancestry recursively without a memo, writing a shared ancestor once per
@@ -120,16 +128,24 @@ def read_entries(data: bytes, limits: Limits = Limits()) -> Entries:
         return Entries(entries[-1].txid, False, tuple(entries))
     if all(e.txid != subject or e.tx is None for e in entries):
         raise _malformed("Atomic BEEF does not contain its subject transaction")
+    _require_only_ancestry(subject, entries, "Atomic BEEF")
     return Entries(subject, True, tuple(entries))
 
 
 def read_beef(data: bytes, limits: Limits = Limits()) -> Beef:
-    """A payment's BEEF: full transactions only, each once, parents linked; an Atomic
-    BEEF holds its subject's ancestry and nothing else.
+    """A payment's BEEF: its subject (the Atomic BEEF's, else the last transaction)
+    and the subject's ancestry, nothing else; full transactions only, each once,
+    parents linked.
 
-    Raises PaymentError as `read_entries` does, and "txid-only-ancestor".
+    Raises PaymentError as `read_entries` does, "malformed-beef" for a
+    transaction twice or one unrelated to the subject (V1, V2 and Atomic
+    alike, txid-only entries included), then "txid-only-ancestor".
     """
     found = read_entries(data, limits)
+    if len({entry.txid for entry in found.entries}) != len(found.entries):
+        raise _malformed("BEEF holds the same transaction twice")
+    if not found.atomic:  # read_entries has checked an Atomic BEEF already
+        _require_only_ancestry(found.subject, found.entries, "BEEF")
     by_id: dict[str, Transaction] = {}
     for entry in found.entries:
         if entry.tx is None:
@@ -138,17 +154,12 @@ def read_beef(data: bytes, limits: Limits = Limits()) -> Beef:
                 "BEEF has a txid-only entry; a payment must carry full ancestry",
             )
         by_id[entry.txid] = entry.tx
-    if len(by_id) != len(found.entries):
-        raise _malformed("BEEF holds the same transaction twice")
     for tx in by_id.values():
         for tx_input in tx.inputs:
             parent = by_id.get(tx_input.source_txid)
             if parent is not None:
                 tx_input.source_transaction = parent
-    subject = by_id[found.subject]
-    if found.atomic:
-        _require_only_ancestry(subject, by_id)
-    return Beef(subject, by_id, found.atomic)
+    return Beef(by_id[found.subject], by_id, found.atomic)
 
 
 def _count(reader: Reader, data: bytes, cap: int, what: str) -> int:
@@ -219,21 +230,26 @@ def _bump(reader: Reader, bumps: list[MerklePath]) -> MerklePath:
     return bumps[index]
 
 
-def _require_only_ancestry(subject: Transaction, by_id: dict[str, Transaction]) -> None:
-    # BRC-95: an Atomic BEEF is the subject and its ancestors, nothing else.
-    seen = {subject.txid()}
-    stack = [subject]
+def _require_only_ancestry(subject: str, entries: Sequence[Entry], what: str) -> None:
+    """Refuse an entry the subject's ancestry does not reach (see "Related" above)."""
+    by_id = {entry.txid: entry for entry in entries}
+    reached = {subject}
+    stack = [by_id[subject]]
     while stack:
-        tx = stack.pop()
-        if tx.merkle_path is not None and tx is not subject:
-            continue
-        for tx_input in tx.inputs:
-            parent = tx_input.source_transaction
-            if parent is not None and parent.txid() not in seen:
-                seen.add(parent.txid())
+        entry = stack.pop()
+        if entry.tx is None or (entry.path is not None and entry.txid != subject):
+            continue  # txid-only or proven: its parents are not needed
+        for tx_input in entry.tx.inputs:
+            parent = by_id.get(tx_input.source_txid)
+            if parent is not None and parent.txid not in reached:
+                reached.add(parent.txid)
                 stack.append(parent)
-    if len(seen) != len(by_id):
-        raise _malformed("Atomic BEEF carries transactions unrelated to its subject")
+    unrelated = [entry.txid for entry in entries if entry.txid not in reached]
+    if unrelated:
+        raise _malformed(
+            f"{what} carries {len(unrelated)} transaction(s) unrelated to its subject "
+            f"{subject}, {unrelated[0]} first: neither the subject nor an ancestor it needs"
+        )
 
 
 def split_atomic(data: bytes) -> tuple[str | None, bytes]:
