@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from pathlib import Path
@@ -11,8 +13,10 @@ import aiohttp
 import jwt
 import pytest
 from bsv import PrivateKey
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.payments.cashier import Cashier
 from gateway.policy import PolicyError, load_policy
@@ -257,3 +261,195 @@ def test_a_concession_gives_a_discount_or_a_quota(tmp_path: Path) -> None:
     assert "concessions.b: a concession needs a discount (percent) or a free_quota" in str(
         info.value
     )
+
+
+# --- credentials that must not count: mismatched algorithms, twins, no one named ------
+
+VETERANS = ec.generate_private_key(ec.SECP256R1())
+VETERANS_ISSUER = "https://veterans.example.gov"
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+EC_POLICY = """\
+concessions:
+  veterans:
+    free_quota: {{requests: 2, per: 1d}}
+    issuer: https://veterans.example.gov
+    issuer_key: |
+{pem}
+services:
+  data:
+    upstream: {upstream}
+    routes:
+      - path: /records/{{n}}
+        price: 30
+        concessions: [veterans]
+"""
+
+
+def pem_of(key) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def indent(pem: str) -> str:
+    return "\n".join("      " + line for line in pem.strip().splitlines())
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def claims(issuer: str = VETERANS_ISSUER, **extra: object) -> dict:
+    return {"iss": issuer, "exp": int(time.time()) + 3600, **extra}
+
+
+def hs256_with_public_key(payload: dict, pem: str) -> str:
+    """HS256 keyed with the issuer's public PEM: the old algorithm-confusion forgery
+    (pyjwt will not make it, so it is made by hand)."""
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps(payload).encode())
+    mac = hmac.new(pem.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(mac)}"
+
+
+def ecdsa_twin(token: str, public_key: ec.EllipticCurvePublicKey) -> str:
+    """The same ES256 JWT with signature (r, n - s) instead of (r, s): another text,
+    and a signature that verifies as well (ECDSA is malleable; nothing here demands
+    low s)."""
+    head, body, signature = token.split(".")
+    raw = unb64url(signature)
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+    twin_s = P256_ORDER - s
+    public_key.verify(  # raises InvalidSignature if the twin were not valid
+        encode_dss_signature(r, twin_s),
+        f"{head}.{body}".encode(),
+        ec.ECDSA(hashes.SHA256()),
+    )
+    twin = f"{head}.{body}.{b64url(r.to_bytes(32, 'big') + twin_s.to_bytes(32, 'big'))}"
+    assert twin != token
+    return twin
+
+
+@pytest.fixture
+async def veterans(gateway, upstream) -> str:
+    policy = EC_POLICY.format(upstream=upstream.url, pem=indent(pem_of(VETERANS.public_key())))
+    return await gateway(policy)
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+P384_KEY = ec.generate_private_key(ec.SECP384R1())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda c: jwt.encode(c, VETERANS, algorithm="ES256"), id="ES256"),
+        pytest.param(lambda c: jwt.encode(c, P384_KEY, algorithm="ES384"), id="ES384"),
+        pytest.param(lambda c: jwt.encode(c, RSA_KEY, algorithm="RS256"), id="RS256"),
+        pytest.param(lambda c: jwt.encode(c, RSA_KEY, algorithm="PS256"), id="PS256"),
+        pytest.param(
+            lambda c: hs256_with_public_key(c, pem_of(AGENCY.public_key())), id="HS256-pem"
+        ),
+    ],
+)
+async def test_an_algorithm_not_the_issuers_is_ignored_not_a_500(setup, make) -> None:
+    # The agency's key is Ed25519: only EdDSA credentials can be its.
+    base, _ = setup
+    token = make(claims(ISSUER, sub="household-42"))
+    status, body = await challenge(base, "/query", with_credential(token))
+    assert status == 402 and body["payment"]["price"] == {"satoshis": 100}, body
+    status, body = await challenge(base, "/records/1", with_credential(token))  # free quota
+    assert status == 402 and body["payment"]["price"] == {"satoshis": 30}, body
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda c: jwt.encode(c, AGENCY, algorithm="EdDSA"), id="EdDSA"),
+        pytest.param(lambda c: jwt.encode(c, RSA_KEY, algorithm="RS256"), id="RS256"),
+        pytest.param(lambda c: jwt.encode(c, RSA_KEY, algorithm="PS256"), id="PS256"),
+        pytest.param(lambda c: jwt.encode(c, P384_KEY, algorithm="ES384"), id="ES384"),
+        pytest.param(
+            lambda c: hs256_with_public_key(c, pem_of(VETERANS.public_key())), id="HS256-pem"
+        ),
+    ],
+)
+async def test_an_algorithm_not_the_ec_issuers_is_ignored_not_a_500(veterans, make) -> None:
+    token = make(claims(sub="veteran-1"))
+    status, body = await challenge(veterans, "/records/1", with_credential(token))
+    assert status == 402 and body["payment"]["price"] == {"satoshis": 30}, body
+    # The issuer's own algorithm works: the refusals above are the algorithm's.
+    good = with_credential(jwt.encode(claims(sub="veteran-1"), VETERANS, algorithm="ES256"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{veterans}/records/1", headers=good) as r,
+    ):
+        assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    "unique",
+    [pytest.param({"sub": "veteran-7"}, id="sub"), pytest.param({"jti": "card-0007"}, id="jti")],
+)
+async def test_an_ecdsa_twin_shares_its_credentials_quota(veterans, upstream, unique) -> None:
+    token = jwt.encode(claims(**unique), VETERANS, algorithm="ES256")
+    twin = ecdsa_twin(token, VETERANS.public_key())
+    jwt.decode(twin, VETERANS.public_key(), algorithms=["ES256"], issuer=VETERANS_ISSUER)
+    async with aiohttp.ClientSession() as http:
+        for left, spelling in (("1", token), ("0", twin)):
+            async with http.get(f"{veterans}/records/1", headers=with_credential(spelling)) as r:
+                assert r.status == 200 and r.headers["RateLimit-Remaining"] == left
+        for spelling in (twin, token):  # one quota, used up, whichever text comes
+            async with http.get(f"{veterans}/records/2", headers=with_credential(spelling)) as r:
+                assert r.status == 402
+    assert upstream.paths == ["/records/1", "/records/1"]
+
+
+async def test_another_credential_id_is_another_quota(veterans) -> None:
+    # Without a `sub`, each credential the issuer issues (its `jti`) is a holder.
+    async with aiohttp.ClientSession() as http:
+        for card in ("card-1", "card-2"):
+            token = jwt.encode(claims(jti=card), VETERANS, algorithm="ES256")
+            for left in ("1", "0"):
+                async with http.get(f"{veterans}/records/1", headers=with_credential(token)) as r:
+                    assert r.status == 200 and r.headers["RateLimit-Remaining"] == left
+
+
+async def test_a_credential_naming_no_one_gets_no_free_quota(veterans) -> None:
+    # Neither `sub` nor `jti`: every spelling of it (and every re-issue) would be a
+    # new holder, so it holds no quota at all.
+    bare = jwt.encode(claims(), VETERANS, algorithm="ES256")
+    for spelling in (bare, ecdsa_twin(bare, VETERANS.public_key())):
+        status, body = await challenge(veterans, "/records/1", with_credential(spelling))
+        assert status == 402 and body["payment"]["price"] == {"satoshis": 30}, body
+
+
+async def test_a_credential_naming_no_one_still_gets_its_discount(setup) -> None:
+    # Eligibility needs no holder: only a free quota is counted per holder.
+    base, _ = setup
+    anonymous = jwt.encode(claims(ISSUER), AGENCY, algorithm="EdDSA")
+    status, body = await challenge(base, "/query", with_credential(anonymous))
+    assert status == 402 and body["payment"]["price"]["satoshis"] == 50
+    status, body = await challenge(base, "/records/1", with_credential(anonymous))
+    assert status == 402 and body["payment"]["price"] == {"satoshis": 30}
+
+
+def test_an_issuer_key_no_accepted_algorithm_uses_is_a_policy_error(tmp_path: Path) -> None:
+    k1 = pem_of(ec.generate_private_key(ec.SECP256K1()).public_key())
+    (tmp_path / "secret.jwks.json").write_text(
+        json.dumps({"keys": [{"kty": "oct", "k": b64url(b"a shared secret, never a key")}]})
+    )
+    (tmp_path / "p.yaml").write_text(
+        "concessions:\n"
+        f"  k1:\n    discount: 10\n    issuer_key: |\n{indent(k1)}\n"
+        "  oct: {discount: 10, issuer_jwks: secret.jwks.json}\n"
+    )
+    with pytest.raises(PolicyError) as info:
+        load_policy(tmp_path)
+    text = str(info.value)
+    assert "concessions.k1: issuer_key is not an Ed25519" in text
+    assert "concessions.oct: " in text and "has no Ed25519" in text

@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import (
+    SECP256R1,
+    SECP384R1,
+    EllipticCurvePublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.policy.schema import Concession, Quota
@@ -24,8 +32,31 @@ class Eligibility:
     discount: int  # percent
     description: str
     issuer: str | None
-    keys: tuple[Any, ...]  # public keys that may sign credentials
-    free_quota: Quota | None = None  # counted per credential holder
+    keys: tuple[Any, ...]  # public keys that may sign credentials, each with `algorithms_for`
+    free_quota: Quota | None = None  # counted per credential holder (`sub`, else `jti`)
+
+
+USABLE = "Ed25519, Ed448, EC P-256, EC P-384 or RSA public key"
+
+
+def algorithms_for(key: Any) -> tuple[str, ...]:
+    """The JWT algorithms a credential signed with `key`'s private half may use.
+
+    One key type, its own algorithms: a credential whose `alg` names another
+    (ES256 against an Ed25519 key, RS256 against an EC key, any HMAC) is
+    never handed to a verifier. Empty for a key no accepted algorithm uses.
+    """
+    if isinstance(key, Ed25519PublicKey | Ed448PublicKey):
+        return ("EdDSA",)
+    if isinstance(key, EllipticCurvePublicKey):
+        if isinstance(key.curve, SECP256R1):
+            return ("ES256",)
+        if isinstance(key.curve, SECP384R1):
+            return ("ES384",)
+        return ()
+    if isinstance(key, RSAPublicKey):
+        return ("RS256", "PS256")
+    return ()
 
 
 def load(name: str, concession: Concession, base: Path) -> Eligibility:
@@ -35,6 +66,8 @@ def load(name: str, concession: Concession, base: Path) -> Eligibility:
             keys: tuple[Any, ...] = (load_pem_public_key(concession.issuer_key.encode()),)
         except ValueError as exc:
             raise ValueError(f"issuer_key is not a PEM public key: {exc}") from None
+        if not algorithms_for(keys[0]):
+            raise ValueError(f"issuer_key is not an {USABLE}")
     else:
         assert concession.issuer_jwks is not None
         path = base / concession.issuer_jwks
@@ -44,7 +77,11 @@ def load(name: str, concession: Concession, base: Path) -> Eligibility:
             raise ValueError(f"cannot read {path}: {exc.strerror}") from None
         except (ValueError, jwt.PyJWTError) as exc:
             raise ValueError(f"{path} is not a usable JWKS: {exc}") from None
-        keys = tuple(k.key for k in keyset.keys)
+        # Like PyJWKSet with key types it cannot use, keys of no accepted algorithm
+        # (an HMAC secret, another curve) are left out; none left is an error.
+        keys = tuple(k.key for k in keyset.keys if algorithms_for(k.key))
+        if not keys:
+            raise ValueError(f"{path} has no {USABLE}")
     return Eligibility(
         name,
         concession.discount,

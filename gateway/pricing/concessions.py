@@ -4,24 +4,31 @@ A benefits agency (say) signs short-lived eligibility credentials: JWTs the
 client sends in `X-Farebox-Eligibility`. A route lists the concessions it
 honours; a credential that verifies against one of their issuers' keys, has
 not expired and names the right issuer gets that concession's discount.
-Anything else — forged, expired, from a foreign issuer, malformed — is
-ignored and the normal price applies. The upstream never sees the credential
-(`X-Farebox-*` headers are not forwarded).
+Anything else — forged, expired, from a foreign issuer, malformed, signed
+with an algorithm that is not the key's own — is ignored and the normal
+price applies. The upstream never sees the credential (`X-Farebox-*`
+headers are not forwarded).
+
+A concession's free quota is counted per holder, and a holder is read from
+the verified claims only, never from the token's text (an ECDSA signature
+(r, s) has a twin (r, n-s) that verifies as well, so one credential has
+several spellings): the issuer and `sub`; without a `sub`, the issuer and
+`jti`, one quota per credential issued. A credential with neither names no
+one and gets no free quota (its discount, if any, still applies).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import replace
+from typing import Any
 
 import jwt
 
-from gateway.policy.concessions import Eligibility
+from gateway.policy.concessions import Eligibility, algorithms_for
 from gateway.pricing.rates import Quote
 
 HEADER = "X-Farebox-Eligibility"
-ALGORITHMS = ["EdDSA", "ES256", "ES384", "RS256", "PS256"]  # never HMAC, never none
 
 
 def eligible(credential: str | None, offered: tuple[Eligibility, ...]) -> Eligibility | None:
@@ -32,7 +39,7 @@ def eligible(credential: str | None, offered: tuple[Eligibility, ...]) -> Eligib
     for concession in offered:
         if concession.discount == 0 or (best is not None and best.discount >= concession.discount):
             continue
-        if _holder(credential, concession) is not None:
+        if verified(credential, concession) is not None:
             best = concession
     return best
 
@@ -40,34 +47,54 @@ def eligible(credential: str | None, offered: tuple[Eligibility, ...]) -> Eligib
 def free_quota_holder(
     credential: str | None, offered: tuple[Eligibility, ...]
 ) -> tuple[Eligibility, str] | None:
-    """The first offered concession with a free quota this credential proves,
-    and who holds it (issuer and subject: the quota is counted per holder)."""
+    """The first offered concession with a free quota this credential proves
+    and names a holder for, and that holder (see `holder`)."""
     if not credential or len(credential) > 8192:
         return None
     for concession in offered:
         if concession.free_quota is None:
             continue
-        holder = _holder(credential, concession)
-        if holder is not None:
-            return concession, holder
+        claims = verified(credential, concession)
+        who = None if claims is None else holder(claims)
+        if who is not None:
+            return concession, who
     return None
 
 
-def _holder(credential: str, concession: Eligibility) -> str | None:
-    """Who the credential names when it verifies for this concession, else None."""
+def verified(credential: str, concession: Eligibility) -> dict[str, Any] | None:
+    """The credential's claims if it verifies for this concession, else None.
+
+    Each issuer key is tried with its own algorithms only; any failure —
+    pyjwt's errors, and the TypeError or ValueError a key it cannot use
+    raises — means not proven, never an error of the request.
+    """
     options = {"require": ["exp"], "verify_aud": False}
     for key in concession.keys:
+        algorithms = list(algorithms_for(key))  # EdDSA, ES256/384, RS256, PS256: never HMAC
+        if not algorithms:
+            continue
         try:
             claims = jwt.decode(
-                credential, key, algorithms=ALGORITHMS, issuer=concession.issuer, options=options
+                credential, key, algorithms=algorithms, issuer=concession.issuer, options=options
             )
-        except jwt.PyJWTError:
+        except Exception:  # forged, expired, malformed, mismatched: all just unproven
             continue
-        # Without a subject the credential itself is the holder: one quota per credential.
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
-            subject = "jwt:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
-        return f"{claims.get('iss', '')}|{subject}"
+        if isinstance(claims, dict):
+            return claims
+    return None
+
+
+def holder(claims: dict[str, Any]) -> str | None:
+    """Who a verified credential names for a free quota: "iss|sub", else
+    "iss|jti:<jti>" (one quota per credential issued); None without either."""
+    issuer = claims.get("iss")
+    issuer = issuer if isinstance(issuer, str) else ""
+    subject = claims.get("sub")
+    if isinstance(subject, str) and subject:
+        return f"{issuer}|{subject}"
+    credential_id = claims.get("jti")
+    if isinstance(credential_id, str) and credential_id:
+        return f"{issuer}|jti:{credential_id}"
     return None
 
 
