@@ -48,6 +48,33 @@ def script_failure(
     return None if valid else "script evaluated to false"
 
 
+MAX_UNLOCKING_BYTES = 1650  # the network's standardness limit on an unlocking script
+
+
+def is_p2pkh(script: bytes) -> bool:
+    """OP_DUP OP_HASH160 <20 bytes> OP_EQUALVERIFY OP_CHECKSIG."""
+    return len(script) == 25 and script[:3] == b"\x76\xa9\x14" and script[23:] == b"\x88\xac"
+
+
+def nonstandard_spend(locking_script: Script, unlocking_script: Script | None) -> str | None:
+    """Why spending `locking_script` with `unlocking_script` could cost more than one
+    signature check, in one line; None for a standard P2PKH spend.
+
+    A P2PKH output unlocked by pushes alone runs a handful of operations and
+    one ECDSA verification; anything else may run loops of DUP/CAT and hashes
+    over megabytes (a 139-byte script can hold an event loop for seconds).
+    """
+    if not is_p2pkh(locking_script.serialize()):
+        return "it spends an output that is not P2PKH"
+    if unlocking_script is None:
+        return "it has no unlocking script"
+    if len(unlocking_script.serialize()) > MAX_UNLOCKING_BYTES:
+        return f"its unlocking script is over {MAX_UNLOCKING_BYTES} bytes"
+    if not unlocking_script.is_push_only():
+        return "its unlocking script is not pushes only"
+    return None
+
+
 def script_hash(script: bytes) -> str:
     """The name WhatsOnChain (and Electrum) index a locking script by: its SHA-256,
     byte-reversed, as hex."""

@@ -5,13 +5,17 @@ worth more than inputs, no inputs, duplicate inputs, and recurses without a
 memo), so the checks are spelled out here, in this order, each bounded:
 
 1. structure of every unconfirmed transaction: ≥ 1 input, no outpoint spent
-   twice, every parent present, Σ inputs ≥ Σ outputs;
+   twice, every parent present, Σ inputs ≥ Σ outputs, and every input a
+   standard P2PKH spend (pushes only), so each script check costs one
+   signature verification, never a loop of DUP/CAT and hashes;
 2. the ancestry walk (a payment already in a block is refused first),
    iterative with a memo, capped in size and depth, stopping at
    transactions proven by a merkle path;
 3. the payment output: P2PKH to the derived payee key, enough satoshis;
 4. merkle roots of the proven ancestors, via the chain tracker;
-5. the scripts of every unconfirmed input (the expensive part, so last).
+5. the scripts of every unconfirmed input (the expensive part, so last),
+   oldest transaction first — a parent's own signatures before a child's
+   spend of it — yielding to the event loop after each input.
 
 The walk (`gateway.bsv.ancestry`) and the script check (`gateway.bsv.scripts`)
 are the ones the client and the devnet use too; the rules are here.
@@ -19,6 +23,7 @@ are the ones the client and the devnet use too; the rules are here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,7 +32,7 @@ from bsv import Transaction
 
 from gateway.bsv.ancestry import AncestryLimits, walk_ancestry
 from gateway.bsv.beef import Beef
-from gateway.bsv.scripts import script_failure
+from gateway.bsv.scripts import nonstandard_spend, script_failure
 from gateway.errors import PaymentError
 
 
@@ -71,13 +76,14 @@ async def verify_payment(
     ancestry = walk_ancestry(subject, limits)
     for tx in ancestry.unconfirmed:
         check_structure(tx)
+        check_standard(tx)
     lap("structure")
     satoshis = check_output(subject, expect)
     lap("output")
     await check_roots(ancestry.proven, tracker)
     lap("merkle")
-    for tx in ancestry.unconfirmed:
-        check_scripts(tx)
+    for tx in reversed(ancestry.unconfirmed):  # breadth-first from the subject: oldest last
+        await check_scripts(tx)
     lap("scripts")
     return Verified(subject.txid(), expect.vout, satoshis, subject, timings)
 
@@ -151,8 +157,19 @@ async def check_roots(proven: list[Transaction], tracker: ChainTracker) -> None:
         checked.add(key)
 
 
-def check_scripts(tx: Transaction) -> None:
+def check_standard(tx: Transaction) -> None:
+    for index, tx_input in enumerate(tx.inputs):
+        source = tx_input.source_transaction.outputs[tx_input.source_output_index]
+        why = nonstandard_spend(source.locking_script, tx_input.unlocking_script)
+        if why is not None:
+            raise PaymentError(
+                "non-standard-script", f"input {index} of {tx.txid()} is refused: {why}"
+            )
+
+
+async def check_scripts(tx: Transaction) -> None:
     for index, tx_input in enumerate(tx.inputs):
         source = tx_input.source_transaction.outputs[tx_input.source_output_index]
         if script_failure(tx, index, source.satoshis, source.locking_script) is not None:
             raise PaymentError("bad-script", f"input {index} of {tx.txid()} is not validly signed")
+        await asyncio.sleep(0)  # one signature check at a time: other requests go between
