@@ -1,7 +1,8 @@
 """RFC 9457 problem+json responses: every error Farebox itself produces.
 
 Each carries a short machine-readable `reason` (also the last part of `type`)
-so clients can branch on it without parsing prose.
+so clients can branch on it without parsing prose, and `Cache-Control:
+no-store` unless its maker says otherwise.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ def problem(
     **extra: Any,
 ) -> web.Response:
     body = problem_body(status, reason, title, detail, **extra)
-    return web.Response(
+    response = web.Response(
         status=status,
         body=json.dumps(body, ensure_ascii=False).encode(),
         content_type=CONTENT_TYPE,
         headers=headers,
     )
+    # An answer about this one request, never a representation to reuse: no
+    # cache in front may hand it (a 402 above all) to another request.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def answer(body: Any, status: int = 200) -> web.Response:

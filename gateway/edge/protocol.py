@@ -5,17 +5,31 @@ aiohttp answers a message it cannot parse (an unknown method, a header over
 error Farebox gives is RFC 9457 problem+json with a `reason`, these too:
 `ProblemServer` is aiohttp's low-level server whose connections answer them
 that way (and, as aiohttp does, close the connection).
+
+aiohttp bounds each header field and their number, not their sum: 128 fields
+of 64 KiB would be 8 MiB to carry to the upstream. `ProblemServer` refuses
+request headers over `MAX_HEADERS_TOTAL` in all with 431 before its handler
+sees the request, on every path (Farebox's own URLs too).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.edge.problems import CONTENT_TYPE, problem_body
+from gateway.edge.problems import CONTENT_TYPE, problem, problem_body
+
+# The most request header bytes (each field counted as `name: value` and its
+# CRLF) a request may carry: what nginx's template lets through in front
+# (`large_client_header_buffers 4 64k`), so Farebox alone is no laxer.
+MAX_HEADERS_TOTAL = 256 * 1024
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 # What Farebox's own answers say in `Server`: no product versions to look up
 # advisories by (aiohttp would send "Python/3.11 aiohttp/<version>").
@@ -47,9 +61,46 @@ class _ProblemHandler(RequestHandler):
 
 
 class ProblemServer(web.Server):
-    """`web.Server` whose connections answer unparseable requests as problem+json."""
+    """`web.Server` whose connections answer unparseable requests as problem+json,
+    and requests whose headers add up to more than `max_headers_total` with 431."""
+
+    def __init__(
+        self, handler: Handler, *, max_headers_total: int = MAX_HEADERS_TOTAL, **kwargs: Any
+    ) -> None:
+        super().__init__(capped(handler, max_headers_total), **kwargs)
 
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
         handler.__class__ = _ProblemHandler
         return handler
+
+
+def capped(handler: Handler, limit: int) -> Handler:
+    """`handler`, behind a cap on the total size of a request's headers.
+
+    One pass over the parsed fields' lengths, no extra coroutine: the
+    handler's own awaitable is returned as it is.
+    """
+
+    def check(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        raw = request.raw_headers
+        size = 4 * len(raw)  # ": " and CRLF
+        for name, value in raw:
+            size += len(name) + len(value)
+        if size > limit:
+            return _too_large(size, limit)
+        return handler(request)
+
+    return check
+
+
+async def _too_large(size: int, limit: int) -> web.StreamResponse:
+    answer = problem(
+        431,
+        "headers-too-large",
+        "Request header fields too large",
+        f"the request's headers are {size} bytes; at most {limit} are taken",
+        headers={"Server": SERVER},
+    )
+    answer.force_close()  # its body, if any, is not read
+    return answer

@@ -7,6 +7,7 @@ Whether a grant found here opens the request is admission's decision
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -20,6 +21,9 @@ from gateway.payments.cashier import Accepted
 from gateway.tokens import Grant, Tokens
 
 COOKIE = "farebox_token"
+COOKIE_PAIR = COOKIE + "="
+# RFC 6265 4.2.1 cookie-value, unquoted: one or more cookie-octets.
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 TOKEN_HEADER = "X-Farebox-Token"
 GRANT_HEADER = "X-Farebox-Grant"
 
@@ -36,18 +40,28 @@ def presented_tokens(request: web.BaseRequest) -> list[str]:
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         found.append(auth[7:].strip())
-    if COOKIE in request.cookies:
-        # Browsers send one cookie per matching path; SimpleCookie keeps all.
-        raw = request.headers.getall("Cookie", [])
-        for header in raw:
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(header)
-            except Exception:
-                continue
-            for morsel in jar.values():
-                if morsel.key == COOKIE:
-                    found.append(morsel.value)
+    for header in request.headers.getall("Cookie", ()):
+        if COOKIE_PAIR in header:
+            found.extend(credential_cookies(header))
+    return found
+
+
+def credential_cookies(header: str) -> list[str]:
+    """Every `farebox_token` in one Cookie header, read strictly (RFC 6265 4.2.1).
+
+    Only a pair spelled `farebox_token=VALUE` counts: the name exactly (case
+    and all), `=` right after it, a bare value of cookie-octets (no spaces,
+    quotes, commas, semicolons or backslashes). Anything else (`farebox_token
+    =T`, `FAREBOX_TOKEN=T`, `farebox_token="T"`) is no credential; the proxy
+    keeps those from the upstream too. A browser sends one pair per matching
+    path, so all are returned. Spaces around the `;` separators are allowed,
+    as every parser does.
+    """
+    found = []
+    for pair in header.split(";"):
+        name, equals, value = pair.strip(" \t").partition("=")
+        if name == COOKIE and equals and _COOKIE_VALUE.fullmatch(value):
+            found.append(value)
     return found
 
 

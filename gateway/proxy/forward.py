@@ -3,7 +3,12 @@
 Bodies stream both ways in bounded chunks (a 1 GiB download holds no more
 than a few chunks in memory). Hop-by-hop headers are dropped, `X-Forwarded-*`
 are set by us (any the client sent are discarded, as is anything under
-`X-Farebox-`: upstreams must be able to trust those). Upstream failures
+`X-Farebox-`: upstreams must be able to trust those), and so is every header
+whose name has an underscore: CGI, WSGI and PHP read `X_Farebox_Grant` as
+`X-Farebox-Grant`. The credential cookie never reaches the upstream, in any
+spelling a cookie parser could read as it. Answers on priced routes are
+made private to caches in front (`Cache-Control: private`, `Vary`), so a
+shared cache never hands a paid body to the next client. Upstream failures
 become problem+json: 502 when it refuses or breaks, 504 when it is too slow.
 """
 
@@ -11,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Protocol
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -55,7 +62,20 @@ OWN_HEADERS = frozenset(
 OWN_PREFIX = "x-farebox-"
 # Never forwarded: Farebox's own headers and the client's payment (BRC-121).
 PRIVATE_PREFIXES = (OWN_PREFIX, "x-bsv-")
-CREDENTIAL_COOKIE = "farebox_token="
+# The credential cookie (pipeline/credentials.py COOKIE). Kept from the upstream
+# in every spelling some parser reads as it: any case, spaces or quotes around
+# the name, percent-escapes, PHP's `.`/space/`[` for `_`, `,` as a separator.
+CREDENTIAL_COOKIE = "farebox_token"
+_PHP_NAME = str.maketrans({".": "_", " ": "_", "[": "_"})
+# Priced answers: what a shared cache must not be told (RFC 9111 5.2.2), and
+# the fields some caches obey instead of Cache-Control (nginx's X-Accel-Expires
+# overrides it; CDN-Cache-Control, RFC 9213, and Surrogate-Control target CDNs).
+SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "proxy-revalidate"})
+CACHE_OVERRIDES = frozenset(
+    {"x-accel-expires", "surrogate-control", "cdn-cache-control", "edge-control"}
+)
+VARY_CREDENTIALS = ("Authorization", "Cookie")
+_DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
 _WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 WS_HANDSHAKE = frozenset(
     {
@@ -220,6 +240,8 @@ class Proxy:
         out = _without_hop_by_hop(reply.headers)
         if reply_extra:
             out.extend(reply_extra)
+        if not match.route.route.price.free:
+            keep_private(out)
         if meter is not None or reply.body is None:
             chunks = reply.chunks() if reply.body is None else _once(reply.body)
             try:
@@ -243,6 +265,8 @@ class Proxy:
         headers = response_headers(upstream.headers)
         if reply_extra:
             headers.extend(reply_extra)
+        if not match.route.route.price.free:
+            keep_private(headers)
         chunks = upstream.content.iter_chunked(CHUNK)
         if meter is not None:
             return await self._stream(
@@ -367,6 +391,11 @@ def upstream_headers(
     priced = not match.route.route.price.free
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
+        if "_" in name:
+            # A twin of a real header to CGI, WSGI and PHP (which turn '-' into
+            # '_'), so a way round what is dropped here; nginx drops these too
+            # by default (underscores_in_headers off).
+            continue
         lower = name.lower()
         if (
             lower in HOP_BY_HOP
@@ -378,8 +407,8 @@ def upstream_headers(
             or (websocket and lower in WS_HANDSHAKE)
         ):
             continue
-        if lower == "cookie" and CREDENTIAL_COOKIE in value:
-            value = _without_credential_cookie(value)
+        if lower == "cookie" and _may_name_credential(value):
+            value = without_credential_cookie(value)
             if not value:
                 continue
         elif (
@@ -410,6 +439,47 @@ def upstream_headers(
 
 def response_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     return _without_hop_by_hop(headers.items())
+
+
+def keep_private(headers: CIMultiDict[str]) -> None:
+    """Make a priced answer one no shared cache stores, whatever the upstream said.
+
+    `Cache-Control` gets `private` (unless it says `no-store` already) and
+    loses `public`, `s-maxage` and `proxy-revalidate`; the rest (`max-age`,
+    `no-cache`, validators) stays for the client's own cache. Fields that
+    override Cache-Control for some cache (X-Accel-Expires, CDN-Cache-Control,
+    Surrogate-Control) are dropped, and `Vary` names the credentials.
+    """
+    directives: list[str] = []
+    private = False
+    for value in headers.popall("Cache-Control", ()):
+        for found in _DIRECTIVE.finditer(value):
+            directive = found.group().strip()
+            name, qualified, _ = directive.partition("=")
+            name = name.strip().lower()
+            if not name or name in SHARED_CACHE_DIRECTIVES:
+                continue
+            if name in ("private", "no-store"):
+                if qualified:  # private="Set-Cookie" covers some fields only
+                    continue
+                private = True
+            directives.append(directive)
+    if not private:
+        directives.insert(0, "private")
+    headers["Cache-Control"] = ", ".join(directives)
+    for name in [n for n in headers if _overrides_cache_control(n)]:
+        headers.popall(name, None)
+    vary = [v.strip() for value in headers.popall("Vary", ()) for v in value.split(",")]
+    vary = [v for v in vary if v]
+    if "*" not in vary:
+        known = {v.lower() for v in vary}
+        vary.extend(v for v in VARY_CREDENTIALS if v.lower() not in known)
+    headers["Vary"] = ", ".join(vary)
+
+
+def _overrides_cache_control(name: str) -> bool:
+    lower = name.lower()
+    return lower in CACHE_OVERRIDES or lower.endswith("-cdn-cache-control")
 
 
 def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
@@ -512,6 +582,35 @@ def _brief(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _without_credential_cookie(header: str) -> str:
-    pairs = (p.strip() for p in header.split(";"))
-    return "; ".join(p for p in pairs if p and not p.startswith(CREDENTIAL_COOKIE))
+def _may_name_credential(header: str) -> bool:
+    """Cheap test before parsing: could a parser read the credential cookie here?
+
+    Every spelling has "farebox" in some case, or a percent-escape in it.
+    """
+    return "farebox" in header.lower() or "%" in header
+
+
+def without_credential_cookie(header: str) -> str:
+    """A Cookie header without any pair some parser would read as the credential.
+
+    Pairs are split on `;`; a pair goes whole if any `,`-separated part of it
+    (RFC 2965 parsers split there too) names the credential cookie.
+    """
+    kept = []
+    for pair in header.split(";"):
+        pair = pair.strip()
+        if pair and not any(_names_credential(part) for part in pair.split(",")):
+            kept.append(pair)
+    return "; ".join(kept)
+
+
+def _names_credential(part: str) -> bool:
+    name = part.partition("=")[0].strip().strip("\"'").strip()
+    if "%" in name or "+" in name:
+        name = unquote_plus(name, encoding="latin-1").strip()  # PHP decodes names
+    name = name.lower()
+    # PHP: `farebox.token[x]=T` is $_COOKIE["farebox_token"]["x"].
+    base, bracket, _ = name.partition("[")
+    return name.translate(_PHP_NAME) == CREDENTIAL_COOKIE or (
+        bool(bracket) and base.translate(_PHP_NAME) == CREDENTIAL_COOKIE
+    )
