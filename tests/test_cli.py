@@ -351,7 +351,7 @@ async def test_no_versions_in_the_server_header(
     folder = write_policy(tmp_path, policy_text(upstream.url))
     args = ("--policies", str(folder), "--key-file", str(key_file), "--port", "0")
     async with serve(*args) as gw, aiohttp.ClientSession() as http:
-        for path in ("/healthz", "/readyz", "/a%2Fb", "/.well-known/farebox/nothing"):
+        for path in ("/healthz", "/readyz", "/doc", "/a%2Fb", "/.well-known/farebox/nothing"):
             async with http.get(gw.base + path) as r:
                 server = r.headers.get("Server", "")
                 assert "aiohttp" not in server and "Python" not in server, (path, server)

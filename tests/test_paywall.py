@@ -242,6 +242,9 @@ async def test_preflight_for_payment_headers_from_an_allowed_origin(
     assert status == 200
     assert headers["Access-Control-Allow-Origin"] == "https://portal.example.gov"
     assert "x-farebox-token" in headers["Access-Control-Expose-Headers"]
+    # A shared cache keys the paid answer on the credentials and on the origin.
+    vary = {v.strip().lower() for v in ",".join(headers.getall("Vary")).split(",")}
+    assert {"authorization", "cookie", "origin"} <= vary, vary
     # Without an Origin (a script, not a page) nothing changes.
     status, headers, _ = await fetch(f"{base}/query")
     assert status == 402 and headers["Access-Control-Allow-Origin"] == "*"

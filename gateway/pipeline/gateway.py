@@ -216,7 +216,11 @@ class Gateway:
         finally:
             CORS.reset(reset)
         if headers is not None and not response.prepared:
-            response.headers.update(headers)
+            for name, value in headers.items():
+                if name.lower() == "vary" and "Vary" in response.headers:
+                    response.headers["Vary"] = f"{response.headers['Vary']}, {value}"
+                else:
+                    response.headers[name] = value
         return response
 
     def reply(self, paid: Accepted | None) -> CIMultiDict[str]:

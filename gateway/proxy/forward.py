@@ -29,6 +29,7 @@ from yarl import URL
 from gateway.edge import logs, metrics
 from gateway.edge.forwarded import Network, is_trusted
 from gateway.edge.problems import problem
+from gateway.edge.protocol import SERVER
 from gateway.policy import Match
 from gateway.proxy.upstream import Client, Origin, UnreachableError, UpstreamError
 
@@ -482,6 +483,10 @@ def _overrides_cache_control(name: str) -> bool:
     return lower in CACHE_OVERRIDES or lower.endswith("-cdn-cache-control")
 
 
+# The upstream's own values are replaced: our request id, and Server (as nginx hides it).
+_REPLACED = frozenset({"x-request-id", "server"})
+
+
 def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     listed: list[str] = []
@@ -489,12 +494,13 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
         lower = name.lower()
         if lower == "connection":
             listed.append(value)
-        elif lower not in HOP_BY_HOP and lower != "x-request-id":  # ours is sent back instead
+        elif lower not in HOP_BY_HOP and lower not in _REPLACED:
             out.add(name, value)
     # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
     for token in ",".join(listed).split(","):
         if token.strip():
             out.popall(token.strip(), None)
+    out["Server"] = SERVER  # as nginx does: the upstream's software is not the client's business
     return out
 
 
