@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -424,6 +427,44 @@ async def test_per_mb_client_leaving_pays_only_what_was_delivered(metered: Setup
     left = await balance(metered, tab)
     charged = 990_000 - left
     assert 0 < charged < 16_000  # some bytes went out, far from all of them
+
+
+async def test_per_mb_hang_up_pays_for_what_the_connection_took_not_the_buffers(
+    metered: Setup,
+) -> None:
+    # A fast upstream fills every buffer between the meter and the client;
+    # the client reads 0.2 MB, waits, and hangs up. It pays for what reached
+    # its machine (what it read, plus its own small receive buffer) and at most
+    # the gateway's small send buffers more (HANG_UP_BOUND), never the rest.
+    from gateway.proxy.forward import HANG_UP_BOUND
+
+    token, tab = await metered.open_tab()
+    host, port = metered.base.removeprefix("http://").split(":")
+
+    def slow_reader() -> None:
+        # A blocking socket: nothing buffers on the client but its kernel.
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            sock.connect((host, int(port)))
+            sock.sendall(
+                f"GET /util/files/{2 * MB} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += sock.recv(4096)
+            body = len(got.partition(b"\r\n\r\n")[2])
+            while body < 200_000:
+                body += len(sock.recv(min(65536, 200_000 - body)))
+            time.sleep(0.5)  # everything that fits is in the buffers now
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    await asyncio.get_running_loop().run_in_executor(None, slow_reader)  # closes with RST
+    await asyncio.sleep(0.6)
+    charged = 990_000 - await balance(metered, tab)  # msat at 8 sat per MB
+    reached = 200_000 + 2 * 32 * 1024  # what it read, and its socket's receive buffer
+    assert charged <= math.ceil((reached + HANG_UP_BOUND) * 8_000 / MB), charged
+    assert charged >= 200_000 * 8_000 // MB
 
 
 async def test_failures_cost_nothing(metered: Setup) -> None:

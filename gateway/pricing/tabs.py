@@ -91,6 +91,11 @@ class Metering:
             headers[CHARGE] = sats(expected)
             headers[BALANCE] = sats(self.balance + self.held - expected)
 
+    @property
+    def by_bytes(self) -> bool:
+        """Charged by the bytes delivered (per MB): the proxy keeps its buffers small."""
+        return self.meter.per == "mb"
+
     def allow(self, size: int) -> int:
         """How many of the next `size` body bytes may go to the client."""
         if self.meter.per != "mb":

@@ -15,8 +15,10 @@ become problem+json: 502 when it refuses or breaks, 504 when it is too slow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Protocol
 from urllib.parse import unquote_plus
@@ -93,6 +95,11 @@ class Metered(Protocol):
 
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
         """Headers are about to go: read what is needed, add what is owed."""
+
+    @property
+    def by_bytes(self) -> bool:
+        """Charged by the bytes delivered: keep the buffers small (HANG_UP_BOUND)."""
+        ...
 
     def allow(self, size: int) -> int:
         """How many of the next `size` body bytes may be delivered."""
@@ -298,8 +305,11 @@ class Proxy:
     ) -> web.StreamResponse:
         """Write the answer here, chunk by chunk (a body too big to read whole,
         or a metered one: then `meter` is told what reached the client)."""
+        by_bytes = meter is not None and meter.by_bytes
         if meter is not None:
             meter.begin(status, headers)
+        if by_bytes:
+            _small_buffers(request)
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
         try:
             await response.prepare(request)
@@ -308,6 +318,8 @@ class Proxy:
                     allowed = len(chunk) if meter is None else meter.allow(len(chunk))
                     if allowed:
                         await response.write(chunk if allowed == len(chunk) else chunk[:allowed])
+                        if by_bytes:
+                            await request.writer.drain()  # keep the buffers small (HANG_UP_BOUND)
                     if allowed < len(chunk):
                         # Cut at what the tab held: close so the client sees it.
                         if request.transport is not None:
@@ -529,6 +541,28 @@ def _fast_path(request: web.BaseRequest, match: Match) -> bool:
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
+
+
+# A metered answer is charged for the bytes handed to the connection. With
+# small buffers, a client that hangs up pays for little beyond what reached
+# its machine (what it read, plus what its own receive buffer acknowledged);
+# with the defaults it was megabytes. Measured on loopback: typically 35 kB,
+# at most about 300 kB; HANG_UP_BOUND is the documented ceiling.
+METERED_SEND_BUFFER = 32 * 1024  # SO_SNDBUF asked (Linux doubles it)
+METERED_WRITE_BUFFER = 16 * 1024  # the transport's high-water mark
+HANG_UP_BOUND = 384 * 1024  # bytes charged beyond what reached the client, at most
+
+
+def _small_buffers(request: web.BaseRequest) -> None:
+    """Keep little between the meter and the client on a metered answer."""
+    transport = request.transport
+    if transport is None:
+        return
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, METERED_SEND_BUFFER)
+        transport.set_write_buffer_limits(high=METERED_WRITE_BUFFER)
 
 
 async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
