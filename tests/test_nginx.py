@@ -435,6 +435,20 @@ async def test_auth_request_free_requests_go_straight_to_the_service(front, deco
         assert "authorization" not in seen
         assert not {k for k in seen if k.startswith(("x-farebox-", "x-bsv-"))}
 
+        # Other spellings of the credential cookie: never to the service.
+        for spelling in (
+            "FAREBOX_TOKEN=t",
+            "farebox_token =t",
+            '"farebox_token"=t',
+            "farebox.token=t",
+        ):
+            async with http.get(f"{gw.base}/free/d", headers={"Cookie": f"a=1; {spelling}"}) as r:
+                assert r.status == 200
+            assert "token" not in lower(gw.upstream.seen[-1].headers).get("cookie", "").lower()
+        # Free answers keep the service's own caching: no private added.
+        async with http.get(f"{gw.base}/free/e") as r:
+            assert "private" not in r.headers.get("Cache-Control", "")
+
         # More grant cookies than the maps take out: no Cookie at all.
         many = "; ".join(f"farebox_token=t{i}" for i in range(3))
         async with http.get(f"{gw.base}/free/c", headers={"Cookie": f"a=1; {many}"}) as r:
@@ -509,6 +523,9 @@ async def test_auth_request_payment_grant_token_and_replay(front, decoy) -> None
             assert r.headers["X-Upstream"] == "yes"
             token = r.headers["X-Farebox-Token"]
             assert r.headers["Set-Cookie"].startswith("farebox_token=")
+            # A paid answer is private: no shared cache in front may keep it.
+            assert r.headers["Cache-Control"] == "private"
+            assert "Authorization" in ",".join(r.headers.getall("Vary"))
         async with http.get(f"{gw.base}/.well-known/jwks.json") as r:
             jwks = await r.json()
         seen = lower(gw.upstream.seen[-1].headers)
