@@ -389,6 +389,8 @@ async def test_per_mb_charges_the_bytes_delivered(metered: Setup) -> None:
     assert status == 200 and len(body) == MB * 3 // 2
     assert headers["X-Farebox-Charge"] == "12"  # 1.5 MB at 8 satoshis
     assert await balance(metered, tab) == (990 - 12) * 1000
+    # Sent through small buffers, so the connection is not kept for others.
+    assert headers["Connection"].lower() == "close"
 
     # Length unknown in advance: the most it may cost is shown, bytes are settled.
     status, headers, body = await get(f"{metered.base}/util/files/250000?chunked=1", bearer(token))

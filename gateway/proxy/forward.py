@@ -311,6 +311,10 @@ class Proxy:
         if by_bytes:
             _small_buffers(request)
         response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        if by_bytes:
+            # The small buffers stay with the socket: no later answer on this
+            # connection should inherit them.
+            response.force_close()
         try:
             await response.prepare(request)
             if request.method != "HEAD" and status not in (204, 304):
