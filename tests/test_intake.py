@@ -993,3 +993,21 @@ async def test_a_pay_url_with_a_lone_surrogate_is_400(env: Env) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert answer.status == 400 and answer.reason() == "invalid-utf8"
+
+
+async def test_a_pay_body_that_arrives_in_pieces_is_read_whole(env: Env) -> None:
+    body = json.dumps(env.payment(25).body("/archive/pages/31")).encode()
+    address, port = env.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(address, int(port))
+    writer.write(
+        f"POST {PAY} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body[:100]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the rest of the body comes in another segment
+    writer.write(body[100:])
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert data.split(b" ", 2)[1] == b"200", data[:400]

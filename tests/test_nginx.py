@@ -66,6 +66,10 @@ services:
       - path: /counted/*
         price: free
         free_quota: {{requests: 2, per: 1h}}
+      - path: /quota/*
+        price: 40
+        grant: {{lasts: 1h}}
+        free_quota: {{requests: 2, per: 1h}}
       - path: /big/{{size}}
         price: free
       - path: /ws
@@ -445,6 +449,16 @@ async def test_auth_request_free_requests_go_straight_to_the_service(front, deco
             async with http.get(f"{gw.base}/free/d", headers={"Cookie": f"a=1; {spelling}"}) as r:
                 assert r.status == 200
             assert "token" not in lower(gw.upstream.seen[-1].headers).get("cookie", "").lower()
+        # A priced route answered free by its quota is private all the same.
+        async with http.get(f"{gw.base}/quota/1") as r:
+            assert r.status == 200 and r.headers["Cache-Control"] == "private"
+        # Method and URL overrides never reach the service.
+        overrides = {"X-HTTP-Method-Override": "GET", "X-Original-URL": "/page/1"}
+        async with http.post(f"{gw.base}/free/o", headers=overrides, data=b"") as r:
+            assert r.status == 200
+        assert not {"x-http-method-override", "x-original-url"} & set(
+            lower(gw.upstream.seen[-1].headers)
+        )
         # Free answers keep the service's own caching: no private added.
         async with http.get(f"{gw.base}/free/e") as r:
             assert "private" not in r.headers.get("Cache-Control", "")

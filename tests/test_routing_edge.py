@@ -180,3 +180,77 @@ def test_policy_check_says_what_a_catch_all_does_not_catch(tmp_path) -> None:
     assert any(
         "/** does not catch any other method on /paid/**" in n and "405" in n for n in notes
     ), notes
+
+
+TWINS = """\
+services:
+  kiosk:
+    upstream: {upstream}
+    mount: /kiosk
+    case_sensitive: false
+    routes:
+      - path: /**
+        price: 100
+        grant: {{lasts: 1h}}
+  secret:
+    upstream: {upstream}
+    mount: /secret
+    case_sensitive: false
+    routes:
+      - path: /**
+        price: 100
+        grant: {{lasts: 1h}}
+  everything:
+    upstream: {upstream}
+    routes:
+      - path: /**
+        price: free
+"""
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/%E2%84%AAiosk/doc",  # KELVIN SIGN: k to Java, Go, Spring
+        "/%C5%BFecret/doc",  # LONG S: S upper-cased
+        "/%C4%B1nvoice/doc",  # dotless i: I upper-cased
+        "/%C4%B0nvoice/doc",  # I with dot: two characters lower-cased
+        "/stra%C3%9Fe",  # sharp s: SS upper-cased
+    ],
+)
+async def test_characters_that_fold_into_ascii_are_refused_where_case_folds(
+    gateway, upstream, target: str
+) -> None:
+    # A free catch-all beside case-insensitive priced mounts: a case-insensitive
+    # upstream could read these as the priced path, so they have no one reading.
+    base = await gateway(TWINS.format(upstream=upstream.url))
+    status, body = await raw_request(base, target)
+    assert status == 400 and b"ambiguous-case" in body, body[:200]
+    assert upstream.seen == []
+    status, _ = await raw_request(base, "/caf%C3%A9")  # an accent folds nowhere: served
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X.Farebox.Grant", "X_Farebox_Grant", "X-HTTP-Method-Override", "X-Method-Override",
+     "X-HTTP-Method", "X-Original-URL", "X-Rewrite-URL", "X.Forwarded.For"],
+)  # fmt: skip
+async def test_twins_and_overrides_never_reach_the_upstream(gateway, upstream, name: str) -> None:
+    base = await gateway(FALL_THROUGH.format(upstream=upstream.url))
+    status, _ = await raw_request(base, "/elsewhere", headers=f"{name}: GET\r\n")
+    assert status == 200
+    assert name.lower() not in {h.lower() for h in upstream.seen[-1].headers}
+
+
+@pytest.mark.parametrize("head", ["GET /doc HTTP/1.1\r\nHost: \r\n", "GET /doc HTTP/1.0\r\n"])
+async def test_a_request_without_a_host_is_400(gateway, upstream, head: str) -> None:
+    base = await gateway(HOSTS.format(upstream=upstream.url))
+    address, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(address, int(port))
+    writer.write((head + "Connection: close\r\n\r\n").encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert data.split(b" ", 2)[1] == b"400", data[:200]
+    assert upstream.seen == []

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from bsv import PublicKey
 
+from gateway.edge.bodies import read_body
 from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import answer, payments_disabled, problem
 from gateway.errors import PaymentError
@@ -68,7 +69,7 @@ async def _posted(
 ) -> web.StreamResponse:
     assert services.cashier is not None
     limit = services.cashier.beef_limits.max_bytes
-    data = await request.content.read(limit * 2 + 2)
+    data = await read_body(request, limit * 2)
     if len(data) > limit * 2:
         return problem(413, "beef-too-large", "Payment too large", f"at most {limit} bytes")
     beef = _bytes_of(data)

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.edge.bodies import read_body
 from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints.public import shown
@@ -117,7 +118,7 @@ async def _fields(request: web.BaseRequest, limit: int) -> dict[str, Any]:
     )
     if request.content_length is not None and request.content_length > budget:
         raise too_large
-    data = await request.content.read(budget + 1)
+    data = await read_body(request, budget)
     if len(data) > budget:
         raise too_large
     if request.content_type == "application/octet-stream":

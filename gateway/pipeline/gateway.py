@@ -47,6 +47,7 @@ AUTH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("auth_only", de
 # Per request: the CORS headers for an allowed cross-origin payment (a context
 # variable too: read on every priced request).
 CORS: contextvars.ContextVar[CIMultiDict[str] | None] = contextvars.ContextVar("cors", default=None)
+PRICED = "X-Farebox-Priced"  # on an auth_request 204: the route has a price
 STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
 _UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
 
@@ -91,6 +92,10 @@ class Gateway:
                     404, "no-route", "Not found", f"no Farebox endpoint at {target.path}"
                 )
             return await self.router(request, target.path)
+        if not request.headers.get("Host", "").strip():
+            # Without a Host the upstream picks its default virtual host,
+            # often the priced one: nothing to match a host-bound service on.
+            return problem(400, "bad-host", "Bad Host header", "a request needs a Host header")
         policy = self.services.policy.current
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             preflight = self._preflight(request, target)
@@ -149,6 +154,10 @@ class Gateway:
         if AUTH_ONLY.get():
             headers: CIMultiDict[str] = CIMultiDict(reply or {})
             headers.update(extra or {})
+            if not match.route.route.price.free:
+                # Paid, or free only by quota or concession: nginx keeps the
+                # service's answer out of shared caches (farebox-auth-request.conf).
+                headers[PRICED] = "1"
             return web.Response(status=204, headers=headers)
         return await self.proxy.forward(request, match, extra, reply)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.edge.hosts import host_name
-from gateway.edge.paths import Target
+from gateway.edge.paths import PathError, Target
 from gateway.policy.concessions import Eligibility
 from gateway.policy.patterns import Pattern
 from gateway.policy.schema import Route, Service
@@ -69,6 +69,11 @@ class Policy:
     concessions: dict[str, Eligibility] = field(default_factory=dict)
     notes: tuple[Issue, ...] = ()  # not errors: what an admin should know (policy check)
 
+    @property
+    def folds(self) -> bool:
+        """Whether some service matches paths case-insensitively."""
+        return any(not s.service.case_sensitive for s in self.services)
+
     def match(self, host: str | None, target: Target, method: str) -> Match | NoMatch:
         """The route for this request, or NoMatch (with the methods the path takes).
 
@@ -76,6 +81,8 @@ class Policy:
         """
         name = host_name(host)
         path = target.path
+        if self.folds and not path.isascii():
+            _refuse_case_twins(path)
         for svc in self.services:
             if svc.service.host is not None and svc.service.host != name:
                 continue
@@ -104,6 +111,27 @@ class Policy:
                 allowed.extend(m for m in compiled.route.methods if m not in allowed)
             return NoMatch(tuple(allowed))
         return NoMatch(())
+
+
+def _refuse_case_twins(path: str) -> None:
+    """Raise PathError for a character some case-insensitive upstream reads as ASCII.
+
+    Farebox folds A-Z only, but Java's toLowerCase, Go's EqualFold and
+    Spring's case-insensitive patterns fold KELVIN SIGN to k, LONG S to s,
+    dotless i to i: such a path could match a free route here and a priced
+    one there. Characters whose case mapping lands in ASCII or changes
+    length have no one reading, so they are refused.
+    """
+    for char in path:
+        if char.isascii():
+            continue
+        for mapped in (char.lower(), char.upper(), char.casefold()):
+            if len(mapped) != 1 or mapped.isascii():
+                raise PathError(
+                    "ambiguous-case",
+                    f"{char!r} (U+{ord(char):04X}) folds into other letters under some "
+                    "case-insensitive matchers",
+                )
 
 
 # Case-insensitive matching folds A-Z only (str.lower folds KELVIN SIGN to k).

@@ -62,6 +62,19 @@ HOP_BY_HOP = frozenset(
 OWN_HEADERS = frozenset(
     {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
 )
+# Headers that make frameworks serve another method or path than the one the
+# policy decided on (Symfony, Laravel, ASP.NET Core, Express method-override;
+# Laminas and IIS URL rewrites): never forwarded.
+OVERRIDES = frozenset(
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9-]+")
 OWN_PREFIX = "x-farebox-"
 # Never forwarded: Farebox's own headers and the client's payment (BRC-121).
 PRIVATE_PREFIXES = (OWN_PREFIX, "x-bsv-")
@@ -408,12 +421,14 @@ def upstream_headers(
     priced = not match.route.route.price.free
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if "_" in name:
-            # A twin of a real header to CGI, WSGI and PHP (which turn '-' into
-            # '_'), so a way round what is dropped here; nginx drops these too
-            # by default (underscores_in_headers off).
+        if not _PLAIN_NAME.fullmatch(name):
+            # '_' or '.' make a twin of a real header to CGI, WSGI and PHP
+            # (which turn '-' and '.' into '_'), so a way round what is
+            # dropped here; nginx drops such names too by default.
             continue
         lower = name.lower()
+        if lower in OVERRIDES:
+            continue
         if (
             lower in HOP_BY_HOP
             or lower in OWN_HEADERS
