@@ -30,6 +30,7 @@ class AncestryLimits:
     max_unconfirmed: int = 100  # unconfirmed transactions, subject included
     max_depth: int = 25  # generations, counted breadth-first from the subject
     max_inputs: int = 1000  # inputs (each a script check), summed over unconfirmed transactions
+    max_hashed: int = 8 * 1024 * 1024  # bytes the signature checks may hash (inputs x tx size)
 
 
 @dataclass(frozen=True, slots=True)

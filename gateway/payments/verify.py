@@ -7,7 +7,8 @@ memo), so the checks are spelled out here, in this order, each bounded:
 1. structure of every unconfirmed transaction: ≥ 1 input, no outpoint spent
    twice, every parent present, Σ inputs ≥ Σ outputs, and every input a
    standard P2PKH spend (pushes only), so each script check costs one
-   signature verification, never a loop of DUP/CAT and hashes;
+   signature verification, never a loop of DUP/CAT and hashes; and the
+   bytes those checks hash (inputs x transaction size) within a budget;
 2. the ancestry walk (a payment already in a block is refused first),
    iterative with a memo, capped in size and depth, stopping at
    transactions proven by a merkle path;
@@ -77,6 +78,7 @@ async def verify_payment(
     for tx in ancestry.unconfirmed:
         check_structure(tx)
         check_standard(tx)
+    check_cost(ancestry.unconfirmed, limits)
     lap("structure")
     satoshis = check_output(subject, expect)
     lap("output")
@@ -155,6 +157,23 @@ async def check_roots(proven: list[Transaction], tracker: ChainTracker) -> None:
                 f"no block at height {path.block_height} has merkle root {root}",
             )
         checked.add(key)
+
+
+def check_cost(unconfirmed: list[Transaction], limits: AncestryLimits) -> None:
+    """Refuse a payment whose script checks would hash more than the budget.
+
+    Each input's signature check hashes a preimage that covers the whole
+    transaction's outputs (bsv-sdk rebuilds it per input), so the work is
+    about inputs x transaction size: many inputs and many outputs make a
+    small BEEF cost seconds of CPU.
+    """
+    cost = sum(len(tx.inputs) * tx.byte_length() for tx in unconfirmed)
+    if cost > limits.max_hashed:
+        raise PaymentError(
+            "too-costly",
+            f"checking this payment's signatures would hash {cost:,} bytes "
+            f"(at most {limits.max_hashed:,}): use fewer inputs or outputs",
+        )
 
 
 def check_standard(tx: Transaction) -> None:
