@@ -563,3 +563,23 @@ def test_brc42_public_derivation(
 ) -> None:
     child = PublicKey(recipient_pub).derive_child(PrivateKey(bytes.fromhex(sender_priv)), invoice)
     assert child.hex() == expected
+
+
+def test_a_bump_no_transaction_uses_is_refused() -> None:
+    # BRC-62: the BUMPs are the proofs of the transactions listed; one that
+    # proves none of them is something else riding along.
+    tracker = Tracker()
+    payment = pay(SERVER.public_key(), CLIENT, PRICE, tracker)
+    parent = payment.tx.inputs[0].source_transaction
+    stranger = funding(CLIENT, 1_000, tracker)
+    good = beef_of(parent, payment.tx)
+    read_beef(good)
+    extra = stranger.merkle_path.to_binary()
+    # Splice a second BUMP after the first: count 1 -> 2.
+    first = parent.merkle_path.to_binary()
+    at = good.index(first)
+    assert good[at - 1] == 1
+    forged = good[: at - 1] + bytes([2]) + first + extra + good[at + len(first) :]
+    with pytest.raises(PaymentError) as info:
+        read_beef(forged)
+    assert info.value.reason == "malformed-beef" and "BUMP" in info.value.detail

@@ -124,6 +124,9 @@ def read_entries(data: bytes, limits: Limits = Limits()) -> Entries:
         raise _malformed(f"{len(data) - reader.tell()} unexpected bytes after the BEEF")
     if not entries:
         raise _malformed("BEEF holds no transaction")
+    used = {id(e.tx.merkle_path) for e in entries if e.tx is not None and e.tx.merkle_path}
+    if any(id(bump) not in used for bump in bumps):
+        raise _malformed("BEEF holds a BUMP (merkle path) no transaction in it uses")
     if subject is None:
         return Entries(entries[-1].txid, False, tuple(entries))
     if all(e.txid != subject or e.tx is None for e in entries):
