@@ -234,7 +234,8 @@ async def test_characters_that_fold_into_ascii_are_refused_where_case_folds(
 @pytest.mark.parametrize(
     "name",
     ["X.Farebox.Grant", "X_Farebox_Grant", "X-HTTP-Method-Override", "X-Method-Override",
-     "X-HTTP-Method", "X-Original-URL", "X-Rewrite-URL", "X.Forwarded.For"],
+     "X-HTTP-Method", "X-Original-URL", "X-Rewrite-URL", "X.Forwarded.For",
+     "True-Client-IP", "CF-Connecting-IP", "X-Client-IP", "X-Forwarded-Port"],
 )  # fmt: skip
 async def test_twins_and_overrides_never_reach_the_upstream(gateway, upstream, name: str) -> None:
     base = await gateway(FALL_THROUGH.format(upstream=upstream.url))

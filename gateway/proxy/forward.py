@@ -64,7 +64,8 @@ OWN_HEADERS = frozenset(
 )
 # Headers that make frameworks serve another method or path than the one the
 # policy decided on (Symfony, Laravel, ASP.NET Core, Express method-override;
-# Laminas and IIS URL rewrites): never forwarded.
+# Laminas and IIS URL rewrites), or name the client in ways upstreams trust:
+# never forwarded. (A `_method` query parameter is the upstream's to refuse.)
 OVERRIDES = frozenset(
     {
         "x-http-method-override",
@@ -72,6 +73,17 @@ OVERRIDES = frozenset(
         "x-method-override",
         "x-original-url",
         "x-rewrite-url",
+        # Who the client is or where it came from: Farebox says so itself
+        # (X-Forwarded-For, -Proto, -Host); a client's own word is not passed.
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-scheme",
+        "x-forwarded-server",
+        "x-host",
     }
 )
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9-]+")
