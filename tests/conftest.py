@@ -191,11 +191,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
 
 async def raw_request(
-    base: str, target: str, method: str = "GET", headers: str = ""
+    base: str, target: str, method: str = "GET", headers: str = "", host: str | None = None
 ) -> tuple[int, bytes]:
-    """Send a request target byte-for-byte (HTTP clients would normalise it)."""
-    host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    """Send a request target byte-for-byte (HTTP clients would normalise it);
+    `host` is the Host header sent exactly (default: the gateway's address)."""
+    address, port = base.removeprefix("http://").split(":")
+    host = address if host is None else host
+    reader, writer = await asyncio.open_connection(address, int(port))
     try:
         writer.write(
             f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n".encode(

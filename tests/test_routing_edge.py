@@ -17,25 +17,6 @@ from gateway.edge.hosts import HostError, host_name
 from gateway.policy import load_policy
 from tests.conftest import raw_request
 
-
-async def with_host(base: str, target: str, host: str) -> tuple[int, bytes]:
-    """GET `target` with exactly this Host header, byte for byte."""
-    address, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(address, int(port))
-    try:
-        writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(
-                "utf-8", "surrogateescape"
-            )
-        )
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
 PREMIUM = """\
 services:
   kiosk:
@@ -99,7 +80,7 @@ services:
 )
 async def test_every_spelling_of_a_priced_host_is_priced(gateway, upstream, host: str) -> None:
     base = await gateway(HOSTS.format(upstream=upstream.url))
-    status, body = await with_host(base, "/doc", host)
+    status, body = await raw_request(base, "/doc", host=host)
     assert status == 402, body[:200]
     assert upstream.seen == []
 
@@ -109,7 +90,7 @@ async def test_every_spelling_of_a_priced_host_is_priced(gateway, upstream, host
 )
 async def test_a_host_no_virtual_host_reads_one_way_is_400(gateway, upstream, host: str) -> None:
     base = await gateway(HOSTS.format(upstream=upstream.url))
-    status, body = await with_host(base, "/doc", host)
+    status, body = await raw_request(base, "/doc", host=host)
     assert status == 400, body[:200]
     assert upstream.seen == []
 

@@ -12,9 +12,8 @@ import aiohttp
 from bsv import PublicKey
 
 from gateway.client.errors import BadChallenge
+from gateway.edge.urls import PAY, TAB
 
-PAY_PATH = "/.well-known/farebox/pay"
-TAB_PATH = "/.well-known/farebox/tab"
 _DIGITS = re.compile(r"[0-9]{1,16}")
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 
@@ -32,7 +31,7 @@ class TabTerms:
     most_satoshis: Decimal | None  # the most one request may cost: held on the tab
     top_up: int  # the smallest top-up; any larger payment is credited in full
     balance: Decimal | None = None  # what the presented tab holds ("tab-exhausted")
-    balance_url: str = TAB_PATH
+    balance_url: str = TAB
     units_header: str | None = None  # per unit: where the upstream reports them
 
 
@@ -97,7 +96,7 @@ async def read_challenge(resp: aiohttp.ClientResponse) -> Challenge | None:
     return Challenge(
         satoshis=price,
         server=server,
-        pay_url=pay_url if isinstance(pay_url, str) and pay_url.startswith("/") else PAY_PATH,
+        pay_url=pay_url if isinstance(pay_url, str) and pay_url.startswith("/") else PAY,
         reason=str(body.get("reason") or "payment-required"),
         detail=str(body.get("detail") or ""),
         scope=grant.get("scope") if isinstance(grant.get("scope"), str) else None,
@@ -119,7 +118,7 @@ def _tab_terms(value: object, price: int) -> TabTerms | None:
         most_satoshis=_sats(tab.get("most_satoshis")),
         top_up=price,  # x-bsv-sats: what the headers ask is what is paid
         balance=_sats(tab.get("balance_satoshis")),
-        balance_url=url if isinstance(url, str) and url.startswith("/") else TAB_PATH,
+        balance_url=url if isinstance(url, str) and url.startswith("/") else TAB,
         units_header=header if isinstance(header, str) else None,
     )
 

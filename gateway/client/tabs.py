@@ -13,13 +13,14 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.client.challenge import TAB_PATH, Challenge, problem_of, read_challenge
+from gateway.client.challenge import Challenge, problem_of, read_challenge
 from gateway.client.delivery import Courier, token_in
 from gateway.client.errors import ClientError
 from gateway.client.grants import Grants
 from gateway.client.purse import Purse
 from gateway.client.responses import TabBalance, json_object, read_amount, send
 from gateway.client.tokens import StoredToken
+from gateway.edge.urls import TAB
 
 
 class Tabs:
@@ -44,7 +45,7 @@ class Tabs:
         stored = self._grants.find("GET", url, tab=True)
         if stored is None:
             return None
-        where = url.origin().join(URL(TAB_PATH))
+        where = url.origin().join(URL(TAB))
         headers = {"Authorization": f"Bearer {stored.token}"}
         async with self._client().get(where, headers=headers, allow_redirects=False) as resp:
             if resp.status == 401:

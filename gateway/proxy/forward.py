@@ -86,7 +86,6 @@ OVERRIDES = frozenset(
         "x-host",
     }
 )
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9-]+")
 OWN_PREFIX = "x-farebox-"
 # Never forwarded: Farebox's own headers and the client's payment (BRC-121).
 PRIVATE_PREFIXES = (OWN_PREFIX, "x-bsv-")
@@ -433,7 +432,7 @@ def upstream_headers(
     priced = not match.route.route.price.free
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if not _PLAIN_NAME.fullmatch(name):
+        if not (name.isascii() and name.replace("-", "").isalnum()):
             # '_' or '.' make a twin of a real header to CGI, WSGI and PHP
             # (which turn '-' and '.' into '_'), so a way round what is
             # dropped here; nginx drops such names too by default.
