@@ -5,6 +5,12 @@ Signed with Ed25519 (EdDSA) keys from a key ring; every token names its key
 rotating adds a new signing key while the old ones keep verifying until the
 tokens they signed expire. Verification is cached: the hot path (a request
 with a valid token) costs a dict lookup and a clock read.
+
+Every time in a token (iat, nbf, exp) is checked with one slack, LEEWAY,
+because the instance that reads a token is often not the one that minted
+it. A token whose iat is further ahead than that is signed and genuine but
+not valid yet: `not_yet_valid` tells it apart from an unknown token, so the
+gateway can say so instead of asking the client to pay again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,19 @@ ISSUER = "farebox"
 ACCESS = "farebox:access"  # audience of tokens clients present
 UPSTREAM = "farebox:upstream"  # audience of grant headers sent upstream
 ALGORITHM = "EdDSA"
+LEEWAY = 30
+"""Seconds by which the clocks of instances sharing a key ring may disagree.
+
+Applied alike to iat/nbf (a token minted by an instance whose clock runs
+ahead opens at once) and to exp (a token opens until LEEWAY seconds past
+its exp by the reading clock), in PyJWT's checks and in the cache of
+verified tokens. NTP-synced instances differ by well under a second; 30 s
+is the window a payment's x-bsv-time already gets (`payment_window`), so
+the gateway trusts clocks no further for tokens than for payments, and a
+token lives at most 30 s longer than it says. A clock further off is
+broken: its tokens are refused until they are valid here, and said to be
+(`grant-not-yet-valid`), never taken for unknown ones.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +131,9 @@ class Tokens:
     def __init__(self, ring: KeyRing, *, cache_size: int = 100_000) -> None:
         self.ring = ring
         self._cache: OrderedDict[str, tuple[Grant, str]] = OrderedDict()
+        # Tokens signed here but not valid yet (iat/nbf beyond LEEWAY): the
+        # grant and when it opens (unix seconds, LEEWAY applied). Decoded once.
+        self._early: OrderedDict[str, tuple[Grant, float]] = OrderedDict()
         self._cache_size = cache_size
 
     def reload(self, folder: Path) -> str:
@@ -123,6 +145,7 @@ class Tokens:
         ring = KeyRing.load(folder, create=False)
         self.ring = ring
         self._cache.clear()
+        self._early.clear()
         return ring.active
 
     def issued_here(self, token: str) -> bool:
@@ -142,21 +165,54 @@ class Tokens:
         return self._sign(grant, UPSTREAM)
 
     def verify(self, token: str) -> tuple[Grant, str] | None:
-        """The grant and its upstream header, or None for any bad token."""
+        """The grant and its upstream header, or None for any bad token.
+
+        None too for a genuine token not valid yet (see `not_yet_valid`).
+        Times are checked with LEEWAY: a cached token expires LEEWAY seconds
+        after its exp, as a decoded one does.
+        """
         hit = self._cache.get(token)
         if hit is not None:
-            if hit[0].expires > time.time():
+            if hit[0].expires + LEEWAY > time.time():
                 return hit
             del self._cache[token]
             return None
-        grant = self._decode(token)
-        if grant is None:
-            return None
+        early = self._early.get(token)
+        if early is not None:
+            if early[1] > time.time():
+                return None
+            del self._early[token]  # this clock caught up with the minting one
+            grant = early[0]
+            if grant.expires + LEEWAY <= time.time():
+                return None
+        else:
+            decoded = self._decode(token)
+            if decoded is None:
+                return None
+            grant, opens = decoded
+            if opens > time.time():
+                self._early[token] = (grant, opens)
+                if len(self._early) > self._cache_size:
+                    self._early.popitem(last=False)
+                return None
         entry = (grant, self.upstream_header(grant))
         self._cache[token] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry
+
+    def not_yet_valid(self, token: str) -> tuple[Grant, float] | None:
+        """For a token signed here whose iat (or nbf) is more than LEEWAY ahead
+        of this clock: its grant and when it opens (unix seconds); else None.
+
+        Such a token was minted by an instance whose clock runs ahead: it is
+        genuine, and paying again would buy what it already holds. Knows the
+        tokens `verify` was given (it decodes each once): a dict lookup.
+        """
+        early = self._early.get(token)
+        if early is None or early[1] <= time.time():
+            return None
+        return early
 
     def sign_claims(self, claims: dict[str, Any], audience: str) -> str:
         """A signed token of these claims, for `audience` only (checkout tickets too)."""
@@ -172,24 +228,47 @@ class Tokens:
         verify_exp: bool = True,
         require: tuple[str, ...] = (),
     ) -> dict[str, Any] | None:
-        """The claims of a token this ring signed for `audience`, or None."""
-        if not token.isascii():  # a JWT is ASCII; pyjwt fails on anything else with a non-JWT error
-            return None
+        """The claims of a token this ring signed for `audience`, or None.
+
+        iat, nbf and exp (when verified) are checked with LEEWAY.
+        """
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            key = self.ring.public.get(kid) if isinstance(kid, str) else None
-            if key is None:
-                return None
-            return jwt.decode(
-                token,
-                key,
-                algorithms=[ALGORITHM],  # never "none", never a MAC keyed with the public key
-                audience=audience,
-                issuer=ISSUER,
-                options={"require": ["exp", "aud", "iss", *require], "verify_exp": verify_exp},
-            )
+            return self._claims(token, audience, verify_exp, require, True)
         except jwt.PyJWTError:
             return None
+
+    def _claims(
+        self,
+        token: str,
+        audience: str,
+        verify_exp: bool,
+        require: tuple[str, ...],
+        verify_issued: bool,
+    ) -> dict[str, Any] | None:
+        """The verified claims, None for a key not ours; PyJWTError for the rest.
+
+        `verify_issued=False` leaves iat and nbf to the caller.
+        """
+        if not token.isascii():  # a JWT is ASCII; pyjwt fails on anything else with a non-JWT error
+            return None
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = self.ring.public.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            return None
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],  # never "none", never a MAC keyed with the public key
+            audience=audience,
+            issuer=ISSUER,
+            leeway=LEEWAY,
+            options={
+                "require": ["exp", "aud", "iss", *require],
+                "verify_exp": verify_exp,
+                "verify_iat": verify_issued,
+                "verify_nbf": verify_issued,
+            },
+        )
 
     def _sign(self, grant: Grant, audience: str) -> str:
         claims = {
@@ -208,12 +287,18 @@ class Tokens:
             claims["tab"] = grant.tab
         return self.sign_claims(claims, audience)
 
-    def _decode(self, token: str) -> Grant | None:
-        claims = self.read_claims(token, ACCESS, require=("iat", "jti"))
+    def _decode(self, token: str) -> tuple[Grant, float] | None:
+        """The grant of an access token and when it opens (iat/nbf less LEEWAY)."""
+        try:
+            claims = self._claims(token, ACCESS, True, ("iat", "jti"), False)
+        except jwt.PyJWTError:
+            return None
         if claims is None:
             return None
         try:
-            return Grant(
+            # As PyJWT would check them: integers (or what int() takes), nbf optional.
+            opens = max(int(claims["iat"]), int(claims.get("nbf", claims["iat"]))) - LEEWAY
+            grant = Grant(
                 id=str(claims["jti"]),
                 service=str(claims["svc"]),
                 scope=str(claims["scope"]),
@@ -225,8 +310,9 @@ class Tokens:
                 payer=str(claims["sub"]),
                 tab=str(claims.get("tab", "")),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
+        return grant, opens
 
 
 def _raw(pub: Ed25519PublicKey) -> bytes:

@@ -2,13 +2,18 @@
 the token and cookie a payment hands back, and the revocation list.
 
 Whether a grant found here opens the request is admission's decision
-(payments/admission.py), the same for a token as for a payment.
+(payments/admission.py), the same for a token as for a payment. Token times
+are checked with tokens.LEEWAY; a genuine token minted by an instance whose
+clock runs further ahead is refused as `grant-not-yet-valid` (NotYetValid),
+never as if it were unknown.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Protocol
@@ -16,9 +21,11 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, covers
 from gateway.payments.cashier import Accepted
-from gateway.tokens import Grant, Tokens
+from gateway.policy import Match
+from gateway.tokens import LEEWAY, Grant, Tokens
 
 COOKIE = "farebox_token"
 COOKIE_PAIR = COOKIE + "="
@@ -65,22 +72,63 @@ def credential_cookies(header: str) -> list[str]:
     return found
 
 
+class NotYetValid(PaymentError):
+    """A genuine token for the request that opens later: its iat is more than
+    LEEWAY seconds ahead of this clock (it was minted by an instance whose
+    clock runs ahead). 402 `grant-not-yet-valid`: the client holds what it
+    would buy, and must not pay again; `retry_after` says when it opens."""
+
+    def __init__(self, opens: float) -> None:
+        self.retry_after = max(1, math.ceil(opens - time.time()))
+        super().__init__(
+            "grant-not-yet-valid",
+            "this token was issued by a gateway whose clock runs more than "
+            f"{LEEWAY} s ahead of this one's; it opens in {self.retry_after} s: "
+            "retry then, do not pay again",
+        )
+
+
 def by_token(tokens: Tokens | None, request: web.BaseRequest, wanted: Wanted) -> Admitted | None:
     """The first presented token whose grant covers the request (admission.covers).
 
     Revocation is not asked here: the caller admits the grant it found.
+    Raises NotYetValid when no token admits the request but a genuine one
+    that covers it is not valid yet (a cached lookup: no decoding again).
     """
     if tokens is None:
         return None
+    early: float | None = None
     for token in presented_tokens(request):
         verified = tokens.verify(token)
-        if verified is not None and covers(verified[0], wanted):
-            return Admitted(*verified)
+        if verified is not None:
+            if covers(verified[0], wanted):
+                return Admitted(*verified)
+        elif early is None:
+            pending = tokens.not_yet_valid(token)
+            if pending is not None and covers(pending[0], wanted):
+                early = pending[1]
+    if early is not None:
+        raise NotYetValid(early)
     return None
 
 
+def too_early(
+    refuse: Callable[[web.BaseRequest, Match, NotYetValid], Awaitable[web.Response]],
+    early: NotYetValid,
+) -> Callable[[web.BaseRequest, Match], Awaitable[web.Response]]:
+    """A 402 challenge (`refuse`: per grant or per tab) saying why: the token
+    presented is genuine but not valid yet; Retry-After says when it opens."""
+
+    async def answer(request: web.BaseRequest, match: Match) -> web.Response:
+        response = await refuse(request, match, early)
+        response.headers["Retry-After"] = str(early.retry_after)
+        return response
+
+    return answer
+
+
 def tab_grant(tokens: Tokens | None, token: str) -> Grant | None:
-    """The grant of a valid tab token, or None."""
+    """The grant of a valid tab token, or None (times checked with LEEWAY)."""
     verified = tokens.verify(token) if tokens is not None else None
     if verified is None or verified[0].covers != "tab" or not verified[0].tab:
         return None

@@ -28,7 +28,13 @@ from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted
 from gateway.payments.intake import from_headers, has_payment, purchase, take
 from gateway.pipeline import metering
-from gateway.pipeline.credentials import GRANT_HEADER, by_token, token_headers
+from gateway.pipeline.credentials import (
+    GRANT_HEADER,
+    NotYetValid,
+    by_token,
+    token_headers,
+    too_early,
+)
 from gateway.pipeline.errors import problem_for
 from gateway.policy import Match, NoMatch
 from gateway.pricing import quote
@@ -264,7 +270,11 @@ class Gateway:
         """A route sold per grant: a token that admits it, a payment, a free quota, or 402."""
         services = self.services
         wanted = Wanted.of(match, request.method)
-        admitted = by_token(services.tokens, request, wanted)
+        early: NotYetValid | None = None
+        try:
+            admitted = by_token(services.tokens, request, wanted)
+        except NotYetValid as refused:  # minted by a clock running ahead: not unknown
+            admitted, early = None, refused
         if admitted is not None:
             try:
                 await admit(admitted.grant, wanted, services.revocations)
@@ -278,7 +288,8 @@ class Gateway:
         if quoted.satoshis == 0:  # a full concession: served free
             return await self.passed(request, match)
         if not has_payment(request.headers):
-            return await self.unpaid(request, match, self.challenge)
+            ask = self.challenge if early is None else too_early(self.challenge, early)
+            return await self.unpaid(request, match, ask)
         cashier = services.cashier
         if cashier is None:
             return payments_disabled()

@@ -23,7 +23,7 @@ from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted
 from gateway.payments.intake import from_headers, has_payment, purchase, take
-from gateway.pipeline.credentials import GRANT_HEADER, by_token
+from gateway.pipeline.credentials import GRANT_HEADER, NotYetValid, by_token, too_early
 from gateway.policy import Match
 from gateway.pricing import quote
 from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
@@ -66,7 +66,11 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
         return await tab_challenge(services, request, match, gw.origin(request), refused, balance)
 
     wanted = Wanted.of(match, request.method)
-    found = by_token(services.tokens, request, wanted)
+    early: NotYetValid | None = None
+    try:
+        found = by_token(services.tokens, request, wanted)
+    except NotYetValid as refused:  # a tab token minted by a clock running ahead
+        found, early = None, refused
     grant: Grant | None = found.grant if found is not None else None
     upstream = found.upstream_header if found is not None else ""
     if grant is not None:
@@ -97,7 +101,8 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
     if grant is None:
         if unit == 0:  # a full concession: served free
             return await gw.proxy.forward(request, match)
-        return await gw.unpaid(request, match, refuse)
+        ask = refuse if early is None else too_early(refuse, early)
+        return await gw.unpaid(request, match, ask)
     tab = grant.tab
     assert tab is not None
     reply = gw.reply(paid)
