@@ -127,6 +127,8 @@ def payment_required(
     else:
         reason, title, detail = refused.reason, "Payment refused", refused.detail
     body = problem_body(402, reason, title, detail, payment=request)
+    if refused is not None:
+        body.update((k, v) for k, v in refused.extra.items() if k not in body)
     return web.Response(
         status=402,
         body=json.dumps(body, ensure_ascii=False).encode(),

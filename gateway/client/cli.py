@@ -152,6 +152,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="pay through the gateway's pay endpoint instead of request headers",
     )
+    pay.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also pay a 402 from ORIGIN (scheme://host[:port]) when URL redirects there; "
+        "by default only URL's own origin is paid (repeatable)",
+    )
     pay.add_argument("url", metavar="URL", help="http:// or https:// URL")
     pay.set_defaults(run=_pay)
 
@@ -244,6 +252,7 @@ def _pay(args: argparse.Namespace) -> None:
         top_up=args.top_up,
         use_pay_endpoint=args.pay_endpoint,
         chain_url=wallet.chain,  # fresh proofs keep change BEEFs short
+        allow_origins=args.allow_origin,
     )
     if args.balance:
         work = _balance_and_print(session, method, args.url, args.top_up)

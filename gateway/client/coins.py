@@ -29,10 +29,18 @@ class Coin:
     key_index: int | None = None  # wallet key that spends it...
     wif: str | None = None  # ...or an imported key
     reserved_by: str | None = None  # txid of a payment in flight that spends it
+    # Why a gateway would not take this coin (its proof unknown there, spent
+    # elsewhere): never chosen again until restored. None: spendable.
+    set_aside: str | None = None
 
     @property
     def outpoint(self) -> tuple[str, int]:
         return (self.txid, self.vout)
+
+    @property
+    def spendable(self) -> bool:
+        """Neither reserved by a payment in flight nor set aside."""
+        return self.reserved_by is None and self.set_aside is None
 
     def reserved(self, txid: str | None) -> Coin:
         return replace(self, reserved_by=txid)
@@ -46,6 +54,7 @@ class Coin:
             "key_index": self.key_index,
             "wif": self.wif,
             "reserved_by": self.reserved_by,
+            "set_aside": self.set_aside,
             "beef": self.beef,
         }
 
@@ -61,6 +70,7 @@ class Coin:
                 key_index=None if data.get("key_index") is None else int(data["key_index"]),
                 wif=None if data.get("wif") is None else str(data["wif"]),
                 reserved_by=None if data.get("reserved_by") is None else str(data["reserved_by"]),
+                set_aside=None if data.get("set_aside") is None else str(data["set_aside"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WalletError(f"a coin in the wallet file is malformed: {exc!r}") from None
@@ -118,7 +128,7 @@ def select(coins: Iterable[Coin], amount: int, rate: float = DEFAULT_FEE_RATE) -
     """
     if amount <= 0:
         raise ValueError("a payment must be worth at least 1 satoshi")
-    pool = sorted((c for c in coins if c.reserved_by is None), key=lambda c: c.satoshis)
+    pool = sorted((c for c in coins if c.spendable), key=lambda c: c.satoshis)
     for coin in pool:
         found = _settle([coin], amount, rate)
         if found is not None:

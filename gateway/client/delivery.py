@@ -1,32 +1,40 @@
 """Handing a signed payment to the gateway, and sending the same one again.
 
 Two ways: BRC-121 headers on a retry of the request itself, or a POST to the
-gateway's pay endpoint (no header size limit there). Either way, an answer
-that means "not now" (a `RETRYABLE` reason; at the pay endpoint also a 5xx
-without a problem body) gets the very same payment again, up to `retries`
-times; a refusal raises
-PaymentRefused, and no definite answer PaymentNotSettled (the coins stay
-reserved: the gateway may yet have taken it).
+gateway's pay endpoint (no header size limit there). The rule for both:
+only an answer that carries the grant (the token) settles a payment, and
+only a definite refusal (a problem+json answer with a `reason` that is not
+"not now", or a request a proxy refused before anyone read it) frees it.
+Anything else — a 5xx, a timeout, a dropped connection, a 402 without a
+reason, an answer without a token — may hide a payment the gateway took, so
+the very same payment is sent again, up to `retries` times (the gateway
+answers a resent payment with the same grant); then PaymentNotSettled, and
+the wallet keeps it pending for the next request for the same thing.
+A refusal raises PaymentRefused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.client.challenge import problem_of
-from gateway.client.errors import PaymentNotSettled, PaymentRefused
+from gateway.client.errors import NotDelivered, PaymentNotSettled, PaymentRefused
 from gateway.client.grants import bearer
 from gateway.client.responses import FareboxResponse, json_object, send
 from gateway.client.tokens import StoredToken
 from gateway.client.wallet import PreparedPayment
+
+T = TypeVar("T")
 
 TOKEN_HEADER = "X-Farebox-Token"
 DEFAULT_HEADER_LIMIT = 6 * 1024  # base64 characters of x-bsv-beef; proxies cap headers at 8 KB
@@ -34,14 +42,23 @@ DEFAULT_HEADER_LIMIT = 6 * 1024  # base64 characters of x-bsv-beef; proxies cap 
 RETRYABLE = frozenset(
     {"chain-unavailable", "broadcast-pending", "payment-in-progress", "store-unavailable"}
 )
-# Statuses with which the gateway answers a payment it did not take.
-_NOT_TAKEN = frozenset({400, 402, 409, 413, 431, 503})
+# Refused by a proxy (or aiohttp) before the request was read: nothing was taken.
+_UNREAD = frozenset({400, 413, 414, 431})
 
 
-class _Verdict(Enum):
-    ACCEPTED = "accepted"
-    REFUSED = "refused"
-    RETRY = "retry"
+class Outcome(Enum):
+    ACCEPTED = "accepted"  # the answer carries the grant
+    REFUSED = "refused"  # the gateway said plainly it did not take it
+    UNKNOWN = "unknown"  # it may have: send the same payment again
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    reason: str = ""
+    detail: str = ""
+    problem: dict[str, Any] | None = None
+    status: int = 0
 
 
 class Courier:
@@ -112,18 +129,17 @@ class Courier:
                 "x-bsv-vout": str(prepared.vout),
             }
         )
-        reason, detail = "", ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.retry_delay)
+
+        async def attempt() -> tuple[Verdict, tuple[FareboxResponse, str | None] | None]:
             resp = await send(self._client(), method, url, paying, kwargs, allow_redirects=False)
-            verdict, reason, detail = await _verdict(resp)
-            if verdict is _Verdict.ACCEPTED:
-                return resp, resp.headers.get(TOKEN_HEADER)
+            token = resp.headers.get(TOKEN_HEADER)
+            verdict = await _verdict(resp, token)
+            if verdict.outcome is Outcome.ACCEPTED:
+                return verdict, (resp, token)
             resp.release()
-            if verdict is _Verdict.REFUSED:
-                raise PaymentRefused(reason, detail, status=resp.status, txid=prepared.txid)
-        raise PaymentNotSettled(reason, detail, txid=prepared.txid)
+            return verdict, None
+
+        return await self._until_settled(attempt, prepared)
 
     async def to_endpoint(
         self,
@@ -151,20 +167,58 @@ class Courier:
             body["tab"] = tab.token
         # Only a path is taken from the 402: a payment never leaves this origin.
         pay_url = url.origin().join(URL(pay_path))
-        reason, detail = "", ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.retry_delay)
+
+        async def attempt() -> tuple[Verdict, dict[str, Any] | None]:
             async with self._client().post(pay_url, json=body, allow_redirects=False) as resp:
+                answer: dict[str, Any] = {}
                 if resp.status == 200:
-                    return json_object(await resp.json(content_type=None))
-                problem = await problem_of(resp) or {}
-                reason = str(problem.get("reason") or f"http-{resp.status}")
-                detail = str(problem.get("detail") or resp.reason or "")
-                if reason in RETRYABLE:
-                    continue
-                if problem or resp.status < 500:
-                    raise PaymentRefused(reason, detail, status=resp.status, txid=prepared.txid)
+                    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                        answer = json_object(await resp.json(content_type=None))
+                verdict = await _verdict(resp, token_in(answer))
+                return verdict, answer if verdict.outcome is Outcome.ACCEPTED else None
+
+        return await self._until_settled(attempt, prepared)
+
+    async def _until_settled(
+        self,
+        attempt: Callable[[], Awaitable[tuple[Verdict, T | None]]],
+        prepared: PreparedPayment,
+    ) -> T:
+        """`attempt()` until the payment is accepted (its result) or refused
+        (PaymentRefused), at most `retries` times more; then PaymentNotSettled.
+
+        A connection never made is retried too; if no attempt got as far as
+        sending, NotDelivered: nothing left in this call (the caller knows
+        whether it had been handed over before).
+        """
+        reason, detail = "", ""
+        reached = False
+        for number in range(self.retries + 1):
+            if number:
+                await asyncio.sleep(self.retry_delay)
+            try:
+                verdict, result = await attempt()
+            except aiohttp.ClientConnectorError as exc:
+                reason, detail = "connection-failed", f"{type(exc).__name__}: {exc}"
+                continue
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reached = True  # it may have arrived
+                reason, detail = "connection-lost", f"{type(exc).__name__}: {exc}"
+                continue
+            reached = True
+            if verdict.outcome is Outcome.ACCEPTED and result is not None:
+                return result
+            if verdict.outcome is Outcome.REFUSED:
+                raise PaymentRefused(
+                    verdict.reason,
+                    verdict.detail,
+                    status=verdict.status,
+                    txid=prepared.txid,
+                    problem=verdict.problem,
+                )
+            reason, detail = verdict.reason, verdict.detail
+        if not reached:
+            raise NotDelivered(reason, detail, txid=prepared.txid)
         raise PaymentNotSettled(reason, detail, txid=prepared.txid)
 
 
@@ -174,19 +228,20 @@ def token_in(answer: dict[str, Any]) -> str | None:
     return token if isinstance(token, str) else None
 
 
-async def _verdict(resp: FareboxResponse) -> tuple[_Verdict, str, str]:
+async def _verdict(resp: aiohttp.ClientResponse, token: str | None) -> Verdict:
     """Did the gateway take the payment that came with this request?"""
-    if TOKEN_HEADER in resp.headers:
-        return _Verdict.ACCEPTED, "", ""
-    if resp.status in _NOT_TAKEN:
-        problem = await problem_of(resp)
-        if problem is not None and isinstance(problem.get("reason"), str):
-            reason, detail = problem["reason"], str(problem.get("detail") or "")
-            return (_Verdict.RETRY if reason in RETRYABLE else _Verdict.REFUSED), reason, detail
-        if resp.status != 503:
-            # Refused before the gateway read it, e.g. aiohttp's plain-text
-            # 400 for a header over 8190 bytes.
-            return _Verdict.REFUSED, f"http-{resp.status}", resp.reason or ""
-    # Anything else came from the upstream, which the gateway only asks once
-    # the payment is taken (a gateway that could not add its token, too).
-    return _Verdict.ACCEPTED, "", ""
+    if token:
+        return Verdict(Outcome.ACCEPTED)
+    problem = await problem_of(resp) if resp.status >= 400 else None
+    reason = problem.get("reason") if problem is not None else None
+    if isinstance(reason, str) and reason:
+        detail = str(problem.get("detail") or "") if problem is not None else ""
+        if reason in RETRYABLE or resp.status >= 500:
+            return Verdict(Outcome.UNKNOWN, reason, detail)
+        return Verdict(Outcome.REFUSED, reason, detail, problem, resp.status)
+    if resp.status in _UNREAD:
+        # e.g. aiohttp's plain-text 400 for a header over 8190 bytes
+        return Verdict(Outcome.REFUSED, f"http-{resp.status}", resp.reason or "", None, resp.status)
+    # A 5xx from a proxy, a 402 that says nothing, an answer without the
+    # token: the payment may have been taken. Send it again.
+    return Verdict(Outcome.UNKNOWN, f"http-{resp.status}", resp.reason or "no grant in the answer")

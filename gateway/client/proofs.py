@@ -49,14 +49,16 @@ async def mined_path(http: aiohttp.ClientSession, chain_url: str, txid: str) -> 
 
 
 async def settle_seen(wallet: Wallet, http: aiohttp.ClientSession, chain_url: str) -> int:
-    """Settle payments in flight that the network has: their coins are spent either way.
+    """Count the coins of payments in flight that the network has as spent (their
+    change is spendable), whatever the gateway says; such a payment stays
+    pending for what it buys until the gateway answers it (Wallet.seen_on_chain).
 
     What the network does not know stays reserved: it may still arrive.
     """
     settled = 0
-    for txid in wallet.pending()[:MAX_LOOKUPS]:
-        if (await _status(http, chain_url, txid)).get("txStatus") in SEEN:
-            wallet.settle(txid)
+    for pending in [p for p in wallet.pending() if not p.on_chain][:MAX_LOOKUPS]:
+        if (await _status(http, chain_url, pending.txid)).get("txStatus") in SEEN:
+            wallet.seen_on_chain(pending.txid)
             settled += 1
     return settled
 

@@ -1,29 +1,57 @@
 """A paying session's money: what it may spend, what it has paid, what is under way.
 
-Every payment goes through `Purse.spending`: the limits are checked before
-any coin is touched, the price is held against the total while the payment
-is out, and the wallet's coins are spent, freed or kept reserved by how the
-delivery ended. One payment at a time goes to a resource (or a tab), so a
+Every payment goes through `Purse.pay`: the limits are checked before any
+coin is touched, the price is held against the total while the payment is
+out, a payment still pending for the same purpose is sent again instead of
+a new one, and the wallet's coins are spent, freed, set aside or kept
+reserved by how the delivery ended. One payment at a time goes to a resource (or a tab), so a
 grant or top-up that a concurrent request bought is used, not bought again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 from yarl import URL
 
 from gateway.client.challenge import Challenge
-from gateway.client.errors import PaymentNotSettled, PaymentRefused, SpendingLimitExceeded
+from gateway.client.errors import (
+    NotDelivered,
+    PaymentNotSettled,
+    PaymentRefused,
+    SpendingLimitExceeded,
+)
 from gateway.client.proofs import refresh_proofs
 from gateway.client.responses import Payment
 from gateway.client.tokens import StoredToken, origin_of
-from gateway.client.wallet import PreparedPayment, Wallet
+from gateway.client.wallet import PreparedPayment, Purpose, Wallet
+
+T = TypeVar("T")
+
+# Refusals that say the gateway has the transaction: its coins are spent.
+TAKEN = frozenset({"payment-reused", "grant-expired"})
+# Refusals caused by a coin the payment spends: its proof is not one the
+# gateway's chain knows (a devnet restarted, a wallet funded on another
+# chain), or it is spent already. Gateway reasons, then ARC's.
+COIN_FAULTS = frozenset(
+    {
+        "unknown-merkle-root",
+        "bad-merkle-path",
+        "missing-ancestor",
+        "double-spend",
+        "invalid-inputs",
+        "missing-ancestors",
+        "invalid-merkle-roots",
+        "invalid-beef",
+        "frozen-input",
+    }
+)
+REBUILDS = 3  # payments built again after a coin was refused, per purchase
 
 
 class Purse:
@@ -89,38 +117,91 @@ class Purse:
             lock = self._locks[(origin_of(url), what)] = asyncio.Lock()
         return lock
 
-    @contextlib.asynccontextmanager
-    async def spending(
-        self, url: URL, server: str, price: int, http: aiohttp.ClientSession | None
-    ) -> AsyncIterator[PreparedPayment]:
-        """A payment of `price` to `server` (identity key hex), within the limits;
-        the block delivers it. `http` fetches fresh proofs when a chain URL is set.
+    def purpose(self, url: URL, challenge: Challenge, tab: StoredToken | None = None) -> Purpose:
+        """What a payment for `challenge` at `url` buys: the resource, or a top-up
+        of `tab` (None: a new tab) for the challenge's tab scope."""
+        if challenge.for_tab:
+            what = f"tab {challenge.scope} {tab.tab if tab is not None else 'new'}"
+        else:
+            what = url.raw_path
+        return Purpose(origin_of(url), what, challenge.server)
 
-        Delivered: its coins are spent. Refused, or never sent: they are free
-        again. Lost on the way: they stay reserved (PaymentNotSettled).
+    async def pay(
+        self,
+        url: URL,
+        purpose: Purpose,
+        price: int,
+        http: aiohttp.ClientSession | None,
+        deliver: Callable[[PreparedPayment], Awaitable[T]],
+    ) -> tuple[PreparedPayment, T]:
+        """Pay `price` satoshis for `purpose` within the limits: `deliver(prepared)`
+        hands the payment over and returns what the gateway gave for it.
+        `http` fetches fresh proofs when a chain URL is set.
+
+        A payment made earlier for the same purpose whose outcome is still
+        unknown is sent again as it is: never a second one. Taken (`deliver`
+        returned): its coins are spent. Refused: they are free again, or, if
+        the gateway refused a coin (its proof, or spent elsewhere), that coin
+        is set aside with the reason and the payment built again from the
+        others (InsufficientFunds says so when none are left). Sent but not
+        answered: it stays pending (PaymentNotSettled). SpendingLimitExceeded
+        before any coin is touched.
         """
-        self.check(price, url)  # before any coin is touched
+        self.check(price, url)
         self._in_flight += price
         try:
             if self.chain_url and http is not None:
                 await refresh_proofs(self.wallet, http, self.chain_url)
-            prepared = self.wallet.prepare_payment(server, price)
-            try:
-                yield prepared
-            except PaymentRefused:
-                self.wallet.release(prepared.txid)
-                raise
-            except aiohttp.ClientConnectorError:
-                self.wallet.release(prepared.txid)  # never connected: nothing was sent
-                raise
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise PaymentNotSettled(
-                    "connection-lost", f"{type(exc).__name__}: {exc}", txid=prepared.txid
-                ) from exc
-            self.wallet.settle(prepared.txid)
-            self.spent += price
+            for _ in range(REBUILDS + 1):
+                prepared = self.wallet.pending_for(purpose)
+                resent = prepared is not None
+                if prepared is None:
+                    prepared = self.wallet.prepare_payment(purpose.server, price, purpose=purpose)
+                elif prepared.satoshis > price:
+                    self.check(prepared.satoshis, url)  # the price fell since: still within limits
+                try:
+                    result = await deliver(prepared)
+                except PaymentRefused as refused:
+                    if not self._refused(prepared, refused, purpose):
+                        raise
+                    continue  # a coin was the cause: build it again from the others
+                except NotDelivered as lost:
+                    if resent:  # handed over before: it may still have been taken
+                        raise PaymentNotSettled(lost.reason, lost.detail, txid=lost.txid) from lost
+                    self.wallet.release(prepared.txid)  # nothing ever left
+                    raise
+                self.wallet.settle(prepared.txid)
+                self.spent += prepared.satoshis
+                return prepared, result
+            raise PaymentRefused(
+                "coins-refused",
+                f"{purpose.origin} refused {REBUILDS + 1} payments for the wallet's coins; "
+                "`farebox wallet coins` lists the coins set aside",
+            )
         finally:
             self._in_flight -= price
+
+    def _refused(
+        self, prepared: PreparedPayment, refused: PaymentRefused, purpose: Purpose
+    ) -> bool:
+        """Account for a refused payment; True if one of its coins was the cause
+        (set aside now) and the payment should be built again."""
+        if refused.reason in TAKEN:
+            # The gateway has this transaction (for something else, or its
+            # grant has ended): its coins are spent all the same.
+            self.wallet.settle(prepared.txid)
+            return False
+        if refused.reason not in COIN_FAULTS:
+            self.wallet.release(prepared.txid)
+            return False
+        culprits = set(prepared.inputs)
+        height, root = refused.problem.get("height"), refused.problem.get("merkle_root")
+        if isinstance(height, int) and isinstance(root, str):
+            # The gateway named the block it does not know: only coins proven by it.
+            culprits = culprits & self.wallet.proven_by(height, root) or culprits
+        why = f"{purpose.origin} refused it ({refused.reason}): {refused.detail}"
+        self.wallet.set_aside(prepared.txid, culprits, why)
+        return True
 
     def record(
         self,

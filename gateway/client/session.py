@@ -33,6 +33,7 @@ over and resends it, `Tabs` (tabs.py) asks about and tops up tabs.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
 
@@ -42,6 +43,7 @@ from yarl import URL
 
 from gateway.client.challenge import Challenge, read_challenge
 from gateway.client.delivery import DEFAULT_HEADER_LIMIT, Courier
+from gateway.client.errors import ClockSkew, OriginNotAllowed
 from gateway.client.grants import Grants, bearer, refused
 from gateway.client.purse import Purse
 from gateway.client.responses import (
@@ -52,11 +54,12 @@ from gateway.client.responses import (
     send,
 )
 from gateway.client.tabs import Tabs
-from gateway.client.tokens import StoredToken
-from gateway.client.wallet import Wallet
+from gateway.client.tokens import StoredToken, origin_of
+from gateway.client.wallet import PreparedPayment, Wallet
 
-# Names defined here before the session was split into parts; still importable.
-
+# The gateway's reason for a grant refused only because its clock says it
+# is not valid yet (instances whose clocks disagree beyond its leeway).
+NOT_YET_VALID = "grant-not-yet-valid"
 # Bodies that can be sent a second and third time (a stream cannot).
 _RESENDABLE = (bytes, bytearray, str, dict, list, tuple)
 
@@ -116,6 +119,7 @@ class PayingSession:
         retry_delay: float = 0.5,
         timeout: aiohttp.ClientTimeout | None = None,
         cookie_jar: aiohttp.abc.AbstractCookieJar | None = None,
+        allow_origins: Iterable[str] = (),
     ) -> None:
         """
         max_per_request / max_total: the most one price / all prices paid in
@@ -130,6 +134,9 @@ class PayingSession:
             proofs from before paying, which keeps BEEFs short.
         cookie_jar: none by default: grants travel as Bearer tokens, managed
             here, not as the gateway's cookies.
+        allow_origins: origins ("https://host[:port]") whose 402 may be paid
+            when a request was redirected there; a 402 from any origin but
+            the one requested and these raises OriginNotAllowed, unpaid.
         """
         self._purse = Purse(
             wallet,
@@ -149,6 +156,7 @@ class PayingSession:
         self._tabs = Tabs(self._client, self._grants, self._purse, self._courier)
         self._timeout = timeout or aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
         self._cookie_jar = cookie_jar
+        self._allowed = frozenset(origin_of(URL(o)) for o in allow_origins)
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PayingSession:
@@ -231,6 +239,13 @@ class PayingSession:
         challenge = await read_challenge(resp)
         if challenge is None:
             return resp  # a 402 that asks for no BSV payment: nothing to pay
+        payee = origin_of(resp.url)
+        if payee != origin_of(url) and payee not in self._allowed:
+            resp.release()  # redirected to an origin nobody named
+            raise OriginNotAllowed(origin_of(url), payee)
+        if challenge.reason == NOT_YET_VALID and stored is not None:
+            resp.release()  # refused only for the time: paying again would buy it twice
+            raise ClockSkew(str(url), challenge.detail or challenge.reason)
         if stored is not None and refused(stored, challenge):
             # The grant itself was refused (revoked, or the gateway's keys
             # changed): presenting it again is pointless.
@@ -251,6 +266,8 @@ class PayingSession:
                     challenge = await read_challenge(resp) or challenge
                 finally:
                     resp.release()
+                if challenge.reason == NOT_YET_VALID:
+                    raise ClockSkew(str(url), challenge.detail or challenge.reason)
                 if refused(fresh, challenge):
                     self._grants.forget(fresh)
             return await self._pay(method, url, headers, kwargs, challenge)
@@ -312,12 +329,20 @@ class PayingSession:
         price: int,
         tab: StoredToken | None,
     ) -> FareboxResponse:
-        async with self._purse.spending(url, challenge.server, price, self._http) as prepared:
-            resp, token, via = await self._courier.deliver(
+        purpose = self._purse.purpose(url, challenge, tab)
+
+        def deliver(
+            prepared: PreparedPayment,
+        ) -> Awaitable[tuple[FareboxResponse | None, str | None, str]]:
+            return self._courier.deliver(
                 method, url, headers, kwargs, challenge.pay_url, prepared, tab
             )
+
+        prepared, (resp, token, via) = await self._purse.pay(
+            url, purpose, price, self._http, deliver
+        )
         grant = self._grants.remember(url, token)
-        payment = self._purse.record(url, method, prepared, price, via, grant)
+        payment = self._purse.record(url, method, prepared, prepared.satoshis, via, grant)
         if resp is None:  # paid at the endpoint: now ask with the grant
             resp = await send(self._client(), method, url, bearer(headers, grant), kwargs)
         resp.farebox_payment = payment

@@ -7,7 +7,8 @@ and `PayingSession.top_up`. A top-up always goes to the pay endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -20,6 +21,7 @@ from gateway.client.grants import Grants
 from gateway.client.purse import Purse
 from gateway.client.responses import TabBalance, json_object, read_amount, send
 from gateway.client.tokens import StoredToken
+from gateway.client.wallet import PreparedPayment
 from gateway.edge.urls import TAB
 
 
@@ -98,10 +100,14 @@ class Tabs:
         self, method: str, url: URL, challenge: Challenge, price: int, tab: StoredToken | None
     ) -> TabBalance:
         purse = self._purse
-        async with purse.spending(url, challenge.server, price, self._client()) as prepared:
-            answer = await self._courier.to_endpoint(method, url, challenge.pay_url, prepared, tab)
+
+        def deliver(prepared: PreparedPayment) -> Awaitable[dict[str, Any]]:
+            return self._courier.to_endpoint(method, url, challenge.pay_url, prepared, tab)
+
+        purpose = purse.purpose(url, challenge, tab)
+        prepared, answer = await purse.pay(url, purpose, price, self._client(), deliver)
         grant = self._grants.remember(url, token_in(answer))
-        purse.record(url, method, prepared, price, "pay-endpoint", grant)
+        purse.record(url, method, prepared, prepared.satoshis, "pay-endpoint", grant)
         about = json_object(answer.get("tab"))
         balance = read_amount(about.get("balance_satoshis"))
         if grant is None or not grant.tab or balance is None:

@@ -11,9 +11,15 @@ receiving/change key is derived from it (BRC-42 with itself as counterparty,
 invoice `1-farebox wallet-<index>`), so backing up the identity key backs up
 every address the wallet ever used. Imported coins may carry their own WIF.
 
-A payment's life: `prepare_payment` selects and reserves coins and signs;
+A payment's life: `prepare_payment` selects and reserves coins and signs,
+and records the payment as pending with what it is for (`Purpose`);
 `settle` (the gateway took it) drops the spent coins and records the change;
-`release` (refused) frees the coins again.
+`release` (refused) frees the coins again; `set_aside` (refused because of a
+coin: its proof unknown to the gateway, spent elsewhere) frees the others
+and keeps the culprits out of every later payment, with the reason. A
+payment whose outcome is unknown stays pending, and `pending_for` hands the
+same payment back to be sent again for the same purpose: the wallet never
+builds a second payment for something a first may have bought.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +48,7 @@ from bsv import (
 from gateway.bsv.derivation import payee_key_for_sender
 from gateway.client.beef import atomic_beef, beef_of, transaction_from_beef, unproven
 from gateway.client.coins import DEFAULT_FEE_RATE, Coin, fee_for, select
-from gateway.client.errors import WalletError, WalletNotFound
+from gateway.client.errors import InsufficientFunds, WalletError, WalletNotFound
 from gateway.client.tokens import StoredToken
 
 ENV_WALLET = "FAREBOX_WALLET"
@@ -61,6 +67,8 @@ class Balance:
     coins: int
     pending_satoshis: int  # reserved by payments whose outcome is not known yet
     pending_coins: int
+    set_aside_satoshis: int = 0  # in coins a gateway refused (`Coin.set_aside` says why)
+    set_aside_coins: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,88 @@ class PreparedPayment:
     def suffix(self) -> str:
         return base64.b64encode(self.time_ms.encode()).decode()
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "txid": self.txid,
+            "beef": self.beef.hex(),
+            "vout": self.vout,
+            "satoshis": self.satoshis,
+            "fee": self.fee,
+            "sender": self.sender,
+            "prefix": self.prefix,
+            "time_ms": self.time_ms,
+            "inputs": [list(i) for i in self.inputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], change: Coin | None) -> PreparedPayment:
+        return cls(
+            txid=str(data["txid"]),
+            beef=bytes.fromhex(str(data["beef"])),
+            vout=int(data["vout"]),
+            satoshis=int(data["satoshis"]),
+            fee=int(data["fee"]),
+            sender=str(data["sender"]),
+            prefix=str(data["prefix"]),
+            time_ms=str(data["time_ms"]),
+            inputs=tuple((str(t), int(v)) for t, v in data["inputs"]),
+            change=change,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    """What a payment buys, so an unsettled one is sent again for that alone."""
+
+    origin: str  # the gateway, scheme://host[:port]
+    what: str  # a resource's path, or "tab <scope> <tab id, or new>"
+    server: str = ""  # the gateway's identity key, hex
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPayment:
+    """A payment handed over (or about to be) whose outcome the wallet does not know."""
+
+    txid: str
+    change: Coin | None
+    payment: PreparedPayment | None  # None in files written before payments were kept
+    purpose: Purpose | None
+    since: float  # Unix seconds: when it was built
+    # The network has it: its coins are spent and its change is a coin; kept
+    # only so that the gateway, asked again, hands over what it bought.
+    on_chain: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "txid": self.txid,
+            "change": None if self.change is None else self.change.to_json(),
+            "payment": None if self.payment is None else self.payment.to_json(),
+            "purpose": None
+            if self.purpose is None
+            else {
+                "origin": self.purpose.origin,
+                "what": self.purpose.what,
+                "server": self.purpose.server,
+            },
+            "since": self.since,
+            "on_chain": self.on_chain,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PendingPayment:
+        change = None if data.get("change") is None else Coin.from_json(data["change"])
+        payment, purpose = data.get("payment"), data.get("purpose")
+        return cls(
+            txid=str(data["txid"]),
+            change=change,
+            payment=None if payment is None else PreparedPayment.from_json(payment, change),
+            purpose=None
+            if purpose is None
+            else Purpose(str(purpose["origin"]), str(purpose["what"]), str(purpose["server"])),
+            since=float(data.get("since") or 0),
+            on_chain=bool(data.get("on_chain")),
+        )
+
 
 @dataclass(slots=True)
 class _State:
@@ -89,7 +179,7 @@ class _State:
     next_key: int = 0
     chain: str | None = None  # ARC/devnet base URL the coins came from, for fresh proofs
     coins: list[Coin] = field(default_factory=list)
-    pending: dict[str, Coin | None] = field(default_factory=dict)  # payment txid -> its change
+    pending: dict[str, PendingPayment] = field(default_factory=dict)  # by payment txid
     tokens: list[StoredToken] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -100,10 +190,7 @@ class _State:
             "next_key": self.next_key,
             "chain": self.chain,
             "coins": [c.to_json() for c in self.coins],
-            "pending": [
-                {"txid": txid, "change": None if change is None else change.to_json()}
-                for txid, change in self.pending.items()
-            ],
+            "pending": [p.to_json() for p in self.pending.values()],
             # Expired grants are worth nothing: they are dropped on every write.
             "tokens": [t.to_json() for t in self.tokens if t.usable(now)],
         }
@@ -113,10 +200,7 @@ class _State:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise WalletError("not a Farebox wallet file (or a newer format)")
         try:
-            pending = {
-                str(p["txid"]): None if p["change"] is None else Coin.from_json(p["change"])
-                for p in data.get("pending", [])
-            }
+            pending = {str(p["txid"]): PendingPayment.from_json(p) for p in data.get("pending", [])}
             tokens = [StoredToken.from_json(t) for t in data.get("tokens", [])]
             return cls(
                 identity=str(data["identity"]),
@@ -227,18 +311,35 @@ class Wallet:
     def coins(self) -> list[Coin]:
         return list(self._state.coins)
 
-    def pending(self) -> list[str]:
-        """Txids of payments whose outcome the wallet does not know."""
-        return list(self._state.pending)
+    def pending(self) -> list[PendingPayment]:
+        """Payments whose outcome the wallet does not know, oldest first."""
+        return sorted(self._state.pending.values(), key=lambda p: p.since)
+
+    def pending_for(self, purpose: Purpose) -> PreparedPayment | None:
+        """The unsettled payment made for `purpose` (the same gateway, the same
+        thing), to be sent again as it is; None if there is none."""
+        self.reload()  # another process may have settled it since
+        for pending in self.pending():
+            found = pending.purpose
+            if (
+                pending.payment is not None
+                and found is not None
+                and (found.origin, found.what) == (purpose.origin, purpose.what)
+            ):
+                return pending.payment
+        return None
 
     def balance(self) -> Balance:
-        free = [c for c in self._state.coins if c.reserved_by is None]
+        free = [c for c in self._state.coins if c.spendable]
         held = [c for c in self._state.coins if c.reserved_by is not None]
+        aside = [c for c in self._state.coins if c.reserved_by is None and c.set_aside]
         return Balance(
             sum(c.satoshis for c in free),
             len(free),
             sum(c.satoshis for c in held),
             len(held),
+            sum(c.satoshis for c in aside),
+            len(aside),
         )
 
     def receive(self, beef: bytes, txid: str, vout: int, key_index: int) -> Coin:
@@ -272,11 +373,14 @@ class Wallet:
         *,
         prefix: str | None = None,
         time_ms: str | None = None,
+        purpose: Purpose | None = None,
     ) -> PreparedPayment:
-        """Sign a BRC-29 payment of `satoshis` to `server` and reserve its coins.
+        """Sign a BRC-29 payment of `satoshis` to `server` and reserve its coins;
+        it is pending (for `purpose`, if given) until settled or released.
 
         Output 0 pays the key derived for (server, identity, prefix, suffix);
-        output 1, if any, is change to a fresh wallet key.
+        output 1, if any, is change to a fresh wallet key. InsufficientFunds
+        if the spendable coins cannot pay it and its fee.
         """
         server_key = PublicKey(server) if isinstance(server, str) else server
         prefix = prefix or base64.b64encode(os.urandom(16)).decode()
@@ -284,7 +388,10 @@ class Wallet:
         suffix = base64.b64encode(time_ms.encode()).decode()
         payee = payee_key_for_sender(server_key, self.identity, prefix, suffix)
         with self._update() as state:
-            chosen = select(state.coins, satoshis, self.fee_rate)
+            try:
+                chosen = select(state.coins, satoshis, self.fee_rate)
+            except InsufficientFunds as short:
+                raise _with_set_aside(short, state.coins) from None
             outputs = [TransactionOutput(P2PKH().lock(payee.address()), satoshis)]
             change_index = None
             if chosen.change:
@@ -317,35 +424,85 @@ class Wallet:
                 )
             spent = {c.outpoint for c in chosen.coins}
             state.coins = [c.reserved(txid) if c.outpoint in spent else c for c in state.coins]
-            state.pending[txid] = change
-        return PreparedPayment(
-            txid=txid,
-            beef=atomic_beef(tx),
-            vout=0,
-            satoshis=satoshis,
-            fee=chosen.fee,
-            sender=self.identity_key,
-            prefix=prefix,
-            time_ms=time_ms,
-            inputs=tuple(sorted(spent)),
-            change=change,
-        )
+            prepared = PreparedPayment(
+                txid=txid,
+                beef=atomic_beef(tx),
+                vout=0,
+                satoshis=satoshis,
+                fee=chosen.fee,
+                sender=self.identity_key,
+                prefix=prefix,
+                time_ms=time_ms,
+                inputs=tuple(sorted(spent)),
+                change=change,
+            )
+            state.pending[txid] = PendingPayment(txid, change, prepared, purpose, time.time())
+        return prepared
 
     def settle(self, txid: str) -> None:
         """The payment `txid` was taken: its coins are spent, its change is ours."""
         with self._update() as state:
-            if txid not in state.pending:
-                return  # settled already
-            change = state.pending.pop(txid)
-            state.coins = [c for c in state.coins if c.reserved_by != txid]
-            if change is not None:
-                state.coins.append(change)
+            pending = state.pending.pop(txid, None)
+            if pending is not None and not pending.on_chain:
+                _spend(state, pending)
+
+    def seen_on_chain(self, txid: str) -> None:
+        """The network has the payment `txid`: its coins are spent, its change is
+        ours; it stays pending for its purpose until the gateway answers it."""
+        with self._update() as state:
+            pending = state.pending.get(txid)
+            if pending is None or pending.on_chain:
+                return
+            _spend(state, pending)
+            if pending.purpose is None or pending.payment is None:
+                del state.pending[txid]  # nothing to ask the gateway for
+            else:
+                state.pending[txid] = replace(pending, on_chain=True)
 
     def release(self, txid: str) -> None:
         """The payment `txid` was refused: its coins may be spent again."""
+        self.set_aside(txid, (), "")
+
+    def set_aside(self, txid: str, culprits: Iterable[tuple[str, int]], reason: str) -> None:
+        """The payment `txid` was refused because of the coins at `culprits`
+        (outpoints): those are kept out of later payments with `reason`, the
+        rest of its coins may be spent again."""
+        bad = set(culprits)
         with self._update() as state:
             state.pending.pop(txid, None)
-            state.coins = [c.reserved(None) if c.reserved_by == txid else c for c in state.coins]
+            state.coins = [
+                replace(c, reserved_by=None, set_aside=reason if c.outpoint in bad else None)
+                if c.reserved_by == txid
+                else c
+                for c in state.coins
+            ]
+
+    def restore(self, outpoints: Iterable[tuple[str, int]] | None = None) -> int:
+        """Offer coins set aside (those at `outpoints`; None: all) for payments
+        again; returns how many were restored."""
+        wanted = None if outpoints is None else set(outpoints)
+        restored = 0
+        with self._update() as state:
+            coins = []
+            for c in state.coins:
+                if c.set_aside is not None and (wanted is None or c.outpoint in wanted):
+                    c = replace(c, set_aside=None)
+                    restored += 1
+                coins.append(c)
+            state.coins = coins
+        return restored
+
+    def proven_by(self, height: int, merkle_root: str) -> set[tuple[str, int]]:
+        """Outpoints of coins whose proofs rest on the block at `height` with
+        `merkle_root` (hex, as a chain tracker names it)."""
+        found = set()
+        for coin in self._state.coins:
+            tx = transaction_from_beef(bytes.fromhex(coin.beef), coin.txid)
+            for proven in _proven(tx):
+                path = proven.merkle_path
+                if path.block_height == height and path.compute_root(proven.txid()) == merkle_root:
+                    found.add(coin.outpoint)
+        return found
 
     # ----- proofs -----------------------------------------------------------------
 
@@ -405,6 +562,42 @@ class Wallet:
     def forget_token(self, token: str) -> None:
         with self._update() as state:
             state.tokens = [t for t in state.tokens if t.token != token]
+
+
+def _spend(state: _State, pending: PendingPayment) -> None:
+    """Drop the coins `pending` spends and keep its change."""
+    state.coins = [c for c in state.coins if c.reserved_by != pending.txid]
+    if pending.change is not None and all(
+        c.outpoint != pending.change.outpoint for c in state.coins
+    ):
+        state.coins.append(pending.change)
+
+
+def _proven(tx: Transaction) -> Iterator[Transaction]:
+    """The transactions in `tx`'s ancestry (itself included) that carry a merkle path."""
+    seen: set[str] = set()
+    stack = [tx]
+    while stack:
+        t = stack.pop()
+        if t.txid() in seen:
+            continue
+        seen.add(t.txid())
+        if t.merkle_path is not None:
+            yield t
+            continue
+        stack.extend(i.source_transaction for i in t.inputs if i.source_transaction is not None)
+
+
+def _with_set_aside(short: InsufficientFunds, coins: list[Coin]) -> InsufficientFunds:
+    """`short`, telling of the coins set aside and why, if any are."""
+    aside = [c for c in coins if c.reserved_by is None and c.set_aside]
+    if not aside:
+        return short
+    reasons = sorted({c.set_aside or "" for c in aside})
+    why = "; ".join(reasons[:2]) + ("; ..." if len(reasons) > 2 else "")
+    return InsufficientFunds(
+        short.needed, short.available, set_aside=sum(c.satoshis for c in aside), why=why
+    )
 
 
 @contextlib.contextmanager

@@ -155,6 +155,8 @@ async def check_roots(proven: list[Transaction], tracker: ChainTracker) -> None:
             raise PaymentError(
                 "unknown-merkle-root",
                 f"no block at height {path.block_height} has merkle root {root}",
+                height=path.block_height,
+                merkle_root=root,
             )
         checked.add(key)
 

@@ -35,7 +35,7 @@ def problem_for(exc: BaseException) -> web.Response:
         title = {402: "Payment refused", 400: "Bad payment", 413: "Payment too large"}.get(
             exc.status, "Payment not processed"
         )
-        return _problem(exc.status, exc.reason, title, exc.detail)
+        return _problem(exc.status, exc.reason, title, exc.detail, **exc.extra)
     if isinstance(exc, ChainError):
         return _problem(
             503,
@@ -66,11 +66,11 @@ def problem_for(exc: BaseException) -> web.Response:
     )
 
 
-def _problem(status: int, reason: str, title: str, detail: str) -> web.Response:
+def _problem(status: int, reason: str, title: str, detail: str, **extra: int | str) -> web.Response:
     headers = None
     if status == 503:
         headers = {
             "Retry-After": RETRY_AFTER.get(reason, DEFAULT_RETRY),
             "Cache-Control": "no-store",
         }
-    return problem(status, reason, title, detail, headers=headers)
+    return problem(status, reason, title, detail, headers=headers, **extra)

@@ -1,0 +1,480 @@
+"""Farebox's own client never pays twice (issue 13), on real servers.
+
+A real devnet, a real gateway that checks and broadcasts real signed
+transactions, and between the client and the gateway a small real proxy
+that loses answers the way networks and front proxies do: the gateway takes
+the payment, the client hears a 502, a bare 402, a reset, an answer without
+the grant. The rule under test: only an answer carrying the grant, or a
+definite refusal, settles a payment; anything else sends the same payment
+again, now or on the next request for the same thing, in this process or
+the next. Also: a 402 from an origin nobody named is not paid, and a coin
+whose proof the gateway does not know is set aside and the payment rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.bsv.beef import read_beef
+from gateway.chain.local import LocalBroadcaster
+from gateway.client import InsufficientFunds, PayingSession, Wallet, fund
+from gateway.client.errors import OriginNotAllowed, PaymentNotSettled
+from gateway.devnet import Devnet, start
+from gateway.payments.cashier import Cashier
+from gateway.store.memory import MemoryStore
+from gateway.tokens import KeyRing, Tokens
+from tests.conftest import PAID_POLICY, PAID_SERVER, Recording
+
+REPO = Path(__file__).resolve().parent.parent
+PAY_PATH = "/.well-known/farebox/pay"
+HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+@dataclass
+class Chain:
+    devnet: Devnet
+    url: str
+    broadcaster: Recording
+
+    def txids(self) -> list[str]:
+        """Every distinct transaction the gateway broadcast, in order."""
+        seen: dict[str, None] = {}
+        for beef in self.broadcaster.seen:
+            seen[read_beef(beef).subject.txid()] = None
+        return list(seen)
+
+
+@dataclass
+class Lossy:
+    """A real HTTP proxy in front of the gateway that spoils payment answers.
+
+    `plan` is consumed one action per request that carries a payment
+    (BRC-121 headers, or a POST to the pay endpoint); other requests pass.
+    """
+
+    gateway: str
+    url: str = ""
+    plan: list[str] = field(default_factory=list)
+    forwarded_payments: int = 0
+
+    def carries_payment(self, request: web.Request) -> bool:
+        return "x-bsv-beef" in request.headers or request.path == PAY_PATH
+
+
+async def _lossy_app(lossy: Lossy) -> web.Application:
+    http = aiohttp.ClientSession(auto_decompress=False)
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        action = "pass"
+        if lossy.carries_payment(request) and lossy.plan:
+            action = lossy.plan.pop(0)
+        if action == "drop-before":  # never reaches the gateway
+            assert request.transport is not None
+            request.transport.abort()
+            raise web.HTTPBadGateway()
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        if lossy.carries_payment(request):
+            lossy.forwarded_payments += 1
+        async with http.request(
+            request.method,
+            lossy.gateway + request.path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
+            answer = await upstream.read()
+            status, out = upstream.status, upstream.headers.copy()
+        for name in HOP:
+            out.popall(name, None)
+        if action == "pass":
+            return web.Response(status=status, body=answer, headers=out)
+        if action == "502":  # as nginx says when the gateway's answer is lost
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
+        if action == "503":
+            return web.Response(status=503, text="Service Unavailable")
+        if action == "500-problem":  # a gateway fault after it took the payment
+            return web.json_response(
+                {"status": 500, "reason": "internal-error", "detail": "oops"},
+                status=500,
+                content_type="application/problem+json",
+            )
+        if action == "402-bare":
+            return web.Response(status=402)
+        if action == "no-token":  # the answer, its grant stripped on the way
+            out.popall("X-Farebox-Token", None)
+            if request.path == PAY_PATH:
+                return web.json_response({"status": "paid"})
+            return web.Response(status=status, body=answer, headers=out)
+        if action == "drop-after":  # the gateway took it; the answer never comes
+            assert request.transport is not None
+            request.transport.abort()
+            raise web.HTTPBadGateway()
+        raise AssertionError(action)
+
+    async def close(_app: web.Application) -> None:
+        await http.close()
+
+    app = web.Application(client_max_size=1 << 24)
+    app.router.add_route("*", "/{tail:.*}", relay)
+    app.on_cleanup.append(close)
+    return app
+
+
+@pytest.fixture
+async def chain() -> AsyncIterator[Chain]:
+    runner, devnet = await start("127.0.0.1", 0)
+    yield Chain(
+        devnet, f"http://127.0.0.1:{runner.addresses[0][1]}", Recording(LocalBroadcaster(devnet))
+    )
+    await runner.cleanup()
+
+
+@dataclass
+class Setup:
+    lossy: Lossy
+    store: MemoryStore
+    chain: Chain
+
+    @property
+    def base(self) -> str:
+        return self.lossy.url
+
+    async def receipts(self) -> list[str]:
+        return [r.txid for r in await self.store.receipts()]
+
+
+@pytest.fixture
+async def setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterator[Setup]:
+    store = MemoryStore()
+    tokens = Tokens(KeyRing.load(tmp_path / f"ring-{os.urandom(4).hex()}"))
+    cashier = Cashier(
+        PAID_SERVER, tracker=chain.devnet, broadcaster=chain.broadcaster, store=store, tokens=tokens
+    )  # type: ignore[arg-type]
+    base = await gateway(
+        PAID_POLICY.format(upstream=upstream.url),
+        server_key=PAID_SERVER.public_key().hex(),
+        tokens=tokens,
+        cashier=cashier,
+        cookie_secure=False,
+        store=store,
+    )
+    lossy = Lossy(base)
+    runner = web.AppRunner(await _lossy_app(lossy), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    lossy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield Setup(lossy, store, chain)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def wallet(chain: Chain, tmp_path: Path) -> Wallet:
+    w = Wallet.create(tmp_path / "w" / "wallet.json")
+    await fund(w, 10_000, chain.url)
+    return w
+
+
+def session(wallet: Wallet, **kwargs: object) -> PayingSession:
+    kwargs.setdefault("retry_delay", 0)
+    return PayingSession(wallet, **kwargs)  # type: ignore[arg-type]
+
+
+async def _spent_once(setup: Setup, wallet: Wallet, price: int) -> None:
+    """One transaction broadcast, one receipt, the wallet down by price + one fee."""
+    txids = setup.chain.txids()
+    assert len(txids) == 1, txids
+    assert await setup.receipts() == txids
+    assert wallet.pending() == []
+    (change,) = wallet.coins()
+    assert change.txid == txids[0]
+    assert 10_000 - price - change.satoshis in (1, 2)  # the fee
+
+
+# --- 1. an unknown outcome is never counted as paid ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "lost", ["502", "503", "402-bare", "500-problem", "no-token", "drop-after"]
+)
+async def test_a_lost_answer_gets_the_same_payment_again(
+    setup: Setup, wallet: Wallet, upstream, lost: str
+) -> None:
+    setup.lossy.plan = [lost]
+    url = f"{setup.base}/archive/pages/1"
+    async with session(wallet) as s:
+        async with s.get(url) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.farebox_payment is not None
+        async with s.get(url) as again:  # the grant it got opens it: nothing paid
+            assert again.status == 200 and again.farebox_payment is None
+    assert setup.lossy.forwarded_payments == 2  # the same payment, twice
+    await _spent_once(setup, wallet, 25)
+
+
+@pytest.mark.parametrize("lost", ["502", "drop-after", "no-token", "500-problem"])
+async def test_a_lost_answer_at_the_pay_endpoint_gets_the_same_payment_again(
+    setup: Setup, wallet: Wallet, lost: str
+) -> None:
+    setup.lossy.plan = [lost]
+    paying = session(wallet, use_pay_endpoint=True)
+    async with paying as s, s.get(f"{setup.base}/archive/pages/2") as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.farebox_payment is not None and resp.farebox_payment.via == "pay-endpoint"
+    await _spent_once(setup, wallet, 25)
+
+
+async def test_an_unsettled_payment_is_sent_again_by_the_next_request(
+    setup: Setup, wallet: Wallet
+) -> None:
+    setup.lossy.plan = ["502", "502"]
+    url = f"{setup.base}/archive/pages/3"
+    async with session(wallet, retries=1) as s:
+        with pytest.raises(PaymentNotSettled) as unsettled:
+            await s.get(url)
+    assert "same payment again" in str(unsettled.value)
+    (pending,) = wallet.pending()
+    assert pending.txid == unsettled.value.txid
+    assert wallet.balance().satoshis == 0  # its coin stays reserved, never offered again
+
+    # Another session (as another run of a script would): the same payment.
+    again = Wallet.open(wallet.path)
+    async with session(again) as s, s.get(url) as resp:
+        assert resp.status == 200
+        assert resp.farebox_payment is not None
+        assert resp.farebox_payment.txid == unsettled.value.txid
+    await _spent_once(setup, again, 25)
+
+
+async def test_a_payment_that_never_arrived_is_taken_when_sent_again(
+    setup: Setup, wallet: Wallet
+) -> None:
+    # Dropped on the way there: the gateway never saw it, the client cannot know.
+    # (aiohttp itself resends an idempotent request once on a reused connection.)
+    setup.lossy.plan = ["drop-before"] * 4
+    url = f"{setup.base}/archive/pages/4"
+    async with session(wallet, retries=1) as s:
+        with pytest.raises(PaymentNotSettled):
+            await s.get(url)
+    setup.lossy.plan = []
+    assert setup.chain.txids() == []
+    async with session(wallet) as s, s.get(url) as resp:
+        assert resp.status == 200
+    await _spent_once(setup, wallet, 25)
+
+
+async def test_a_pending_payment_is_only_sent_for_what_it_was_for(
+    setup: Setup, wallet: Wallet, chain: Chain
+) -> None:
+    await fund(wallet, 10_000, chain.url)
+    setup.lossy.plan = ["502", "502"]
+    async with session(wallet, retries=1) as s:
+        with pytest.raises(PaymentNotSettled) as unsettled:
+            await s.get(f"{setup.base}/archive/pages/5")
+        # Another resource: a payment of its own, not the pending one.
+        async with s.get(f"{setup.base}/archive/pages/6") as resp:
+            assert resp.status == 200
+            assert resp.farebox_payment is not None
+            assert resp.farebox_payment.txid != unsettled.value.txid
+    assert [p.txid for p in wallet.pending()] == [unsettled.value.txid]
+
+
+async def test_farebox_pay_resends_an_unsettled_payment(
+    setup: Setup, wallet: Wallet, chain: Chain
+) -> None:
+    setup.lossy.plan = ["503"] * 4  # more than `farebox pay` retries
+    url = f"{setup.base}/archive/pages/7"
+    code, _, err = await farebox("pay", url, wallet=wallet.path)
+    assert code != 0 and "same payment again" in err, err
+    (pending,) = Wallet.open(wallet.path).pending()
+    code, _, err = await farebox("pay", url, wallet=wallet.path)
+    assert code == 0, err
+    assert pending.txid in err
+    await _spent_once(setup, Wallet.open(wallet.path), 25)
+
+
+# --- tabs: a lost top-up answer ----------------------------------------------------------
+
+TAB_POLICY = """\
+services:
+  util:
+    upstream: {upstream}
+    mount: /util
+    tabs: {{top_up: 1000, lasts: 1d}}
+    routes:
+      - path: /calls/{{n}}
+        price: 10
+        meter: {{per: request}}
+"""
+
+
+@pytest.fixture
+async def tab_setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterator[Setup]:
+    store = MemoryStore()
+    tokens = Tokens(KeyRing.load(tmp_path / f"ring-{os.urandom(4).hex()}"))
+    cashier = Cashier(
+        PAID_SERVER, tracker=chain.devnet, broadcaster=chain.broadcaster, store=store, tokens=tokens
+    )  # type: ignore[arg-type]
+    base = await gateway(
+        TAB_POLICY.format(upstream=upstream.url),
+        server_key=PAID_SERVER.public_key().hex(),
+        tokens=tokens,
+        cashier=cashier,
+        cookie_secure=False,
+        store=store,
+    )
+    lossy = Lossy(base)
+    runner = web.AppRunner(await _lossy_app(lossy), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    lossy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield Setup(lossy, store, chain)
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("lost", ["502", "drop-after", "no-token"])
+async def test_a_lost_top_up_answer_credits_the_tab_once(
+    tab_setup: Setup, wallet: Wallet, lost: str
+) -> None:
+    tab_setup.lossy.plan = [lost]
+    url = f"{tab_setup.base}/util/calls/1"
+    async with session(wallet) as s:
+        balance = await s.top_up(url, 1000)
+        assert balance.satoshis == 1000  # credited once
+        async with s.get(url) as resp:  # drawn from the tab: nothing paid
+            assert resp.status == 200 and resp.farebox_payment is None
+            assert resp.farebox_charge == 10
+    await _spent_once(tab_setup, wallet, 1000)
+
+
+@pytest.mark.parametrize("lost", ["502", "drop-after"])
+async def test_a_lost_answer_opening_a_tab_opens_one(
+    tab_setup: Setup, wallet: Wallet, lost: str
+) -> None:
+    tab_setup.lossy.plan = [lost]
+    async with session(wallet) as s, s.get(f"{tab_setup.base}/util/calls/2") as resp:
+        assert resp.status == 200, await resp.text()
+        # Credited once (1000); the request was served twice (the first
+        # answer was lost on its way back), so it was drawn on twice.
+        assert resp.farebox_balance == 1000 - 2 * 10
+    await _spent_once(tab_setup, wallet, 1000)
+
+
+# --- 2. a 402 from an origin nobody named ------------------------------------------------
+
+
+@pytest.fixture
+async def elsewhere() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """An origin that redirects everything to `?to=` (as an open redirect on a free route)."""
+    seen: list[dict[str, str]] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        raise web.HTTPFound(request.query["to"])
+
+    app = web.Application()
+    app.router.add_get("/redirect", redirect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    await runner.cleanup()
+
+
+async def test_a_402_after_a_redirect_to_another_origin_is_not_paid(
+    setup: Setup, wallet: Wallet, elsewhere: tuple[str, list[dict[str, str]]]
+) -> None:
+    start_url, _ = elsewhere
+    priced = f"{setup.base}/archive/pages/8"
+    before = wallet.balance()
+    async with session(wallet, max_per_request=1_000) as s:
+        with pytest.raises(OriginNotAllowed) as refused:
+            await s.get(f"{start_url}/redirect", params={"to": priced})
+    assert setup.base in str(refused.value) and "allow" in str(refused.value)
+    assert wallet.balance() == before and setup.chain.txids() == []
+
+    # Named by the caller: paid.
+    allowed = session(wallet, allow_origins=[setup.base])
+    async with allowed as s, s.get(f"{start_url}/redirect", params={"to": priced}) as resp:
+        assert resp.status == 200 and resp.farebox_payment is not None
+
+
+async def test_farebox_pay_does_not_pay_an_origin_nobody_named(
+    setup: Setup, wallet: Wallet, elsewhere: tuple[str, list[dict[str, str]]]
+) -> None:
+    start_url, _ = elsewhere
+    target = f"{start_url}/redirect?to={setup.base}/archive/pages/10"
+    code, _, err = await farebox("pay", target, wallet=wallet.path)
+    assert code != 0 and "--allow-origin" in err, err
+    assert setup.chain.txids() == []
+    code, _, err = await farebox("pay", "--allow-origin", setup.base, target, wallet=wallet.path)
+    assert code == 0, err
+    assert len(setup.chain.txids()) == 1
+
+
+# --- 5. stale coins: set aside with the reason, the payment rebuilt -------------------
+
+
+async def test_a_coin_from_another_chain_is_set_aside_and_the_payment_rebuilt(
+    setup: Setup, chain: Chain, tmp_path: Path
+) -> None:
+    wallet = Wallet.create(tmp_path / "stale" / "wallet.json")
+    old_runner, _ = await start("127.0.0.1", 0)  # the demo before a restart: another chain
+    try:
+        await fund(wallet, 2_000, f"http://127.0.0.1:{old_runner.addresses[0][1]}")
+    finally:
+        await old_runner.cleanup()
+    await fund(wallet, 10_000, chain.url)  # good coins, added later
+    # The stale coin is the smaller one: the wallet tries it first.
+    async with session(wallet) as s, s.get(f"{setup.base}/archive/pages/11") as resp:
+        assert resp.status == 200, await resp.text()
+        paid = resp.farebox_payment
+    assert paid is not None
+    (stale,) = [c for c in wallet.coins() if c.set_aside]
+    assert stale.satoshis == 2_000 and "unknown-merkle-root" in (stale.set_aside or "")
+    assert setup.base in (stale.set_aside or "")
+    assert wallet.balance().set_aside_satoshis == 2_000
+    assert len(setup.chain.txids()) == 1 and await setup.receipts() == setup.chain.txids()
+
+    # Never chosen again; with nothing else left the message says what to do.
+    poor = Wallet.create(tmp_path / "poor" / "wallet.json")
+    old_runner, _ = await start("127.0.0.1", 0)
+    try:
+        await fund(poor, 2_000, f"http://127.0.0.1:{old_runner.addresses[0][1]}")
+    finally:
+        await old_runner.cleanup()
+    async with session(poor) as s:
+        with pytest.raises(InsufficientFunds) as short:
+            await s.get(f"{setup.base}/archive/pages/12")
+    text = str(short.value)
+    assert "set aside" in text and "farebox wallet coins" in text and "wallet fund" in text
+    assert poor.balance().set_aside_satoshis == 2_000 and poor.pending() == []
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+async def farebox(*args: str, wallet: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        "--wallet",
+        str(wallet),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
