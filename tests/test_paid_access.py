@@ -20,7 +20,7 @@ from bsv import PrivateKey
 
 from gateway.chain import ChainError
 from gateway.store.memory import MemoryStore
-from gateway.tokens import UPSTREAM, Tokens
+from gateway.tokens import LEEWAY, UPSTREAM, Tokens
 from tests.chainkit import Tracker, atomic_beef, pay
 from tests.conftest import PAID_SERVER
 
@@ -197,7 +197,7 @@ async def test_expired_token_gets_a_challenge(paid: Setup) -> None:
         "/archive/pages/1",
         "resource",
         ("GET",),
-        int(time.time()) - 5,
+        int(time.time()) - LEEWAY - 5,  # beyond the clock leeway
         "00" * 32,
         25,
         "p",
