@@ -39,11 +39,27 @@ TEXTS: dict[str, dict[str, str]] = {
         "status_underpaid": "A payment of {paid} satoshis is less than the price of {price} "
         "and does not buy access. Pay the full price to continue. If your wallet already "
         "sent the smaller payment, ask the operator for a refund quoting its transaction.",
+        "status_sending": "Sending your payment…",
         "status_refused": "The payment was not accepted: {detail} Nothing was charged.",
+        "status_unknown": "No clear answer came back ({detail}), so your payment may have "
+        "gone through. Trying again sends the same payment, which is never charged twice.",
+        "status_retry": "The payment could not be finished right now ({detail}). It may "
+        "still go through: trying again sends the same payment, which is never charged twice.",
+        "status_resending": "Sending it again in {seconds} seconds.",
+        "status_kept": "Sending the payment made on this page again: it may have gone "
+        "through already, and it is never charged twice…",
+        "resend_button": "Send the same payment again",
+        "no_answer": "the connection failed before the answer",
+        "status_wallet_failed": "Your wallet did not make the payment ({detail}). Nothing "
+        "was sent: try again when your wallet is ready.",
+        "status_phone_refused": "A payment for this page was not accepted: {detail} If your "
+        "wallet already sent it, ask the operator for a refund quoting its transaction.",
+        "status_phone_not_now": "A payment for this page arrived but cannot be finished yet "
+        "({detail}). Still trying; do not pay again.",
+        "status_checkout_gone": "This payment request cannot be paid any more: {detail} "
+        "Reload the page.",
         "status_already": "This payment request was already paid; a second payment was not "
         "taken. Reload the page.",
-        "status_retry": "The payment could not be processed right now ({detail}). "
-        "Nothing was charged twice: try again in a moment.",
         "expires": "This request is valid for {minutes} more minutes.",
         "refused_before": "Your last payment was not accepted: {detail}",
         "technical": "For programs",
