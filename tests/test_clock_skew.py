@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -209,6 +210,22 @@ async def test_token_from_a_clock_far_ahead_is_told_apart(paid, upstream, monkey
     assert len(upstream.seen) == 1
 
 
+async def test_a_payment_resent_after_a_clock_far_ahead_took_it_gets_its_grant(
+    paid, upstream
+) -> None:
+    payment = brc121(paid, 25)
+    page = paid.base + "/archive/pages/3"
+    with clock(FAR_AHEAD):  # the instance that took it runs five minutes ahead
+        status, headers, body, _ = await fetch(page, send(payment))
+    assert status == 200, body
+    first = headers["X-Farebox-Token"]
+    # The answer was lost; the client sends the same payment to an instance on
+    # time: the grant it bought, not "grant-expired" (which would make it pay again).
+    status, headers, body, _ = await fetch(page, send(payment))
+    assert status == 200, body
+    assert headers["X-Farebox-Token"] == first
+
+
 # --- tabs: metered routes and the balance endpoint --------------------------------------
 
 
@@ -271,6 +288,29 @@ async def test_tab_token_from_a_clock_far_ahead_is_told_apart(metered: Metered) 
     assert headers["x-bsv-sats"] == "1000" and problem["payment"]["tab"]  # the tab challenge
     assert len(metered.calls) == calls  # nothing proxied
     assert await metered.store.balance(tab) == 990_000  # nothing charged
+
+    # Nor is the tab unknown where it is asked about or topped up: a client
+    # told "no tab" would forget it and open another.
+    status, _, body = await get(f"{metered.base}{urls.TAB}", bearer(ahead))
+    assert status == 402 and reason(body) == "grant-not-yet-valid", body
+    fields = metered.payment(500)
+    top_up = {
+        "beef": fields["x-bsv-beef"],
+        "sender": fields["x-bsv-sender"],
+        "nonce": fields["x-bsv-nonce"],
+        "time": fields["x-bsv-time"],
+        "vout": 0,
+        "method": "GET",
+        "url": "/util/calls/4",
+        "tab": ahead,
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{metered.base}{urls.PAY}", json=top_up) as resp,
+    ):
+        assert resp.status == 402 and reason(await resp.read()) == "grant-not-yet-valid"
+    assert len(metered.broadcaster.seen) == 1  # the opening top-up only
+    assert await metered.store.balance(tab) == 990_000
 
 
 # --- checkout tickets --------------------------------------------------------------------

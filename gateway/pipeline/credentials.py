@@ -128,9 +128,19 @@ def too_early(
 
 
 def tab_grant(tokens: Tokens | None, token: str) -> Grant | None:
-    """The grant of a valid tab token, or None (times checked with LEEWAY)."""
+    """The grant of a valid tab token, or None (times checked with LEEWAY).
+
+    NotYetValid for a genuine tab token minted by a clock too far ahead: the
+    caller must not treat its tab as unknown (the client would open a new
+    tab, or forget the one it has).
+    """
     verified = tokens.verify(token) if tokens is not None else None
-    if verified is None or verified[0].covers != "tab" or not verified[0].tab:
+    if verified is None:
+        early = tokens.not_yet_valid(token) if tokens is not None else None
+        if early is not None and early[0].covers == "tab" and early[0].tab:
+            raise NotYetValid(early[1])
+        return None
+    if verified[0].covers != "tab" or not verified[0].tab:
         return None
     return verified[0]
 
