@@ -16,22 +16,27 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+import gateway.tokens as tokens_module
 from gateway.bsv.beef import read_beef
 from gateway.chain.local import LocalBroadcaster
 from gateway.client import InsufficientFunds, PayingSession, Wallet, fund
-from gateway.client.errors import OriginNotAllowed, PaymentNotSettled
+from gateway.client.errors import ClockSkew, OriginNotAllowed, PaymentNotSettled
+from gateway.client.tokens import read_token
 from gateway.devnet import Devnet, start
 from gateway.payments.cashier import Cashier
+from gateway.policy.reload import PolicyHolder
 from gateway.store.memory import MemoryStore
-from gateway.tokens import KeyRing, Tokens
+from gateway.tokens import LEEWAY, KeyRing, Tokens
 from tests.conftest import PAID_POLICY, PAID_SERVER, Recording
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,6 +149,8 @@ class Setup:
     lossy: Lossy
     store: MemoryStore
     chain: Chain
+    tokens: Tokens
+    policy: PolicyHolder
 
     @property
     def base(self) -> str:
@@ -160,20 +167,29 @@ async def setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterato
     cashier = Cashier(
         PAID_SERVER, tracker=chain.devnet, broadcaster=chain.broadcaster, store=store, tokens=tokens
     )  # type: ignore[arg-type]
-    base = await gateway(
-        PAID_POLICY.format(upstream=upstream.url),
-        server_key=PAID_SERVER.public_key().hex(),
-        tokens=tokens,
-        cashier=cashier,
-        cookie_secure=False,
-        store=store,
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        held: list[PolicyHolder] = []
+        load = PolicyHolder.load.__func__  # type: ignore[attr-defined]
+
+        def keep(cls: type[PolicyHolder], path: Path) -> PolicyHolder:
+            held.append(load(cls, path))
+            return held[-1]
+
+        patch.setattr(PolicyHolder, "load", classmethod(keep))
+        base = await gateway(
+            PAID_POLICY.format(upstream=upstream.url),
+            server_key=PAID_SERVER.public_key().hex(),
+            tokens=tokens,
+            cashier=cashier,
+            cookie_secure=False,
+            store=store,
+        )
     lossy = Lossy(base)
     runner = web.AppRunner(await _lossy_app(lossy), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     lossy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield Setup(lossy, store, chain)
+    yield Setup(lossy, store, chain, tokens, held[0])
     await runner.cleanup()
 
 
@@ -302,6 +318,62 @@ async def test_farebox_pay_resends_an_unsettled_payment(
     await _spent_once(setup, Wallet.open(wallet.path), 25)
 
 
+async def test_a_lost_answer_resent_after_the_price_rose_gets_its_grant(
+    setup: Setup, wallet: Wallet, tmp_path: Path
+) -> None:
+    # The answer is lost and the client gives up for now; the admin then
+    # raises the price. The same payment, sent again, still bought the page.
+    setup.lossy.plan = ["502", "502"]
+    url = f"{setup.base}/archive/pages/14"
+    async with session(wallet, retries=1) as s:
+        with pytest.raises(PaymentNotSettled) as unsettled:
+            await s.get(url)
+    policies = setup.policy.path
+    text = (policies / "test.yaml").read_text()
+    (policies / "test.yaml").write_text(text.replace("price: 25", "price: 40"))
+    assert setup.policy.reload()
+    async with session(wallet) as s, s.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.farebox_payment is not None
+        assert resp.farebox_payment.txid == unsettled.value.txid
+    await _spent_once(setup, wallet, 25)
+
+
+# --- 3. a grant refused only for the time is never bought again ------------------------
+
+
+@pytest.mark.parametrize("ahead", [2, 300])
+async def test_a_grant_from_a_clock_ahead_is_never_bought_again(
+    setup: Setup, wallet: Wallet, ahead: int
+) -> None:
+    url = f"{setup.base}/archive/pages/13"
+    async with session(wallet) as s, s.get(url) as resp:
+        assert resp.status == 200 and resp.farebox_token is not None
+        bought = resp.farebox_token
+    # The same grant, as an instance whose clock runs `ahead` seconds fast mints it.
+    verified = setup.tokens.verify(bought.token)
+    assert verified is not None
+    with pytest.MonkeyPatch.context() as patch:
+        real = time.time
+        patch.setattr(tokens_module, "time", SimpleNamespace(time=lambda: real() + ahead))
+        skewed = Tokens(setup.tokens.ring).mint(verified[0])
+    wallet.forget_token(bought.token)
+    stored = read_token(bought.origin, skewed)
+    assert stored is not None
+    wallet.remember_token(stored)
+
+    async with session(wallet) as s:
+        if ahead <= LEEWAY:
+            async with s.get(url) as resp:
+                assert resp.status == 200 and resp.farebox_payment is None
+        else:
+            with pytest.raises(ClockSkew) as skew:
+                await s.get(url)
+            assert "Nothing was paid" in str(skew.value)
+            assert [t.token for t in wallet.tokens(bought.origin)] == [skewed]  # kept
+    assert len(setup.chain.txids()) == 1  # bought once
+
+
 # --- tabs: a lost top-up answer ----------------------------------------------------------
 
 TAB_POLICY = """\
@@ -337,7 +409,7 @@ async def tab_setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIte
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     lossy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield Setup(lossy, store, chain)
+    yield Setup(lossy, store, chain, tokens, None)  # type: ignore[arg-type]
     await runner.cleanup()
 
 

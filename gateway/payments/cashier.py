@@ -39,6 +39,9 @@ _DIGITS = re.compile(r"[0-9]{1,16}")
 
 FRESH = "fresh:"  # claim key prefix: a payment once judged fresh, broadcast outcome unknown
 NEW, TAKEN_OVER = object(), object()  # _claim: this caller owns the txid (by claim, by takeover)
+# Refusals that depend on today's price or key, not on the transaction: a
+# payment taken before under other terms is answered with its grant instead.
+_CHANGES_WITH_TERMS = frozenset({"underpaid", "wrong-payee"})
 
 
 class Ledger(Protocol):
@@ -135,6 +138,10 @@ class Cashier:
         payee = payee_key(self.server_key, payment.sender, payment.prefix, payment.suffix)
         expect = Expectation(price, p2pkh_script(payee), payment.vout)
         lap("derivation")
+        if top_up is None:
+            purchase = f"{match.service.name}\n{match.scope}"
+        else:
+            purchase = f"{match.service.name}\ntab:{top_up.tab or 'new'}"
         try:
             verified = await verify_payment(beef, expect, _Guarded(self.tracker), self.ancestry)
         except ChainError as exc:
@@ -144,12 +151,17 @@ class Cashier:
                 f"cannot check the proofs now ({exc.kind}); retry later",
                 status=503,
             ) from None
+        except PaymentError as refused:
+            if refused.reason not in _CHANGES_WITH_TERMS:
+                raise
+            # The price rose or the key rotated since this very payment was
+            # taken for this purchase (its answer lost, now sent again): it
+            # still bought what it bought.
+            earlier = await self._taken_before(beef.subject.txid(), purchase)
+            if earlier is None:
+                raise
+            return earlier
         lap.add(verified.timings)
-
-        if top_up is None:
-            purchase = f"{match.service.name}\n{match.scope}"
-        else:
-            purchase = f"{match.service.name}\ntab:{top_up.tab or 'new'}"
         claim = await self._claim(verified.txid, purchase)
         lap("claim")
         if isinstance(claim, Accepted):
@@ -277,6 +289,32 @@ class Cashier:
             self.on_accepted(match, receipt)
         return Accepted(grant, token, receipt, False, lap.stages, balance)
 
+    def _repeated(self, receipt: Receipt, token: str) -> Accepted:
+        """An earlier acceptance of this payment, answered again (its grant)."""
+        verified = self.tokens.verify(token)
+        if verified is None:
+            # Minted by an instance whose clock runs ahead: still the grant bought.
+            early = self.tokens.not_yet_valid(token)
+            if early is not None:
+                return Accepted(early[0], token, receipt, repeated=True)
+            raise PaymentError(
+                "grant-expired", "this payment was accepted before and its grant has ended"
+            )
+        return Accepted(verified[0], token, receipt, repeated=True)
+
+    async def _taken_before(self, txid: str, purchase: str) -> Accepted | None:
+        """This payment's earlier acceptance for `purchase`, if it was accepted."""
+        try:
+            claim = await self.store.claim(txid, purchase)
+            if claim.outcome is Outcome.NEW:
+                await self.store.release(txid, purchase)  # only looking
+                return None
+        except StoreUnavailable:
+            return None  # the refusal stands; the client may send it again
+        if claim.outcome is Outcome.SAME and claim.receipt is not None and claim.token is not None:
+            return self._repeated(claim.receipt, claim.token)
+        return None
+
     async def _was_fresh(self, txid: str, purchase: str) -> bool:
         """Whether this payment was fresh when it first came (see _remember_fresh)."""
         try:
@@ -312,16 +350,7 @@ class Cashier:
                     "payment-reused", "this transaction already paid for something else"
                 )
             if claim.receipt is not None and claim.token is not None:
-                verified = self.tokens.verify(claim.token)
-                if verified is None:
-                    # Minted by an instance whose clock runs ahead: still the grant bought.
-                    early = self.tokens.not_yet_valid(claim.token)
-                    if early is not None:
-                        return Accepted(early[0], claim.token, claim.receipt, repeated=True)
-                    raise PaymentError(
-                        "grant-expired", "this payment was accepted before and its grant has ended"
-                    )
-                return Accepted(verified[0], claim.token, claim.receipt, repeated=True)
+                return self._repeated(claim.receipt, claim.token)
             # The same payment is being accepted by a concurrent request. If
             # that takes longer than any broadcast may, its owner died or lost
             # the store before completing: take over. Broadcasting again is
