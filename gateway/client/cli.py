@@ -1,4 +1,5 @@
-"""`farebox wallet ...` and `farebox pay`: paying priced routes from the command line.
+"""`farebox pay`: paying priced routes from the command line (and where `farebox
+wallet ...` is hooked in: its commands are in wallet_cli.py).
 
 Metered routes are paid from a prepaid tab: `farebox pay` opens or tops one
 up when the route asks, `--top-up SATS` makes those top-ups bigger (or, with
@@ -23,24 +24,22 @@ from pathlib import Path
 import aiohttp
 
 from gateway.client.errors import ClientError
-from gateway.client.faucet import DEFAULT_DEVNET, fund
 from gateway.client.responses import FareboxResponse, Payment, TabBalance
 from gateway.client.session import PayingSession
-from gateway.client.wallet import ENV_WALLET, Wallet
+from gateway.client.wallet_cli import DESCRIPTION as WALLET_DESCRIPTION
+from gateway.client.wallet_cli import fail, open_wallet, positive, wallet_option
+from gateway.client.wallet_cli import register as register_wallet
 
-DEFAULT_FUND = 100_000
 DEFAULT_MAX = 1000
 
-WALLET_DESCRIPTION = f"""\
-A wallet for paying Farebox gateways: an identity key and the coins it can
-spend, in one JSON file readable by its owner only (default
-~/.farebox/wallet.json, or ${ENV_WALLET}).
-"""
 
 PAY_EPILOG = """\
 The response body goes to stdout; what was paid (amount, fee, txid) to
 stderr. A grant bought once is kept in the wallet file and used again until
-it expires, so asking twice pays once.
+it expires, so asking twice pays once. A payment whose answer was lost
+(a 5xx, a reset, a timeout) stays pending and is sent again, the very same
+payment, by the next `farebox pay` for the same URL: never a second one.
+Only URL's origin is paid unless --allow-origin names another.
 
 Metered routes are paid from a prepaid tab, one per service: the first
 request pays a top-up (the gateway's smallest, or --top-up SATS if more),
@@ -67,47 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=WALLET_DESCRIPTION,
         formatter_class=fmt,
     )
-    wsub = wallet.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
-    new = wsub.add_parser(
-        "new",
-        help="create a wallet (mode 0600)",
-        description="Create a wallet with a new identity key. With --force an existing "
-        "wallet is renamed to FILE.<time>.bak, never deleted.",
-    )
-    _wallet_option(new)
-    new.add_argument("--force", action="store_true", help="replace an existing wallet")
-    new.set_defaults(run=_wallet_new)
-
-    balance = wsub.add_parser(
-        "balance",
-        help="show spendable satoshis",
-        description="Show the spendable satoshis and how many coins hold them.",
-    )
-    _wallet_option(balance)
-    balance.set_defaults(run=_wallet_balance)
-
-    fund_parser = wsub.add_parser(
-        "fund",
-        help="take coins from a devnet faucet",
-        description="Take coins from the faucet of a local devnet (the one `farebox demo` "
-        "runs) and add them to the wallet.",
-    )
-    _wallet_option(fund_parser)
-    fund_parser.add_argument(
-        "--devnet",
-        default=DEFAULT_DEVNET,
-        metavar="URL",
-        help=f"devnet base URL (default {DEFAULT_DEVNET})",
-    )
-    fund_parser.add_argument(
-        "--satoshis",
-        type=_positive,
-        default=DEFAULT_FUND,
-        metavar="N",
-        help=f"how much to ask for (default {DEFAULT_FUND})",
-    )
-    fund_parser.set_defaults(run=_wallet_fund)
+    register_wallet(wallet.add_subparsers(title="commands", metavar="COMMAND", required=True))
 
     pay = subparsers.add_parser(
         "pay",
@@ -118,10 +77,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=PAY_EPILOG,
         formatter_class=fmt,
     )
-    _wallet_option(pay)
+    wallet_option(pay)
     pay.add_argument(
         "--max",
-        type=_positive,
+        type=positive,
         default=None,
         metavar="SATS",
         help="refuse to pay more at once, price or top-up "
@@ -129,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     pay.add_argument(
         "--top-up",
-        type=_positive,
+        type=positive,
         default=None,
         metavar="SATS",
         help="when a tab is opened or topped up, pay at least SATS into it; "
@@ -164,76 +123,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pay.set_defaults(run=_pay)
 
 
-def _wallet_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--wallet",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help=f"wallet file (default ${ENV_WALLET}, else ~/.farebox/wallet.json)",
-    )
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _fail(message: str, code: int = 1) -> SystemExit:
-    print(f"farebox: {message}", file=sys.stderr)
-    return SystemExit(code)
-
-
-def _open(path: Path | None) -> Wallet:
-    try:
-        return Wallet.open(path)
-    except ClientError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _balance_line(wallet: Wallet) -> str:
-    b = wallet.balance()
-    line = f"{b.satoshis} satoshis in {b.coins} coin{'s' if b.coins != 1 else ''}"
-    if b.pending_coins:
-        line += f" (and {b.pending_satoshis} reserved by payments in flight)"
-    return line
-
-
-def _wallet_new(args: argparse.Namespace) -> None:
-    try:
-        wallet = Wallet.create(args.wallet, force=args.force)
-    except (ClientError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    print(f"wrote {wallet.path} (mode 0600)")
-    print(f"identity key: {wallet.identity_key}")
-
-
-def _wallet_balance(args: argparse.Namespace) -> None:
-    print(_balance_line(_open(args.wallet)))
-
-
-def _wallet_fund(args: argparse.Namespace) -> None:
-    wallet = _open(args.wallet)
-    try:
-        coin = asyncio.run(fund(wallet, args.satoshis, args.devnet))
-    except ClientError as exc:
-        raise _fail(str(exc)) from None
-    print(f"funded {coin.satoshis} satoshis: txid {coin.txid}")
-    print(f"balance: {_balance_line(wallet)}")
-
-
 def _pay(args: argparse.Namespace) -> None:
     if not args.url.startswith(("http://", "https://")):
-        raise _fail(f"pay: URL must start with http:// or https://: {args.url}", 2)
+        raise fail(f"pay: URL must start with http:// or https://: {args.url}", 2)
     if args.max is not None and args.top_up is not None and args.top_up > args.max:
-        raise _fail(f"pay: --top-up {args.top_up} is more than --max {args.max}", 2)
+        raise fail(f"pay: --top-up {args.top_up} is more than --max {args.max}", 2)
     if args.balance and args.data is not None:
-        raise _fail("pay: --balance sends no request body: drop --data", 2)
+        raise fail("pay: --balance sends no request body: drop --data", 2)
     data: bytes | None = None
     if args.data is not None:
         try:
@@ -243,9 +139,9 @@ def _pay(args: argparse.Namespace) -> None:
                 else args.data.encode()
             )
         except OSError as exc:
-            raise _fail(f"pay: cannot read {args.data[1:]}: {exc.strerror}", 2) from None
+            raise fail(f"pay: cannot read {args.data[1:]}: {exc.strerror}", 2) from None
     method = (args.method or ("POST" if data is not None else "GET")).upper()
-    wallet = _open(args.wallet)
+    wallet = open_wallet(args.wallet)
     session = PayingSession(
         wallet,
         max_per_request=args.max or max(DEFAULT_MAX, args.top_up or 0),

@@ -173,6 +173,42 @@ class PendingPayment:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Paid:
+    """A payment a gateway took: the wallet's own record of what it bought."""
+
+    txid: str
+    origin: str
+    what: str  # as Purpose.what
+    satoshis: int
+    fee: int
+    time: float  # Unix seconds: when it was settled
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "txid": self.txid,
+            "origin": self.origin,
+            "what": self.what,
+            "satoshis": self.satoshis,
+            "fee": self.fee,
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Paid:
+        return cls(
+            txid=str(data["txid"]),
+            origin=str(data["origin"]),
+            what=str(data["what"]),
+            satoshis=int(data["satoshis"]),
+            fee=int(data["fee"]),
+            time=float(data["time"]),
+        )
+
+
+HISTORY = 1000  # payments remembered, newest kept
+
+
 @dataclass(slots=True)
 class _State:
     identity: str
@@ -181,6 +217,7 @@ class _State:
     coins: list[Coin] = field(default_factory=list)
     pending: dict[str, PendingPayment] = field(default_factory=dict)  # by payment txid
     tokens: list[StoredToken] = field(default_factory=list)
+    history: list[Paid] = field(default_factory=list)  # oldest first
 
     def to_json(self) -> dict[str, Any]:
         now = time.time()
@@ -193,6 +230,7 @@ class _State:
             "pending": [p.to_json() for p in self.pending.values()],
             # Expired grants are worth nothing: they are dropped on every write.
             "tokens": [t.to_json() for t in self.tokens if t.usable(now)],
+            "history": [p.to_json() for p in self.history[-HISTORY:]],
         }
 
     @classmethod
@@ -209,6 +247,7 @@ class _State:
                 coins=[Coin.from_json(c) for c in data.get("coins", [])],
                 pending=pending,
                 tokens=[t for t in tokens if t is not None],
+                history=[Paid.from_json(p) for p in data.get("history", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WalletError(f"the wallet file is malformed: {exc!r}") from None
@@ -285,6 +324,10 @@ class Wallet:
             )
         return key
 
+    def issued_keys(self) -> range:
+        """Indexes of every key handed out so far (receiving and change)."""
+        return range(self._state.next_key)
+
     def new_key(self) -> tuple[int, PrivateKey]:
         """A key never handed out before (the index is recorded first)."""
         with self._update() as state:
@@ -329,6 +372,10 @@ class Wallet:
                 return pending.payment
         return None
 
+    def history(self) -> list[Paid]:
+        """Payments gateways took, oldest first (the last HISTORY of them)."""
+        return list(self._state.history)
+
     def balance(self) -> Balance:
         free = [c for c in self._state.coins if c.spendable]
         held = [c for c in self._state.coins if c.reserved_by is not None]
@@ -363,6 +410,17 @@ class Wallet:
             if all(c.outpoint != coin.outpoint for c in state.coins):
                 state.coins.append(coin)
         return coin
+
+    def receive_all(self, beef: bytes, txid: str) -> list[Coin]:
+        """Record every output of `txid` (proven by `beef`) that pays a key this
+        wallet handed out (`farebox wallet address`); [] if none does."""
+        tx = transaction_from_beef(beef, txid)
+        ours = {P2PKH().lock(self.key(i).address()).hex(): i for i in self.issued_keys()}
+        return [
+            self.receive(beef, txid, vout, ours[out.locking_script.hex()])
+            for vout, out in enumerate(tx.outputs)
+            if out.locking_script.hex() in ours
+        ]
 
     # ----- paying -----------------------------------------------------------------
 
@@ -443,8 +501,22 @@ class Wallet:
         """The payment `txid` was taken: its coins are spent, its change is ours."""
         with self._update() as state:
             pending = state.pending.pop(txid, None)
-            if pending is not None and not pending.on_chain:
+            if pending is None:
+                return
+            if not pending.on_chain:
                 _spend(state, pending)
+            if pending.purpose is not None and pending.payment is not None:
+                paid = pending.payment
+                state.history.append(
+                    Paid(
+                        txid,
+                        pending.purpose.origin,
+                        pending.purpose.what,
+                        paid.satoshis,
+                        paid.fee,
+                        time.time(),
+                    )
+                )
 
     def seen_on_chain(self, txid: str) -> None:
         """The network has the payment `txid`: its coins are spent, its change is
@@ -543,6 +615,10 @@ class Wallet:
         return changed
 
     # ----- tokens -----------------------------------------------------------------
+
+    def all_tokens(self) -> list[StoredToken]:
+        """Every token kept, for every gateway (expired ones included until the next write)."""
+        return list(self._state.tokens)
 
     def tokens(self, origin: str) -> list[StoredToken]:
         now = time.time()
