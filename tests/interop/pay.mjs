@@ -13,6 +13,8 @@
 // deriver for BRC-29 ([2, '3241645161d8'], keyID "<prefix> <suffix>", counterparty
 // = the server). No network access: the fee model is a fixed SatoshisPerKilobyte.
 
+import './webcrypto.mjs' // before the SDK: node 18 has no global WebCrypto
+
 import {
   Beef,
   KeyDeriver,
