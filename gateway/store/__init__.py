@@ -9,7 +9,8 @@ stand-in of two or three methods and reads as what it really needs.
 `memory` is the embedded default for one process; `redis` shares the same
 contract between workers and machines (every operation atomic, every key of
 one operation in one Redis Cluster slot). The contract tests in
-tests/test_store_contract.py run against both.
+tests/test_store_contract.py run against both (those of the checkout watch
+list and the refund list are in tests/test_late_checkout.py).
 
 Amounts are whole numbers in the tab's smallest unit (satoshis, or
 millisatoshis for prices below a satoshi); durations are seconds; times are
@@ -25,6 +26,7 @@ from enum import Enum
 from typing import Protocol
 
 from gateway.store.receipts import Receipt
+from gateway.store.refunds import Refund
 
 MAX_PAGE = 10_000  # receipts one `receipts` call returns at most
 MAX_DAYS = 3_660  # days one `stats` call may span (ten years)
@@ -179,6 +181,72 @@ class Store(Protocol):
 
         Ordered by (day, service, route); only routes counted that day appear.
         A range of more than MAX_DAYS days raises ValueError.
+        """
+        ...
+
+    # --- checkouts watched past their expiry -----------------------------------------
+    async def watch_checkout(
+        self, checkout: str, entry: str, due: int, until: int, most: int
+    ) -> bool:
+        """Keep `entry` (what to look for: opaque text) for checkout `checkout`.
+
+        Its first look is due at unix time `due`; at `until` it is forgotten.
+        False, changing nothing, when the checkout is watched already, `until`
+        has passed, or `most` checkouts are watched already (the work stays
+        bounded). Nothing outlives the latest `until`.
+        """
+        ...
+
+    async def due_checkouts(self, limit: int, lease: int) -> list[tuple[str, str]]:
+        """Up to `limit` (checkout, entry) whose look is due now, earliest first.
+
+        Each comes leased for `lease` seconds: no other call returns it before
+        then, so two workers (or instances) never look at one checkout at once,
+        and one whose looker died is looked at again after the lease. Checkouts
+        past their `until` are dropped, never returned. Now is the store's clock.
+        """
+        ...
+
+    async def look_again(self, checkout: str, due: int) -> None:
+        """Make the next look at `checkout` due at unix time `due` (ending its lease).
+
+        Nothing for a checkout not watched (any more).
+        """
+        ...
+
+    async def unwatch_checkout(self, checkout: str) -> None:
+        """Stop watching `checkout` (paid and recorded, or nothing more to find)."""
+        ...
+
+    # --- the refund list ------------------------------------------------------------
+    async def add_refund(self, refund: Refund) -> bool:
+        """List `refund` once per txid; False, changing nothing, when listed already.
+
+        Entries are kept for good, like receipts.
+        """
+        ...
+
+    async def settle_refund(self, txid: str, how: str, at: int) -> bool:
+        """Mark the refund of `txid` settled (`how`, at unix time `at`), once.
+
+        False when it was settled already (the first settlement stands). It
+        may come before the entry is listed, and applies once it is.
+        """
+        ...
+
+    async def refunds(
+        self,
+        *,
+        since: int | None = None,
+        txid: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Refund]:
+        """Listed refunds, with their settlement, ordered by (time, txid).
+
+        `since` <= time, or the one entry of `txid`; at most `limit` (capped at
+        MAX_PAGE); pages with `after` exactly as `receipts` does (ValueError for
+        an `after` that names no entry).
         """
         ...
 

@@ -6,7 +6,10 @@ amounts, quota windows, revocations) is checked lazily when touched, against
 an injectable clock (unix seconds) so tests need not sleep.
 
 The receipts index is a list of (time, txid) kept sorted (one overall, one per
-service), so a page is one bisect and a slice.
+service), so a page is one bisect and a slice; the refund list likewise. The
+checkouts watched past their expiry sit in two heaps, by when each is due for
+a look and by when it is forgotten (entries superseded in the first are
+skipped when they surface).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gateway.store import (
     page_limit,
 )
 from gateway.store.receipts import Receipt
+from gateway.store.refunds import Refund
 
 _PURGE_EVERY = 60.0  # seconds between sweeps of expired quota and revocation entries
 
@@ -38,6 +42,13 @@ class _Entry:
     purchase: str
     receipt: Receipt | None = None
     token: str | None = None
+
+
+@dataclass
+class _Watched:
+    entry: str
+    due: float
+    until: int
 
 
 @dataclass
@@ -77,6 +88,12 @@ class MemoryStore:
         self._by_service: dict[str, list[tuple[int, str]]] = {}  # service -> sorted (time, txid)
         self._counters: dict[tuple[str, str, str], dict[str, int]] = {}  # (day, service, route)
         self._next_purge = clock() + _PURGE_EVERY
+        self._watched: dict[str, _Watched] = {}  # checkout id -> what to look for, when
+        self._due: list[tuple[float, str]] = []  # heap of (due, checkout id); stale ones skipped
+        self._until: list[tuple[int, str]] = []  # heap of (until, checkout id)
+        self._refunds: dict[str, Refund] = {}  # txid -> the entry as listed
+        self._refund_order: list[tuple[int, str]] = []  # sorted (time, txid)
+        self._settled: dict[str, tuple[str, int]] = {}  # txid -> (how, when)
 
     # --- payments ---------------------------------------------------------------------
     async def claim(self, txid: str, purchase: str) -> Claim:
@@ -243,6 +260,101 @@ class MemoryStore:
             for (day, name, route), counters in sorted(self._counters.items())
             if day in wanted and service in (None, name)
         ]
+
+    # --- checkouts watched past their expiry -------------------------------------------
+    async def watch_checkout(
+        self, checkout: str, entry: str, due: int, until: int, most: int
+    ) -> bool:
+        now = self._clock()
+        self._forget_past(now)
+        if checkout in self._watched or until <= now or len(self._watched) >= most:
+            return False
+        self._watched[checkout] = _Watched(entry, due, until)
+        heapq.heappush(self._due, (due, checkout))
+        heapq.heappush(self._until, (until, checkout))
+        return True
+
+    async def due_checkouts(self, limit: int, lease: int) -> list[tuple[str, str]]:
+        _at_least("limit", limit, 1)
+        now = self._clock()
+        self._forget_past(now)
+        found: list[tuple[str, str]] = []
+        leased: list[tuple[float, str]] = []
+        while self._due and self._due[0][0] <= now and len(found) < limit:
+            due, checkout = heapq.heappop(self._due)
+            watched = self._watched.get(checkout)
+            if watched is None or watched.due != due:
+                continue  # unwatched, or rescheduled since: a stale heap entry
+            watched.due = now + lease
+            leased.append((watched.due, checkout))
+            found.append((checkout, watched.entry))
+        for item in leased:
+            heapq.heappush(self._due, item)
+        return found
+
+    async def look_again(self, checkout: str, due: int) -> None:
+        watched = self._watched.get(checkout)
+        if watched is not None:
+            watched.due = due
+            heapq.heappush(self._due, (due, checkout))
+
+    async def unwatch_checkout(self, checkout: str) -> None:
+        self._watched.pop(checkout, None)
+
+    def _forget_past(self, now: float) -> None:
+        """Drop the checkouts whose grace has passed (and heap entries of unwatched ones)."""
+        while self._until and self._until[0][0] <= now:
+            _, checkout = heapq.heappop(self._until)
+            watched = self._watched.get(checkout)
+            if watched is not None and watched.until <= now:
+                del self._watched[checkout]
+        if len(self._due) > 2 * len(self._watched) + 64:
+            self._due = [(d, c) for d, c in self._due if c in self._watched]
+            heapq.heapify(self._due)
+
+    # --- the refund list ----------------------------------------------------------------
+    async def add_refund(self, refund: Refund) -> bool:
+        if refund.txid in self._refunds:
+            return False
+        self._refunds[refund.txid] = refund.settle("", 0)
+        bisect.insort(self._refund_order, (refund.time, refund.txid))
+        return True
+
+    async def settle_refund(self, txid: str, how: str, at: int) -> bool:
+        if txid in self._settled:
+            return False
+        self._settled[txid] = (how, at)
+        return True
+
+    async def refunds(
+        self,
+        *,
+        since: int | None = None,
+        txid: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Refund]:
+        limit = page_limit(limit)
+        order = self._refund_order
+        start = 0 if since is None else bisect.bisect_left(order, (since, ""))
+        if after is not None:
+            cursor = self._refunds.get(after)
+            if cursor is None:
+                raise ValueError(f"no refund {after!r} to page after")
+            start = max(start, bisect.bisect_right(order, (cursor.time, cursor.txid)))
+        if txid is not None:
+            found = self._refunds.get(txid)
+            if found is None or bisect.bisect_left(order, (found.time, found.txid)) < start:
+                return []
+            picked = [txid]
+        else:
+            picked = [x for _, x in order[start : start + limit]]
+        return [self._with_settlement(x) for x in picked]
+
+    def _with_settlement(self, txid: str) -> Refund:
+        refund = self._refunds[txid]
+        settled = self._settled.get(txid)
+        return refund if settled is None else refund.settle(*settled)
 
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:

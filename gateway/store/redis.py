@@ -25,6 +25,15 @@ contain braces so that the first "{...}" of every key is the tag below):
                                                    last one completed
     P stats:{DAY}           hash  JSON [service, route, counter] -> count, for
                                   one UTC day "YYYY-MM-DD"; kept for good
+    P checkouts:{checkouts}:due    zset  checkout id -> when its next look is due
+                                         (unix s; a lease pushes it on)
+    P checkouts:{checkouts}:until  zset  checkout id -> when it is forgotten
+                                         (its expiry + the grace period)
+    P checkouts:{checkouts}:body   hash  checkout id -> what to look for (JSON)
+                                         all three expire with the latest `until`
+    P refunds:{refunds}:by-time    zset  txid -> when the payment was listed
+    P refunds:{refunds}:body       hash  txid -> refund (JSON); kept for good
+    P refunds:{refunds}:settled    hash  txid -> {"how", "time"} (JSON); kept for good
 
 TXID, TAB, KEY and GRANT_ID are written as given, except that "%", "{" and
 "}" become "%25", "%7B" and "%7D" and an empty id becomes "%": a brace inside
@@ -49,6 +58,12 @@ every machine agrees on when a hold expires; one tab lives on one server, so
 one clock decides. Expired holds go back to the balance at the start of every
 tab script, so no background job is needed. `hit` needs no clock (PTTL) and
 `revoke` compares `until` with TIME.
+
+The checkouts watched past their expiry share one slot, as the receipts
+index does: one is added per paywall page that polls its checkout (once per
+worker), and each call drops at most 100 entries past their grace, so no
+call's work grows with the list; `watch_checkout` refuses new entries beyond
+its `most`. The refund list is one slot too (late payments are rare).
 
 Lua numbers are doubles: amounts stay exact below 2**53 (about 9e15, i.e. 90
 million BSV in satoshis or 90,000 BSV in millisatoshis per tab).
@@ -87,6 +102,7 @@ from gateway.store import (
     page_limit,
 )
 from gateway.store.receipts import Receipt
+from gateway.store.refunds import Refund
 
 T = TypeVar("T")
 Client = Redis | RedisCluster
@@ -298,6 +314,75 @@ for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# Shared by the checkout scripts. KEYS: due, until, body. Forgets (a bounded
+# number of) checkouts past their grace before anything else.
+_CHECKOUTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function forget(id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
+  forget(id)
+end
+"""
+
+_WATCH = (
+    _CHECKOUTS
+    + """
+-- ARGV: checkout, entry, due, until, most
+local untl = tonumber(ARGV[4])
+if untl <= now then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+-- Nothing outlives the latest grace (EXPIRETIME: -1 when none is set).
+for i = 1, 3 do
+  if redis.call('EXPIRETIME', KEYS[i]) < untl then redis.call('EXPIREAT', KEYS[i], untl) end
+end
+return 1
+"""
+)
+
+_DUE = (
+    _CHECKOUTS
+    + """
+-- ARGV: limit, lease (s). Returns checkout, entry, checkout, entry...
+local out = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[3], id)
+  local untl = tonumber(redis.call('ZSCORE', KEYS[2], id) or 0)
+  if body and untl > now then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+    out[#out + 1] = id
+    out[#out + 1] = body
+  else
+    forget(id)
+  end
+end
+return out
+"""
+)
+
+_UNWATCH = """
+-- KEYS: due, until, body   ARGV: checkout
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('HDEL', KEYS[3], ARGV[1])
+"""
+
+_ADD_REFUND = """
+-- KEYS: by-time, body   ARGV: txid, time, refund JSON. Listed once per txid.
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
 
 # --- keys -----------------------------------------------------------------------------
 
@@ -348,6 +433,16 @@ class Keys:
     def stats(self, day: str) -> list[str]:
         return [f"{self.prefix}stats:{tag(day)}"]
 
+    def checkouts(self) -> list[str]:
+        """The checkouts watched past their expiry: due, until, body."""
+        base = f"{self.prefix}checkouts:{{checkouts}}"
+        return [f"{base}:due", f"{base}:until", f"{base}:body"]
+
+    def refunds(self) -> list[str]:
+        """The refund list: by-time, body, settled."""
+        base = f"{self.prefix}refunds:{{refunds}}"
+        return [f"{base}:by-time", f"{base}:body", f"{base}:settled"]
+
 
 # --- the store ------------------------------------------------------------------------
 
@@ -385,6 +480,10 @@ class RedisStore:
         self._index = client.register_script(_INDEX)
         self._receipts = client.register_script(_RECEIPTS)
         self._count = client.register_script(_COUNT)
+        self._watch = client.register_script(_WATCH)
+        self._due = client.register_script(_DUE)
+        self._unwatch = client.register_script(_UNWATCH)
+        self._add_refund = client.register_script(_ADD_REFUND)
 
     @classmethod
     def from_url(
@@ -594,6 +693,68 @@ class RedisStore:
             found += [DayStats(day, n, r, c) for (n, r), c in sorted(counters.items())]
         return found
 
+    # --- checkouts watched past their expiry -------------------------------------------
+    async def watch_checkout(
+        self, checkout: str, entry: str, due: int, until: int, most: int
+    ) -> bool:
+        args: list[Arg] = [checkout, entry, int(due), int(until), int(most)]
+        return bool(await self._run(self._watch, self.keys.checkouts(), args))
+
+    async def due_checkouts(self, limit: int, lease: int) -> list[tuple[str, str]]:
+        _at_least("limit", limit, 1)
+        flat = await self._run(self._due, self.keys.checkouts(), [int(limit), int(lease)])
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    async def look_again(self, checkout: str, due: int) -> None:
+        key = self.keys.checkouts()[0]
+        # XX: only a checkout still watched (every one has a due time).
+        await self._guard(lambda: self._client.zadd(key, {checkout: int(due)}, xx=True))
+
+    async def unwatch_checkout(self, checkout: str) -> None:
+        await self._run(self._unwatch, self.keys.checkouts(), [checkout])
+
+    # --- the refund list ----------------------------------------------------------------
+    async def add_refund(self, refund: Refund) -> bool:
+        body = json.dumps(refund.settle("", 0).to_json(), separators=(",", ":"))
+        by_time, kept, _ = self.keys.refunds()
+        args: list[Arg] = [refund.txid, refund.time, body]
+        return bool(await self._run(self._add_refund, [by_time, kept], args))
+
+    async def settle_refund(self, txid: str, how: str, at: int) -> bool:
+        key = self.keys.refunds()[2]
+        mark = json.dumps({"how": how, "time": int(at)}, separators=(",", ":"))
+        return bool(await self._guard(lambda: self._client.hsetnx(key, txid, mark)))
+
+    async def refunds(
+        self,
+        *,
+        since: int | None = None,
+        txid: str | None = None,
+        limit: int = 1000,
+        after: str | None = None,
+    ) -> list[Refund]:
+        by_time, kept, settled = self.keys.refunds()
+        args: list[Arg] = [
+            "" if since is None else int(since),
+            "",
+            page_limit(limit),
+            "" if after is None else f"={after}",
+            "" if txid is None else f"={txid}",
+        ]
+        # The receipts index's paging script reads any (by-time, body) pair.
+        bodies = await self._run(self._receipts, [by_time, kept, by_time], args)
+        if bodies is None:
+            raise ValueError(f"no refund {after!r} to page after")
+        found = [Refund.from_json(json.loads(body)) for body in bodies]
+        if not found:
+            return []
+        ids = [refund.txid for refund in found]
+        marks = await self._guard(lambda: self._client.hmget(settled, ids))
+        return [
+            refund if mark is None else refund.settle(**_settlement(mark))
+            for refund, mark in zip(found, marks, strict=True)
+        ]
+
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:
         await self._guard(self._client.ping)
@@ -663,6 +824,12 @@ def _netloc(netloc: str) -> tuple[str | None, str | None, list[tuple[str, int]]]
 def _stat(service: str, route: str, counter: str) -> str:
     """The field of one counter in a day's hash."""
     return json.dumps([service, route, counter], separators=(",", ":"), ensure_ascii=False)
+
+
+def _settlement(mark: str) -> dict[str, Any]:
+    """Refund.settle's arguments from a stored settlement."""
+    data = json.loads(mark)
+    return {"how": str(data["how"]), "at": int(data["time"])}
 
 
 def _reason(exc: BaseException) -> str:
