@@ -8,13 +8,23 @@ well-known "anyone" sender (private key 1), with the checkout id as the
 derivation prefix and the ticket's issue time as the suffix: the cashier
 then verifies and records the payment exactly as any other, and the server
 key can spend it like any other receipt.
+
+A phone wallet may broadcast its payment just as (or well after) the checkout
+expires, when nobody polls any more. So a checkout whose status a page asked
+is kept in the store (`CheckoutWatcher.keep`), and for a grace period after
+its expiry (the `checkout_grace` setting, GRACE by default) each worker's
+background task looks for its payment now and then (`next_look`), at a
+bounded rate, and hands what it finds to the cashier as a timely payment
+would be (endpoints/checkout.py, `watch_late`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -29,6 +39,12 @@ ANYONE = PrivateKey(1)  # BRC-42's "anyone": a sender whose key everybody knows
 ANYONE_HEX = ANYONE.public_key().hex()
 AUDIENCE = "farebox:checkout"
 LIFETIME = 600  # seconds a checkout may be paid
+GRACE = 86_400  # seconds an expired checkout is still watched, by default (checkout_grace)
+MOST_WATCHED = 20_000  # checkouts watched past expiry at once, at most (each costs lookups)
+FIRST_LOOK = 3  # seconds after expiry of the first look for a late payment
+SHORTEST_GAP = 5  # seconds between looks, at least ...
+LONGEST_GAP = 7_200  # ... and at most: about 20 looks over a day's grace
+MAX_HOST = 255  # the longest Host a watched checkout is kept with
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +141,100 @@ class PaymentWatcher(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# --- watching a checkout past its expiry ---------------------------------------------------
+
+
+def next_look(expires: int, now: float) -> int:
+    """Unix seconds of the next look for a late payment to a checkout expiring at `expires`.
+
+    FIRST_LOOK after expiry, then gaps as long as the time since expiry
+    (doubling) between SHORTEST_GAP and LONGEST_GAP: soon while the person
+    may still be waiting, rarely once they cannot be.
+    """
+    if now < expires:
+        return expires + FIRST_LOOK
+    return int(now) + min(LONGEST_GAP, max(SHORTEST_GAP, int(now) - expires))
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """What the late watch keeps of a checkout: its ticket and the Host it was asked on."""
+
+    ticket: str  # the signed ticket: names the purchase (a bearer of its grant, never shown)
+    host: str  # the Host the policy is matched on, as for the page's own polls
+
+    def to_text(self) -> str:
+        return json.dumps({"ticket": self.ticket, "host": self.host}, separators=(",", ":"))
+
+    @classmethod
+    def from_text(cls, text: str) -> Watched | None:
+        try:
+            data = json.loads(text)
+            return cls(str(data["ticket"]), str(data["host"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class WatchList(Protocol):
+    """What the late watch needs of the store (store/ holds the contract)."""
+
+    async def watch_checkout(
+        self, checkout: str, entry: str, due: int, until: int, most: int
+    ) -> bool: ...
+    async def due_checkouts(self, limit: int, lease: int) -> list[tuple[str, str]]: ...
+    async def look_again(self, checkout: str, due: int) -> None: ...
+    async def unwatch_checkout(self, checkout: str) -> None: ...
+
+
+class CheckoutWatcher:
+    """A payment watcher that also keeps watching checkouts past their expiry.
+
+    It answers `payments_to` as the watcher it wraps; `keep` puts a checkout
+    whose status was asked on the store's watch list until `grace` seconds
+    after it expires (once per checkout per process: a page polls often).
+    Only checkouts this server signed get there, and at most `most` at once.
+    """
+
+    def __init__(
+        self,
+        inner: PaymentWatcher,
+        watchlist: WatchList,
+        *,
+        grace: int = GRACE,
+        most: int = MOST_WATCHED,
+    ) -> None:
+        self.inner = inner
+        self.watchlist = watchlist
+        self.grace = grace
+        self.most = most
+        self._kept: OrderedDict[str, None] = OrderedDict()  # checkouts kept by this process
+
+    async def payments_to(self, script: bytes) -> list[bytes]:
+        return await self.inner.payments_to(script)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def within_grace(self, checkout: Checkout, now: float | None = None) -> bool:
+        """Whether a payment to `checkout` is still looked for (its expiry + grace not passed)."""
+        return (time.time() if now is None else now) < checkout.expires + self.grace
+
+    async def keep(self, checkout: Checkout, ticket: str, host: str) -> bool:
+        """Watch `checkout` (read from `ticket`) past its expiry; False when not kept now.
+
+        Raises StoreUnavailable (then the next poll tries again).
+        """
+        if checkout.id in self._kept:
+            return False
+        if len(host) > MAX_HOST or not self.within_grace(checkout):
+            return False
+        entry = Watched(ticket, host).to_text()
+        due = next_look(checkout.expires, time.time())
+        until = checkout.expires + self.grace
+        kept = await self.watchlist.watch_checkout(checkout.id, entry, due, until, self.most)
+        self._kept[checkout.id] = None
+        if len(self._kept) > 4096:
+            self._kept.popitem(last=False)
+        return kept

@@ -5,7 +5,9 @@ The adapters read a protocol's wire form and nothing else:
   on the priced request itself (bitcoin-sv/BRCs payments/0121.md);
 - `from_fields`: the pay endpoint's JSON body, or its query beside raw BEEF;
 - `from_checkout`: a transaction posted to (or found on chain for) a
-  checkout: the payee and the price are the checkout's.
+  checkout: the payee and the price are the checkout's. A checkout's
+  expiry is the desk's to enforce (endpoints/checkout.py): a payment found
+  within the grace period after it is taken here all the same.
 
 Then `take` runs the cashier (every check, the atomic claim, broadcast,
 receipt, token: cashier.py) and the one admission decision (admission.py)
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bsv import PublicKey
+from bsv import PublicKey, Transaction
 
 from gateway.bsv.beef import read_beef
 from gateway.errors import PaymentError
@@ -32,6 +34,7 @@ from gateway.payments.admission import Revoked, Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script
 from gateway.payments.remittance import FIELDS, Remittance, TopUp, remittance
+from gateway.payments.verify import Expectation, Verified, check_roots, verify_payment
 from gateway.policy import Match
 from gateway.store import Outcome, StoreUnavailable
 
@@ -112,18 +115,43 @@ def from_checkout(
     payment below the checkout's price is refused before anything is claimed.
     """
     subject = read_beef(beef, cashier.beef_limits).subject
-    script = locking_script(server, checkout)
-    vout = next(
-        (i for i, out in enumerate(subject.outputs) if out.locking_script.serialize() == script),
-        None,
-    )
-    if vout is None:
-        raise PaymentError("wrong-payee", "no output of this transaction pays this checkout")
-    paid = subject.outputs[vout].satoshis or 0
+    vout, paid = _checkout_output(subject, locking_script(server, checkout))
     if paid < checkout.satoshis:
         raise Underpaid(paid, checkout.satoshis)
     return Remittance(
         beef, ANYONE.public_key(), ANYONE_HEX, checkout.id, str(checkout.issued_ms), vout
+    )
+
+
+def _checkout_output(subject: Transaction, script: bytes) -> tuple[int, int]:
+    """(vout, satoshis) of the first output locked by a checkout's `script`; PaymentError."""
+    for vout, out in enumerate(subject.outputs):
+        if out.locking_script.serialize() == script:
+            return vout, out.satoshis or 0
+    raise PaymentError("wrong-payee", "no output of this transaction pays this checkout")
+
+
+async def checkout_payment(
+    cashier: Cashier, server: PublicKey, checkout: Checkout, beef: bytes
+) -> Verified:
+    """Check that `beef` really pays this checkout, whatever the amount (for the refund list).
+
+    For a payment the cashier would not take (too little, a checkout paid
+    already, one no longer for sale, one already in a block): a transaction
+    in a block is proven by its merkle path against the chain tracker; any
+    other passes every check a payment passes (payments/verify.py) for the
+    amount it pays. Nothing is claimed or broadcast. Raises PaymentError
+    (not a valid payment to this checkout), or ChainError (cannot be checked now).
+    """
+    parsed = read_beef(beef, cashier.beef_limits)
+    subject = parsed.subject
+    script = locking_script(server, checkout)
+    vout, paid = _checkout_output(subject, script)
+    if subject.merkle_path is not None:
+        await check_roots([subject], cashier.tracker)
+        return Verified(subject.txid(), vout, paid, subject)
+    return await verify_payment(
+        parsed, Expectation(paid, script, vout), cashier.tracker, cashier.ancestry
     )
 
 
