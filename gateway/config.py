@@ -79,6 +79,9 @@ class Settings(BaseModel):
     watch_network: Literal["main", "test"] = "main"
     watch_api_key: str | None = None
     wallet_url: str = "http://localhost:3321"
+    # How long after a checkout expires a payment to it is still looked for
+    # and recorded (a phone wallet that broadcast late): payments/checkout.py
+    checkout_grace: Duration = 86_400
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -7,13 +7,30 @@ expired, or what went wrong. With a payment watcher configured, a status
 request also looks on chain for a payment to the checkout's address, for
 wallets that broadcast themselves instead of posting.
 
-Both go through the one intake (payments/intake.py): a checkout is paid
-once, and a grant it bought is handed out only while admission allows it.
+A wallet may broadcast just as the checkout expires, when the page has
+stopped asking. So a polled checkout is also kept on the store's watch list
+(payments/checkout.py, `CheckoutWatcher`), and for the grace period after
+its expiry:
+- a status request still looks on chain, and a payment found is taken as a
+  timely one would be: the page gets its grant;
+- `watch_late`, a background task in each worker, looks for payments to
+  watched checkouts now and then (one worker per round, a few checkouts per
+  round, each leased to one looker) and takes what it finds the same way.
+  A payment recorded so, whose grant nobody collected, goes on the refund
+  list (store/refunds.py) beside its receipt; so does a payment the cashier
+  cannot take (too little, a second one, no longer for sale, already in a
+  block), with the derivation data to sweep it, so the admin can refund or
+  honour it.
+
+All of it goes through the one intake (payments/intake.py): a checkout is
+paid once, and a grant it bought is handed out only while admission allows it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
+import contextlib
 import json
 import logging
 import time
@@ -22,18 +39,43 @@ from typing import Any
 from aiohttp import web
 from bsv import PublicKey
 
+from gateway.bsv.beef import read_beef
 from gateway.edge.bodies import read_body
 from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import answer, payments_disabled, problem
 from gateway.errors import PaymentError
 from gateway.payments.cashier import Accepted
-from gateway.payments.checkout import Checkout, locking_script, read_ticket
-from gateway.payments.intake import Underpaid, checkout_taken, take_checkout
+from gateway.payments.checkout import (
+    ANYONE_HEX,
+    Checkout,
+    CheckoutWatcher,
+    Watched,
+    locking_script,
+    next_look,
+    payee,
+    read_ticket,
+    suffix,
+)
+from gateway.payments.intake import (
+    Underpaid,
+    checkout_key,
+    checkout_payment,
+    checkout_taken,
+    take_checkout,
+)
 from gateway.pipeline.credentials import token_headers
 from gateway.policy import Match, NoMatch
 from gateway.services import Services
+from gateway.store import StoreUnavailable
+from gateway.store import refunds as why
+from gateway.store.refunds import Refund
 
 log = logging.getLogger("farebox.checkout")
+
+ROUND = 2  # seconds between rounds of the late watch (one worker of all has each round)
+BATCH = 4  # checkouts looked at per round: at most 2 lookups a second, whatever the scale
+LEASE = 120  # seconds a checkout taken for a look is nobody else's
+ROUND_KEY = "farebox:late-checkouts"  # the fixed-window counter that hands out rounds
 
 
 async def handle(services: Services, request: web.BaseRequest, ticket: str) -> web.StreamResponse:
@@ -43,22 +85,22 @@ async def handle(services: Services, request: web.BaseRequest, ticket: str) -> w
     checkout = read_ticket(services.tokens, ticket, allow_expired=True)
     if checkout is None:
         return problem(404, "no-checkout", "No such checkout", "this checkout link is not valid")
-    match = _match(services, request, checkout)
+    match = _match(services, request.host, checkout)
     if match is None:
         return problem(
             410, "checkout-gone", "Nothing to pay for", "the resource is no longer for sale"
         )
     if request.method == "POST":
         return await _posted(services, request, checkout, match)
-    return await _status(services, checkout, match)
+    return await _status(services, checkout, match, ticket, request.host)
 
 
-def _match(services: Services, request: web.BaseRequest, checkout: Checkout) -> Match | None:
+def _match(services: Services, host: str, checkout: Checkout) -> Match | None:
     try:
         target = canonicalize(checkout.resource)
     except PathError:
         return None
-    match = services.policy.current.match(request.host, target, checkout.method)
+    match = services.policy.current.match(host, target, checkout.method)
     if isinstance(match, NoMatch) or match.service.name != checkout.service:
         return None
     return match
@@ -91,18 +133,26 @@ async def _posted(
     return _paid(services, accepted)
 
 
-async def _status(services: Services, checkout: Checkout, match: Match) -> web.StreamResponse:
+async def _status(
+    services: Services, checkout: Checkout, match: Match, ticket: str, host: str
+) -> web.StreamResponse:
     assert services.cashier is not None
     try:
         done = await checkout_taken(services.cashier, services.revocations, checkout, match)
     except PaymentError as exc:
         return answer({"status": "refused", "reason": exc.reason, "detail": exc.detail})
     if done is not None:
-        return _paid(services, done)
-    if checkout.expired:
+        return await _delivered(services, checkout, done)
+    late = services.watcher if isinstance(services.watcher, CheckoutWatcher) else None
+    if checkout.expired and (late is None or not late.within_grace(checkout)):
         return answer({"status": "expired"})
     if services.watcher is None:
         return answer({"status": "pending"})
+    if late is not None:
+        try:
+            await late.keep(checkout, ticket, host)
+        except StoreUnavailable as exc:  # the next poll tries again
+            log.warning("checkout %s not put on the watch list: %s", checkout.id, exc)
     script = locking_script(PublicKey(services.server_key), checkout)
     try:
         found = await services.watcher.payments_to(script)
@@ -112,10 +162,25 @@ async def _status(services: Services, checkout: Checkout, match: Match) -> web.S
     outcome: dict[str, Any] = {"status": "pending"}
     for beef in found:
         try:
-            return _paid(services, await _take(services, checkout, match, beef))
+            accepted = await _take(services, checkout, match, beef)
         except PaymentError as exc:
             outcome = _refusal(exc, checkout)
-    return answer(outcome)
+            continue
+        return await _delivered(services, checkout, accepted)
+    # After expiry the page opens a new checkout: nothing else to say.
+    return answer({"status": "expired"} if checkout.expired else outcome)
+
+
+async def _delivered(services: Services, checkout: Checkout, accepted: Accepted) -> web.Response:
+    """The paid answer; a payment recorded after expiry is settled on the refund list."""
+    if accepted.receipt.time >= checkout.expires and services.store is not None:
+        # Listed by the late watch (maybe at this very moment) or not at
+        # all: a settlement applies either way (store.settle_refund).
+        with contextlib.suppress(StoreUnavailable):
+            await services.store.settle_refund(
+                accepted.receipt.txid, why.DELIVERED, int(time.time())
+            )
+    return _paid(services, accepted)
 
 
 async def _take(services: Services, checkout: Checkout, match: Match, beef: bytes) -> Accepted:
@@ -141,6 +206,204 @@ def _refusal(exc: PaymentError, checkout: Checkout) -> dict[str, Any]:
     if exc.reason in ("checkout-paid",):
         return {"status": "pending"}
     return {"status": "refused", "reason": exc.reason, "detail": exc.detail}
+
+
+# --- the late watch: checkouts past their expiry ----------------------------------------
+
+
+async def watch_late(
+    services: Services, late: CheckoutWatcher, *, every: int = ROUND, batch: int = BATCH
+) -> None:
+    """A worker's background task, until cancelled: look for late checkout payments.
+
+    Every `every` seconds the worker that first asks the store's counter has
+    the round (so the rate is the same for one worker or many instances) and
+    looks at up to `batch` due checkouts (`late_round`).
+    """
+    assert services.store is not None
+    while True:
+        try:
+            window = await services.store.hit(ROUND_KEY, every)
+            if window.count == 1:
+                await late_round(services, late, batch=batch)
+        except StoreUnavailable as exc:
+            log.warning("late checkout watch paused: %s", exc)
+        except Exception:  # never let one odd entry end the task
+            log.exception("late checkout watch failed")
+        await asyncio.sleep(every)
+
+
+async def late_round(
+    services: Services, late: CheckoutWatcher, *, batch: int = BATCH, lease: int = LEASE
+) -> int:
+    """Look at up to `batch` watched checkouts whose look is due; how many were looked at.
+
+    Each comes leased from the store, so no other worker or instance looks at
+    it meanwhile. Raises StoreUnavailable.
+    """
+    due = await late.watchlist.due_checkouts(batch, lease)
+    for checkout_id, entry in due:
+        await _look_late(services, late, checkout_id, entry)
+    return len(due)
+
+
+async def _look_late(
+    services: Services, late: CheckoutWatcher, checkout_id: str, entry: str
+) -> None:
+    """Look once for payments to one watched checkout, then schedule the next look or stop."""
+    assert services.store is not None and services.tokens is not None
+    now = time.time()
+    watched = Watched.from_text(entry)
+    checkout = read_ticket(services.tokens, watched.ticket, allow_expired=True) if watched else None
+    if watched is None or checkout is None or checkout.id != checkout_id:
+        await late.watchlist.unwatch_checkout(checkout_id)  # unreadable (a key pruned since)
+        return
+    if not late.within_grace(checkout, now):
+        await late.watchlist.unwatch_checkout(checkout_id)
+        return
+    if now < checkout.expires:  # its page still polls: the first look comes after expiry
+        await late.watchlist.look_again(checkout_id, next_look(checkout.expires, now))
+        return
+    if await services.store.receipt(checkout_key(checkout)) is not None:
+        await late.watchlist.unwatch_checkout(checkout_id)  # paid, and recorded
+        return
+    try:
+        found = await late.payments_to(locking_script(PublicKey(services.server_key), checkout))
+    except Exception as exc:  # the chain API is down: look again later
+        log.warning("late checkout watch: payment watcher failed: %s", exc)
+        found = []
+    done = False
+    for beef in found:
+        done = await _late_payment(services, checkout, watched.host, beef) or done
+    if done:
+        await late.watchlist.unwatch_checkout(checkout_id)
+    else:
+        await late.watchlist.look_again(checkout_id, next_look(checkout.expires, time.time()))
+
+
+async def _late_payment(services: Services, checkout: Checkout, host: str, beef: bytes) -> bool:
+    """Take or list one payment found for an expired checkout; True: stop watching it."""
+    match = _match(services, host, checkout)
+    if match is None:
+        detail = f"the policy no longer sells {checkout.method} {checkout.resource}"
+        await _list(services, checkout, beef, why.NOT_FOR_SALE, detail)
+        return True
+    try:
+        accepted = await _take(services, checkout, match, beef)
+    except Underpaid as exc:
+        # A full payment may still follow: keep watching.
+        await _list(services, checkout, beef, why.UNDERPAID, exc.detail)
+        return False
+    except PaymentError as exc:
+        if exc.reason == "checkout-paid":
+            detail = "the checkout had been paid by another transaction"
+            await _list(services, checkout, beef, why.PAID_TWICE, detail)
+            return True
+        if exc.reason == "already-mined":
+            detail = (
+                "in a block before Farebox saw it: the cashier takes unconfirmed payments "
+                "only, so no receipt or grant was made"
+            )
+            await _list(services, checkout, beef, why.MINED, detail)
+            return True
+        # An outage (503: look again later), or a transaction that is no valid payment.
+        log.warning("late payment to checkout %s not taken: %s", checkout.id, exc.reason)
+        return False
+    receipt = accepted.receipt
+    late_by = max(0, receipt.time - checkout.expires)
+    detail = (
+        f"paid in full and recorded {late_by} s after the checkout expired, with a "
+        "receipt and a grant nobody has collected"
+    )
+    await _add(
+        services,
+        _refund(
+            services,
+            checkout,
+            receipt.txid,
+            receipt.vout,
+            receipt.satoshis,
+            why.UNCLAIMED,
+            detail,
+            grant_id=receipt.grant_id,
+        ),
+    )
+    return True
+
+
+async def _list(
+    services: Services, checkout: Checkout, beef: bytes, reason: str, detail: str
+) -> None:
+    """Put a payment the cashier did not take on the refund list, once, if it is real."""
+    assert services.cashier is not None and services.store is not None
+    try:
+        txid = read_beef(beef, services.cashier.beef_limits).subject.txid()
+    except PaymentError:
+        return
+    if await services.store.refunds(txid=txid):
+        return  # listed at an earlier look: not checked again
+    server = PublicKey(services.server_key)
+    try:
+        verified = await checkout_payment(services.cashier, server, checkout, beef)
+    except PaymentError as exc:
+        log.warning("payment %s to checkout %s is not valid: %s", txid, checkout.id, exc.reason)
+        return
+    except Exception as exc:  # the chain cannot be asked now: the next look tries again
+        log.warning("payment %s to checkout %s cannot be checked now: %s", txid, checkout.id, exc)
+        return
+    await _add(
+        services,
+        _refund(
+            services, checkout, verified.txid, verified.vout, verified.satoshis, reason, detail
+        ),
+    )
+
+
+def _refund(
+    services: Services,
+    checkout: Checkout,
+    txid: str,
+    vout: int,
+    satoshis: int,
+    reason: str,
+    detail: str,
+    *,
+    grant_id: str = "",
+) -> Refund:
+    return Refund(
+        txid=txid,
+        vout=vout,
+        satoshis=satoshis,
+        price=checkout.satoshis,
+        checkout=checkout.id,
+        service=checkout.service,
+        resource=checkout.resource,
+        method=checkout.method,
+        address=payee(PublicKey(services.server_key), checkout).address(),
+        expired=checkout.expires,
+        time=int(time.time()),
+        reason=reason,
+        detail=detail,
+        grant_id=grant_id,
+        # BRC-29 with the "anyone" sender (payments/checkout.py): what sweeping needs.
+        sender=ANYONE_HEX,
+        prefix=checkout.id,
+        suffix=suffix(checkout),
+    )
+
+
+async def _add(services: Services, refund: Refund) -> None:
+    assert services.store is not None
+    if await services.store.add_refund(refund):
+        log.warning(
+            "refund list: %s satoshis in %s to checkout %s (%s %s): %s",
+            refund.satoshis,
+            refund.txid,
+            refund.checkout,
+            refund.service,
+            refund.resource,
+            refund.reason,
+        )
 
 
 def _bytes_of(data: bytes) -> bytes | None:

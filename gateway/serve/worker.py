@@ -18,9 +18,10 @@ from gateway.edge import logs, metrics
 from gateway.edge.forwarded import networks
 from gateway.edge.protocol import ProblemServer
 from gateway.endpoints import admin
+from gateway.endpoints.checkout import watch_late
 from gateway.ledger.tally import Tally
 from gateway.payments.cashier import Cashier
-from gateway.payments.checkout import PaymentWatcher
+from gateway.payments.checkout import CheckoutWatcher, PaymentWatcher
 from gateway.pipeline.credentials import Revocations
 from gateway.pipeline.gateway import MAX_HEADER_BYTES
 from gateway.policy import Match
@@ -102,6 +103,10 @@ async def run_worker(
     payments_watcher = watcher
     if payments_watcher is None and cashier is not None:
         payments_watcher = open_watcher(settings, closers)
+    late = None
+    if payments_watcher is not None and cashier is not None:
+        # Keeps looking for checkout payments past expiry (closed with the watcher).
+        late = CheckoutWatcher(payments_watcher, store, grace=settings.checkout_grace)
     proxy.own_token = startup.tokens.issued_here
     proxy.trusted = networks(settings.trusted_proxies)
     services = Services(
@@ -113,7 +118,7 @@ async def run_worker(
         store=store,
         revocations=Revocations(store),
         rates=open_rates(settings, closers),
-        watcher=payments_watcher,
+        watcher=late or payments_watcher,
         wallet_url=settings.wallet_url,
         tally=tally,
     )
@@ -140,6 +145,7 @@ async def run_worker(
         ) from None
     port = runner.addresses[0][1]
     tallying = asyncio.ensure_future(tally.run())
+    watching_late = asyncio.ensure_future(watch_late(services, late)) if late else None
     admin_runner = await _start_admin(settings, services, reuse_port)
     _tune_gc()
     log.info(
@@ -173,10 +179,11 @@ async def run_worker(
         await stop.wait()
     finally:
         log.info("shutting down: draining in-flight requests")
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        for task in (watcher, watching_late):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()
