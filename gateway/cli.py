@@ -59,6 +59,16 @@ Exit status: 0 when everything found was swept (or there was nothing to
 sweep), 1 when the sweep was refused or a transaction was not taken.
 """
 
+REFUNDS_DESCRIPTION = """\
+List the checkout payments Farebox took no money for, or whose grant nobody
+collected: paid after the checkout expired, paid too little, paid a second
+time, paid for what is no longer for sale, or already in a block when found.
+Each line says what was paid (txid, satoshis, the price), to which checkout,
+when, why it is listed and whether it was settled (the grant reached the page
+after all, or the admin refunded or honoured it: POST /refunds/settle on the
+admin API). Their outputs are swept with the rest (farebox sweep).
+"""
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
@@ -216,6 +226,12 @@ def _parser() -> argparse.ArgumentParser:
         "--wallet-url",
         metavar="URL",
         help="where the page looks for a BRC-100 browser wallet (default http://localhost:3321)",
+    )
+    page.add_argument(
+        "--checkout-grace",
+        metavar="DURATION",
+        help="how long after a checkout expires a payment to it is still looked for and "
+        "recorded (default 24h)",
     )
     serve.set_defaults(run=_serve)
 
@@ -394,6 +410,30 @@ def _parser() -> argparse.ArgumentParser:
         help="outputs spent per transaction at most (default 200)",
     )
     sweep.set_defaults(run=_sweep)
+
+    refunds = sub.add_parser(
+        "refunds",
+        help="list checkout payments to refund or honour (paid late, too little, twice)",
+        description=REFUNDS_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    refunds.add_argument("--config", type=Path, metavar="FILE", help="the gateway's YAML settings")
+    refunds.add_argument("--store", metavar="URL", help="the gateway's shared store (redis://...)")
+    refunds.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only payments listed since: 8d, 2025-01-31, an ISO time or unix seconds",
+    )
+    refunds.add_argument(
+        "--open", action="store_true", help="only those not settled yet (refunded, honoured)"
+    )
+    refunds.add_argument(
+        "--format",
+        choices=("text", "json", "csv"),
+        default="text",
+        help="a table (default), JSON lines, or CSV",
+    )
+    refunds.set_defaults(run=_refunds)
     return parser
 
 
@@ -407,7 +447,7 @@ def _serve(args: argparse.Namespace) -> None:
         "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
         "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
         "trusted_proxies", "admin_port", "admin_host", "admin_token_file", "log_format",
-        "receipts_file",
+        "receipts_file", "checkout_grace",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:
@@ -683,6 +723,79 @@ def _print_sweep(report: Any, to: str, dry_run: bool) -> None:
         print(f"  {batch.txid or '-'}  {batch.status}{detail}")
     if report.stopped:
         print(f"stopped: {report.stopped}; run the sweep again to finish", file=sys.stderr)
+
+
+def _refunds(args: argparse.Namespace) -> None:
+    import asyncio
+    import time
+
+    from gateway.config import ConfigError, load_settings
+    from gateway.custody import sweep as sw
+
+    try:
+        settings = load_settings(args.config, {"store": args.store})
+    except ConfigError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    if not settings.shared_store:
+        raise SystemExit(
+            "farebox: the refund list is in the gateway's shared store (--store redis://...); "
+            "with the memory store ask the admin API (GET /refunds)"
+        )
+    try:
+        since = sw.parse_since(args.since, time.time()) if args.since else None
+    except sw.SweepError as exc:
+        raise SystemExit(f"farebox: {exc}") from None
+    raise SystemExit(asyncio.run(_list_refunds(settings, since, args.open, args.format)))
+
+
+async def _list_refunds(settings: Any, since: int | None, only_open: bool, fmt: str) -> int:
+    import csv
+    import json
+    import time
+
+    from gateway.serve.assemble import open_store
+    from gateway.store import MAX_PAGE, StoreUnavailable
+
+    store = open_store(settings)
+    found = []
+    try:
+        after = None
+        while True:
+            page = await store.refunds(since=since, limit=MAX_PAGE, after=after)
+            found += [r for r in page if not (only_open and r.settled)]
+            if len(page) < MAX_PAGE:
+                break
+            after = page[-1].txid
+    except StoreUnavailable as exc:
+        print(f"farebox: cannot read the refund list from the store: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    rows = [r.exported() for r in found]
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row))
+    elif fmt == "csv":
+        names = list(rows[0]) if rows else ["txid"]
+        writer = csv.DictWriter(sys.stdout, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+
+        def when(t: int) -> str:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+        for r in found:
+            state = f"{r.settled} {when(r.settled_time)}" if r.settled else "open"
+            print(
+                f"{when(r.time)}  {r.txid}:{r.vout}  {r.satoshis} sat (price {r.price})  "
+                f"{r.reason}  checkout {r.checkout}  {r.service} {r.method} {r.resource}  "
+                f"[{state}]\n    {r.detail}"
+            )
+        total = sum(r.satoshis for r in found if not r.settled)
+        opened = sum(1 for r in found if not r.settled)
+        print(f"{len(found)} listed, {opened} open ({total} satoshis)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Every accepted payment is an output locked to a one-off BRC-29 key that only
 the server key can derive, and only with the receipt's derivation data (the
 sender's public key, the prefix and the suffix). A sweep
 
-1. reads receipts (`ReceiptSource`: the store's receipts index, or a file),
+1. reads receipts (`ReceiptSource`: the store's receipts index, or a file;
+   from the store also the refund list's outputs that no receipt records:
+   checkout payments the cashier did not take, store/refunds.py),
 2. derives each output's key and asks a WhatsOnChain-style API
    (`UtxoLookup`: `gateway.chain.woc`) which outputs locked to it are still
    unspent: the chain, not a local record, says what is left, so a sweep run
@@ -47,6 +49,7 @@ from gateway.bsv.derivation import p2pkh_script, spending_key
 from gateway.chain import Broadcaster, ChainError
 from gateway.chain.woc import Utxo
 from gateway.store.receipts import Receipt
+from gateway.store.refunds import Refund
 
 DEFAULT_FEE_RATE = 1.0  # satoshis per 1000 bytes
 DEFAULT_MAX_INPUTS = 200
@@ -74,9 +77,14 @@ class ReceiptsIndex(Protocol):
         self, *, since: int | None = None, limit: int = 1000, after: str | None = None
     ) -> list[Receipt]: ...
 
+    async def refunds(
+        self, *, since: int | None = None, limit: int = 1000, after: str | None = None
+    ) -> list[Refund]: ...
+
 
 class StoreReceipts:
-    """Pages through a store's receipts index (ordered by time, then txid)."""
+    """Pages through a store's receipts index (ordered by time, then txid), then
+    through its refund list for the outputs no receipt records."""
 
     def __init__(self, store: ReceiptsIndex, *, page: int = 1000) -> None:
         self.store = store
@@ -89,8 +97,20 @@ class StoreReceipts:
             for receipt in batch:
                 yield receipt
             if len(batch) < self.page:
-                return
+                break
             after = batch[-1].txid
+        # A payment the cashier did not take (underpaid, paid twice, ...) has
+        # no receipt: its refund entry keeps what spending it needs. The money
+        # goes to the treasury like the rest; refunds are paid from there.
+        after = None
+        while True:
+            listed = await self.store.refunds(since=since, limit=self.page, after=after)
+            for refund in listed:
+                if not refund.received:
+                    yield refund.as_receipt()
+            if len(listed) < self.page:
+                return
+            after = listed[-1].txid
 
 
 class FileReceipts:

@@ -2,6 +2,9 @@
 
     GET  /stats?since=DAY&until=DAY&service=S        counters per service, route, day
     GET  /receipts?since=&until=&service=&txid=&limit=&after=&format=json|csv
+    GET  /refunds?since=&txid=&limit=&after=&format=json|csv
+                                                      checkout payments to refund or honour
+    POST /refunds/settle  {"txid": TXID, "how": "refunded"|"honoured"}
     POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]
     GET  /policy                                      version, files, last reload error
     GET  /ready                                       readiness with the store's state or error
@@ -12,6 +15,12 @@ Times are Unix seconds or ISO dates/datetimes (UTC). Every answer is JSON
 (or CSV), every error problem+json; without the token, 401. Receipts leave
 out the derivation data kept for sweeping (the payer's key): an export
 names a payer only by the hash the upstream also sees.
+
+The refund list (store/refunds.py) holds checkout payments that bought
+nothing anybody collected: paid after the checkout expired (with a receipt
+and an uncollected grant), too little, twice, for what is no longer sold,
+or already in a block when found. Settling one records that the admin
+refunded or honoured it; it stays listed.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from gateway.edge.protocol import SERVER
 from gateway.endpoints.public import readiness
 from gateway.services import Services
 from gateway.store import StoreUnavailable
+from gateway.store.refunds import HONOURED, REFUNDED, Refund
 
 EXPORTED = (
     "txid",
@@ -128,6 +138,8 @@ def app(services: Services, token: str, metrics: Handler | None = None) -> web.A
     application[SERVICES] = services
     application.router.add_get("/stats", stats)
     application.router.add_get("/receipts", receipts)
+    application.router.add_get("/refunds", refunds)
+    application.router.add_post("/refunds/settle", settle_refund)
     application.router.add_post("/revoke", revoke)
     application.router.add_get("/policy", policy)
     application.router.add_post("/reload", reload)
@@ -229,6 +241,84 @@ async def receipts(request: web.Request) -> web.StreamResponse:
     if len(rows) == limit and rows:
         body["next"] = rows[-1]["txid"]  # pass as `after` for the next page
     return answer(body)
+
+
+REFUND_FIELDS = tuple(
+    name for name in Refund.__dataclass_fields__ if name not in ("sender", "prefix", "suffix")
+)
+
+
+async def refunds(request: web.Request) -> web.StreamResponse:
+    """The refund list, oldest first, paged like /receipts (no derivation data)."""
+    gw = _gw(request)
+    assert gw.store is not None
+    q = request.query
+    limit = _limit(q.get("limit"))
+    found = await gw.store.refunds(
+        since=parse_time(q.get("since"), "since"),
+        txid=q.get("txid") or None,
+        limit=limit,
+        after=q.get("after") or None,
+    )
+    rows = [r.exported() for r in found]
+    if q.get("format", "json") == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=REFUND_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        return web.Response(
+            text=out.getvalue(),
+            content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="farebox-refunds.csv"'},
+        )
+    if q.get("format", "json") != "json":
+        raise BadQuery("format is json or csv")
+    body: dict[str, Any] = {"refunds": rows}
+    if len(rows) == limit and rows:
+        body["next"] = rows[-1]["txid"]
+    return answer(body)
+
+
+async def settle_refund(request: web.Request) -> web.Response:
+    """Record that a listed payment was refunded or honoured (once; it stays listed)."""
+    gw = _gw(request)
+    assert gw.store is not None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadQuery('send JSON: {"txid": TXID, "how": "refunded" or "honoured"}') from None
+    if not isinstance(body, dict):
+        raise BadQuery("send a JSON object")
+    txid, how = body.get("txid"), body.get("how")
+    if not isinstance(txid, str) or not txid or len(txid) > 200:
+        raise BadQuery("name the payment by its txid")
+    if how not in (REFUNDED, HONOURED):
+        raise BadQuery(f"how is {REFUNDED!r} or {HONOURED!r}")
+    listed = await gw.store.refunds(txid=txid)
+    if not listed:
+        return problem(404, "no-refund", "Not listed", f"no payment {txid} on the refund list")
+    now = int(time.time())
+    if not listed[0].settled and await gw.store.settle_refund(txid, how, now):
+        return answer({"txid": txid, "settled": how, "settled_time": now})
+    (first,) = await gw.store.refunds(txid=txid)  # the first settlement stands
+    return problem(
+        409,
+        "refund-settled",
+        "Settled already",
+        f"{first.settled} at {first.settled_time}",
+        settled=first.settled,
+        settled_time=first.settled_time,
+    )
+
+
+def _limit(value: str | None) -> int:
+    try:
+        limit = min(int(value or "1000"), MAX_LIMIT)
+    except ValueError:
+        raise BadQuery("limit must be a number") from None
+    if limit < 1:
+        raise BadQuery("limit must be at least 1")
+    return limit
 
 
 async def revoke(request: web.Request) -> web.Response:
