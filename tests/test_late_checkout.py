@@ -509,6 +509,22 @@ async def test_an_underpaid_late_payment_is_listed_never_granted(
         LocalBroadcaster(chain),
     )
     assert (report.outputs, report.satoshis) == (1, PRICE - 5)
+    # The admin refunds it and says so, once; it stays listed.
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        settle = gw.admin + "/refunds/settle"
+        async with http.post(settle, json={"txid": tx.txid(), "how": "refunded"}) as r:
+            assert r.status == 200 and (await r.json())["settled"] == "refunded"
+        async with http.post(settle, json={"txid": tx.txid(), "how": "honoured"}) as r:
+            assert r.status == 409 and (await r.json())["settled"] == "refunded"
+        async with http.post(settle, json={"txid": "00" * 32, "how": "refunded"}) as r:
+            assert r.status == 404 and (await r.json())["reason"] == "no-refund"
+        async with http.post(settle, json={"txid": tx.txid(), "how": "forgotten"}) as r:
+            assert r.status == 400
+        async with http.get(gw.admin + "/refunds", params={"format": "csv"}) as r:
+            assert r.status == 200 and tx.txid() in await r.text()
+    [listed] = await gw.refunds()
+    assert listed["settled"] == "refunded" and listed["settled_time"] > 0
 
 
 async def test_a_payment_mined_before_it_was_seen_is_listed_and_swept(
