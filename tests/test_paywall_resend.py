@@ -472,3 +472,44 @@ async def test_a_phone_payment_not_checked_yet_is_not_called_refused(
             await context.close()
     finally:
         await to_chain.stop()
+
+
+# --- the page keeps asking a little after its checkout expires -----------------------
+
+
+async def test_a_waiting_page_still_opens_for_a_payment_made_as_it_expires(
+    tmp_path: Path, upstream, devnet_http, chromium
+) -> None:
+    url, _ = devnet_http
+    args = setup_gateway(tmp_path, upstream, url, "http://127.0.0.1:9")
+    phone = PrivateKey()
+    coin = await faucet(url, phone, 20_000)
+    async with serve(*args) as gw:
+        context = await chromium.new_context()
+        page = await context.new_page()
+        await page.clock.install()  # the page's clock: its checkout's time runs out at once
+        await page.goto(f"{gw.base}/records/7/pages/3")
+        address, sats = payment_request(await page.get_attribute("#payment-uri", "href"))
+        await page.clock.fast_forward(11 * 60 * 1000)  # past the 10 minutes
+        await page.wait_for_function(
+            "document.getElementById('status').innerText.includes('Checking once more')"
+        )
+        # The phone's payment arrives just then.
+        tx = spend(coin, 0, phone, [(address, sats), (phone.public_key(), 19_000)])
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/v1/tx",
+                data=beef_of(coin, tx),
+                headers={"Content-Type": "application/octet-stream"},
+            ) as r,
+        ):
+            assert r.status == 200, await r.text()
+        for _ in range(20):  # the page's polls run on its (installed) clock
+            await page.clock.run_for(1_600)
+            if not await page.locator("#paywall").count():
+                break
+            await asyncio.sleep(0.25)
+        await page.wait_for_function("!document.getElementById('paywall')", timeout=10_000)
+        assert '"path": "/records/7/pages/3"' in await page.inner_text("body")
+        await context.close()

@@ -36,6 +36,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "status_paying": "Asking your wallet…",
         "status_paid": "Paid. Opening the page…",
         "status_expired": "This payment request expired. Making a new one…",
+        "status_expiring": "This payment request has expired. Checking once more for a "
+        "payment sent just now…",
         "status_underpaid": "A payment of {paid} satoshis is less than the price of {price} "
         "and does not buy access. Pay the full price to continue. If your wallet already "
         "sent the smaller payment, ask the operator for a refund quoting its transaction.",

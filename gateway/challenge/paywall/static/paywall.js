@@ -62,6 +62,16 @@
     window.location.reload();
   }
 
+  // A phone may pay just as the checkout expires: the gateway still takes
+  // such a payment, so keep asking a little longer before making a new one.
+  var LATE_MS = 20000;
+
+  function expiring() {
+    if (done) return;
+    say(T.status_expiring);
+    setTimeout(expired, LATE_MS);
+  }
+
   function problemOf(r, body) {
     // A problem+json answer's reason and detail; reason "" when it has none.
     var type = (r.headers.get("Content-Type") || "").split(";")[0].trim().toLowerCase();
@@ -85,6 +95,8 @@
   }
 
   // --- the checkout's status (a phone wallet pays it) ------------------------------
+  var expires = Number(data.expires) * 1000;
+
   function poll() {
     if (done || !data.statusUrl) return;
     fetch(data.statusUrl, { credentials: "same-origin", cache: "no-store" })
@@ -96,7 +108,10 @@
         var r = answer.r, s = answer.s;
         if (r.ok && s && typeof s.status === "string") {
           if (s.status === "paid") return opened();
-          if (s.status === "expired") return expired();
+          if (s.status === "expired") {
+            if (!expires || Date.now() >= expires + LATE_MS) return expired();
+            return setTimeout(poll, 1500);
+          }
           if (s.status === "underpaid") say(fill(T.status_underpaid, s), true);
           else if (s.status === "refused") {
             // A payment the phone sent that cannot be taken *now* is not refused.
@@ -116,9 +131,8 @@
       .catch(function () { setTimeout(poll, 3000); });
   }
 
-  var expires = Number(data.expires) * 1000;
   if (expires) {
-    setTimeout(expired, Math.max(0, expires - Date.now()));
+    setTimeout(expiring, Math.max(0, expires - Date.now()));
   }
   setTimeout(poll, 1000);
 
