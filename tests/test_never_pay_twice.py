@@ -160,15 +160,17 @@ class Setup:
         return [r.txid for r in await self.store.receipts()]
 
 
-@pytest.fixture
-async def setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterator[Setup]:
+async def _behind_a_lossy_proxy(
+    gateway, policy: str, chain: Chain, tmp_path: Path
+) -> AsyncIterator[Setup]:
+    """A real gateway over `policy` on the devnet, and the lossy proxy in front of it."""
     store = MemoryStore()
     tokens = Tokens(KeyRing.load(tmp_path / f"ring-{os.urandom(4).hex()}"))
     cashier = Cashier(
         PAID_SERVER, tracker=chain.devnet, broadcaster=chain.broadcaster, store=store, tokens=tokens
     )  # type: ignore[arg-type]
     with pytest.MonkeyPatch.context() as patch:
-        held: list[PolicyHolder] = []
+        held: list[PolicyHolder] = []  # the gateway's live policy, for tests that change it
         load = PolicyHolder.load.__func__  # type: ignore[attr-defined]
 
         def keep(cls: type[PolicyHolder], path: Path) -> PolicyHolder:
@@ -177,7 +179,7 @@ async def setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterato
 
         patch.setattr(PolicyHolder, "load", classmethod(keep))
         base = await gateway(
-            PAID_POLICY.format(upstream=upstream.url),
+            policy,
             server_key=PAID_SERVER.public_key().hex(),
             tokens=tokens,
             cashier=cashier,
@@ -191,6 +193,13 @@ async def setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterato
     lossy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     yield Setup(lossy, store, chain, tokens, held[0])
     await runner.cleanup()
+
+
+@pytest.fixture
+async def setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterator[Setup]:
+    policy = PAID_POLICY.format(upstream=upstream.url)
+    async for ready in _behind_a_lossy_proxy(gateway, policy, chain, tmp_path):
+        yield ready
 
 
 @pytest.fixture
@@ -391,26 +400,9 @@ services:
 
 @pytest.fixture
 async def tab_setup(gateway, upstream, chain: Chain, tmp_path: Path) -> AsyncIterator[Setup]:
-    store = MemoryStore()
-    tokens = Tokens(KeyRing.load(tmp_path / f"ring-{os.urandom(4).hex()}"))
-    cashier = Cashier(
-        PAID_SERVER, tracker=chain.devnet, broadcaster=chain.broadcaster, store=store, tokens=tokens
-    )  # type: ignore[arg-type]
-    base = await gateway(
-        TAB_POLICY.format(upstream=upstream.url),
-        server_key=PAID_SERVER.public_key().hex(),
-        tokens=tokens,
-        cashier=cashier,
-        cookie_secure=False,
-        store=store,
-    )
-    lossy = Lossy(base)
-    runner = web.AppRunner(await _lossy_app(lossy), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    lossy.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield Setup(lossy, store, chain, tokens, None)  # type: ignore[arg-type]
-    await runner.cleanup()
+    policy = TAB_POLICY.format(upstream=upstream.url)
+    async for ready in _behind_a_lossy_proxy(gateway, policy, chain, tmp_path):
+        yield ready
 
 
 @pytest.mark.parametrize("lost", ["502", "drop-after", "no-token"])
