@@ -14,10 +14,12 @@ from gateway.client.errors import (
 )
 from gateway.client.faucet import FaucetUnavailable, fund
 from gateway.client.proofs import refresh_proofs
+from gateway.client.records import Balance, PreparedPayment
 from gateway.client.responses import FareboxResponse, Payment, TabBalance
 from gateway.client.session import PayingSession
 from gateway.client.tokens import StoredToken
-from gateway.client.wallet import Balance, PreparedPayment, Wallet, default_path
+from gateway.client.wallet import Wallet
+from gateway.client.walletfile import default_path
 
 __all__ = [
     "BadChallenge",

@@ -30,9 +30,9 @@ from yarl import URL
 from gateway.client.challenge import problem_of
 from gateway.client.errors import NotDelivered, PaymentNotSettled, PaymentRefused
 from gateway.client.grants import bearer
+from gateway.client.records import PreparedPayment
 from gateway.client.responses import FareboxResponse, json_object, send
 from gateway.client.tokens import StoredToken
-from gateway.client.wallet import PreparedPayment
 
 T = TypeVar("T")
 

@@ -27,9 +27,10 @@ from gateway.client.errors import (
     SpendingLimitExceeded,
 )
 from gateway.client.proofs import refresh_proofs
+from gateway.client.records import PreparedPayment, Purpose
 from gateway.client.responses import Payment
 from gateway.client.tokens import StoredToken, origin_of
-from gateway.client.wallet import PreparedPayment, Purpose, Wallet
+from gateway.client.wallet import Wallet
 
 T = TypeVar("T")
 

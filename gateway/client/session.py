@@ -46,6 +46,7 @@ from gateway.client.delivery import DEFAULT_HEADER_LIMIT, Courier
 from gateway.client.errors import ClockSkew, OriginNotAllowed
 from gateway.client.grants import Grants, bearer, refused
 from gateway.client.purse import Purse
+from gateway.client.records import PreparedPayment
 from gateway.client.responses import (
     FareboxResponse,
     Payment,
@@ -55,7 +56,7 @@ from gateway.client.responses import (
 )
 from gateway.client.tabs import Tabs
 from gateway.client.tokens import StoredToken, origin_of
-from gateway.client.wallet import PreparedPayment, Wallet
+from gateway.client.wallet import Wallet
 
 # The gateway's reason for a grant refused only because its clock says it
 # is not valid yet (instances whose clocks disagree beyond its leeway).

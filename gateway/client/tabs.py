@@ -19,9 +19,9 @@ from gateway.client.delivery import Courier, token_in
 from gateway.client.errors import ClientError
 from gateway.client.grants import Grants
 from gateway.client.purse import Purse
+from gateway.client.records import PreparedPayment
 from gateway.client.responses import TabBalance, json_object, read_amount, send
 from gateway.client.tokens import StoredToken
-from gateway.client.wallet import PreparedPayment
 from gateway.edge.urls import TAB
 
 

@@ -1,10 +1,8 @@
 """A small file wallet for paying Farebox gateways.
 
-The file (JSON, mode 0600, replaced atomically) holds an identity key, the
-coins it can spend, payments in flight and the access tokens bought. Every
-change happens under an exclusive lock on a companion `.lock` file and
-starts from the file's current content, so two `farebox pay` processes never
-pick the same coin.
+The file (walletfile.py: JSON, mode 0600, replaced atomically, changed
+under a lock) holds an identity key, the coins it can spend, payments in
+flight (records.py), the access tokens bought and the payments taken.
 
 Keys: the identity key signs nothing; it is the BRC-29 sender key, and every
 receiving/change key is derived from it (BRC-42 with itself as counterparty,
@@ -26,14 +24,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from bsv import (
     P2PKH,
@@ -48,213 +43,16 @@ from bsv import (
 from gateway.bsv.derivation import payee_key_for_sender
 from gateway.client.beef import atomic_beef, beef_of, transaction_from_beef, unproven
 from gateway.client.coins import DEFAULT_FEE_RATE, Coin, fee_for, select
-from gateway.client.errors import InsufficientFunds, WalletError, WalletNotFound
+from gateway.client.errors import InsufficientFunds, WalletError
+from gateway.client.records import Balance, Paid, PendingPayment, PreparedPayment, Purpose
 from gateway.client.tokens import StoredToken
+from gateway.client.walletfile import State, default_path, locked, read, write
 
-ENV_WALLET = "FAREBOX_WALLET"
-DEFAULT_PATH = "~/.farebox/wallet.json"
 KEY_INVOICE = "1-farebox wallet-{index}"  # BRC-43: security level 1, protocol "farebox wallet"
-FORMAT = 1
-
-
-def default_path() -> Path:
-    return Path(os.environ.get(ENV_WALLET) or DEFAULT_PATH).expanduser()
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    satoshis: int  # spendable now
-    coins: int
-    pending_satoshis: int  # reserved by payments whose outcome is not known yet
-    pending_coins: int
-    set_aside_satoshis: int = 0  # in coins a gateway refused (`Coin.set_aside` says why)
-    set_aside_coins: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedPayment:
-    """A signed payment, its coins reserved, not yet taken by anyone."""
-
-    txid: str
-    beef: bytes  # Atomic BEEF: the transaction and its ancestry
-    vout: int  # the output that pays
-    satoshis: int  # what the payee gets
-    fee: int
-    sender: str  # identity public key, hex: x-bsv-sender
-    prefix: str  # derivation prefix: x-bsv-nonce
-    time_ms: str  # x-bsv-time; the derivation suffix is its base64
-    inputs: tuple[tuple[str, int], ...]
-    change: Coin | None
-
-    @property
-    def suffix(self) -> str:
-        return base64.b64encode(self.time_ms.encode()).decode()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "txid": self.txid,
-            "beef": self.beef.hex(),
-            "vout": self.vout,
-            "satoshis": self.satoshis,
-            "fee": self.fee,
-            "sender": self.sender,
-            "prefix": self.prefix,
-            "time_ms": self.time_ms,
-            "inputs": [list(i) for i in self.inputs],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], change: Coin | None) -> PreparedPayment:
-        return cls(
-            txid=str(data["txid"]),
-            beef=bytes.fromhex(str(data["beef"])),
-            vout=int(data["vout"]),
-            satoshis=int(data["satoshis"]),
-            fee=int(data["fee"]),
-            sender=str(data["sender"]),
-            prefix=str(data["prefix"]),
-            time_ms=str(data["time_ms"]),
-            inputs=tuple((str(t), int(v)) for t, v in data["inputs"]),
-            change=change,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Purpose:
-    """What a payment buys, so an unsettled one is sent again for that alone."""
-
-    origin: str  # the gateway, scheme://host[:port]
-    what: str  # a resource's path, or "tab <scope> <tab id, or new>"
-    server: str = ""  # the gateway's identity key, hex
-
-
-@dataclass(frozen=True, slots=True)
-class PendingPayment:
-    """A payment handed over (or about to be) whose outcome the wallet does not know."""
-
-    txid: str
-    change: Coin | None
-    payment: PreparedPayment | None  # None in files written before payments were kept
-    purpose: Purpose | None
-    since: float  # Unix seconds: when it was built
-    # The network has it: its coins are spent and its change is a coin; kept
-    # only so that the gateway, asked again, hands over what it bought.
-    on_chain: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "txid": self.txid,
-            "change": None if self.change is None else self.change.to_json(),
-            "payment": None if self.payment is None else self.payment.to_json(),
-            "purpose": None
-            if self.purpose is None
-            else {
-                "origin": self.purpose.origin,
-                "what": self.purpose.what,
-                "server": self.purpose.server,
-            },
-            "since": self.since,
-            "on_chain": self.on_chain,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PendingPayment:
-        change = None if data.get("change") is None else Coin.from_json(data["change"])
-        payment, purpose = data.get("payment"), data.get("purpose")
-        return cls(
-            txid=str(data["txid"]),
-            change=change,
-            payment=None if payment is None else PreparedPayment.from_json(payment, change),
-            purpose=None
-            if purpose is None
-            else Purpose(str(purpose["origin"]), str(purpose["what"]), str(purpose["server"])),
-            since=float(data.get("since") or 0),
-            on_chain=bool(data.get("on_chain")),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Paid:
-    """A payment a gateway took: the wallet's own record of what it bought."""
-
-    txid: str
-    origin: str
-    what: str  # as Purpose.what
-    satoshis: int
-    fee: int
-    time: float  # Unix seconds: when it was settled
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "txid": self.txid,
-            "origin": self.origin,
-            "what": self.what,
-            "satoshis": self.satoshis,
-            "fee": self.fee,
-            "time": self.time,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Paid:
-        return cls(
-            txid=str(data["txid"]),
-            origin=str(data["origin"]),
-            what=str(data["what"]),
-            satoshis=int(data["satoshis"]),
-            fee=int(data["fee"]),
-            time=float(data["time"]),
-        )
-
-
-HISTORY = 1000  # payments remembered, newest kept
-
-
-@dataclass(slots=True)
-class _State:
-    identity: str
-    next_key: int = 0
-    chain: str | None = None  # ARC/devnet base URL the coins came from, for fresh proofs
-    coins: list[Coin] = field(default_factory=list)
-    pending: dict[str, PendingPayment] = field(default_factory=dict)  # by payment txid
-    tokens: list[StoredToken] = field(default_factory=list)
-    history: list[Paid] = field(default_factory=list)  # oldest first
-
-    def to_json(self) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "format": FORMAT,
-            "identity": self.identity,
-            "next_key": self.next_key,
-            "chain": self.chain,
-            "coins": [c.to_json() for c in self.coins],
-            "pending": [p.to_json() for p in self.pending.values()],
-            # Expired grants are worth nothing: they are dropped on every write.
-            "tokens": [t.to_json() for t in self.tokens if t.usable(now)],
-            "history": [p.to_json() for p in self.history[-HISTORY:]],
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> _State:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise WalletError("not a Farebox wallet file (or a newer format)")
-        try:
-            pending = {str(p["txid"]): PendingPayment.from_json(p) for p in data.get("pending", [])}
-            tokens = [StoredToken.from_json(t) for t in data.get("tokens", [])]
-            return cls(
-                identity=str(data["identity"]),
-                next_key=int(data["next_key"]),
-                chain=None if data.get("chain") is None else str(data["chain"]),
-                coins=[Coin.from_json(c) for c in data.get("coins", [])],
-                pending=pending,
-                tokens=[t for t in tokens if t is not None],
-                history=[Paid.from_json(p) for p in data.get("history", [])],
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WalletError(f"the wallet file is malformed: {exc!r}") from None
 
 
 class Wallet:
-    def __init__(self, path: Path, state: _State, *, fee_rate: float = DEFAULT_FEE_RATE) -> None:
+    def __init__(self, path: Path, state: State, *, fee_rate: float = DEFAULT_FEE_RATE) -> None:
         if fee_rate < 0:
             raise ValueError("fee_rate must not be negative")
         self.path = path
@@ -279,34 +77,34 @@ class Wallet:
         """A new wallet with a fresh identity key; an existing file is kept as a backup with `force`."""
         path = Path(path).expanduser() if path is not None else default_path()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with _locked(path):
+        with locked(path):
             if path.exists():
                 if not force:
                     raise WalletError(f"{path} already exists (--force keeps it as a backup)")
                 # Never destroy keys: an overwritten wallet could hold coins.
                 os.replace(path, path.with_name(f"{path.name}.{int(time.time())}.bak"))
-            state = _State(identity=PrivateKey().hex())
-            _write(path, state)
+            state = State(identity=PrivateKey().hex())
+            write(path, state)
         return cls(path, state, fee_rate=fee_rate)
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, fee_rate: float = DEFAULT_FEE_RATE) -> Wallet:
         path = Path(path).expanduser() if path is not None else default_path()
-        with _locked(path, create=False):
-            state = _read(path)
+        with locked(path, create=False):
+            state = read(path)
         return cls(path, state, fee_rate=fee_rate)
 
     def reload(self) -> None:
-        with _locked(self.path, create=False):
-            self._state = _read(self.path)
+        with locked(self.path, create=False):
+            self._state = read(self.path)
 
     @contextlib.contextmanager
-    def _update(self) -> Iterator[_State]:
+    def _update(self) -> Iterator[State]:
         """Read-modify-write under the lock; nothing is written if the block raises."""
-        with _locked(self.path, create=False):
-            state = _read(self.path)
+        with locked(self.path, create=False):
+            state = read(self.path)
             yield state
-            _write(self.path, state)
+            write(self.path, state)
             self._state = state
 
     # ----- keys -------------------------------------------------------------------
@@ -640,7 +438,7 @@ class Wallet:
             state.tokens = [t for t in state.tokens if t.token != token]
 
 
-def _spend(state: _State, pending: PendingPayment) -> None:
+def _spend(state: State, pending: PendingPayment) -> None:
     """Drop the coins `pending` spends and keep its change."""
     state.coins = [c for c in state.coins if c.reserved_by != pending.txid]
     if pending.change is not None and all(
@@ -674,57 +472,3 @@ def _with_set_aside(short: InsufficientFunds, coins: list[Coin]) -> Insufficient
     return InsufficientFunds(
         short.needed, short.available, set_aside=sum(c.satoshis for c in aside), why=why
     )
-
-
-@contextlib.contextmanager
-def _locked(path: Path, *, create: bool = True) -> Iterator[None]:
-    if not create and not path.exists():
-        raise WalletNotFound(str(path))
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _read(path: Path) -> _State:
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            data = f.read()
-    except FileNotFoundError:
-        raise WalletNotFound(str(path)) from None
-    except OSError as exc:
-        raise WalletError(f"cannot read {path}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise WalletError(f"{path} holds private keys and is readable by others: chmod 600 {path}")
-    try:
-        return _State.from_json(json.loads(data))
-    except ValueError:
-        raise WalletError(f"{path} is not valid JSON") from None
-
-
-def _write(path: Path, state: _State) -> None:
-    """Write a whole new file and rename it over the old one: a crash leaves either."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(state.to_json(), indent=1).encode()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a stale one may have another mode; O_EXCL makes ours 0600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

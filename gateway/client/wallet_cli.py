@@ -22,7 +22,8 @@ from yarl import URL
 
 from gateway.client.errors import ClientError
 from gateway.client.faucet import DEFAULT_DEVNET, fund
-from gateway.client.wallet import ENV_WALLET, Wallet
+from gateway.client.wallet import Wallet
+from gateway.client.walletfile import ENV_WALLET
 from gateway.edge.urls import RECEIPTS
 
 DEFAULT_FUND = 100_000
