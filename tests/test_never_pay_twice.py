@@ -23,8 +23,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
+from bsv import PrivateKey
 
 import gateway.tokens as tokens_module
 from gateway.bsv.beef import read_beef
@@ -542,3 +544,103 @@ async def farebox(*args: str, wallet: Path) -> tuple[int, str, str]:
     )
     out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+# --- a hostile upstream cannot make the client pay twice, or pay it -------------------
+
+HOSTILE_POLICY = """\
+services:
+  archive:
+    upstream: {upstream}
+    mount: /archive
+    routes:
+      - path: /pages/{{n}}
+        price: 25
+        grant: {{lasts: 1h, covers: resource}}
+      - path: /**
+        price: free
+"""
+
+
+@pytest.fixture
+async def hostile(gateway, chain: Chain, tmp_path: Path) -> AsyncIterator[Setup]:
+    """A gateway whose upstream forges Farebox's headers: a token on every answer, the
+    grant cookie, and on a free route a 402 asking clients to pay its own key."""
+    thief = PrivateKey()
+    junk = jwt.encode(
+        {"scope": "/archive/pages/1", "covers": "resource", "methods": ["GET"],
+         "exp": int(time.time()) + 3600, "txid": "ee" * 32, "svc": "archive"},
+        "k" * 32,
+    )  # fmt: skip
+
+    async def page(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"page": request.match_info["n"]},
+            headers={
+                "X-Farebox-Token": junk,
+                "Set-Cookie": f"farebox_token={junk}; Path=/",
+                "X-Farebox-Balance": "999999",
+            },
+        )
+
+    async def trap(request: web.Request) -> web.Response:
+        body = {
+            "type": "https://farebox.dev/problems/payment-required",
+            "status": 402,
+            "reason": "payment-required",
+            "payment": {"price": {"satoshis": 40}, "server": thief.public_key().hex(),
+                        "pay_url": f"//127.0.0.1:{request.url.port}/steal"},
+        }  # fmt: skip
+        return web.json_response(
+            body,
+            status=402,
+            content_type="application/problem+json",
+            headers={"x-bsv-sats": "40", "x-bsv-server": thief.public_key().hex()},
+        )
+
+    app = web.Application()
+    app.router.add_get("/pages/{n}", page)
+    app.router.add_route("*", "/trap", trap)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    policy = HOSTILE_POLICY.format(upstream=f"http://127.0.0.1:{runner.addresses[0][1]}")
+    async for ready in _behind_a_lossy_proxy(gateway, policy, chain, tmp_path):
+        yield ready
+    await runner.cleanup()
+
+
+async def test_a_token_an_upstream_forges_is_never_taken_for_the_grant(
+    hostile: Setup, wallet: Wallet
+) -> None:
+    url = f"{hostile.base}/archive/pages/1"
+    async with session(wallet) as s:
+        for _ in range(3):
+            async with s.get(url) as resp:
+                assert resp.status == 200, await resp.text()
+                assert "X-Farebox-Balance" not in resp.headers
+                assert len(resp.headers.getall("X-Farebox-Token", [])) <= 1
+                cookies = resp.headers.getall("Set-Cookie", [])
+                assert len([c for c in cookies if c.startswith("farebox_token=")]) <= 1
+    await _spent_once(hostile, wallet, 25)  # three requests, one payment
+
+
+@pytest.mark.parametrize("pay_endpoint", [False, True])
+async def test_a_free_route_upstream_cannot_ask_for_payment(
+    hostile: Setup, wallet: Wallet, pay_endpoint: bool
+) -> None:
+    before = wallet.balance()
+    paying = session(wallet, use_pay_endpoint=pay_endpoint)
+    async with paying as s, s.get(f"{hostile.base}/archive/trap") as resp:
+        assert resp.status == 402
+        assert resp.farebox_payment is None
+        assert "x-bsv-server" not in resp.headers
+    assert wallet.balance() == before and wallet.pending() == []
+
+
+async def test_a_pay_url_naming_another_origin_is_not_followed() -> None:
+    from gateway.client.challenge import _own_path
+
+    for bad in ("//evil/steal", "/\\evil/steal", "https://evil/", "evil", "/é", "/a\nb", 7):
+        assert not _own_path(bad), bad
+    assert _own_path("/.well-known/farebox/pay")

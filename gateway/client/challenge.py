@@ -96,12 +96,25 @@ async def read_challenge(resp: aiohttp.ClientResponse) -> Challenge | None:
     return Challenge(
         satoshis=price,
         server=server,
-        pay_url=pay_url if isinstance(pay_url, str) and pay_url.startswith("/") else PAY,
+        pay_url=pay_url if _own_path(pay_url) else PAY,
         reason=str(body.get("reason") or "payment-required"),
         detail=str(body.get("detail") or ""),
         scope=grant.get("scope") if isinstance(grant.get("scope"), str) else None,
         covers=grant.get("covers") if isinstance(grant.get("covers"), str) else None,
         tab=_tab_terms(payment.get("tab"), price),
+    )
+
+
+def _own_path(value: object) -> bool:
+    """A path on the gateway's own origin: "/x", never "//host/x" (another
+    origin once joined), a backslash (read as a slash by some), or a scheme."""
+    return (
+        isinstance(value, str)
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "\\" not in value
+        and value.isascii()
+        and value.isprintable()
     )
 
 
@@ -118,7 +131,7 @@ def _tab_terms(value: object, price: int) -> TabTerms | None:
         most_satoshis=_sats(tab.get("most_satoshis")),
         top_up=price,  # x-bsv-sats: what the headers ask is what is paid
         balance=_sats(tab.get("balance_satoshis")),
-        balance_url=url if isinstance(url, str) and url.startswith("/") else TAB,
+        balance_url=url if _own_path(url) else TAB,
         units_header=header if isinstance(header, str) else None,
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from gateway.client.errors import NotDelivered, PaymentNotSettled, PaymentRefuse
 from gateway.client.grants import bearer
 from gateway.client.records import PreparedPayment
 from gateway.client.responses import FareboxResponse, json_object, send
-from gateway.client.tokens import StoredToken
+from gateway.client.tokens import StoredToken, read_token
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ class Courier:
 
         async def attempt() -> tuple[Verdict, tuple[FareboxResponse, str | None] | None]:
             resp = await send(self._client(), method, url, paying, kwargs, allow_redirects=False)
-            token = resp.headers.get(TOKEN_HEADER)
+            token = paid_for(resp.headers.getall(TOKEN_HEADER, ()), prepared.txid)
             verdict = await _verdict(resp, token)
             if verdict.outcome is Outcome.ACCEPTED:
                 return verdict, (resp, token)
@@ -167,6 +167,8 @@ class Courier:
             body["tab"] = tab.token
         # Only a path is taken from the 402: a payment never leaves this origin.
         pay_url = url.origin().join(URL(pay_path))
+        if pay_url.origin() != url.origin():
+            raise NotDelivered("foreign-pay-url", f"{pay_path} is not on {url.origin()}", txid="")
 
         async def attempt() -> tuple[Verdict, dict[str, Any] | None]:
             async with self._client().post(pay_url, json=body, allow_redirects=False) as resp:
@@ -174,7 +176,7 @@ class Courier:
                 if resp.status == 200:
                     with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
                         answer = json_object(await resp.json(content_type=None))
-                verdict = await _verdict(resp, token_in(answer))
+                verdict = await _verdict(resp, paid_for([token_in(answer) or ""], prepared.txid))
                 return verdict, answer if verdict.outcome is Outcome.ACCEPTED else None
 
         return await self._until_settled(attempt, prepared)
@@ -220,6 +222,19 @@ class Courier:
         if not reached:
             raise NotDelivered(reason, detail, txid=prepared.txid)
         raise PaymentNotSettled(reason, detail, txid=prepared.txid)
+
+
+def paid_for(tokens: Iterable[str], txid: str) -> str | None:
+    """The token among `tokens` that the payment `txid` bought, None if none did.
+
+    A token for anything else (a stale one, or one an upstream forged on the
+    way) proves nothing about this payment: it is never taken as its grant.
+    """
+    for token in tokens:
+        stored = read_token("", token) if token else None
+        if stored is not None and stored.txid == txid:
+            return token
+    return None
 
 
 def token_in(answer: dict[str, Any]) -> str | None:

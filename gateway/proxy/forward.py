@@ -527,6 +527,12 @@ def _overrides_cache_control(name: str) -> bool:
 
 # The upstream's own values are replaced: our request id, and Server (as nginx hides it).
 _REPLACED = frozenset({"x-request-id", "server"})
+# Headers only Farebox speaks to clients: a token, a charge, a payment
+# request. From an upstream they would be forged (a free route's upstream
+# asking clients to pay its own key, or a junk token a client keeps instead
+# of the one it bought), so they never pass.
+_OWN_PREFIXES = ("x-farebox-", "x-bsv-")
+_OWN = frozenset({"payment-required", "payment-response", "x-payment-response", "set-cookie"})
 
 
 def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
@@ -536,6 +542,8 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
         lower = name.lower()
         if lower == "connection":
             listed.append(value)
+        elif lower.startswith(_OWN_PREFIXES) or (lower in _OWN and _forged(lower, value)):
+            continue
         elif lower not in HOP_BY_HOP and lower not in _REPLACED:
             out.add(name, value)
     # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
@@ -544,6 +552,14 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
             out.popall(token.strip(), None)
     out["Server"] = SERVER  # as nginx does: the upstream's software is not the client's business
     return out
+
+
+def _forged(name: str, value: str) -> bool:
+    """Whether an upstream's header of a name Farebox also sends must not pass:
+    the x402 ones always, a cookie only when it would set Farebox's grant cookie."""
+    if name != "set-cookie":
+        return True
+    return value.lstrip().lower().startswith(CREDENTIAL_COOKIE + "=")
 
 
 def _connection_listed(headers: CIMultiDict[str]) -> frozenset[str]:
