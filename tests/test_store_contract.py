@@ -151,6 +151,17 @@ async def test_complete_then_same_returns_receipt_and_token(backend: Backend) ->
     assert (await store.claim("bb", "other\n/x")).outcome is Outcome.CONFLICT
 
 
+async def test_accepted_only_looks(backend: Backend) -> None:
+    store = backend.store
+    assert await store.accepted("ab", PURCHASE) is None  # unknown: and nothing claimed
+    assert (await store.claim("ab", PURCHASE)).outcome is Outcome.NEW
+    assert await store.accepted("ab", PURCHASE) is None  # in progress
+    await store.complete("ab", receipt_for("ab"), "tok-ab")
+    found = await store.accepted("ab", PURCHASE)
+    assert found is not None and (found.receipt, found.token) == (receipt_for("ab"), "tok-ab")
+    assert await store.accepted("ab", "other\n/x") is None  # another purchase
+
+
 async def test_release_only_by_same_purchase_and_before_complete(backend: Backend) -> None:
     store = backend.store
     await store.claim("cc", PURCHASE)

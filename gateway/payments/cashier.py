@@ -51,6 +51,7 @@ class Ledger(Protocol):
     async def complete(self, txid: str, receipt: Receipt, token: str) -> None: ...
     async def release(self, txid: str, purchase: str) -> None: ...
     async def receipt(self, txid: str) -> Receipt | None: ...
+    async def accepted(self, txid: str, purchase: str) -> Claim | None: ...
     async def credit(self, tab: str, amount: int, once: str) -> tuple[int, bool]: ...
     async def balance(self, tab: str) -> int | None: ...
 
@@ -303,17 +304,15 @@ class Cashier:
         return Accepted(verified[0], token, receipt, repeated=True)
 
     async def _taken_before(self, txid: str, purchase: str) -> Accepted | None:
-        """This payment's earlier acceptance for `purchase`, if it was accepted."""
+        """This payment's earlier acceptance for `purchase`, if it was accepted
+        (a read: it never claims, so it cannot stand in a real payment's way)."""
         try:
-            claim = await self.store.claim(txid, purchase)
-            if claim.outcome is Outcome.NEW:
-                await self.store.release(txid, purchase)  # only looking
-                return None
+            claim = await self.store.accepted(txid, purchase)
         except StoreUnavailable:
             return None  # the refusal stands; the client may send it again
-        if claim.outcome is Outcome.SAME and claim.receipt is not None and claim.token is not None:
-            return self._repeated(claim.receipt, claim.token)
-        return None
+        if claim is None or claim.receipt is None or claim.token is None:
+            return None
+        return self._repeated(claim.receipt, claim.token)
 
     async def _was_fresh(self, txid: str, purchase: str) -> bool:
         """Whether this payment was fresh when it first came (see _remember_fresh)."""

@@ -90,6 +90,11 @@ class Store(Protocol):
         """Give up a claim whose payment failed before it was accepted."""
         ...
 
+    async def accepted(self, txid: str, purchase: str) -> Claim | None:
+        """The completed claim of `txid` for `purchase` (SAME, with its receipt and
+        token), or None: only looks, never claims."""
+        ...
+
     async def receipt(self, txid: str) -> Receipt | None:
         """The receipt completed under this claim key (a txid, or "checkout:<id>")."""
         ...

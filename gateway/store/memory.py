@@ -106,6 +106,14 @@ class MemoryStore:
             return Claim(Outcome.CONFLICT)
         return Claim(Outcome.SAME, entry.receipt, entry.token)
 
+    async def accepted(self, txid: str, purchase: str) -> Claim | None:
+        entry = self._claims.get(txid)
+        if entry is None or entry.purchase != purchase or entry.receipt is None:
+            return None
+        if entry.token is None:
+            return None
+        return Claim(Outcome.SAME, entry.receipt, entry.token)
+
     async def complete(self, txid: str, receipt: Receipt, token: str) -> None:
         self._index(receipt)
         # setdefault: a claim taken over after its first owner released it.

@@ -596,6 +596,14 @@ class RedisStore:
     async def release(self, txid: str, purchase: str) -> None:
         await self._run(self._release, self.keys.claim(txid), [purchase])
 
+    async def accepted(self, txid: str, purchase: str) -> Claim | None:
+        (key,) = self.keys.claim(txid)
+        found = await self._guard(lambda: self._client.hmget(key, "purchase", "receipt", "token"))
+        held, body, token = found  # decode_responses: str or None
+        if held != purchase or not body or not token:
+            return None
+        return Claim(Outcome.SAME, Receipt.from_json(json.loads(body)), token)
+
     async def receipt(self, txid: str) -> Receipt | None:
         (key,) = self.keys.claim(txid)
         body = await self._guard(lambda: self._client.hget(key, "receipt"))
