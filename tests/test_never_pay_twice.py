@@ -32,7 +32,13 @@ import gateway.tokens as tokens_module
 from gateway.bsv.beef import read_beef
 from gateway.chain.local import LocalBroadcaster
 from gateway.client import InsufficientFunds, PayingSession, Wallet, fund
-from gateway.client.errors import ClockSkew, OriginNotAllowed, PaymentNotSettled
+from gateway.client.errors import (
+    ClockSkew,
+    OriginNotAllowed,
+    PaymentNotSettled,
+    PaymentRefused,
+    SpendingLimitExceeded,
+)
 from gateway.client.tokens import read_token
 from gateway.devnet import Devnet, start
 from gateway.payments.cashier import Cashier
@@ -72,6 +78,8 @@ class Lossy:
     url: str = ""
     plan: list[str] = field(default_factory=list)
     forwarded_payments: int = 0
+    delay: float = 0.0  # seconds each payment waits before it is forwarded
+    unpaid_delay: float = 0.0  # seconds each request without a payment waits
 
     def carries_payment(self, request: web.Request) -> bool:
         return "x-bsv-beef" in request.headers or request.path == PAY_PATH
@@ -92,6 +100,9 @@ async def _lossy_app(lossy: Lossy) -> web.Application:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         if lossy.carries_payment(request):
             lossy.forwarded_payments += 1
+            await asyncio.sleep(lossy.delay)
+        else:
+            await asyncio.sleep(lossy.unpaid_delay)
         async with http.request(
             request.method,
             lossy.gateway + request.path_qs,
@@ -122,6 +133,12 @@ async def _lossy_app(lossy: Lossy) -> web.Application:
             if request.path == PAY_PATH:
                 return web.json_response({"status": "paid"})
             return web.Response(status=status, body=answer, headers=out)
+        if action == "double-spend":  # a gateway that took it and lies
+            return web.json_response(
+                {"status": 409, "reason": "double-spend", "detail": "spent elsewhere"},
+                status=409,
+                content_type="application/problem+json",
+            )
         if action == "drop-after":  # the gateway took it; the answer never comes
             assert request.transport is not None
             request.transport.abort()
@@ -348,6 +365,82 @@ async def test_a_lost_answer_resent_after_the_price_rose_gets_its_grant(
         assert resp.farebox_payment is not None
         assert resp.farebox_payment.txid == unsettled.value.txid
     await _spent_once(setup, wallet, 25)
+
+
+async def test_a_pending_payment_for_a_route_wide_grant_is_resent_for_another_resource(
+    setup: Setup, wallet: Wallet
+) -> None:
+    # /datasets/** is sold as one grant for the route: the gateway's purchase.
+    setup.lossy.plan = ["502", "502"]
+    async with session(wallet, retries=1) as s:
+        with pytest.raises(PaymentNotSettled) as unsettled:
+            await s.get(f"{setup.base}/archive/datasets/a")
+    async with session(wallet) as s, s.get(f"{setup.base}/archive/datasets/b") as resp:
+        assert resp.status == 200
+        assert resp.farebox_payment is not None
+        assert resp.farebox_payment.txid == unsettled.value.txid
+    await _spent_once(setup, wallet, 100)
+
+
+async def test_unsettled_payments_count_against_the_session_limit(
+    setup: Setup, wallet: Wallet
+) -> None:
+    setup.lossy.plan = ["502"] * 2
+    async with session(wallet, retries=1, max_total=30) as s:
+        with pytest.raises(PaymentNotSettled):
+            await s.get(f"{setup.base}/archive/pages/20")
+        # 25 satoshis may be paid already: another 25 would pass the limit.
+        with pytest.raises(SpendingLimitExceeded):
+            await s.get(f"{setup.base}/archive/pages/21")
+    assert len(setup.chain.txids()) == 1
+
+
+async def test_a_gateway_claiming_a_coin_is_spent_is_not_paid_again_on_its_word(
+    setup: Setup, wallet: Wallet, chain: Chain
+) -> None:
+    await fund(wallet, 10_000, chain.url)
+    setup.lossy.plan = ["double-spend"] * 4  # takes each payment, then says "spent"
+    async with session(wallet, max_total=1_000) as s:
+        with pytest.raises(PaymentRefused) as refused:
+            await s.get(f"{setup.base}/archive/pages/22")
+    assert refused.value.reason == "double-spend"
+    assert len(setup.chain.txids()) == 1  # one payment lost to the liar, not four
+    (aside,) = [c for c in wallet.coins() if c.set_aside]
+    assert refused.value.txid in (aside.set_aside or "")  # which payment, for the record
+
+
+async def test_processes_sharing_a_wallet_buy_one_grant(setup: Setup, wallet: Wallet) -> None:
+    async def staggered(url: str, *, every: float) -> list[tuple[int, str, str]]:
+        async def one(n: int) -> tuple[int, str, str]:
+            await asyncio.sleep(n * every)
+            return await farebox("pay", url, wallet=wallet.path)
+
+        return list(await asyncio.gather(*(one(n) for n in range(3))))
+
+    # Payments overlap: each process has its 402 before the first is taken.
+    setup.lossy.delay = 1.0
+    results = await staggered(f"{setup.base}/archive/pages/30", every=0.2)
+    assert all(code == 0 for code, _, _ in results), results
+    assert len(setup.chain.txids()) == 1
+
+    # One process's payment is taken while the others wait for their 402.
+    setup.lossy.delay, setup.lossy.unpaid_delay = 0.0, 1.5
+    results = await staggered(f"{setup.base}/archive/pages/31", every=0.8)
+    assert all(code == 0 for code, _, _ in results), results
+    assert len(setup.chain.txids()) == 2 == len(await setup.receipts())
+
+    # A payment left pending: every process sends that one again.
+    setup.lossy.unpaid_delay = 0.0
+    setup.lossy.plan = ["502"] * 2
+    url = f"{setup.base}/archive/pages/32"
+    async with session(wallet, retries=1) as s:
+        with pytest.raises(PaymentNotSettled):
+            await s.get(url)
+    setup.lossy.delay = 1.0
+    results = await staggered(url, every=0.2)
+    assert all(code == 0 for code, _, _ in results), results
+    assert len(setup.chain.txids()) == 3 == len(await setup.receipts())
+    assert Wallet.open(wallet.path).pending() == []
 
 
 # --- 3. a grant refused only for the time is never bought again ------------------------

@@ -130,11 +130,11 @@ async def test_coins_tokens_and_receipts_list_what_the_wallet_holds(
     assert code == 0, err
     (receipt,) = json.loads(out)
     assert receipt["txid"] == paid.txid and receipt["satoshis"] == 25
-    assert receipt["origin"] == base and receipt["for"] == "/archive/pages/1"
+    assert receipt["origin"] == base and receipt["for"] == "GET resource /archive/pages/1"
     assert receipt["receipt"]["txid"] == paid.txid  # the gateway's own receipt
     assert receipt["receipt"]["service"] == "archive"
     code, out, _ = await farebox("wallet", "receipts", wallet=wallet.path)
-    assert f"{base} /archive/pages/1: 25 sat" in out
+    assert f"{base} GET resource /archive/pages/1: 25 sat" in out
 
 
 async def test_coins_show_set_aside_and_pending_and_restore(devnet, tmp_path: Path) -> None:

@@ -29,13 +29,11 @@ from gateway.client.errors import (
 from gateway.client.proofs import refresh_proofs
 from gateway.client.records import PreparedPayment, Purpose
 from gateway.client.responses import Payment
-from gateway.client.tokens import StoredToken, origin_of
+from gateway.client.tokens import StoredToken, canonical_path, origin_of
 from gateway.client.wallet import Wallet
 
 T = TypeVar("T")
 
-# Refusals that say the gateway has the transaction: its coins are spent.
-TAKEN = frozenset({"payment-reused", "grant-expired"})
 # Refusals caused by a coin the payment spends: its proof is not one the
 # gateway's chain knows (a devnet restarted, a wallet funded on another
 # chain), or it is spent already. Gateway reasons, then ARC's.
@@ -76,8 +74,11 @@ class Purse:
         self.top_up_at_least = top_up
         self.chain_url = chain_url
         self.payments: list[Payment] = []
-        self.spent = 0  # satoshis paid to gateways
-        self._in_flight = 0  # prices of payments under way, held against max_total
+        self.spent = 0  # satoshis paid to gateways (payments taken)
+        # Every payment handed over in this session that may have been paid:
+        # taken, in flight, unsettled, or refused for a coin (a gateway that
+        # broadcast it and lied has it). txid -> satoshis, held against max_total.
+        self._committed: dict[str, int] = {}
         # One payment at a time per resource (and per tab, for top-ups).
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -105,26 +106,31 @@ class Purse:
             raise SpendingLimitExceeded(
                 "per-request", price, self.max_per_request, self.spent, str(url)
             )
-        committed = self.spent + self._in_flight
+        committed = sum(self._committed.values())
         if self.max_total is not None and committed + price > self.max_total:
             raise SpendingLimitExceeded("total", price, self.max_total, committed, str(url))
 
     def lock(self, url: URL, challenge: Challenge) -> asyncio.Lock:
-        """The lock a payment for `challenge` at `url` is made under (per resource, per tab)."""
+        """The lock a payment for `challenge` at `url` is made under (per resource,
+        per route for a route-wide grant, per tab)."""
         # A tab is topped up once however many of its routes ran it dry.
-        what = f"tab {challenge.scope}" if challenge.for_tab else url.raw_path
+        what = f"tab {challenge.scope}" if challenge.for_tab else _bought(url, challenge)
         lock = self._locks.get((origin_of(url), what))
         if lock is None:
             lock = self._locks[(origin_of(url), what)] = asyncio.Lock()
         return lock
 
-    def purpose(self, url: URL, challenge: Challenge, tab: StoredToken | None = None) -> Purpose:
-        """What a payment for `challenge` at `url` buys: the resource, or a top-up
-        of `tab` (None: a new tab) for the challenge's tab scope."""
+    def purpose(
+        self, url: URL, challenge: Challenge, method: str, tab: StoredToken | None = None
+    ) -> Purpose:
+        """What a payment for `challenge` at `method` `url` buys, as the gateway
+        counts a purchase: the grant's scope (a resource, or a whole route for a
+        route-wide grant) and the method, or a top-up of `tab` (None: a new
+        tab) for the challenge's tab scope."""
         if challenge.for_tab:
             what = f"tab {challenge.scope} {tab.tab if tab is not None else 'new'}"
         else:
-            what = url.raw_path
+            what = f"{method} {_bought(url, challenge)}"
         return Purpose(origin_of(url), what, challenge.server)
 
     async def pay(
@@ -134,75 +140,102 @@ class Purse:
         price: int,
         http: aiohttp.ClientSession | None,
         deliver: Callable[[PreparedPayment], Awaitable[T]],
+        *,
+        since: float | None = None,
+        keep: Callable[[T], object] | None = None,
     ) -> tuple[PreparedPayment, T]:
         """Pay `price` satoshis for `purpose` within the limits: `deliver(prepared)`
-        hands the payment over and returns what the gateway gave for it.
+        hands the payment over and returns what the gateway gave for it, and
+        `keep(result)` stores its grant before the payment counts as taken.
         `http` fetches fresh proofs when a chain URL is set.
 
         A payment made earlier for the same purpose whose outcome is still
-        unknown is sent again as it is: never a second one. Taken (`deliver`
-        returned): its coins are spent. Refused: they are free again, or, if
-        the gateway refused a coin (its proof, or spent elsewhere), that coin
-        is set aside with the reason and the payment built again from the
-        others (InsufficientFunds says so when none are left). Sent but not
-        answered: it stays pending (PaymentNotSettled). SpendingLimitExceeded
-        before any coin is touched.
+        unknown is sent again as it is: never a second one. SettledMeanwhile
+        if another process's payment for it was taken at or after `since`
+        (its grant is in the wallet). Taken: its coins are spent. Refused:
+        they are free again; a coin the gateway refused for its proof,
+        naming the block, is set aside with the reason and the payment built
+        again from the others (InsufficientFunds says so when none are left);
+        one refused as spent elsewhere is set aside and the refusal raised.
+        Sent but not answered: it stays pending (PaymentNotSettled).
+        SpendingLimitExceeded before any coin is touched; every payment that
+        may have been paid counts against `max_total`.
         """
         self.check(price, url)
-        self._in_flight += price
-        try:
-            if self.chain_url and http is not None:
-                await refresh_proofs(self.wallet, http, self.chain_url)
-            for _ in range(REBUILDS + 1):
-                prepared = self.wallet.pending_for(purpose)
-                resent = prepared is not None
-                if prepared is None:
-                    prepared = self.wallet.prepare_payment(purpose.server, price, purpose=purpose)
-                elif prepared.satoshis > price:
-                    self.check(prepared.satoshis, url)  # the price fell since: still within limits
+        if self.chain_url and http is not None:
+            await refresh_proofs(self.wallet, http, self.chain_url)
+        for _ in range(REBUILDS + 1):
+            found = self.wallet.payment_for(purpose, price, since=since)
+            if found is None:
+                raise SettledMeanwhile(purpose)
+            prepared, resent = found
+            if prepared.txid not in self._committed:
                 try:
-                    result = await deliver(prepared)
-                except PaymentRefused as refused:
-                    if not self._refused(prepared, refused, purpose):
-                        raise
-                    continue  # a coin was the cause: build it again from the others
-                except NotDelivered as lost:
-                    if resent:  # handed over before: it may still have been taken
-                        raise PaymentNotSettled(lost.reason, lost.detail, txid=lost.txid) from lost
-                    self.wallet.release(prepared.txid)  # nothing ever left
+                    self.check(prepared.satoshis, url)
+                except SpendingLimitExceeded:
+                    if not resent:
+                        self.wallet.release(prepared.txid)  # never sent
                     raise
-                self.wallet.settle(prepared.txid)
-                self.spent += prepared.satoshis
-                return prepared, result
-            raise PaymentRefused(
-                "coins-refused",
-                f"{purpose.origin} refused {REBUILDS + 1} payments for the wallet's coins; "
-                "`farebox wallet coins` lists the coins set aside",
-            )
-        finally:
-            self._in_flight -= price
+                self._committed[prepared.txid] = prepared.satoshis
+            try:
+                result = await deliver(prepared)
+            except PaymentRefused as refused:
+                if not self._refused(prepared, refused, purpose):
+                    raise
+                continue  # a coin was the cause: build it again from the others
+            except NotDelivered as lost:
+                if resent:  # handed over before: it may still have been taken
+                    raise PaymentNotSettled(lost.reason, lost.detail, txid=lost.txid) from lost
+                self.wallet.release(prepared.txid)  # nothing ever left
+                self._committed.pop(prepared.txid, None)
+                raise
+            if keep is not None:
+                keep(result)  # the grant is in the wallet before the payment counts as taken
+            self.wallet.settle(prepared.txid)
+            self.spent += prepared.satoshis
+            return prepared, result
+        raise PaymentRefused(
+            "coins-refused",
+            f"{purpose.origin} refused {REBUILDS + 1} payments for the wallet's coins; "
+            "`farebox wallet coins` lists the coins set aside",
+        )
 
     def _refused(
         self, prepared: PreparedPayment, refused: PaymentRefused, purpose: Purpose
     ) -> bool:
-        """Account for a refused payment; True if one of its coins was the cause
-        (set aside now) and the payment should be built again."""
-        if refused.reason in TAKEN:
-            # The gateway has this transaction (for something else, or its
-            # grant has ended): its coins are spent all the same.
+        """Account for a refused payment; True if a coin of ours was the cause,
+        shown by the block the gateway named, and the payment should be built
+        again from the other coins."""
+        if refused.reason == "grant-expired":
+            # The gateway took this transaction long ago: its coins are spent.
             self.wallet.settle(prepared.txid)
+            return False
+        if refused.reason == "payment-reused":
+            # The gateway holds this txid for something else: it may be on the
+            # network or may not. Kept pending (the chain settles it, or
+            # `farebox wallet coins --abandon` frees it); never spent again.
             return False
         if refused.reason not in COIN_FAULTS:
             self.wallet.release(prepared.txid)
+            self._committed.pop(prepared.txid, None)
             return False
-        culprits = set(prepared.inputs)
+        why = (
+            f"{purpose.origin} refused payment {prepared.txid} ({refused.reason}): {refused.detail}"
+        )
         height, root = refused.problem.get("height"), refused.problem.get("merkle_root")
+        named: set[tuple[str, int]] = set()
         if isinstance(height, int) and isinstance(root, str):
-            # The gateway named the block it does not know: only coins proven by it.
-            culprits = culprits & self.wallet.proven_by(height, root) or culprits
-        why = f"{purpose.origin} refused it ({refused.reason}): {refused.detail}"
-        self.wallet.set_aside(prepared.txid, culprits, why)
-        return True
+            named = set(prepared.inputs) & self.wallet.proven_by(height, root)
+        if named:
+            # Our coin's proof rests on a block the gateway's chain does not
+            # have: what the gateway says can be checked. Build it again.
+            self.wallet.set_aside(prepared.txid, named, why)
+            self._committed.pop(prepared.txid, None)
+            return True
+        # Unverifiable (spent elsewhere, say): set aside, but never rebuilt on
+        # a gateway's word alone, which could be a lie to draw more payments.
+        self.wallet.set_aside(prepared.txid, prepared.inputs, why)
+        return False
 
     def record(
         self,
@@ -226,3 +259,20 @@ class Purse:
         )
         self.payments.append(payment)
         return payment
+
+
+class SettledMeanwhile(Exception):
+    """Another process's payment for this purpose was taken while this one
+    waited: its grant is in the wallet; nothing is paid here."""
+
+    def __init__(self, purpose: Purpose) -> None:
+        super().__init__(f"{purpose.origin} {purpose.what}: bought meanwhile")
+        self.purpose = purpose
+
+
+def _bought(url: URL, challenge: Challenge) -> str:
+    """What the gateway sells at `url`: the 402's grant scope (with what it
+    covers), else the request's canonical path."""
+    if challenge.scope and challenge.covers:
+        return f"{challenge.covers} {challenge.scope}"
+    return canonical_path(url) or url.raw_path

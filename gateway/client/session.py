@@ -33,6 +33,7 @@ over and resends it, `Tabs` (tabs.py) asks about and tops up tabs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, overload
@@ -43,9 +44,9 @@ from yarl import URL
 
 from gateway.client.challenge import Challenge, read_challenge
 from gateway.client.delivery import DEFAULT_HEADER_LIMIT, Courier
-from gateway.client.errors import ClockSkew, OriginNotAllowed
+from gateway.client.errors import ClientError, ClockSkew, OriginNotAllowed
 from gateway.client.grants import Grants, bearer, refused
-from gateway.client.purse import Purse
+from gateway.client.purse import Purse, SettledMeanwhile
 from gateway.client.records import PreparedPayment
 from gateway.client.responses import (
     FareboxResponse,
@@ -254,24 +255,32 @@ class PayingSession:
         url = resp.url  # after redirects: where the 402 came from
         resp.release()
         async with self._purse.lock(url, challenge):
-            # A concurrent request may have bought the grant, or topped the
-            # tab up, while this one waited; or the 402 was for a tab and a
-            # grant of another kind went first.
-            fresh = self._grants.find(method, url, tab=challenge.for_tab)
-            if fresh is not None and (stored is None or fresh.token != stored.token):
-                resp = await send(self._client(), method, url, bearer(headers, fresh), kwargs)
-                if resp.status != 402:
-                    resp.farebox_token = fresh
-                    return resp
+            for _ in range(3):
+                since = time.time()
+                # A concurrent request, or another process on this wallet, may
+                # have bought the grant or topped the tab up while this one
+                # waited; or the 402 was for a tab and a grant went first.
+                self.wallet.reload()
+                fresh = self._grants.find(method, url, tab=challenge.for_tab)
+                if fresh is not None and (stored is None or fresh.token != stored.token):
+                    resp = await send(self._client(), method, url, bearer(headers, fresh), kwargs)
+                    if resp.status != 402:
+                        resp.farebox_token = fresh
+                        return resp
+                    try:
+                        challenge = await read_challenge(resp) or challenge
+                    finally:
+                        resp.release()
+                    if challenge.reason == NOT_YET_VALID:
+                        raise ClockSkew(str(url), challenge.detail or challenge.reason)
+                    if refused(fresh, challenge):
+                        self._grants.forget(fresh)
+                    stored = fresh
                 try:
-                    challenge = await read_challenge(resp) or challenge
-                finally:
-                    resp.release()
-                if challenge.reason == NOT_YET_VALID:
-                    raise ClockSkew(str(url), challenge.detail or challenge.reason)
-                if refused(fresh, challenge):
-                    self._grants.forget(fresh)
-            return await self._pay(method, url, headers, kwargs, challenge)
+                    return await self._pay(method, url, headers, kwargs, challenge, since)
+                except SettledMeanwhile:
+                    continue  # its grant is in the wallet now: present it
+            raise ClientError(f"{url}: bought by another process but its grant does not open it")
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -312,12 +321,16 @@ class PayingSession:
         headers: CIMultiDict[str],
         kwargs: dict[str, Any],
         challenge: Challenge,
+        since: float,
     ) -> FareboxResponse:
         price = self._purse.price(challenge)
         # A top-up goes to the wallet's tab for this service, if it has one.
         tab = self._grants.find(method, url, tab=True) if challenge.for_tab else None
         return await self._grants.with_tab(
-            tab, lambda into: self._pay_with(method, url, headers, kwargs, challenge, price, into)
+            tab,
+            lambda into: self._pay_with(
+                method, url, headers, kwargs, challenge, price, into, since
+            ),
         )
 
     async def _pay_with(
@@ -329,8 +342,10 @@ class PayingSession:
         challenge: Challenge,
         price: int,
         tab: StoredToken | None,
+        since: float,
     ) -> FareboxResponse:
-        purpose = self._purse.purpose(url, challenge, tab)
+        purpose = self._purse.purpose(url, challenge, method, tab)
+        grants: list[StoredToken | None] = []
 
         def deliver(
             prepared: PreparedPayment,
@@ -339,10 +354,13 @@ class PayingSession:
                 method, url, headers, kwargs, challenge.pay_url, prepared, tab
             )
 
-        prepared, (resp, token, via) = await self._purse.pay(
-            url, purpose, price, self._http, deliver
+        def keep(result: tuple[FareboxResponse | None, str | None, str]) -> None:
+            grants.append(self._grants.remember(url, result[1]))
+
+        prepared, (resp, _, via) = await self._purse.pay(
+            url, purpose, price, self._http, deliver, since=since, keep=keep
         )
-        grant = self._grants.remember(url, token)
+        grant = grants[-1]
         payment = self._purse.record(url, method, prepared, prepared.satoshis, via, grant)
         if resp is None:  # paid at the endpoint: now ask with the grant
             resp = await send(self._client(), method, url, bearer(headers, grant), kwargs)

@@ -104,9 +104,14 @@ class Tabs:
         def deliver(prepared: PreparedPayment) -> Awaitable[dict[str, Any]]:
             return self._courier.to_endpoint(method, url, challenge.pay_url, prepared, tab)
 
-        purpose = purse.purpose(url, challenge, tab)
-        prepared, answer = await purse.pay(url, purpose, price, self._client(), deliver)
-        grant = self._grants.remember(url, token_in(answer))
+        grants: list[StoredToken | None] = []
+
+        def keep(answer: dict[str, Any]) -> None:
+            grants.append(self._grants.remember(url, token_in(answer)))
+
+        purpose = purse.purpose(url, challenge, method, tab)
+        prepared, answer = await purse.pay(url, purpose, price, self._client(), deliver, keep=keep)
+        grant = grants[-1]
         purse.record(url, method, prepared, prepared.satoshis, "pay-endpoint", grant)
         about = json_object(answer.get("tab"))
         balance = read_amount(about.get("balance_satoshis"))

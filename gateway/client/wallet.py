@@ -161,12 +161,7 @@ class Wallet:
         thing), to be sent again as it is; None if there is none."""
         self.reload()  # another process may have settled it since
         for pending in self.pending():
-            found = pending.purpose
-            if (
-                pending.payment is not None
-                and found is not None
-                and (found.origin, found.what) == (purpose.origin, purpose.what)
-            ):
+            if pending.payment is not None and _same(pending.purpose, purpose):
                 return pending.payment
         return None
 
@@ -238,61 +233,94 @@ class Wallet:
         output 1, if any, is change to a fresh wallet key. InsufficientFunds
         if the spendable coins cannot pay it and its fee.
         """
+        with self._update() as state:
+            return self._prepare(state, server, satoshis, prefix, time_ms, purpose)
+
+    def payment_for(
+        self, purpose: Purpose, satoshis: int, *, since: float | None = None
+    ) -> tuple[PreparedPayment, bool] | None:
+        """The payment to send for `purpose`, decided under the wallet's lock so
+        that two processes never both build one: the unsettled payment made
+        for it earlier (and True: it is a resend), else a new payment of
+        `satoshis` to `purpose.server` (and False). None when a payment for
+        `purpose` was taken at or after `since` (Unix seconds): another
+        process bought it meanwhile, and its grant is in the wallet now.
+        InsufficientFunds as prepare_payment.
+        """
+        with self._update() as state:
+            for pending in sorted(state.pending.values(), key=lambda p: p.since):
+                if pending.payment is not None and _same(pending.purpose, purpose):
+                    return pending.payment, True
+            if since is not None and any(
+                p.time >= since and (p.origin, p.what) == (purpose.origin, purpose.what)
+                for p in state.history
+            ):
+                return None
+            return self._prepare(state, purpose.server, satoshis, None, None, purpose), False
+
+    def _prepare(
+        self,
+        state: State,
+        server: PublicKey | str,
+        satoshis: int,
+        prefix: str | None,
+        time_ms: str | None,
+        purpose: Purpose | None,
+    ) -> PreparedPayment:
         server_key = PublicKey(server) if isinstance(server, str) else server
         prefix = prefix or base64.b64encode(os.urandom(16)).decode()
         time_ms = time_ms or str(int(time.time() * 1000))
         suffix = base64.b64encode(time_ms.encode()).decode()
         payee = payee_key_for_sender(server_key, self.identity, prefix, suffix)
-        with self._update() as state:
-            try:
-                chosen = select(state.coins, satoshis, self.fee_rate)
-            except InsufficientFunds as short:
-                raise _with_set_aside(short, state.coins) from None
-            outputs = [TransactionOutput(P2PKH().lock(payee.address()), satoshis)]
-            change_index = None
-            if chosen.change:
-                change_index = state.next_key
-                state.next_key += 1
-                change_lock = P2PKH().lock(self.key(change_index).address())
-                outputs.append(TransactionOutput(change_lock, chosen.change))
-            inputs = [
-                TransactionInput(
-                    source_transaction=transaction_from_beef(bytes.fromhex(c.beef), c.txid),
-                    source_output_index=c.vout,
-                    unlocking_script_template=P2PKH().unlock(self._spender(c)),
-                )
-                for c in chosen.coins
-            ]
-            tx = Transaction(inputs, outputs)
-            tx.sign()
-            # The size budget is an upper bound; this only guards a wrong estimate.
-            assert chosen.fee >= fee_for(len(tx.serialize()), self.fee_rate)
-            txid = tx.txid()
-            change = None
-            if chosen.change:
-                change = Coin(
-                    txid=txid,
-                    vout=1,
-                    satoshis=chosen.change,
-                    script=outputs[1].locking_script.hex(),
-                    beef=beef_of(tx).hex(),  # carries the unconfirmed ancestry along
-                    key_index=change_index,
-                )
-            spent = {c.outpoint for c in chosen.coins}
-            state.coins = [c.reserved(txid) if c.outpoint in spent else c for c in state.coins]
-            prepared = PreparedPayment(
-                txid=txid,
-                beef=atomic_beef(tx),
-                vout=0,
-                satoshis=satoshis,
-                fee=chosen.fee,
-                sender=self.identity_key,
-                prefix=prefix,
-                time_ms=time_ms,
-                inputs=tuple(sorted(spent)),
-                change=change,
+        try:
+            chosen = select(state.coins, satoshis, self.fee_rate)
+        except InsufficientFunds as short:
+            raise _with_set_aside(short, state.coins) from None
+        outputs = [TransactionOutput(P2PKH().lock(payee.address()), satoshis)]
+        change_index = None
+        if chosen.change:
+            change_index = state.next_key
+            state.next_key += 1
+            change_lock = P2PKH().lock(self.key(change_index).address())
+            outputs.append(TransactionOutput(change_lock, chosen.change))
+        inputs = [
+            TransactionInput(
+                source_transaction=transaction_from_beef(bytes.fromhex(c.beef), c.txid),
+                source_output_index=c.vout,
+                unlocking_script_template=P2PKH().unlock(self._spender(c)),
             )
-            state.pending[txid] = PendingPayment(txid, change, prepared, purpose, time.time())
+            for c in chosen.coins
+        ]
+        tx = Transaction(inputs, outputs)
+        tx.sign()
+        # The size budget is an upper bound; this only guards a wrong estimate.
+        assert chosen.fee >= fee_for(len(tx.serialize()), self.fee_rate)
+        txid = tx.txid()
+        change = None
+        if chosen.change:
+            change = Coin(
+                txid=txid,
+                vout=1,
+                satoshis=chosen.change,
+                script=outputs[1].locking_script.hex(),
+                beef=beef_of(tx).hex(),  # carries the unconfirmed ancestry along
+                key_index=change_index,
+            )
+        spent = {c.outpoint for c in chosen.coins}
+        state.coins = [c.reserved(txid) if c.outpoint in spent else c for c in state.coins]
+        prepared = PreparedPayment(
+            txid=txid,
+            beef=atomic_beef(tx),
+            vout=0,
+            satoshis=satoshis,
+            fee=chosen.fee,
+            sender=self.identity_key,
+            prefix=prefix,
+            time_ms=time_ms,
+            inputs=tuple(sorted(spent)),
+            change=change,
+        )
+        state.pending[txid] = PendingPayment(txid, change, prepared, purpose, time.time())
         return prepared
 
     def settle(self, txid: str) -> None:
@@ -436,6 +464,10 @@ class Wallet:
     def forget_token(self, token: str) -> None:
         with self._update() as state:
             state.tokens = [t for t in state.tokens if t.token != token]
+
+
+def _same(found: Purpose | None, wanted: Purpose) -> bool:
+    return found is not None and (found.origin, found.what) == (wanted.origin, wanted.what)
 
 
 def _spend(state: State, pending: PendingPayment) -> None:
