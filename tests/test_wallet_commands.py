@@ -88,13 +88,21 @@ async def test_address_then_receive_adds_the_coin(devnet, tmp_path: Path) -> Non
     beef_file = tmp_path / "payment.beef"
     beef_file.write_text(given["beef"])
     code, out, err = await farebox(
-        "wallet", "receive", given["txid"], "--beef", str(beef_file), wallet=other.path
-    )
+        "wallet", "receive", given["txid"], "--beef", str(beef_file), "--devnet-url", url,
+        wallet=other.path,
+    )  # fmt: skip
     assert code == 0 and "received 500 satoshis" in out, err
 
     # A transaction that pays someone else: said plainly, exit 1.
     code, _, err = await farebox(
-        "wallet", "receive", given["txid"], "--beef", str(beef_file), wallet=wallet.path
+        "wallet",
+        "receive",
+        given["txid"],
+        "--beef",
+        str(beef_file),
+        "--devnet-url",
+        url,
+        wallet=wallet.path,
     )
     assert code == 1 and "pays no address of this wallet" in err
     code, _, err = await farebox("wallet", "receive", "nothex", wallet=wallet.path)
@@ -169,3 +177,55 @@ async def test_coins_show_set_aside_and_pending_and_restore(devnet, tmp_path: Pa
     code, _, err = await farebox("wallet", "coins", "--restore", "junk", wallet=wallet.path)
     assert code == 2 and "TXID:VOUT" in err
     assert coin.satoshis == 3_000
+
+
+async def test_receive_refuses_a_beef_the_chain_does_not_vouch_for(devnet, tmp_path: Path) -> None:
+    from bsv import PrivateKey, PublicKey
+
+    from tests.chainkit import Tracker, beef_of, funding, spend
+
+    url, _ = devnet
+    wallet = Wallet.create(tmp_path / "wallet.json")
+    code, _, err = await farebox("wallet", "address", wallet=wallet.path)
+    pubkey = re.search(r"public key ([0-9a-f]{66})", err)
+    assert code == 0 and pubkey is not None
+    # A "payment" resting on a block the devnet never had (an invented merkle path).
+    stranger = PrivateKey()
+    parent = funding(stranger, 10**14, Tracker())
+    forged = spend(parent, 0, stranger, [(PublicKey(pubkey.group(1)), 10**14 - 500)])
+    beef_file = tmp_path / "forged.beef"
+    beef_file.write_text(beef_of(parent, forged).hex())
+    code, _, err = await farebox(
+        "wallet", "receive", forged.txid(), "--beef", str(beef_file), "--devnet-url", url,
+        wallet=wallet.path,
+    )  # fmt: skip
+    assert code == 1 and "not proven (unknown-merkle-root)" in err, err
+    assert Wallet.open(wallet.path).balance().coins == 0
+
+
+async def test_abandon_frees_a_payment_the_network_never_saw(devnet, tmp_path: Path) -> None:
+    url, _ = devnet
+    wallet = Wallet.create(tmp_path / "wallet.json")
+    await fund(wallet, 5_000, url)
+    never_sent = wallet.prepare_payment(PAID_SERVER.public_key(), 100)
+    code, out, err = await farebox(
+        "wallet", "coins", "--abandon", never_sent.txid, wallet=wallet.path
+    )
+    assert code == 0 and f"abandoned {never_sent.txid}" in out, err
+    assert Wallet.open(wallet.path).balance().satoshis == 5_000
+
+    # One the network has is spent: not abandoned.
+    again = Wallet.open(wallet.path)
+    sent = again.prepare_payment(PAID_SERVER.public_key(), 100)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}/v1/tx", data=sent.beef, headers={"Content-Type": "application/octet-stream"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+    code, _, err = await farebox("wallet", "coins", "--abandon", sent.txid, wallet=wallet.path)
+    assert code == 1 and "it is spent" in err, err
+    assert Wallet.open(wallet.path).balance().satoshis == 5_000 - 100 - sent.fee  # the change
+    code, _, err = await farebox("wallet", "coins", "--abandon", "ab" * 32, wallet=wallet.path)
+    assert code == 1 and "no payment in flight" in err

@@ -119,7 +119,7 @@ class PendingPayment:
             purpose=None
             if purpose is None
             else Purpose(str(purpose["origin"]), str(purpose["what"]), str(purpose["server"])),
-            since=float(data.get("since") or 0),
+            since=_finite(data.get("since") or 0),
             on_chain=bool(data.get("on_chain")),
         )
 
@@ -153,8 +153,16 @@ class Paid:
             what=str(data["what"]),
             satoshis=int(data["satoshis"]),
             fee=int(data["fee"]),
-            time=float(data["time"]),
+            time=_finite(data["time"]),
         )
 
 
 HISTORY = 1000  # payments remembered, newest kept
+
+
+def _finite(value: object) -> float:
+    """A number of seconds from the file; ValueError for NaN, infinities or junk."""
+    number = float(value)  # type: ignore[arg-type]
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"not a time: {value!r}")
+    return number

@@ -22,6 +22,7 @@ from yarl import URL
 
 from gateway.client.errors import ClientError
 from gateway.client.faucet import DEFAULT_DEVNET, fund
+from gateway.client.receiving import check_received
 from gateway.client.wallet import Wallet
 from gateway.client.walletfile import ENV_WALLET
 from gateway.edge.urls import RECEIPTS
@@ -101,7 +102,9 @@ def register(wsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="add the coins a transaction pays to this wallet",
         description="Add every output of TXID that pays an address of this wallet. The "
         "transaction and its proof (BEEF) come from --beef FILE (hex or binary, `-` for "
-        "stdin: what a paying wallet hands over) or from the devnet (--devnet-url).",
+        "stdin: what a paying wallet hands over) or from the devnet (--devnet-url). "
+        "Either way it counts only once its signatures check and the devnet knows the "
+        "blocks its proof names.",
     )
     wallet_option(receive)
     receive.add_argument("txid", metavar="TXID", help="the paying transaction's id (hex)")
@@ -110,7 +113,8 @@ def register(wsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--devnet-url",
         default=None,
         metavar="URL",
-        help="devnet to fetch the BEEF from (default: the one the wallet was funded from, "
+        help="devnet to fetch the BEEF from and check its proof against (default: the one "
+        "the wallet was funded from, "
         f"else {DEFAULT_DEVNET})",
     )
     receive.set_defaults(run=_receive)
@@ -128,6 +132,13 @@ def register(wsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="TXID:VOUT",
         default=None,
         help="offer coins set aside for payments again (all of them without arguments)",
+    )
+    coins.add_argument(
+        "--abandon",
+        metavar="TXID",
+        default=None,
+        help="give up a payment in flight that the network never saw: its coins are free "
+        "again (refused if the devnet has it: then it is spent)",
     )
     json_option(coins)
     coins.set_defaults(run=_coins)
@@ -249,17 +260,20 @@ def _receive(args: argparse.Namespace) -> None:
     txid = args.txid.strip().lower()
     if len(txid) != 64 or any(c not in "0123456789abcdef" for c in txid):
         raise fail(f"receive: not a txid (64 hex digits): {args.txid}", 2)
-    if args.beef is not None:
-        beef = _read_beef_file(args.beef)
-    else:
-        chain = args.devnet_url or wallet.chain or DEFAULT_DEVNET
-        beef = asyncio.run(_fetch_beef(chain, txid))
+    chain = args.devnet_url or wallet.chain or DEFAULT_DEVNET
+    beef = _read_beef_file(args.beef) if args.beef is not None else None
     try:
+        if beef is None:
+            beef = asyncio.run(_fetch_beef(chain, txid))
+        # Bytes someone handed over count only once the chain vouches for them.
+        asyncio.run(check_received(beef, txid, chain))
         coins = wallet.receive_all(beef, txid)
     except ClientError as exc:
         raise fail(str(exc)) from None
     if not coins:
         raise fail(f"{txid} pays no address of this wallet (`farebox wallet address` makes one)")
+    if wallet.chain is None:
+        wallet.set_chain(chain)  # where fresh proofs for these coins come from
     for coin in coins:
         print(f"received {coin.satoshis} satoshis: {coin.txid}:{coin.vout}")
     print(f"balance: {balance_line(wallet)}")
@@ -298,6 +312,9 @@ async def _fetch_beef(chain: str, txid: str) -> bytes:
 
 def _coins(args: argparse.Namespace) -> None:
     wallet = open_wallet(args.wallet)
+    if args.abandon is not None:
+        _abandon(wallet, args.abandon.strip().lower())
+        return
     if args.restore is not None:
         outpoints = [_outpoint(o) for o in args.restore] or None
         restored = wallet.restore(outpoints)
@@ -337,11 +354,52 @@ def _coins(args: argparse.Namespace) -> None:
         print("no coins (`farebox wallet fund`, or `address` and `receive`)")
     for p in pending:
         where = " (on chain)" if p["on_chain"] else ""
+        if p["for"] is None:  # from a wallet file older than pending purposes
+            print(
+                f"payment in flight {p['txid']}{where}: not sent again by itself; "
+                f"`farebox wallet coins --abandon {p['txid']}` frees its coins if the "
+                "network never saw it"
+            )
+            continue
         print(
             f"payment in flight {p['txid']}{where}: {p['satoshis']} sat for {p['for']}, "
             f"since {_when(p['since'])}; the next request for it sends it again"
         )
     print(balance_line(wallet))
+
+
+def _abandon(wallet: Wallet, txid: str) -> None:
+    pending = {p.txid: p for p in wallet.pending()}
+    if txid not in pending:
+        raise fail(f"coins --abandon: no payment in flight is {txid}")
+    chain = wallet.chain or DEFAULT_DEVNET
+    status = asyncio.run(_chain_status(chain, txid))
+    if status is None:
+        raise fail(f"coins --abandon: cannot ask {chain} about {txid}: nothing changed")
+    if status != "unknown":
+        wallet.seen_on_chain(txid)
+        raise fail(
+            f"coins --abandon: the network has {txid} ({status}): it is spent, not abandoned; "
+            "the next request for what it bought sends it again to get the grant"
+        )
+    wallet.release(txid)
+    print(f"abandoned {txid}: its coins are free again; {balance_line(wallet)}")
+
+
+async def _chain_status(chain: str, txid: str) -> str | None:
+    """The devnet's word on `txid`: its status, "unknown" (404), None if no answer."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.get(f"{chain.rstrip('/')}/v1/tx/{txid}") as resp,
+        ):
+            if resp.status == 404:
+                return "unknown"
+            body = await resp.json(content_type=None) if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    status = body.get("txStatus") if isinstance(body, dict) else None
+    return str(status) if status else None
 
 
 def _outpoint(text: str) -> tuple[str, int]:
@@ -395,7 +453,7 @@ def _receipts(args: argparse.Namespace) -> None:
         for p in wallet.history()
     ]
     if args.fetch:
-        tokens = {t.txid: t for t in wallet.all_tokens()}
+        tokens = {(t.origin, t.txid): t for t in wallet.all_tokens()}
         asyncio.run(_fetch_receipts(paid, tokens))
     if args.json:
         print(json.dumps(paid, indent=1))
@@ -411,10 +469,10 @@ def _receipts(args: argparse.Namespace) -> None:
         print("no payments recorded")
 
 
-async def _fetch_receipts(paid: list[dict[str, Any]], tokens: dict[str, Any]) -> None:
+async def _fetch_receipts(paid: list[dict[str, Any]], tokens: dict[tuple[str, str], Any]) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         for p in paid:
-            token = tokens.get(p["txid"])
+            token = tokens.get((p["origin"], p["txid"]))  # only the gateway that issued it
             if token is None:
                 p["receipt"] = "no token left to show it with (expired)"
                 continue
