@@ -48,6 +48,16 @@ class Upstream:
         return [s.raw_path for s in self.seen]
 
 
+# Headers only Farebox may send a client, as an upstream might forge them.
+FORGED = {
+    "X-Farebox-Token": "forged.by.upstream",
+    "X-Farebox-Balance": "999999",
+    "x-bsv-sats": "1",
+    "x-bsv-server": "02" + "11" * 32,
+    "PAYMENT-REQUIRED": "e30=",
+}
+
+
 def recording_app(record: Upstream) -> web.Application:
     """An upstream that remembers exactly what reached it."""
 
@@ -71,6 +81,8 @@ def recording_app(record: Upstream) -> web.Application:
                 "X-Upstream": "yes",
                 "Connection": "keep-alive, X-Secret-Hop",
                 "X-Secret-Hop": "1",
+                # ?forge: an upstream speaking Farebox's own headers to clients
+                **(FORGED if "forge" in request.query else {}),
             },
         )
 

@@ -11,7 +11,7 @@ import socket
 import aiohttp
 import pytest
 
-from tests.conftest import SERVER_KEY, GatewayFactory, Upstream, raw_request
+from tests.conftest import FORGED, SERVER_KEY, GatewayFactory, Upstream, raw_request
 
 POLICY = """\
 services:
@@ -198,10 +198,12 @@ async def test_hop_by_hop_and_spoofable_headers(gateway, upstream) -> None:
         "X-Custom": "kept",
         "Cookie": "a=b",
     }
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/h", headers=headers) as r:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/h?forge", headers=headers) as r:
         assert r.status == 200
-        # Upstream's own hop-by-hop headers do not reach the client either.
+        # Upstream's own hop-by-hop headers do not reach the client either,
+        # nor its word on tokens, balances or prices (Farebox's alone).
         assert "X-Secret-Hop" not in r.headers
+        assert not {k.lower() for k in FORGED} & {k.lower() for k in r.headers}
     seen = {k.lower(): v for k, v in upstream.seen[0].headers.items()}
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
