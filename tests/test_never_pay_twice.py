@@ -39,6 +39,7 @@ from gateway.client.errors import (
     PaymentRefused,
     SpendingLimitExceeded,
 )
+from gateway.client.records import Purpose
 from gateway.client.tokens import read_token
 from gateway.devnet import Devnet, start
 from gateway.payments.cashier import Cashier
@@ -280,7 +281,7 @@ async def test_a_lost_answer_at_the_pay_endpoint_gets_the_same_payment_again(
 async def test_an_unsettled_payment_is_sent_again_by_the_next_request(
     setup: Setup, wallet: Wallet
 ) -> None:
-    setup.lossy.plan = ["502", "502"]
+    setup.lossy.plan = ["502"] * 3  # its first send, then both at the pay endpoint
     url = f"{setup.base}/archive/pages/3"
     async with session(wallet, retries=1) as s:
         with pytest.raises(PaymentNotSettled) as unsettled:
@@ -320,7 +321,7 @@ async def test_a_pending_payment_is_only_sent_for_what_it_was_for(
     setup: Setup, wallet: Wallet, chain: Chain
 ) -> None:
     await fund(wallet, 10_000, chain.url)
-    setup.lossy.plan = ["502", "502"]
+    setup.lossy.plan = ["502"] * 3  # its first send, then both at the pay endpoint
     async with session(wallet, retries=1) as s:
         with pytest.raises(PaymentNotSettled) as unsettled:
             await s.get(f"{setup.base}/archive/pages/5")
@@ -335,7 +336,7 @@ async def test_a_pending_payment_is_only_sent_for_what_it_was_for(
 async def test_farebox_pay_resends_an_unsettled_payment(
     setup: Setup, wallet: Wallet, chain: Chain
 ) -> None:
-    setup.lossy.plan = ["503"] * 4  # more than `farebox pay` retries
+    setup.lossy.plan = ["503"] * 5  # its first send, then more than `farebox pay` retries
     url = f"{setup.base}/archive/pages/7"
     code, _, err = await farebox("pay", url, wallet=wallet.path)
     assert code != 0 and "same payment again" in err, err
@@ -351,7 +352,7 @@ async def test_a_lost_answer_resent_after_the_price_rose_gets_its_grant(
 ) -> None:
     # The answer is lost and the client gives up for now; the admin then
     # raises the price. The same payment, sent again, still bought the page.
-    setup.lossy.plan = ["502", "502"]
+    setup.lossy.plan = ["502"] * 3  # its first send, then both at the pay endpoint
     url = f"{setup.base}/archive/pages/14"
     async with session(wallet, retries=1) as s:
         with pytest.raises(PaymentNotSettled) as unsettled:
@@ -371,7 +372,7 @@ async def test_a_pending_payment_for_a_route_wide_grant_is_resent_for_another_re
     setup: Setup, wallet: Wallet
 ) -> None:
     # /datasets/** is sold as one grant for the route: the gateway's purchase.
-    setup.lossy.plan = ["502", "502"]
+    setup.lossy.plan = ["502"] * 3  # its first send, then both at the pay endpoint
     async with session(wallet, retries=1) as s:
         with pytest.raises(PaymentNotSettled) as unsettled:
             await s.get(f"{setup.base}/archive/datasets/a")
@@ -385,7 +386,7 @@ async def test_a_pending_payment_for_a_route_wide_grant_is_resent_for_another_re
 async def test_unsettled_payments_count_against_the_session_limit(
     setup: Setup, wallet: Wallet
 ) -> None:
-    setup.lossy.plan = ["502"] * 2
+    setup.lossy.plan = ["502"] * 3
     async with session(wallet, retries=1, max_total=30) as s:
         with pytest.raises(PaymentNotSettled):
             await s.get(f"{setup.base}/archive/pages/20")
@@ -431,7 +432,7 @@ async def test_processes_sharing_a_wallet_buy_one_grant(setup: Setup, wallet: Wa
 
     # A payment left pending: every process sends that one again.
     setup.lossy.unpaid_delay = 0.0
-    setup.lossy.plan = ["502"] * 2
+    setup.lossy.plan = ["502"] * 3
     url = f"{setup.base}/archive/pages/32"
     async with session(wallet, retries=1) as s:
         with pytest.raises(PaymentNotSettled):
@@ -526,6 +527,35 @@ async def test_a_lost_answer_opening_a_tab_opens_one(
         # answer was lost on its way back), so it was drawn on twice.
         assert resp.farebox_balance == 1000 - 2 * 10
     await _spent_once(tab_setup, wallet, 1000)
+
+
+async def test_lost_answers_never_run_a_metered_request_again_and_again(
+    tab_setup: Setup, wallet: Wallet, upstream
+) -> None:
+    # Each lost answer may have run the request upstream (a meter drawn, a
+    # vote counted): only the first send rides on the request; the same
+    # payment then goes to the pay endpoint, which never asks the upstream.
+    tab_setup.lossy.plan = ["502"] * 3
+    async with session(wallet) as s, s.get(f"{tab_setup.base}/util/calls/5") as resp:
+        assert resp.status == 200, await resp.text()
+    assert [p for p in upstream.paths if p.endswith("/calls/5")] == ["/calls/5"] * 2
+    assert resp.farebox_balance == 1000 - 2 * 10
+    await _spent_once(tab_setup, wallet, 1000)
+
+
+async def test_a_pending_payment_the_gateway_never_took_is_replaced_once(
+    setup: Setup, wallet: Wallet
+) -> None:
+    # Left pending for a gateway that has since restarted with a new key
+    # (the demo again): it refuses the old payment plainly (wrong-payee), so
+    # its coins are free and the request is paid once, anew.
+    old_key = PrivateKey().public_key().hex()
+    what = "GET resource /archive/pages/40"
+    stale = wallet.prepare_payment(old_key, 25, purpose=Purpose(setup.base, what, old_key))
+    async with session(wallet) as s, s.get(f"{setup.base}/archive/pages/40") as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.farebox_payment is not None and resp.farebox_payment.txid != stale.txid
+    await _spent_once(setup, wallet, 25)
 
 
 # --- 2. a 402 from an origin nobody named ------------------------------------------------

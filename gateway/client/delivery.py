@@ -90,20 +90,31 @@ class Courier:
         pay_path: str,
         prepared: PreparedPayment,
         tab: StoredToken | None,
+        *,
+        resent: bool = False,
     ) -> tuple[FareboxResponse | None, str | None, str]:
         """Pay for `method` `url` with `prepared` (into `tab`, if given): in headers if its
         BEEF fits `header_limit`, else at the pay endpoint on `pay_path`.
+
+        Only the first send of a payment rides on the request itself: one
+        that may have been taken already (`resent`, or its answer lost) goes
+        to the pay endpoint, which hands over the grant without asking the
+        upstream, so a lost answer never makes the request (a metered POST,
+        say) run again and again.
 
         Returns the request's answer (None from the pay endpoint: the request
         is still to be made), the token issued, if any, and the way taken:
         "headers" or "pay-endpoint".
         """
         encoded = base64.b64encode(prepared.beef).decode()
-        if not self.use_pay_endpoint and len(encoded) <= self.header_limit:
+        if not resent and not self.use_pay_endpoint and len(encoded) <= self.header_limit:
             # With the tab's token the gateway tops that tab up.
             paying = bearer(headers, tab)
-            resp, token = await self.in_headers(method, url, paying, kwargs, prepared)
-            return resp, token, "headers"
+            try:
+                resp, token = await self.in_headers(method, url, paying, kwargs, prepared)
+                return resp, token, "headers"
+            except PaymentNotSettled:
+                pass  # perhaps taken: ask for its grant without repeating the request
         answer = await self.to_endpoint(method, url, pay_path, prepared, tab)
         return None, token_in(answer), "pay-endpoint"
 
@@ -139,7 +150,9 @@ class Courier:
             resp.release()
             return verdict, None
 
-        return await self._until_settled(attempt, prepared)
+        # A "not now" answer (the gateway did not ask the upstream) is sent
+        # again here; anything less definite goes to the pay endpoint.
+        return await self._until_settled(attempt, prepared, only_not_now=True)
 
     async def to_endpoint(
         self,
@@ -185,6 +198,8 @@ class Courier:
         self,
         attempt: Callable[[], Awaitable[tuple[Verdict, T | None]]],
         prepared: PreparedPayment,
+        *,
+        only_not_now: bool = False,
     ) -> T:
         """`attempt()` until the payment is accepted (its result) or refused
         (PaymentRefused), at most `retries` times more; then PaymentNotSettled.
@@ -206,6 +221,8 @@ class Courier:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reached = True  # it may have arrived
                 reason, detail = "connection-lost", f"{type(exc).__name__}: {exc}"
+                if only_not_now:
+                    break
                 continue
             reached = True
             if verdict.outcome is Outcome.ACCEPTED and result is not None:
@@ -219,6 +236,8 @@ class Courier:
                     problem=verdict.problem,
                 )
             reason, detail = verdict.reason, verdict.detail
+            if only_not_now and reason not in RETRYABLE:
+                break  # perhaps taken, and the request perhaps run: not again here
         if not reached:
             raise NotDelivered(reason, detail, txid=prepared.txid)
         raise PaymentNotSettled(reason, detail, txid=prepared.txid)

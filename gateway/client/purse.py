@@ -139,18 +139,20 @@ class Purse:
         purpose: Purpose,
         price: int,
         http: aiohttp.ClientSession | None,
-        deliver: Callable[[PreparedPayment], Awaitable[T]],
+        deliver: Callable[[PreparedPayment, bool], Awaitable[T]],
         *,
         since: float | None = None,
         keep: Callable[[T], object] | None = None,
     ) -> tuple[PreparedPayment, T]:
-        """Pay `price` satoshis for `purpose` within the limits: `deliver(prepared)`
-        hands the payment over and returns what the gateway gave for it, and
+        """Pay `price` satoshis for `purpose` within the limits: `deliver(prepared,
+        resent)` hands the payment over (`resent`: it may have been taken
+        before) and returns what the gateway gave for it, and
         `keep(result)` stores its grant before the payment counts as taken.
         `http` fetches fresh proofs when a chain URL is set.
 
         A payment made earlier for the same purpose whose outcome is still
-        unknown is sent again as it is: never a second one. SettledMeanwhile
+        unknown is sent again as it is: never a second one (if the gateway
+        says plainly it never took it, a new one is made). SettledMeanwhile
         if another process's payment for it was taken at or after `since`
         (its grant is in the wallet). Taken: its coins are spent. Refused:
         they are free again; a coin the gateway refused for its proof,
@@ -164,7 +166,8 @@ class Purse:
         self.check(price, url)
         if self.chain_url and http is not None:
             await refresh_proofs(self.wallet, http, self.chain_url)
-        for _ in range(REBUILDS + 1):
+        resent_refusals = 0
+        for _ in range(REBUILDS + 2):
             found = self.wallet.payment_for(purpose, price, since=since)
             if found is None:
                 raise SettledMeanwhile(purpose)
@@ -178,11 +181,18 @@ class Purse:
                     raise
                 self._committed[prepared.txid] = prepared.satoshis
             try:
-                result = await deliver(prepared)
+                result = await deliver(prepared, resent)
             except PaymentRefused as refused:
-                if not self._refused(prepared, refused, purpose):
-                    raise
-                continue  # a coin was the cause: build it again from the others
+                if self._refused(prepared, refused, purpose):
+                    continue  # a coin was the cause: build it again from the others
+                if resent and refused.reason not in ("payment-reused", "grant-expired"):
+                    # An earlier payment the gateway says plainly it never took
+                    # (stale now, or its key changed): the coins are free and
+                    # this request is still to be paid, once, with a new one.
+                    resent_refusals += 1
+                    if resent_refusals == 1:
+                        continue
+                raise
             except NotDelivered as lost:
                 if resent:  # handed over before: it may still have been taken
                     raise PaymentNotSettled(lost.reason, lost.detail, txid=lost.txid) from lost

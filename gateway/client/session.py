@@ -348,10 +348,10 @@ class PayingSession:
         grants: list[StoredToken | None] = []
 
         def deliver(
-            prepared: PreparedPayment,
+            prepared: PreparedPayment, resent: bool
         ) -> Awaitable[tuple[FareboxResponse | None, str | None, str]]:
             return self._courier.deliver(
-                method, url, headers, kwargs, challenge.pay_url, prepared, tab
+                method, url, headers, kwargs, challenge.pay_url, prepared, tab, resent=resent
             )
 
         def keep(result: tuple[FareboxResponse | None, str | None, str]) -> None:

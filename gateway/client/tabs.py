@@ -101,7 +101,7 @@ class Tabs:
     ) -> TabBalance:
         purse = self._purse
 
-        def deliver(prepared: PreparedPayment) -> Awaitable[dict[str, Any]]:
+        def deliver(prepared: PreparedPayment, resent: bool) -> Awaitable[dict[str, Any]]:
             return self._courier.to_endpoint(method, url, challenge.pay_url, prepared, tab)
 
         grants: list[StoredToken | None] = []
