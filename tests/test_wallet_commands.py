@@ -172,11 +172,89 @@ async def test_coins_show_set_aside_and_pending_and_restore(devnet, tmp_path: Pa
     code, out, _ = await farebox(
         "wallet", "coins", "--restore", f"{aside.txid}:{aside.vout}", wallet=wallet.path
     )
-    assert code == 0 and "restored 1 coin" in out
+    assert code == 0 and "restored 1 coin" in out  # the devnet still has it unspent
     assert not any(c.set_aside for c in Wallet.open(wallet.path).coins())
     code, _, err = await farebox("wallet", "coins", "--restore", "junk", wallet=wallet.path)
     assert code == 2 and "TXID:VOUT" in err
+    code, _, err = await farebox(
+        "wallet", "coins", "--restore", "ab" * 32 + ":7", wallet=wallet.path
+    )
+    assert code == 1 and "not a coin set aside" in err
     assert coin.satoshis == 3_000
+
+
+async def test_spent_coins_are_never_offered_again(devnet, tmp_path: Path) -> None:
+    url, _ = devnet
+    wallet = Wallet.create(tmp_path / "wallet.json")
+    await fund(wallet, 5_000, url)
+    spent = wallet.prepare_payment(PAID_SERVER.public_key(), 100)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}/v1/tx", data=spent.beef, headers={"Content-Type": "application/octet-stream"}
+        ) as resp,
+    ):
+        assert resp.status == 200
+    wallet.settle(spent.txid)
+    # Its change is spent too, by a payment this wallet file no longer remembers.
+    (change,) = wallet.coins()
+    later = wallet.prepare_payment(PAID_SERVER.public_key(), 100)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}/v1/tx", data=later.beef, headers={"Content-Type": "application/octet-stream"}
+        ) as resp,
+    ):
+        assert resp.status == 200
+    wallet.release(later.txid)  # as if the wallet never heard back: the coin looks spendable
+
+    # receive: the spent change output is not added again.
+    code, out, err = await farebox(
+        "wallet", "receive", spent.txid, "--devnet-url", url, wallet=wallet.path
+    )
+    assert code == 0 and "is in the wallet already" in out, err
+    # --check: the devnet does not have it unspent: set aside, with what to do.
+    code, out, err = await farebox("wallet", "coins", "--check", wallet=wallet.path)
+    assert code == 0 and "1 set aside" in out, err
+    (aside,) = Wallet.open(wallet.path).coins()
+    assert aside.outpoint == change.outpoint and "does not have it unspent" in (
+        aside.set_aside or ""
+    )
+    # --restore: not while the devnet says it is spent.
+    code, out, _ = await farebox("wallet", "coins", "--restore", wallet=wallet.path)
+    assert "stays set aside" in out and "restored 0 coins" in out
+    assert Wallet.open(wallet.path).balance().satoshis == 0
+
+    # An output already spent is not added, even to a wallet that never had it
+    # (a backup from before it was received).
+    wallet2 = Wallet.create(tmp_path / "w2.json")
+    _, _, err = await farebox("wallet", "address", wallet=wallet2.path)
+    key = re.search(r"public key ([0-9a-f]{66})", err)
+    assert key is not None
+    backup = wallet2.path.read_bytes()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{url}/faucet", json={"pubkey": key.group(1), "satoshis": 900}) as r,
+    ):
+        given = await r.json()
+    code, out, _ = await farebox(
+        "wallet", "receive", given["txid"], "--devnet-url", url, wallet=wallet2.path
+    )
+    assert code == 0 and "received 900" in out
+    gone = Wallet.open(wallet2.path).prepare_payment(PAID_SERVER.public_key(), 100)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}/v1/tx", data=gone.beef, headers={"Content-Type": "application/octet-stream"}
+        ) as resp,
+    ):
+        assert resp.status == 200
+    wallet2.path.write_bytes(backup)
+    code, out, _ = await farebox(
+        "wallet", "receive", given["txid"], "--devnet-url", url, wallet=wallet2.path
+    )
+    assert "is spent already" in out
+    assert Wallet.open(wallet2.path).balance().coins == 0
 
 
 async def test_receive_refuses_a_beef_the_chain_does_not_vouch_for(devnet, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from gateway.bsv.ancestry import walk_ancestry
 from gateway.bsv.beef import Limits, read_beef
 from gateway.chain import ChainError
 from gateway.chain.headers import DevnetTracker
+from gateway.chain.woc import WhatsOnChain
 from gateway.client.errors import ClientError
 from gateway.errors import PaymentError
 from gateway.payments.verify import check_roots, check_scripts, check_structure
@@ -45,3 +46,19 @@ async def check_received(beef: bytes, txid: str, chain_url: str) -> None:
         raise NotProven(
             f"cannot check {txid}'s proof against {chain_url} ({exc.kind}): {exc}"
         ) from None
+
+
+async def unspent(chain_url: str, wanted: list[tuple[str, int, bytes]]) -> set[tuple[str, int]]:
+    """Which of `wanted` (txid, vout, locking script) the chain at `chain_url`
+    (a devnet, or a WhatsOnChain-style API) has unspent; NotProven if it
+    cannot be asked."""
+    chain = WhatsOnChain(chain_url)
+    found: set[tuple[str, int]] = set()
+    try:
+        for script in {s for _, _, s in wanted}:
+            found.update((u.txid, u.vout) for u in await chain.unspent(script))
+    except ChainError as exc:
+        raise NotProven(f"cannot ask {chain_url} what is unspent ({exc.kind}): {exc}") from None
+    finally:
+        await chain.close()
+    return {(t, v) for t, v, _ in wanted if (t, v) in found}

@@ -204,16 +204,19 @@ class Wallet:
                 state.coins.append(coin)
         return coin
 
-    def receive_all(self, beef: bytes, txid: str) -> list[Coin]:
-        """Record every output of `txid` (proven by `beef`) that pays a key this
-        wallet handed out (`farebox wallet address`); [] if none does."""
+    def ours(self, beef: bytes, txid: str) -> list[tuple[int, int, bytes]]:
+        """The outputs of `txid` (in `beef`) that pay a key this wallet handed out:
+        (vout, key index, locking script) each."""
         tx = transaction_from_beef(beef, txid)
-        ours = {P2PKH().lock(self.key(i).address()).hex(): i for i in self.issued_keys()}
+        keys = {P2PKH().lock(self.key(i).address()).hex(): i for i in self.issued_keys()}
         return [
-            self.receive(beef, txid, vout, ours[out.locking_script.hex()])
+            (vout, keys[out.locking_script.hex()], out.locking_script.serialize())
             for vout, out in enumerate(tx.outputs)
-            if out.locking_script.hex() in ours
+            if out.locking_script.hex() in keys
         ]
+
+    def has_coin(self, txid: str, vout: int) -> bool:
+        return any(c.outpoint == (txid, vout) for c in self._state.coins)
 
     # ----- paying -----------------------------------------------------------------
 
@@ -375,20 +378,35 @@ class Wallet:
                 for c in state.coins
             ]
 
-    def restore(self, outpoints: Iterable[tuple[str, int]] | None = None) -> int:
-        """Offer coins set aside (those at `outpoints`; None: all) for payments
-        again; returns how many were restored."""
-        wanted = None if outpoints is None else set(outpoints)
+    def restore(self, outpoints: Iterable[tuple[str, int]]) -> int:
+        """Offer the coins set aside at `outpoints` for payments again; returns
+        how many were restored."""
+        wanted = set(outpoints)
         restored = 0
         with self._update() as state:
             coins = []
             for c in state.coins:
-                if c.set_aside is not None and (wanted is None or c.outpoint in wanted):
+                if c.set_aside is not None and c.outpoint in wanted:
                     c = replace(c, set_aside=None)
                     restored += 1
                 coins.append(c)
             state.coins = coins
         return restored
+
+    def set_aside_coins(self, outpoints: Iterable[tuple[str, int]], reason: str) -> int:
+        """Keep the spendable coins at `outpoints` out of payments, with `reason`;
+        returns how many were set aside."""
+        bad = set(outpoints)
+        changed = 0
+        with self._update() as state:
+            coins = []
+            for c in state.coins:
+                if c.spendable and c.outpoint in bad:
+                    c = replace(c, set_aside=reason)
+                    changed += 1
+                coins.append(c)
+            state.coins = coins
+        return changed
 
     def proven_by(self, height: int, merkle_root: str) -> set[tuple[str, int]]:
         """Outpoints of coins whose proofs rest on the block at `height` with

@@ -22,7 +22,7 @@ from yarl import URL
 
 from gateway.client.errors import ClientError
 from gateway.client.faucet import DEFAULT_DEVNET, fund
-from gateway.client.receiving import check_received
+from gateway.client.receiving import check_received, unspent
 from gateway.client.wallet import Wallet
 from gateway.client.walletfile import ENV_WALLET
 from gateway.edge.urls import RECEIPTS
@@ -131,7 +131,14 @@ def register(wsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         nargs="*",
         metavar="TXID:VOUT",
         default=None,
-        help="offer coins set aside for payments again (all of them without arguments)",
+        help="offer coins set aside for payments again, those the devnet still has unspent "
+        "(all of them without arguments)",
+    )
+    coins.add_argument(
+        "--check",
+        action="store_true",
+        help="ask the devnet which spendable coins it still has unspent, and set the others "
+        "aside (after a devnet restart, say)",
     )
     coins.add_argument(
         "--abandon",
@@ -267,11 +274,22 @@ def _receive(args: argparse.Namespace) -> None:
             beef = asyncio.run(_fetch_beef(chain, txid))
         # Bytes someone handed over count only once the chain vouches for them.
         asyncio.run(check_received(beef, txid, chain))
-        coins = wallet.receive_all(beef, txid)
+        ours = wallet.ours(beef, txid)
+        if not ours:
+            raise fail(
+                f"{txid} pays no address of this wallet (`farebox wallet address` makes one)"
+            )
+        live = asyncio.run(unspent(chain, [(txid, vout, script) for vout, _, script in ours]))
+        coins = []
+        for vout, index, _ in ours:
+            if wallet.has_coin(txid, vout):
+                print(f"{txid}:{vout} is in the wallet already")
+            elif (txid, vout) not in live:
+                print(f"{txid}:{vout} is spent already (or unknown to {chain}): not added")
+            else:
+                coins.append(wallet.receive(beef, txid, vout, index))
     except ClientError as exc:
         raise fail(str(exc)) from None
-    if not coins:
-        raise fail(f"{txid} pays no address of this wallet (`farebox wallet address` makes one)")
     if wallet.chain is None:
         wallet.set_chain(chain)  # where fresh proofs for these coins come from
     for coin in coins:
@@ -316,9 +334,10 @@ def _coins(args: argparse.Namespace) -> None:
         _abandon(wallet, args.abandon.strip().lower())
         return
     if args.restore is not None:
-        outpoints = [_outpoint(o) for o in args.restore] or None
-        restored = wallet.restore(outpoints)
-        print(f"restored {restored} coin{'s' if restored != 1 else ''}; {balance_line(wallet)}")
+        _restore(wallet, [_outpoint(o) for o in args.restore])
+        return
+    if args.check:
+        _check(wallet)
         return
     coins = [
         {
@@ -366,6 +385,48 @@ def _coins(args: argparse.Namespace) -> None:
             f"since {_when(p['since'])}; the next request for it sends it again"
         )
     print(balance_line(wallet))
+
+
+def _restore(wallet: Wallet, outpoints: list[tuple[str, int]]) -> None:
+    aside = [c for c in wallet.coins() if c.set_aside and c.reserved_by is None]
+    chosen = [c for c in aside if not outpoints or c.outpoint in outpoints]
+    missing = set(outpoints) - {c.outpoint for c in chosen}
+    if missing:
+        named = ", ".join(f"{t}:{v}" for t, v in sorted(missing))
+        raise fail(f"coins --restore: not a coin set aside: {named}")
+    chain = wallet.chain or DEFAULT_DEVNET
+    try:
+        live = asyncio.run(
+            unspent(chain, [(c.txid, c.vout, bytes.fromhex(c.script)) for c in chosen])
+        )
+    except ClientError as exc:
+        raise fail(f"coins --restore: {exc}; nothing restored") from None
+    for c in chosen:
+        if c.outpoint not in live:
+            print(f"{c.txid}:{c.vout} stays set aside: {chain} does not have it unspent")
+    restored = wallet.restore(live)
+    print(f"restored {restored} coin{'s' if restored != 1 else ''}; {balance_line(wallet)}")
+
+
+def _check(wallet: Wallet) -> None:
+    chain = wallet.chain or DEFAULT_DEVNET
+    coins = [c for c in wallet.coins() if c.spendable]
+    try:
+        live = asyncio.run(
+            unspent(chain, [(c.txid, c.vout, bytes.fromhex(c.script)) for c in coins])
+        )
+    except ClientError as exc:
+        raise fail(f"coins --check: {exc}; nothing changed") from None
+    gone = [c.outpoint for c in coins if c.outpoint not in live]
+    reason = (
+        f"{chain} does not have it unspent: spent, or from a devnet that has since restarted "
+        "(`farebox wallet fund` gets new coins)"
+    )
+    wallet.set_aside_coins(gone, reason)
+    print(
+        f"checked {len(coins)} coin{'s' if len(coins) != 1 else ''} against {chain}: "
+        f"{len(gone)} set aside; {balance_line(wallet)}"
+    )
 
 
 def _abandon(wallet: Wallet, txid: str) -> None:
