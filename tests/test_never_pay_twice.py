@@ -767,3 +767,13 @@ async def test_a_pay_url_naming_another_origin_is_not_followed() -> None:
     for bad in ("//evil/steal", "/\\evil/steal", "https://evil/", "evil", "/é", "/a\nb", 7):
         assert not _own_path(bad), bad
     assert _own_path("/.well-known/farebox/pay")
+
+
+async def test_allow_origin_must_be_an_origin(wallet: Wallet) -> None:
+    for bad in ("127.0.0.1:8402", "ftp://x", "http://", "https://host/path", "nonsense"):
+        with pytest.raises(ValueError, match="not an origin"):
+            PayingSession(wallet, allow_origins=[bad])
+        code, _, err = await farebox(
+            "pay", "--allow-origin", bad, "http://127.0.0.1:9/", wallet=wallet.path
+        )
+        assert code == 2 and "not an origin" in err and "Traceback" not in err

@@ -142,14 +142,17 @@ def _pay(args: argparse.Namespace) -> None:
             raise fail(f"pay: cannot read {args.data[1:]}: {exc.strerror}", 2) from None
     method = (args.method or ("POST" if data is not None else "GET")).upper()
     wallet = open_wallet(args.wallet)
-    session = PayingSession(
-        wallet,
-        max_per_request=args.max or max(DEFAULT_MAX, args.top_up or 0),
-        top_up=args.top_up,
-        use_pay_endpoint=args.pay_endpoint,
-        chain_url=wallet.chain,  # fresh proofs keep change BEEFs short
-        allow_origins=args.allow_origin,
-    )
+    try:
+        session = PayingSession(
+            wallet,
+            max_per_request=args.max or max(DEFAULT_MAX, args.top_up or 0),
+            top_up=args.top_up,
+            use_pay_endpoint=args.pay_endpoint,
+            chain_url=wallet.chain,  # fresh proofs keep change BEEFs short
+            allow_origins=args.allow_origin,
+        )
+    except ValueError as exc:
+        raise fail(f"pay: --allow-origin: {exc}", 2) from None
     if args.balance:
         work = _balance_and_print(session, method, args.url, args.top_up)
     else:

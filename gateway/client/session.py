@@ -158,7 +158,7 @@ class PayingSession:
         self._tabs = Tabs(self._client, self._grants, self._purse, self._courier)
         self._timeout = timeout or aiohttp.ClientTimeout(sock_connect=10, sock_read=60)
         self._cookie_jar = cookie_jar
-        self._allowed = frozenset(origin_of(URL(o)) for o in allow_origins)
+        self._allowed = frozenset(_origin(o) for o in allow_origins)
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> PayingSession:
@@ -367,3 +367,14 @@ class PayingSession:
         resp.farebox_payment = payment
         resp.farebox_token = grant
         return resp
+
+
+def _origin(text: str) -> str:
+    """An origin the caller names ("https://host[:port]"); ValueError otherwise."""
+    try:
+        url = URL(text.strip())
+    except ValueError:
+        url = URL()
+    if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/"):
+        raise ValueError(f"not an origin (http[s]://host[:port]): {text!r}")
+    return origin_of(url)

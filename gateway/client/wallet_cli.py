@@ -492,8 +492,9 @@ def _tokens(args: argparse.Namespace) -> None:
         return
     for t in found:
         what = f"tab {t['tab']}" if t["tab"] else f"{t['covers']} {t['opens']}"
+        methods = "any method" if t["methods"] == ["*"] else ", ".join(t["methods"])
         print(
-            f"{t['origin']}  {t['service']}: {what} ({', '.join(t['methods'])}) "
+            f"{t['origin']}  {t['service']}: {what} ({methods}) "
             f"until {_when(t['expires'])}; paid by {t['txid']}"
         )
     if not found:
@@ -535,16 +536,24 @@ async def _fetch_receipts(paid: list[dict[str, Any]], tokens: dict[tuple[str, st
         for p in paid:
             token = tokens.get((p["origin"], p["txid"]))  # only the gateway that issued it
             if token is None:
-                p["receipt"] = "no token left to show it with (expired)"
+                p["receipt"] = (
+                    "no token kept to show it with (it expired, or the gateway refused it "
+                    "and the wallet dropped it)"
+                )
                 continue
             where = URL(p["origin"]).join(URL(RECEIPTS + p["txid"]))
             headers = {"Authorization": f"Bearer {token.token}"}
             try:
                 async with http.get(where, headers=headers, allow_redirects=False) as resp:
                     body = await resp.json(content_type=None)
-                    p["receipt"] = body if resp.status == 200 else f"HTTP {resp.status}"
+                    if resp.status == 200:
+                        p["receipt"] = body
+                    elif resp.status == 404:
+                        p["receipt"] = "the gateway has no receipt for it under this token (404)"
+                    else:
+                        p["receipt"] = f"the gateway answered HTTP {resp.status}"
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                p["receipt"] = f"unreachable: {exc or type(exc).__name__}"
+                p["receipt"] = f"the gateway at {p['origin']} did not answer ({type(exc).__name__})"
 
 
 def _when(seconds: float) -> str:
