@@ -765,7 +765,7 @@ async def _list_refunds(settings: Any, since: int | None, only_open: bool, fmt: 
             found += [r for r in page if not (only_open and r.settled)]
             if len(page) < MAX_PAGE:
                 break
-            after = page[-1].txid
+            after = page[-1].outpoint  # the refund list pages by output
     except StoreUnavailable as exc:
         print(f"farebox: cannot read the refund list from the store: {exc}", file=sys.stderr)
         return 1

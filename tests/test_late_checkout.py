@@ -183,6 +183,21 @@ class Late:
 
         return await late_round(self.services, self.late)
 
+    async def settle(self, named: str, how: str) -> tuple[int, dict[str, Any]]:
+        """POST /refunds/settle on the admin API."""
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with (
+            aiohttp.ClientSession(headers=auth) as http,
+            http.post(self.admin + "/refunds/settle", json={"txid": named, "how": how}) as r,
+        ):
+            return r.status, await r.json()
+
+    async def look_again_at(self, *checkouts: Checkout) -> int:
+        """Make each checkout's next look due now, then look."""
+        for checkout in checkouts:
+            await self.store.look_again(checkout.id, 0)
+        return await self.look()
+
 
 LateFactory = Callable[..., Awaitable[Late]]
 
@@ -375,10 +390,10 @@ async def test_a_refund_is_listed_once_settled_once_and_paged(backend: Backend) 
     assert not await store.add_refund(refund_at("tx00", t0 + 99, "paid-twice"))  # once
     (first,) = await store.refunds(txid="tx00")
     assert first == entries[0] and first.settled == ""
-    # Settled once; the first settlement stands; one may precede the listing.
-    assert await store.settle_refund("tx01", "refunded", t0 + 500)
-    assert not await store.settle_refund("tx01", "honoured", t0 + 600)
-    assert await store.settle_refund("tx99", "grant-delivered", t0 + 10)
+    # Settled once, by outpoint; the first settlement stands; one may precede the listing.
+    assert await store.settle_refund("tx01:0", "refunded", t0 + 500)
+    assert not await store.settle_refund("tx01:0", "honoured", t0 + 600)
+    assert await store.settle_refund("tx99:0", "grant-delivered", t0 + 10)
     assert await store.add_refund(refund_at("tx99", t0 + 9))
     (settled,) = await store.refunds(txid="tx01")
     assert (settled.settled, settled.settled_time) == ("refunded", t0 + 500)
@@ -391,12 +406,82 @@ async def test_a_refund_is_listed_once_settled_once_and_paged(backend: Backend) 
         seen += [r.txid for r in page]
         if len(page) < 3:
             break
-        after = page[-1].txid
+        after = page[-1].outpoint
     assert seen == [*(f"tx{n:02d}" for n in range(7)), "tx99"]
     assert [r.txid for r in await store.refunds(since=t0 + 3)] == ["tx06", "tx99"]
     assert await store.refunds(txid="nothing") == []
     with pytest.raises(ValueError):
         await store.refunds(after="nothing")
+
+
+async def test_each_output_of_a_transaction_is_its_own_entry(backend: Backend) -> None:
+    """One transaction may pay several checkouts: entries are keyed by outpoint."""
+    from dataclasses import replace
+
+    store = backend.store
+    t0 = 1_700_000_000
+    tx = "ab" * 32
+    outputs = [replace(refund_at(tx, t0 + n), vout=vout) for n, vout in enumerate((10, 2, 9))]
+    for entry in outputs:
+        assert await store.add_refund(entry)
+    assert not await store.add_refund(replace(refund_at(tx, t0 + 50), vout=2))  # once per output
+    assert await store.add_refund(refund_at("ab" * 31 + "ac", t0 + 1))  # a txid sharing a prefix
+    assert [r.vout for r in await store.refunds(txid=tx)] == [10, 2, 9]  # by (time, outpoint)
+    assert [r.vout for r in await store.refunds(txid=tx, limit=2)] == [10, 2]
+    assert [r.vout for r in await store.refunds(txid=tx, since=t0 + 1)] == [2, 9]
+    assert [r.vout for r in await store.refunds(txid=tx, after=f"{tx}:2")] == [9]
+    assert [r.outpoint for r in await store.refunds(txid=tx[:-1])] == []
+    assert await store.settle_refund(f"{tx}:2", "refunded", t0 + 100)
+    assert [(r.vout, r.settled) for r in await store.refunds(txid=tx)] == [
+        (10, ""),
+        (2, "refunded"),
+        (9, ""),
+    ]
+    seen = [r.outpoint for r in await store.refunds(limit=2)]
+    seen += [r.outpoint for r in await store.refunds(limit=10, after=seen[-1])]
+    assert seen == [f"{tx}:10", f"{tx}:2", "ab" * 31 + "ac:0", f"{tx}:9"]
+
+
+async def test_looks_just_due_come_before_a_backlog_of_overdue_ones(backend: Backend) -> None:
+    """A recently expired checkout's first look is not queued behind old ones' re-looks."""
+    store, now = backend.store, int(backend.now())
+    for n in range(20):  # old checkouts whose looks are long overdue
+        assert await store.watch_checkout(f"old{n}", "e", now - 3_000 + n, now + 100, 100)
+    assert await store.watch_checkout("new", "e", now - 1, now + 100, 100)
+    assert [c for c, _ in await store.due_checkouts(2, 60)] == ["new", "old19"]
+    assert [c for c, _ in await store.due_checkouts(1, 60)] == ["old18"]
+    # A look rescheduled to now goes ahead of the rest again.
+    await store.look_again("new", now)
+    assert [c for c, _ in await store.due_checkouts(1, 60)] == ["new"]
+
+
+async def test_a_new_checkout_gets_its_first_look_soon_whatever_the_backlog() -> None:
+    """The watch list full of checkouts (a flood of pages), looked at at the
+    late watch's rate: one expiring later still gets its first look within
+    seconds, and every checkout's looks keep up (the list is sized to the rate)."""
+    from gateway.endpoints.checkout import BATCH, LEASE, ROUND
+    from gateway.payments.checkout import LOOK_RATE, MOST_WATCHED, looks_within, next_look
+
+    assert looks_within(86_400) * MOST_WATCHED <= LOOK_RATE * 86_400  # sized to the rate
+    clock = FakeClock()
+    store, t0 = MemoryStore(clock), int(clock.now)
+    flood = t0 + 600  # they all expire at once
+    for n in range(MOST_WATCHED - 1):
+        kept = await store.watch_checkout(
+            f"j{n}", "e", next_look(flood, t0), flood + 86_400, MOST_WATCHED
+        )
+        assert kept
+    real = flood + 600  # a real page's checkout, opened ten minutes later
+    assert await store.watch_checkout("real", "e", next_look(real, t0), real + 86_400, MOST_WATCHED)
+    looks: list[float] = []
+    while len(looks) < 3:
+        clock.now += ROUND
+        for checkout, _ in await store.due_checkouts(BATCH, LEASE):
+            expires = real if checkout == "real" else flood
+            if checkout == "real":
+                looks.append(clock.now - real)
+            await store.look_again(checkout, next_look(expires, clock.now))
+    assert looks[0] <= 3 + 2 * ROUND and looks[2] <= 60, looks
 
 
 # --- through a gateway ------------------------------------------------------------------------
@@ -468,11 +553,13 @@ async def test_the_page_polling_after_expiry_finds_the_payment_itself(
     assert "farebox_token=" in headers["Set-Cookie"]
     assert len(gw.accepted) == 1
     assert await gw.refunds() == []  # delivered: nothing to list
-    # The late watch, looking later, finds it recorded and stops watching.
+    # The late watch, looking later, finds it recorded: one last look for
+    # other payments to it (none), then it stops watching.
     await gw.store.look_again(checkout.id, 0)
     asked = len(gw.watcher.asked)
     assert await gw.look() == 1
-    assert len(gw.watcher.asked) == asked and await gw.store.due_checkouts(10, 60) == []
+    assert len(gw.watcher.asked) == asked + 1 and await gw.store.due_checkouts(10, 60) == []
+    assert await gw.refunds() == []
 
 
 async def test_an_underpaid_late_payment_is_listed_never_granted(
@@ -601,6 +688,233 @@ async def test_two_workers_on_one_redis_record_a_late_payment_once(
     assert len(a.accepted) + len(b.accepted) == 1  # accepted once
     assert [r.txid for r in await a.store.receipts(txid=tx.txid())] == [tx.txid()]
     assert len(await a.refunds()) <= 1 and await a.refunds() == await b.refunds()
+
+
+async def test_a_refunded_late_payment_never_also_grants(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
+) -> None:
+    """The admin refunds a late payment nobody collected: its grant is revoked and the
+    checkout answers "refunded", never the grant; an honoured one keeps its grant."""
+    _, chain = devnet_http
+    gw = await late_gateway()
+    (t1, c1), (t2, c2) = (
+        short_checkout(gw.tokens, f"/archive/pages/{n}", lasts=1) for n in (14, 15)
+    )
+    await gw.poll(t1)
+    await gw.poll(t2)
+    await expire(c2, after=3.2)
+    paid = {c.id: phone_pays(chain, address_of(c), PRICE) for c in (c1, c2)}
+    assert await gw.look() == 2
+    assert sorted(r["reason"] for r in await gw.refunds()) == ["unclaimed", "unclaimed"]
+    receipt = await gw.store.receipt(f"checkout:{c1.id}")
+    token = (await gw.store.accepted(f"checkout:{c1.id}", paid[c1.id].txid())).token
+
+    status, settled = await gw.settle(paid[c1.id].txid(), "refunded")
+    assert status == 200 and settled["revoked"] == receipt.grant_id
+    assert await gw.store.revoked(receipt.grant_id)
+    status, headers, body = await gw.poll(t1)
+    assert (status, body["status"]) == (200, "refunded") and "X-Farebox-Token" not in headers
+    assert "Set-Cookie" not in headers
+    # The grant minted for it opens nothing.
+    status, _, _ = await get(gw.base + "/archive/pages/14", {"Cookie": f"farebox_token={token}"})
+    assert status == 402
+    [entry] = [r for r in await gw.refunds() if r["checkout"] == c1.id]
+    assert entry["settled"] == "refunded"
+
+    # Honoured: the grant stands and the page gets it.
+    status, settled = await gw.settle(paid[c2.id].txid(), "honoured")
+    assert status == 200 and "revoked" not in settled
+    status, headers, body = await gw.poll(t2)
+    assert body["status"] == "paid" and "X-Farebox-Token" in headers
+
+
+async def test_a_refund_settled_before_the_revocation_lands_still_withholds_the_grant(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
+) -> None:
+    """Settled `refunded` (the revocation not yet made): the poll answers refunded."""
+    _, chain = devnet_http
+    gw = await late_gateway()
+    ticket, checkout = short_checkout(gw.tokens, "/archive/pages/16", lasts=1)
+    await gw.poll(ticket)
+    await expire(checkout, after=3.2)
+    tx = phone_pays(chain, address_of(checkout), PRICE)
+    assert await gw.look() == 1
+    assert await gw.store.settle_refund(f"{tx.txid()}:0", "refunded", int(time.time()))
+    status, headers, body = await gw.poll(ticket)
+    assert body == {"status": "refunded", "txid": tx.txid(), "satoshis": PRICE}
+    assert "X-Farebox-Token" not in headers
+    # The admin sees it settled; settling again finishes the revocation.
+    status, answer = await gw.settle(tx.txid(), "refunded")
+    assert status == 409 and answer["settled"] == "refunded"
+    assert await gw.store.revoked((await gw.store.receipt(f"checkout:{checkout.id}")).grant_id)
+
+
+@pytest.mark.parametrize("pages", [(21, 22), (23, 23)], ids=["two-resources", "one-resource"])
+async def test_one_transaction_paying_two_checkouts_lists_the_second_output(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet], pages: tuple[int, int]
+) -> None:
+    """One transaction buys one thing: the output paying the other checkout is listed
+    (`payment-reused`), no longer watched, and swept."""
+    _, chain = devnet_http
+    gw = await late_gateway()
+    (t1, c1), (t2, c2) = (short_checkout(gw.tokens, f"/archive/pages/{n}", lasts=1) for n in pages)
+    await gw.poll(t1)
+    await gw.poll(t2)
+    await expire(c2, after=3.2)
+    phone = PrivateKey()
+    parent = chain.faucet(phone.address(), 2 * PRICE + 10_000)
+    outputs = [(address_of(c1), PRICE), (address_of(c2), PRICE), (phone.public_key(), 9_990)]
+    tx = spend(parent, 0, phone, outputs)
+    assert chain.submit(tx).accepted
+    assert await gw.look() == 2
+    for _ in range(2):
+        await gw.look_again_at(c1, c2)
+    assert len(gw.accepted) == 1
+    [bought] = {r.prefix for c in (c1, c2) if (r := await gw.store.receipt(f"checkout:{c.id}"))}
+    reused = int(bought == c1.id)  # the vout paying the checkout that bought nothing
+    listed = {(r["vout"], r["reason"]) for r in await gw.refunds()}
+    assert listed == {(1 - reused, "unclaimed"), (reused, "payment-reused")}
+    assert await gw.store.due_checkouts(10, 60) == []  # neither is watched any more
+    report = await sweep(
+        PAID_SERVER,
+        PrivateKey().address(),
+        StoreReceipts(gw.store),
+        DevnetUtxos(chain),
+        LocalBroadcaster(chain),
+    )
+    assert (report.outputs, report.satoshis) == (2, 2 * PRICE)
+
+
+async def test_one_transaction_underpaying_two_checkouts_lists_both_outputs(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
+) -> None:
+    """Entries are per output: both are listed and swept; the admin names one by
+    TXID:VOUT (a bare txid naming two is ambiguous), in any case of hex."""
+    _, chain = devnet_http
+    gw = await late_gateway()
+    (t1, c1), (t2, c2) = (
+        short_checkout(gw.tokens, f"/archive/pages/{n}", lasts=1) for n in (31, 32)
+    )
+    await gw.poll(t1)
+    await gw.poll(t2)
+    await expire(c2, after=3.2)
+    phone = PrivateKey()
+    parent = chain.faucet(phone.address(), 10_100)
+    outputs = [
+        (address_of(c1), PRICE - 5),
+        (address_of(c2), PRICE - 5),
+        (phone.public_key(), 10_000),
+    ]
+    tx = spend(parent, 0, phone, outputs)
+    assert chain.submit(tx).accepted
+    assert await gw.look() == 2
+    await gw.look_again_at(c1, c2)  # found again: listed once each
+    listed = sorted((r["vout"], r["checkout"], r["reason"]) for r in await gw.refunds())
+    assert listed == [(0, c1.id, "underpaid"), (1, c2.id, "underpaid")]
+
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    status, _, body = await get(gw.admin + f"/refunds?txid={tx.txid().upper()}", auth)
+    assert status == 200 and [r["vout"] for r in json.loads(body)["refunds"]] == [0, 1]
+    status, _, body = await get(gw.admin + f"/refunds?txid={tx.txid()}:1", auth)
+    assert status == 200 and [r["checkout"] for r in json.loads(body)["refunds"]] == [c2.id]
+    status, _, body = await get(gw.admin + "/refunds?limit=1", auth)
+    assert json.loads(body)["next"] == f"{tx.txid()}:0"
+    status, _, body = await get(gw.admin + f"/refunds?after={tx.txid()}:0", auth)
+    assert [r["vout"] for r in json.loads(body)["refunds"]] == [1]
+
+    status, answer = await gw.settle(tx.txid(), "refunded")
+    assert status == 409 and answer["reason"] == "refund-ambiguous"
+    assert answer["outpoints"] == [f"{tx.txid()}:0", f"{tx.txid()}:1"]
+    status, answer = await gw.settle(f"{tx.txid().upper()}:1", "refunded")
+    assert status == 200 and (answer["vout"], answer["settled"]) == (1, "refunded")
+    settled = sorted((r["vout"], r["settled"]) for r in await gw.refunds())
+    assert settled == [(0, ""), (1, "refunded")]
+    report = await sweep(
+        PAID_SERVER,
+        PrivateKey().address(),
+        StoreReceipts(gw.store),
+        DevnetUtxos(chain),
+        LocalBroadcaster(chain),
+    )
+    assert (report.outputs, report.satoshis) == (2, 2 * (PRICE - 5))
+
+
+async def test_the_admin_refuses_what_is_no_txid(late_gateway: LateFactory) -> None:
+    gw = await late_gateway()
+    assert await gw.store.add_refund(refund_at("aa" * 32, 1_700_000_000))
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for named in ("\ud800", "aa", "zz" * 32, "aa" * 32 + ":x", "aa" * 32 + ":-1", "\u0000"):
+        status, answer = await gw.settle(named, "refunded")
+        assert status == 400 and "txid" in answer["detail"], (named, answer)
+    for query in ("txid=%00", "txid=" + "x" * 64, "after=" + "aa" * 32 + ":", "after=nothing"):
+        status, _, body = await get(gw.admin + "/refunds?" + query, auth)
+        assert status == 400, (query, body)
+    status, answer = await gw.settle("AA" * 32, "honoured")  # one entry: the txid names it
+    assert status == 200 and answer["settled"] == "honoured"
+
+
+async def test_a_second_payment_to_a_checkout_a_poll_took_is_listed(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
+) -> None:
+    """The page's poll took the first payment; the late watch lists the second, once."""
+    _, chain = devnet_http
+    gw = await late_gateway()
+    ticket, checkout = short_checkout(gw.tokens, "/archive/pages/51", lasts=1)
+    await gw.poll(ticket)
+    await expire(checkout, after=0.5)
+    first = phone_pays(chain, address_of(checkout), PRICE)
+    second = phone_pays(chain, address_of(checkout), PRICE)  # the phone paid again
+    assert (await gw.poll(ticket))[2]["status"] == "paid"
+    await expire(checkout, after=3.2)
+    assert await gw.look() == 1
+    await gw.look_again_at(checkout)  # no longer watched: nothing more
+    receipt = await gw.store.receipt(f"checkout:{checkout.id}")
+    other = second if receipt.txid == first.txid() else first
+    [listed] = await gw.refunds()
+    assert (listed["txid"], listed["reason"], listed["satoshis"]) == (
+        other.txid(),
+        "paid-twice",
+        PRICE,
+    )
+    assert await gw.store.due_checkouts(10, 60) == []
+
+
+async def test_a_late_payment_for_what_became_free_is_listed_not_taken(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
+) -> None:
+    """The ticket's route is free now: nothing to sell, the payment is listed."""
+    _, chain = devnet_http
+    gw = await late_gateway()
+    ticket, checkout = short_checkout(gw.tokens, "/archive/notes/1", lasts=1)  # a free route
+    assert await gw.late.keep(checkout, ticket, "127.0.0.1")  # as if polled while priced
+    await expire(checkout, after=3.2)
+    tx = phone_pays(chain, address_of(checkout), PRICE)
+    assert await gw.look() == 1
+    assert gw.accepted == [] and await gw.store.receipt(f"checkout:{checkout.id}") is None
+    [listed] = await gw.refunds()
+    assert (listed["txid"], listed["reason"]) == (tx.txid(), "not-for-sale")
+    status, _, _ = await get(gw.base + CHECKOUT_URL + ticket)
+    assert status == 410
+
+
+async def test_a_checkout_refused_by_a_full_watch_list_is_kept_once_room_frees(
+    late_gateway: LateFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood fills the list; a real page's checkout is watched once a place frees."""
+    import gateway.payments.checkout as checkouts
+
+    gw = await late_gateway(most=3)
+    flood = [short_checkout(gw.tokens, f"/archive/pages/{n}", lasts=60) for n in range(3)]
+    for ticket, _ in flood:
+        await gw.poll(ticket)
+    ticket, checkout = short_checkout(gw.tokens, "/archive/pages/99", lasts=60)
+    await gw.poll(ticket)  # the real page: the list is full
+    assert not await gw.store._client.hexists(gw.store.keys.checkouts()[2], checkout.id)
+    await gw.store.unwatch_checkout(flood[0][1].id)  # a place frees
+    monkeypatch.setattr(checkouts, "RETRY_KEEP", 0, raising=False)  # a poll a while later
+    await gw.poll(ticket)
+    assert await gw.store._client.hexists(gw.store.keys.checkouts()[2], checkout.id)
+    assert not await gw.late.keep(checkout, ticket, "127.0.0.1")  # kept: not asked again
 
 
 # --- `farebox serve` processes, `farebox refunds`, `farebox sweep` ---------------------------------

@@ -110,7 +110,7 @@ class StoreReceipts:
                     yield refund.as_receipt()
             if len(listed) < self.page:
                 return
-            after = listed[-1].txid
+            after = listed[-1].outpoint  # the list pages by output
 
 
 class FileReceipts:

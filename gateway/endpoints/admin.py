@@ -4,7 +4,7 @@
     GET  /receipts?since=&until=&service=&txid=&limit=&after=&format=json|csv
     GET  /refunds?since=&txid=&limit=&after=&format=json|csv
                                                       checkout payments to refund or honour
-    POST /refunds/settle  {"txid": TXID, "how": "refunded"|"honoured"}
+    POST /refunds/settle  {"txid": TXID[:VOUT], "how": "refunded"|"honoured"}
     POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]
     GET  /policy                                      version, files, last reload error
     GET  /ready                                       readiness with the store's state or error
@@ -19,8 +19,18 @@ names a payer only by the hash the upstream also sees.
 The refund list (store/refunds.py) holds checkout payments that bought
 nothing anybody collected: paid after the checkout expired (with a receipt
 and an uncollected grant), too little, twice, for what is no longer sold,
-or already in a block when found. Settling one records that the admin
-refunded or honoured it; it stays listed.
+or already in a block when found, or by a transaction that had bought
+something else. Each entry is one output: `txid=` lists every entry of a
+transaction (one may pay several checkouts), `txid=TXID:VOUT` the one of that
+output, and `next`/`after` page by "txid:vout". Settling one records that the
+admin refunded or honoured it; it stays listed. It is named by "txid:vout",
+or by its txid alone when that names one entry (409 `refund-ambiguous`,
+listing the outpoints, when it names several). Settled `refunded`, the grant
+the payment bought (an `unclaimed` entry's `grant_id`) is revoked as
+POST /revoke does, and its checkout answers "refunded" instead of the grant;
+`honoured` keeps the grant. A 503 after settling: send the same again (the
+409 answer finishes the revocation). Txids are 64 hex digits, matched in
+lower case.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import csv
 import hmac
 import io
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -58,6 +69,8 @@ EXPORTED = (
 )
 REVOKE_FOR = 400 * 86400  # default: longer than any grant or tab token lasts
 MAX_LIMIT = 10_000
+TXID = re.compile(r"[0-9a-f]{64}")
+VOUT = re.compile(r"[0-9]{1,10}")
 
 log = logging.getLogger("farebox.admin")
 
@@ -185,6 +198,22 @@ def _days_ago(n: int) -> str:
     return (datetime.now(UTC) - timedelta(days=n)).strftime("%Y-%m-%d")
 
 
+def parse_txid(value: str, name: str) -> str:
+    """A txid in lower case; BadQuery for anything but 64 hex digits."""
+    txid = value.strip().lower()
+    if not TXID.fullmatch(txid):
+        raise BadQuery(f"{name}: a txid is 64 hex digits")
+    return txid
+
+
+def parse_outpoint(value: str, name: str) -> tuple[str, int | None]:
+    """(txid, vout) of "TXID:VOUT", or (txid, None) of a bare "TXID"; BadQuery otherwise."""
+    txid, colon, vout = value.strip().partition(":")
+    if colon and not VOUT.fullmatch(vout):
+        raise BadQuery(f"{name}: an output is named TXID:VOUT, VOUT a whole number")
+    return parse_txid(txid, name), int(vout) if colon else None
+
+
 async def stats(request: web.Request) -> web.Response:
     gw = _gw(request)
     assert gw.store is not None
@@ -216,11 +245,12 @@ async def receipts(request: web.Request) -> web.StreamResponse:
         raise BadQuery("limit must be a number") from None
     if limit < 1:
         raise BadQuery("limit must be at least 1")
+    txid = q.get("txid") or None
     found = await gw.store.receipts(
         since=parse_time(q.get("since"), "since"),
         until=parse_time(q.get("until"), "until"),
         service=q.get("service") or None,
-        txid=q.get("txid") or None,
+        txid=None if txid is None else parse_txid(txid, "txid"),
         limit=limit,
         after=q.get("after") or None,
     )
@@ -249,18 +279,21 @@ REFUND_FIELDS = tuple(
 
 
 async def refunds(request: web.Request) -> web.StreamResponse:
-    """The refund list, oldest first, paged like /receipts (no derivation data)."""
+    """The refund list, oldest first, paged like /receipts (no derivation data).
+
+    `txid=TXID` lists every entry of a transaction, `txid=TXID:VOUT` the one
+    of that output; `next` (and `after`) is the "txid:vout" of a page's last.
+    """
     gw = _gw(request)
     assert gw.store is not None
     q = request.query
     limit = _limit(q.get("limit"))
+    txid, vout = parse_outpoint(q["txid"], "txid") if q.get("txid") else (None, None)
+    after = await _after(gw, q["after"]) if q.get("after") else None
     found = await gw.store.refunds(
-        since=parse_time(q.get("since"), "since"),
-        txid=q.get("txid") or None,
-        limit=limit,
-        after=q.get("after") or None,
+        since=parse_time(q.get("since"), "since"), txid=txid, limit=limit, after=after
     )
-    rows = [r.exported() for r in found]
+    rows = [r.exported() for r in found if vout in (None, r.vout)]
     if q.get("format", "json") == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=REFUND_FIELDS)
@@ -274,13 +307,28 @@ async def refunds(request: web.Request) -> web.StreamResponse:
     if q.get("format", "json") != "json":
         raise BadQuery("format is json or csv")
     body: dict[str, Any] = {"refunds": rows}
-    if len(rows) == limit and rows:
-        body["next"] = rows[-1]["txid"]
+    if len(found) == limit and found:
+        body["next"] = found[-1].outpoint  # pass as `after` for the next page
     return answer(body)
 
 
+async def _after(gw: Services, value: str) -> str:
+    """The outpoint to page after: as given, or the one entry a bare txid names."""
+    assert gw.store is not None
+    txid, vout = parse_outpoint(value, "after")
+    if vout is not None:
+        return f"{txid}:{vout}"
+    named = await gw.store.refunds(txid=txid)
+    if len(named) != 1:
+        raise BadQuery(f"after: name one entry as TXID:VOUT ({len(named)} of {txid} listed)")
+    return named[0].outpoint
+
+
 async def settle_refund(request: web.Request) -> web.Response:
-    """Record that a listed payment was refunded or honoured (once; it stays listed)."""
+    """Record that a listed payment was refunded or honoured (once; it stays listed).
+
+    Refunded, the grant it bought (if any) is revoked, as POST /revoke does.
+    """
     gw = _gw(request)
     assert gw.store is not None
     try:
@@ -289,18 +337,33 @@ async def settle_refund(request: web.Request) -> web.Response:
         raise BadQuery('send JSON: {"txid": TXID, "how": "refunded" or "honoured"}') from None
     if not isinstance(body, dict):
         raise BadQuery("send a JSON object")
-    txid, how = body.get("txid"), body.get("how")
-    if not isinstance(txid, str) or not txid or len(txid) > 200:
-        raise BadQuery("name the payment by its txid")
+    named, how = body.get("txid"), body.get("how")
+    if not isinstance(named, str) or not named or len(named) > 200:
+        raise BadQuery("name the payment by its txid (or TXID:VOUT)")
+    txid, vout = parse_outpoint(named, "txid")
     if how not in (REFUNDED, HONOURED):
         raise BadQuery(f"how is {REFUNDED!r} or {HONOURED!r}")
-    listed = await gw.store.refunds(txid=txid)
+    listed = [r for r in await gw.store.refunds(txid=txid) if vout in (None, r.vout)]
     if not listed:
-        return problem(404, "no-refund", "Not listed", f"no payment {txid} on the refund list")
+        return problem(404, "no-refund", "Not listed", f"no payment {named} on the refund list")
+    if len(listed) > 1:
+        outpoints = [r.outpoint for r in listed]
+        return problem(
+            409,
+            "refund-ambiguous",
+            "Several outputs listed",
+            f"{txid} paid {len(listed)} listed outputs: name one as TXID:VOUT",
+            outpoints=outpoints,
+        )
+    (entry,) = listed
     now = int(time.time())
-    if not listed[0].settled and await gw.store.settle_refund(txid, how, now):
-        return answer({"txid": txid, "settled": how, "settled_time": now})
-    (first,) = await gw.store.refunds(txid=txid)  # the first settlement stands
+    if not entry.settled and await gw.store.settle_refund(entry.outpoint, how, now):
+        settled = {"txid": txid, "vout": entry.vout, "settled": how, "settled_time": now}
+        return answer({**settled, **await _revoke_refunded(gw, entry, how, now)})
+    (first,) = [r for r in await gw.store.refunds(txid=txid) if r.vout == entry.vout]
+    # The first settlement stands. Refunded: make sure its grant is revoked
+    # (the request that settled it may have failed just before revoking).
+    await _revoke_refunded(gw, first, first.settled, now)
     return problem(
         409,
         "refund-settled",
@@ -309,6 +372,16 @@ async def settle_refund(request: web.Request) -> web.Response:
         settled=first.settled,
         settled_time=first.settled_time,
     )
+
+
+async def _revoke_refunded(gw: Services, entry: Refund, how: str, now: int) -> dict[str, Any]:
+    """Revoke the grant a refunded payment bought, if it bought one (never both go back)."""
+    assert gw.store is not None
+    if how != REFUNDED or not entry.grant_id:
+        return {}
+    until = now + REVOKE_FOR
+    await gw.store.revoke(entry.grant_id, until)
+    return {"revoked": entry.grant_id, "until": until}
 
 
 def _limit(value: str | None) -> int:

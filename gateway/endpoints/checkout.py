@@ -19,8 +19,15 @@ its expiry:
   A payment recorded so, whose grant nobody collected, goes on the refund
   list (store/refunds.py) beside its receipt; so does a payment the cashier
   cannot take (too little, a second one, no longer for sale, already in a
-  block), with the derivation data to sweep it, so the admin can refund or
-  honour it.
+  block, a transaction that bought something else already), with the
+  derivation data to sweep it, so the admin can refund or honour it. Each
+  output is listed once. A checkout found paid and recorded gets one more
+  look, for other payments to it (a phone that paid twice), then is no
+  longer watched.
+
+A checkout whose listed payment the admin settled `refunded` answers
+{"status": "refunded"} and never its grant (which the admin's settlement
+revoked): the money and the grant never both go back.
 
 All of it goes through the one intake (payments/intake.py): a checkout is
 paid once, and a grant it bought is handed out only while admission allows it.
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import json
 import logging
 import time
@@ -47,6 +53,7 @@ from gateway.errors import PaymentError
 from gateway.payments.cashier import Accepted
 from gateway.payments.checkout import (
     ANYONE_HEX,
+    LOOK_RATE,
     Checkout,
     CheckoutWatcher,
     Watched,
@@ -68,12 +75,13 @@ from gateway.policy import Match, NoMatch
 from gateway.services import Services
 from gateway.store import StoreUnavailable
 from gateway.store import refunds as why
-from gateway.store.refunds import Refund
+from gateway.store.receipts import Receipt
+from gateway.store.refunds import Refund, outpoint
 
 log = logging.getLogger("farebox.checkout")
 
 ROUND = 2  # seconds between rounds of the late watch (one worker of all has each round)
-BATCH = 4  # checkouts looked at per round: at most 2 lookups a second, whatever the scale
+BATCH = ROUND * LOOK_RATE  # checkouts looked at per round: LOOK_RATE, whatever the scale
 LEASE = 120  # seconds a checkout taken for a look is nobody else's
 ROUND_KEY = "farebox:late-checkouts"  # the fixed-window counter that hands out rounds
 
@@ -102,6 +110,8 @@ def _match(services: Services, host: str, checkout: Checkout) -> Match | None:
         return None
     match = services.policy.current.match(host, target, checkout.method)
     if isinstance(match, NoMatch) or match.service.name != checkout.service:
+        return None
+    if match.route.route.price.free:  # free since: nothing to pay for (as the pay endpoint)
         return None
     return match
 
@@ -140,6 +150,11 @@ async def _status(
     try:
         done = await checkout_taken(services.cashier, services.revocations, checkout, match)
     except PaymentError as exc:
+        if exc.reason == "grant-revoked" and services.store is not None:
+            receipt = await services.store.receipt(checkout_key(checkout))
+            entry = None if receipt is None else await _listed(services, receipt)
+            if entry is not None and entry.settled == why.REFUNDED:
+                return _refunded(entry)
         return answer({"status": "refused", "reason": exc.reason, "detail": exc.detail})
     if done is not None:
         return await _delivered(services, checkout, done)
@@ -172,15 +187,42 @@ async def _status(
 
 
 async def _delivered(services: Services, checkout: Checkout, accepted: Accepted) -> web.Response:
-    """The paid answer; a payment recorded after expiry is settled on the refund list."""
-    if accepted.receipt.time >= checkout.expires and services.store is not None:
+    """The paid answer; a payment recorded after expiry is settled on the refund list.
+
+    Its entry is settled `grant-delivered` before the grant leaves, unless
+    the admin settled it first: refunded, the answer is "refunded" and no
+    grant; honoured, the grant. Raises StoreUnavailable (no grant leaves
+    before the store says it was not refunded).
+    """
+    receipt = accepted.receipt
+    if receipt.time >= checkout.expires and services.store is not None:
         # Listed by the late watch (maybe at this very moment) or not at
         # all: a settlement applies either way (store.settle_refund).
-        with contextlib.suppress(StoreUnavailable):
-            await services.store.settle_refund(
-                accepted.receipt.txid, why.DELIVERED, int(time.time())
-            )
+        key = outpoint(receipt.txid, receipt.vout)
+        if not await services.store.settle_refund(key, why.DELIVERED, int(time.time())):
+            entry = await _listed(services, receipt)
+            if entry is not None and entry.settled == why.REFUNDED:
+                return _refunded(entry)
     return _paid(services, accepted)
+
+
+async def _listed(services: Services, receipt: Receipt) -> Refund | None:
+    """The refund list's entry of a receipt's output, if listed."""
+    assert services.store is not None
+    for entry in await services.store.refunds(txid=receipt.txid):
+        if entry.vout == receipt.vout:
+            return entry
+    return None
+
+
+def _refunded(entry: Refund) -> web.Response:
+    """A checkout whose payment the admin refunded: no grant, and the page says so."""
+    body = {"status": "refunded", "txid": entry.txid, "satoshis": entry.satoshis}
+    return web.Response(
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def _take(services: Services, checkout: Checkout, match: Match, beef: bytes) -> Accepted:
@@ -264,14 +306,26 @@ async def _look_late(
     if now < checkout.expires:  # its page still polls: the first look comes after expiry
         await late.watchlist.look_again(checkout_id, next_look(checkout.expires, now))
         return
-    if await services.store.receipt(checkout_key(checkout)) is not None:
-        await late.watchlist.unwatch_checkout(checkout_id)  # paid, and recorded
-        return
+    receipt = await services.store.receipt(checkout_key(checkout))
     try:
         found = await late.payments_to(locking_script(PublicKey(services.server_key), checkout))
     except Exception as exc:  # the chain API is down: look again later
         log.warning("late checkout watch: payment watcher failed: %s", exc)
-        found = []
+        await late.watchlist.look_again(checkout_id, next_look(checkout.expires, time.time()))
+        return
+    if receipt is not None:
+        # Paid, and recorded (a page's poll took it): one last look, for
+        # other payments to it, each listed once; then nothing more to find.
+        listed = True
+        for beef in found:
+            if _txid_of(services, beef) not in (None, receipt.txid):
+                detail = "the checkout had been paid by another transaction"
+                listed = await _list(services, checkout, beef, why.PAID_TWICE, detail) and listed
+        if listed:
+            await late.watchlist.unwatch_checkout(checkout_id)
+        else:  # one could not be checked now: look again
+            await late.watchlist.look_again(checkout_id, next_look(checkout.expires, time.time()))
+        return
     done = False
     for beef in found:
         done = await _late_payment(services, checkout, watched.host, beef) or done
@@ -286,8 +340,7 @@ async def _late_payment(services: Services, checkout: Checkout, host: str, beef:
     match = _match(services, host, checkout)
     if match is None:
         detail = f"the policy no longer sells {checkout.method} {checkout.resource}"
-        await _list(services, checkout, beef, why.NOT_FOR_SALE, detail)
-        return True
+        return await _list(services, checkout, beef, why.NOT_FOR_SALE, detail)
     try:
         accepted = await _take(services, checkout, match, beef)
     except Underpaid as exc:
@@ -297,19 +350,31 @@ async def _late_payment(services: Services, checkout: Checkout, host: str, beef:
     except PaymentError as exc:
         if exc.reason == "checkout-paid":
             detail = "the checkout had been paid by another transaction"
-            await _list(services, checkout, beef, why.PAID_TWICE, detail)
-            return True
+            return await _list(services, checkout, beef, why.PAID_TWICE, detail)
+        if exc.reason == "payment-reused":
+            detail = (
+                "the transaction had bought something else already (another checkout, or a "
+                "request): one transaction buys one thing, so this output bought nothing"
+            )
+            return await _list(services, checkout, beef, why.PAYMENT_REUSED, detail)
         if exc.reason == "already-mined":
             detail = (
                 "in a block before Farebox saw it: the cashier takes unconfirmed payments "
                 "only, so no receipt or grant was made"
             )
-            await _list(services, checkout, beef, why.MINED, detail)
-            return True
+            return await _list(services, checkout, beef, why.MINED, detail)
         # An outage (503: look again later), or a transaction that is no valid payment.
         log.warning("late payment to checkout %s not taken: %s", checkout.id, exc.reason)
         return False
     receipt = accepted.receipt
+    if receipt.prefix != checkout.id:
+        # The same transaction paid another checkout for the same resource
+        # first: its grant is that checkout's, and this output bought nothing.
+        detail = (
+            "the transaction had paid another checkout for the same resource already: one "
+            "transaction buys one thing, so this output bought nothing"
+        )
+        return await _list(services, checkout, beef, why.PAYMENT_REUSED, detail)
     late_by = max(0, receipt.time - checkout.expires)
     detail = (
         f"paid in full and recorded {late_by} s after the checkout expired, with a "
@@ -331,32 +396,51 @@ async def _late_payment(services: Services, checkout: Checkout, host: str, beef:
     return True
 
 
+def _txid_of(services: Services, beef: bytes) -> str | None:
+    assert services.cashier is not None
+    try:
+        return read_beef(beef, services.cashier.beef_limits).subject.txid()
+    except PaymentError:
+        return None
+
+
 async def _list(
     services: Services, checkout: Checkout, beef: bytes, reason: str, detail: str
-) -> None:
-    """Put a payment the cashier did not take on the refund list, once, if it is real."""
+) -> bool:
+    """Put a payment the cashier did not take on the refund list, once per output, if
+    it is real; True: listed (now or before) or no payment to this checkout at all,
+    False: it cannot be checked now (the next look tries again)."""
     assert services.cashier is not None and services.store is not None
-    try:
-        txid = read_beef(beef, services.cashier.beef_limits).subject.txid()
-    except PaymentError:
-        return
-    if await services.store.refunds(txid=txid):
-        return  # listed at an earlier look: not checked again
     server = PublicKey(services.server_key)
+    try:
+        subject = read_beef(beef, services.cashier.beef_limits).subject
+    except PaymentError:
+        return True
+    script = locking_script(server, checkout)
+    vout = next(
+        (n for n, out in enumerate(subject.outputs) if out.locking_script.serialize() == script),
+        None,
+    )
+    if vout is None:
+        return True  # pays another address: nothing of this checkout's
+    txid = subject.txid()
+    if any(entry.vout == vout for entry in await services.store.refunds(txid=txid)):
+        return True  # listed at an earlier look: not checked again
     try:
         verified = await checkout_payment(services.cashier, server, checkout, beef)
     except PaymentError as exc:
         log.warning("payment %s to checkout %s is not valid: %s", txid, checkout.id, exc.reason)
-        return
+        return True
     except Exception as exc:  # the chain cannot be asked now: the next look tries again
         log.warning("payment %s to checkout %s cannot be checked now: %s", txid, checkout.id, exc)
-        return
+        return False
     await _add(
         services,
         _refund(
             services, checkout, verified.txid, verified.vout, verified.satoshis, reason, detail
         ),
     )
+    return True
 
 
 def _refund(

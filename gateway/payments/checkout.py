@@ -14,8 +14,15 @@ expires, when nobody polls any more. So a checkout whose status a page asked
 is kept in the store (`CheckoutWatcher.keep`), and for a grace period after
 its expiry (the `checkout_grace` setting, GRACE by default) each worker's
 background task looks for its payment now and then (`next_look`), at a
-bounded rate, and hands what it finds to the cashier as a timely payment
-would be (endpoints/checkout.py, `watch_late`).
+bounded rate (LOOK_RATE across all instances), and hands what it finds to the
+cashier as a timely payment would be (endpoints/checkout.py, `watch_late`).
+
+The watch list holds at most as many checkouts as that rate can look at as
+scheduled (`most_watched`: LOOK_RATE x grace / the looks one checkout takes in
+it, about 10,000 for a day), so looks do not fall ever further behind; when
+they do fall behind for a while (a burst of pages), the store hands out the
+looks due latest first, so a recently expired checkout's first looks are not
+queued behind old checkouts' overdue ones.
 """
 
 from __future__ import annotations
@@ -40,11 +47,12 @@ ANYONE_HEX = ANYONE.public_key().hex()
 AUDIENCE = "farebox:checkout"
 LIFETIME = 600  # seconds a checkout may be paid
 GRACE = 86_400  # seconds an expired checkout is still watched, by default (checkout_grace)
-MOST_WATCHED = 20_000  # checkouts watched past expiry at once, at most (each costs lookups)
+LOOK_RATE = 2  # lookups a second the late watch makes at most, across all instances
 FIRST_LOOK = 3  # seconds after expiry of the first look for a late payment
 SHORTEST_GAP = 5  # seconds between looks, at least ...
-LONGEST_GAP = 7_200  # ... and at most: about 20 looks over a day's grace
+LONGEST_GAP = 14_400  # ... and at most: 17 looks over a day's grace
 MAX_HOST = 255  # the longest Host a watched checkout is kept with
+RETRY_KEEP = 30  # seconds before a poll asks again to watch a checkout the store refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,29 @@ def next_look(expires: int, now: float) -> int:
     return int(now) + min(LONGEST_GAP, max(SHORTEST_GAP, int(now) - expires))
 
 
+def looks_within(grace: int) -> int:
+    """How many looks `next_look` schedules for one checkout within `grace` after its expiry."""
+    expires, looks = 0, 0
+    due = next_look(expires, expires - 1)
+    while due < expires + grace:
+        looks += 1
+        due = next_look(expires, due)
+    return looks
+
+
+def most_watched(grace: int) -> int:
+    """Checkouts the watch list holds at most: as many as LOOK_RATE can look at as scheduled.
+
+    A checkout watched for `grace` takes `looks_within(grace)` looks; more
+    checkouts at once than LOOK_RATE x grace / that would need more looks
+    than the rate allows, and looks would fall ever further behind.
+    """
+    return max(1, LOOK_RATE * grace // max(1, looks_within(grace)))
+
+
+MOST_WATCHED = most_watched(GRACE)  # 10,164 for a day's grace
+
+
 @dataclass(frozen=True, slots=True)
 class Watched:
     """What the late watch keeps of a checkout: its ticket and the Host it was asked on."""
@@ -194,7 +225,10 @@ class CheckoutWatcher:
     It answers `payments_to` as the watcher it wraps; `keep` puts a checkout
     whose status was asked on the store's watch list until `grace` seconds
     after it expires (once per checkout per process: a page polls often).
-    Only checkouts this server signed get there, and at most `most` at once.
+    Only checkouts this server signed get there, and at most `most` at once
+    (by default `most_watched(grace)`). A checkout the store did not take
+    (the list was full) is offered again by a later poll, RETRY_KEEP seconds
+    on, so it is watched once room frees.
     """
 
     def __init__(
@@ -203,13 +237,14 @@ class CheckoutWatcher:
         watchlist: WatchList,
         *,
         grace: int = GRACE,
-        most: int = MOST_WATCHED,
+        most: int | None = None,
     ) -> None:
         self.inner = inner
         self.watchlist = watchlist
         self.grace = grace
-        self.most = most
-        self._kept: OrderedDict[str, None] = OrderedDict()  # checkouts kept by this process
+        self.most = most_watched(grace) if most is None else most
+        # Checkout id -> None once kept, else when the store last refused it.
+        self._kept: OrderedDict[str, float | None] = OrderedDict()
 
     async def payments_to(self, script: bytes) -> list[bytes]:
         return await self.inner.payments_to(script)
@@ -226,15 +261,21 @@ class CheckoutWatcher:
 
         Raises StoreUnavailable (then the next poll tries again).
         """
+        now = time.time()
         if checkout.id in self._kept:
-            return False
-        if len(host) > MAX_HOST or not self.within_grace(checkout):
+            refused = self._kept[checkout.id]
+            if refused is None or now < refused + RETRY_KEEP:
+                return False  # kept already, or refused a moment ago
+        if len(host) > MAX_HOST or not self.within_grace(checkout, now):
             return False
         entry = Watched(ticket, host).to_text()
-        due = next_look(checkout.expires, time.time())
+        due = next_look(checkout.expires, now)
         until = checkout.expires + self.grace
         kept = await self.watchlist.watch_checkout(checkout.id, entry, due, until, self.most)
-        self._kept[checkout.id] = None
+        # Refused (the list is full, or another worker kept it): ask again a
+        # little later rather than at every poll, and never give up on it.
+        self._kept[checkout.id] = None if kept else now
+        self._kept.move_to_end(checkout.id)
         if len(self._kept) > 4096:
             self._kept.popitem(last=False)
         return kept

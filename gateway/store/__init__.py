@@ -203,9 +203,12 @@ class Store(Protocol):
         ...
 
     async def due_checkouts(self, limit: int, lease: int) -> list[tuple[str, str]]:
-        """Up to `limit` (checkout, entry) whose look is due now, earliest first.
+        """Up to `limit` (checkout, entry) whose look is due now, the latest due first.
 
-        Each comes leased for `lease` seconds: no other call returns it before
+        Latest first: when looks fall behind, one just due (most often a
+        recently expired checkout's, whose gaps are short) is not queued
+        behind a backlog of overdue ones (old checkouts', whose gaps are long
+        and which can wait). Each comes leased for `lease` seconds: no other call returns it before
         then, so two workers (or instances) never look at one checkout at once,
         and one whose looker died is looked at again after the lease. Checkouts
         past their `until` are dropped, never returned. Now is the store's clock.
@@ -225,14 +228,16 @@ class Store(Protocol):
 
     # --- the refund list ------------------------------------------------------------
     async def add_refund(self, refund: Refund) -> bool:
-        """List `refund` once per txid; False, changing nothing, when listed already.
+        """List `refund` once per output (`refund.outpoint`, "txid:vout"); False,
+        changing nothing, when that output is listed already.
 
+        One transaction may pay several checkouts: each output is an entry.
         Entries are kept for good, like receipts.
         """
         ...
 
-    async def settle_refund(self, txid: str, how: str, at: int) -> bool:
-        """Mark the refund of `txid` settled (`how`, at unix time `at`), once.
+    async def settle_refund(self, outpoint: str, how: str, at: int) -> bool:
+        """Mark the entry of `outpoint` ("txid:vout") settled (`how`, at unix time `at`), once.
 
         False when it was settled already (the first settlement stands). It
         may come before the entry is listed, and applies once it is.
@@ -247,11 +252,13 @@ class Store(Protocol):
         limit: int = 1000,
         after: str | None = None,
     ) -> list[Refund]:
-        """Listed refunds, with their settlement, ordered by (time, txid).
+        """Listed entries, with their settlement, ordered by (time, outpoint).
 
-        `since` <= time, or the one entry of `txid`; at most `limit` (capped at
-        MAX_PAGE); pages with `after` exactly as `receipts` does (ValueError for
-        an `after` that names no entry).
+        `since` <= time, or the entries of the transaction `txid` (one per
+        output listed: a txid may name several); at most `limit` (capped at
+        MAX_PAGE). To page, pass the outpoint of the last entry of one page as
+        `after` of the next, as `receipts` pages by txid (ValueError for an
+        `after` that names no entry).
         """
         ...
 

@@ -6,10 +6,11 @@ amounts, quota windows, revocations) is checked lazily when touched, against
 an injectable clock (unix seconds) so tests need not sleep.
 
 The receipts index is a list of (time, txid) kept sorted (one overall, one per
-service), so a page is one bisect and a slice; the refund list likewise. The
-checkouts watched past their expiry sit in two heaps, by when each is due for
-a look and by when it is forgotten (entries superseded in the first are
-skipped when they surface).
+service), so a page is one bisect and a slice; the refund list likewise (keyed
+by outpoint, "txid:vout", with the outpoints of each txid beside it). The
+checkouts watched past their expiry sit in heaps: by when each is due for a
+look, the looks due now by latest due first, and by when each is forgotten
+(entries superseded are skipped when they surface).
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ class MemoryStore:
         self._next_purge = clock() + _PURGE_EVERY
         self._watched: dict[str, _Watched] = {}  # checkout id -> what to look for, when
         self._due: list[tuple[float, str]] = []  # heap of (due, checkout id); stale ones skipped
+        self._ready: list[tuple[float, str]] = []  # heap of (-due, checkout id): due now
         self._until: list[tuple[int, str]] = []  # heap of (until, checkout id)
-        self._refunds: dict[str, Refund] = {}  # txid -> the entry as listed
-        self._refund_order: list[tuple[int, str]] = []  # sorted (time, txid)
-        self._settled: dict[str, tuple[str, int]] = {}  # txid -> (how, when)
+        self._refunds: dict[str, Refund] = {}  # outpoint -> the entry as listed
+        self._refund_order: list[tuple[int, str]] = []  # sorted (time, outpoint)
+        self._refund_outputs: dict[str, list[str]] = {}  # txid -> its outpoints listed
+        self._settled: dict[str, tuple[str, int]] = {}  # outpoint -> (how, when)
 
     # --- payments ---------------------------------------------------------------------
     async def claim(self, txid: str, purchase: str) -> Claim:
@@ -286,18 +289,18 @@ class MemoryStore:
         _at_least("limit", limit, 1)
         now = self._clock()
         self._forget_past(now)
-        found: list[tuple[str, str]] = []
-        leased: list[tuple[float, str]] = []
-        while self._due and self._due[0][0] <= now and len(found) < limit:
+        while self._due and self._due[0][0] <= now:
             due, checkout = heapq.heappop(self._due)
+            heapq.heappush(self._ready, (-due, checkout))  # latest due first
+        found: list[tuple[str, str]] = []
+        while self._ready and len(found) < limit:
+            due, checkout = heapq.heappop(self._ready)
             watched = self._watched.get(checkout)
-            if watched is None or watched.due != due:
+            if watched is None or watched.due != -due:
                 continue  # unwatched, or rescheduled since: a stale heap entry
             watched.due = now + lease
-            leased.append((watched.due, checkout))
+            heapq.heappush(self._due, (watched.due, checkout))
             found.append((checkout, watched.entry))
-        for item in leased:
-            heapq.heappush(self._due, item)
         return found
 
     async def look_again(self, checkout: str, due: int) -> None:
@@ -316,22 +319,26 @@ class MemoryStore:
             watched = self._watched.get(checkout)
             if watched is not None and watched.until <= now:
                 del self._watched[checkout]
-        if len(self._due) > 2 * len(self._watched) + 64:
+        if len(self._due) + len(self._ready) > 2 * len(self._watched) + 64:
             self._due = [(d, c) for d, c in self._due if c in self._watched]
+            self._ready = [(d, c) for d, c in self._ready if c in self._watched]
             heapq.heapify(self._due)
+            heapq.heapify(self._ready)
 
     # --- the refund list ----------------------------------------------------------------
     async def add_refund(self, refund: Refund) -> bool:
-        if refund.txid in self._refunds:
+        key = refund.outpoint
+        if key in self._refunds:
             return False
-        self._refunds[refund.txid] = refund.settle("", 0)
-        bisect.insort(self._refund_order, (refund.time, refund.txid))
+        self._refunds[key] = refund.settle("", 0)
+        bisect.insort(self._refund_order, (refund.time, key))
+        self._refund_outputs.setdefault(refund.txid, []).append(key)
         return True
 
-    async def settle_refund(self, txid: str, how: str, at: int) -> bool:
-        if txid in self._settled:
+    async def settle_refund(self, outpoint: str, how: str, at: int) -> bool:
+        if outpoint in self._settled:
             return False
-        self._settled[txid] = (how, at)
+        self._settled[outpoint] = (how, at)
         return True
 
     async def refunds(
@@ -349,19 +356,22 @@ class MemoryStore:
             cursor = self._refunds.get(after)
             if cursor is None:
                 raise ValueError(f"no refund {after!r} to page after")
-            start = max(start, bisect.bisect_right(order, (cursor.time, cursor.txid)))
+            start = max(start, bisect.bisect_right(order, (cursor.time, after)))
         if txid is not None:
-            found = self._refunds.get(txid)
-            if found is None or bisect.bisect_left(order, (found.time, found.txid)) < start:
-                return []
-            picked = [txid]
+            positions = sorted(
+                (self._refunds[key].time, key) for key in self._refund_outputs.get(txid, [])
+            )
+            # Those at or past the page's start in (time, outpoint) order.
+            first = order[start] if start < len(order) else None
+            picked = [key for (t, key) in positions if first is not None and (t, key) >= first]
+            picked = picked[:limit]
         else:
-            picked = [x for _, x in order[start : start + limit]]
-        return [self._with_settlement(x) for x in picked]
+            picked = [key for _, key in order[start : start + limit]]
+        return [self._with_settlement(key) for key in picked]
 
-    def _with_settlement(self, txid: str) -> Refund:
-        refund = self._refunds[txid]
-        settled = self._settled.get(txid)
+    def _with_settlement(self, key: str) -> Refund:
+        refund = self._refunds[key]
+        settled = self._settled.get(key)
         return refund if settled is None else refund.settle(*settled)
 
     # --- health -------------------------------------------------------------------------

@@ -31,9 +31,11 @@ contain braces so that the first "{...}" of every key is the tag below):
                                          (its expiry + the grace period)
     P checkouts:{checkouts}:body   hash  checkout id -> what to look for (JSON)
                                          all three expire with the latest `until`
-    P refunds:{refunds}:by-time    zset  txid -> when the payment was listed
-    P refunds:{refunds}:body       hash  txid -> refund (JSON); kept for good
-    P refunds:{refunds}:settled    hash  txid -> {"how", "time"} (JSON); kept for good
+    P refunds:{refunds}:by-time    zset  outpoint ("txid:vout") -> when it was listed
+    P refunds:{refunds}:body       hash  outpoint -> refund (JSON); kept for good
+    P refunds:{refunds}:settled    hash  outpoint -> {"how", "time"} (JSON); kept for good
+    P refunds:{refunds}:outpoints  zset  every outpoint listed, scored 0: a txid's
+                                         entries are one ZRANGEBYLEX away
 
 TXID, TAB, KEY and GRANT_ID are written as given, except that "%", "{" and
 "}" become "%25", "%7B" and "%7D" and an empty id becomes "%": a brace inside
@@ -352,8 +354,10 @@ _DUE = (
     _CHECKOUTS
     + """
 -- ARGV: limit, lease (s). Returns checkout, entry, checkout, entry...
+-- The latest due first (see Store.due_checkouts): a look just due is not
+-- queued behind a backlog of overdue ones.
 local out = {}
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], now, '-inf', 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(ids) do
   local body = redis.call('HGET', KEYS[3], id)
   local untl = tonumber(redis.call('ZSCORE', KEYS[2], id) or 0)
@@ -377,10 +381,66 @@ return redis.call('HDEL', KEYS[3], ARGV[1])
 """
 
 _ADD_REFUND = """
--- KEYS: by-time, body   ARGV: txid, time, refund JSON. Listed once per txid.
+-- KEYS: by-time, body, outpoints   ARGV: outpoint, time, refund JSON. Listed once per output.
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
 return 1
+"""
+
+_REFUNDS = """
+-- KEYS: by-time, body, settled, outpoints
+-- ARGV: since, limit, after (an outpoint), txid; '' for none, ids after a "="
+-- Returns false for an `after` not listed, else body, settlement ('' for
+-- none), body, settlement... in (time, outpoint) order.
+local function not_after(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a <= #b
+end
+local index = KEYS[1]
+local after, txid = string.sub(ARGV[3], 2), string.sub(ARGV[4], 2)
+local start = 0
+if ARGV[1] ~= '' then start = redis.call('ZCOUNT', index, '-inf', '(' .. ARGV[1]) end
+if ARGV[3] ~= '' then
+  local t = redis.call('ZSCORE', index, after)
+  if not t then return false end
+  local lo = redis.call('ZCOUNT', index, '-inf', '(' .. t)
+  local hi = redis.call('ZCOUNT', index, '-inf', t)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if not_after(redis.call('ZRANGE', index, mid, mid)[1], after) then
+      lo = mid + 1
+    else
+      hi = mid
+    end
+  end
+  start = math.max(start, lo)
+end
+local limit = tonumber(ARGV[2])
+local ids = {}
+if ARGV[4] ~= '' then
+  -- Every output of the transaction: the outpoints "txid:..." sort between
+  -- "txid:" and "txid;" (';' follows ':').
+  local ranked = {}
+  for _, id in ipairs(redis.call('ZRANGEBYLEX', KEYS[4], '[' .. txid .. ':', '(' .. txid .. ';')) do
+    local rank = redis.call('ZRANK', index, id)
+    if rank and rank >= start then ranked[#ranked + 1] = {rank, id} end
+  end
+  table.sort(ranked, function(a, b) return a[1] < b[1] end)
+  for i = 1, math.min(#ranked, limit) do ids[i] = ranked[i][2] end
+else
+  local stop = math.min(redis.call('ZCARD', index), start + limit)
+  if start < stop then ids = redis.call('ZRANGE', index, start, stop - 1) end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = redis.call('HGET', KEYS[2], id)
+  out[#out + 1] = redis.call('HGET', KEYS[3], id) or ''
+end
+return out
 """
 
 
@@ -439,9 +499,9 @@ class Keys:
         return [f"{base}:due", f"{base}:until", f"{base}:body"]
 
     def refunds(self) -> list[str]:
-        """The refund list: by-time, body, settled."""
+        """The refund list: by-time, body, settled, outpoints."""
         base = f"{self.prefix}refunds:{{refunds}}"
-        return [f"{base}:by-time", f"{base}:body", f"{base}:settled"]
+        return [f"{base}:by-time", f"{base}:body", f"{base}:settled", f"{base}:outpoints"]
 
 
 # --- the store ------------------------------------------------------------------------
@@ -484,6 +544,7 @@ class RedisStore:
         self._due = client.register_script(_DUE)
         self._unwatch = client.register_script(_UNWATCH)
         self._add_refund = client.register_script(_ADD_REFUND)
+        self._refunds = client.register_script(_REFUNDS)
 
     @classmethod
     def from_url(
@@ -724,14 +785,14 @@ class RedisStore:
     # --- the refund list ----------------------------------------------------------------
     async def add_refund(self, refund: Refund) -> bool:
         body = json.dumps(refund.settle("", 0).to_json(), separators=(",", ":"))
-        by_time, kept, _ = self.keys.refunds()
-        args: list[Arg] = [refund.txid, refund.time, body]
-        return bool(await self._run(self._add_refund, [by_time, kept], args))
+        by_time, kept, _, outpoints = self.keys.refunds()
+        args: list[Arg] = [refund.outpoint, refund.time, body]
+        return bool(await self._run(self._add_refund, [by_time, kept, outpoints], args))
 
-    async def settle_refund(self, txid: str, how: str, at: int) -> bool:
+    async def settle_refund(self, outpoint: str, how: str, at: int) -> bool:
         key = self.keys.refunds()[2]
         mark = json.dumps({"how": how, "time": int(at)}, separators=(",", ":"))
-        return bool(await self._guard(lambda: self._client.hsetnx(key, txid, mark)))
+        return bool(await self._guard(lambda: self._client.hsetnx(key, outpoint, mark)))
 
     async def refunds(
         self,
@@ -741,27 +802,20 @@ class RedisStore:
         limit: int = 1000,
         after: str | None = None,
     ) -> list[Refund]:
-        by_time, kept, settled = self.keys.refunds()
         args: list[Arg] = [
             "" if since is None else int(since),
-            "",
             page_limit(limit),
-            "" if after is None else f"={after}",
+            "" if after is None else f"={after}",  # "=" marks a given id, even ""
             "" if txid is None else f"={txid}",
         ]
-        # The receipts index's paging script reads any (by-time, body) pair.
-        bodies = await self._run(self._receipts, [by_time, kept, by_time], args)
-        if bodies is None:
+        flat = await self._run(self._refunds, self.keys.refunds(), args)
+        if flat is None:
             raise ValueError(f"no refund {after!r} to page after")
-        found = [Refund.from_json(json.loads(body)) for body in bodies]
-        if not found:
-            return []
-        ids = [refund.txid for refund in found]
-        marks = await self._guard(lambda: self._client.hmget(settled, ids))
-        return [
-            refund if mark is None else refund.settle(**_settlement(mark))
-            for refund, mark in zip(found, marks, strict=True)
-        ]
+        found = []
+        for body, mark in zip(flat[::2], flat[1::2], strict=True):
+            refund = Refund.from_json(json.loads(body))
+            found.append(refund.settle(**_settlement(mark)) if mark else refund)
+        return found
 
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:

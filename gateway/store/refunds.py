@@ -3,14 +3,17 @@
 A phone wallet may pay a paywall checkout after it expired, or pay too
 little, or pay one that is no longer for sale. The money is at an address
 only the server key can spend, and it is the citizen's: each such payment is
-listed here, once per transaction, with what was paid, to which checkout,
-when, and why it is on the list, so the admin can refund or honour it. An
-entry keeps the derivation data of its output (BRC-29 with the "anyone"
-sender), so `farebox sweep` can spend it even when no receipt was recorded.
+listed here, once per output (`outpoint`, "txid:vout": one transaction may
+pay several checkouts), with what was paid, to which checkout, when, and why
+it is on the list, so the admin can refund or honour it. An entry keeps the
+derivation data of its output (BRC-29 with the "anyone" sender), so
+`farebox sweep` can spend it even when no receipt was recorded.
 
 Entries are money records: kept for good, like receipts. One is settled
 (`settled`) when its grant reached the page after all, or by the admin
-(refunded, honoured); settling never removes it.
+(refunded, honoured); settling never removes it. Settled `refunded`, an
+entry's grant (if it bought one) is revoked and its checkout no longer
+answers with it: the money and the grant never both go back.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ UNDERPAID = "underpaid"  # less than the checkout's price: no receipt, no grant
 PAID_TWICE = "paid-twice"  # the checkout had been paid by another transaction
 NOT_FOR_SALE = "not-for-sale"  # the policy no longer sells what the checkout named
 MINED = "mined"  # already in a block when found: the cashier takes unconfirmed payments only
-REASONS = (UNCLAIMED, UNDERPAID, PAID_TWICE, NOT_FOR_SALE, MINED)
+PAYMENT_REUSED = "payment-reused"  # the transaction had bought something else already
+REASONS = (UNCLAIMED, UNDERPAID, PAID_TWICE, NOT_FOR_SALE, MINED, PAYMENT_REUSED)
 
 # How an entry was settled (`Refund.settled`).
 DELIVERED = "grant-delivered"  # the page collected the grant after all
 REFUNDED = "refunded"  # the admin paid the money back
 HONOURED = "honoured"  # the admin gave what was paid for another way
 SETTLED = (DELIVERED, REFUNDED, HONOURED)
+
+
+def outpoint(txid: str, vout: int) -> str:
+    """What names one listed entry: "txid:vout"."""
+    return f"{txid}:{vout}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,11 @@ class Refund:
     suffix: str = ""
     settled: str = ""  # "" while open, else one of SETTLED
     settled_time: int = 0  # unix seconds it was settled
+
+    @property
+    def outpoint(self) -> str:
+        """The entry's key on the list ("txid:vout")."""
+        return f"{self.txid}:{self.vout}"
 
     @property
     def received(self) -> bool:
