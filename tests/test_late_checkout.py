@@ -614,9 +614,11 @@ async def test_an_underpaid_late_payment_is_listed_never_granted(
     assert listed["settled"] == "refunded" and listed["settled_time"] > 0
 
 
-async def test_a_payment_mined_before_it_was_seen_is_listed_and_swept(
+async def test_a_payment_mined_before_it_was_seen_is_taken_granted_and_swept(
     late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
 ) -> None:
+    """Found hours late, a phone's payment is usually in a block: a checkout's
+    address is its own, so it is taken (its proof checked) and granted."""
     _, chain = devnet_http
     gw = await late_gateway()
     ticket, checkout = short_checkout(gw.tokens, "/archive/pages/10", lasts=1)
@@ -625,8 +627,12 @@ async def test_a_payment_mined_before_it_was_seen_is_listed_and_swept(
     tx = phone_pays(chain, address_of(checkout), PRICE)
     chain.mine()
     assert await gw.look() == 1
-    [listed] = await gw.refunds()
-    assert (listed["txid"], listed["reason"], listed["satoshis"]) == (tx.txid(), "mined", PRICE)
+    receipt = await gw.store.receipt(f"checkout:{checkout.id}")
+    assert receipt is not None and receipt.txid == tx.txid() and len(gw.accepted) == 1
+    [listed] = await gw.refunds()  # nobody has collected its grant yet
+    assert (listed["txid"], listed["reason"], listed["satoshis"]) == (tx.txid(), "unclaimed", PRICE)
+    status, headers, body = await gw.poll(ticket)  # the page, still open
+    assert status == 200 and body["status"] == "paid" and "X-Farebox-Token" in headers
     assert await gw.store.due_checkouts(10, 60) == []  # paid in full: no longer watched
     report = await sweep(
         PAID_SERVER,
@@ -636,6 +642,19 @@ async def test_a_payment_mined_before_it_was_seen_is_listed_and_swept(
         LocalBroadcaster(chain),
     )
     assert (report.outputs, report.satoshis) == (1, PRICE)
+
+
+async def test_a_checkout_paid_by_a_transaction_already_mined_opens_at_once(
+    late_gateway: LateFactory, devnet_http: tuple[str, Devnet]
+) -> None:
+    _, chain = devnet_http
+    gw = await late_gateway()
+    ticket, checkout = short_checkout(gw.tokens, "/archive/pages/12", lasts=60)
+    tx = phone_pays(chain, address_of(checkout), PRICE)
+    chain.mine()  # as a faucet that mines at once, or a slow page
+    status, headers, body = await gw.poll(ticket)
+    assert status == 200 and body == {**body, "status": "paid", "txid": tx.txid()}
+    assert "X-Farebox-Token" in headers and await gw.refunds() == []
 
 
 async def test_past_the_grace_period_nothing_is_watched(

@@ -22,7 +22,7 @@ from bsv import PrivateKey
 from gateway.bsv.ancestry import AncestryLimits
 from gateway.bsv.beef import Limits, read_beef
 from gateway.bsv.derivation import p2pkh_script, payee_key
-from gateway.chain import Broadcaster, ChainError
+from gateway.chain import Broadcaster, BroadcastResult, ChainError
 from gateway.edge import metrics
 from gateway.errors import PaymentError
 from gateway.payments.remittance import Remittance, TopUp
@@ -111,7 +111,9 @@ class Cashier:
         credited to the tab (once per txid) and the grant is a tab token.
         `fresh=False` skips the payment-time window: a checkout (paywall
         page) has its own expiry, and its time names the checkout, not the
-        moment of paying.
+        moment of paying. It also takes a payment already in a block: a
+        checkout's address is made for it alone, so such a payment is its
+        own, found late (its merkle root is checked like any other).
         """
         try:
             accepted = await self._accept(payment, match, method, price, top_up, fresh)
@@ -144,7 +146,9 @@ class Cashier:
         else:
             purchase = f"{match.service.name}\ntab:{top_up.tab or 'new'}"
         try:
-            verified = await verify_payment(beef, expect, _Guarded(self.tracker), self.ancestry)
+            verified = await verify_payment(
+                beef, expect, _Guarded(self.tracker), self.ancestry, allow_mined=not fresh
+            )
         except ChainError as exc:
             # Unknown, not refused: the merkle roots could not be checked now.
             raise PaymentError(
@@ -186,9 +190,14 @@ class Cashier:
             )
 
         try:
-            # Name the payment: with unconfirmed ancestors ARC answers about
-            # the first of them unless asked about this txid.
-            result = await self.broadcaster.broadcast(payment.beef, txid=verified.txid)
+            if verified.transaction.merkle_path is not None:
+                # In a block already (a checkout paid from a phone and found
+                # late): its proof was checked; there is nothing to broadcast.
+                result = BroadcastResult(verified.txid, "MINED", accepted=True, rejected=False)
+            else:
+                # Name the payment: with unconfirmed ancestors ARC answers about
+                # the first of them unless asked about this txid.
+                result = await self.broadcaster.broadcast(payment.beef, txid=verified.txid)
         except Exception as exc:
             # Unknown outcome (a ChainError, or a broadcaster's own failure):
             # the network may hold the transaction, so the same payment must
