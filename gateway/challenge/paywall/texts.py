@@ -36,6 +36,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "status_paying": "Asking your wallet…",
         "status_paid": "Paid. Opening the page…",
         "status_expired": "This payment request expired. Making a new one…",
+        "status_refunded": "This payment was refunded by the service, so there is nothing "
+        "to open. Reload the page to pay again.",
         "status_expiring": "This payment request has expired. Checking once more for a "
         "payment sent just now…",
         "status_underpaid": "A payment of {paid} satoshis is less than the price of {price} "

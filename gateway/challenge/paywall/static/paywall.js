@@ -108,6 +108,10 @@
         var r = answer.r, s = answer.s;
         if (r.ok && s && typeof s.status === "string") {
           if (s.status === "paid") return opened();
+          if (s.status === "refunded") {
+            done = true;  // the operator gave this payment back: nothing to open
+            return say(T.status_refunded, true);
+          }
           if (s.status === "expired") {
             if (!expires || Date.now() >= expires + LATE_MS) return expired();
             return setTimeout(poll, 1500);
