@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,15 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from gateway.store import MAX_DAYS, MAX_PAGE, DayStats, Outcome, Store, StoreUnavailable
+from gateway.store import (
+    MAX_BOUND,
+    MAX_DAYS,
+    MAX_PAGE,
+    DayStats,
+    Outcome,
+    Store,
+    StoreUnavailable,
+)
 from gateway.store.memory import MemoryStore
 from gateway.store.receipts import Receipt
 from gateway.store.redis import RedisStore, tag
@@ -334,6 +343,87 @@ async def test_revocations_last_until_the_latest_deadline(backend: Backend) -> N
     assert [await store.revoked(g) for g in ("short", "extended", "kept")] == [False, True, True]
 
 
+# --- tokens bound to holders ----------------------------------------------------------
+
+
+async def test_bound_tokens_are_kept_per_holder(backend: Backend) -> None:
+    store = backend.store
+    later = int(backend.now()) + 100
+    assert await store.bound("peer:02ab:archive") == []
+    await store.bind("peer:02ab:archive", "tok-1", later)
+    await store.bind("peer:02ab:weather", "tok-2", later)
+    assert await store.bound("peer:02ab:archive") == ["tok-1"]
+    assert await store.bound("peer:02ab:weather") == ["tok-2"]
+    assert await store.bound("peer:03cd:archive") == []
+
+
+async def test_a_token_bound_again_is_kept_once_with_its_new_expiry(backend: Backend) -> None:
+    store = backend.store
+    now = int(backend.now())
+    await store.bind("h", "again", now + 100)
+    await store.bind("h", "other", now + 150)
+    await store.bind("h", "again", now + 200)
+    assert await store.bound("h") == ["again", "other"]  # once, now expiring later
+    await store.bind("h", "again", now + 120)  # the new expiry stands, even an earlier one
+    assert await store.bound("h") == ["other", "again"]
+
+
+async def test_a_holder_keeps_the_tokens_expiring_last(backend: Backend) -> None:
+    store = backend.store
+    now = int(backend.now())
+    order = [(i * 7) % (MAX_BOUND + 8) for i in range(MAX_BOUND + 8)]  # every i, shuffled
+    for i in order:
+        await store.bind("h", f"tok-{i:02d}", now + 100 + i)
+    latest_first = [f"tok-{i:02d}" for i in reversed(range(8, MAX_BOUND + 8))]
+    assert await store.bound("h") == latest_first
+    await store.bind("h", "too-soon", now + 100 + 7)  # expires before all the kept ones
+    assert await store.bound("h") == latest_first
+    await store.bind("h", "latest", now + 1000)  # pushes out the one expiring first
+    assert await store.bound("h") == ["latest", *latest_first[:-1]]
+    # Ties in expiry: the greater token first, on every backend.
+    for token in ("b", "c", "a"):
+        await store.bind("ties", token, now + 50)
+    assert await store.bound("ties") == ["c", "b", "a"]
+
+
+async def test_expired_bound_tokens_are_not_returned(backend: Backend) -> None:
+    store = backend.store
+    # At least half a second ahead: not past already when a second ticks over meanwhile.
+    soon, later = math.ceil(backend.now() + 0.5), int(backend.now()) + 100
+    await store.bind("h", "short", soon)
+    await store.bind("h", "long", later)
+    await store.bind("gone", "short", soon)
+    assert await store.bound("h") == ["long", "short"]
+    await backend.elapse(soon - backend.now() + 0.05)
+    assert await store.bound("h") == ["long"]
+    assert await store.bound("gone") == []
+    await store.bind("gone", "new", later)  # the expired one is not back either
+    assert await store.bound("gone") == ["new"]
+
+
+async def test_binding_with_a_past_expiry_keeps_nothing(backend: Backend) -> None:
+    store = backend.store
+    now = int(backend.now())
+    await store.bind("h", "past", now - 5)
+    await store.bind("h", "now", now)  # expires at the current second: already past
+    assert await store.bound("h") == []
+    await store.bind("h", "kept", now + 100)
+    await store.bind("h", "dropped", now + 100)
+    await store.bind("h", "dropped", now - 1)  # bound again already expired: dropped
+    assert await store.bound("h") == ["kept"]
+
+
+async def test_memory_drops_holders_whose_tokens_expired() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    for i in range(100):
+        await store.bind(f"peer:{i}", "tok", int(clock()) + 1)
+    await store.bind("lasting", "tok", int(clock()) + 3600)
+    clock.now += 61  # past the sweep interval
+    await store.bind("new", "tok", int(clock()) + 10)
+    assert set(store._bound) == {"lasting", "new"}
+
+
 # --- receipts index --------------------------------------------------------------------
 
 
@@ -511,9 +601,11 @@ async def test_odd_ids_are_distinct_and_work(backend: Backend) -> None:
         assert (await store.claim(name, PURCHASE)).outcome is Outcome.NEW
         assert (await store.hit(name, 60)).count == 1
         await store.revoke(name, int(backend.now()) + 60)
+        await store.bind(name, f"tok-{i}", int(backend.now()) + 60)
     for i, name in enumerate(WEIRD_IDS):
         assert await store.reserve(name, 1, name, 30) == i
         assert await store.revoked(name)
+        assert await store.bound(name) == [f"tok-{i}"]
 
 
 async def test_odd_names_in_receipts_and_stats(backend: Backend) -> None:
@@ -559,7 +651,7 @@ async def test_every_script_touches_one_slot(redis_cluster: Cluster) -> None:
             await exercise(store, name)
     finally:
         await store.close()
-    assert len(calls) == 13 * (1 + len(WEIRD_IDS))
+    assert len(calls) == 15 * (1 + len(WEIRD_IDS))
     for keys in calls:
         # One brace pair (ids escaped), save a service name after the index's tag.
         escaped = [k for k in keys if not k.startswith(store.keys.by_service())]
@@ -582,6 +674,8 @@ async def exercise(store: Store, name: str) -> None:
     await store.revoke(name, int(time.time()) + 60)
     await store.receipts(service=name, after=name)
     await store.count("2024-05-01", name, name, requests=1, satoshis=2)
+    await store.bind(name, name, int(time.time()) + 60)
+    await store.bound(name)
 
 
 def test_tags_are_never_empty_and_escape_braces() -> None:
@@ -628,6 +722,25 @@ async def test_complete_indexes_first_and_a_retry_finishes(redis_server: RedisSe
         assert await store.receipt("ii") == r
         assert await store.receipts() == [r]
     finally:
+        await store.close()
+
+
+async def test_a_holders_key_expires_with_its_latest_token(redis_server: RedisServer) -> None:
+    store = redis_store(redis_server.url)
+    raw = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        now = int(time.time())
+        (key,) = store.keys.bound("peer:02ab:archive")
+        await store.bind("peer:02ab:archive", "later", now + 300)
+        await store.bind("peer:02ab:archive", "sooner", now + 100)
+        assert await raw.execute_command("EXPIRETIME", key) == now + 300
+        await store.bind("peer:02ab:archive", "later", now + 200)  # its expiry moved
+        assert await raw.execute_command("EXPIRETIME", key) == now + 200
+        await store.bind("peer:02ab:archive", "later", now - 1)
+        await store.bind("peer:02ab:archive", "sooner", now - 1)
+        assert await raw.exists(key) == 0  # nothing kept: no key left behind
+    finally:
+        await raw.aclose()
         await store.close()
 
 
@@ -680,6 +793,8 @@ def every_operation(store: Store, name: str) -> list[Any]:
         store.receipts(service=name, after=name),
         store.count("2024-05-01", name, "GET /", requests=1),
         store.stats(since_day="2024-05-01", until_day="2024-05-07"),
+        store.bind(name, "tok", int(time.time()) + 60),
+        store.bound(name),
     ]
 
 

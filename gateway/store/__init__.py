@@ -30,6 +30,7 @@ from gateway.store.refunds import Refund
 
 MAX_PAGE = 10_000  # receipts one `receipts` call returns at most
 MAX_DAYS = 3_660  # days one `stats` call may span (ten years)
+MAX_BOUND = 32  # tokens one `bind` holder keeps at most
 
 
 class Outcome(Enum):
@@ -259,6 +260,27 @@ class Store(Protocol):
         MAX_PAGE). To page, pass the outpoint of the last entry of one page as
         `after` of the next, as `receipts` pages by txid (ValueError for an
         `after` that names no entry).
+        """
+        ...
+
+    # --- tokens kept for holders that cannot keep them --------------------------------
+    async def bind(self, holder: str, token: str, expires: int) -> None:
+        """Keep `token` for `holder` until unix time `expires` (e.g. holder
+        "peer:<identity key hex>:<service>": the grants an authenticated client
+        bought, for a client that cannot hold tokens itself, BRC-105).
+
+        At most MAX_BOUND per holder: the ones expiring last are kept (ties in
+        expiry: the greater token, by its bytes). The same token bound again
+        is kept once, its expiry set to the new one. An `expires` already past
+        keeps nothing (and so drops that token if it was kept). Nothing
+        outlives the latest expiry of its holder. Now is the store's clock.
+        """
+        ...
+
+    async def bound(self, holder: str) -> list[str]:
+        """The tokens kept for `holder` that have not expired, the latest-expiring first.
+
+        Ties in expiry: the greater token first, by its bytes.
         """
         ...
 

@@ -2,15 +2,17 @@
 
 Every operation runs on one event loop with no await between reading and
 writing, so each is atomic without locks. Anything that expires (held
-amounts, quota windows, revocations) is checked lazily when touched, against
-an injectable clock (unix seconds) so tests need not sleep.
+amounts, quota windows, revocations, bound tokens) is checked lazily when
+touched, against an injectable clock (unix seconds) so tests need not sleep.
 
 The receipts index is a list of (time, txid) kept sorted (one overall, one per
 service), so a page is one bisect and a slice; the refund list likewise (keyed
 by outpoint, "txid:vout", with the outpoints of each txid beside it). The
 checkouts watched past their expiry sit in heaps: by when each is due for a
 look, the looks due now by latest due first, and by when each is forgotten
-(entries superseded are skipped when they surface).
+(entries superseded are skipped when they surface). The tokens bound to a
+holder are a dict of at most MAX_BOUND, cut down on every `bind`; a holder
+whose latest expiry has passed goes with the next sweep.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.store import (
+    MAX_BOUND,
     Claim,
     DayStats,
     Outcome,
@@ -35,7 +38,7 @@ from gateway.store import (
 from gateway.store.receipts import Receipt
 from gateway.store.refunds import Refund
 
-_PURGE_EVERY = 60.0  # seconds between sweeps of expired quota and revocation entries
+_PURGE_EVERY = 60.0  # seconds between sweeps of expired quotas, revocations, bound tokens
 
 
 @dataclass
@@ -97,6 +100,7 @@ class MemoryStore:
         self._refund_order: list[tuple[int, str]] = []  # sorted (time, outpoint)
         self._refund_outputs: dict[str, list[str]] = {}  # txid -> its outpoints listed
         self._settled: dict[str, tuple[str, int]] = {}  # outpoint -> (how, when)
+        self._bound: dict[str, dict[str, int]] = {}  # holder -> {token: expires}, never empty
 
     # --- payments ---------------------------------------------------------------------
     async def claim(self, txid: str, purchase: str) -> Claim:
@@ -246,12 +250,14 @@ class MemoryStore:
         return self._revoked.get(grant_id, 0) > self._clock()
 
     def _purge(self, now: float) -> None:
-        """Drop ended windows and revocations now and then, so memory stays bounded."""
+        """Drop ended windows, revocations and holders now and then, so memory stays bounded."""
         if now < self._next_purge:
             return
         self._next_purge = now + _PURGE_EVERY
         self._windows = {k: v for k, v in self._windows.items() if v[1] > now}
         self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+        # A holder goes once its latest token expired (as its Redis key does).
+        self._bound = {k: v for k, v in self._bound.items() if max(v.values(), default=0) > now}
 
     # --- statistics ---------------------------------------------------------------------
     async def count(self, day: str, service: str, route: str, **fields: int) -> None:
@@ -373,6 +379,24 @@ class MemoryStore:
         refund = self._refunds[key]
         settled = self._settled.get(key)
         return refund if settled is None else refund.settle(*settled)
+
+    # --- tokens kept for holders --------------------------------------------------------
+    async def bind(self, holder: str, token: str, expires: int) -> None:
+        now = self._clock()
+        self._purge(now)
+        kept = self._bound.get(holder, {})
+        kept[token] = int(expires)  # bound again: the new expiry stands
+        # The MAX_BOUND expiring last, ties by token: a sorted set's order in Redis.
+        live = sorted(((e, t) for t, e in kept.items() if e > now), reverse=True)[:MAX_BOUND]
+        if live:
+            self._bound[holder] = {t: e for e, t in live}
+        else:
+            self._bound.pop(holder, None)
+
+    async def bound(self, holder: str) -> list[str]:
+        now = self._clock()
+        kept = self._bound.get(holder, {})
+        return [t for e, t in sorted(((e, t) for t, e in kept.items()), reverse=True) if e > now]
 
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:

@@ -36,8 +36,10 @@ contain braces so that the first "{...}" of every key is the tag below):
     P refunds:{refunds}:settled    hash  outpoint -> {"how", "time"} (JSON); kept for good
     P refunds:{refunds}:outpoints  zset  every outpoint listed, scored 0: a txid's
                                          entries are one ZRANGEBYLEX away
+    P bound:{HOLDER}        zset  token -> its expiry (unix s), at most MAX_BOUND
+                                  (those expiring last); EXPIREAT the latest
 
-TXID, TAB, KEY and GRANT_ID are written as given, except that "%", "{" and
+TXID, TAB, KEY, GRANT_ID and HOLDER are written as given, except that "%", "{" and
 "}" become "%25", "%7B" and "%7D" and an empty id becomes "%": a brace inside
 an id would otherwise end the tag early (or leave it empty, and Redis then
 hashes the whole key name, scattering one tab over several slots). SERVICE
@@ -59,7 +61,7 @@ scripts replicate their effects, not their source) so that every worker of
 every machine agrees on when a hold expires; one tab lives on one server, so
 one clock decides. Expired holds go back to the balance at the start of every
 tab script, so no background job is needed. `hit` needs no clock (PTTL) and
-`revoke` compares `until` with TIME.
+`revoke` compares `until` with TIME, as `bind` and `bound` compare expiries.
 
 The checkouts watched past their expiry share one slot, as the receipts
 index does: one is added per paywall page that polls its checkout (once per
@@ -93,6 +95,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store import (
+    MAX_BOUND,
     Claim,
     DayStats,
     Outcome,
@@ -443,6 +446,26 @@ end
 return out
 """
 
+_BIND = """
+-- KEYS: bound   ARGV: token, expires (unix s), most
+-- Bound again: the new expiry stands (one past drops the token).
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+-- The `most` expiring last stay (ties: the greater token, as ZREVRANGE lists them).
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+-- Nothing outlives the latest expiry (an emptied set is gone already).
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('EXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]))) end
+return 1
+"""
+
+_BOUND = """
+-- KEYS: bound. The tokens not expired, the latest-expiring first.
+local now = redis.call('TIME')[1]
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. now)
+"""
+
 
 # --- keys -----------------------------------------------------------------------------
 
@@ -503,6 +526,9 @@ class Keys:
         base = f"{self.prefix}refunds:{{refunds}}"
         return [f"{base}:by-time", f"{base}:body", f"{base}:settled", f"{base}:outpoints"]
 
+    def bound(self, holder: str) -> list[str]:
+        return [f"{self.prefix}bound:{tag(holder)}"]
+
 
 # --- the store ------------------------------------------------------------------------
 
@@ -545,6 +571,8 @@ class RedisStore:
         self._unwatch = client.register_script(_UNWATCH)
         self._add_refund = client.register_script(_ADD_REFUND)
         self._refunds = client.register_script(_REFUNDS)
+        self._bind = client.register_script(_BIND)
+        self._bound = client.register_script(_BOUND)
 
     @classmethod
     def from_url(
@@ -816,6 +844,13 @@ class RedisStore:
             refund = Refund.from_json(json.loads(body))
             found.append(refund.settle(**_settlement(mark)) if mark else refund)
         return found
+
+    # --- tokens kept for holders --------------------------------------------------------
+    async def bind(self, holder: str, token: str, expires: int) -> None:
+        await self._run(self._bind, self.keys.bound(holder), [token, int(expires), MAX_BOUND])
+
+    async def bound(self, holder: str) -> list[str]:
+        return list(await self._run(self._bound, self.keys.bound(holder), []))
 
     # --- health -------------------------------------------------------------------------
     async def ping(self) -> None:
