@@ -3,8 +3,8 @@
 //   node toolbox.mjs <devnet URL> [root key hex]
 //
 // The wallet is the toolbox's own `Wallet` with `WalletStorageManager` over
-// `StorageKnex` on better-sqlite3 `:memory:`; only its chain services are an
-// adapter (devnet_services.mjs), because the devnet is no public network. Its
+// `StorageKnex` on better-sqlite3 `:memory:` (wallet.mjs); only its chain services
+// are an adapter (devnet_services.mjs), because the devnet is no public network. Its
 // state lives in this process, so a test talks to one process for all its steps:
 // JSON lines on stdin, one answer line per request on stdout:
 //   -> {"id": 1, "op": "fund", "satoshis": 50000}
@@ -34,61 +34,17 @@
 import http from 'node:http'
 import readline from 'node:readline'
 
-import { DevnetServices } from './devnet_services.mjs'
-import { TaskCheckForProofs, TaskSendWaiting, knex as knexModule, sdk, toolbox } from './sdk.mjs'
+import { TaskCheckForProofs, TaskSendWaiting, sdk } from './sdk.mjs'
+import { BRC29, makeWallet } from './wallet.mjs'
 
-const { KeyDeriver, P2PKH, PrivateKey, PublicKey, Random, Transaction, Utils } = sdk
-const { Monitor, Wallet, WalletStorageManager, StorageKnex } = toolbox
-const makeKnex = knexModule.knex ?? knexModule
-const BRC29 = [2, '3241645161d8']
-const CHAIN = 'test' // the toolbox knows 'main' and 'test'; only scripts matter on the devnet
+const { P2PKH, PrivateKey, PublicKey, Random, Transaction, Utils } = sdk
 const verbose = process.env.TOOLBOX_VERBOSE === '1'
 
 function log (...args) {
   if (verbose) process.stderr.write(`toolbox.mjs: ${args.map((a) => typeof a === 'string' ? a : JSON.stringify(a)).join(' ')}\n`)
 }
 
-// --- the wallet ---------------------------------------------------------------------------
-
-async function makeWallet (devnetUrl, rootKeyHex) {
-  const rootKey = rootKeyHex ? PrivateKey.fromHex(rootKeyHex) : PrivateKey.fromRandom()
-  const identityKey = rootKey.toPublicKey().toString()
-  const services = new DevnetServices(devnetUrl, { chain: CHAIN, log })
-  const knex = makeKnex({
-    client: 'better-sqlite3',
-    connection: { filename: ':memory:' },
-    useNullAsDefault: true,
-    pool: { min: 1, max: 1, idleTimeoutMillis: 2 ** 31 - 1 } // one connection: one in-memory database
-  })
-  const storage = new StorageKnex({
-    chain: CHAIN,
-    knex,
-    commissionSatoshis: 0,
-    commissionPubKeyHex: undefined,
-    feeModel: { model: 'sat/kb', value: 1 }
-  })
-  await storage.migrate('farebox-interop', Utils.toHex(Random(33)))
-  await storage.makeAvailable()
-  storage.setServices(services)
-  const manager = new WalletStorageManager(identityKey, storage)
-  await manager.makeAvailable()
-  // The toolbox's monitor, never started: its tasks are run one at a time on request.
-  const monitor = new Monitor({
-    chain: CHAIN,
-    services,
-    storage: manager,
-    msecsWaitPerMerkleProofServiceReq: 500,
-    taskRunWaitMsecs: 5000,
-    abandonedMsecs: 5 * 60 * 1000,
-    unprovenAttemptsLimitTest: 100,
-    unprovenAttemptsLimitMain: 144,
-    maxRebroadcastAttempts: 0,
-    chaintracks: undefined,
-    startupTaskMode: 'none'
-  })
-  const wallet = new Wallet({ chain: CHAIN, keyDeriver: new KeyDeriver(rootKey), storage: manager, services, monitor })
-  return { wallet, services, identityKey, knex, monitor }
-}
+// --- the wallet (wallet.mjs) ----------------------------------------------------------------
 
 async function balance (wallet) {
   return await wallet.balance()
@@ -326,7 +282,7 @@ async function main () {
     process.stderr.write('usage: node toolbox.mjs <devnet URL> [root key hex]\n')
     process.exit(2)
   }
-  const ctx = { ...(await makeWallet(devnetUrl, rootKeyHex)), httpCalls: [], httpServer: null }
+  const ctx = { ...(await makeWallet(devnetUrl, rootKeyHex, { log })), httpCalls: [], httpServer: null }
   const write = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
   write({ id: 0, ok: true, result: { ready: true, identityKey: ctx.identityKey } })
 
