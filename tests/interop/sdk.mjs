@@ -5,6 +5,7 @@
 // Beef, MerklePath and Transaction objects are not the toolbox's. So the SDK
 // is required here too, and everything shares the toolbox's copy.
 import './webcrypto.mjs'
+import './wire.mjs' // before the SDK binds globalThis.fetch
 
 import { createRequire } from 'node:module'
 

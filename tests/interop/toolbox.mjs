@@ -29,16 +29,30 @@
 //                            (POST /<call> with the args as JSON; CORS open) -> {url}
 //   httpCalls                the calls served over HTTP: [{call, args, originator, txid?, error?}]
 //   posted                   txids the wallet broadcast itself
+//   authfetch {url, method?, headers?, body?, pay?, delayedBroadcast?, timeoutMs?}
+//                            a request through the SDK's AuthFetch with this wallet (one
+//                            AuthFetch a process: sessions persist); it pays BRC-105 402s
+//                            itself -> {status, headers, body, paid, txids, payments, wire}
+//   brc105payment {serverIdentityKey, derivationPrefix, satoshis, wrongOutput?, outputIndex?}
+//                            an x-bsv-payment value built as AuthFetch builds one, for any
+//                            amount/payee/position -> {header, txid, vout, payee, derivationSuffix}
+//                            (both in brc105.mjs, which says more)
+// A failed op's answer may carry `details` (authfetch: what went over the wire).
 // Diagnostics go to stderr; stdout carries only answers.
 
 import http from 'node:http'
 import readline from 'node:readline'
 
+import { authfetch, brc105payment } from './brc105.mjs'
 import { TaskCheckForProofs, TaskSendWaiting, sdk } from './sdk.mjs'
 import { BRC29, makeWallet } from './wallet.mjs'
 
 const { P2PKH, PrivateKey, PublicKey, Random, Transaction, Utils } = sdk
 const verbose = process.env.TOOLBOX_VERBOSE === '1'
+
+// stdout carries answers only: what libraries print (AuthFetch logs each paid
+// attempt with console.info, which is stdout) goes to stderr.
+for (const level of ['log', 'info', 'debug']) console[level] = (...args) => console.error(...args)
 
 function log (...args) {
   if (verbose) process.stderr.write(`toolbox.mjs: ${args.map((a) => typeof a === 'string' ? a : JSON.stringify(a)).join(' ')}\n`)
@@ -273,7 +287,9 @@ const OPS = {
   checkForProofs,
   serve,
   httpCalls: async (ctx) => ctx.httpCalls,
-  posted: async (ctx) => ctx.services.posted
+  posted: async (ctx) => ctx.services.posted,
+  authfetch,
+  brc105payment
 }
 
 async function main () {
@@ -282,7 +298,7 @@ async function main () {
     process.stderr.write('usage: node toolbox.mjs <devnet URL> [root key hex]\n')
     process.exit(2)
   }
-  const ctx = { ...(await makeWallet(devnetUrl, rootKeyHex, { log })), httpCalls: [], httpServer: null }
+  const ctx = { ...(await makeWallet(devnetUrl, rootKeyHex, { log })), httpCalls: [], httpServer: null, brc105: null, log }
   const write = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
   write({ id: 0, ok: true, result: { ready: true, identityKey: ctx.identityKey } })
 
@@ -306,7 +322,7 @@ async function main () {
       write({ id: request.id, ok: true, result: await op(ctx, request) })
     } catch (err) {
       log(request.op, 'failed', err?.stack ?? String(err))
-      write({ id: request.id, ok: false, error: `${err?.name ?? 'Error'}: ${err?.message ?? String(err)}`, code: err?.code })
+      write({ id: request.id, ok: false, error: `${err?.name ?? 'Error'}: ${err?.message ?? String(err)}`, code: err?.code, details: err?.details })
     }
   }
   // stdin closed: the test is done with this wallet.
