@@ -12,23 +12,19 @@ over a BRC-100 HTTP interface. Its monitor is never started; two of its tasks
 in the node process, so each test talks to one process (JSON lines) for all
 its steps.
 
-Needs node and tests/interop/node_modules (`./dev test` installs them; the test
-runs `npm ci --prefix tests/interop` itself once when they are missing). Skipped
-only when node is not installed; a failed install fails. The browser test also
-needs Debian's chromium, as tests/test_browser.py does.
+The harness is tests/toolbox_support.py. Needs node and tests/interop/node_modules
+(`./dev test` installs them; the test runs `npm ci --prefix tests/interop` itself
+once when they are missing). Skipped only when node is not installed; a failed
+install fails. The browser test also needs Debian's chromium, as
+tests/test_browser.py does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -43,144 +39,14 @@ from gateway.client.wallet import Wallet as FareboxWallet
 from gateway.keys import load as load_key
 from tests.conftest import Upstream
 from tests.farebox_process import run, serve
+from tests.toolbox_support import require_node, toolbox
 
-INTEROP = Path(__file__).parent / "interop"
-SCRIPT = INTEROP / "toolbox.mjs"
-NPM_CI_TIMEOUT = 900  # seconds; better-sqlite3 compiles in about a minute
-STEP_TIMEOUT = 60
-LINE_LIMIT = 16 << 20  # an answer is one JSON line (a page's body, BEEF in headers)
-REQUIRED = (
-    INTEROP / "node_modules" / "@bsv" / "wallet-toolbox" / "package.json",
-    INTEROP / "node_modules" / "better-sqlite3" / "build" / "Release" / "better_sqlite3.node",
-    INTEROP / "node_modules" / "dotenv" / "package.json",
-)
 PRICE = 40
-
-
-def _npm_env(node: str) -> dict[str, str]:
-    """What ./dev's interop_install sets: better-sqlite3 compiled from its (hash-pinned)
-    npm tarball, with node's own headers, by Debian's python3 when there is one."""
-    env = {**os.environ, "npm_config_build_from_source": "better-sqlite3"}
-    prefix = Path(node).resolve().parent.parent
-    if (prefix / "include" / "node" / "node.h").is_file():
-        env["npm_config_nodedir"] = str(prefix)
-    if Path("/usr/bin/python3").exists():
-        env["npm_config_python"] = "/usr/bin/python3"
-    return env
-
-
-@cache
-def _toolbox_problem() -> tuple[str, str] | None:
-    """(skip|fail, why) when the toolbox cannot run here, None when it can."""
-    node = shutil.which("node")
-    if node is None:
-        return "skip", "node is not installed: the wallet-toolbox tests need Node.js"
-    if all(p.exists() for p in REQUIRED):
-        return None
-    npm = shutil.which("npm")
-    if npm is None:
-        return "fail", "tests/interop/node_modules is incomplete and npm is not installed"
-    try:
-        done = subprocess.run(
-            [npm, "ci", "--prefix", str(INTEROP), "--no-audit", "--no-fund"],
-            capture_output=True,
-            text=True,
-            timeout=NPM_CI_TIMEOUT,
-            check=False,
-            env=_npm_env(node),
-        )
-    except subprocess.TimeoutExpired:
-        return "fail", f"`npm ci --prefix tests/interop` took longer than {NPM_CI_TIMEOUT} s"
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        return "fail", "`npm ci --prefix tests/interop` failed: " + " | ".join(tail)
-    missing = [str(p.relative_to(INTEROP)) for p in REQUIRED if not p.exists()]
-    if missing:
-        return "fail", f"`npm ci --prefix tests/interop` did not install {', '.join(missing)}"
-    return None
 
 
 @pytest.fixture(scope="session")
 def node() -> str:
-    problem = _toolbox_problem()
-    if problem is not None:
-        kind, why = problem
-        if kind == "skip":
-            pytest.skip(why)
-        pytest.fail(why)
-    found = shutil.which("node")
-    assert found is not None
-    return found
-
-
-class ToolboxError(Exception):
-    pass
-
-
-class Toolbox:
-    """One toolbox wallet in one node process; `await call(op, **args)` per step."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.stderr: list[str] = []
-        self.identity_key = ""
-        self._next = 1
-        self._lock = asyncio.Lock()
-        self._drain = asyncio.ensure_future(self._read_stderr())
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.stderr.append(line.decode(errors="replace").rstrip())
-
-    async def _answer(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), STEP_TIMEOUT)
-        if not line:
-            await asyncio.sleep(0.2)  # let stderr arrive
-            raise ToolboxError("toolbox.mjs exited:\n" + "\n".join(self.stderr[-30:]))
-        return json.loads(line)
-
-    async def call(self, op: str, **args: Any) -> Any:
-        async with self._lock:
-            request_id = self._next
-            self._next += 1
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(json.dumps({"id": request_id, "op": op, **args}).encode() + b"\n")
-            await self.proc.stdin.drain()
-            answer = await self._answer()
-        assert answer["id"] == request_id, answer
-        if not answer["ok"]:
-            raise ToolboxError(f"{op}: {answer['error']}\n" + "\n".join(self.stderr[-30:]))
-        return answer["result"]
-
-    async def balance(self) -> int:
-        return (await self.call("balance"))["satoshis"]
-
-
-@contextlib.asynccontextmanager
-async def toolbox(node: str, devnet_url: str) -> AsyncIterator[Toolbox]:
-    proc = await asyncio.create_subprocess_exec(
-        node, str(SCRIPT), devnet_url,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=INTEROP, limit=LINE_LIMIT,
-        env={**os.environ, "TOOLBOX_VERBOSE": "1"},
-    )  # fmt: skip
-    wallet = Toolbox(proc)
-    try:
-        ready = await wallet._answer()
-        assert ready["ok"] and ready["result"]["ready"], ready
-        wallet.identity_key = ready["result"]["identityKey"]
-        yield wallet
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        await asyncio.wait_for(wallet._drain, 5)
+    return require_node()
 
 
 def gateway_args(
