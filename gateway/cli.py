@@ -233,6 +233,20 @@ def _parser() -> argparse.ArgumentParser:
         help="how long after a checkout expires a payment to it is still looked for and "
         "recorded (default 24h)",
     )
+    auth = serve.add_argument_group("authenticated clients (BRC-103/104, e.g. AuthFetch)")
+    auth.add_argument(
+        "--auth-session",
+        metavar="DURATION",
+        help="how long an authenticated session lasts before the client handshakes again "
+        "(default 10m)",
+    )
+    auth.add_argument(
+        "--auth-body-limit",
+        metavar="BYTES",
+        type=int,
+        help="most bytes of an authenticated request's body, or of its answer, held in "
+        "memory to be signed whole (default 8388608)",
+    )
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser(
@@ -447,7 +461,7 @@ def _serve(args: argparse.Namespace) -> None:
         "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
         "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
         "trusted_proxies", "admin_port", "admin_host", "admin_token_file", "log_format",
-        "receipts_file", "checkout_grace",
+        "receipts_file", "checkout_grace", "auth_session", "auth_body_limit",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

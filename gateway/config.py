@@ -82,6 +82,11 @@ class Settings(BaseModel):
     # How long after a checkout expires a payment to it is still looked for
     # and recorded (a phone wallet that broadcast late): payments/checkout.py
     checkout_grace: Duration = 86_400
+    # BRC-103/104 authenticated clients (AuthFetch): how long a session lasts
+    # before the client handshakes again, and the most bytes of one request
+    # body or answer held in memory to be signed whole (gateway/peer/)
+    auth_session: Duration = 600
+    auth_body_limit: int = Field(8 * 1024 * 1024, ge=1024)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from gateway.ledger.tally import Tally
 from gateway.payments.admission import Revoked
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import PaymentWatcher
+from gateway.peer.guard import Authenticator
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.rates import Rates
 from gateway.store import Store
@@ -33,3 +34,4 @@ class Services:
     tally: Tally | None = None
     cookie_secure: bool = True  # Set-Cookie with Secure (off only for plain-HTTP demos)
     wallet_url: str = "http://localhost:3321"  # the browser wallet the paywall offers
+    peers: Authenticator | None = None  # BRC-103/104 authenticated clients

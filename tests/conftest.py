@@ -19,6 +19,7 @@ from gateway.chain import Broadcaster, BroadcastResult
 from gateway.devnet import Devnet
 from gateway.devnet import start as start_devnet
 from gateway.payments.cashier import Cashier
+from gateway.peer.guard import Authenticator
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.forward import Proxy
 from gateway.serve.assemble import assemble_gateway
@@ -277,7 +278,14 @@ async def paid_gateway(
 ) -> PaidGatewayFactory:
     """Start a gateway over PAID_POLICY whose cashier uses this tracker and broadcaster."""
 
-    async def start(tracker: object, broadcaster: object, *, announce: str | None = None) -> Paid:
+    async def start(
+        tracker: object,
+        broadcaster: object,
+        *,
+        announce: str | None = None,
+        peer_lifetime: int = 600,
+        peer_limit: int = 1024 * 1024,
+    ) -> Paid:
         store = MemoryStore()
         tokens = Tokens(KeyRing.load(tmp_path / f"ring-{os.urandom(4).hex()}"))
         cashier = Cashier(
@@ -290,6 +298,7 @@ async def paid_gateway(
             cashier=cashier,
             cookie_secure=False,
             store=store,
+            peers=Authenticator(PAID_SERVER, store, lifetime=peer_lifetime, limit=peer_limit),
         )
         return Paid(base, tokens, store, cashier)
 

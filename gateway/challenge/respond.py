@@ -17,6 +17,7 @@ from bsv import PublicKey
 
 from gateway.challenge.answer import payment_required
 from gateway.challenge.paywall import Page, buys_text, render, wants_html
+from gateway.challenge.protocols import offer
 from gateway.edge import urls
 from gateway.errors import PaymentError
 from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
@@ -41,7 +42,8 @@ async def challenge(
     offered = quote.offered(policy, match)
     answer = payment_required(match, request.method, services.server_key, quoted, refused, offered)
     if wants_html(request.headers.get("Accept")):
-        return _paywall(services, request, match, origin, quoted, refused, answer)
+        answer = _paywall(services, request, match, origin, quoted, refused, answer)
+    offer(services, request, quoted.satoshis, answer, refused)
     return answer
 
 
@@ -80,7 +82,8 @@ async def tab_challenge(
         match, request.method, services.server_key, top_up, refused, offered, tab
     )
     if wants_html(request.headers.get("Accept")):
-        return _paywall(services, request, match, origin, top_up, refused, answer)
+        answer = _paywall(services, request, match, origin, top_up, refused, answer)
+    offer(services, request, top_up.satoshis, answer, refused)
     return answer
 
 

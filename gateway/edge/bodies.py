@@ -8,6 +8,8 @@ an oversized body without holding more of it).
 
 from __future__ import annotations
 
+import contextvars
+
 from aiohttp import web
 
 
@@ -22,3 +24,13 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         parts.append(part)
         size += len(part)
     return b"".join(parts)
+
+
+# While an authenticated (BRC-104) request is served: its body, read whole to
+# check its signature, for the proxy to send on (None: stream it as usual).
+BUFFERED: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("buffered", default=None)
+# ... and the most bytes of answer that may be held to be signed whole (None:
+# stream answers; an int: the proxy reads the answer whole, or refuses it).
+WHOLE_ANSWER: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "whole_answer", default=None
+)

@@ -16,10 +16,11 @@ ASSETS = WELL_KNOWN + "assets"  # + /name: the paywall's CSS and script
 P2PKH = WELL_KNOWN + "p2pkh/"  # + public key: its P2PKH locking script
 AUTH = WELL_KNOWN + "auth"  # nginx auth_request
 JWKS = "/.well-known/jwks.json"
+PEER_AUTH = "/.well-known/auth"  # BRC-104: the BRC-103 handshake (AuthFetch)
 HEALTH = "/healthz"
 READY = "/readyz"
 
 
 def is_own(path: str) -> bool:
     """Whether a canonical path is one of Farebox's own URLs."""
-    return path.startswith(WELL_KNOWN) or path in (JWKS, HEALTH, READY)
+    return path.startswith(WELL_KNOWN) or path in (JWKS, HEALTH, READY, PEER_AUTH)

@@ -128,3 +128,10 @@ async def transparency_report(services: Services, request: web.BaseRequest, _: s
 def shown(receipt: Receipt) -> dict[str, Any]:
     """A receipt as its payer sees it: without the derivation data kept for sweeping."""
     return {k: v for k, v in receipt.to_json().items() if k not in DERIVATION_FIELDS}
+
+
+async def handshake(services: Services, request: web.BaseRequest, _: str) -> web.Response:
+    """POST /.well-known/auth: the BRC-103 handshake of an authenticated client (AuthFetch)."""
+    if services.peers is None:
+        return problem(404, "no-route", "Not found", "authenticated clients are not served here")
+    return await services.peers.handshake(request)

@@ -139,7 +139,8 @@ class Cashier:
         beef = read_beef(payment.beef, self.beef_limits)
         lap("parse")
         payee = payee_key(self.server_key, payment.sender, payment.prefix, payment.suffix)
-        expect = Expectation(price, p2pkh_script(payee), payment.vout)
+        rules = payment.rules
+        expect = Expectation(price, p2pkh_script(payee), payment.vout, rules.exact)
         lap("derivation")
         if top_up is None:
             purchase = f"{match.service.name}\n{match.scope}"
@@ -163,30 +164,32 @@ class Cashier:
             # taken for this purchase (its answer lost, now sent again): it
             # still bought what it bought.
             earlier = await self._taken_before(beef.subject.txid(), purchase)
-            if earlier is None:
+            if earlier is None or not rules.answer_again:
                 raise
             return earlier
         lap.add(verified.timings)
         claim = await self._claim(verified.txid, purchase)
         lap("claim")
         if isinstance(claim, Accepted):
+            if not rules.answer_again:
+                raise PaymentError("payment-reused", "this transaction was taken before")
             # Checked after the claim: a client that lost the answer may
             # resend an accepted payment at any time and get its grant back.
             return claim
         skew = abs(time.time() * 1000 - int(payment.time)) / 1000
+        window = self.time_window if rules.window is None else rules.window
         # A payment taken over from a stalled owner, or sent again after an
         # outage left its broadcast unknown, was judged fresh when it first
         # came: refusing it as stale now would charge the client for nothing.
         if (
             fresh
             and claim is not TAKEN_OVER
-            and skew > self.time_window
+            and skew > window
             and not await self._was_fresh(verified.txid, purchase)
         ):
             await self.store.release(verified.txid, purchase)
             raise PaymentError(
-                "stale-time",
-                f"payment time is {skew:.0f} s away from now (window {self.time_window:.0f} s)",
+                "stale-time", f"payment time is {skew:.0f} s away from now (window {window:.0f} s)"
             )
 
         try:

@@ -3,6 +3,9 @@
 The adapters read a protocol's wire form and nothing else:
 - `from_headers`: BRC-121 `x-bsv-beef / -sender / -nonce / -time / -vout`
   on the priced request itself (bitcoin-sv/BRCs payments/0121.md);
+- `from_brc105` (brc105.py): BRC-105 `x-bsv-payment` on a BRC-103
+  authenticated request (AuthFetch);
+  `from_request` picks the adapter for a priced request's headers;
 - `from_fields`: the pay endpoint's JSON body, or its query beside raw BEEF;
 - `from_checkout`: a transaction posted to (or found on chain for) a
   checkout: the payee and the price are the checkout's. A checkout's
@@ -30,11 +33,14 @@ from bsv import PublicKey, Transaction
 
 from gateway.bsv.beef import read_beef
 from gateway.errors import PaymentError
+from gateway.payments import brc105
 from gateway.payments.admission import Revoked, Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script
-from gateway.payments.remittance import FIELDS, Remittance, TopUp, remittance
+from gateway.payments.remittance import FIELDS, Remittance, TopUp, remittance, time_suffix
 from gateway.payments.verify import Expectation, Verified, check_roots, verify_payment
+from gateway.peer import Peer
+from gateway.peer.nonces import Nonces
 from gateway.policy import Match
 from gateway.store import Outcome, StoreUnavailable
 
@@ -79,8 +85,29 @@ def purchase(
 
 
 def has_payment(headers: Mapping[str, str]) -> bool:
-    """Whether a request carries BRC-121 payment headers (any of them)."""
-    return any(name in headers for name in HEADERS)
+    """Whether a request carries a payment: BRC-121 headers (any of them) or BRC-105's."""
+    return brc105.HEADER in headers or any(name in headers for name in HEADERS)
+
+
+def from_request(
+    headers: Mapping[str, str], max_bytes: int, peer: Peer | None, nonces: Nonces | None
+) -> Remittance:
+    """The payment on a priced request, whichever protocol carries it; raises PaymentError.
+
+    `peer` is the request's BRC-103 identity (None: unauthenticated) and
+    `nonces` what checks the BRC-105 prefixes this server issued.
+    """
+    value = headers.get(brc105.HEADER)
+    if value is not None:
+        return brc105.from_brc105(value, peer, nonces, max_bytes)
+    return from_headers(headers, max_bytes)
+
+
+def paid_headers(payment: Remittance, accepted: Accepted) -> dict[str, str]:
+    """What the answer to a paid request says of the payment, in its protocol's words."""
+    if payment.protocol == "brc-105":
+        return {brc105.PAID: str(accepted.receipt.satoshis)}
+    return {}
 
 
 def from_headers(headers: Mapping[str, str], max_bytes: int) -> Remittance:
@@ -118,8 +145,9 @@ def from_checkout(
     vout, paid = _checkout_output(subject, locking_script(server, checkout))
     if paid < checkout.satoshis:
         raise Underpaid(paid, checkout.satoshis)
+    issued = str(checkout.issued_ms)
     return Remittance(
-        beef, ANYONE.public_key(), ANYONE_HEX, checkout.id, str(checkout.issued_ms), vout
+        beef, ANYONE.public_key(), ANYONE_HEX, checkout.id, issued, vout, time_suffix(issued)
     )
 
 

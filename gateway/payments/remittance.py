@@ -22,20 +22,45 @@ _DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True, slots=True)
+class Rules:
+    """How a protocol wants its payments judged where protocols differ.
+
+    BRC-121 (the default): at least the price, a payment time within the
+    cashier's window, and a payment sent again answered with its grant.
+    x402 `exact` on `bsv:` (x402-foundation/x402 PR #2890): the exact
+    price, its own window, and a txid seen before refused.
+    """
+
+    exact: bool = False  # the output carries the price exactly
+    window: float | None = None  # seconds the payment time may be from now; None: the cashier's
+    answer_again: bool = True  # a payment accepted before gets its grant back
+
+
+BRC121 = Rules()
+
+
+@dataclass(frozen=True, slots=True)
 class Remittance:
-    """One payment: an Atomic BEEF paying the BRC-29 key of (prefix, suffix) at `vout`."""
+    """One payment: an Atomic BEEF paying the BRC-29 key of (prefix, suffix).
+
+    `vout` names the paying output (BRC-121, x402), or is None when the
+    protocol names none (BRC-105): the output paying the payee key is found.
+    """
 
     beef: bytes
     sender: PublicKey
     sender_hex: str
     prefix: str  # BRC-29 derivation prefix (base64)
-    time: str  # Unix milliseconds, decimal; also the derivation suffix source
-    vout: int
+    time: str  # Unix milliseconds, decimal: when the payment was made or asked for
+    vout: int | None
+    suffix: str  # BRC-29 derivation suffix
+    rules: Rules = BRC121
+    protocol: str = "brc-121"  # how it arrived: "brc-121", "brc-105", "x402", "farebox"
 
-    @property
-    def suffix(self) -> str:
-        """BRC-121: the derivation suffix is base64 of the ASCII time string."""
-        return base64.b64encode(self.time.encode("ascii")).decode()
+
+def time_suffix(time_ms: str) -> str:
+    """BRC-121: the derivation suffix is base64 of the ASCII time string."""
+    return base64.b64encode(time_ms.encode("ascii")).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +129,9 @@ def remittance(fields: Mapping[str, object], max_bytes: int) -> Remittance:
             beef = base64.b64decode(beef, validate=True)
         except (binascii.Error, ValueError):
             raise PaymentError("malformed-beef", "BEEF is not valid base64", status=400) from None
-    return Remittance(beef, sender_key, sender.lower(), nonce, time_text, int(vout_text))
+    return Remittance(
+        beef, sender_key, sender.lower(), nonce, time_text, int(vout_text), time_suffix(time_text)
+    )
 
 
 def _typed(name: str, value: object, *types: type) -> None:

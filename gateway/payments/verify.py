@@ -45,7 +45,8 @@ class ChainTracker(Protocol):
 class Expectation:
     satoshis: int  # the price
     payee_script: bytes  # P2PKH locking script of the derived key
-    vout: int  # which output pays
+    vout: int | None  # which output pays; None: the first that pays the payee script
+    exact: bool = False  # the output must carry the price exactly (x402 `exact`)
 
 
 @dataclass(slots=True)
@@ -83,14 +84,14 @@ async def verify_payment(
         check_standard(tx)
     check_cost(ancestry.unconfirmed, limits)
     lap("structure")
-    satoshis = check_output(subject, expect)
+    vout, satoshis = check_output(subject, expect)
     lap("output")
     await check_roots(ancestry.proven, tracker)
     lap("merkle")
     for tx in reversed(ancestry.unconfirmed):  # breadth-first from the subject: oldest last
         await check_scripts(tx)
     lap("scripts")
-    return Verified(subject.txid(), expect.vout, satoshis, subject, timings)
+    return Verified(subject.txid(), vout, satoshis, subject, timings)
 
 
 def check_unmined(subject: Transaction) -> None:
@@ -125,20 +126,37 @@ def check_structure(tx: Transaction) -> None:
         )
 
 
-def check_output(subject: Transaction, expect: Expectation) -> int:
-    if not 0 <= expect.vout < len(subject.outputs):
-        raise PaymentError("bad-vout", f"the transaction has no output {expect.vout}")
-    output = subject.outputs[expect.vout]
-    if output.locking_script.serialize() != expect.payee_script:
-        raise PaymentError(
-            "wrong-payee", f"output {expect.vout} does not pay the derived payee key"
+def check_output(subject: Transaction, expect: Expectation) -> tuple[int, int]:
+    """(vout, satoshis) of the payment output; raises PaymentError.
+
+    With `expect.vout` None the output is found by its script (BRC-105 names
+    no index, and a wallet may put change first); otherwise it must be there.
+    """
+    vout = expect.vout
+    if vout is None:
+        script = expect.payee_script
+        vout = next(
+            (i for i, o in enumerate(subject.outputs) if o.locking_script.serialize() == script),
+            None,
         )
+        if vout is None:
+            raise PaymentError("wrong-payee", "no output of the transaction pays the payee key")
+    if not 0 <= vout < len(subject.outputs):
+        raise PaymentError("bad-vout", f"the transaction has no output {vout}")
+    output = subject.outputs[vout]
+    if output.locking_script.serialize() != expect.payee_script:
+        raise PaymentError("wrong-payee", f"output {vout} does not pay the derived payee key")
     if output.satoshis < expect.satoshis:
         raise PaymentError(
             "underpaid",
-            f"output {expect.vout} pays {output.satoshis} satoshis; the price is {expect.satoshis}",
+            f"output {vout} pays {output.satoshis} satoshis; the price is {expect.satoshis}",
         )
-    return output.satoshis
+    if expect.exact and output.satoshis != expect.satoshis:
+        raise PaymentError(
+            "amount-not-exact",
+            f"output {vout} pays {output.satoshis} satoshis; the price is exactly {expect.satoshis}",
+        )
+    return vout, output.satoshis
 
 
 async def check_roots(proven: list[Transaction], tracker: ChainTracker) -> None:

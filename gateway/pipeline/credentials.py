@@ -10,6 +10,7 @@ never as if it were unknown.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -24,8 +25,12 @@ from multidict import CIMultiDict
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, covers
 from gateway.payments.cashier import Accepted
+from gateway.peer import PEER, Peer
 from gateway.policy import Match
+from gateway.store import StoreUnavailable
 from gateway.tokens import LEEWAY, Grant, Tokens
+
+log = logging.getLogger("farebox")
 
 COOKIE = "farebox_token"
 COOKIE_PAIR = COOKIE + "="
@@ -88,8 +93,16 @@ class NotYetValid(PaymentError):
         )
 
 
-def by_token(tokens: Tokens | None, request: web.BaseRequest, wanted: Wanted) -> Admitted | None:
+def by_token(
+    tokens: Tokens | None,
+    request: web.BaseRequest,
+    wanted: Wanted,
+    kept: list[str] | None = None,
+) -> Admitted | None:
     """The first presented token whose grant covers the request (admission.covers).
+
+    `kept` are more tokens to try after the presented ones: those kept for
+    the request's authenticated identity (`kept_for_peer`).
 
     Revocation is not asked here: the caller admits the grant it found.
     Raises NotYetValid when no token admits the request but a genuine one
@@ -98,7 +111,7 @@ def by_token(tokens: Tokens | None, request: web.BaseRequest, wanted: Wanted) ->
     if tokens is None:
         return None
     early: float | None = None
-    for token in presented_tokens(request):
+    for token in presented_tokens(request) + (kept or []):
         verified = tokens.verify(token)
         if verified is not None:
             if covers(verified[0], wanted):
@@ -110,6 +123,43 @@ def by_token(tokens: Tokens | None, request: web.BaseRequest, wanted: Wanted) ->
     if early is not None:
         raise NotYetValid(early)
     return None
+
+
+class Keeper(Protocol):
+    """What keeping grants for authenticated clients needs of the store."""
+
+    async def bind(self, holder: str, token: str, expires: int) -> None: ...
+    async def bound(self, holder: str) -> list[str]: ...
+
+
+def _holder(peer: Peer, service: str) -> str:
+    return f"peer:{peer.identity}:{service}"
+
+
+async def kept_for_peer(store: Keeper | None, service: str) -> list[str]:
+    """The tokens kept for this request's BRC-103 identity at `service` ([] when unsigned).
+
+    A client that cannot hold tokens (AuthFetch keeps no cookies) is known
+    by its identity key instead. Raises StoreUnavailable.
+    """
+    peer = PEER.get()
+    if peer is None or store is None:
+        return []
+    return await store.bound(_holder(peer, service))
+
+
+async def keep_for_peer(store: Keeper | None, accepted: Accepted) -> None:
+    """Keep a grant just bought (or answered again) for this request's BRC-103 identity."""
+    peer = PEER.get()
+    if peer is None or store is None:
+        return
+    grant = accepted.grant
+    try:
+        await store.bind(_holder(peer, grant.service), accepted.token, grant.expires + LEEWAY)
+    except StoreUnavailable:
+        # The answer carries what was bought; only the next request may find
+        # the store down too, and then priced requests are paused anyway.
+        log.warning("could not keep a grant for an authenticated client: store unavailable")
 
 
 def too_early(

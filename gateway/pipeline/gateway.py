@@ -25,13 +25,17 @@ from gateway.edge.problems import payments_disabled, problem
 from gateway.edge.protocol import SERVER
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
-from gateway.payments.cashier import Accepted
-from gateway.payments.intake import from_headers, has_payment, purchase, take
+from gateway.payments.cashier import Accepted, Cashier
+from gateway.payments.intake import from_request, has_payment, paid_headers, purchase, take
+from gateway.payments.remittance import Remittance
+from gateway.peer import PEER
 from gateway.pipeline import metering
 from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
     by_token,
+    keep_for_peer,
+    kept_for_peer,
     token_headers,
     too_early,
 )
@@ -76,14 +80,22 @@ class Gateway:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = logs.request_id(request)
-        try:
-            response = await self._handle(request)
-        except Exception as exc:  # the one mapping of this listener
-            response = problem_for(exc)
+        peers = self.services.peers
+        if peers is not None and peers.asks(request):
+            # BRC-104: checked before anything else, answered signed.
+            response = await peers.serve(request, self._mapped)
+        else:
+            response = await self._mapped(request)
         if not response.prepared:
             response.headers[logs.HEADER] = rid
             response.headers.setdefault("Server", SERVER)
         return response
+
+    async def _mapped(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except Exception as exc:  # the one mapping of this listener
+            return problem_for(exc)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -271,8 +283,9 @@ class Gateway:
         services = self.services
         wanted = Wanted.of(match, request.method)
         early: NotYetValid | None = None
+        kept = await kept_for_peer(services.store, match.service.name)
         try:
-            admitted = by_token(services.tokens, request, wanted)
+            admitted = by_token(services.tokens, request, wanted, kept)
         except NotYetValid as refused:  # minted by a clock running ahead: not unknown
             admitted, early = None, refused
         if admitted is not None:
@@ -294,15 +307,28 @@ class Gateway:
         if cashier is None:
             return payments_disabled()
         try:
-            payment = from_headers(request.headers, cashier.beef_limits.max_bytes)
+            payment = self.payment(request, cashier)
             bought = purchase(match, request.method, quoted.satoshis)
             accepted = await take(cashier, services.revocations, payment, bought)
         except PaymentError as refused:
             if refused.status != 402:
                 raise
             return await challenge(services, request, match, self.origin(request), refused, quoted)
+        await keep_for_peer(services.store, accepted)
         upstream = cashier.tokens.upstream_header(accepted.grant)
-        return await self.passed(request, match, {GRANT_HEADER: upstream}, self.reply(accepted))
+        reply = self.reply(accepted)
+        reply.update(paid_headers(payment, accepted))
+        return await self.passed(request, match, {GRANT_HEADER: upstream}, reply)
+
+    def payment(self, request: web.BaseRequest, cashier: Cashier) -> Remittance:
+        """The payment a priced request carries, in whichever protocol; PaymentError."""
+        peers = self.services.peers
+        return from_request(
+            request.headers,
+            cashier.beef_limits.max_bytes,
+            PEER.get(),
+            peers.nonces if peers is not None else None,
+        )
 
     async def unpaid(
         self, request: web.BaseRequest, match: Match, challenge: Challenge

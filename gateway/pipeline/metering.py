@@ -21,9 +21,17 @@ from gateway.edge import metrics
 from gateway.edge.problems import payments_disabled
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
-from gateway.payments.cashier import Accepted
-from gateway.payments.intake import from_headers, has_payment, purchase, take
-from gateway.pipeline.credentials import GRANT_HEADER, NotYetValid, by_token, too_early
+from gateway.payments.cashier import Accepted, Cashier
+from gateway.payments.intake import has_payment, paid_headers, purchase, take
+from gateway.payments.remittance import Remittance
+from gateway.pipeline.credentials import (
+    GRANT_HEADER,
+    NotYetValid,
+    by_token,
+    keep_for_peer,
+    kept_for_peer,
+    too_early,
+)
 from gateway.policy import Match
 from gateway.pricing import quote
 from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
@@ -44,6 +52,8 @@ class Passage(Protocol):
     def origin(self, request: web.BaseRequest) -> str: ...
 
     def reply(self, paid: Accepted | None) -> CIMultiDict[str]: ...
+
+    def payment(self, request: web.BaseRequest, cashier: Cashier) -> Remittance: ...
 
     async def unpaid(
         self, request: web.BaseRequest, match: Match, challenge: object
@@ -67,8 +77,9 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
 
     wanted = Wanted.of(match, request.method)
     early: NotYetValid | None = None
+    kept = await kept_for_peer(store, match.service.name)
     try:
-        found = by_token(services.tokens, request, wanted)
+        found = by_token(services.tokens, request, wanted, kept)
     except NotYetValid as refused:  # a tab token minted by a clock running ahead
         found, early = None, refused
     grant: Grant | None = found.grant if found is not None else None
@@ -85,7 +96,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
             return payments_disabled()
         minimum = await quote.top_up(services.rates, match)
         try:
-            payment = from_headers(request.headers, cashier.beef_limits.max_bytes)
+            payment = gw.payment(request, cashier)
             bought = purchase(
                 match, request.method, minimum.satoshis, tab=grant.tab if grant else None
             )
@@ -94,6 +105,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
             if refused.status != 402:
                 raise
             return await refuse(request, match, refused)
+        await keep_for_peer(store, paid)
         grant, upstream = paid.grant, cashier.tokens.upstream_header(paid.grant)
     unit, _, _ = await quote.unit_price(
         services.policy.current, services.rates, request.headers, match
@@ -106,6 +118,8 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
     tab = grant.tab
     assert tab is not None
     reply = gw.reply(paid)
+    if paid is not None:
+        reply.update(paid_headers(payment, paid))
     reply[TAB] = tab
     held = most_msat(meter, unit)
     reservation = uuid.uuid4().hex

@@ -114,6 +114,10 @@ class Metering:
     def end(self) -> None:
         self.delivered = True
 
+    def withdraw(self) -> None:
+        """The answer was held back whole (a signed answer refused): charge nothing."""
+        self.status, self.sent, self.delivered = None, 0, False
+
     def charge(self) -> int:
         """What to settle: nothing unless a good answer reached the client."""
         if self.status is None or self.status >= 400:

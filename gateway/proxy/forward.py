@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.edge import logs, metrics
+from gateway.edge import bodies, logs, metrics
 from gateway.edge.forwarded import Network, is_trusted
 from gateway.edge.problems import problem
 from gateway.edge.protocol import SERVER
@@ -132,6 +132,9 @@ class Metered(Protocol):
     def end(self) -> None:
         """The whole answer reached the client."""
 
+    def withdraw(self) -> None:
+        """Nothing of the answer reached the client after all: charge nothing."""
+
 
 class Proxy:
     def __init__(
@@ -209,6 +212,11 @@ class Proxy:
         returns, so that what reached the client is known.
         """
         headers = upstream_headers(request, match, extra, self.own_token, self.trusted)
+        whole = bodies.WHOLE_ANSWER.get()
+        if whole is not None:
+            # The answer is signed as the client will read it, and a client's
+            # fetch decodes gzip itself: ask the upstream for plain bytes.
+            headers.popall("Accept-Encoding", None)
         rid = logs.REQUEST_ID.get()
         if rid:
             # One id from the client through Farebox to the upstream and back.
@@ -220,12 +228,24 @@ class Proxy:
                 400, "not-metered", "WebSocket not metered", "metered routes take plain HTTP"
             )
         if _is_websocket(request):
+            if whole is not None:
+                return problem(
+                    400,
+                    "not-signable",
+                    "WebSocket not signed",
+                    "a WebSocket cannot be answered signed (BRC-104): connect without x-bsv-auth",
+                )
             return await self._websocket(request, match, headers)
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        buffered = bodies.BUFFERED.get()
+        if buffered is None and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if _fast_path(request, match):
             return await self._forward_fast(request, match, headers, reply, meter)
-        body = _stream(request.content) if request.body_exists else None
+        body: AsyncIterable[bytes] | bytes | None = None
+        if buffered is not None:
+            body = buffered
+        elif request.body_exists:
+            body = _stream(request.content)
         try:
             upstream = await self.session.request(
                 request.method,
@@ -274,7 +294,7 @@ class Proxy:
             out.extend(reply_extra)
         if not match.route.route.price.free:
             keep_private(out)
-        if meter is not None or reply.body is None:
+        if meter is not None or reply.body is None or bodies.WHOLE_ANSWER.get() is not None:
             chunks = reply.chunks() if reply.body is None else _once(reply.body)
             try:
                 return await self._stream(
@@ -300,7 +320,7 @@ class Proxy:
         if not match.route.route.price.free:
             keep_private(headers)
         chunks = upstream.content.iter_chunked(CHUNK)
-        if meter is not None:
+        if meter is not None or bodies.WHOLE_ANSWER.get() is not None:
             return await self._stream(
                 request, upstream.status, upstream.reason, headers, chunks, match, meter
             )
@@ -329,6 +349,9 @@ class Proxy:
     ) -> web.StreamResponse:
         """Write the answer here, chunk by chunk (a body too big to read whole,
         or a metered one: then `meter` is told what reached the client)."""
+        whole = bodies.WHOLE_ANSWER.get()
+        if whole is not None:
+            return await self._whole(request, status, reason, headers, chunks, match, meter, whole)
         by_bytes = meter is not None and meter.by_bytes
         if meter is not None:
             meter.begin(status, headers)
@@ -373,6 +396,64 @@ class Proxy:
         ):
             meter.end()  # the last bytes went somewhere
         return response
+
+    async def _whole(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        chunks: AsyncIterable[bytes],
+        match: Match,
+        meter: Metered | None,
+        limit: int,
+    ) -> web.StreamResponse:
+        """The answer read whole, up to `limit` bytes, to be signed (BRC-104).
+
+        Nothing reaches the client before the end, so an answer that is too
+        long, cut by its meter, or broken midway is refused as a whole and
+        charged nothing (`meter.withdraw`).
+        """
+        if meter is not None:
+            meter.begin(status, headers)
+        encoding = headers.get("Content-Encoding", "identity").strip().lower()
+        parts: list[bytes] = []
+        size = 0
+        refusal: web.Response | None = None
+        if encoding != "identity":
+            refusal = problem(
+                502,
+                "answer-encoded",
+                "Answer cannot be signed",
+                f"{match.service.name} answered {encoding}-encoded although asked for plain bytes",
+            )
+        elif request.method != "HEAD" and status not in (204, 304):
+            try:
+                async for chunk in chunks:
+                    allowed = len(chunk) if meter is None else meter.allow(len(chunk))
+                    size += allowed
+                    if allowed < len(chunk) or size > limit:
+                        refusal = problem(
+                            502,
+                            "answer-too-large",
+                            "Answer too large to sign",
+                            f"answers to authenticated requests are signed whole, at most "
+                            f"{limit} bytes; ask without x-bsv-auth to have it streamed",
+                        )
+                        break
+                    parts.append(chunk)
+            except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
+                log.warning("upstream %s broke mid-response: %s", match.service.name, _brief(exc))
+                refusal = problem(
+                    502, "upstream-broken", "Bad gateway", f"{match.service.name} broke off"
+                )
+        if refusal is not None:
+            if meter is not None:
+                meter.withdraw()
+            return refusal
+        if meter is not None:
+            meter.end()
+        return web.Response(status=status, reason=reason, headers=headers, body=b"".join(parts))
 
     async def _websocket(
         self, request: web.BaseRequest, match: Match, headers: CIMultiDict[str]

@@ -22,6 +22,7 @@ from gateway.endpoints.checkout import watch_late
 from gateway.ledger.tally import Tally
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import CheckoutWatcher, PaymentWatcher
+from gateway.peer.guard import Authenticator
 from gateway.pipeline.credentials import Revocations
 from gateway.pipeline.gateway import MAX_HEADER_BYTES
 from gateway.policy import Match
@@ -121,6 +122,12 @@ async def run_worker(
         watcher=late or payments_watcher,
         wallet_url=settings.wallet_url,
         tally=tally,
+        peers=Authenticator(
+            startup.identity,
+            store,
+            lifetime=int(settings.auth_session),
+            limit=settings.auth_body_limit,
+        ),
     )
     gateway = assemble_gateway(services, proxy)
     server = ProblemServer(
