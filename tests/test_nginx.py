@@ -626,3 +626,29 @@ async def test_auth_request_refuses_a_path_resolvers_read_two_ways(
             assert r.status == 400, await r.text()
             assert (await r.json(content_type=None))["reason"] == "ambiguous-dot-segment"
     assert not any("/page" in seen.raw_path for seen in gw.upstream.seen)
+
+
+# --- BRC-103/104 authenticated clients (AuthFetch) behind nginx -------------------------------
+
+
+@pytest.mark.parametrize("template", ["farebox-tls.conf", "farebox-auth-request.conf"])
+async def test_authenticated_clients_are_answered_signed_behind_nginx(
+    front, decoy, template: str
+) -> None:
+    """The handshake reaches Farebox, a signed request is answered signed (in
+    auth_request mode nginx hands it to Farebox, which alone can sign the
+    answer), and a priced 402 asks for BRC-105."""
+    from tests.test_peer_auth import Client
+
+    gw = await front(template, decoy.url if "auth-request" in template else None)
+    client = Client(gw.base, server=gw.server_pub, session=gw.client)
+    await client.handshake()
+    free = await client.request("GET", "/free/a?q=1")  # its signature is checked
+    assert free.status == 200 and json.loads(free.body)["path"] == "/free/a?q=1"
+    priced = await client.request("GET", "/page/1")
+    assert priced.status == 402
+    assert priced.headers["x-bsv-payment-satoshis-required"] == "40"
+    replayed = await client.send("GET", "/free/b", client.sign("GET", "/free/b"))
+    assert replayed.status == 200
+    again = await client.send("GET", "/free/b", client.sent[-1])
+    assert again.status == 401

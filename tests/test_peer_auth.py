@@ -77,6 +77,11 @@ class Client:
     nonce: str = ""  # our session nonce
     server_nonce: str = ""  # the server's session nonce
     sent: list[dict[str, str]] = field(default_factory=list)  # headers of each signed request
+    server: str = SERVER_HEX  # the gateway's identity key, hex
+    session: Any = None  # () -> aiohttp.ClientSession (TLS, a client address); default plain
+
+    def http(self, **kw: Any) -> aiohttp.ClientSession:
+        return self.session() if self.session is not None else aiohttp.ClientSession(**kw)
 
     @property
     def identity(self) -> str:
@@ -92,15 +97,15 @@ class Client:
             "requestedCertificates": {"certifiers": [], "types": {}},
         }
         async with (
-            aiohttp.ClientSession() as http,
+            self.http() as http,
             http.post(f"{self.base}/.well-known/auth", json=message) as r,
         ):
             assert r.status == 200, await r.text()
             reply = await r.json()
         assert reply["yourNonce"] == self.nonce
-        assert reply["identityKey"] == SERVER_HEX
+        assert reply["identityKey"] == self.server
         data = base64.b64decode(self.nonce) + base64.b64decode(reply["initialNonce"])
-        child = PublicKey(SERVER_HEX).derive_child(
+        child = PublicKey(self.server).derive_child(
             self.key, f"{INVOICE}{self.nonce} {reply['initialNonce']}"
         )
         assert child.verify(bytes(reply["signature"]), data, hasher=sha256)
@@ -134,7 +139,7 @@ class Client:
             + field_bytes(body)
         )
         child = self.key.derive_child(
-            PublicKey(SERVER_HEX), f"{INVOICE}{nonce} {self.server_nonce}"
+            PublicKey(self.server), f"{INVOICE}{nonce} {self.server_nonce}"
         )
         headers.update(
             {
@@ -153,7 +158,7 @@ class Client:
         self, method: str, target: str, headers: dict[str, str], body: bytes | None = None
     ) -> Answer:
         async with (
-            aiohttp.ClientSession(auto_decompress=False) as http,
+            self.http(auto_decompress=False) as http,
             http.request(
                 method,
                 self.base + target,
@@ -179,7 +184,7 @@ class Client:
     def check(self, answer: Answer) -> None:
         """The answer is signed by the server for us, over what we received."""
         h = answer.headers
-        assert h.get("x-bsv-auth-identity-key") == SERVER_HEX, h
+        assert h.get("x-bsv-auth-identity-key") == self.server, h
         assert h["x-bsv-auth-your-nonce"] == self.nonce
         signed = [
             (k, v)
@@ -193,7 +198,7 @@ class Client:
             + varint(len(answer.body))
             + answer.body
         )
-        child = PublicKey(SERVER_HEX).derive_child(
+        child = PublicKey(self.server).derive_child(
             self.key, f"{INVOICE}{h['x-bsv-auth-nonce']} {self.nonce}"
         )
         assert child.verify(bytes.fromhex(h["x-bsv-auth-signature"]), payload, hasher=sha256), (

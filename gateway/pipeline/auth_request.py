@@ -5,7 +5,8 @@ nginx asks `/.well-known/farebox/auth` with `X-Original-URI` and
 proxy (AUTH_ONLY: decide, never proxy). 204 (with X-Farebox-Grant for the
 upstream, and a token just bought for the client) or 401: nginx then sends
 the request to Farebox itself (error_page 401), which answers the 402
-challenge, a problem, or proxies it (metered routes). nginx accepts only
+challenge, a problem, or proxies it (metered routes, and BRC-104 signed
+requests, whose answers only Farebox can sign). nginx accepts only
 2xx, 401 and 403 from an auth subrequest, hence 401 for everything else.
 This module imports the gateway; the gateway never imports it.
 """
@@ -18,6 +19,7 @@ from yarl import URL
 from gateway.edge import urls
 from gateway.edge.forwarded import is_trusted
 from gateway.edge.problems import problem
+from gateway.peer.guard import Authenticator
 from gateway.pipeline.gateway import AUTH_ONLY, Gateway
 
 
@@ -36,6 +38,10 @@ async def authorize(gateway: Gateway, request: web.BaseRequest, _: str = "") -> 
         return web.Response(status=401)
     if urls.is_own(original.path):
         return web.Response(status=403)  # Farebox's own paths are never authorised this way
+    if Authenticator.asks(original):
+        # A BRC-104 signed request: its answer must be signed whole, which
+        # only Farebox proxying it can do (nginx sends it to @farebox).
+        return web.Response(status=401, headers={"Cache-Control": "no-store"})
     reset = AUTH_ONLY.set(True)
     try:
         answer = await gateway.handle(original)

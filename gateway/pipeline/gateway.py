@@ -81,7 +81,7 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = logs.request_id(request)
         peers = self.services.peers
-        if peers is not None and peers.asks(request):
+        if peers is not None and peers.asks(request) and not _is_auth_request(request):
             # BRC-104: checked before anything else, answered signed.
             response = await peers.serve(request, self._mapped)
         else:
@@ -379,3 +379,9 @@ async def _over_limit(request: web.BaseRequest, match: Match) -> web.Response:
         "Too many requests",
         f"the free quota of {match.route.scope} is used up for now",
     )
+
+
+def _is_auth_request(request: web.BaseRequest) -> bool:
+    """nginx's auth_request subrequest: it carries the client's headers, but
+    asks about another request, which auth_request.py decides."""
+    return request.raw_path.partition("?")[0] == urls.AUTH
