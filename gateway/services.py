@@ -35,3 +35,4 @@ class Services:
     cookie_secure: bool = True  # Set-Cookie with Secure (off only for plain-HTTP demos)
     wallet_url: str = "http://localhost:3321"  # the browser wallet the paywall offers
     peers: Authenticator | None = None  # BRC-103/104 authenticated clients
+    x402_network: str = "bsv:mainnet"  # the CAIP-2 id x402 clients are asked to pay on

@@ -5,21 +5,32 @@
   After a refused `x-bsv-payment` the prefix it used is offered again when
   still good, so AuthFetch (which pays anew whenever the prefix changes)
   sends the same transaction instead of building a second one.
+- x402 v2, scheme `exact` on `bsv:*` (payments/x402.py), on every 402:
+  `PAYMENT-REQUIRED` (base64 JSON) asking the same satoshis of the same
+  server key on the configured network; its `error` is the refusal reason
+  when a payment was just refused. After a refused `PAYMENT-SIGNATURE` the
+  402 also says `PAYMENT-RESPONSE` with `success: false` and `errorReason`,
+  as x402's HTTP transport does for a failed settlement.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.edge.paths import canonicalize
 from gateway.errors import PaymentError
-from gateway.payments import brc105
+from gateway.payments import brc105, x402
 from gateway.peer import PEER
+from gateway.policy import Match
 from gateway.services import Services
 
 # Refusals a payment cannot recover from by being sent again: a new prefix.
 _NEW_PREFIX = frozenset({"stale-time", "unknown-prefix"})
 # Cross-origin scripts may read what a payment request says.
 EXPOSE = "x-bsv-payment-version, x-bsv-payment-satoshis-required, x-bsv-payment-derivation-prefix"
+# Refusals of something other than the payment sent with the request: a tab
+# that a payment just topped up, and that still cannot hold this request.
+_NOT_THE_PAYMENT = frozenset({"tab-exhausted"})
 
 
 def offer(
@@ -40,5 +51,60 @@ def offer(
         headers["x-bsv-payment-version"] = brc105.VERSION
         headers[brc105.REQUIRED] = str(satoshis)
         headers[brc105.PREFIX] = prefix or nonces.prefix(peer.key.serialize())
-        expose = headers.get("Access-Control-Expose-Headers")
-        headers["Access-Control-Expose-Headers"] = f"{expose}, {EXPOSE}" if expose else EXPOSE
+        _expose(answer, EXPOSE)
+    _offer_x402(services, request, satoshis, answer, refused)
+
+
+def _offer_x402(
+    services: Services,
+    request: web.BaseRequest,
+    satoshis: int,
+    answer: web.StreamResponse,
+    refused: PaymentError | None,
+) -> None:
+    network = services.x402_network
+    error = refused.reason if refused is not None else "payment-required"
+    required = x402.requirements(
+        satoshis,
+        network,
+        services.server_key,
+        _url(request),
+        _description(services, request),
+        error,
+    )
+    answer.headers[x402.REQUIRED] = x402.encode(required)
+    exposed = x402.REQUIRED
+    signature = request.headers.get(x402.HEADER)
+    if signature is not None and refused is not None and refused.reason not in _NOT_THE_PAYMENT:
+        answer.headers[x402.RESPONSE] = x402.refused(
+            signature, refused.reason, refused.detail, network
+        )
+        exposed += ", " + x402.RESPONSE
+    _expose(answer, exposed)
+
+
+def _expose(answer: web.StreamResponse, names: str) -> None:
+    """Let scripts on other origins read `names` too (beside what the answer exposes)."""
+    expose = answer.headers.get("Access-Control-Expose-Headers")
+    answer.headers["Access-Control-Expose-Headers"] = f"{expose}, {names}" if expose else names
+
+
+def _url(request: web.BaseRequest) -> str:
+    """The resource's URL as the client asked for it (scheme and Host as received)."""
+    try:
+        return str(request.url)
+    except ValueError:  # a Host yarl will not build a URL of: the path alone
+        return request.raw_path
+
+
+def _description(services: Services, request: web.BaseRequest) -> str | None:
+    """What the route sells, as the JSON 402 describes it (None when unknown)."""
+    try:
+        match = services.policy.current.match(
+            request.host, canonicalize(request.raw_path), request.method
+        )
+    except ValueError:  # PathError, HostError: the pipeline answered those already
+        return None
+    if not isinstance(match, Match):
+        return None
+    return match.route.route.description or match.service.service.description

@@ -33,7 +33,7 @@ from bsv import PublicKey, Transaction
 
 from gateway.bsv.beef import read_beef
 from gateway.errors import PaymentError
-from gateway.payments import brc105
+from gateway.payments import brc105, x402
 from gateway.payments.admission import Revoked, Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.checkout import ANYONE, ANYONE_HEX, Checkout, locking_script
@@ -85,21 +85,38 @@ def purchase(
 
 
 def has_payment(headers: Mapping[str, str]) -> bool:
-    """Whether a request carries a payment: BRC-121 headers (any of them) or BRC-105's."""
-    return brc105.HEADER in headers or any(name in headers for name in HEADERS)
+    """Whether a request carries a payment: BRC-121 headers (any of them), BRC-105's
+    `x-bsv-payment` or x402's `PAYMENT-SIGNATURE`."""
+    return (
+        brc105.HEADER in headers
+        or x402.HEADER in headers
+        or any(name in headers for name in HEADERS)
+    )
 
 
 def from_request(
-    headers: Mapping[str, str], max_bytes: int, peer: Peer | None, nonces: Nonces | None
+    headers: Mapping[str, str],
+    max_bytes: int,
+    peer: Peer | None,
+    nonces: Nonces | None,
+    *,
+    x402_network: str = x402.DEFAULT_NETWORK,
+    server: str | None = None,
 ) -> Remittance:
     """The payment on a priced request, whichever protocol carries it; raises PaymentError.
 
     `peer` is the request's BRC-103 identity (None: unauthenticated) and
-    `nonces` what checks the BRC-105 prefixes this server issued.
+    `nonces` what checks the BRC-105 prefixes this server issued;
+    `x402_network` and `server` (identity key, hex) are the terms x402
+    payments are held to (Services.x402_network, Services.server_key).
+    One protocol per request: BRC-105, else x402, else BRC-121.
     """
     value = headers.get(brc105.HEADER)
     if value is not None:
         return brc105.from_brc105(value, peer, nonces, max_bytes)
+    value = headers.get(x402.HEADER)
+    if value is not None:
+        return x402.from_x402(value, max_bytes, x402_network, server)
     return from_headers(headers, max_bytes)
 
 
@@ -107,6 +124,8 @@ def paid_headers(payment: Remittance, accepted: Accepted) -> dict[str, str]:
     """What the answer to a paid request says of the payment, in its protocol's words."""
     if payment.protocol == "brc-105":
         return {brc105.PAID: str(accepted.receipt.satoshis)}
+    if isinstance(payment, x402.X402Remittance):
+        return x402.settled(payment, accepted.receipt.txid)
     return {}
 
 
