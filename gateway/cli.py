@@ -247,6 +247,13 @@ def _parser() -> argparse.ArgumentParser:
         help="most bytes of an authenticated request's body, or of its answer, held in "
         "memory to be signed whole (default 8388608)",
     )
+    x402 = serve.add_argument_group("x402 clients (PAYMENT-SIGNATURE, scheme exact)")
+    x402.add_argument(
+        "--x402-network",
+        metavar="ID",
+        help="the CAIP-2 network x402 clients are asked to pay on: bsv:mainnet (default), "
+        "bsv:testnet, or bsv:<name> for a devnet; bip122 ids are refused",
+    )
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser(
@@ -461,7 +468,7 @@ def _serve(args: argparse.Namespace) -> None:
         "headers_url", "token_keys", "payment_window", "cookie_secure", "store", "rate_usd",
         "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
         "trusted_proxies", "admin_port", "admin_host", "admin_token_file", "log_format",
-        "receipts_file", "checkout_grace", "auth_session", "auth_body_limit",
+        "receipts_file", "checkout_grace", "auth_session", "auth_body_limit", "x402_network",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

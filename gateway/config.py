@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.payments.x402 import network_problem
 from gateway.policy.schema import Duration
 
 ENV_PREFIX = "FAREBOX_"
@@ -87,6 +88,9 @@ class Settings(BaseModel):
     # body or answer held in memory to be signed whole (gateway/peer/)
     auth_session: Duration = 600
     auth_body_limit: int = Field(8 * 1024 * 1024, ge=1024)
+    # x402 clients (PAYMENT-SIGNATURE, scheme exact): the network they are
+    # asked to pay on, a CAIP-2 id of the bsv namespace (bsv:<name> for a devnet)
+    x402_network: str = "bsv:mainnet"
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -102,6 +106,14 @@ class Settings(BaseModel):
                     f"trusted_proxies: {item!r} is not an address or network (e.g. 10.0.0.0/8)"
                 ) from None
         return tuple(out)
+
+    @field_validator("x402_network")
+    @classmethod
+    def _x402_network(cls, value: str) -> str:
+        problem = network_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _chain(self) -> Settings:

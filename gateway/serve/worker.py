@@ -128,6 +128,7 @@ async def run_worker(
             lifetime=int(settings.auth_session),
             limit=settings.auth_body_limit,
         ),
+        x402_network=settings.x402_network,
     )
     gateway = assemble_gateway(services, proxy)
     server = ProblemServer(
