@@ -16,7 +16,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.payments.x402 import network_problem
 from gateway.policy.schema import Duration
 
 ENV_PREFIX = "FAREBOX_"
@@ -110,6 +109,10 @@ class Settings(BaseModel):
     @field_validator("x402_network")
     @classmethod
     def _x402_network(cls, value: str) -> str:
+        # Imported here: the payments package loads bsv-sdk, which plain
+        # commands (--help, policy check) need not wait for.
+        from gateway.payments.x402 import network_problem
+
         problem = network_problem(value)
         if problem is not None:
             raise ValueError(problem)

@@ -44,6 +44,7 @@ from tests.conftest import PAID_SERVER
 from tests.test_paid_access import CLIENT, FakeBroadcaster, brc121, send
 
 SERVER_HEX = PAID_SERVER.public_key().hex()
+NET = "bsv:mainnet"
 BIP122 = "bip122:000000000019d6689c085ae165831e93"  # BTC's (and BSV's) genesis block
 PAGE = "/archive/pages/1"  # 25 satoshis (tests/conftest.py PAID_POLICY)
 
@@ -391,11 +392,6 @@ async def test_an_unknown_outcome_is_503_and_the_same_payment_is_taken_later(
     assert unb64(headers["PAYMENT-RESPONSE"])["transaction"] == paying.txid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/gateway.py does not yet pass Services.x402_network (and server_key) "
-    "to intake.from_request: a gateway set to another network refuses its own x402 payments",
-)
 async def test_a_gateway_on_another_network_takes_payments_on_it(gateway, upstream, tmp_path):
     tracker, broadcaster, store = Tracker(), FakeBroadcaster(), MemoryStore()
     tokens = Tokens(KeyRing.load(tmp_path / "ring"))
@@ -481,7 +477,9 @@ def test_pay_to_is_checked_by_name_when_the_intake_knows_the_key() -> None:
     other = PrivateKey().public_key().hex()
     paying = x402_payment(setup, pay_to=other, accepted={**offered(25), "payTo": other})
     with pytest.raises(PaymentError) as caught:
-        from_request(CIMultiDict(paying.header), 1 << 20, None, None, server=SERVER_HEX)
+        from_request(
+            CIMultiDict(paying.header), 1 << 20, None, None, x402_network=NET, server=SERVER_HEX
+        )
     assert caught.value.reason == "wrong-pay-to" and caught.value.status == 402
 
 
@@ -489,12 +487,14 @@ def test_the_configured_network_is_the_one_taken() -> None:
     setup = Setup("http://x", Tracker(), FakeBroadcaster(), None)
     testnet = x402_payment(setup, accepted=offered(25, "bsv:testnet"))
     headers = CIMultiDict(testnet.header)
-    payment = from_request(headers, 1 << 20, None, None, x402_network="bsv:testnet")
+    payment = from_request(
+        headers, 1 << 20, None, None, x402_network="bsv:testnet", server=SERVER_HEX
+    )
     assert payment.protocol == "x402" and payment.vout == 0
     assert payment.rules == wire.RULES and payment.rules.exact and not payment.rules.answer_again
     assert payment.rules.window == 30 + 60
     with pytest.raises(PaymentError) as caught:
-        from_request(headers, 1 << 20, None, None, x402_network="bsv:dev1")
+        from_request(headers, 1 << 20, None, None, x402_network="bsv:dev1", server=SERVER_HEX)
     assert caught.value.reason == "wrong-network"
 
 
@@ -618,7 +618,14 @@ async def test_mistyped_fields_are_400_naming_the_field(
 async def test_garbled_headers_are_400(paid: Setup, value: str) -> None:
     if len(value) > 6000:  # over aiohttp's header limit in this test server: the adapter itself
         with pytest.raises(PaymentError) as caught:
-            from_request({"payment-signature": value}, 1 << 20, None, None)
+            from_request(
+                {"payment-signature": value},
+                1 << 20,
+                None,
+                None,
+                x402_network=NET,
+                server=SERVER_HEX,
+            )
         assert caught.value.status == 400 and caught.value.extra["field"] == "PAYMENT-SIGNATURE"
         return
     await malformed(paid, value, "PAYMENT-SIGNATURE")
@@ -635,13 +642,22 @@ async def test_a_transaction_that_is_not_beef_is_400(paid: Setup) -> None:
 def test_a_huge_header_is_refused_before_it_is_decoded() -> None:
     huge = "A" * 200_000
     with pytest.raises(PaymentError) as caught:
-        from_request({"payment-signature": huge}, 10_000, None, None)
+        from_request(
+            {"payment-signature": huge}, 10_000, None, None, x402_network=NET, server=SERVER_HEX
+        )
     assert caught.value.status == 413 and caught.value.reason == "beef-too-large"
     # A small envelope around a transaction over the limit: the same.
     inner = {**x402_payment(Setup("", Tracker(), FakeBroadcaster(), None)).signature}
     inner["payload"] = {**inner["payload"], "transaction": "A" * 20_000}
     with pytest.raises(PaymentError) as caught:
-        from_request({"payment-signature": b64(json.dumps(inner))}, 10_000, None, None)
+        from_request(
+            {"payment-signature": b64(json.dumps(inner))},
+            10_000,
+            None,
+            None,
+            x402_network=NET,
+            server=SERVER_HEX,
+        )
     assert caught.value.status == 413
 
 

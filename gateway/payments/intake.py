@@ -100,8 +100,8 @@ def from_request(
     peer: Peer | None,
     nonces: Nonces | None,
     *,
-    x402_network: str = x402.DEFAULT_NETWORK,
-    server: str | None = None,
+    x402_network: str,
+    server: str,
 ) -> Remittance:
     """The payment on a priced request, whichever protocol carries it; raises PaymentError.
 

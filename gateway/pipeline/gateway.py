@@ -328,6 +328,8 @@ class Gateway:
             cashier.beef_limits.max_bytes,
             PEER.get(),
             peers.nonces if peers is not None else None,
+            x402_network=self.services.x402_network,
+            server=self.services.server_key,
         )
 
     async def unpaid(
