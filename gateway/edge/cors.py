@@ -1,4 +1,4 @@
-"""Cross-origin payments: which pages on other origins may pay by BRC-121.
+"""Cross-origin payments: which pages on other origins may pay (BRC-121, BRC-105, x402).
 
 A service lists the origins allowed (`cors_origins`, or "*" for any). For
 them Farebox answers the browser's preflight for the payment headers and
@@ -12,14 +12,21 @@ from __future__ import annotations
 
 from multidict import CIMultiDict
 
+# BRC-103/104 request signing (an AuthFetch in a page on another origin).
+AUTH_HEADERS = (
+    "x-bsv-auth-version, x-bsv-auth-identity-key, x-bsv-auth-nonce, x-bsv-auth-your-nonce, "
+    "x-bsv-auth-request-id, x-bsv-auth-signature"
+)
 REQUEST_HEADERS = (
     "authorization, content-type, x-bsv-beef, x-bsv-sender, x-bsv-nonce, x-bsv-time, "
-    "x-bsv-vout, x-farebox-eligibility"
+    "x-bsv-vout, x-bsv-payment, payment-signature, x-farebox-eligibility, " + AUTH_HEADERS
 )
 EXPOSE = (
     "x-bsv-sats, x-bsv-server, x-farebox-token, x-farebox-tab, x-farebox-charge, "
     "x-farebox-charge-limit, x-farebox-balance, ratelimit-limit, ratelimit-remaining, "
-    "ratelimit-reset, retry-after"
+    "ratelimit-reset, retry-after, x-bsv-payment-version, x-bsv-payment-satoshis-required, "
+    "x-bsv-payment-derivation-prefix, x-bsv-payment-satoshis-paid, payment-required, "
+    "payment-response, " + AUTH_HEADERS
 )
 MAX_AGE = "600"
 

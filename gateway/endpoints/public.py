@@ -12,6 +12,7 @@ from bsv import PublicKey
 
 from gateway.bsv.derivation import p2pkh_script
 from gateway.challenge import paywall
+from gateway.edge import cors
 from gateway.edge.problems import answer, problem
 from gateway.ledger import transparency
 from gateway.pipeline.credentials import presented_tokens
@@ -131,7 +132,24 @@ def shown(receipt: Receipt) -> dict[str, Any]:
 
 
 async def handshake(services: Services, request: web.BaseRequest, _: str) -> web.Response:
-    """POST /.well-known/auth: the BRC-103 handshake of an authenticated client (AuthFetch)."""
+    """POST /.well-known/auth: the BRC-103 handshake of an authenticated client (AuthFetch).
+
+    Open to pages on any origin (it carries no credential): OPTIONS is the
+    browser's preflight for its JSON body.
+    """
     if services.peers is None:
         return problem(404, "no-route", "Not found", "authenticated clients are not served here")
-    return await services.peers.handshake(request)
+    if request.method == "OPTIONS":
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": "*",
+                "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "content-type",
+                "Access-Control-Max-Age": cors.MAX_AGE,
+            },
+        )
+    answer = await services.peers.handshake(request)
+    answer.headers["Access-Control-Allow-Origin"] = "*"
+    answer.headers["Access-Control-Expose-Headers"] = cors.AUTH_HEADERS
+    return answer

@@ -80,7 +80,7 @@ def table(services: Services, *extra: Route) -> Router:
             Route(urls.ASSETS + "/", READ, bind(public.asset), prefix=True),
             Route(urls.P2PKH, READ, bind(public.p2pkh), prefix=True),
             Route(urls.JWKS, READ, bind(public.jwks)),
-            Route(urls.PEER_AUTH, ("POST",), bind(public.handshake)),
+            Route(urls.PEER_AUTH, ("POST", "OPTIONS"), bind(public.handshake)),
             Route(urls.HEALTH, ("*",), bind(public.health)),
             Route(urls.READY, ("*",), bind(public.ready)),
             *extra,
