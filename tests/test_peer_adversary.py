@@ -422,12 +422,6 @@ async def test_a_grant_bought_while_the_store_could_not_keep_it_is_not_paid_twic
         assert_problem(paid, 503)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a signed metered answer is charged when the proxy has read it whole "
-    "(_whole calls meter.end() before anything is written): a peer that hung up is "
-    "charged for an answer it never got, where an unsigned client is charged nothing",
-)
 async def test_a_peer_that_hangs_up_is_charged_nothing_like_an_unsigned_client(
     rig: Rig, peer: Client
 ) -> None:
@@ -557,12 +551,6 @@ server {{
         shutil.rmtree(cache, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: an upstream answering Authorization twice breaks the signature: Farebox "
-    "signs two header entries, a fetch client (AuthFetch) reads and checks one joined "
-    "value; the README says headers an upstream adds never break the signature",
-)
 async def test_an_upstream_sending_authorization_twice_does_not_break_the_signature(
     odd,
 ) -> None:
@@ -573,11 +561,6 @@ async def test_an_upstream_sending_authorization_twice_does_not_break_the_signat
     c.check(answer)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: an upstream's Authorization answer header that is not UTF-8 makes the "
-    "signing of the answer raise (str.encode on a surrogate): a bare 500, unsigned",
-)
 async def test_an_upstream_header_that_is_not_utf8_is_no_500(odd) -> None:
     c = Client(odd.base)
     await c.handshake()
@@ -592,11 +575,6 @@ async def test_an_upstream_header_that_is_not_utf8_is_no_500(odd) -> None:
 # --- refusals that crash ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a deeply nested JSON handshake body raises RecursionError in json.loads, "
-    "which guard.handshake does not catch (pay.py does): 500 internal-error, not 400",
-)
 async def test_a_deeply_nested_handshake_is_a_clear_400(rig: Rig) -> None:
     async with (
         aiohttp.ClientSession() as http,
@@ -606,11 +584,6 @@ async def test_a_deeply_nested_handshake_is_a_clear_400(rig: Rig) -> None:
     assert assert_problem(answer, 400) == "bad-auth-message"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a deeply nested x-bsv-payment raises RecursionError in brc105.from_brc105 "
-    "(json.loads catches only ValueError): 500 internal-error, not 400 bad-payment-header",
-)
 async def test_a_deeply_nested_payment_header_is_a_clear_400(peer: Client) -> None:
     answer = await peer.send(
         "GET",
@@ -620,11 +593,6 @@ async def test_a_deeply_nested_payment_header_is_a_clear_400(peer: Client) -> No
     assert assert_problem(answer, 400) == "bad-payment-header"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a derivationSuffix holding a lone surrogate (JSON \\ud800) passes "
-    "from_brc105 and raises UnicodeEncodeError deriving the payee key: 500, not 400",
-)
 async def test_a_suffix_that_is_not_unicode_text_is_a_clear_400(rig: Rig, peer: Client) -> None:
     value, _ = payment(peer, rig, await prefix_for(peer, "/archive/pages/1"), 25)
     fields = json.loads(value)
@@ -635,12 +603,6 @@ async def test_a_suffix_that_is_not_unicode_text_is_a_clear_400(rig: Rig, peer: 
     assert rig.broadcaster.seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a signed request header (x-bsv-*) whose value is not UTF-8 makes "
-    "wire.request_payload raise UnicodeEncodeError before any refusal: a bare 500 "
-    "(text/plain here, problem 500 under ProblemServer), not 400/401",
-)
 async def test_a_signed_header_that_is_not_utf8_is_refused_clearly(rig: Rig, peer: Client) -> None:
     signed = peer.sign("GET", "/archive/x", {"x-bsv-note": "caf\u00e9"})
     # Sent as one latin-1 byte (0xE9), as Node's fetch sends a ByteString: not UTF-8.
@@ -653,12 +615,6 @@ async def test_a_signed_header_that_is_not_utf8_is_refused_clearly(rig: Rig, pee
 # --- interop ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: the guard reads a signed request's body to check it, and only the proxy "
-    "uses the copy (bodies.BUFFERED): Farebox's own endpoints read an empty body, so a "
-    "signed POST /.well-known/farebox/pay is refused as not JSON",
-)
 async def test_a_signed_request_to_the_pay_endpoint_is_read_like_an_unsigned_one(
     rig: Rig, peer: Client
 ) -> None:
@@ -682,11 +638,6 @@ async def test_a_signed_request_to_the_pay_endpoint_is_read_like_an_unsigned_one
     assert reason(signed) == unsigned
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a signed request with Expect: 100-continue gets no 100 Continue: the "
-    "guard waits for the body (to check it) that the client holds back until then",
-)
 async def test_a_signed_request_expecting_100_continue_is_told_to_continue(
     rig: Rig, peer: Client
 ) -> None:
@@ -709,12 +660,6 @@ async def test_a_signed_request_expecting_100_continue_is_told_to_continue(
     assert first.startswith(b"HTTP/1.1 100 Continue"), first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a client nonce in non-canonical base64 ('QR==', 'AAAA====') is taken at "
-    "the handshake and echoed as sent, but later answers say x-bsv-auth-your-nonce 'QQ==' "
-    "(re-encoded from the session nonce) and sign under that keyID: refuse it or echo it",
-)
 @pytest.mark.parametrize("nonce", ["QR==", "AAAA===="])
 async def test_a_non_canonical_client_nonce_is_refused_or_kept_as_sent(
     rig: Rig, nonce: str

@@ -9,12 +9,17 @@ an oversized body without holding more of it).
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     """The body, whole, or its first `limit + 1` bytes when it is longer."""
+    held = BUFFERED.get()
+    if held is not None:  # read already, to check its signature (gateway/peer/)
+        return held[: limit + 1]
     parts: list[bytes] = []
     size = 0
     while size <= limit:
@@ -34,3 +39,8 @@ BUFFERED: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("buffere
 WHOLE_ANSWER: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "whole_answer", default=None
 )
+# ... and how to sign an answer (status, headers to add to, body) for the
+# client: the proxy signs and writes a metered answer itself, so that it is
+# charged only once it reached the client.
+Signer = Callable[[int, CIMultiDict[str], bytes], None]
+SIGNER: contextvars.ContextVar[Signer | None] = contextvars.ContextVar("signer", default=None)

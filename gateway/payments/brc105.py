@@ -54,7 +54,7 @@ def from_brc105(value: str, peer: Peer | None, nonces: Nonces | None, max_bytes:
         raise PaymentError("beef-too-large", f"BEEF is larger than {max_bytes} bytes", status=413)
     try:
         fields = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         fields = None
     if not isinstance(fields, dict):
         raise _bad("x-bsv-payment must be a JSON object")
@@ -71,6 +71,10 @@ def from_brc105(value: str, peer: Peer | None, nonces: Nonces | None, max_bytes:
     assert isinstance(prefix, str) and isinstance(suffix, str) and isinstance(transaction, str)
     if len(suffix) > MAX_SUFFIX:
         raise _bad(f"derivationSuffix is longer than {MAX_SUFFIX} characters")
+    try:
+        (prefix + suffix).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad("derivationPrefix and derivationSuffix must be Unicode text") from None
     try:
         beef = base64.b64decode(transaction, validate=True)
     except (binascii.Error, ValueError):
@@ -95,7 +99,7 @@ def issued_prefix(value: str | None, peer: Peer, nonces: Nonces) -> str | None:
         fields = json.loads(value)
         prefix = fields["derivationPrefix"]
         nonces.open_prefix(peer.key.serialize(), prefix)
-    except (ValueError, TypeError, KeyError, BadNonce):
+    except (ValueError, TypeError, KeyError, RecursionError, BadNonce):
         return None
     return prefix if isinstance(prefix, str) else None
 

@@ -25,10 +25,12 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 from aiohttp import web
 from bsv import PrivateKey
+from multidict import CIMultiDict
 
 from gateway.edge import bodies
 from gateway.edge.problems import problem
@@ -85,7 +87,7 @@ class Authenticator:
                 raise HandshakeError("bad-auth-message", "the handshake body is too large")
             try:
                 message = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise HandshakeError(
                     "bad-auth-message", "the handshake body must be JSON"
                 ) from None
@@ -110,10 +112,12 @@ class Authenticator:
             peer, client_nonce, request_id, body = await self._open(request)
         except _Refused as refused:
             return refused.answer()
+        signer = partial(self._sign, peer, client_nonce, request_id)
         reset = (
             PEER.set(peer),
             bodies.BUFFERED.set(body),
             bodies.WHOLE_ANSWER.set(self.limit),
+            bodies.SIGNER.set(signer),
         )
         try:
             response = await handler(request)
@@ -121,7 +125,8 @@ class Authenticator:
             PEER.reset(reset[0])
             bodies.BUFFERED.reset(reset[1])
             bodies.WHOLE_ANSWER.reset(reset[2])
-        return self._seal(response, peer, client_nonce, request_id)
+            bodies.SIGNER.reset(reset[3])
+        return _seal(response, signer)
 
     async def _open(self, request: web.BaseRequest) -> tuple[Peer, str, bytes, bytes | None]:
         """(peer, client session nonce, request id, body read) of a good request; _Refused."""
@@ -154,6 +159,8 @@ class Authenticator:
             raise _Refused("auth-malformed", "request id or signature of a wrong size", 400)
         body: bytes | None = None
         if request.body_exists:
+            if headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await bodies.read_body(request, self.limit)
             if len(body) > self.limit:
                 raise _Refused(
@@ -200,27 +207,27 @@ class Authenticator:
                 raise _Refused("auth-replayed", "this signed request was received before", 401)
         return peer, session.client_nonce, request_id, body
 
-    def _seal(
-        self, response: web.StreamResponse, peer: Peer, client_nonce: str, request_id: bytes
-    ) -> web.StreamResponse:
-        if response.prepared:
-            # Written already (a WebSocket, or a bug): nothing can be signed now.
-            log.error("an authenticated request was answered unsigned (%s)", response.status)
-            return response
-        assert isinstance(response, web.Response)
-        body = response.body
-        if body is None:
-            body = b""
-        if not isinstance(body, bytes | bytearray):
-            response = problem(
-                500, "answer-unsignable", "Cannot sign this answer", "its body is not in memory"
-            )
-            body = response.body
-            assert isinstance(body, bytes)
+    def _sign(
+        self,
+        peer: Peer,
+        client_nonce: str,
+        request_id: bytes,
+        status: int,
+        headers: CIMultiDict[str],
+        body: bytes,
+    ) -> None:
+        """Sign an answer as the client will read it: add the x-bsv-auth-* headers.
+
+        A signed answer is one client's: no shared cache may keep it. An
+        `Authorization` header in an answer (an upstream's; Farebox sends
+        none) would be signed but read merged or mangled by a fetch client.
+        """
+        headers.popall("Authorization", None)
+        headers["Cache-Control"] = "no-store"
         nonce = base64.b64encode(os.urandom(32)).decode()
-        payload = answer_payload(request_id, response.status, response.headers.items(), bytes(body))
+        payload = answer_payload(request_id, status, headers.items(), body)
         signature = sign(self.server, peer.key, f"{nonce} {client_nonce}", payload)
-        response.headers.update(
+        headers.update(
             {
                 "x-bsv-auth-version": VERSION,
                 "x-bsv-auth-identity-key": self.identity,
@@ -230,7 +237,27 @@ class Authenticator:
                 "x-bsv-auth-signature": signature.hex(),
             }
         )
+
+
+def _seal(response: web.StreamResponse, signer: bodies.Signer) -> web.StreamResponse:
+    """The answer signed, unless it was written (and signed) already by the proxy."""
+    if response.prepared:
+        if "x-bsv-auth-signature" not in response.headers:
+            # Written unsigned (a bug): nothing can be signed now.
+            log.error("an authenticated request was answered unsigned (%s)", response.status)
         return response
+    assert isinstance(response, web.Response)
+    body = response.body
+    if body is None:
+        body = b""
+    if not isinstance(body, bytes | bytearray):
+        response = problem(
+            500, "answer-unsignable", "Cannot sign this answer", "its body is not in memory"
+        )
+        body = response.body
+        assert isinstance(body, bytes)
+    signer(response.status, response.headers, bytes(body))
+    return response
 
 
 class _Refused(Exception):

@@ -106,4 +106,7 @@ def _decode(text: object, most: int) -> bytes:
         raise BadNonce("a nonce must be base64 text") from None
     if not raw or len(raw) > most:
         raise BadNonce("a nonce must be base64 text")
+    if base64.b64encode(raw).decode() != text:
+        # One text per nonce: it is echoed and signed as text (keyIDs).
+        raise BadNonce("a nonce must be canonical base64")
     return raw

@@ -83,8 +83,10 @@ def signed_answer_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str,
 def _headers(pairs: list[tuple[str, str]]) -> bytes:
     out = [varint(len(pairs))]
     for name, value in pairs:
-        out.append(_field(name.encode()))
-        out.append(_field(value.encode()))
+        # aiohttp reads header bytes as UTF-8 with surrogateescape: this gives
+        # back the bytes sent, so an odd value fails the signature, not the server.
+        out.append(_field(name.encode("utf-8", "surrogateescape")))
+        out.append(_field(value.encode("utf-8", "surrogateescape")))
     return b"".join(out)
 
 

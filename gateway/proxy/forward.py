@@ -451,9 +451,22 @@ class Proxy:
             if meter is not None:
                 meter.withdraw()
             return refusal
-        if meter is not None:
+        body = b"".join(parts)
+        response = web.Response(status=status, reason=reason, headers=headers, body=body)
+        signer = bodies.SIGNER.get()
+        if meter is None or signer is None:
+            return response  # signed by the caller (gateway/peer/guard.py)
+        # Metered: sign and write it here, and charge only what reached the client.
+        signer(status, response.headers, body)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            log.debug("client left before %s finished its response", match.service.name)
+            return response
+        if request.transport is not None and not request.transport.is_closing():
             meter.end()
-        return web.Response(status=status, reason=reason, headers=headers, body=b"".join(parts))
+        return response
 
     async def _websocket(
         self, request: web.BaseRequest, match: Match, headers: CIMultiDict[str]
