@@ -10,6 +10,7 @@ never as if it were unknown.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -45,6 +46,7 @@ class Admitted:
     grant: Grant
     upstream_header: str  # signed grant statement for the upstream
     paid: Accepted | None = None  # set when this very request carried the payment
+    token: str = ""  # the token it was read from
 
 
 def presented_tokens(request: web.BaseRequest) -> list[str]:
@@ -115,7 +117,7 @@ def by_token(
         verified = tokens.verify(token)
         if verified is not None:
             if covers(verified[0], wanted):
-                return Admitted(*verified)
+                return Admitted(*verified, token=token)
         elif early is None:
             pending = tokens.not_yet_valid(token)
             if pending is not None and covers(pending[0], wanted):
@@ -132,20 +134,24 @@ class Keeper(Protocol):
     async def bound(self, holder: str) -> list[str]: ...
 
 
-def _holder(peer: Peer, service: str) -> str:
-    return f"peer:{peer.identity}:{service}"
+def _holder(peer: Peer, service: str, scope: str) -> str:
+    # One list per thing bought (a resource, a route, the service's tab), so
+    # no number of purchases can push out the grant of another.
+    return f"peer:{peer.identity}:{service}:{scope}"
 
 
-async def kept_for_peer(store: Keeper | None, service: str) -> list[str]:
-    """The tokens kept for this request's BRC-103 identity at `service` ([] when unsigned).
+async def kept_for_peer(store: Keeper | None, service: str, scope: str) -> list[str]:
+    """The tokens kept for this request's BRC-103 identity for `scope` at `service`.
 
-    A client that cannot hold tokens (AuthFetch keeps no cookies) is known
-    by its identity key instead. Raises StoreUnavailable.
+    `scope` is what a grant for the request would name (Match.scope, or the
+    service's tab scope on a metered route); [] when the request is
+    unsigned. A client that cannot hold tokens (AuthFetch keeps no cookies)
+    is known by its identity key instead. Raises StoreUnavailable.
     """
     peer = PEER.get()
     if peer is None or store is None:
         return []
-    return await store.bound(_holder(peer, service))
+    return await store.bound(_holder(peer, service, scope))
 
 
 async def keep_for_peer(store: Keeper | None, accepted: Accepted) -> None:
@@ -154,12 +160,24 @@ async def keep_for_peer(store: Keeper | None, accepted: Accepted) -> None:
     if peer is None or store is None:
         return
     grant = accepted.grant
+    holder = _holder(peer, grant.service, grant.scope)
     try:
-        await store.bind(_holder(peer, grant.service), accepted.token, grant.expires + LEEWAY)
+        await store.bind(holder, accepted.token, grant.expires + LEEWAY)
     except StoreUnavailable:
         # The answer carries what was bought; only the next request may find
         # the store down too, and then priced requests are paused anyway.
         log.warning("could not keep a grant for an authenticated client: store unavailable")
+
+
+async def forget_for_peer(store: Keeper | None, admitted: Admitted) -> None:
+    """Drop a kept token that no longer admits anything (revoked), so it
+    cannot stand before the next grant its identity buys."""
+    peer = PEER.get()
+    if peer is None or store is None or not admitted.token:
+        return
+    grant = admitted.grant
+    with contextlib.suppress(StoreUnavailable):
+        await store.bind(_holder(peer, grant.service, grant.scope), admitted.token, 0)
 
 
 def too_early(

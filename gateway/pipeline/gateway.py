@@ -34,6 +34,7 @@ from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
     by_token,
+    forget_for_peer,
     keep_for_peer,
     kept_for_peer,
     token_headers,
@@ -283,7 +284,7 @@ class Gateway:
         services = self.services
         wanted = Wanted.of(match, request.method)
         early: NotYetValid | None = None
-        kept = await kept_for_peer(services.store, match.service.name)
+        kept = await kept_for_peer(services.store, match.service.name, match.scope)
         try:
             admitted = by_token(services.tokens, request, wanted, kept)
         except NotYetValid as refused:  # minted by a clock running ahead: not unknown
@@ -292,10 +293,14 @@ class Gateway:
             try:
                 await admit(admitted.grant, wanted, services.revocations)
             except PaymentError as refused:
-                return await self.challenge(request, match, refused)
-            return await self.passed(
-                request, match, {GRANT_HEADER: admitted.upstream_header}, self.reply(None)
-            )
+                await forget_for_peer(services.store, admitted)
+                if not has_payment(request.headers):
+                    return await self.challenge(request, match, refused)
+                # A payment beside a grant that no longer opens it: take the payment.
+            else:
+                return await self.passed(
+                    request, match, {GRANT_HEADER: admitted.upstream_header}, self.reply(None)
+                )
         policy = services.policy.current
         quoted = await quote.price(policy, services.rates, request.headers, match)
         if quoted.satoshis == 0:  # a full concession: served free

@@ -28,13 +28,14 @@ from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
     by_token,
+    forget_for_peer,
     keep_for_peer,
     kept_for_peer,
     too_early,
 )
 from gateway.policy import Match
 from gateway.pricing import quote
-from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats
+from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable
@@ -77,7 +78,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
 
     wanted = Wanted.of(match, request.method)
     early: NotYetValid | None = None
-    kept = await kept_for_peer(store, match.service.name)
+    kept = await kept_for_peer(store, match.service.name, tab_scope(match))
     try:
         found = by_token(services.tokens, request, wanted, kept)
     except NotYetValid as refused:  # a tab token minted by a clock running ahead
@@ -85,10 +86,15 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
     grant: Grant | None = found.grant if found is not None else None
     upstream = found.upstream_header if found is not None else ""
     if grant is not None:
+        assert found is not None
         try:
             await admit(grant, wanted, services.revocations)
         except PaymentError as refused:
-            return await refuse(request, match, refused)
+            await forget_for_peer(store, found)
+            if not has_payment(request.headers):
+                return await refuse(request, match, refused)
+            # A payment beside a tab that no longer opens: a new tab, never that one.
+            grant, upstream = None, ""
     paid = None
     if has_payment(request.headers):
         cashier = services.cashier
