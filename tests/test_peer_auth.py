@@ -675,17 +675,19 @@ async def test_sessions_replays_and_kept_grants_span_instances(gateway, upstream
 
 
 async def test_pages_on_other_origins_may_authenticate(setup) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.options(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.options(
             f"{setup.base}/.well-known/auth",
             headers={
                 "Origin": "https://portal.example",
                 "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "content-type",
             },
-        ) as r:
-            assert r.status == 204
-            assert r.headers["Access-Control-Allow-Origin"] == "*"
-            assert "content-type" in r.headers["Access-Control-Allow-Headers"]
+        ) as r,
+    ):
+        assert r.status == 204
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert "content-type" in r.headers["Access-Control-Allow-Headers"]
     reply = await Client(setup.base).handshake()
     assert reply["initialNonce"]

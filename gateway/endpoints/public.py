@@ -138,7 +138,13 @@ async def handshake(services: Services, request: web.BaseRequest, _: str) -> web
     browser's preflight for its JSON body.
     """
     if services.peers is None:
-        return problem(404, "no-route", "Not found", "authenticated clients are not served here")
+        return problem(
+            404,
+            "authentication-off",
+            "Not found",
+            "this gateway serves no authenticated (BRC-103) clients: with several workers "
+            "it needs a shared store to refuse replayed requests",
+        )
     if request.method == "OPTIONS":
         return web.Response(
             status=204,

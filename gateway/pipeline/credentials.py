@@ -140,6 +140,14 @@ def _holder(peer: Peer, service: str, scope: str) -> str:
     return f"peer:{peer.identity}:{service}:{scope}"
 
 
+# Grants the store could not keep when they were bought (holder, token) ->
+# expiry: kept again by the next request that finds the store back, and
+# found here meanwhile, so a blip between taking a payment and keeping its
+# grant does not make an AuthFetch client pay twice. Per process, bounded.
+_UNKEPT: dict[tuple[str, str], int] = {}
+MAX_UNKEPT = 10_000
+
+
 async def kept_for_peer(store: Keeper | None, service: str, scope: str) -> list[str]:
     """The tokens kept for this request's BRC-103 identity for `scope` at `service`.
 
@@ -151,7 +159,19 @@ async def kept_for_peer(store: Keeper | None, service: str, scope: str) -> list[
     peer = PEER.get()
     if peer is None or store is None:
         return []
-    return await store.bound(_holder(peer, service, scope))
+    holder = _holder(peer, service, scope)
+    if _UNKEPT:
+        await _keep_again(store)
+    found = await store.bound(holder)
+    return found + [token for (h, token) in _UNKEPT if h == holder and token not in found]
+
+
+async def _keep_again(store: Keeper) -> None:
+    now = time.time()
+    for (holder, token), expires in list(_UNKEPT.items()):
+        if expires > now:
+            await store.bind(holder, token, expires)  # StoreUnavailable: try later
+        del _UNKEPT[holder, token]
 
 
 async def keep_for_peer(store: Keeper | None, accepted: Accepted) -> None:
@@ -164,9 +184,9 @@ async def keep_for_peer(store: Keeper | None, accepted: Accepted) -> None:
     try:
         await store.bind(holder, accepted.token, grant.expires + LEEWAY)
     except StoreUnavailable:
-        # The answer carries what was bought; only the next request may find
-        # the store down too, and then priced requests are paused anyway.
-        log.warning("could not keep a grant for an authenticated client: store unavailable")
+        log.warning("could not keep a grant for an authenticated client yet: store unavailable")
+        if len(_UNKEPT) < MAX_UNKEPT:
+            _UNKEPT[holder, accepted.token] = grant.expires + LEEWAY
 
 
 async def forget_for_peer(store: Keeper | None, admitted: Admitted) -> None:

@@ -102,6 +102,7 @@ CACHE_OVERRIDES = frozenset(
     {"x-accel-expires", "surrogate-control", "cdn-cache-control", "edge-control"}
 )
 VARY_CREDENTIALS = ("Authorization", "Cookie")
+AUTH_VARY = "x-bsv-auth-request-id"
 _DIRECTIVE = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
 _WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 WS_HANDSHAKE = frozenset(
@@ -645,6 +646,14 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
         if token.strip():
             out.popall(token.strip(), None)
     out["Server"] = SERVER  # as nginx does: the upstream's software is not the client's business
+    # A shared cache in front may keep this answer for unsigned clients, never
+    # hand it to a BRC-104 signed request (whose answer must be signed for it).
+    vary = out.getall("Vary", ())
+    if vary:
+        out.popall("Vary")
+        out["Vary"] = ", ".join((*vary, AUTH_VARY))
+    else:
+        out["Vary"] = AUTH_VARY
     return out
 
 

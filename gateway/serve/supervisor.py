@@ -78,6 +78,12 @@ def _supervise(settings: Settings) -> None:
     for _ in range(settings.workers):
         start_one()
     log.info("supervising %d workers", settings.workers)
+    if not settings.shared_store:
+        log.warning(
+            "authenticated clients (BRC-103, AuthFetch) are off: with %d workers, a replayed "
+            "request can only be refused on a shared store (--store redis://...)",
+            settings.workers,
+        )
     restarts: list[float] = []
     while workers:
         for pid, proc in list(workers.items()):

@@ -37,6 +37,7 @@ from gateway.serve.assemble import (
     open_watcher,
 )
 from gateway.services import Services
+from gateway.store import Store
 from gateway.store.receipts import Receipt
 
 log = logging.getLogger("farebox")
@@ -54,6 +55,20 @@ def _tune_gc() -> None:
 
 def configure_logging(level: str, fmt: str = "text") -> None:
     logs.configure(level, fmt)
+
+
+def open_peers(settings: Settings, startup: Startup, store: Store) -> Authenticator | None:
+    """BRC-103/104 for authenticated clients, where replays can be refused.
+
+    A request nonce is remembered in the store; with several workers on the
+    memory store each worker would remember its own, and a signed request
+    could be served once per worker: then authenticated clients are off.
+    """
+    if settings.workers > 1 and not settings.shared_store:
+        return None  # said once at start-up (serve/supervisor.py)
+    return Authenticator(
+        startup.identity, store, lifetime=int(settings.auth_session), limit=settings.auth_body_limit
+    )
 
 
 async def run_worker(
@@ -122,12 +137,7 @@ async def run_worker(
         watcher=late or payments_watcher,
         wallet_url=settings.wallet_url,
         tally=tally,
-        peers=Authenticator(
-            startup.identity,
-            store,
-            lifetime=int(settings.auth_session),
-            limit=settings.auth_body_limit,
-        ),
+        peers=open_peers(settings, startup, store),
         x402_network=settings.x402_network,
     )
     gateway = assemble_gateway(services, proxy)
