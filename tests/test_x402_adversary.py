@@ -1,8 +1,9 @@
 """An adversary's look at x402 v2 (`exact` on `bsv:*`): money first, then the wire.
 
-Each real flaw is a test that fails today, marked `xfail(strict=True)` with
-its reason starting "FLAW:", so the suite stays green and the fix turns it
-into an XPASS (then drop the mark). The other tests are attacks that held.
+The flaws it found (the payment forwarded to the service, directly and
+behind nginx; PAYMENT-RESPONSE lost behind nginx; a 500 on a txid-only
+subject; resource.url behind a TLS proxy) each failed before its fix; the
+other tests are attacks that held from the start.
 
 A real gateway over a fake chain (tests/chainkit.py), built here rather than
 with `paid_gateway` so one rig can switch its store and chain off, revoke
@@ -640,11 +641,6 @@ def _txid_only_v2(txid: str) -> bytes:
     return b"\x02\x00\xbe\xef" + b"\x00" + b"\x01" + b"\x02" + bytes.fromhex(txid)[::-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a BEEF V2 whose last entry is txid-only reaches x402._same_amount "
-    "with no transaction: AssertionError, answered 500 (BRC-121 says 402 txid-only-ancestor)",
-)
 async def test_a_txid_only_subject_is_not_a_500(rig: Rig) -> None:
     built = build(rig)
     built.signature["payload"]["transaction"] = b64(_txid_only_v2(built.txid))
@@ -885,12 +881,6 @@ async def test_resource_url_takes_no_forwarded_word_from_an_untrusted_client(
     assert "evil.example" not in url and url == started.base + PAGE + "?q=1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: PAYMENT-REQUIRED resource.url is the request as Farebox received it "
-    "(http://, the proxy's hop), not the origin the client used that a trusted TLS proxy "
-    "names (X-Forwarded-Proto/-Host), which the paywall's checkout URL does use",
-)
 async def test_resource_url_behind_a_trusted_tls_proxy(rig: Rig) -> None:
     answer = await fetch(
         rig.base + PAGE,
@@ -914,24 +904,12 @@ async def test_brc121_payment_headers_never_reach_the_service(rig: Rig) -> None:
     assert not any(k.startswith("x-bsv-") for k in _sent_upstream(rig))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: the proxy forwards PAYMENT-SIGNATURE to the service (it strips only "
-    "x-bsv-*/x-farebox-*): the payer's identity key (which the grant hides behind "
-    "payer_hash) and the whole transaction reach the upstream",
-)
 async def test_payment_signature_never_reaches_the_service(rig: Rig) -> None:
     answer = await pay(rig, build(rig))
     assert answer.status == 200
     assert "payment-signature" not in _sent_upstream(rig)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: a PAYMENT-SIGNATURE not taken (on a free route, or on a priced one a "
-    "token opened) is forwarded to the service unclaimed, and the service can spend it at "
-    "Farebox for itself within the payment window",
-)
 @pytest.mark.parametrize("opened_by", ["free-route", "token"])
 async def test_an_untaken_payment_is_not_handed_to_the_service(rig: Rig, opened_by: str) -> None:
     headers: dict[str, str] = {}
@@ -994,12 +972,6 @@ async def _x402_through(gw: Any, path: str) -> tuple[dict[str, str], str]:
     return {"PAYMENT-SIGNATURE": b64(json.dumps(signature))}, tx.txid()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: nginx/farebox-auth-request.conf relays the token Farebox minted on a "
-    "paid 204 but not PAYMENT-RESPONSE (no auth_request_set for it): an x402 client "
-    "paid through nginx gets no settlement answer",
-)
 async def test_behind_nginx_auth_request_a_paid_answer_says_payment_response(
     front: Any,  # noqa: F811
     decoy: Upstream,  # noqa: F811
@@ -1012,11 +984,6 @@ async def test_behind_nginx_auth_request_a_paid_answer_says_payment_response(
         assert unb64(r.headers["PAYMENT-RESPONSE"])["transaction"] == txid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: nginx/farebox-auth-request.conf blanks the BRC-121 payment headers "
-    "for the service but not PAYMENT-SIGNATURE: the service gets the payment",
-)
 async def test_behind_nginx_auth_request_the_service_never_sees_the_payment(
     front: Any,  # noqa: F811
     decoy: Upstream,  # noqa: F811
@@ -1029,12 +996,6 @@ async def test_behind_nginx_auth_request_the_service_never_sees_the_payment(
     assert "payment-signature" not in seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FLAW: behind the TLS template the client asked https://, but PAYMENT-REQUIRED "
-    "resource.url says http:// (the hop from nginx), though Farebox trusts nginx's "
-    "X-Forwarded-Proto for the paywall's checkout URL",
-)
 async def test_behind_nginx_tls_resource_url_is_https(front: Any) -> None:  # noqa: F811
     gw = await front("farebox-tls.conf")
     async with gw.client() as http, http.get(gw.base + "/page/1?x=1") as r:

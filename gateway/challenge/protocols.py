@@ -36,11 +36,15 @@ _NOT_THE_PAYMENT = frozenset({"tab-exhausted"})
 def offer(
     services: Services,
     request: web.BaseRequest,
+    origin: str,
     satoshis: int,
     answer: web.StreamResponse,
     refused: PaymentError | None = None,
 ) -> None:
-    """Add every protocol's payment request for `satoshis` to the 402 `answer`."""
+    """Add every protocol's payment request for `satoshis` to the 402 `answer`.
+
+    `origin` is scheme://host as the client used it (a trusted proxy's word).
+    """
     peer = PEER.get()
     if peer is not None and services.peers is not None:
         nonces = services.peers.nonces
@@ -52,12 +56,13 @@ def offer(
         headers[brc105.REQUIRED] = str(satoshis)
         headers[brc105.PREFIX] = prefix or nonces.prefix(peer.key.serialize())
         _expose(answer, EXPOSE)
-    _offer_x402(services, request, satoshis, answer, refused)
+    _offer_x402(services, request, origin, satoshis, answer, refused)
 
 
 def _offer_x402(
     services: Services,
     request: web.BaseRequest,
+    origin: str,
     satoshis: int,
     answer: web.StreamResponse,
     refused: PaymentError | None,
@@ -68,7 +73,7 @@ def _offer_x402(
         satoshis,
         network,
         services.server_key,
-        _url(request),
+        origin + request.raw_path,
         _description(services, request),
         error,
     )
@@ -87,14 +92,6 @@ def _expose(answer: web.StreamResponse, names: str) -> None:
     """Let scripts on other origins read `names` too (beside what the answer exposes)."""
     expose = answer.headers.get("Access-Control-Expose-Headers")
     answer.headers["Access-Control-Expose-Headers"] = f"{expose}, {names}" if expose else names
-
-
-def _url(request: web.BaseRequest) -> str:
-    """The resource's URL as the client asked for it (scheme and Host as received)."""
-    try:
-        return str(request.url)
-    except ValueError:  # a Host yarl will not build a URL of: the path alone
-        return request.raw_path
 
 
 def _description(services: Services, request: web.BaseRequest) -> str | None:

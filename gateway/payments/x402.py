@@ -303,8 +303,11 @@ def _same_amount(beef: bytes, vout: int, amount: int, max_bytes: int) -> None:
     """The output named must carry the amount accepted: the cashier then holds it
     to today's price exactly, so what was accepted is what is charged."""
     found = read_entries(beef, Limits(max_bytes=max_bytes))
-    subject = next(e.tx for e in found.entries if e.txid == found.subject)
-    assert subject is not None  # read_entries: the subject is a full transaction
+    subject = next((e.tx for e in found.entries if e.txid == found.subject), None)
+    if subject is None:
+        raise PaymentError(
+            "malformed-beef", "the BEEF does not hold the payment transaction itself", status=400
+        )
     if vout >= len(subject.outputs):
         raise PaymentError("bad-vout", f"the transaction has no output {vout}")
     paid = subject.outputs[vout].satoshis

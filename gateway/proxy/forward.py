@@ -87,8 +87,11 @@ OVERRIDES = frozenset(
     }
 )
 OWN_PREFIX = "x-farebox-"
-# Never forwarded: Farebox's own headers and the client's payment (BRC-121).
+# Never forwarded: Farebox's own headers and the client's payment (BRC-121,
+# BRC-105 and BRC-104's x-bsv-*; x402's below): a payment names the payer's
+# identity key, and one not taken here could be spent by whoever holds it.
 PRIVATE_PREFIXES = (OWN_PREFIX, "x-bsv-")
+PAYMENT_HEADERS = frozenset({"payment-signature", "x-payment"})  # x402 v2, v1
 # The credential cookie (pipeline/credentials.py COOKIE). Kept from the upstream
 # in every spelling some parser reads as it: any case, spaces or quotes around
 # the name, percent-escapes, PHP's `.`/space/`[` for `_`, `,` as a separator.
@@ -533,7 +536,7 @@ def upstream_headers(
             # dropped here; nginx drops such names too by default.
             continue
         lower = name.lower()
-        if lower in OVERRIDES:
+        if lower in OVERRIDES or lower in PAYMENT_HEADERS:
             continue
         if (
             lower in HOP_BY_HOP
