@@ -442,6 +442,7 @@ async def test_a_request_body_too_large_to_check_is_refused(free_base: str, upst
         "POST", "/files/up", c.sign("POST", "/files/up", {"content-type": "text/plain"}, body), body
     )
     assert answer.status == 413 and reason(answer) == "body-too-large"
+    c.check(answer)  # signed: the client reads it as an answer
     assert upstream.seen == []
 
 

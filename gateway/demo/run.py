@@ -62,6 +62,8 @@ def demo_settings(host: str, port: int, policies: Path) -> Settings:
         receipts_file=None,  # throw-away keys: nothing to sweep
         rate_eur=DEMO_RATE_EUR,
         rate_usd=DEMO_RATE_USD,
+        # x402 clients are told which chain to pay on: the demo's own, never mainnet.
+        x402_network="bsv:devnet",
     )
 
 

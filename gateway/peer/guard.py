@@ -111,7 +111,11 @@ class Authenticator:
         try:
             peer, client_nonce, request_id, body = await self._open(request)
         except _Refused as refused:
-            return refused.answer()
+            if refused.session is None:
+                return refused.answer()
+            # The session is ours and the refusal is not about the signature:
+            # signed, so the client reads it as an answer, not a broken one.
+            return _seal(refused.answer(), partial(self._sign, *refused.session))
         signer = partial(self._sign, peer, client_nonce, request_id)
         reset = (
             PEER.set(peer),
@@ -167,6 +171,7 @@ class Authenticator:
                     "body-too-large",
                     f"authenticated request bodies are signed whole: at most {self.limit} bytes",
                     413,
+                    session=(peer, session.client_nonce, request_id),
                 )
         key_id = f"{values['nonce']} {values['your-nonce']}"
         items = list(headers.items())
@@ -261,9 +266,17 @@ def _seal(response: web.StreamResponse, signer: bodies.Signer) -> web.StreamResp
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str, detail: str, status: int) -> None:
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        status: int,
+        *,
+        session: tuple[Peer, str, bytes] | None = None,  # to sign the refusal with
+    ) -> None:
         super().__init__(detail)
         self.reason, self.detail, self.status = reason, detail, status
+        self.session = session
 
     def answer(self) -> web.Response:
         titles = {400: "Bad authentication", 401: "Not authenticated", 413: "Body too large"}
