@@ -238,14 +238,14 @@ def _parser() -> argparse.ArgumentParser:
         "--auth-session",
         metavar="DURATION",
         help="how long an authenticated session lasts before the client handshakes again "
-        "(default 10m)",
+        "(default 10m, at most 24h)",
     )
     auth.add_argument(
         "--auth-body-limit",
         metavar="BYTES",
         type=int,
         help="most bytes of an authenticated request's body, or of its answer, held in "
-        "memory to be signed whole (default 8388608)",
+        "memory to be signed whole (default 8388608, at least 1024)",
     )
     x402 = serve.add_argument_group("x402 clients (PAYMENT-SIGNATURE, scheme exact)")
     x402.add_argument(

@@ -106,6 +106,14 @@ class Settings(BaseModel):
                 ) from None
         return tuple(out)
 
+    @field_validator("auth_session")
+    @classmethod
+    def _auth_session(cls, value: float) -> float:
+        # Each request nonce is remembered for a session's life: bound it.
+        if value > 86_400:
+            raise ValueError("an authenticated session lasts at most 24h")
+        return value
+
     @field_validator("x402_network")
     @classmethod
     def _x402_network(cls, value: str) -> str:
