@@ -692,3 +692,19 @@ async def test_pages_on_other_origins_may_authenticate(setup) -> None:
         assert "content-type" in r.headers["Access-Control-Allow-Headers"]
     reply = await Client(setup.base).handshake()
     assert reply["initialNonce"]
+
+
+async def test_a_kept_grant_from_a_clock_ahead_is_not_paid_for_again(client: Client, setup) -> None:
+    """AuthFetch pays whatever a 402 offers: a grant it holds that opens only
+    shortly (minted by an instance whose clock runs ahead) is refused with
+    nothing to pay."""
+    from tests.test_clock_skew import FAR_AHEAD, minted_ahead, page_grant
+
+    grant = page_grant()
+    token = minted_ahead(setup.tokens, grant, FAR_AHEAD)
+    await setup.store.bind(
+        f"peer:{client.identity}:{grant.service}:{grant.scope}", token, grant.expires + 600
+    )
+    answer = await client.request("GET", grant.scope)
+    assert answer.status == 402 and reason(answer) == "grant-not-yet-valid"
+    assert "x-bsv-payment-derivation-prefix" not in answer.headers

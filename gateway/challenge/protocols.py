@@ -24,6 +24,10 @@ from gateway.peer import PEER
 from gateway.policy import Match
 from gateway.services import Services
 
+# Refusals of a client that holds what it asks for (a grant minted by an
+# instance whose clock runs ahead): nothing is offered to pay, since
+# AuthFetch and x402 clients pay whatever a 402 offers.
+HOLDS_IT = frozenset({"grant-not-yet-valid"})
 # Refusals a payment cannot recover from by being sent again: a new prefix.
 _NEW_PREFIX = frozenset({"stale-time", "unknown-prefix"})
 # Cross-origin scripts may read what a payment request says.
@@ -45,8 +49,9 @@ def offer(
 
     `origin` is scheme://host as the client used it (a trusted proxy's word).
     """
+    holds = refused is not None and refused.reason in HOLDS_IT
     peer = PEER.get()
-    if peer is not None and services.peers is not None:
+    if peer is not None and services.peers is not None and not holds:
         nonces = services.peers.nonces
         prefix = None
         if refused is None or refused.reason not in _NEW_PREFIX:
@@ -77,6 +82,8 @@ def _offer_x402(
         _description(services, request),
         error,
     )
+    if refused is not None and refused.reason in HOLDS_IT:
+        required["accepts"] = []  # nothing to pay: what it holds opens shortly
     answer.headers[x402.REQUIRED] = x402.encode(required)
     exposed = x402.REQUIRED
     signature = request.headers.get(x402.HEADER)
