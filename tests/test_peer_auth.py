@@ -708,3 +708,24 @@ async def test_a_kept_grant_from_a_clock_ahead_is_not_paid_for_again(client: Cli
     answer = await client.request("GET", grant.scope)
     assert answer.status == 402 and reason(answer) == "grant-not-yet-valid"
     assert "x-bsv-payment-derivation-prefix" not in answer.headers
+
+
+def test_signatures_with_a_cached_shared_secret_are_brc42s() -> None:
+    """gateway/peer/signatures.py caches the ECDH secret per peer: what it signs
+    verifies under bsv-sdk's own BRC-42 child keys, and what those sign it
+    verifies, for many keys and keyIDs (the same peer again included)."""
+    from gateway.peer import signatures
+
+    server = PrivateKey()
+    peers = [PrivateKey() for _ in range(5)]
+    for i in range(60):
+        peer = peers[i % len(peers)]
+        key_id = f"{base64.b64encode(os.urandom(32)).decode()} {i}"
+        data = os.urandom(i * 7)
+        ours = signatures.sign(server, peer.public_key(), key_id, data)
+        child = server.public_key().derive_child(peer, INVOICE + key_id)
+        assert child.verify(ours, data, hasher=sha256)
+        theirs = peer.derive_child(server.public_key(), INVOICE + key_id).sign(data, hasher=sha256)
+        assert signatures.verify(server, peer.public_key(), key_id, data, theirs)
+        assert not signatures.verify(server, peer.public_key(), key_id + "!", data, theirs)
+        assert not signatures.verify(server, PrivateKey().public_key(), key_id, data, theirs)
