@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -491,7 +492,8 @@ def test_the_configured_network_is_the_one_taken() -> None:
         headers, 1 << 20, None, None, x402_network="bsv:testnet", server=SERVER_HEX
     )
     assert payment.protocol == "x402" and payment.vout == 0
-    assert payment.rules == wire.RULES and payment.rules.exact and not payment.rules.answer_again
+    assert payment.rules == dataclasses.replace(wire.RULES, amount=25)  # the amount accepted
+    assert payment.rules.exact and not payment.rules.answer_again
     assert payment.rules.window == 30 + 60
     with pytest.raises(PaymentError) as caught:
         from_request(headers, 1 << 20, None, None, x402_network="bsv:dev1", server=SERVER_HEX)

@@ -140,7 +140,7 @@ class Cashier:
         lap("parse")
         payee = payee_key(self.server_key, payment.sender, payment.prefix, payment.suffix)
         rules = payment.rules
-        expect = Expectation(price, p2pkh_script(payee), payment.vout, rules.exact)
+        expect = Expectation(price, p2pkh_script(payee), payment.vout, rules.exact, rules.amount)
         lap("derivation")
         if top_up is None:
             purchase = f"{match.service.name}\n{match.scope}"

@@ -34,6 +34,7 @@ class Rules:
     exact: bool = False  # the output carries the price exactly
     window: float | None = None  # seconds the payment time may be from now; None: the cashier's
     answer_again: bool = True  # a payment accepted before gets its grant back
+    amount: int | None = None  # satoshis the client accepted to pay (x402): the output's
 
 
 BRC121 = Rules()

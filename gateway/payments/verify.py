@@ -47,6 +47,7 @@ class Expectation:
     payee_script: bytes  # P2PKH locking script of the derived key
     vout: int | None  # which output pays; None: the first that pays the payee script
     exact: bool = False  # the output must carry the price exactly (x402 `exact`)
+    accepted: int | None = None  # what the client says it pays (x402): the output must agree
 
 
 @dataclass(slots=True)
@@ -144,6 +145,14 @@ def check_output(subject: Transaction, expect: Expectation) -> tuple[int, int]:
     if not 0 <= vout < len(subject.outputs):
         raise PaymentError("bad-vout", f"the transaction has no output {vout}")
     output = subject.outputs[vout]
+    if expect.accepted is not None and output.satoshis != expect.accepted:
+        # What was accepted is what is charged: checked before the price, so
+        # the client learns its own payment disagrees with itself.
+        raise PaymentError(
+            "amount-mismatch",
+            f"output {vout} pays {output.satoshis} satoshis; the payment accepted "
+            f"{expect.accepted}",
+        )
     if output.locking_script.serialize() != expect.payee_script:
         raise PaymentError("wrong-payee", f"output {vout} does not pay the derived payee key")
     if output.satoshis < expect.satoshis:

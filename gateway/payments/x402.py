@@ -39,12 +39,11 @@ import binascii
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bsv import PublicKey
 
-from gateway.bsv.beef import Limits, read_entries
 from gateway.errors import PaymentError
 from gateway.payments.remittance import Remittance, Rules
 
@@ -185,17 +184,16 @@ def _payer(value: str | None) -> str | None:
     return sender.lower() if isinstance(sender, str) and _PUBKEY.fullmatch(sender) else None
 
 
-def from_x402(
-    value: str, max_bytes: int, network: str = DEFAULT_NETWORK, server: str | None = None
-) -> X402Remittance:
+def from_x402(value: str, max_bytes: int, network: str, server: str) -> X402Remittance:
     """A `PAYMENT-SIGNATURE` value -> Remittance paying `vout = outputIndex`.
 
     `network` is the one this server takes payments on, `server` its identity
-    key (hex; None leaves `payTo` to the cashier, whose derived payee key
-    only ours can match). Raises PaymentError: 400 `bad-payment-signature`
-    naming the field (`field`), 413 for a transaction over `max_bytes`, 402
-    for a payment on other terms (version, scheme, network, asset, payee,
-    an amount other than the output's, a time ahead of the window).
+    key (hex). The amount accepted rides in the Remittance's rules: the
+    cashier holds the output to it and to today's price (verify.check_output).
+    Raises PaymentError: 400 `bad-payment-signature` naming the field
+    (`field`), 413 for a transaction over `max_bytes`, 402 for a payment on
+    other terms (version, scheme, network, asset, payee, a time ahead of the
+    window).
     """
     if len(value) > (max_bytes * 4 // 3 + _JSON_OVERHEAD) * 4 // 3:
         raise PaymentError("beef-too-large", f"BEEF is larger than {max_bytes} bytes", status=413)
@@ -247,7 +245,6 @@ def from_x402(
         raise PaymentError(
             "stale-time", f"payment time is {ahead:.0f} s ahead of now (window {WINDOW} s)"
         )
-    _same_amount(beef, vout, int(accepted["amount"]), max_bytes)
     return X402Remittance(
         beef,
         sender_key,
@@ -256,13 +253,13 @@ def from_x402(
         time_ms.decode("ascii"),
         vout,
         suffix,
-        RULES,
+        replace(RULES, amount=int(accepted["amount"])),
         "x402",
         network,
     )
 
 
-def _terms(accepted: dict[str, Any], network: str, server: str | None) -> None:
+def _terms(accepted: dict[str, Any], network: str, server: str) -> None:
     """The requirements the client accepted must be ours; raises PaymentError."""
     scheme = _text(accepted, "scheme", 64, where="accepted")
     claimed = _text(accepted, "network", 64, where="accepted")
@@ -293,27 +290,9 @@ def _terms(accepted: dict[str, Any], network: str, server: str | None) -> None:
         raise PaymentError(
             "unsupported-scheme", f"payloadFormat {kind!r}: this server takes {PAYLOAD_FORMAT!r}"
         )
-    if server is not None and pay_to.lower() != server.lower():
+    if pay_to.lower() != server.lower():
         raise PaymentError(
             "wrong-pay-to", f"accepted.payTo is {pay_to}; this server's identity key is {server}"
-        )
-
-
-def _same_amount(beef: bytes, vout: int, amount: int, max_bytes: int) -> None:
-    """The output named must carry the amount accepted: the cashier then holds it
-    to today's price exactly, so what was accepted is what is charged."""
-    found = read_entries(beef, Limits(max_bytes=max_bytes))
-    subject = next((e.tx for e in found.entries if e.txid == found.subject), None)
-    if subject is None:
-        raise PaymentError(
-            "malformed-beef", "the BEEF does not hold the payment transaction itself", status=400
-        )
-    if vout >= len(subject.outputs):
-        raise PaymentError("bad-vout", f"the transaction has no output {vout}")
-    paid = subject.outputs[vout].satoshis
-    if paid != amount:
-        raise PaymentError(
-            "amount-mismatch", f"output {vout} pays {paid} satoshis; accepted.amount is {amount}"
         )
 
 
