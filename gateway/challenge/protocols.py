@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.edge.paths import canonicalize
 from gateway.errors import PaymentError
 from gateway.payments import brc105, x402
 from gateway.peer import PEER
@@ -40,6 +39,7 @@ _NOT_THE_PAYMENT = frozenset({"tab-exhausted"})
 def offer(
     services: Services,
     request: web.BaseRequest,
+    match: Match,
     origin: str,
     satoshis: int,
     answer: web.StreamResponse,
@@ -61,12 +61,13 @@ def offer(
         headers[brc105.REQUIRED] = str(satoshis)
         headers[brc105.PREFIX] = prefix or nonces.prefix(peer.key.serialize())
         _expose(answer, EXPOSE)
-    _offer_x402(services, request, origin, satoshis, answer, refused)
+    _offer_x402(services, request, match, origin, satoshis, answer, refused)
 
 
 def _offer_x402(
     services: Services,
     request: web.BaseRequest,
+    match: Match,
     origin: str,
     satoshis: int,
     answer: web.StreamResponse,
@@ -79,7 +80,7 @@ def _offer_x402(
         network,
         services.server_key,
         origin + request.raw_path,
-        _description(services, request),
+        match.route.route.description or match.service.service.description,
         error,
     )
     if refused is not None and refused.reason in HOLDS_IT:
@@ -99,16 +100,3 @@ def _expose(answer: web.StreamResponse, names: str) -> None:
     """Let scripts on other origins read `names` too (beside what the answer exposes)."""
     expose = answer.headers.get("Access-Control-Expose-Headers")
     answer.headers["Access-Control-Expose-Headers"] = f"{expose}, {names}" if expose else names
-
-
-def _description(services: Services, request: web.BaseRequest) -> str | None:
-    """What the route sells, as the JSON 402 describes it (None when unknown)."""
-    try:
-        match = services.policy.current.match(
-            request.host, canonicalize(request.raw_path), request.method
-        )
-    except ValueError:  # PathError, HostError: the pipeline answered those already
-        return None
-    if not isinstance(match, Match):
-        return None
-    return match.route.route.description or match.service.service.description

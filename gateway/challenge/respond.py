@@ -43,7 +43,7 @@ async def challenge(
     answer = payment_required(match, request.method, services.server_key, quoted, refused, offered)
     if wants_html(request.headers.get("Accept")):
         answer = _paywall(services, request, match, origin, quoted, refused, answer)
-    offer(services, request, origin, quoted.satoshis, answer, refused)
+    offer(services, request, match, origin, quoted.satoshis, answer, refused)
     return answer
 
 
@@ -83,7 +83,7 @@ async def tab_challenge(
     )
     if wants_html(request.headers.get("Accept")):
         answer = _paywall(services, request, match, origin, top_up, refused, answer)
-    offer(services, request, origin, top_up.satoshis, answer, refused)
+    offer(services, request, match, origin, top_up.satoshis, answer, refused)
     return answer
 
 

@@ -45,6 +45,7 @@ log = logging.getLogger("farebox.peer")
 
 PREFIX = "x-bsv-auth-"
 HEADERS = ("version", "identity-key", "nonce", "your-nonce", "request-id", "signature")
+_NAMES = tuple(PREFIX + name for name in HEADERS)
 MAX_HANDSHAKE = 16 * 1024  # bytes: an initialRequest is a few hundred
 DEFAULT_LIMIT = 8 * 1024 * 1024  # bytes of an authenticated request's body or answer
 
@@ -76,8 +77,12 @@ class Authenticator:
 
     @staticmethod
     def asks(request: web.BaseRequest) -> bool:
-        """Whether a request claims to be authenticated (any `x-bsv-auth-*` header)."""
-        return any(name.lower().startswith(PREFIX) for name in request.headers)
+        """Whether a request claims to be authenticated (any of BRC-104's request headers).
+
+        Asked of every request: a few keyed lookups, not a walk over its headers.
+        """
+        headers = request.headers
+        return any(name in headers for name in _NAMES)
 
     async def handshake(self, request: web.BaseRequest) -> web.Response:
         """POST /.well-known/auth: answer an initialRequest (BRC-103, 0104.md)."""
