@@ -302,6 +302,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.client.cli import register as register_client
 
     register_client(sub)
+    from gateway.payouts.cli import register as register_payouts
+
+    register_payouts(sub)
 
     keys = sub.add_parser(
         "keys",

@@ -107,38 +107,55 @@ class Selection:
     change: int  # 0: no change output (what is left over goes to the fee)
 
 
-def _settle(chosen: list[Coin], amount: int, rate: float) -> Selection | None:
+def _settle(chosen: list[Coin], amount: int, rate: float, outputs: int) -> Selection | None:
     total = sum(c.satoshis for c in chosen)
-    fee = fee_for(tx_size(len(chosen), 2), rate)
+    fee = fee_for(tx_size(len(chosen), outputs + 1), rate)
     if total - amount - fee > 0:
         return Selection(tuple(chosen), fee, total - amount - fee)
     # Without a change output: a leftover smaller than a change output's
     # fee goes to the miner instead of making an output worth nothing.
-    if total - amount >= fee_for(tx_size(len(chosen), 1), rate):
+    if total - amount >= fee_for(tx_size(len(chosen), outputs), rate):
         return Selection(tuple(chosen), total - amount, 0)
     return None
 
 
-def select(coins: Iterable[Coin], amount: int, rate: float = DEFAULT_FEE_RATE) -> Selection:
-    """Coins that pay `amount` plus the fee, as few as possible.
+def select(
+    coins: Iterable[Coin],
+    amount: int,
+    rate: float = DEFAULT_FEE_RATE,
+    *,
+    outputs: int = 1,
+    first: Iterable[tuple[str, int]] = (),
+) -> Selection:
+    """Coins that pay `amount` (satoshis, over `outputs` outputs) plus the fee
+    (`rate` sat/kB), as few as possible.
 
     One coin if any suffices (the smallest such: it leaves the big coins
     whole); otherwise the largest coins first, since the k largest are the
-    fewest that can cover the sum.
+    fewest that can cover the sum. The spendable coins at the outpoints
+    `first` are always spent (a payment that must conflict with an earlier
+    one), with others added as needed.
     """
-    if amount <= 0:
-        raise ValueError("a payment must be worth at least 1 satoshi")
+    if amount <= 0 or outputs < 1:
+        raise ValueError("a payment must be worth at least 1 satoshi, in 1 output or more")
+    forced = set(first)
     pool = sorted((c for c in coins if c.spendable), key=lambda c: c.satoshis)
-    for coin in pool:
-        found = _settle([coin], amount, rate)
+    chosen: list[Coin] = [c for c in pool if c.outpoint in forced]
+    pool = [c for c in pool if c.outpoint not in forced]
+    if chosen:
+        found = _settle(chosen, amount, rate, outputs)
         if found is not None:
             return found
-    chosen: list[Coin] = []
+    for coin in [] if chosen else pool:
+        found = _settle([coin], amount, rate, outputs)
+        if found is not None:
+            return found
+    available = sum(c.satoshis for c in chosen)
     for coin in reversed(pool):
         chosen.append(coin)
-        found = _settle(chosen, amount, rate)
+        found = _settle(chosen, amount, rate, outputs)
         if found is not None:
             return found
-    available = sum(c.satoshis for c in pool)
-    needed = amount + fee_for(tx_size(max(1, len(pool)), 1), rate)
+    available += sum(c.satoshis for c in pool)
+    needed = amount + fee_for(tx_size(max(1, len(chosen)), outputs), rate)
     raise InsufficientFunds(needed, available)

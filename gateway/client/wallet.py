@@ -26,8 +26,8 @@ import base64
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bsv import (
@@ -35,6 +35,7 @@ from bsv import (
     MerklePath,
     PrivateKey,
     PublicKey,
+    Script,
     Transaction,
     TransactionInput,
     TransactionOutput,
@@ -49,6 +50,21 @@ from gateway.client.tokens import StoredToken
 from gateway.client.walletfile import State, default_path, locked, read, write
 
 KEY_INVOICE = "1-farebox wallet-{index}"  # BRC-43: security level 1, protocol "farebox wallet"
+LABELLED = "payouts:"  # the origin of transactions signed by sign_outputs (no gateway's)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTransaction:
+    """A transaction the wallet signed and reserved coins for: `beef` is its
+    Atomic BEEF (BRC-95, unconfirmed ancestry included), `fee` in satoshis,
+    `inputs` the outpoints it spends, `change` the wallet's change coin (the
+    last output) or None."""
+
+    txid: str
+    beef: bytes
+    fee: int
+    inputs: tuple[tuple[str, int], ...]
+    change: Coin | None
 
 
 class Wallet:
@@ -275,17 +291,85 @@ class Wallet:
         time_ms = time_ms or str(int(time.time() * 1000))
         suffix = base64.b64encode(time_ms.encode()).decode()
         payee = payee_key_for_sender(server_key, self.identity, prefix, suffix)
+        signed = self._sign(state, [(P2PKH().lock(payee.address()).serialize(), satoshis)])
+        prepared = PreparedPayment(
+            txid=signed.txid,
+            beef=signed.beef,
+            vout=0,
+            satoshis=satoshis,
+            fee=signed.fee,
+            sender=self.identity_key,
+            prefix=prefix,
+            time_ms=time_ms,
+            inputs=signed.inputs,
+            change=signed.change,
+        )
+        state.pending[signed.txid] = PendingPayment(
+            signed.txid, signed.change, prepared, purpose, time.time()
+        )
+        return prepared
+
+    def sign_outputs(
+        self,
+        outputs: Sequence[tuple[bytes, int]],
+        *,
+        label: str,
+        spend_first: Iterable[tuple[str, int]] = (),
+    ) -> SignedTransaction:
+        """Sign a transaction paying each (locking script, satoshis) of `outputs`
+        in order (vout 0, 1, ...), change last, and reserve its coins: it is
+        pending under `label` (no gateway's payment) until `settle` (or
+        `seen_on_chain`) spends them or `release` frees them. The coins at
+        `spend_first` that are spendable are spent whatever else is chosen.
+        Used by the payout engine (a treasury paying many people at once).
+        InsufficientFunds as prepare_payment; ValueError for an output under
+        1 satoshi.
+        """
+        with self._update() as state:
+            signed = self._sign(state, outputs, spend_first)
+            purpose = Purpose(LABELLED, label, "")
+            state.pending[signed.txid] = PendingPayment(
+                signed.txid, signed.change, None, purpose, time.time()
+            )
+            return signed
+
+    def labelled(self, label: str) -> list[str]:
+        """Txids of transactions signed by `sign_outputs` under `label` and still
+        pending (neither settled nor released)."""
+        self.reload()
+        return [
+            p.txid
+            for p in self.pending()
+            if p.payment is None
+            and p.purpose is not None
+            and p.purpose.origin == LABELLED
+            and p.purpose.what == label
+        ]
+
+    def _sign(
+        self,
+        state: State,
+        outputs: Sequence[tuple[bytes, int]],
+        spend_first: Iterable[tuple[str, int]] = (),
+    ) -> SignedTransaction:
+        """Select coins for `outputs`, add change to a fresh key, sign, and mark
+        the coins reserved by the new txid (in `state`; the caller writes it)."""
+        if not outputs or any(satoshis < 1 for _, satoshis in outputs):
+            raise ValueError("every output pays at least 1 satoshi")
+        amount = sum(satoshis for _, satoshis in outputs)
         try:
-            chosen = select(state.coins, satoshis, self.fee_rate)
+            chosen = select(
+                state.coins, amount, self.fee_rate, outputs=len(outputs), first=spend_first
+            )
         except InsufficientFunds as short:
             raise _with_set_aside(short, state.coins) from None
-        outputs = [TransactionOutput(P2PKH().lock(payee.address()), satoshis)]
+        tx_outputs = [TransactionOutput(Script(script), satoshis) for script, satoshis in outputs]
         change_index = None
         if chosen.change:
             change_index = state.next_key
             state.next_key += 1
             change_lock = P2PKH().lock(self.key(change_index).address())
-            outputs.append(TransactionOutput(change_lock, chosen.change))
+            tx_outputs.append(TransactionOutput(change_lock, chosen.change))
         inputs = [
             TransactionInput(
                 source_transaction=transaction_from_beef(bytes.fromhex(c.beef), c.txid),
@@ -294,7 +378,7 @@ class Wallet:
             )
             for c in chosen.coins
         ]
-        tx = Transaction(inputs, outputs)
+        tx = Transaction(inputs, tx_outputs)
         tx.sign()
         # The size budget is an upper bound; this only guards a wrong estimate.
         assert chosen.fee >= fee_for(len(tx.serialize()), self.fee_rate)
@@ -303,28 +387,15 @@ class Wallet:
         if chosen.change:
             change = Coin(
                 txid=txid,
-                vout=1,
+                vout=len(outputs),
                 satoshis=chosen.change,
-                script=outputs[1].locking_script.hex(),
+                script=tx_outputs[-1].locking_script.hex(),
                 beef=beef_of(tx).hex(),  # carries the unconfirmed ancestry along
                 key_index=change_index,
             )
         spent = {c.outpoint for c in chosen.coins}
         state.coins = [c.reserved(txid) if c.outpoint in spent else c for c in state.coins]
-        prepared = PreparedPayment(
-            txid=txid,
-            beef=atomic_beef(tx),
-            vout=0,
-            satoshis=satoshis,
-            fee=chosen.fee,
-            sender=self.identity_key,
-            prefix=prefix,
-            time_ms=time_ms,
-            inputs=tuple(sorted(spent)),
-            change=change,
-        )
-        state.pending[txid] = PendingPayment(txid, change, prepared, purpose, time.time())
-        return prepared
+        return SignedTransaction(txid, atomic_beef(tx), chosen.fee, tuple(sorted(spent)), change)
 
     def settle(self, txid: str) -> None:
         """The payment `txid` was taken: its coins are spent, its change is ours."""

@@ -57,8 +57,10 @@ KEPT = 1000  # problems a ListError keeps; it counts them all
 COLUMNS = ("id", "recipient", "satoshis", "memo")
 REQUIRED = COLUMNS[:3]
 RESULT_COLUMNS = ("id", "recipient", "satoshis", "status", "txid")
-STATUSES = ("owed", "sent", "seen", "mined", "failed", "skipped")
-WITH_TXID = ("sent", "seen", "mined")  # statuses that need a txid; owed has none
+STATUSES = ("owed", "signed", "sent", "seen", "mined", "failed", "skipped")
+# Statuses that need a txid; owed has none. `signed`: in a transaction whose
+# broadcast is not confirmed yet (run again: the same transaction is sent).
+WITH_TXID = ("signed", "sent", "seen", "mined")
 NETWORKS = {"main": Network.MAINNET, "test": Network.TESTNET}
 _NETWORK_NAMES = {network: name for name, network in NETWORKS.items()}
 

@@ -1,0 +1,479 @@
+"""`farebox payouts send | status | show`: benefit payouts from a list (issue 15, point 3).
+
+`send` reads LIST.csv whole (listfile), refuses it with every bad row named
+if anything is wrong, checks that the treasury covers all of it, records
+the rows owed in the list's ledger (`LIST.payouts.db`, SQLite, beside the
+list unless --ledger says otherwise), then pays them with the payout engine
+in batches, printing progress, a reconciliation and `LIST.result.csv`.
+Running it again pays only what is not paid yet: the ledger knows every id.
+
+Exit status: 0 every row paid (sent, seen or mined); 1 something is left
+(refused, unreachable chain, short treasury) or the command was refused;
+2 the list has bad rows (nothing paid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.client.errors import ClientError, InsufficientFunds
+from gateway.client.wallet import Wallet
+from gateway.payouts import listfile
+from gateway.payouts.engine import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    PayoutEngine,
+    Report,
+    fee_estimate,
+    new_payout,
+)
+from gateway.payouts.ledgerfile import FileLedger, LedgerError, open_ledger
+from gateway.payouts.records import PAID, STATUSES, Batch, Payout
+from gateway.payouts.remittance import remittance
+
+SEND_DESCRIPTION = """\
+Pay everyone on a benefit list from a treasury wallet.
+
+LIST.csv has a header row naming the columns id, recipient, satoshis and
+optionally memo. `recipient` is a BSV address (paid P2PKH) or a compressed
+public key in hex (paid BRC-29: a key derived from it, which any BRC-100
+wallet takes in with the data `farebox payouts show ID` prints). `id` is
+the row's idempotency key: it is paid at most once, however often the list
+is sent.
+"""
+
+SEND_EPILOG = """\
+The whole list is checked first and every bad row is named by line; nothing
+is paid if any row is bad. A treasury that cannot cover the whole list
+(amounts and fees) is refused before anything is sent. Then the rows are
+recorded owed in the ledger (LIST.payouts.db beside the list, mode 0600)
+before anything is signed, paid in transactions of --batch-size outputs,
+and LIST.result.csv (id,recipient,satoshis,status,txid) is written.
+
+Interrupted (Ctrl-C, a crash, the chain unreachable)? Run the same command
+again: a transaction already signed is broadcast again as it was (never a
+second one), and only what is not paid yet is paid. Keep the ledger with
+the list: it is what remembers which ids were paid.
+
+Exit status: 0 every row paid; 1 something is left to pay, or the run was
+refused; 2 the list has bad rows.
+"""
+
+STATUS_DESCRIPTION = """\
+List the payouts a ledger holds, by state: owed (recorded, not signed yet),
+signed (in a transaction not yet known to the network), sent, seen, mined,
+or failed (refused three times: see the reason; `send` again retries it).
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    payouts = sub.add_parser(
+        "payouts",
+        help="pay citizens: benefit lists from a treasury wallet",
+        description="Payouts: money from the treasury to people (benefits, rewards).",
+        formatter_class=fmt,
+    )
+    psub = payouts.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    send = psub.add_parser(
+        "send",
+        help="pay a benefit list (LIST.csv) from a treasury wallet",
+        description=SEND_DESCRIPTION,
+        epilog=SEND_EPILOG,
+        formatter_class=fmt,
+    )
+    send.add_argument("list", type=Path, metavar="LIST.csv", help="the benefit list")
+    send.add_argument(
+        "--wallet",
+        type=Path,
+        required=True,
+        metavar="TREASURY",
+        help="the treasury: a wallet file (farebox wallet new; fund it with farebox wallet fund "
+        "on a devnet, or farebox wallet address + receive)",
+    )
+    chain = send.add_mutually_exclusive_group()
+    chain.add_argument("--devnet-url", metavar="URL", help="pay on a devnet (farebox devnet)")
+    chain.add_argument("--arc-url", metavar="URL", help="broadcast through this ARC")
+    send.add_argument(
+        "--arc-api-key", metavar="KEY", help="ARC API key (sent as Authorization: Bearer)"
+    )
+    send.add_argument(
+        "--network",
+        choices=("main", "test"),
+        help="the network addresses must be of (default: main with --arc-url; either on a devnet)",
+    )
+    send.add_argument("--ledger", type=Path, metavar="FILE", help="default: LIST.payouts.db")
+    send.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"payouts per transaction (default {DEFAULT_BATCH_SIZE}, at most {MAX_BATCH_SIZE})",
+    )
+    send.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the list and the treasury, print the count, total and fees; pay nothing",
+    )
+    send.set_defaults(run=_send)
+
+    status = psub.add_parser(
+        "status",
+        help="list payouts by state",
+        description=STATUS_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("list", nargs="?", type=Path, metavar="LIST.csv", help="the list's ledger")
+    where.add_argument("--ledger", type=Path, metavar="FILE", help="a ledger file")
+    status.add_argument("--state", choices=STATUSES, help="only payouts in this state")
+    status.add_argument(
+        "--format", choices=("text", "json", "csv"), default="text", help="default text"
+    )
+    status.set_defaults(run=_status)
+
+    show = psub.add_parser(
+        "show",
+        help="one payout, with what a wallet needs to take it in (internalizeAction)",
+        description="Print one payout as JSON: its state and txid and, once signed, the "
+        "transaction (Atomic BEEF, base64) and the BRC-29 derivation data: the arguments of a "
+        "BRC-100 wallet's internalizeAction. Give it to the recipient.",
+        formatter_class=fmt,
+    )
+    show.add_argument("id", help="the payout's id (the list's id column)")
+    where = show.add_mutually_exclusive_group(required=True)
+    where.add_argument("list", nargs="?", type=Path, metavar="LIST.csv", help="the list's ledger")
+    where.add_argument("--ledger", type=Path, metavar="FILE", help="a ledger file")
+    show.set_defaults(run=_show)
+
+
+def ledger_path(list_path: Path) -> Path:
+    """Where a list's ledger lives: `LIST.payouts.db` beside `LIST.csv`."""
+    stem = list_path.stem if list_path.suffix.lower() == ".csv" else list_path.name
+    return list_path.with_name(stem + ".payouts.db")
+
+
+def _batch_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_BATCH_SIZE}")
+    return value
+
+
+def _fail(message: str, code: int = 1) -> SystemExit:
+    print(f"farebox: {message}", file=sys.stderr)
+    return SystemExit(code)
+
+
+# ----- send ---------------------------------------------------------------------------
+
+
+def _send(args: argparse.Namespace) -> None:
+    if not (args.devnet_url or args.arc_url or args.dry_run):
+        raise _fail("nothing to pay through: give --devnet-url URL or --arc-url URL (or --dry-run)")
+    network = args.network or (None if args.devnet_url or not args.arc_url else "main")
+    try:
+        payout_list = listfile.read_list(args.list, network=network)
+    except listfile.ListError as exc:
+        print(f"farebox: {exc}", file=sys.stderr)
+        print("farebox: nothing was paid: correct the rows above and run it again", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        treasury = Wallet.open(args.wallet)
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    raise SystemExit(asyncio.run(_run_send(args, payout_list, treasury)))
+
+
+async def _run_send(
+    args: argparse.Namespace, payout_list: listfile.PayoutList, treasury: Wallet
+) -> int:
+    path = args.ledger or ledger_path(args.list)
+    ledger = None
+    try:
+        if path.exists():  # a new ledger is made once there is something to pay
+            ledger = open_ledger(path, write=not args.dry_run)
+        known = {} if ledger is None else {p.id: p for p in await ledger.payouts()}
+        plan = _plan(args, payout_list, treasury, known)
+        if isinstance(plan, int):
+            return plan
+        if ledger is None:
+            ledger = open_ledger(path)
+        return await _pay(args, payout_list, treasury, ledger, plan)
+    except LedgerError as exc:
+        print(f"farebox: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if ledger is not None:
+            await ledger.close()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    new: list[listfile.Row]  # rows never recorded
+    skipped: int  # rows an earlier run paid (or signed)
+    count: int  # payouts to pay now (new and owed again)
+
+
+def _plan(
+    args: argparse.Namespace,
+    payout_list: listfile.PayoutList,
+    treasury: Wallet,
+    known: dict[str, Payout],
+) -> _Plan | int:
+    """What this run pays, or the exit status when it must pay nothing (a row
+    changed since it was recorded, a treasury too small, a dry run)."""
+    problems = _conflicts(payout_list.rows, known)
+    if problems:
+        print(
+            f"farebox: {args.list}: {len(problems)} rows differ from what was recorded:",
+            file=sys.stderr,
+        )
+        for line in problems[:20]:
+            print(f"  {line}", file=sys.stderr)
+        print("farebox: nothing was paid: give a changed row a new id", file=sys.stderr)
+        return 2
+    new = [row for row in payout_list.rows if row.id not in known]
+    again = [p for p in known.values() if p.status in ("owed", "failed")]
+    skipped = sum(1 for p in known.values() if p.status not in ("owed", "failed"))
+    count = len(new) + len(again)
+    total = sum(r.satoshis for r in new) + sum(p.satoshis for p in again)
+    coins = sum(1 for c in treasury.coins() if c.spendable)
+    fees = fee_estimate(count, args.batch_size, treasury.fee_rate, coins) if count else 0
+    spendable = treasury.balance().satoshis
+    print(
+        f"{args.list}: {payout_list.count} rows, {payout_list.total} satoshis; "
+        f"{skipped} paid before (skipped), {count} to pay: {total} satoshis "
+        f"+ at most {fees} in fees ({_batches(count, args.batch_size)})"
+    )
+    print(f"treasury {treasury.path}: {spendable} satoshis spendable")
+    if total + fees > spendable:
+        print(
+            f"farebox: the treasury cannot cover the list: it needs {total + fees} satoshis "
+            f"({total} + fees {fees}), it holds {spendable}; nothing was paid",
+            file=sys.stderr,
+        )
+        return 1
+    if args.dry_run:
+        print("dry run: nothing was recorded or paid")
+        return 0
+    return _Plan(new, skipped, count)
+
+
+async def _pay(
+    args: argparse.Namespace,
+    payout_list: listfile.PayoutList,
+    treasury: Wallet,
+    ledger: FileLedger,
+    plan: _Plan,
+) -> int:
+    import aiohttp
+
+    from gateway.chain.arc import ArcBroadcaster
+    from gateway.client.proofs import refresh_proofs
+
+    chain_url = args.devnet_url or args.arc_url
+    broadcaster = ArcBroadcaster(chain_url, api_key=args.arc_api_key, timeout=30.0)
+    engine = PayoutEngine(ledger, treasury, broadcaster, batch_size=args.batch_size)
+    report = Report()
+    try:
+        await ledger.retry_failed()
+        await engine.record([_payout(row, args.list, treasury) for row in plan.new])
+        async with aiohttp.ClientSession() as http:
+            # Proofs for mined change keep the BEEFs short; if the chain does
+            # not answer, the broadcast below says so.
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await refresh_proofs(treasury, http, chain_url)
+        await engine.recover(report)
+        if not report.stopped:
+            await engine.pay_owed(lambda r: _progress(r, plan.count), report)
+        await engine.refresh()
+    except InsufficientFunds as exc:
+        report.stopped = f"the treasury ran short: {exc}"
+    finally:
+        await broadcaster.close()
+    stored = {p.id: p for p in await ledger.payouts()}
+    outcomes = {pid: _outcome(p) for pid, p in stored.items()}
+    result = listfile.result_path(args.list)
+    listfile.write_result(result, listfile.result_rows(payout_list.rows, outcomes))
+    return _reconcile(report, payout_list, stored, plan.skipped, result, ledger.path)
+
+
+def _payout(row: listfile.Row, source: Path, treasury: Wallet) -> Payout:
+    campaign = f"list:{source.name}"
+    script = row.recipient.script if row.recipient.kind == "address" else None
+    return new_payout(
+        row.id,
+        campaign,
+        row.recipient.value,
+        row.satoshis,
+        treasury=treasury.identity,
+        address_script=script,
+        memo=row.memo,
+    )
+
+
+def _conflicts(rows: Sequence[listfile.Row], known: dict[str, Payout]) -> list[str]:
+    """Rows whose id was recorded before for another recipient or amount."""
+    found = []
+    for row in rows:
+        before = known.get(row.id)
+        if before is None:
+            continue
+        if (before.recipient, before.satoshis) != (row.recipient.value, row.satoshis):
+            found.append(
+                f"line {row.line}: id {row.id!r} was recorded for {before.recipient}, "
+                f"{before.satoshis} satoshis ({before.status}); the list now says "
+                f"{row.recipient.value}, {row.satoshis}"
+            )
+    return found
+
+
+def _batches(count: int, size: int) -> str:
+    n = -(-count // size)
+    return f"{n} transaction{'s' if n != 1 else ''}"
+
+
+def _progress(report: Report, of: int) -> None:
+    print(f"  paid {report.payouts} of {of} payouts ({len(report.sent)} transactions)", flush=True)
+
+
+def _outcome(payout: Payout) -> listfile.Outcome:
+    return listfile.Outcome(payout.status, payout.txid if payout.status != "owed" else None)
+
+
+def _reconcile(
+    report: Report,
+    payout_list: listfile.PayoutList,
+    stored: dict[str, Payout],
+    skipped: int,
+    result: Path,
+    ledger: Path,
+) -> int:
+    mine = [stored[row.id] for row in payout_list.rows if row.id in stored]
+    paid = [p for p in mine if p.status in PAID]
+    failed = [p for p in mine if p.status == "failed"]
+    left = [p for p in mine if p.status in ("owed", "signed")]
+    txids = sorted({p.txid for p in paid if p.txid})
+    print("reconciliation:")
+    print(f"  paid this run:  {report.payouts} payouts, {report.satoshis} satoshis, "
+          f"{len(report.sent)} transactions, fees {report.fees} satoshis")  # fmt: skip
+    print(f"  skipped:        {skipped} paid by an earlier run")
+    print(f"  paid in all:    {len(paid)} of {payout_list.count}, "
+          f"{sum(p.satoshis for p in paid)} of {payout_list.total} satoshis")  # fmt: skip
+    print(f"  failed:         {len(failed)}")
+    for p in failed[:20]:
+        print(f"    {p.id}: {p.reason}")
+    print(f"  not paid yet:   {len(left)}")
+    print(f"  transactions:   {len(txids)}")
+    for txid in txids:
+        print(f"    {txid}")
+    print(f"result: {result}")
+    print(f"ledger: {ledger}")
+    if report.stopped:
+        print(f"farebox: stopped: {report.stopped}; run the same command again", file=sys.stderr)
+    return 0 if len(paid) == payout_list.count else 1
+
+
+# ----- status and show ------------------------------------------------------------------
+
+
+def _open_for_reading(args: argparse.Namespace) -> FileLedger:
+    path = args.ledger or ledger_path(args.list)
+    try:
+        return open_ledger(path, write=False)
+    except LedgerError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _status(args: argparse.Namespace) -> None:
+    asyncio.run(_run_status(args))
+
+
+async def _run_status(args: argparse.Namespace) -> None:
+    ledger = _open_for_reading(args)
+    try:
+        payouts = await ledger.payouts(status=args.state)
+        tally = await ledger.tally()
+    finally:
+        await ledger.close()
+    if args.format == "json":
+        for p in payouts:
+            print(json.dumps(_public(p)))
+        return
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\r\n")
+        writer.writerow(["id", "recipient", "satoshis", "status", "txid", "reason"])
+        for p in payouts:
+            writer.writerow([p.id, p.recipient, p.satoshis, p.status, p.txid or "", p.reason])
+        return
+    for status in STATUSES:
+        if tally.counts.get(status):
+            print(
+                f"{status:7} {tally.counts[status]:>7} payouts {tally.satoshis[status]:>14} satoshis"
+            )
+    if not tally.counts:
+        print("no payouts recorded")
+    for status in STATUSES if args.state is None else (args.state,):
+        chosen = [p for p in payouts if p.status == status]
+        if not chosen or (status == "mined" and args.state is None):
+            continue  # the mined ones are the settled bulk: --state mined lists them
+        print(f"\n{status}:")
+        for p in chosen[:200]:
+            extra = p.txid or ""
+            if p.reason:
+                extra = f"{extra} ({p.reason})".strip()
+            print(f"  {p.id:24} {p.satoshis:>12} {p.recipient}  {extra}")
+        if len(chosen) > 200:
+            print(f"  ... and {len(chosen) - 200} more (--format csv lists all)")
+
+
+def _public(p: Payout) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "campaign": p.campaign,
+        "recipient": p.recipient,
+        "satoshis": p.satoshis,
+        "status": p.status,
+        "txid": p.txid,
+        "vout": p.vout,
+        "reason": p.reason,
+        "attempts": p.attempts,
+        "memo": p.memo,
+    }
+
+
+def _show(args: argparse.Namespace) -> None:
+    asyncio.run(_run_show(args))
+
+
+async def _run_show(args: argparse.Namespace) -> None:
+    ledger = _open_for_reading(args)
+    try:
+        payout = await ledger.get(args.id)
+        batch: Batch | None = None
+        if payout is not None and payout.txid:
+            batch = await ledger.batch(payout.txid)
+    finally:
+        await ledger.close()
+    if payout is None:
+        raise _fail(f"no payout {args.id!r} in {ledger.path}")
+    shown = _public(payout)
+    if batch is not None:
+        shown["internalizeAction"] = remittance(payout, batch)
+        shown["beef"] = base64.b64encode(batch.beef).decode()
+    print(json.dumps(shown))  # one line, for programs (and for a wallet's internalizeAction)

@@ -1,0 +1,336 @@
+"""The payout ledger in a local file: SQLite, for `farebox payouts send`.
+
+SQLite (the standard library's) rather than a file of our own: every step
+of the engine is one transaction that either happened whole or not at all
+after a crash (rollback journal, `synchronous=FULL`), and a list of
+100,000 payouts is looked up by status and id without reading it all.
+
+One process pays from a ledger at a time: `open_ledger` takes an exclusive
+lock on a companion `.lock` file and says who holds it otherwise. Reading
+(`farebox payouts status`) takes no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from gateway.payouts.records import MAX_ATTEMPTS, STATUSES, Batch, Payout, Tally
+
+FORMAT = "1"
+_ORDER = {status: rank for rank, status in enumerate(STATUSES)}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS payouts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    campaign TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    script TEXT NOT NULL,
+    satoshis INTEGER NOT NULL CHECK (satoshis > 0),
+    memo TEXT NOT NULL DEFAULT '',
+    sender TEXT, prefix TEXT, suffix TEXT,
+    status TEXT NOT NULL,
+    txid TEXT, vout INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_of TEXT,
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payouts_by_status ON payouts (status, seq);
+CREATE INDEX IF NOT EXISTS payouts_by_txid ON payouts (txid);
+CREATE TABLE IF NOT EXISTS batches (
+    txid TEXT PRIMARY KEY,
+    beef BLOB NOT NULL,
+    inputs TEXT NOT NULL,
+    fee INTEGER NOT NULL,
+    satoshis INTEGER NOT NULL,
+    outputs INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    block_height INTEGER,
+    created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
+"""
+
+_PAYOUT_COLUMNS = (
+    "id, campaign, recipient, script, satoshis, memo, sender, prefix, suffix, status, "
+    "txid, vout, reason, attempts, retry_of, created, updated"
+)
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used (locked by another run, not a ledger, unreadable)."""
+
+
+class LedgerConflict(LedgerError):
+    """A step that no longer fits the ledger (a payout not owed any more); nothing changed."""
+
+
+class FileLedger:
+    """The Ledger (gateway.payouts.engine) in one SQLite file; see the module."""
+
+    def __init__(
+        self, path: Path, db: sqlite3.Connection, lock_fd: int | None, ledger_id: str
+    ) -> None:
+        self.path = path
+        self.ledger_id = ledger_id  # "ledger:" + 32 hex digits, made with the file
+        self._db = db
+        self._lock_fd = lock_fd
+
+    # ----- writing ----------------------------------------------------------------
+
+    async def add(self, payouts: Sequence[Payout]) -> list[Payout]:
+        """Record `payouts` as owed, those whose id is new; returns the stored
+        record for every one of them, in order (an old one as it stands)."""
+        now = time.time()
+        with self._write() as db:
+            for p in payouts:
+                db.execute(
+                    f"INSERT OR IGNORE INTO payouts ({_PAYOUT_COLUMNS}) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,'owed',NULL,NULL,'',0,NULL,?,?)",
+                    (
+                        p.id, p.campaign, p.recipient, p.script, p.satoshis, p.memo,
+                        p.sender, p.prefix, p.suffix, p.created or now, now,
+                    ),
+                )  # fmt: skip
+        found = self._by_ids([p.id for p in payouts])
+        return [found[p.id] for p in payouts]
+
+    async def open_batch(self, batch: Batch) -> None:
+        """Record the signed `batch` and move its payouts from owed to signed
+        (txid, vout = position) in one transaction. LedgerConflict, with
+        nothing changed, if any of them is not owed."""
+        now = time.time()
+        with self._write() as db:
+            for vout, payout_id in enumerate(batch.payouts):
+                moved = db.execute(
+                    "UPDATE payouts SET status='signed', txid=?, vout=?, updated=? "
+                    "WHERE id=? AND status='owed'",
+                    (batch.txid, vout, now, payout_id),
+                ).rowcount
+                if moved != 1:
+                    raise LedgerConflict(f"payout {payout_id!r} is not owed")
+            db.execute(
+                "INSERT INTO batches (txid, beef, inputs, fee, satoshis, outputs, status, "
+                "reason, block_height, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    batch.txid, batch.beef, _outpoints(batch.inputs), batch.fee,
+                    batch.satoshis, len(batch.payouts), "signed", "", None, now, now,
+                ),
+            )  # fmt: skip
+
+    async def advance(self, txid: str, status: str, *, block_height: int | None = None) -> None:
+        """Move batch `txid` and its payouts forward to `status` (sent, seen,
+        mined); never backwards, never out of failed."""
+        rank = _ORDER[status]
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT status FROM batches WHERE txid=?", (txid,)).fetchone()
+            if row is None or row[0] == "failed" or _ORDER[row[0]] >= rank:
+                return
+            db.execute(
+                "UPDATE batches SET status=?, block_height=COALESCE(?, block_height), updated=? "
+                "WHERE txid=?",
+                (status, block_height, now, txid),
+            )
+            db.execute(
+                "UPDATE payouts SET status=?, reason='', updated=? WHERE txid=? AND status IN "
+                "('signed','sent','seen')",
+                (status, now, txid),
+            )
+
+    async def refuse(self, txid: str, reason: str) -> None:
+        """The network refused batch `txid` for sure: it is failed, and its
+        payouts are owed again (to be paid by a batch spending its inputs, so
+        that at most one of the two can ever be mined), or failed after
+        MAX_ATTEMPTS refusals."""
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT status FROM batches WHERE txid=?", (txid,)).fetchone()
+            if row is None or row[0] in ("failed", "mined"):
+                return
+            db.execute(
+                "UPDATE batches SET status='failed', reason=?, updated=? WHERE txid=?",
+                (reason, now, txid),
+            )
+            db.execute(
+                "UPDATE payouts SET attempts=attempts+1, reason=?, retry_of=?, txid=NULL, "
+                "vout=NULL, updated=?, status=CASE WHEN attempts+1 >= ? THEN 'failed' "
+                "ELSE 'owed' END WHERE txid=? AND status IN ('signed','sent','seen')",
+                (reason, txid, now, MAX_ATTEMPTS, txid),
+            )
+
+    async def retry_failed(self) -> int:
+        """Owe every failed payout again (an admin's decision, with fresh attempts);
+        returns how many."""
+        now = time.time()
+        with self._write() as db:
+            return db.execute(
+                "UPDATE payouts SET status='owed', attempts=0, updated=? WHERE status='failed'",
+                (now,),
+            ).rowcount
+
+    # ----- reading ----------------------------------------------------------------
+
+    async def get(self, payout_id: str) -> Payout | None:
+        return self._by_ids([payout_id]).get(payout_id)
+
+    async def owed(self, limit: int) -> list[Payout]:
+        """Up to `limit` owed payouts, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE status='owed' ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [_payout(r) for r in rows]
+
+    async def payouts(
+        self, *, status: str | None = None, campaign: str | None = None
+    ) -> list[Payout]:
+        """Every payout (with `status`, in `campaign`), in the order recorded."""
+        where, args = _filters(status=status, campaign=campaign)
+        rows = self._db.execute(
+            f"SELECT {_PAYOUT_COLUMNS} FROM payouts{where} ORDER BY seq", args
+        ).fetchall()
+        return [_payout(r) for r in rows]
+
+    async def batch(self, txid: str) -> Batch | None:
+        found = await self._batches("WHERE b.txid=?", (txid,))
+        return found[0] if found else None
+
+    async def batches(self, statuses: Iterable[str]) -> list[Batch]:
+        """The batches in any of `statuses`, oldest first."""
+        wanted = tuple(statuses)
+        marks = ",".join("?" * len(wanted))
+        return await self._batches(f"WHERE b.status IN ({marks})", wanted)
+
+    async def tally(self) -> Tally:
+        rows = self._db.execute(
+            "SELECT status, COUNT(*), SUM(satoshis) FROM payouts GROUP BY status"
+        ).fetchall()
+        return Tally({s: n for s, n, _ in rows}, {s: int(t or 0) for s, _, t in rows})
+
+    async def close(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ----- inside -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed whole, or rolled back on any exception."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _by_ids(self, ids: list[str]) -> dict[str, Payout]:
+        found: dict[str, Payout] = {}
+        for start in range(0, len(ids), 500):  # SQLite's bound parameters, a chunk at a time
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE id IN ({marks})", chunk
+            ):
+                payout = _payout(row)
+                found[payout.id] = payout
+        return found
+
+    async def _batches(self, where: str, args: tuple[object, ...]) -> list[Batch]:
+        rows = self._db.execute(
+            "SELECT b.txid, b.beef, b.inputs, b.fee, b.satoshis, b.status, b.reason, "
+            f"b.created, b.updated, b.block_height FROM batches b {where} ORDER BY b.created",
+            args,
+        ).fetchall()
+        batches = []
+        for txid, beef, inputs, fee, satoshis, status, reason, created, updated, height in rows:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM payouts WHERE txid=? ORDER BY vout", (txid,)
+                )
+            ]
+            batches.append(
+                Batch(
+                    txid, tuple(ids), bytes(beef), _parse_outpoints(inputs), fee, satoshis,
+                    status, reason, created, updated, height,
+                )
+            )  # fmt: skip
+        return batches
+
+
+def open_ledger(path: str | os.PathLike[str], *, write: bool = True) -> FileLedger:
+    """The ledger at `path`, created (0600) if missing when `write`. With
+    `write`, the caller holds it alone until close; LedgerError if another
+    process pays from it, or the file is not a ledger."""
+    target = Path(path)
+    lock_fd = None
+    if write:
+        lock_fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise LedgerError(
+                f"{target} is in use: another `farebox payouts send` is paying from it"
+            ) from None
+        if not target.exists():
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    elif not target.exists():
+        raise LedgerError(f"{target}: no such ledger (nothing was paid from this list yet)")
+    try:
+        db = sqlite3.connect(target, isolation_level=None, timeout=30)
+        db.execute("PRAGMA synchronous=FULL")
+        if write:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('id', ?)", ("ledger:" + os.urandom(16).hex(),)
+            )
+        found = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+        ledger_id = db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise LedgerError(f"{target} is not a payout ledger ({exc})") from None
+    if found is None or found[0] != FORMAT:
+        db.close()
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise LedgerError(f"{target} is a payout ledger of another format ({found})")
+    return FileLedger(target, db, lock_fd, str(ledger_id[0]) if ledger_id else "")
+
+
+def _payout(row: tuple[object, ...]) -> Payout:
+    return Payout(*row)  # type: ignore[arg-type]  # columns in the dataclass's order
+
+
+def _filters(**wanted: str | None) -> tuple[str, tuple[str, ...]]:
+    given = {k: v for k, v in wanted.items() if v is not None}
+    if not given:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k}=?" for k in given), tuple(given.values())
+
+
+def _outpoints(outpoints: Iterable[tuple[str, int]]) -> str:
+    return ",".join(f"{txid}:{vout}" for txid, vout in outpoints)
+
+
+def _parse_outpoints(text: str) -> tuple[tuple[str, int], ...]:
+    if not text:
+        return ()
+    pairs = (item.rsplit(":", 1) for item in text.split(","))
+    return tuple((txid, int(vout)) for txid, vout in pairs)
