@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from gateway.policy.compiled import ASCII_LOWER, CompiledRoute, CompiledService, Policy
 from gateway.policy.concessions import load as load_concession
 from gateway.policy.patterns import Pattern, compile_pattern, shadows
-from gateway.policy.schema import PolicyFile, Route, Service
+from gateway.policy.schema import Budget, PolicyFile, Reward, Route, Service
 from gateway.policy.source import Document, Issue, PolicyError, parse
 
 SUFFIXES = (".yaml", ".yml")
@@ -96,7 +96,43 @@ def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -
                         )
                 if route.concessions and route.price.free:
                     issues.append(doc.issue(loc, "a free route has nothing to discount"))
+                if route.reward is not None:
+                    # Until the pipeline pays them (issue 15, in progress), a
+                    # reward route is refused rather than proxied with no reward.
+                    issues.append(
+                        doc.issue(
+                            ("services", service_name, "routes", i, "reward"),
+                            "reward routes are not paid by this version yet: "
+                            "pay participants with `farebox payouts send` for now",
+                        )
+                    )
+                    at = ("services", service_name, "routes", i, "reward", "requires")
+                    for name in route.reward.requires:
+                        if name not in where:
+                            known = ", ".join(sorted(where)) or "none defined"
+                            issues.append(
+                                doc.issue(at, f"unknown concession {name!r} (known: {known})")
+                            )
+    _campaigns(docs, issues)
     return loaded
+
+
+def _campaigns(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -> None:
+    """A reward campaign is one budget: named by one route only."""
+    where: dict[str, str] = {}
+    for doc, model in docs:
+        for service_name, service in model.services.items():
+            for i, route in enumerate(service.routes):
+                if route.reward is None:
+                    continue
+                loc = ("services", service_name, "routes", i, "reward")
+                name = route.reward.campaign or f"{service_name}.{i}"
+                if name in where:
+                    issues.append(
+                        doc.issue(loc, f"campaign {name!r} is already rewarded at {where[name]}")
+                    )
+                    continue
+                where[name] = f"{doc.file}:{doc.line_of(loc)}"
 
 
 def _validate(doc: Document, issues: list[Issue]) -> PolicyFile | None:
@@ -138,6 +174,10 @@ def _known_keys(parent: tuple, doc: Document) -> list[str]:
         return ["lasts", "covers"]
     if len(parent) == 5 and parent[-1] == "free_quota":
         return ["requests", "per", "by"]
+    if len(parent) == 5 and parent[-1] == "reward":
+        return list(Reward.model_fields)
+    if len(parent) == 6 and parent[-1] == "budget":
+        return list(Budget.model_fields)
     return []
 
 

@@ -199,6 +199,67 @@ class Tabs(_Frozen):
         return value
 
 
+class Budget(_Frozen):
+    """The most a reward campaign pays out, in satoshis: in all, and per UTC day.
+    Counted in the shared store, atomically across workers and instances."""
+
+    total: int = Field(ge=1, le=MAX_SATOSHIS)
+    per_day: int | None = Field(default=None, ge=1, le=MAX_SATOSHIS)
+
+    @model_validator(mode="after")
+    def _day_within_total(self) -> Budget:
+        if self.per_day is not None and self.per_day > self.total:
+            raise ValueError(f"per_day ({self.per_day}) is more than the total ({self.total})")
+        return self
+
+
+class Reward(_Frozen):
+    """A participation reward (issue 15): the route is proxied free, and when the
+    upstream answers 2xx the participant is owed `pays` once per `campaign`.
+
+    Participants prove they may take part with an eligibility credential from
+    one of the concessions in `requires` (a JWT, as for concessions); its
+    subject (`sub`) is who is paid once (`once_per: subject`). `budget` caps
+    what the campaign pays. `when_exhausted`: `proxy` lets participation go on
+    unpaid once the budget is spent (and says so), `refuse` answers 403.
+    """
+
+    pays: Annotated[Price, BeforeValidator(_parse_price)]
+    campaign: str | None = None  # default: the service and route
+    once_per: Literal["subject"] = "subject"
+    requires: tuple[str, ...]
+    budget: Budget
+    when_exhausted: Literal["proxy", "refuse"] = "proxy"
+    description: str = ""
+
+    @field_validator("pays")
+    @classmethod
+    def _paid(cls, value: Price) -> Price:
+        if value.free:
+            raise ValueError("a reward pays at least 1 satoshi (or some cents)")
+        return value
+
+    @field_validator("campaign")
+    @classmethod
+    def _campaign(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", value):
+            raise ValueError(
+                f"campaign {value!r} must be lower-case letters, digits, '.', '-' or '_'"
+            )
+        return value
+
+    @field_validator("requires", mode="before")
+    @classmethod
+    def _requires(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise ValueError(
+                "requires names the concessions whose credentials may take part, e.g. [residents]"
+            )
+        return value
+
+
 class Route(_Frozen):
     path: str
     methods: tuple[str, ...] = ("GET", "HEAD")
@@ -207,7 +268,16 @@ class Route(_Frozen):
     free_quota: Quota | None = None
     concessions: tuple[str, ...] = ()
     meter: Meter | None = None
+    reward: Reward | None = None
     description: str = ""
+
+    @model_validator(mode="after")
+    def _rewarded(self) -> Route:
+        if self.reward is not None and not self.price.free:
+            raise ValueError("a rewarded route is proxied free: set `price: free`")
+        if self.reward is not None and self.free_quota is not None:
+            raise ValueError("a rewarded route pays each participant once: drop `free_quota`")
+        return self
 
     @model_validator(mode="after")
     def _metered(self) -> Route:
