@@ -208,7 +208,7 @@ async def _run_send(
         if path.exists():  # a new ledger is made once there is something to pay
             ledger = open_ledger(path, write=not args.dry_run)
         known = {} if ledger is None else {p.id: p for p in await ledger.payouts()}
-        plan = _plan(args, payout_list, treasury, known)
+        plan = _plan(args, payout_list, treasury, known, ledger and ledger.ledger_id)
         if isinstance(plan, int):
             return plan
         if ledger is None:
@@ -225,8 +225,8 @@ async def _run_send(
 @dataclass(frozen=True)
 class _Plan:
     new: list[listfile.Row]  # rows never recorded
-    skipped: int  # rows an earlier run paid (or signed)
-    count: int  # payouts to pay now (new and owed again)
+    skipped: int  # rows an earlier run paid (the network has them)
+    count: int  # payouts to pay now: new, owed again, and signed ones to send again
 
 
 def _plan(
@@ -234,6 +234,7 @@ def _plan(
     payout_list: listfile.PayoutList,
     treasury: Wallet,
     known: dict[str, Payout],
+    ledger_id: str | None,
 ) -> _Plan | int:
     """What this run pays, or the exit status when it must pay nothing (a row
     changed since it was recorded, a treasury too small, a dry run)."""
@@ -247,20 +248,47 @@ def _plan(
             print(f"  {line}", file=sys.stderr)
         print("farebox: nothing was paid: give a changed row a new id", file=sys.stderr)
         return 2
+    listed = {row.id for row in payout_list.rows}
+    orphans = sorted(p.id for p in known.values() if p.status in _UNPAID and p.id not in listed)
+    if orphans:
+        shown = ", ".join(repr(i) for i in orphans[:5]) + (" ..." if len(orphans) > 5 else "")
+        print(
+            f"farebox: the ledger holds {len(orphans)} unpaid payouts that are not in "
+            f"{args.list} any more ({shown}): put the rows back, or give --ledger another "
+            "file; nothing was paid",
+            file=sys.stderr,
+        )
+        return 2
     new = [row for row in payout_list.rows if row.id not in known]
     again = [p for p in known.values() if p.status in ("owed", "failed")]
-    skipped = sum(1 for p in known.values() if p.status not in ("owed", "failed"))
+    resend = [p for p in known.values() if p.status == "signed"]
+    skipped = sum(1 for p in known.values() if p.status in PAID)
     count = len(new) + len(again)
     total = sum(r.satoshis for r in new) + sum(p.satoshis for p in again)
     coins = sum(1 for c in treasury.coins() if c.spendable)
     fees = fee_estimate(count, args.batch_size, treasury.fee_rate, coins) if count else 0
     spendable = treasury.balance().satoshis
+    # A batch signed by an earlier run holds its coins; its change comes back
+    # once it is broadcast (again), and pays what is left.
+    returning = sum(
+        p.change.satoshis
+        for p in treasury.pending()
+        if ledger_id is not None
+        and p.change is not None
+        and p.purpose is not None
+        and p.purpose.what == ledger_id
+    )
     print(
         f"{args.list}: {payout_list.count} rows, {payout_list.total} satoshis; "
         f"{skipped} paid before (skipped), {count} to pay: {total} satoshis "
         f"+ at most {fees} in fees ({_batches(count, args.batch_size)})"
+        + (f"; {len(resend)} signed before, to send again" if resend else "")
     )
-    print(f"treasury {treasury.path}: {spendable} satoshis spendable")
+    print(
+        f"treasury {treasury.path}: {spendable} satoshis spendable"
+        + (f" (and {returning} coming back as change)" if returning else "")
+    )
+    spendable += returning
     if total + fees > spendable:
         print(
             f"farebox: the treasury cannot cover the list: it needs {total + fees} satoshis "
@@ -271,7 +299,7 @@ def _plan(
     if args.dry_run:
         print("dry run: nothing was recorded or paid")
         return 0
-    return _Plan(new, skipped, count)
+    return _Plan(new, skipped, count + len(resend))
 
 
 async def _pay(
@@ -341,6 +369,9 @@ def _conflicts(rows: Sequence[listfile.Row], known: dict[str, Payout]) -> list[s
                 f"{row.recipient.value}, {row.satoshis}"
             )
     return found
+
+
+_UNPAID = ("reserved", "owed", "signed", "failed")
 
 
 def _batches(count: int, size: int) -> str:
