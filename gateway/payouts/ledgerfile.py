@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from gateway.payouts.records import MAX_ATTEMPTS, STATUSES, Batch, Payout, Tally
+from gateway.policy.schema import Budget
 
 FORMAT = "1"
 _ORDER = {status: rank for rank, status in enumerate(STATUSES)}
@@ -41,8 +42,14 @@ CREATE TABLE IF NOT EXISTS payouts (
     reason TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     retry_of TEXT,
-    created REAL NOT NULL, updated REAL NOT NULL
+    created REAL NOT NULL, updated REAL NOT NULL,
+    ticket TEXT
 );
+CREATE TABLE IF NOT EXISTS budgets (
+    campaign TEXT NOT NULL, day TEXT NOT NULL, spent INTEGER NOT NULL,
+    PRIMARY KEY (campaign, day)
+);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS payouts_by_status ON payouts (status, seq);
 CREATE INDEX IF NOT EXISTS payouts_by_txid ON payouts (txid);
 CREATE TABLE IF NOT EXISTS batches (
@@ -62,7 +69,7 @@ CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
 
 _PAYOUT_COLUMNS = (
     "id, campaign, recipient, script, satoshis, memo, sender, prefix, suffix, status, "
-    "txid, vout, reason, attempts, retry_of, created, updated"
+    "txid, vout, reason, attempts, retry_of, created, updated, ticket"
 )
 
 
@@ -95,14 +102,104 @@ class FileLedger:
             for p in payouts:
                 db.execute(
                     f"INSERT OR IGNORE INTO payouts ({_PAYOUT_COLUMNS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,'owed',NULL,NULL,'',0,NULL,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,'owed',NULL,NULL,'',0,NULL,?,?,?)",
                     (
                         p.id, p.campaign, p.recipient, p.script, p.satoshis, p.memo,
-                        p.sender, p.prefix, p.suffix, p.created or now, now,
+                        p.sender, p.prefix, p.suffix, p.created or now, now, p.ticket,
                     ),
                 )  # fmt: skip
         found = self._by_ids([p.id for p in payouts])
         return [found[p.id] for p in payouts]
+
+    async def reserve(self, payout: Payout, budget: Budget, day: str) -> tuple[str, Payout | None]:
+        """Hold `payout` (a reward) against its campaign's `budget` for UTC `day`
+        (YYYY-MM-DD), once per id, in one transaction: ("new", the record),
+        ("again", the record kept for this id), or ("exhausted", None) when the
+        total or the day's budget cannot take it."""
+        now = time.time()
+        with self._write() as db:
+            found = db.execute(
+                f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE id=?", (payout.id,)
+            ).fetchone()
+            if found is not None:
+                return "again", _payout(found)
+            total = self._spent(db, payout.campaign, "")
+            today = self._spent(db, payout.campaign, day)
+            if total + payout.satoshis > budget.total or (
+                budget.per_day is not None and today + payout.satoshis > budget.per_day
+            ):
+                return "exhausted", None
+            for when in ("", day):
+                db.execute(
+                    "INSERT INTO budgets VALUES (?,?,?) ON CONFLICT (campaign, day) "
+                    "DO UPDATE SET spent=spent+excluded.spent",
+                    (payout.campaign, when, payout.satoshis),
+                )
+            db.execute(
+                f"INSERT INTO payouts ({_PAYOUT_COLUMNS}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,'reserved',NULL,NULL,'',0,NULL,?,?,?)",
+                (
+                    payout.id, payout.campaign, payout.recipient, payout.script,
+                    payout.satoshis, payout.memo, payout.sender, payout.prefix, payout.suffix,
+                    now, now, payout.ticket,
+                ),
+            )  # fmt: skip
+        stored = await self.get(payout.id)
+        assert stored is not None
+        return "new", stored
+
+    async def owe(self, payout_id: str) -> Payout | None:
+        """The upstream recorded the participation: reserved -> owed. The record
+        (None if there is none)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE payouts SET status='owed', updated=? WHERE id=? AND status='reserved'",
+                (time.time(), payout_id),
+            )
+        return await self.get(payout_id)
+
+    async def unreserve(self, payout_id: str, day: str) -> bool:
+        """The upstream refused the participation: drop the reservation and give
+        its satoshis back to the budget (of `day`, when it was reserved). True
+        if there was one."""
+        with self._write() as db:
+            found = db.execute(
+                "SELECT campaign, satoshis FROM payouts WHERE id=? AND status='reserved'",
+                (payout_id,),
+            ).fetchone()
+            if found is None:
+                return False
+            campaign, satoshis = found
+            db.execute("DELETE FROM payouts WHERE id=?", (payout_id,))
+            db.execute(
+                "UPDATE budgets SET spent=MAX(0, spent-?) WHERE campaign=? AND day IN ('', ?)",
+                (satoshis, campaign, day),
+            )
+            return True
+
+    async def spent(self, campaign: str, day: str) -> tuple[int, int]:
+        """Satoshis of `campaign`'s budget held or paid: in all, and on `day`."""
+        return self._spent(self._db, campaign, ""), self._spent(self._db, campaign, day)
+
+    async def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Hold the lease `name` for `seconds` (taken, or renewed by its holder);
+        False if another holder has it."""
+        now = time.time()
+        with self._write() as db:
+            found = db.execute("SELECT holder, until FROM leases WHERE name=?", (name,)).fetchone()
+            if found is not None and found[0] != holder and found[1] > now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?,?,?)", (name, holder, now + seconds)
+            )
+            return True
+
+    @staticmethod
+    def _spent(db: sqlite3.Connection, campaign: str, day: str) -> int:
+        row = db.execute(
+            "SELECT spent FROM budgets WHERE campaign=? AND day=?", (campaign, day)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     async def open_batch(self, batch: Batch) -> None:
         """Record the signed `batch` and move its payouts from owed to signed
@@ -272,13 +369,17 @@ class FileLedger:
         return batches
 
 
-def open_ledger(path: str | os.PathLike[str], *, write: bool = True) -> FileLedger:
+def open_ledger(
+    path: str | os.PathLike[str], *, write: bool = True, exclusive: bool = True
+) -> FileLedger:
     """The ledger at `path`, created (0600) if missing when `write`. With
-    `write`, the caller holds it alone until close; LedgerError if another
-    process pays from it, or the file is not a ledger."""
+    `write` and `exclusive`, the caller holds it alone until close (a list's
+    run); a gateway's workers share theirs (`exclusive=False`: SQLite's own
+    locking orders their writes). LedgerError if another process holds it,
+    or the file is not a ledger."""
     target = Path(path)
     lock_fd = None
-    if write:
+    if write and exclusive:
         lock_fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -287,7 +388,8 @@ def open_ledger(path: str | os.PathLike[str], *, write: bool = True) -> FileLedg
             raise LedgerError(
                 f"{target} is in use: another `farebox payouts send` is paying from it"
             ) from None
-        if not target.exists():
+    if write and not target.exists():
+        with contextlib.suppress(FileExistsError):
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     elif not target.exists():
         raise LedgerError(f"{target}: no such ledger (nothing was paid from this list yet)")

@@ -7,7 +7,10 @@ Plain data, no I/O. A payout's life (DESIGN.md, money rule 7):
       └──────────┘  the batch was refused for sure: owed again (retried, with
                     the reason), or `failed` after MAX_ATTEMPTS refusals
 
-A payout is written `owed` before anything is signed; it moves to `signed`
+A reward is first `reserved` (its budget held) while the participation goes
+upstream, and owed once the upstream recorded it (2xx); a benefit list's
+rows are recorded owed at once. A payout is written `owed` before anything
+is signed; it moves to `signed`
 in the same step that records the signed transaction (raw bytes kept), so a
 restart finds the transaction and broadcasts those very bytes again instead
 of signing a second one. Only a definite refusal from the network (ARC's
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STATUSES = ("owed", "signed", "sent", "seen", "mined", "failed")
+STATUSES = ("reserved", "owed", "signed", "sent", "seen", "mined", "failed")
 IN_FLIGHT = ("signed", "sent", "seen")  # a batch's status until mined or failed
 PAID = ("sent", "seen", "mined")  # the network has the transaction
 BATCH_STATUSES = ("signed", "sent", "seen", "mined", "failed")
@@ -55,6 +58,8 @@ class Payout:
     retry_of: str | None = None  # the refused batch whose inputs the next one must spend
     created: float = 0.0
     updated: float = 0.0
+    # A reward's secret: the recipient reads the payout at a URL holding it.
+    ticket: str | None = None
 
     @property
     def derived(self) -> bool:

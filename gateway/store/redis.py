@@ -862,6 +862,15 @@ class RedisStore:
             with contextlib.suppress(RedisError, RedisClusterException, OSError):
                 await closer()
 
+    # --- for other modules' scripts (gateway/payouts/ledgerredis.py) -------------------
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script registered on this store's client (EVALSHA, loaded on demand)."""
+        return self._client.register_script(source)
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Arg]) -> Any:
+        """Run `script` as the store's own are run: bounded, StoreUnavailable on failure."""
+        return await self._run(script, keys, args)
+
     # --- plumbing -----------------------------------------------------------------------
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Arg]) -> Any:
         """One script call; the single place keys reach Redis (the slot test spies here)."""
