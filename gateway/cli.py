@@ -254,6 +254,39 @@ def _parser() -> argparse.ArgumentParser:
         help="the CAIP-2 network x402 clients are asked to pay on: bsv:mainnet (default), "
         "bsv:testnet, or bsv:<name> for a devnet; bip122 ids are refused",
     )
+    payouts = serve.add_argument_group("payouts (rewards for taking part: reward: in a policy)")
+    payouts.add_argument(
+        "--payouts-wallet",
+        type=Path,
+        metavar="FILE",
+        help="the treasury that pays rewards (a wallet file: farebox wallet new); give it to "
+        "one instance only. Without it rewards are recorded owed and paid by an instance "
+        "that has it",
+    )
+    payouts.add_argument(
+        "--payouts-ledger",
+        type=Path,
+        metavar="FILE",
+        help="where payouts are recorded with the memory store (SQLite, default ./payouts.db); "
+        "with Redis they are in the shared store",
+    )
+    payouts.add_argument(
+        "--payouts-interval",
+        metavar="DURATION",
+        help="pay what is owed at least this often (default 10s)",
+    )
+    payouts.add_argument(
+        "--payouts-batch",
+        type=int,
+        metavar="N",
+        help="payouts per transaction; a full batch goes out at once (default 100)",
+    )
+    payouts.add_argument(
+        "--payouts-low-balance",
+        type=int,
+        metavar="SATOSHIS",
+        help="warn when the treasury holds less than this",
+    )
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser(
@@ -472,6 +505,8 @@ def _serve(args: argparse.Namespace) -> None:
         "rate_eur", "rate_feed", "rate_max_age", "watch_url", "watch_network", "wallet_url",
         "trusted_proxies", "admin_port", "admin_host", "admin_token_file", "log_format",
         "receipts_file", "checkout_grace", "auth_session", "auth_body_limit", "x402_network",
+        "payouts_wallet", "payouts_ledger", "payouts_interval", "payouts_batch",
+        "payouts_low_balance",
     )  # fmt: skip
     flags: dict[str, Any] = {n: getattr(args, n) for n in names}
     try:

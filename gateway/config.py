@@ -90,6 +90,13 @@ class Settings(BaseModel):
     # x402 clients (PAYMENT-SIGNATURE, scheme exact): the network they are
     # asked to pay on, a CAIP-2 id of the bsv namespace (bsv:<name> for a devnet)
     x402_network: str = "bsv:mainnet"
+    # Payouts (rewards): the treasury that pays them, where they are recorded
+    # with the memory store, how often and how many to a transaction.
+    payouts_wallet: Path | None = None
+    payouts_ledger: Path = Path("payouts.db")
+    payouts_interval: Duration = 10
+    payouts_batch: int = Field(100, ge=1, le=1000)
+    payouts_low_balance: int | None = Field(None, ge=1)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -139,6 +146,10 @@ class Settings(BaseModel):
         if self.arc_url and not self.headers_url:
             raise ValueError(
                 "arc_url needs headers_url: payments are checked against block headers"
+            )
+        if self.payouts_wallet is not None and not self.payments_enabled:
+            raise ValueError(
+                "payouts_wallet needs a chain to pay through: set devnet_url or arc_url"
             )
         return self
 

@@ -14,6 +14,8 @@ from gateway.ledger.tally import Tally
 from gateway.payments.admission import Revoked
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import PaymentWatcher
+from gateway.payouts.ledgerfile import FileLedger
+from gateway.payouts.ledgerredis import RedisLedger
 from gateway.peer.guard import Authenticator
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.rates import Rates
@@ -36,3 +38,7 @@ class Services:
     wallet_url: str = "http://localhost:3321"  # the browser wallet the paywall offers
     peers: Authenticator | None = None  # BRC-103/104 authenticated clients
     x402_network: str = "bsv:mainnet"  # the CAIP-2 id x402 clients are asked to pay on
+    # The payout ledger rewarded routes reserve and owe in (gateway/payouts:
+    # SQLite with the memory store, the shared Redis otherwise); None: no rewards.
+    payouts: FileLedger | RedisLedger | None = None
+    payout_network: str | None = None  # "main"/"test": the addresses payouts accept; None: any

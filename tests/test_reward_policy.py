@@ -43,7 +43,6 @@ def problems(path: Path) -> list[str]:
     return [str(issue) for issue in caught.value.issues]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: the pipeline does not pay rewards yet")
 def test_a_reward_route_loads_with_its_campaign_budget_and_credentials(tmp_path: Path) -> None:
     loaded = load_policy(
         policy(
@@ -72,10 +71,14 @@ def test_a_reward_route_loads_with_its_campaign_budget_and_credentials(tmp_path:
 @pytest.mark.parametrize(
     ("reward", "expected"),
     [
-        ("{pays: free, requires: [residents], budget: {total: 9}}", "pays at least 1 satoshi"),
-        ("{pays: 0, requires: [residents], budget: {total: 9}}", "at least 1 satoshi"),
-        ("{pays: 5, requires: [], budget: {total: 9}}", "requires names the concessions"),
-        ("{pays: 5, requires: [voters], budget: {total: 9}}", "unknown concession 'voters'"),
+        (
+            "{pays: free, requires: [residents], budget: {total: 9}, campaign: c}",
+            "pays at least 1 satoshi",
+        ),
+        ("{pays: 0, requires: [residents], budget: {total: 9}, campaign: c}", "at least 1 satoshi"),
+        ("{pays: 5, requires: [], budget: {total: 9}, campaign: c}", "requires names the"),
+        ("{pays: 5, requires: [voters], budget: {total: 9}, campaign: c}", "unknown concession"),
+        ("{pays: 5, requires: [residents], budget: {total: 9}}", "campaign: required key"),
         ("{pays: 5, requires: [residents]}", "budget: required key is missing"),
         ("{pays: 5, requires: [residents], budget: {total: 0}}", "budget.total"),
         (
@@ -105,7 +108,7 @@ def test_a_bad_reward_is_named_by_line_and_key(tmp_path: Path, reward: str, expe
 
 
 def test_a_rewarded_route_is_free_and_has_no_quota(tmp_path: Path) -> None:
-    reward = "{pays: 5, requires: [residents], budget: {total: 9}}"
+    reward = "{pays: 5, requires: [residents], budget: {total: 9}, campaign: c}"
     found = problems(policy(tmp_path, f"- path: /r\n  price: 10\n  reward: {reward}\n"))
     assert any("proxied free: set `price: free`" in p for p in found), found
     found = problems(
@@ -116,12 +119,6 @@ def test_a_rewarded_route_is_free_and_has_no_quota(tmp_path: Path) -> None:
         )
     )
     assert any("drop `free_quota`" in p for p in found), found
-
-
-def test_a_reward_route_is_refused_until_rewards_are_paid(tmp_path: Path) -> None:
-    reward = "{pays: 5, requires: [residents], budget: {total: 9}}"
-    found = problems(policy(tmp_path, f"- path: /a\n  price: free\n  reward: {reward}\n"))
-    assert any("reward routes are not paid by this version yet" in p for p in found), found
 
 
 def test_one_campaign_is_one_budget(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -50,6 +51,24 @@ UPSTREAM_ERRORS = Counter(
 )
 STORE_ERRORS = Counter("farebox_store_errors_total", "Calls that found the store unavailable")
 RELOADS = Counter("farebox_policy_reloads_total", "Policy reloads, by result", ["result"])
+REWARDS = Counter(
+    "farebox_rewards_total",
+    "Rewarded requests, by campaign and outcome (owed, again, exhausted, refused-upstream)",
+    ["campaign", "outcome"],
+)
+PAYOUTS = Counter(
+    "farebox_payouts_total",
+    "Payouts broadcast, by campaign and status (sent, refused)",
+    ["campaign", "status"],
+)
+TREASURY = Gauge(
+    "farebox_treasury_satoshis",
+    "Spendable satoshis in the payout treasury (as its engine saw it last)",
+    multiprocess_mode="max",
+)
+PAYOUT_SATOSHIS = Counter(
+    "farebox_payout_satoshis_total", "Satoshis paid out (broadcast), by campaign", ["campaign"]
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -13,6 +13,7 @@ RECEIPTS = WELL_KNOWN + "receipts/"  # + txid: the payer's receipt
 CHECKOUT = WELL_KNOWN + "checkout/"  # + ticket: pay a paywall checkout, ask its status
 TRANSPARENCY = WELL_KNOWN + "transparency"  # the public report
 ASSETS = WELL_KNOWN + "assets"  # + /name: the paywall's CSS and script
+PAYOUTS = WELL_KNOWN + "payouts/"  # + campaign/digest/ticket: a participant's payout
 P2PKH = WELL_KNOWN + "p2pkh/"  # + public key: its P2PKH locking script
 AUTH = WELL_KNOWN + "auth"  # nginx auth_request
 JWKS = "/.well-known/jwks.json"

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.edge import urls
 from gateway.edge.problems import problem
-from gateway.endpoints import checkout, pay, public, tab
+from gateway.endpoints import checkout, pay, payouts, public, tab
 from gateway.services import Services
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
@@ -79,6 +79,7 @@ def table(services: Services, *extra: Route) -> Router:
             Route(urls.TRANSPARENCY, READ, bind(public.transparency_report)),
             Route(urls.ASSETS + "/", READ, bind(public.asset), prefix=True),
             Route(urls.P2PKH, READ, bind(public.p2pkh), prefix=True),
+            Route(urls.PAYOUTS, READ, bind(payouts.payout), prefix=True),
             Route(urls.JWKS, READ, bind(public.jwks)),
             Route(urls.PEER_AUTH, ("POST", "OPTIONS"), bind(public.handshake)),
             Route(urls.HEALTH, ("*",), bind(public.health)),

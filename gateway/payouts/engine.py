@@ -107,6 +107,8 @@ class Report:
     satoshis: int = 0
     fees: int = 0
     stopped: str = ""  # why paying stopped early (the chain unreachable, the treasury short)
+    # campaign -> [payouts, satoshis] broadcast and taken this run
+    campaigns: dict[str, list[int]] = field(default_factory=dict)
 
 
 def new_payout(
@@ -174,6 +176,7 @@ class PayoutEngine:
         self.broadcaster = broadcaster
         self.batch_size = batch_size
         self.checkpoint = checkpoint
+        self._campaigns: dict[str, list[tuple[str, int]]] = {}  # txid -> its payouts
 
     async def record(self, payouts: Sequence[Payout]) -> list[Payout]:
         """Record `payouts` owed (those not recorded before); the stored records."""
@@ -240,6 +243,7 @@ class PayoutEngine:
             outputs, label=self.ledger.ledger_id, spend_first=spend_first
         )
         self.checkpoint("signed")
+        self._campaigns[signed.txid] = [(p.campaign, p.satoshis) for p in owed]
         batch = Batch(
             txid=signed.txid,
             payouts=tuple(p.id for p in owed),
@@ -277,6 +281,10 @@ class PayoutEngine:
             report.payouts += len(batch.payouts)
             report.satoshis += batch.satoshis
             report.fees += batch.fee
+            for campaign, satoshis in self._campaigns.pop(batch.txid, ()):
+                counted = report.campaigns.setdefault(campaign, [0, 0])
+                counted[0] += 1
+                counted[1] += satoshis
         return True
 
     async def _apply(self, batch: Batch, result: BroadcastResult) -> bool:

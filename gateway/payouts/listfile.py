@@ -414,6 +414,25 @@ def _satoshis(text: str) -> int:
     raise _Bad("bad-amount", hint if not text else f"{shown!r}: {hint}")
 
 
+class BadRecipient(ValueError):
+    """Not an address or key a payout can go to: a machine-readable `reason`
+    ("bad-recipient", "wrong-network") and a message for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def parse_recipient(text: str, network: str | None = None) -> Recipient:
+    """A recipient as a list row gives it (see the module): a P2PKH address of
+    `network` (None: either) or a compressed public key in hex; BadRecipient."""
+    try:
+        return _recipient(text, network)
+    except _Bad as bad:
+        raise BadRecipient(bad.reason, bad.message) from None
+
+
 def _recipient(text: str, network: str | None) -> Recipient:
     """An address (checksum, P2PKH, `network` when given) or a compressed key on the curve."""
     shown = text if len(text) <= 80 else text[:80] + "..."

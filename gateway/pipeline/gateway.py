@@ -29,7 +29,7 @@ from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.intake import from_request, has_payment, paid_headers, purchase, take
 from gateway.payments.remittance import Remittance
 from gateway.peer import PEER
-from gateway.pipeline import metering
+from gateway.pipeline import metering, rewards
 from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
@@ -152,6 +152,11 @@ class Gateway:
 
     async def _matched(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         route = match.route.route
+        if route.reward is not None:
+            if AUTH_ONLY.get():
+                # A reward is owed on the upstream's answer: nginx sends these to Farebox.
+                return problem(401, "rewarded-via-farebox", "Proxied by Farebox")
+            return await rewards.serve(self, request, match)
         if not route.price.free:
             return await self._priced(request, match)
         if route.free_quota is None:

@@ -97,15 +97,6 @@ def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -
                 if route.concessions and route.price.free:
                     issues.append(doc.issue(loc, "a free route has nothing to discount"))
                 if route.reward is not None:
-                    # Until the pipeline pays them (issue 15, in progress), a
-                    # reward route is refused rather than proxied with no reward.
-                    issues.append(
-                        doc.issue(
-                            ("services", service_name, "routes", i, "reward"),
-                            "reward routes are not paid by this version yet: "
-                            "pay participants with `farebox payouts send` for now",
-                        )
-                    )
                     at = ("services", service_name, "routes", i, "reward", "requires")
                     for name in route.reward.requires:
                         if name not in where:
@@ -126,7 +117,7 @@ def _campaigns(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -> 
                 if route.reward is None:
                     continue
                 loc = ("services", service_name, "routes", i, "reward")
-                name = route.reward.campaign or f"{service_name}.{i}"
+                name = route.reward.campaign
                 if name in where:
                     issues.append(
                         doc.issue(loc, f"campaign {name!r} is already rewarded at {where[name]}")

@@ -225,7 +225,7 @@ class Reward(_Frozen):
     """
 
     pays: Annotated[Price, BeforeValidator(_parse_price)]
-    campaign: str | None = None  # default: the service and route
+    campaign: str  # names the budget, the payouts and their lines in the transparency report
     once_per: Literal["subject"] = "subject"
     requires: tuple[str, ...]
     budget: Budget
@@ -241,8 +241,8 @@ class Reward(_Frozen):
 
     @field_validator("campaign")
     @classmethod
-    def _campaign(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", value):
+    def _campaign(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", value):
             raise ValueError(
                 f"campaign {value!r} must be lower-case letters, digits, '.', '-' or '_'"
             )

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
+from typing import Any
 
 from bsv import PrivateKey
 
@@ -113,6 +114,45 @@ def open_rates(settings: Settings, closers: list[Callable[[], Awaitable[None]]])
         if value
     }
     return FixedRates(fixed) if fixed else None
+
+
+def has_rewards(holder: PolicyHolder) -> bool:
+    return any(
+        r.route.reward is not None for service in holder.current.services for r in service.routes
+    )
+
+
+async def open_payouts(
+    settings: Settings,
+    store: Store,
+    holder: PolicyHolder,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> Any:
+    """The payout ledger rewards are recorded in, or None when the policy has no
+    reward route and this gateway holds no treasury: the shared Redis store's
+    when there is one, else SQLite at `payouts_ledger` (shared by this
+    machine's workers)."""
+    if settings.payouts_wallet is None and not has_rewards(holder):
+        return None
+    from gateway.store.redis import RedisStore
+
+    if isinstance(store, RedisStore):
+        from gateway.payouts.ledgerredis import RedisLedger
+
+        return await RedisLedger.open(store)
+    from gateway.payouts.ledgerfile import LedgerError, open_ledger
+
+    try:
+        ledger = open_ledger(settings.payouts_ledger, exclusive=False)
+    except LedgerError as exc:
+        raise SystemExit(f"farebox: payouts_ledger: {exc}") from None
+    closers.append(ledger.close)
+    return ledger
+
+
+def payout_network(settings: Settings) -> str | None:
+    """The network payout addresses must be of: any on a devnet."""
+    return None if settings.devnet_url else settings.watch_network
 
 
 def open_store(settings: Settings) -> Store:

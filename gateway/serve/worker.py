@@ -22,6 +22,7 @@ from gateway.endpoints.checkout import watch_late
 from gateway.ledger.tally import Tally
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import CheckoutWatcher, PaymentWatcher
+from gateway.payouts.runner import PayoutRunner
 from gateway.peer.guard import Authenticator
 from gateway.pipeline.credentials import Revocations
 from gateway.pipeline.gateway import MAX_HEADER_BYTES
@@ -31,10 +32,13 @@ from gateway.serve.assemble import (
     Startup,
     assemble_gateway,
     chain_clients,
+    open_broadcaster,
     open_journal,
+    open_payouts,
     open_rates,
     open_store,
     open_watcher,
+    payout_network,
 )
 from gateway.services import Services
 from gateway.store import Store
@@ -123,6 +127,25 @@ async def run_worker(
     if payments_watcher is not None and cashier is not None:
         # Keeps looking for checkout payments past expiry (closed with the watcher).
         late = CheckoutWatcher(payments_watcher, store, grace=settings.checkout_grace)
+    payouts = await open_payouts(settings, store, holder, closers)
+    runner_task = None
+    if payouts is not None and settings.payouts_wallet is not None:
+        if chain is not None:
+            broadcaster = chain[1]
+        else:
+            opened = open_broadcaster(settings)
+            assert opened is not None, "settings with a payouts wallet name a chain"
+            closers.append(opened.close)
+            broadcaster = opened
+        payout_runner = PayoutRunner(
+            payouts,
+            settings.payouts_wallet,
+            broadcaster,
+            interval=settings.payouts_interval,
+            batch_size=settings.payouts_batch,
+            low_balance=settings.payouts_low_balance,
+        )
+        runner_task = asyncio.ensure_future(payout_runner.run())
     proxy.own_token = startup.tokens.issued_here
     proxy.trusted = networks(settings.trusted_proxies)
     services = Services(
@@ -139,6 +162,8 @@ async def run_worker(
         tally=tally,
         peers=open_peers(settings, startup, store),
         x402_network=settings.x402_network,
+        payouts=payouts,
+        payout_network=payout_network(settings),
     )
     gateway = assemble_gateway(services, proxy)
     server = ProblemServer(
@@ -197,7 +222,7 @@ async def run_worker(
         await stop.wait()
     finally:
         log.info("shutting down: draining in-flight requests")
-        for task in (watcher, watching_late):
+        for task in (watcher, watching_late, runner_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

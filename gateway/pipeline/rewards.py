@@ -1,0 +1,240 @@
+"""A rewarded route: proxied free, and a participant is owed the reward once.
+
+The request must carry an eligibility credential (`X-Farebox-Eligibility`,
+a JWT from one of the concessions the reward `requires`: a residents' or
+voters' register) and say where to be paid (`X-Farebox-Payout-To`: a BRC-29
+identity key or an address; a BRC-103 authenticated client's identity key
+when it names none). Neither reaches the upstream (X-Farebox-* never does).
+
+    credential?  no: 403, nothing proxied
+    recipient?   no: 400, nothing proxied
+    reserve the reward against the campaign's budget, once per credential
+    subject (one atomic step in the shared ledger):
+      exhausted: 403 (`when_exhausted: refuse`), or proxied unpaid, said so
+      again, already owed or paid: proxied again, the same payout shown
+      new (or reserved before): proxied; the upstream's 2xx owes it,
+        a 4xx gives the budget back, a 5xx or no answer keeps it reserved
+        (the upstream may have recorded it; sending again settles it)
+
+A 2xx answer carries `X-Farebox-Reward` (satoshis owed) and
+`X-Farebox-Payout` (the URL where the participant reads the payout and,
+once it is signed, what a BRC-100 wallet needs to take it in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+from aiohttp import web
+from bsv import PrivateKey
+from multidict import CIMultiDict
+
+from gateway.edge import metrics, urls
+from gateway.edge.problems import problem
+from gateway.payouts.engine import new_payout
+from gateway.payouts.listfile import BadRecipient, parse_recipient
+from gateway.payouts.records import Payout
+from gateway.peer import PEER
+from gateway.policy import Match
+from gateway.policy.schema import Budget, Reward
+from gateway.pricing.concessions import HEADER as ELIGIBILITY
+from gateway.pricing.concessions import holder, verified
+from gateway.pricing.rates import quote
+from gateway.proxy.forward import Proxy
+from gateway.services import Services
+
+log = logging.getLogger("farebox.payouts")
+
+PAYOUT_TO = "X-Farebox-Payout-To"
+REWARD = "X-Farebox-Reward"
+PAYOUT = "X-Farebox-Payout"
+MAX_CREDENTIAL = 8192
+
+
+class RewardBook(Protocol):
+    """What a rewarded route needs of the payout ledger (gateway.payouts.ledgerfile
+    or ledgerredis)."""
+
+    async def reserve(
+        self, payout: Payout, budget: Budget, day: str
+    ) -> tuple[str, Payout | None]: ...
+    async def owe(self, payout_id: str) -> Payout | None: ...
+    async def unreserve(self, payout_id: str, day: str) -> bool: ...
+
+
+class Passage(Protocol):
+    """What this needs of the pipeline that calls it."""
+
+    services: Services
+    proxy: Proxy
+
+    def origin(self, request: web.BaseRequest) -> str: ...
+
+
+def payout_id(campaign: str, who: str) -> str:
+    """The payout's idempotency key: the campaign and a digest of the credential's
+    holder ("iss|sub"), so the ledger never holds the subject itself."""
+    return f"{campaign}:{hashlib.sha256(who.encode()).hexdigest()[:32]}"
+
+
+def payout_url(origin: str, payout: Payout) -> str:
+    """Where the participant reads `payout`: its id and secret ticket in the path."""
+    campaign, _, digest = payout.id.partition(":")
+    return f"{origin}{urls.PAYOUTS}{campaign}/{digest}/{payout.ticket}"
+
+
+async def serve(passage: Passage, request: web.BaseRequest, match: Match) -> web.StreamResponse:
+    services = passage.services
+    reward = match.route.route.reward
+    assert reward is not None
+    book: RewardBook | None = services.payouts
+    if book is None:
+        return problem(
+            503,
+            "rewards-off",
+            "Rewards are not paid here",
+            "this gateway has no payout ledger: restart it after adding reward routes",
+        )
+    claims = _credential(services, reward, request)
+    if isinstance(claims, web.Response):
+        return claims
+    who = holder(claims)
+    subject = claims.get("sub")
+    if who is None or not isinstance(subject, str) or not subject:
+        return problem(
+            403,
+            "eligibility-no-subject",
+            "Credential names no one",
+            "the eligibility credential has no subject (sub): a reward is paid once per person",
+        )
+    recipient = _recipient(request, services)
+    if isinstance(recipient, web.Response):
+        return recipient
+    quoted = await quote(reward.pays, services.rates)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    # BRC-29 from a one-off sender key: the recipient's wallet derives the
+    # same key from it, and no worker needs the treasury's key to owe a reward.
+    wanted = new_payout(
+        payout_id(reward.campaign, who),
+        reward.campaign,
+        recipient.value,
+        quoted.satoshis,
+        treasury=PrivateKey(),
+        address_script=recipient.script if recipient.kind == "address" else None,
+    )
+    wanted = _with_ticket(wanted)
+    outcome, stored = await book.reserve(wanted, reward.budget, day)
+    if outcome == "exhausted" or stored is None:
+        metrics.REWARDS.labels(reward.campaign, "exhausted").inc()
+        if reward.when_exhausted == "refuse":
+            return problem(
+                403,
+                "reward-budget-exhausted",
+                "Reward budget spent",
+                f"the budget of campaign {reward.campaign!r} is spent: participation is closed",
+            )
+        reply = CIMultiDict({REWARD: "0; budget-exhausted", "Cache-Control": "no-store"})
+        return await passage.proxy.forward(request, match, None, reply)
+    hook = _Owed(payout_url(passage.origin(request), stored), stored.satoshis)
+    response = await passage.proxy.forward(request, match, None, None, hook)
+    if stored.status != "reserved":
+        metrics.REWARDS.labels(reward.campaign, "again").inc()
+        return response  # owed or paid already: shown again, never a second
+    if hook.status is not None and 200 <= hook.status < 300:
+        await book.owe(stored.id)
+        metrics.REWARDS.labels(reward.campaign, "owed").inc()
+        log.info("reward owed: campaign %s, %d satoshis", reward.campaign, stored.satoshis)
+    elif hook.status is not None and 400 <= hook.status < 500:
+        await book.unreserve(stored.id, day if outcome == "new" else _day_of(stored))
+        metrics.REWARDS.labels(reward.campaign, "refused-upstream").inc()
+    return response
+
+
+def _credential(
+    services: Services, reward: Reward, request: web.BaseRequest
+) -> dict[str, Any] | web.Response:
+    names = ", ".join(reward.requires)
+    credential = request.headers.get(ELIGIBILITY, "").strip()
+    if not credential:
+        return problem(
+            403,
+            "eligibility-required",
+            "Eligibility credential required",
+            f"this route rewards taking part; send {ELIGIBILITY} with a credential from: {names}",
+            accepted=list(reward.requires),
+        )
+    concessions = services.policy.current.concessions
+    if len(credential) <= MAX_CREDENTIAL:
+        for name in reward.requires:
+            concession = concessions.get(name)
+            claims = None if concession is None else verified(credential, concession)
+            if claims is not None:
+                return claims
+    return problem(
+        403,
+        "eligibility-invalid",
+        "Eligibility credential not accepted",
+        f"the credential is not valid (forged, expired, or from another issuer); accepted: {names}",
+        accepted=list(reward.requires),
+    )
+
+
+def _recipient(request: web.BaseRequest, services: Services) -> Any:
+    given = request.headers.get(PAYOUT_TO, "").strip()
+    if not given:
+        peer = PEER.get()
+        if peer is not None:
+            given = peer.identity
+    if not given:
+        return problem(
+            400,
+            "payout-recipient-missing",
+            "Where should the reward go?",
+            f"send {PAYOUT_TO} with your wallet's identity key (hex) or a BSV address",
+        )
+    try:
+        return parse_recipient(given, services.payout_network)
+    except BadRecipient as bad:
+        return problem(400, "payout-recipient-invalid", "Not a payout recipient", bad.message)
+
+
+def _with_ticket(payout: Payout) -> Payout:
+    return replace(payout, ticket=secrets.token_urlsafe(18))
+
+
+def _day_of(payout: Payout) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(payout.created))
+
+
+class _Owed:
+    """The proxy's hook (proxy.forward.Metered): reads the upstream's status and,
+    on a 2xx, adds the reward's headers to the answer; never limits the body."""
+
+    by_bytes = False
+
+    def __init__(self, url: str, satoshis: int) -> None:
+        self.url = url
+        self.satoshis = satoshis
+        self.status: int | None = None
+
+    def begin(self, status: int, headers: CIMultiDict[str]) -> None:
+        self.status = status
+        # A personal answer (a payout URL with its secret): never from a shared cache.
+        headers["Cache-Control"] = "private, no-store"
+        if 200 <= status < 300:
+            headers[REWARD] = str(self.satoshis)
+            headers[PAYOUT] = self.url
+
+    def allow(self, size: int) -> int:
+        return size
+
+    def end(self) -> None:
+        pass
+
+    def withdraw(self) -> None:
+        pass

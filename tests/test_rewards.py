@@ -1,0 +1,330 @@
+"""Reward routes end to end (issue 15, point 1): a real gateway, a real upstream
+recording survey responses, a real devnet and treasury paying the rewards.
+
+What a participant sees: the credential and the recipient checked before
+anything reaches the upstream; a 2xx answer that says what is owed and where
+to read it; the same payout for a resubmission; the budget said plainly;
+the payout signed and broadcast by the engine, readable with its BRC-29 data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from bsv import PrivateKey, PublicKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.bsv.derivation import invoice_number, p2pkh_script
+from gateway.chain.arc import ArcBroadcaster
+from gateway.client import Wallet, fund
+from gateway.devnet import start as start_devnet
+from gateway.payouts.ledgerfile import open_ledger
+from gateway.payouts.runner import PayoutRunner
+
+REGISTER = Ed25519PrivateKey.generate()  # the city's residents' register
+ISSUER = "https://register.hollowmere.example"
+
+
+def pem(key: Ed25519PrivateKey) -> str:
+    text = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return "\n".join("      " + line for line in text.strip().splitlines())
+
+
+POLICY = """\
+concessions:
+  residents:
+    description: Registered residents
+    discount: 100
+    issuer: {issuer}
+    issuer_key: |
+{pem}
+services:
+  city:
+    upstream: {upstream}
+    mount: /consult
+    routes:
+      - path: /surveys/{{survey}}/responses
+        methods: [POST]
+        price: free
+        reward:
+          pays: 500
+          campaign: park-2027
+          requires: [residents]
+          budget: {{total: {total}, per_day: {per_day}}}
+          when_exhausted: {when_exhausted}
+      - path: /**
+        price: free
+"""
+
+
+def credential(subject: str | None = "resident-1", *, key=REGISTER, expires_in: int = 600) -> str:
+    claims: dict[str, object] = {"iss": ISSUER, "exp": int(time.time()) + expires_in}
+    if subject is not None:
+        claims["sub"] = subject
+    return jwt.encode(claims, key, algorithm="EdDSA")
+
+
+@dataclass
+class Survey:
+    """The upstream: records each response; answers 201, or 422 for an empty
+    answer, or `fail` (a 503) while set."""
+
+    url: str = ""
+    responses: list[dict] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    fail: int | None = None
+
+
+@pytest.fixture
+async def survey() -> AsyncIterator[Survey]:
+    record = Survey()
+
+    async def respond(request: web.Request) -> web.Response:
+        record.headers.append(dict(request.headers))
+        if record.fail is not None:
+            return web.Response(status=record.fail)
+        body = await request.json()
+        if not body.get("answer"):
+            return web.json_response({"error": "answer is required"}, status=422)
+        record.responses.append(body)
+        return web.json_response({"recorded": len(record.responses)}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/surveys/{survey}/responses", respond)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    record.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield record
+    await runner.cleanup()
+
+
+@dataclass
+class City:
+    base: str
+    ledger: object
+    survey: Survey
+
+
+async def city(
+    gateway, survey: Survey, tmp_path: Path, *, total=100_000, per_day=50_000, when="proxy"
+) -> City:
+    ledger = open_ledger(tmp_path / "payouts.db", exclusive=False)
+    policy = POLICY.format(
+        issuer=ISSUER, pem=pem(REGISTER), upstream=survey.url,
+        total=total, per_day=per_day, when_exhausted=when,
+    )  # fmt: skip
+    base = await gateway(policy, payouts=ledger)
+    return City(base, ledger, survey)
+
+
+async def respond(
+    base: str,
+    *,
+    token: str | None = None,
+    to: str | None = None,
+    answer: str = "more trees",
+    survey: str = "park",
+) -> tuple[int, dict, dict[str, str]]:
+    headers = {}
+    if token is not None:
+        headers["X-Farebox-Eligibility"] = token
+    if to is not None:
+        headers["X-Farebox-Payout-To"] = to
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{base}/consult/surveys/{survey}/responses", json={"answer": answer}, headers=headers
+        ) as r,
+    ):
+        return r.status, await r.json(content_type=None), dict(r.headers)
+
+
+async def fetch(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def wallet_key() -> str:
+    return PrivateKey().public_key().hex()
+
+
+async def test_a_resident_is_owed_the_reward_once_and_the_upstream_never_sees_who(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    c = await city(gateway, survey, tmp_path)
+    key = wallet_key()
+    status, body, headers = await respond(c.base, token=credential(), to=key)
+    assert status == 201 and body == {"recorded": 1}
+    assert headers["X-Farebox-Reward"] == "500"
+    url = headers["X-Farebox-Payout"]
+    assert url.startswith(c.base + "/.well-known/farebox/payouts/park-2027/")
+    assert "no-store" in headers["Cache-Control"]
+    seen = {name.lower() for name in survey.headers[0]}
+    assert not seen & {"x-farebox-eligibility", "x-farebox-payout-to"}
+    status, payout = await fetch(url)
+    assert status == 200
+    assert (payout["status"], payout["satoshis"], payout["recipient"]) == ("owed", 500, key)
+    # Sent again (the page reloaded, a second answer): the same payout, never a second.
+    status, _, again = await respond(c.base, token=credential(), to=wallet_key(), answer="b")
+    assert status == 201 and again["X-Farebox-Payout"] == url
+    assert len(await c.ledger.payouts()) == 1
+    assert await c.ledger.spent("park-2027", time.strftime("%Y-%m-%d", time.gmtime())) == (
+        500,
+        500,
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "eligibility-required"),
+        ("not-a-jwt", "eligibility-invalid"),
+        (credential(key=Ed25519PrivateKey.generate()), "eligibility-invalid"),  # forged
+        (credential(expires_in=-60), "eligibility-invalid"),  # expired
+        (credential(subject=None), "eligibility-no-subject"),
+        ("x" * 8000, "eligibility-invalid"),
+    ],
+)
+async def test_without_a_valid_credential_nothing_is_proxied(
+    gateway, survey: Survey, tmp_path: Path, token: str | None, reason: str
+) -> None:
+    c = await city(gateway, survey, tmp_path)
+    status, body, _ = await respond(c.base, token=token, to=wallet_key())
+    assert (status, body["reason"]) == (403, reason)
+    assert survey.headers == [] and await c.ledger.payouts() == []
+
+
+@pytest.mark.parametrize(
+    ("to", "reason"),
+    [
+        (None, "payout-recipient-missing"),
+        ("", "payout-recipient-missing"),
+        ("02" + "00" * 32, "payout-recipient-invalid"),  # not on the curve
+        ("1BoatSLRHtKNngkdXEeobR76b53LETtpyX", "payout-recipient-invalid"),  # bad checksum
+        ("04" + "11" * 64, "payout-recipient-invalid"),
+    ],
+)
+async def test_without_a_recipient_nothing_is_proxied(
+    gateway, survey: Survey, tmp_path: Path, to: str | None, reason: str
+) -> None:
+    c = await city(gateway, survey, tmp_path)
+    status, body, _ = await respond(c.base, token=credential(), to=to)
+    assert (status, body["reason"]) == (400, reason)
+    assert survey.headers == [] and await c.ledger.payouts() == []
+
+
+async def test_an_answer_the_upstream_refuses_owes_nothing_and_frees_the_budget(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    c = await city(gateway, survey, tmp_path, total=500, per_day=500)
+    status, _, headers = await respond(c.base, token=credential(), to=wallet_key(), answer="")
+    assert status == 422 and "X-Farebox-Payout" not in headers
+    assert await c.ledger.payouts() == []
+    # The budget held for it came back: the corrected answer is rewarded.
+    status, _, headers = await respond(c.base, token=credential(), to=wallet_key())
+    assert status == 201 and headers["X-Farebox-Reward"] == "500"
+
+
+async def test_an_upstream_outage_keeps_the_reservation_and_a_resend_owes_it(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    c = await city(gateway, survey, tmp_path, total=500, per_day=500)
+    survey.fail = 503
+    status, _, _ = await respond(c.base, token=credential(), to=wallet_key())
+    assert status == 503
+    (held,) = await c.ledger.payouts()
+    assert held.status == "reserved"  # it may have been recorded: never forgotten
+    survey.fail = None
+    status, _, headers = await respond(c.base, token=credential(), to=wallet_key())
+    assert status == 201 and headers["X-Farebox-Reward"] == "500"
+    (owed,) = await c.ledger.payouts()
+    assert owed.status == "owed" and owed.id == held.id
+
+
+async def test_a_spent_budget_is_said_and_participation_goes_on_unpaid(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    c = await city(gateway, survey, tmp_path, total=1000, per_day=1000)
+    for n in range(2):
+        status, _, headers = await respond(c.base, token=credential(f"r{n}"), to=wallet_key())
+        assert status == 201 and headers["X-Farebox-Reward"] == "500"
+    status, body, headers = await respond(c.base, token=credential("r3"), to=wallet_key())
+    assert status == 201 and body == {"recorded": 3}  # the answer still counts
+    assert headers["X-Farebox-Reward"] == "0; budget-exhausted"
+    assert "X-Farebox-Payout" not in headers
+    assert len(await c.ledger.payouts()) == 2
+
+
+async def test_a_spent_budget_can_close_participation(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    c = await city(gateway, survey, tmp_path, total=500, per_day=500, when="refuse")
+    assert (await respond(c.base, token=credential("r1"), to=wallet_key()))[0] == 201
+    status, body, _ = await respond(c.base, token=credential("r2"), to=wallet_key())
+    assert (status, body["reason"]) == (403, "reward-budget-exhausted")
+    assert len(survey.responses) == 1
+
+
+async def test_a_payout_url_needs_its_ticket(gateway, survey: Survey, tmp_path: Path) -> None:
+    c = await city(gateway, survey, tmp_path)
+    _, _, first = await respond(c.base, token=credential("r1"), to=wallet_key())
+    _, _, second = await respond(c.base, token=credential("r2"), to=wallet_key())
+    url, other = first["X-Farebox-Payout"], second["X-Farebox-Payout"]
+    forged = url.rsplit("/", 1)[0] + "/" + other.rsplit("/", 1)[1]
+    for wrong in (forged, url + "x", url.rsplit("/", 1)[0], url.replace("park-2027", "park")):
+        status, body = await fetch(wrong)
+        assert (status, body["reason"]) == (404, "no-payout"), wrong
+
+
+async def test_the_engine_pays_the_reward_and_the_url_gives_what_a_wallet_needs(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    runner, chain = await start_devnet("127.0.0.1", 0)
+    devnet = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    broadcaster = ArcBroadcaster(devnet)
+    try:
+        treasury = Wallet.create(tmp_path / "treasury.json")
+        await fund(treasury, 10_000, devnet)
+        c = await city(gateway, survey, tmp_path)
+        citizen = PrivateKey()
+        _, _, headers = await respond(c.base, token=credential(), to=citizen.public_key().hex())
+        engine = PayoutRunner(c.ledger, treasury.path, broadcaster, interval=0, batch_size=10)
+        report = await engine.tick()
+        assert (
+            report is not None
+            and report.payouts == 1
+            and report.campaigns == {"park-2027": [1, 500]}
+        )
+        status, payout = await fetch(headers["X-Farebox-Payout"])
+        assert status == 200 and payout["status"] == "seen" and payout["vout"] == 0
+        internalize = payout["internalizeAction"]
+        (output,) = internalize["outputs"]
+        remittance = output["paymentRemittance"]
+        # The citizen's key for it, derived as a BRC-100 wallet does (BRC-29).
+
+        mine = citizen.derive_child(
+            PublicKey(remittance["senderIdentityKey"]),
+            invoice_number(remittance["derivationPrefix"], remittance["derivationSuffix"]),
+        )
+        outputs = chain.unspent_by_script(p2pkh_script(mine.public_key()))
+        assert [(t, v, s) for t, v, s, _ in outputs] == [(payout["txid"], 0, 500)]
+        assert bytes(internalize["tx"][:4]) == b"\x01\x01\x01\x01"  # Atomic BEEF
+        # Another round pays nothing more.
+        assert await engine.tick() is None
+        assert [p.status for p in await c.ledger.payouts()] == ["seen"]
+    finally:
+        await broadcaster.close()
+        await runner.cleanup()
