@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
 from bsv import PrivateKey, PublicKey
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,6 +27,7 @@ from gateway.client import Wallet, fund
 from gateway.devnet import start as start_devnet
 from gateway.payouts.ledgerfile import open_ledger
 from gateway.payouts.runner import PayoutRunner
+from tests.survey_upstream import Survey, running_survey
 
 REGISTER = Ed25519PrivateKey.generate()  # the city's residents' register
 ISSUER = "https://register.hollowmere.example"
@@ -76,39 +76,10 @@ def credential(subject: str | None = "resident-1", *, key=REGISTER, expires_in: 
     return jwt.encode(claims, key, algorithm="EdDSA")
 
 
-@dataclass
-class Survey:
-    """The upstream: records each response; answers 201, or 422 for an empty
-    answer, or `fail` (a 503) while set."""
-
-    url: str = ""
-    responses: list[dict] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    fail: int | None = None
-
-
 @pytest.fixture
 async def survey() -> AsyncIterator[Survey]:
-    record = Survey()
-
-    async def respond(request: web.Request) -> web.Response:
-        record.headers.append(dict(request.headers))
-        if record.fail is not None:
-            return web.Response(status=record.fail)
-        body = await request.json()
-        if not body.get("answer"):
-            return web.json_response({"error": "answer is required"}, status=422)
-        record.responses.append(body)
-        return web.json_response({"recorded": len(record.responses)}, status=201)
-
-    app = web.Application()
-    app.router.add_post("/surveys/{survey}/responses", respond)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    record.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield record
-    await runner.cleanup()
+    async with running_survey() as record:
+        yield record
 
 
 @dataclass
