@@ -9,6 +9,7 @@ off), `rates` without a fiat rate, `watcher` without a chain API to watch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.ledger.tally import Tally
 from gateway.payments.admission import Revoked
@@ -42,3 +43,5 @@ class Services:
     # SQLite with the memory store, the shared Redis otherwise); None: no rewards.
     payouts: FileLedger | RedisLedger | None = None
     payout_network: str | None = None  # "main"/"test": the addresses payouts accept; None: any
+    treasury: Path | None = None  # the wallet file this gateway pays payouts from
+    treasury_low_balance: int | None = None  # satoshis: below this the admin is warned

@@ -9,6 +9,9 @@ the payout signed and broadcast by the engine, readable with its BRC-29 data.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 from bsv import PrivateKey, PublicKey
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,8 +29,11 @@ from gateway.bsv.derivation import invoice_number, p2pkh_script
 from gateway.chain.arc import ArcBroadcaster
 from gateway.client import Wallet, fund
 from gateway.devnet import start as start_devnet
+from gateway.endpoints import admin
 from gateway.payouts.ledgerfile import open_ledger
 from gateway.payouts.runner import PayoutRunner
+from gateway.policy.reload import PolicyHolder
+from gateway.services import Services
 from tests.survey_upstream import Survey, running_survey
 
 REGISTER = Ed25519PrivateKey.generate()  # the city's residents' register
@@ -296,6 +303,59 @@ async def test_the_engine_pays_the_reward_and_the_url_gives_what_a_wallet_needs(
         # Another round pays nothing more.
         assert await engine.tick() is None
         assert [p.status for p in await c.ledger.payouts()] == ["seen"]
+        # The public report shows it by campaign and day, and never whom.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{c.base}/.well-known/farebox/transparency?format=json") as r:
+                text = await r.text()
+            async with http.get(
+                f"{c.base}/.well-known/farebox/transparency", headers={"Accept": "text/html"}
+            ) as r:
+                page = await r.text()
+        report = json.loads(text)
+        (row,) = report["payouts"]
+        assert (row["campaign"], row["payouts"], row["satoshis"]) == ("park-2027", 1, 500)
+        assert row["txids"] == [payout["txid"]]
+        assert report["payout_totals_satoshis"] == {"park-2027": 500}
+        assert citizen.public_key().hex() not in text + page
+        assert "Paid out to citizens" in page and "park-2027" in page
+        # The admin sees who, the state, the treasury and what is owed.
+        services = Services(
+            PolicyHolder.load(tmp_path / "policies"),
+            "02" + "11" * 32,
+            payouts=c.ledger,
+            treasury=treasury.path,
+            treasury_low_balance=20_000,
+        )
+        side = web.AppRunner(admin.app(services, "t0ken"), access_log=None)
+        await side.setup()
+        await web.TCPSite(side, "127.0.0.1", 0).start()
+        base = f"http://127.0.0.1:{side.addresses[0][1]}"
+        auth = {"Authorization": "Bearer t0ken"}
+        try:
+            async with aiohttp.ClientSession(headers=auth) as http:
+                async with http.get(f"{base}/payouts?status=seen") as r:
+                    listed = await r.json()
+                async with http.get(f"{base}/payouts?format=csv&campaign=park-2027") as r:
+                    rows = list(csv.DictReader(io.StringIO(await r.text())))
+                async with http.get(f"{base}/payouts?status=owed") as r:
+                    none = await r.json()
+                async with http.get(f"{base}/payouts?status=lost") as r:
+                    bad = (r.status, (await r.json())["reason"])
+                async with http.get(f"{base}/treasury") as r:
+                    money = await r.json()
+        finally:
+            await side.cleanup()
+        (entry,) = listed["payouts"]
+        assert (entry["recipient"], entry["satoshis"], entry["txid"]) == (
+            citizen.public_key().hex(),
+            500,
+            payout["txid"],
+        )
+        assert [r["status"] for r in rows] == ["seen"] and none["payouts"] == []
+        assert bad == (400, "bad-query")
+        batch = await c.ledger.batch(payout["txid"])
+        assert money["satoshis"] == 10_000 - 500 - batch.fee and money["low"]
+        assert money["owed_satoshis"] == 0 and money["low_balance"] == 20_000
     finally:
         await broadcaster.close()
         await runner.cleanup()

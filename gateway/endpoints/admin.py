@@ -6,6 +6,10 @@
                                                       checkout payments to refund or honour
     POST /refunds/settle  {"txid": TXID[:VOUT], "how": "refunded"|"honoured"}
     POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]
+    GET  /payouts?status=&campaign=&limit=&format=json|csv
+                                                      payouts (rewards) by state, with whom
+    GET  /treasury                                    the payout treasury's balance, what is
+                                                      owed, and a low-balance flag
     GET  /policy                                      version, files, last reload error
     GET  /ready                                       readiness with the store's state or error
     POST /reload                                      reload the policy now
@@ -154,6 +158,8 @@ def app(services: Services, token: str, metrics: Handler | None = None) -> web.A
     application.router.add_get("/refunds", refunds)
     application.router.add_post("/refunds/settle", settle_refund)
     application.router.add_post("/revoke", revoke)
+    application.router.add_get("/payouts", payouts)
+    application.router.add_get("/treasury", treasury)
     application.router.add_get("/policy", policy)
     application.router.add_post("/reload", reload)
     application.router.add_get("/ready", ready)
@@ -382,6 +388,76 @@ async def _revoke_refunded(gw: Services, entry: Refund, how: str, now: int) -> d
     until = now + REVOKE_FOR
     await gw.store.revoke(entry.grant_id, until)
     return {"revoked": entry.grant_id, "until": until}
+
+
+PAYOUT_FIELDS = (
+    "id", "campaign", "recipient", "satoshis", "status", "txid", "vout", "reason", "attempts",
+    "created", "updated",
+)  # fmt: skip
+PAYOUT_STATUSES = ("reserved", "owed", "signed", "sent", "seen", "mined", "failed")
+
+
+async def payouts(request: web.Request) -> web.StreamResponse:
+    """The payouts the ledger holds, oldest first: filtered by status and campaign."""
+    gw = _gw(request)
+    q = request.query
+    status = q.get("status") or None
+    if status is not None and status not in PAYOUT_STATUSES:
+        raise BadQuery(f"status is one of {', '.join(PAYOUT_STATUSES)}")
+    limit = _limit(q.get("limit"))
+    found = (
+        []
+        if gw.payouts is None
+        else await gw.payouts.payouts(status=status, campaign=q.get("campaign") or None)
+    )
+    rows = [{name: getattr(p, name) for name in PAYOUT_FIELDS} for p in found[:limit]]
+    form = q.get("format", "json")
+    if form == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=PAYOUT_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        return web.Response(
+            text=out.getvalue(),
+            content_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="farebox-payouts.csv"'},
+        )
+    if form != "json":
+        raise BadQuery("format is json or csv")
+    return answer({"payouts": rows, "total": len(found), "truncated": len(found) > limit})
+
+
+async def treasury(request: web.Request) -> web.Response:
+    """The treasury's spendable balance, what is owed, and whether it is low."""
+    from gateway.client.errors import ClientError
+    from gateway.client.wallet import Wallet
+
+    gw = _gw(request)
+    if gw.treasury is None:
+        return problem(
+            404,
+            "no-treasury",
+            "No treasury here",
+            "this gateway pays no payouts (farebox serve --payouts-wallet FILE)",
+        )
+    try:
+        balance = Wallet.open(gw.treasury).balance()
+    except ClientError as exc:
+        return problem(503, "treasury-unreadable", "Treasury unreadable", str(exc))
+    tally = await gw.payouts.tally() if gw.payouts is not None else None
+    owed = 0 if tally is None else sum(tally.satoshis.get(s, 0) for s in ("reserved", "owed"))
+    low = gw.treasury_low_balance
+    return answer(
+        {
+            "wallet": str(gw.treasury),
+            "satoshis": balance.satoshis,
+            "coins": balance.coins,
+            "reserved_satoshis": balance.pending_satoshis,
+            "owed_satoshis": owed,
+            "low_balance": low,
+            "low": (low is not None and balance.satoshis < low) or balance.satoshis < owed,
+        }
+    )
 
 
 def _limit(value: str | None) -> int:

@@ -115,7 +115,9 @@ async def transparency_report(services: Services, request: web.BaseRequest, _: s
         return problem(400, "bad-days", "Bad request", f"days is 1 to {transparency.MAX_DAYS}")
     if services.store is None:
         return problem(404, "no-report", "No report", "this gateway keeps no receipts")
-    figures = await transparency.report(services.policy.current, services.store, days)
+    figures = await transparency.report(
+        services.policy.current, services.store, days, services.payouts
+    )
     headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
     if request.query.get("format") != "json" and paywall.wants_html(request.headers.get("Accept")):
         return web.Response(

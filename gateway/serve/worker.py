@@ -164,6 +164,8 @@ async def run_worker(
         x402_network=settings.x402_network,
         payouts=payouts,
         payout_network=payout_network(settings),
+        treasury=settings.payouts_wallet if payouts is not None else None,
+        treasury_low_balance=settings.payouts_low_balance,
     )
     gateway = assemble_gateway(services, proxy)
     server = ProblemServer(
