@@ -254,13 +254,20 @@ def test_a_concession_needs_exactly_one_key_source(tmp_path: Path) -> None:
     assert "p.yaml:2: concessions.b: give exactly one of issuer_key" in str(info.value)
 
 
-def test_a_concession_gives_a_discount_or_a_quota(tmp_path: Path) -> None:
-    (tmp_path / "p.yaml").write_text("concessions:\n  b: {issuer_jwks: k.json}\n")
+def test_a_route_concession_must_give_a_discount_or_a_quota(tmp_path: Path) -> None:
+    # Without either, a concession only proves eligibility (for a reward's
+    # `requires`): a priced route listing it would give nothing, and says so.
+    (tmp_path / "k.json").write_text(json.dumps(jwks(AGENCY)))
+    (tmp_path / "p.yaml").write_text(
+        "concessions:\n  b: {issuer_jwks: k.json}\n"
+        "services:\n  s:\n    upstream: http://127.0.0.1:9\n    routes:\n"
+        "      - {path: /x, price: 10, concessions: [b]}\n"
+    )
     with pytest.raises(PolicyError) as info:
         load_policy(tmp_path)
-    assert "concessions.b: a concession needs a discount (percent) or a free_quota" in str(
-        info.value
-    )
+    assert "concession 'b' gives no discount nor free_quota" in str(info.value)
+    (tmp_path / "p.yaml").write_text("concessions:\n  b: {issuer_jwks: k.json}\n")
+    assert "b" in load_policy(tmp_path).concessions
 
 
 # --- credentials that must not count: mismatched algorithms, twins, no one named ------

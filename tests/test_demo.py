@@ -95,3 +95,66 @@ async def test_demo_then_pay(tmp_path: Path) -> None:
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)
+
+
+async def test_demo_rewards_a_resident_once_into_their_wallet(tmp_path: Path) -> None:
+    """The README's consultation walk-through: a credential from the register, an
+    answer to the survey, the reward paid from the demo's treasury into the
+    citizen's `farebox wallet`, once."""
+    if not all(port_free(p) for p in DEMO_PORTS):
+        pytest.fail(f"ports {DEMO_PORTS} are taken: is a farebox demo already running?")
+    port = free_port()
+    citizen = tmp_path / "citizen.json"
+    env = {**os.environ, "FAREBOX_WALLET": str(citizen)}
+    demo = subprocess.Popen(
+        [*FAREBOX, "demo", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+
+    def farebox(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*FAREBOX, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            if not port_free(port):
+                break
+            await asyncio.sleep(0.1)
+        made = farebox("wallet", "new")
+        assert made.returncode == 0, made.stderr
+        key = re.search(r"identity key: ([0-9a-f]{66})", made.stdout).group(1)  # type: ignore[union-attr]
+        survey = f"{base}/consult/surveys/riverside-park/responses"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{base}/register/credentials", json={"resident": "HM-R-1001"}
+            ) as r:
+                assert r.status == 201
+                token = (await r.json())["credential"]
+            headers = {"X-Farebox-Eligibility": token, "X-Farebox-Payout-To": key}
+            async with http.post(survey, json={"answer": "more trees"}, headers=headers) as r:
+                assert r.status == 201 and r.headers["X-Farebox-Reward"] == "100"
+                url = r.headers["X-Farebox-Payout"]
+            async with http.post(survey, json={"answer": "lighting"}, headers=headers) as r:
+                assert r.status == 201 and r.headers["X-Farebox-Payout"] == url  # once
+            for _ in range(100):  # the demo pays every few seconds
+                async with http.get(url) as r:
+                    payout = await r.json()
+                if payout["status"] in ("seen", "mined"):
+                    break
+                await asyncio.sleep(0.2)
+            assert payout["status"] in ("seen", "mined"), payout
+            async with http.get(f"{base}/.well-known/farebox/transparency?format=json") as r:
+                report = await r.json()
+        assert report["payout_totals_satoshis"] == {"riverside-park-2027": 100}
+        received = farebox("wallet", "receive", "--payout", url)
+        assert received.returncode == 0, received.stderr
+        assert "received 100 satoshis" in received.stdout
+        assert "balance: 100 satoshis" in farebox("wallet", "receive", "--payout", url).stdout
+    finally:
+        os.killpg(demo.pid, signal.SIGTERM)
+        demo.wait(15)

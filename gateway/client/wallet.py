@@ -220,6 +220,30 @@ class Wallet:
                 state.coins.append(coin)
         return coin
 
+    def receive_key(self, beef: bytes, txid: str, vout: int, key: PrivateKey) -> Coin:
+        """Record an output paid to `key` (one derived for this wallet by a sender,
+        BRC-29), proven by `beef`; the key is kept with the coin. WalletError
+        if the output does not pay it."""
+        tx = transaction_from_beef(beef, txid)
+        if not 0 <= vout < len(tx.outputs):
+            raise WalletError(f"{txid} has no output {vout}")
+        output = tx.outputs[vout]
+        expected = P2PKH().lock(key.address())
+        if output.locking_script.serialize() != expected.serialize():
+            raise WalletError(f"{txid}:{vout} does not pay the key derived for this wallet")
+        coin = Coin(
+            txid=txid,
+            vout=vout,
+            satoshis=output.satoshis,
+            script=expected.hex(),
+            beef=beef_of(tx).hex(),
+            wif=key.wif(),
+        )
+        with self._update() as state:
+            if all(c.outpoint != coin.outpoint for c in state.coins):
+                state.coins.append(coin)
+        return coin
+
     def ours(self, beef: bytes, txid: str) -> list[tuple[int, int, bytes]]:
         """The outputs of `txid` (in `beef`) that pay a key this wallet handed out:
         (vout, key index, locking script) each."""

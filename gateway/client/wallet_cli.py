@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bsv import PublicKey
 from yarl import URL
 
+from gateway.bsv.derivation import invoice_number, p2pkh_script
 from gateway.client.errors import ClientError
 from gateway.client.faucet import DEFAULT_DEVNET, fund
 from gateway.client.receiving import check_received, unspent
@@ -104,10 +106,17 @@ def register(wsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "transaction and its proof (BEEF) come from --beef FILE (hex or binary, `-` for "
         "stdin: what a paying wallet hands over) or from the devnet (--devnet-url). "
         "Either way it counts only once its signatures check and the devnet knows the "
-        "blocks its proof names.",
+        "blocks its proof names. With --payout URL, take in a payout a gateway owes this "
+        "wallet's identity key (a reward: the X-Farebox-Payout URL of the answer), paid "
+        "BRC-29 to a key only this wallet can derive.",
     )
     wallet_option(receive)
-    receive.add_argument("txid", metavar="TXID", help="the paying transaction's id (hex)")
+    receive.add_argument(
+        "txid", nargs="?", metavar="TXID", help="the paying transaction's id (hex)"
+    )
+    receive.add_argument(
+        "--payout", metavar="URL", help="a payout's URL (X-Farebox-Payout) instead of a TXID"
+    )
     receive.add_argument("--beef", metavar="FILE", help="BEEF holding TXID (hex or binary)")
     receive.add_argument(
         "--devnet-url",
@@ -264,6 +273,13 @@ def _address(args: argparse.Namespace) -> None:
 
 def _receive(args: argparse.Namespace) -> None:
     wallet = open_wallet(args.wallet)
+    if args.payout is not None:
+        if args.txid is not None or args.beef is not None:
+            raise fail("receive: give a TXID (and --beef) or --payout URL, not both", 2)
+        _receive_payout(wallet, args)
+        return
+    if args.txid is None:
+        raise fail("receive: give the paying TXID, or --payout URL", 2)
     txid = args.txid.strip().lower()
     if len(txid) != 64 or any(c not in "0123456789abcdef" for c in txid):
         raise fail(f"receive: not a txid (64 hex digits): {args.txid}", 2)
@@ -295,6 +311,63 @@ def _receive(args: argparse.Namespace) -> None:
     for coin in coins:
         print(f"received {coin.satoshis} satoshis: {coin.txid}:{coin.vout}")
     print(f"balance: {balance_line(wallet)}")
+
+
+def _receive_payout(wallet: Wallet, args: argparse.Namespace) -> None:
+    """A BRC-29 payout from its URL: the derived key checked against the output,
+    the BEEF against the chain, the output unspent; then it is a coin."""
+    chain = args.devnet_url or wallet.chain or DEFAULT_DEVNET
+    shown = asyncio.run(_fetch_payout(args.payout))
+    status = shown.get("status")
+    remit = shown.get("internalizeAction")
+    if status in ("reserved", "owed") or (status == "signed" and remit is None):
+        raise fail(f"receive: the payout is {status}, not paid yet: try again in a few seconds")
+    if status == "failed":
+        raise fail(f"receive: the payout failed ({shown.get('reason', '')}): ask the sender")
+    if not isinstance(remit, dict):
+        raise fail("receive: the payout pays an address, not this wallet's identity key")
+    try:
+        beef = bytes(remit["tx"])
+        (output,) = remit["outputs"]
+        vout = int(output["outputIndex"])
+        data = output["paymentRemittance"]
+        sender = PublicKey(str(data["senderIdentityKey"]))
+        invoice = invoice_number(str(data["derivationPrefix"]), str(data["derivationSuffix"]))
+        txid = str(shown["txid"])
+    except (KeyError, TypeError, ValueError):
+        raise fail("receive: the payout URL answered something that is not a payout") from None
+    key = wallet.identity.derive_child(sender, invoice)
+    try:
+        asyncio.run(check_received(beef, txid, chain))
+        if wallet.has_coin(txid, vout):
+            print(f"{txid}:{vout} is in the wallet already")
+        else:
+            script = p2pkh_script(key.public_key())
+            if (txid, vout) not in asyncio.run(unspent(chain, [(txid, vout, script)])):
+                raise fail(f"receive: {txid}:{vout} is spent already (or unknown to {chain})")
+            coin = wallet.receive_key(beef, txid, vout, key)
+            print(f"received {coin.satoshis} satoshis: {coin.txid}:{coin.vout}")
+    except ClientError as exc:
+        raise fail(str(exc)) from None
+    if wallet.chain is None:
+        wallet.set_chain(chain)
+    print(f"balance: {balance_line(wallet)}")
+
+
+async def _fetch_payout(url: str) -> dict:
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.get(url, headers={"Accept": "application/json"}) as resp,
+        ):
+            body = await resp.json(content_type=None)
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise fail(f"receive: cannot fetch {url}: {exc or type(exc).__name__}") from None
+    if status != 200 or not isinstance(body, dict):
+        detail = body.get("detail") if isinstance(body, dict) else None
+        raise fail(f"receive: {url} answered {status}: {detail or 'not a payout'}")
+    return body
 
 
 def _read_beef_file(name: str) -> bytes:

@@ -11,6 +11,7 @@ from bsv import PrivateKey
 
 from gateway.chain.local import LocalBroadcaster
 from gateway.chain.watch import LocalWatcher
+from gateway.client import Wallet, fund
 from gateway.config import Settings
 from gateway.demo import upstream
 from gateway.devnet import Devnet
@@ -51,13 +52,28 @@ TRY = (
 )
 
 
-def demo_settings(host: str, port: int, policies: Path) -> Settings:
-    """The demo's settings: the example policies and the demo's fixed rates."""
+TREASURY_FUNDS = 1_000_000  # satoshis the demo's payout treasury starts with
+PAYOUTS_INTERVAL = 5  # seconds: rewards owed are paid this soon
+
+
+def demo_settings(host: str, port: int, policies: Path, workdir: Path | None = None) -> Settings:
+    """The demo's settings: the example policies and the demo's fixed rates; with
+    `workdir`, a payout treasury and ledger there (rewards are paid)."""
+    payouts: dict[str, object] = {}
+    if workdir is not None:
+        payouts = {
+            "devnet_url": f"http://127.0.0.1:{DEVNET_PORT}",
+            "payouts_wallet": workdir / "treasury.json",
+            "payouts_ledger": workdir / "payouts.db",
+            "payouts_interval": f"{PAYOUTS_INTERVAL}s",
+            "payouts_low_balance": TREASURY_FUNDS // 10,
+        }
     # Cookies over plain http://127.0.0.1 would never be sent if marked Secure.
     return Settings(
         host=host,
         port=port,
         policies=policies,
+        **payouts,
         cookie_secure=False,
         receipts_file=None,  # throw-away keys: nothing to sweep
         rate_eur=DEMO_RATE_EUR,
@@ -76,7 +92,7 @@ def run_demo(host: str, port: int, policies: Path) -> None:
     # Throw-away keys: demo payments are never worth keeping.
     keydir = Path(tempfile.mkdtemp(prefix="farebox-demo-"))
     startup = Startup(holder, PrivateKey(), Tokens(KeyRing.load(keydir / "token-keys")))
-    settings = demo_settings(host, port, policies)
+    settings = demo_settings(host, port, policies, keydir)
 
     async def main() -> None:
         runners = []
@@ -90,6 +106,10 @@ def run_demo(host: str, port: int, policies: Path) -> None:
             raise SystemExit(
                 f"farebox demo: a demo port is taken ({exc.strerror}); is another demo running?"
             ) from None
+        # The city's treasury, funded from the devnet, pays the consultation's rewards.
+        assert settings.payouts_wallet is not None
+        treasury = Wallet.create(settings.payouts_wallet)
+        await fund(treasury, TREASURY_FUNDS, f"http://127.0.0.1:{DEVNET_PORT}")
         try:
             await run_worker(
                 settings,
@@ -126,6 +146,13 @@ def _banner(host: str, port: int, policies: Path) -> None:
         f"  farebox pay '{base}{TRY[2][1]}'",
         f"  farebox pay --method POST --data '{{\"kwh\": 3.5}}' '{base}/meter/meters/M-1001/draw'",
         f"  farebox pay --method POST '{base}/transit/lines/T1/board'",
+        "",
+        "Take part in the city consultation (each resident is rewarded once):",
+        f'  curl -s -X POST {base}/register/credentials -d \'{{"resident": "HM-R-1001"}}\'',
+        f"  curl -i -X POST {base}/consult/surveys/riverside-park/responses \\",
+        "       -H 'X-Farebox-Eligibility: <credential>' -H 'X-Farebox-Payout-To: <identity key>' \\",
+        '       -d \'{"answer": "more trees"}\'',
+        f"  (the README's walk-through; the treasury holds {TREASURY_FUNDS:,} satoshis)",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -30,6 +30,8 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from gateway.demo import consultation
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8403
 
@@ -885,6 +887,8 @@ def make_app() -> web.Application:
     router.add_get("/transit/lines", transit_lines)
     router.add_get(line + "/timetable", transit_timetable)
     router.add_post(line + "/board", transit_board)
+
+    consultation.add_routes(app)  # /register and /consult (issue 15's demo)
 
     _add_index(app, "/bench", bench_index)
     router.add_get("/bench/hello", bench_hello)

@@ -192,7 +192,7 @@ class PayoutEngine:
             if await self.ledger.batch(txid) is None:
                 # Signed, then the process stopped before the ledger knew of
                 # it: the transaction never left this machine.
-                log.info("payouts: freeing the coins of %s, never recorded nor sent", txid)
+                log.info("freeing the coins of %s, never recorded nor sent", txid)
                 self.treasury.release(txid)
         for batch in await self.ledger.batches(("signed",)):
             if not await self._broadcast(batch, report):
@@ -224,7 +224,7 @@ class PayoutEngine:
             try:
                 result = await self.broadcaster.status(batch.txid)
             except ChainError as exc:
-                log.warning("payouts: cannot ask about %s: %s", batch.txid, exc)
+                log.warning("cannot ask about %s: %s", batch.txid, exc)
                 return changed
             if await self._apply(batch, result):
                 changed += 1
@@ -256,7 +256,7 @@ class PayoutEngine:
         await self.ledger.open_batch(batch)
         self.checkpoint("batched")
         log.info(
-            "payouts: signed %s paying %d payouts, %d satoshis (fee %d)",
+            "signed %s paying %d payouts, %d satoshis (fee %d)",
             batch.txid, len(owed), batch.satoshis, batch.fee,
         )  # fmt: skip
         return batch
@@ -267,7 +267,7 @@ class PayoutEngine:
         try:
             result = await self.broadcaster.broadcast(batch.beef, txid=batch.txid)
         except ChainError as exc:
-            log.warning("payouts: %s not broadcast (%s): kept to send again", batch.txid, exc)
+            log.warning("%s not broadcast (%s): kept to send again", batch.txid, exc)
             report.unsent.append(batch.txid)
             report.stopped = f"the chain could not be reached: {exc}"
             return False
@@ -291,7 +291,7 @@ class PayoutEngine:
         """Record what the chain said of `batch`; True if its status changed."""
         if result.rejected:
             reason = result.reason or result.status.lower() or "rejected"
-            log.warning("payouts: %s refused (%s): %s", batch.txid, reason, result.detail)
+            log.warning("%s refused (%s): %s", batch.txid, reason, result.detail)
             await self.ledger.refuse(batch.txid, reason)
             if reason in COINS_GONE:
                 self.treasury.set_aside(

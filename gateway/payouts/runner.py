@@ -66,7 +66,7 @@ class PayoutRunner:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a store outage, a bad wallet file: said, tried again
-                log.exception("payouts: this round failed; trying again")
+                log.exception("this round failed; trying again")
             await asyncio.sleep(TICK)
 
     async def tick(self, *, now: float | None = None) -> Report | None:
@@ -82,7 +82,7 @@ class PayoutRunner:
         try:
             treasury = self.treasury()
         except ClientError as exc:
-            log.error("payouts: cannot open the treasury %s: %s", self.wallet_path, exc)
+            log.error("cannot open the treasury %s: %s", self.wallet_path, exc)
             return None
         engine = PayoutEngine(self.ledger, treasury, self.broadcaster, batch_size=self.batch_size)
         report = Report()
@@ -95,7 +95,7 @@ class PayoutRunner:
                 await engine.pay_owed(report=report)
             except InsufficientFunds as exc:
                 log.error(
-                    "payouts: the treasury %s cannot pay what is owed: %s", self.wallet_path, exc
+                    "the treasury %s cannot pay what is owed: %s", self.wallet_path, exc
                 )
         await engine.refresh()
         self._count(report)
@@ -107,10 +107,10 @@ class PayoutRunner:
             metrics.PAYOUTS.labels(campaign, "sent").inc(count)
             metrics.PAYOUT_SATOSHIS.labels(campaign).inc(satoshis)
         for txid, reason in report.refused.items():
-            log.warning("payouts: batch %s refused (%s); its payouts are owed again", txid, reason)
+            log.warning("batch %s refused (%s); its payouts are owed again", txid, reason)
         if report.sent:
             log.info(
-                "payouts: %d paid, %d satoshis, in %d transactions (fees %d)",
+                "%d paid, %d satoshis, in %d transactions (fees %d)",
                 report.payouts, report.satoshis, len(report.sent), report.fees,
             )  # fmt: skip
 
@@ -120,7 +120,7 @@ class PayoutRunner:
         low = self.low_balance is not None and spendable < self.low_balance
         if low and not self._warned:
             log.warning(
-                "payouts: the treasury %s is low: %d satoshis, under %d: fund it",
+                "the treasury %s is low: %d satoshis, under %d: fund it",
                 self.wallet_path, spendable, self.low_balance,
             )  # fmt: skip
         self._warned = low

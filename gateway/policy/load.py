@@ -71,6 +71,7 @@ def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -
     """Load every concession's issuer keys; check that routes name real ones."""
     loaded: dict[str, Any] = {}
     where: dict[str, str] = {}
+    givers: dict[str, bool] = {}
     for doc, model in docs:
         for name, concession in model.concessions.items():
             loc = ("concessions", name)
@@ -80,6 +81,7 @@ def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -
                 )
                 continue
             where[name] = f"{doc.file}:{doc.line_of(loc)}"
+            givers[name] = concession.gives
             try:
                 loaded[name] = load_concession(name, concession, Path(doc.file).parent)
             except ValueError as exc:
@@ -93,6 +95,14 @@ def _concessions(docs: list[tuple[Document, PolicyFile]], issues: list[Issue]) -
                         known = ", ".join(sorted(where)) or "none defined"
                         issues.append(
                             doc.issue(loc, f"unknown concession {name!r} (known: {known})")
+                        )
+                    elif not givers.get(name, True):
+                        issues.append(
+                            doc.issue(
+                                loc,
+                                f"concession {name!r} gives no discount nor free_quota: "
+                                "it can only prove eligibility for a reward",
+                            )
                         )
                 if route.concessions and route.price.free:
                     issues.append(doc.issue(loc, "a free route has nothing to discount"))

@@ -125,7 +125,8 @@ class Quota(_Frozen):
 
 class Concession(_Frozen):
     """A discount, or free requests of its own, for holders of an eligibility
-    credential from one issuer.
+    credential from one issuer; or, with neither, the proof of eligibility a
+    reward route requires (residents, voters).
 
     The issuer (a benefits agency, say) signs short-lived JWTs; its public
     key is given inline (PEM) or as a JWKS file, relative to the policy file.
@@ -144,9 +145,13 @@ class Concession(_Frozen):
     def _one_source(self) -> Concession:
         if (self.issuer_key is None) == (self.issuer_jwks is None):
             raise ValueError("give exactly one of issuer_key (PEM) or issuer_jwks (a file)")
-        if self.discount == 0 and self.free_quota is None:
-            raise ValueError("a concession needs a discount (percent) or a free_quota, or both")
         return self
+
+    @property
+    def gives(self) -> bool:
+        """Whether it lowers a price (a discount or a free quota); without either it
+        only proves eligibility, as a reward's `requires` asks."""
+        return self.discount > 0 or self.free_quota is not None
 
 
 MB = 1_000_000  # bytes: per-MB prices count decimal megabytes
