@@ -200,13 +200,32 @@ class Wallet:
 
     def receive(self, beef: bytes, txid: str, vout: int, key_index: int) -> Coin:
         """Record an output paid to wallet key `key_index`, proven by `beef`."""
+        return self._receive(beef, txid, vout, self.key(key_index), key_index=key_index)
+
+    def receive_key(self, beef: bytes, txid: str, vout: int, key: PrivateKey) -> Coin:
+        """Record an output paid to `key` (one derived for this wallet by a sender,
+        BRC-29), proven by `beef`; the key is kept with the coin. WalletError
+        if the output does not pay it."""
+        return self._receive(beef, txid, vout, key, wif=key.wif())
+
+    def _receive(
+        self,
+        beef: bytes,
+        txid: str,
+        vout: int,
+        key: PrivateKey,
+        *,
+        key_index: int | None = None,
+        wif: str | None = None,
+    ) -> Coin:
         tx = transaction_from_beef(beef, txid)
         if not 0 <= vout < len(tx.outputs):
             raise WalletError(f"{txid} has no output {vout}")
         output = tx.outputs[vout]
-        expected = P2PKH().lock(self.key(key_index).address())
+        expected = P2PKH().lock(key.address())
         if output.locking_script.serialize() != expected.serialize():
-            raise WalletError(f"{txid}:{vout} does not pay wallet key {key_index}")
+            whose = f"wallet key {key_index}" if key_index is not None else "the key derived for it"
+            raise WalletError(f"{txid}:{vout} does not pay {whose}")
         coin = Coin(
             txid=txid,
             vout=vout,
@@ -214,30 +233,7 @@ class Wallet:
             script=expected.hex(),
             beef=beef_of(tx).hex(),  # only what proves it, in our framing
             key_index=key_index,
-        )
-        with self._update() as state:
-            if all(c.outpoint != coin.outpoint for c in state.coins):
-                state.coins.append(coin)
-        return coin
-
-    def receive_key(self, beef: bytes, txid: str, vout: int, key: PrivateKey) -> Coin:
-        """Record an output paid to `key` (one derived for this wallet by a sender,
-        BRC-29), proven by `beef`; the key is kept with the coin. WalletError
-        if the output does not pay it."""
-        tx = transaction_from_beef(beef, txid)
-        if not 0 <= vout < len(tx.outputs):
-            raise WalletError(f"{txid} has no output {vout}")
-        output = tx.outputs[vout]
-        expected = P2PKH().lock(key.address())
-        if output.locking_script.serialize() != expected.serialize():
-            raise WalletError(f"{txid}:{vout} does not pay the key derived for this wallet")
-        coin = Coin(
-            txid=txid,
-            vout=vout,
-            satoshis=output.satoshis,
-            script=expected.hex(),
-            beef=beef_of(tx).hex(),
-            wif=key.wif(),
+            wif=wif,
         )
         with self._update() as state:
             if all(c.outpoint != coin.outpoint for c in state.coins):

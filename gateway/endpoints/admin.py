@@ -262,15 +262,7 @@ async def receipts(request: web.Request) -> web.StreamResponse:
     )
     rows = [{name: getattr(r, name) for name in EXPORTED} for r in found]
     if q.get("format", "json") == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=EXPORTED)
-        writer.writeheader()
-        writer.writerows(rows)
-        return web.Response(
-            text=out.getvalue(),
-            content_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="farebox-receipts.csv"'},
-        )
+        return csv_answer(rows, EXPORTED, "farebox-receipts.csv")
     if q.get("format", "json") != "json":
         raise BadQuery("format is json or csv")
     body: dict[str, Any] = {"receipts": rows}
@@ -413,15 +405,7 @@ async def payouts(request: web.Request) -> web.StreamResponse:
     rows = [{name: getattr(p, name) for name in PAYOUT_FIELDS} for p in found[:limit]]
     form = q.get("format", "json")
     if form == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=PAYOUT_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        return web.Response(
-            text=out.getvalue(),
-            content_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="farebox-payouts.csv"'},
-        )
+        return csv_answer(rows, PAYOUT_FIELDS, "farebox-payouts.csv")
     if form != "json":
         raise BadQuery("format is json or csv")
     return answer({"payouts": rows, "total": len(found), "truncated": len(found) > limit})
@@ -457,6 +441,19 @@ async def treasury(request: web.Request) -> web.Response:
             "low_balance": low,
             "low": (low is not None and balance.satoshis < low) or balance.satoshis < owed,
         }
+    )
+
+
+def csv_answer(rows: list[dict[str, Any]], fields: tuple[str, ...], name: str) -> web.Response:
+    """`rows` as a CSV download named `name`, columns `fields` with a header."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
