@@ -8,7 +8,10 @@ recipient is the toolbox's own `Wallet` (tests/interop/toolbox.mjs, driven by
 tests/toolbox_support.py, as tests/test_wallet_toolbox.py drives it): it takes
 each payout in and its balance grows by exactly the payout's amount, once,
 however often the same payout is shown to it, and whether or not the payout
-was mined in between.
+was mined in between. A participation reward (a reward route, tests/test_rewards.py)
+is the same: paid by the gateway's payout engine, read at the URL the answer gave
+(X-Farebox-Payout), taken in once, and another resident's output in the same
+transaction refused.
 
 What the toolbox does, as found here (wallet-toolbox in tests/interop):
 - it checks the remittance: a derivation suffix or an output index that is not
@@ -39,12 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bsv import PrivateKey
+from bsv import PrivateKey, PublicKey
 
-from gateway.bsv.derivation import p2pkh_script
+from gateway.bsv.derivation import invoice_number, p2pkh_script
+from gateway.chain.arc import ArcBroadcaster
 from gateway.client import Wallet, fund
 from gateway.client.beef import transaction_from_beef
 from gateway.devnet import start
+from gateway.payouts.runner import PayoutRunner
+from tests.survey_upstream import running_survey
+from tests.test_rewards import city, credential, respond
+from tests.test_rewards import fetch as read_payout
 from tests.toolbox_support import Toolbox, ToolboxError, require_node, toolbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -290,3 +298,95 @@ async def test_a_payout_mined_before_it_is_taken_in(
         [action] = [a for a in await wallet.call("actions") if a["txid"] == txid]
         assert action["status"] == "completed"
         assert await wallet.balance() == FIRST + SECOND
+
+
+async def test_a_toolbox_wallet_takes_in_its_participation_reward(
+    node: str, gateway, tmp_path: Path, devnet: tuple[str, Any], treasury: Wallet
+) -> None:
+    """A reward route's payout (tests/test_rewards.py's city: 500 satoshis a
+    resident, once per credential subject), paid by the payout engine and read
+    at the URL the answer gave, is what the toolbox's internalizeAction takes."""
+    url, chain = devnet
+    broadcaster = ArcBroadcaster(url)
+    neighbour = PrivateKey()  # another resident, whose wallet is not the toolbox
+    try:
+        async with running_survey() as survey, toolbox(node, url) as wallet:
+            c = await city(gateway, survey, tmp_path)
+            me = (await wallet.call("identity"))["identityKey"]
+            status, body, headers = await respond(c.base, token=credential("r-toolbox"), to=me)
+            assert status == 201 and body == {"recorded": 1}, body
+            assert headers["X-Farebox-Reward"] == "500"
+            mine_url = headers["X-Farebox-Payout"]
+            # The answer sent again, before the payout is paid: the same payout.
+            status, _, again = await respond(c.base, token=credential("r-toolbox"), to=me)
+            assert status == 201 and again["X-Farebox-Payout"] == mine_url
+            status, _, theirs = await respond(
+                c.base, token=credential("r-neighbour"), to=neighbour.public_key().hex()
+            )
+            assert status == 201 and theirs["X-Farebox-Payout"] != mine_url
+            theirs_url = theirs["X-Farebox-Payout"]
+            assert [p.status for p in await c.ledger.payouts()] == ["owed", "owed"]
+
+            # Both owed before the engine looks: one batch, one transaction.
+            engine = PayoutRunner(c.ledger, treasury.path, broadcaster, interval=0, batch_size=10)
+            report = await engine.tick()
+            assert report is not None and report.payouts == 2, report
+            assert report.campaigns == {"park-2027": [2, 1000]}
+            assert await engine.tick() is None  # nothing more to pay
+            status, shown = await read_payout(mine_url)
+            assert status == 200, shown
+            status, other = await read_payout(theirs_url)
+            assert status == 200, other
+            assert (shown["status"], shown["satoshis"], shown["recipient"]) == ("seen", 500, me)
+            assert other["txid"] == shown["txid"] and {shown["vout"], other["vout"]} == {0, 1}
+            action = shown["internalizeAction"]
+            beef = bytes(action["tx"])
+            assert beef[:4] == b"\x01\x01\x01\x01", "not Atomic BEEF (BRC-95)"
+            assert beef[4:36][::-1].hex() == shown["txid"]
+            assert other["internalizeAction"]["tx"] == action["tx"]
+            [output] = action["outputs"]
+            assert (output["outputIndex"], output["protocol"]) == (shown["vout"], "wallet payment")
+            # The neighbour's output is theirs: their key (BRC-29) spends it.
+            remittance = other["internalizeAction"]["outputs"][0]["paymentRemittance"]
+            theirs_key = neighbour.derive_child(
+                PublicKey(remittance["senderIdentityKey"]),
+                invoice_number(remittance["derivationPrefix"], remittance["derivationSuffix"]),
+            )
+            unspent = chain.unspent_by_script(p2pkh_script(theirs_key.public_key()))
+            assert [(t, v, s) for t, v, s, _ in unspent] == [(other["txid"], other["vout"], 500)]
+
+            # The toolbox refuses the neighbour's payout: not its BRC-29 key.
+            assert await wallet.balance() == 0
+            with pytest.raises(ToolboxError) as refused:
+                await wallet.call("receive", **receive_args(other))
+            assert NOT_BRC29 in str(refused.value)
+            assert refused.value.answer["code"] == "WERR_INVALID_PARAMETER"
+            assert await wallet.balance() == 0
+
+            # Its own: the balance grows by exactly the reward, once.
+            assert await take_in(wallet, shown, grows_by=500) == 500
+            await take_in(wallet, shown, grows_by=0)
+            # A resubmission after it was paid shows the same payout; still once.
+            status, _, later = await respond(
+                c.base, token=credential("r-toolbox"), to=me, answer="still more trees"
+            )
+            assert status == 201 and later["X-Farebox-Payout"] == mine_url
+            assert later["X-Farebox-Reward"] == "500"
+            status, shown_again = await read_payout(mine_url)
+            assert shown_again["internalizeAction"] == action
+            await take_in(wallet, shown_again, grows_by=0)
+            assert len(await c.ledger.payouts()) == 2
+            assert len(survey.responses) == 4
+
+            # Mined, the proof follows; the balance stays the reward.
+            sent = await wallet.call("sendWaiting")
+            assert shown["txid"] in sent["posted"], sent
+            chain.mine()
+            await wallet.call("checkForProofs")
+            received = [a for a in await wallet.call("actions") if "received" in a["labels"]]
+            assert [(a["txid"], a["satoshis"], a["status"]) for a in received] == [
+                (shown["txid"], 500, "completed")
+            ]
+            assert await wallet.balance() == 500
+    finally:
+        await broadcaster.close()
