@@ -16,6 +16,7 @@ import io
 import os
 import re
 import stat
+import unicodedata
 from datetime import timedelta
 from pathlib import Path
 
@@ -401,9 +402,10 @@ def _recipient(kind: int, secret: int) -> str:
     return key.public_key().hex()
 
 
-ids = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=128).filter(
-    lambda s: s == s.strip()
-)
+# Ids as the list keeps them: no control or invisible characters, in NFC.
+ids = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Cf")), min_size=1, max_size=128
+).filter(lambda s: s == s.strip() and s == unicodedata.normalize("NFC", s))
 rows = st.lists(
     st.tuples(
         ids,

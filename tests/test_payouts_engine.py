@@ -237,23 +237,61 @@ async def test_refused_again_and_again_the_payout_fails_with_the_reason(
     await paid_once(tmp_path, chain, wanted)
 
 
-async def test_a_double_spend_refusal_sets_the_coins_aside(
+async def test_a_double_spend_refusal_is_retried_only_on_the_same_coins(
     devnet, flaky: Flaky, tmp_path: Path
 ) -> None:
-    url, _ = devnet
+    """ARC's DOUBLE_SPEND_ATTEMPTED is not final: the refused batch may still be
+    mined. Its retry spends the same coins, never the treasury's other coin,
+    so the two can never both stand; refused every time, the payout fails and
+    the coins are set aside."""
+    url, chain = devnet
     wallet = await treasury(tmp_path, url, 50_000)
     await fund(wallet, 50_000, url)
     engine = await engine_for(tmp_path, wallet, flaky)
-    await record(engine, wallet, recipients(1))
+    wanted = recipients(1)
+    await record(engine, wallet, wanted)
     flaky.refuse, flaky.refuse_reason = 1, "double-spend"
     report = await engine.pay_owed()
     (refused_txid,) = report.refused
+    (retry_txid,) = report.sent
     refused = await engine.ledger.batch(refused_txid)
-    assert refused is not None
-    aside = [c for c in wallet.coins() if c.set_aside]
-    assert {c.outpoint for c in aside} == set(refused.inputs)
-    assert "double-spend" in aside[0].set_aside
-    assert len(report.sent) == 1  # paid from the other coin
+    retry = await engine.ledger.batch(retry_txid)
+    assert set(retry.inputs) == set(refused.inputs)  # not the other coin
+    await paid_once(tmp_path, chain, wanted)
+    # Refused as many times as a payout is tried: failed, its coins never offered again.
+    await record(engine, wallet, [("late", PrivateKey().public_key().hex(), 700)])
+    flaky.refuse = MAX_ATTEMPTS
+    report = await engine.pay_owed()
+    assert len(report.refused) == MAX_ATTEMPTS and not report.sent
+    late = await engine.ledger.get("late")
+    assert (late.status, late.reason) == ("failed", "double-spend")
+    first = await engine.ledger.batch(next(iter(report.refused)))
+    aside = {c.outpoint for c in wallet.coins() if c.set_aside}
+    assert aside == set(first.inputs)
+    await engine.ledger.close()
+
+
+async def test_a_batch_seen_then_refused_is_never_paid_again(
+    devnet, flaky: Flaky, tmp_path: Path
+) -> None:
+    url, _ = devnet
+    wallet = await treasury(tmp_path, url)
+    engine = await engine_for(tmp_path, wallet, flaky)
+    wanted = recipients(2)
+    await record(engine, wallet, wanted)
+    (txid,) = (await engine.pay_owed()).sent
+    refused = BroadcastResult(txid, "DOUBLE_SPEND_ATTEMPTED", False, True, "double-spend")
+    batch = await engine.ledger.batch(txid)
+    assert await engine._apply(batch, refused)
+    payouts = await engine.ledger.payouts()
+    assert {p.status for p in payouts} == {"failed"}
+    assert all("seen, then refused" in p.reason and txid in p.reason for p in payouts)
+    assert await engine.ledger.owed(10) == []  # nothing paid a second time
+    assert [c for c in wallet.coins() if c.txid == txid and c.spendable] == []
+    # Owed again by an admin: the refused batch's coins are gone, so still not paid.
+    await engine.ledger.retry_failed()
+    report = await engine.pay_owed()
+    assert not report.sent and {p.status for p in await engine.ledger.payouts()} == {"failed"}
     await engine.ledger.close()
 
 

@@ -214,7 +214,8 @@ def _status_result(
     extra = _text(body.get("extraInfo"))
     accepted, rejected, reason = classify_status(status, extra, accepted_statuses)
     txid = _text(body.get("txid")).lower() or expected or ""
-    competing = body.get("competingTxs") or []
+    competing = body.get("competingTxs")
+    competing = competing if isinstance(competing, list) else []
     detail = "" if accepted else f"ARC status {status}" + (f": {extra}" if extra else "")
     height = body.get("blockHeight")
     return BroadcastResult(

@@ -20,6 +20,8 @@ import base64
 import contextlib
 import csv
 import json
+import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -183,6 +185,8 @@ def _fail(message: str, code: int = 1) -> SystemExit:
 
 
 def _send(args: argparse.Namespace) -> None:
+    # The engine's warnings (an outage, a refusal) as the command's own lines.
+    logging.basicConfig(level=logging.WARNING, format="farebox: %(message)s")
     if not (args.devnet_url or args.arc_url or args.dry_run):
         raise _fail("nothing to pay through: give --devnet-url URL or --arc-url URL (or --dry-run)")
     network = args.network or (None if args.devnet_url or not args.arc_url else "main")
@@ -196,7 +200,16 @@ def _send(args: argparse.Namespace) -> None:
         treasury = Wallet.open(args.wallet)
     except ClientError as exc:
         raise _fail(str(exc)) from None
-    raise SystemExit(asyncio.run(_run_send(args, payout_list, treasury)))
+    try:
+        code = asyncio.run(_run_send(args, payout_list, treasury))
+    except KeyboardInterrupt:
+        print(
+            "farebox: interrupted: what was recorded and signed is kept; run the same command "
+            "again to pay the rest (nothing is paid twice)",
+            file=sys.stderr,
+        )
+        code = 130
+    raise SystemExit(code)
 
 
 async def _run_send(
@@ -208,6 +221,8 @@ async def _run_send(
         if path.exists():  # a new ledger is made once there is something to pay
             ledger = open_ledger(path, write=not args.dry_run)
         known = {} if ledger is None else {p.id: p for p in await ledger.payouts()}
+        if not known:  # a new (or emptied) ledger: nothing may say rows were paid
+            _no_result_without_ledger(args.list, path)
         plan = _plan(args, payout_list, treasury, known, ledger and ledger.ledger_id)
         if isinstance(plan, int):
             return plan
@@ -217,9 +232,29 @@ async def _run_send(
     except LedgerError as exc:
         print(f"farebox: {exc}", file=sys.stderr)
         return 1
+    except sqlite3.DatabaseError as exc:
+        print(f"farebox: the ledger {path} is damaged ({exc}): restore it", file=sys.stderr)
+        return 1
     finally:
         if ledger is not None:
             await ledger.close()
+
+
+def _no_result_without_ledger(list_path: Path, ledger: Path) -> None:
+    """LedgerError when the list's result file records payments but its ledger is
+    gone: a new ledger would pay those rows again."""
+    result = listfile.result_path(list_path)
+    try:
+        rows = listfile.read_result(result)
+    except listfile.ListError:
+        return  # no result file (or not one of ours): nothing says anything was paid
+    paid = [r for r in rows if r.outcome.txid is not None]
+    if paid:
+        raise LedgerError(
+            f"{result} records {len(paid)} rows paid or signed, but the ledger {ledger} is "
+            "missing or empty: restore it (or give --ledger FILE) so they are not paid again; "
+            "if they truly were not, remove the result file"
+        )
 
 
 @dataclass(frozen=True)
@@ -337,7 +372,13 @@ async def _pay(
     stored = {p.id: p for p in await ledger.payouts()}
     outcomes = {pid: _outcome(p) for pid, p in stored.items()}
     result = listfile.result_path(args.list)
-    listfile.write_result(result, listfile.result_rows(payout_list.rows, outcomes))
+    try:
+        listfile.write_result(result, listfile.result_rows(payout_list.rows, outcomes))
+    except OSError as exc:
+        print(f"farebox: cannot write {result}: {exc.strerror or exc}", file=sys.stderr)
+        _reconcile(report, payout_list, stored, plan.skipped, result, ledger.path)
+        print("farebox: the ledger has every outcome: `farebox payouts status`", file=sys.stderr)
+        return 1
     return _reconcile(report, payout_list, stored, plan.skipped, result, ledger.path)
 
 
@@ -432,7 +473,16 @@ def _open_for_reading(args: argparse.Namespace) -> FileLedger:
 
 
 def _status(args: argparse.Namespace) -> None:
-    asyncio.run(_run_status(args))
+    _reading(_run_status(args), args)
+
+
+def _reading(work: Any, args: argparse.Namespace) -> None:
+    """Run a reading command; a damaged ledger is one line, not a traceback."""
+    try:
+        asyncio.run(work)
+    except sqlite3.DatabaseError as exc:
+        where = args.ledger or ledger_path(args.list)
+        raise _fail(f"the ledger {where} is damaged ({exc}): restore it") from None
 
 
 async def _run_status(args: argparse.Namespace) -> None:
@@ -489,7 +539,7 @@ def _public(p: Payout) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> None:
-    asyncio.run(_run_show(args))
+    _reading(_run_show(args), args)
 
 
 async def _run_show(args: argparse.Namespace) -> None:

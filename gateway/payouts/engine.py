@@ -44,7 +44,7 @@ from bsv import PrivateKey, PublicKey
 
 from gateway.bsv.derivation import p2pkh_script, payee_key_for_sender
 from gateway.chain import Broadcaster, BroadcastResult, ChainError
-from gateway.client.coins import fee_for, tx_size
+from gateway.client.coins import Coin, fee_for, tx_size
 from gateway.client.wallet import SignedTransaction
 from gateway.payouts.records import IN_FLIGHT, Batch, Payout, Tally
 
@@ -52,8 +52,10 @@ log = logging.getLogger("farebox.payouts")
 
 DEFAULT_BATCH_SIZE = 100  # outputs per transaction
 MAX_BATCH_SIZE = 1000
-# Refusals that mean the treasury's coins are gone (spent elsewhere): they are
-# set aside, never offered again; other refusals free them for the retry.
+# Refusals that may mean the treasury's coins are gone (spent elsewhere). The
+# coins of a refused batch are freed all the same, so that its retry spends
+# them and cannot stand beside it; once its payouts stop being retried, coins
+# refused for these reasons are set aside, never offered again.
 COINS_GONE = frozenset({"double-spend", "missing-inputs", "missing-ancestors", "invalid-inputs"})
 
 
@@ -69,7 +71,8 @@ class Ledger(Protocol):
     async def owed(self, limit: int) -> list[Payout]: ...
     async def open_batch(self, batch: Batch) -> None: ...
     async def advance(self, txid: str, status: str, *, block_height: int | None = None) -> None: ...
-    async def refuse(self, txid: str, reason: str) -> None: ...
+    async def refuse(self, txid: str, reason: str, *, retry: bool = True) -> int: ...
+    async def fail(self, payout_ids: Sequence[str], reason: str) -> None: ...
     async def batch(self, txid: str) -> Batch | None: ...
     async def batches(self, statuses: Iterable[str]) -> list[Batch]: ...
     async def tally(self) -> Tally: ...
@@ -89,9 +92,11 @@ class Treasury(Protocol):
         spend_first: Iterable[tuple[str, int]] = (),
     ) -> SignedTransaction: ...
     def labelled(self, label: str) -> list[str]: ...
+    def coins(self) -> list[Coin]: ...
     def settle(self, txid: str) -> None: ...
     def release(self, txid: str) -> None: ...
     def set_aside(self, txid: str, culprits: Iterable[tuple[str, int]], reason: str) -> None: ...
+    def set_aside_coins(self, outpoints: Iterable[tuple[str, int]], reason: str) -> int: ...
 
 
 @dataclass
@@ -211,6 +216,8 @@ class PayoutEngine:
             if not owed:
                 return report
             batch = await self._sign(owed)
+            if batch is None:
+                continue  # those could not be retried safely: failed, with the reason
             if not await self._broadcast(batch, report):
                 return report
             if progress is not None:
@@ -223,6 +230,11 @@ class PayoutEngine:
         for batch in await self.ledger.batches(("sent", "seen")):
             try:
                 result = await self.broadcaster.status(batch.txid)
+                if result.reason == "not-found":
+                    # ARC took it once and lost it: the same bytes again (always
+                    # safe: the same transaction cannot pay twice).
+                    log.warning("%s unknown to the chain: broadcasting it again", batch.txid)
+                    result = await self.broadcaster.broadcast(batch.beef, txid=batch.txid)
             except ChainError as exc:
                 log.warning("cannot ask about %s: %s", batch.txid, exc)
                 return changed
@@ -232,12 +244,33 @@ class PayoutEngine:
 
     # ----- steps ------------------------------------------------------------------
 
-    async def _sign(self, owed: list[Payout]) -> Batch:
+    async def _sign(self, owed: list[Payout]) -> Batch | None:
+        """Sign a batch paying `owed`, or None if none of them may be paid now.
+
+        A payout owed again after a refused batch is paid only by a batch that
+        spends that batch's coins, so that the two can never both be mined.
+        When none of those coins is left to spend (spent elsewhere, or the
+        refused batch had been seen and settled), a retry could pay twice:
+        such payouts fail, with the reason, for an admin to look at."""
+        spendable = {c.outpoint for c in self.treasury.coins() if c.spendable}
         spend_first: list[tuple[str, int]] = []
-        for txid in {p.retry_of for p in owed if p.retry_of}:
+        blocked: dict[str, str] = {}  # refused txid -> why its payouts cannot be retried
+        for txid in sorted({p.retry_of for p in owed if p.retry_of}):
             refused = await self.ledger.batch(txid)
-            if refused is not None:
-                spend_first.extend(refused.inputs)
+            left = [] if refused is None else [o for o in refused.inputs if o in spendable]
+            if not left:
+                blocked[txid] = (
+                    f"not retried: the coins of refused batch {txid} are spent or gone, so a "
+                    f"second payment could stand beside it; check {txid} on chain"
+                )
+            spend_first.extend(left)
+        for txid, why in blocked.items():
+            stuck = [p.id for p in owed if p.retry_of == txid]
+            log.error("%d payouts %s", len(stuck), why)
+            await self.ledger.fail(stuck, why)
+        owed = [p for p in owed if p.retry_of not in blocked]
+        if not owed:
+            return None
         outputs = [(bytes.fromhex(p.script), p.satoshis) for p in owed]
         signed = self.treasury.sign_outputs(
             outputs, label=self.ledger.ledger_id, spend_first=spend_first
@@ -289,17 +322,11 @@ class PayoutEngine:
 
     async def _apply(self, batch: Batch, result: BroadcastResult) -> bool:
         """Record what the chain said of `batch`; True if its status changed."""
+        if result.txid and result.txid.lower() != batch.txid:
+            log.warning("an answer about %s was about %s instead: ignored", batch.txid, result.txid)
+            return False
         if result.rejected:
-            reason = result.reason or result.status.lower() or "rejected"
-            log.warning("%s refused (%s): %s", batch.txid, reason, result.detail)
-            await self.ledger.refuse(batch.txid, reason)
-            if reason in COINS_GONE:
-                self.treasury.set_aside(
-                    batch.txid, batch.inputs, f"payout batch {batch.txid} refused: {reason}"
-                )
-            else:
-                self.treasury.release(batch.txid)
-            return True
+            return await self._refused(batch, result)
         status = "sent"
         if result.status == "MINED" or result.block_height is not None:
             status = "mined"
@@ -312,4 +339,25 @@ class PayoutEngine:
             # The network has it: its coins are spent and its change is ours.
             # (Merely taken by ARC, its coins stay reserved: it may yet be refused.)
             self.treasury.settle(batch.txid)
+        return True
+
+    async def _refused(self, batch: Batch, result: BroadcastResult) -> bool:
+        reason = result.reason or result.status.lower() or "rejected"
+        log.warning("%s refused (%s): %s", batch.txid, reason, result.detail)
+        if batch.status not in ("signed", "sent"):
+            # Seen on the network, then refused: it may still be mined, and its
+            # coins are settled already. Never paid again on this word alone.
+            why = f"seen, then refused ({reason}): check {batch.txid} on chain"
+            await self.ledger.refuse(batch.txid, why, retry=False)
+            change = [c.outpoint for c in self.treasury.coins() if c.txid == batch.txid]
+            if change:
+                self.treasury.set_aside_coins(change, f"change of payout batch {why}")
+            return True
+        owed_again = await self.ledger.refuse(batch.txid, reason)
+        if owed_again or reason not in COINS_GONE:
+            self.treasury.release(batch.txid)  # its retry spends these very coins
+        else:
+            self.treasury.set_aside(
+                batch.txid, batch.inputs, f"payout batch {batch.txid} refused: {reason}"
+            )
         return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from gateway.payouts.records import MAX_ATTEMPTS, STATUSES, Batch, Payout, Tally
 from gateway.policy.schema import Budget
+
+log = logging.getLogger("farebox.payouts")
 
 FORMAT = "1"
 _ORDER = {status: rank for rank, status in enumerate(STATUSES)}
@@ -244,26 +247,42 @@ class FileLedger:
                 (status, now, txid),
             )
 
-    async def refuse(self, txid: str, reason: str) -> None:
-        """The network refused batch `txid` for sure: it is failed, and its
-        payouts are owed again (to be paid by a batch spending its inputs, so
-        that at most one of the two can ever be mined), or failed after
-        MAX_ATTEMPTS refusals."""
+    async def refuse(self, txid: str, reason: str, *, retry: bool = True) -> int:
+        """The network refused batch `txid` for sure: it is failed. With `retry`
+        its payouts are owed again (to be paid by a batch spending its coins,
+        so that at most one of the two can ever be mined), or failed after
+        MAX_ATTEMPTS refusals; without, they fail with `reason`. Returns how
+        many are owed again."""
         now = time.time()
         with self._write() as db:
             row = db.execute("SELECT status FROM batches WHERE txid=?", (txid,)).fetchone()
             if row is None or row[0] in ("failed", "mined"):
-                return
+                return 0
             db.execute(
                 "UPDATE batches SET status='failed', reason=?, updated=? WHERE txid=?",
                 (reason, now, txid),
             )
+            most = MAX_ATTEMPTS if retry else 0
             db.execute(
                 "UPDATE payouts SET attempts=attempts+1, reason=?, retry_of=?, txid=NULL, "
                 "vout=NULL, updated=?, status=CASE WHEN attempts+1 >= ? THEN 'failed' "
                 "ELSE 'owed' END WHERE txid=? AND status IN ('signed','sent','seen')",
-                (reason, txid, now, MAX_ATTEMPTS, txid),
+                (reason, txid, now, most, txid),
             )
+            return db.execute(
+                "SELECT COUNT(*) FROM payouts WHERE retry_of=? AND status='owed'", (txid,)
+            ).fetchone()[0]
+
+    async def fail(self, payout_ids: Sequence[str], reason: str) -> None:
+        """Owed payouts that must not be paid now: failed, with `reason`."""
+        now = time.time()
+        with self._write() as db:
+            for payout_id in payout_ids:
+                db.execute(
+                    "UPDATE payouts SET status='failed', reason=?, updated=? "
+                    "WHERE id=? AND status='owed'",
+                    (reason, now, payout_id),
+                )
 
     async def retry_failed(self) -> int:
         """Owe every failed payout again (an admin's decision, with fresh attempts);
@@ -376,44 +395,77 @@ def open_ledger(
     `write` and `exclusive`, the caller holds it alone until close (a list's
     run); a gateway's workers share theirs (`exclusive=False`: SQLite's own
     locking orders their writes). LedgerError if another process holds it,
-    or the file is not a ledger."""
+    the file is not a ledger (another program's SQLite database included),
+    is damaged, or cannot be made; a ledger readable by others is warned of."""
     target = Path(path)
     lock_fd = None
-    if write and exclusive:
-        lock_fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    try:
+        if write and exclusive:
+            lock_fd = _lock(target)
+        if write and not target.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        elif not target.exists():
+            raise LedgerError(f"{target}: no such ledger (nothing was paid from this list yet)")
+        if target.stat().st_mode & 0o077:
+            log.warning("%s says who was paid and is readable by others: chmod 600 it", target)
+        db, ledger_id = _connect(target, write)
+    except OSError as exc:
+        if lock_fd is not None:
             os.close(lock_fd)
-            raise LedgerError(
-                f"{target} is in use: another `farebox payouts send` is paying from it"
-            ) from None
-    if write and not target.exists():
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    elif not target.exists():
-        raise LedgerError(f"{target}: no such ledger (nothing was paid from this list yet)")
+        raise LedgerError(f"{target}: {exc.strerror or exc}") from None
+    except LedgerError:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
+    return FileLedger(target, db, lock_fd, ledger_id)
+
+
+def _lock(target: Path) -> int:
+    fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LedgerError(
+            f"{target} is in use: another `farebox payouts send` is paying from it"
+        ) from None
+    return fd
+
+
+def _connect(target: Path, write: bool) -> tuple[sqlite3.Connection, str]:
+    """A connection to a ledger (made, or brought up to date, when `write`) and its id."""
     try:
         db = sqlite3.connect(target, isolation_level=None, timeout=30)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{target} cannot be opened as a payout ledger ({exc})") from None
+    try:
         db.execute("PRAGMA synchronous=FULL")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise LedgerError(f"{target} is another program's database, not a payout ledger")
         if write:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(payouts)")}
+            if "ticket" not in columns:  # ledgers written before rewards
+                db.execute("ALTER TABLE payouts ADD COLUMN ticket TEXT")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
             db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('id', ?)", ("ledger:" + os.urandom(16).hex(),)
             )
+        elif "payouts" in tables:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(payouts)")}
+            if "ticket" not in columns:  # brought up to date even to be read
+                db.execute("ALTER TABLE payouts ADD COLUMN ticket TEXT")
         found = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
         ledger_id = db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
     except sqlite3.DatabaseError as exc:
-        if lock_fd is not None:
-            os.close(lock_fd)
+        db.close()
         raise LedgerError(f"{target} is not a payout ledger ({exc})") from None
     if found is None or found[0] != FORMAT:
         db.close()
-        if lock_fd is not None:
-            os.close(lock_fd)
         raise LedgerError(f"{target} is a payout ledger of another format ({found})")
-    return FileLedger(target, db, lock_fd, str(ledger_id[0]) if ledger_id else "")
+    return db, str(ledger_id[0]) if ledger_id else ""
 
 
 def _payout(row: tuple[object, ...]) -> Payout:

@@ -187,7 +187,7 @@ return 1
 """
 )
 
-# ARGV: txid, reason, max attempts
+# ARGV: txid, reason, max attempts (0: no retry) -> how many are owed again
 _REFUSE = (
     _LIB
     + """
@@ -199,17 +199,35 @@ local t = tostring(now())
 redis.call('HSET', bkey, 'status', 'failed', 'reason', reason, 'updated', t)
 redis.call('ZREM', base .. 'bst:' .. old, txid)
 redis.call('ZADD', base .. 'bst:failed', redis.call('HGET', bkey, 'seq'), txid)
+local owed = 0
 for _, id in ipairs(cjson.decode(redis.call('HGET', bkey, 'payouts'))) do
   local key = base .. 'p:' .. id
   local was = redis.call('HGET', key, 'status')
   if redis.call('HGET', key, 'txid') == txid and (was == 'signed' or was == 'sent' or was == 'seen') then
     local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0') + 1
     local now_status = 'owed'
-    if attempts >= most then now_status = 'failed' end
+    if attempts >= most then now_status = 'failed' else owed = owed + 1 end
     redis.call('HSET', key, 'status', now_status, 'attempts', attempts, 'reason', reason,
                'retry_of', txid, 'updated', t)
     redis.call('HDEL', key, 'txid', 'vout')
     set_status(id, was, now_status, seq_of(id))
+  end
+end
+return owed
+"""
+)
+
+# ARGV: reason, then payout ids: owed ones become failed
+_FAIL = (
+    _LIB
+    + """
+local t = tostring(now())
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local key = base .. 'p:' .. id
+  if redis.call('HGET', key, 'status') == 'owed' then
+    redis.call('HSET', key, 'status', 'failed', 'reason', ARGV[1], 'updated', t)
+    set_status(id, 'owed', 'failed', seq_of(id))
   end
 end
 return 1
@@ -277,7 +295,7 @@ class RedisLedger:
             for name, source in (
                 ("add", _ADD), ("reserve", _RESERVE), ("owe", _OWE), ("unreserve", _UNRESERVE),
                 ("open_batch", _OPEN_BATCH), ("advance", _ADVANCE), ("refuse", _REFUSE),
-                ("retry_failed", _RETRY_FAILED), ("list", _LIST), ("tally", _TALLY),
+                ("retry_failed", _RETRY_FAILED), ("fail", _FAIL), ("list", _LIST), ("tally", _TALLY),
                 ("lease", _LEASE), ("hgetall", "return redis.call('HGETALL', KEYS[1])"),
                 ("spent", "return redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])"),
             )
@@ -339,8 +357,12 @@ class RedisLedger:
         height = "" if block_height is None else block_height
         await self._call("advance", [txid, status, height])
 
-    async def refuse(self, txid: str, reason: str) -> None:
-        await self._call("refuse", [txid, reason, MAX_ATTEMPTS])
+    async def refuse(self, txid: str, reason: str, *, retry: bool = True) -> int:
+        return int(await self._call("refuse", [txid, reason, MAX_ATTEMPTS if retry else 0]))
+
+    async def fail(self, payout_ids: Sequence[str], reason: str) -> None:
+        if payout_ids:
+            await self._call("fail", [reason, *payout_ids])
 
     async def retry_failed(self) -> int:
         return int(await self._call("retry_failed", []))

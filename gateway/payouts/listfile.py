@@ -6,8 +6,9 @@ header naming the columns `id`, `recipient`, `satoshis` and optionally
 `memo`, in any order and any case, spaces around names ignored. Every row:
 
 - `id`: the row's idempotency key (paid at most once, whatever the runs):
-  1 to 128 characters, no spaces at its ends, no control characters, unique
-  in the file (compared exactly).
+  1 to 128 characters, no spaces at its ends, no control or invisible
+  formatting characters, unique in the file; compared (and kept) in Unicode
+  NFC, so an editor that saves accents decomposed makes no new ids.
 - `recipient`: a Base58Check P2PKH address (`1…` mainnet, `m…`/`n…` testnet)
   or a compressed secp256k1 public key in hex (`02`/`03` + 64 hex digits,
   any case), which must be a point on the curve. Paid P2PKH either way.
@@ -377,7 +378,12 @@ def _id(text: str) -> str:
         raise _Bad("bad-id", f"{text!r} has spaces at its ends")
     if any(unicodedata.category(c) == "Cc" for c in text):
         raise _Bad("bad-id", f"{text!r} has a control character (a line break?)")
-    return text
+    if any(unicodedata.category(c) == "Cf" for c in text):
+        raise _Bad(
+            "bad-id", f"{text!r} has an invisible character (a zero-width space, a BOM?)"
+        )
+    # One id, however an editor stored its accents: 'café' composed or not.
+    return unicodedata.normalize("NFC", text)
 
 
 def _memo(text: str) -> str:

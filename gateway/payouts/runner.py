@@ -94,9 +94,7 @@ class PayoutRunner:
             try:
                 await engine.pay_owed(report=report)
             except InsufficientFunds as exc:
-                log.error(
-                    "the treasury %s cannot pay what is owed: %s", self.wallet_path, exc
-                )
+                log.error("the treasury %s cannot pay what is owed: %s", self.wallet_path, exc)
         await engine.refresh()
         self._count(report)
         self._balance(treasury)
