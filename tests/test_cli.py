@@ -55,7 +55,7 @@ def write_policy(tmp_path: Path, text: str) -> Path:
 def test_policy_check_accepts_the_examples() -> None:
     result = run("policy", "check", str(REPO / "policies"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: 4 file(s), 4 service(s)")
+    assert result.stdout.startswith("ok: 5 file(s), 6 service(s)")
 
 
 def test_policy_check_points_at_file_and_line(tmp_path: Path) -> None:

@@ -71,12 +71,12 @@ async def test_a_reservation_is_once_per_id_and_within_budget(ledger) -> None:
 async def test_owe_then_unreserve_gives_the_budget_back_only_while_reserved(ledger) -> None:
     budget = Budget(total=100)
     await ledger.reserve(payout("a"), budget, DAY)
-    assert await ledger.unreserve("a", DAY) is True
+    assert await ledger.unreserve("a") is True
     assert await ledger.get("a") is None and await ledger.spent("vote", DAY) == (0, 0)
     await ledger.reserve(payout("b"), budget, DAY)
     owed = await ledger.owe("b")
     assert owed is not None and owed.status == "owed"
-    assert await ledger.unreserve("b", DAY) is False  # owed: never given back
+    assert await ledger.unreserve("b") is False  # owed: never given back
     assert [p.id for p in await ledger.owed(10)] == ["b"]
 
 

@@ -109,12 +109,14 @@ def test_a_bad_reward_is_named_by_line_and_key(tmp_path: Path, reward: str, expe
 
 def test_a_rewarded_route_is_free_and_has_no_quota(tmp_path: Path) -> None:
     reward = "{pays: 5, requires: [residents], budget: {total: 9}, campaign: c}"
-    found = problems(policy(tmp_path, f"- path: /r\n  price: 10\n  reward: {reward}\n"))
+    found = problems(
+        policy(tmp_path, f"- path: /r\n  methods: [POST]\n  price: 10\n  reward: {reward}\n")
+    )
     assert any("proxied free: set `price: free`" in p for p in found), found
     found = problems(
         policy(
             tmp_path,
-            f"- path: /r\n  price: free\n  free_quota: {{requests: 1, per: 1h}}\n"
+            f"- path: /r\n  methods: [POST]\n  price: free\n  free_quota: {{requests: 1, per: 1h}}\n"
             f"  reward: {reward}\n",
         )
     )
@@ -126,8 +128,16 @@ def test_one_campaign_is_one_budget(tmp_path: Path) -> None:
     found = problems(
         policy(
             tmp_path,
-            f"- path: /a\n  price: free\n  reward: {reward}\n"
-            f"- path: /b\n  price: free\n  reward: {reward}\n",
+            f"- path: /a\n  methods: [POST]\n  price: free\n  reward: {reward}\n"
+            f"- path: /b\n  methods: [POST]\n  price: free\n  reward: {reward}\n",
         )
     )
     assert any("campaign 'vote' is already rewarded at" in p for p in found), found
+
+
+@pytest.mark.parametrize("methods", ["[GET]", "[POST, HEAD]", "'*'", "[OPTIONS]", None])
+def test_a_reward_is_for_an_answer_sent_not_a_page_read(tmp_path: Path, methods) -> None:
+    reward = "{pays: 5, requires: [residents], budget: {total: 9}, campaign: c}"
+    line = "" if methods is None else f"  methods: {methods}\n"
+    found = problems(policy(tmp_path, f"- path: /r\n{line}  price: free\n  reward: {reward}\n"))
+    assert any("a reward is for taking part" in p for p in found), found

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gateway.payouts.records import MAX_ATTEMPTS, STATUSES, Batch, Payout, Tally
 from gateway.policy.schema import Budget
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger("farebox.payouts")
 
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS payouts (
     attempts INTEGER NOT NULL DEFAULT 0,
     retry_of TEXT,
     created REAL NOT NULL, updated REAL NOT NULL,
-    ticket TEXT
+    ticket TEXT,
+    day TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS budgets (
     campaign TEXT NOT NULL, day TEXT NOT NULL, spent INTEGER NOT NULL,
@@ -72,7 +74,7 @@ CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
 
 _PAYOUT_COLUMNS = (
     "id, campaign, recipient, script, satoshis, memo, sender, prefix, suffix, status, "
-    "txid, vout, reason, attempts, retry_of, created, updated, ticket"
+    "txid, vout, reason, attempts, retry_of, created, updated, ticket, day"
 )
 
 
@@ -88,10 +90,16 @@ class FileLedger:
     """The Ledger (gateway.payouts.engine) in one SQLite file; see the module."""
 
     def __init__(
-        self, path: Path, db: sqlite3.Connection, lock_fd: int | None, ledger_id: str
+        self,
+        path: Path,
+        db: sqlite3.Connection,
+        lock_fd: int | None,
+        ledger_id: str,
+        id_key: bytes = b"",
     ) -> None:
         self.path = path
         self.ledger_id = ledger_id  # "ledger:" + 32 hex digits, made with the file
+        self.id_key = id_key  # secret: keys rewards' payout ids (never the subject itself)
         self._db = db
         self._lock_fd = lock_fd
 
@@ -105,10 +113,10 @@ class FileLedger:
             for p in payouts:
                 db.execute(
                     f"INSERT OR IGNORE INTO payouts ({_PAYOUT_COLUMNS}) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,'owed',NULL,NULL,'',0,NULL,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,'owed',NULL,NULL,'',0,NULL,?,?,?,?)",
                     (
                         p.id, p.campaign, p.recipient, p.script, p.satoshis, p.memo,
-                        p.sender, p.prefix, p.suffix, p.created or now, now, p.ticket,
+                        p.sender, p.prefix, p.suffix, p.created or now, now, p.ticket, p.day,
                     ),
                 )  # fmt: skip
         found = self._by_ids([p.id for p in payouts])
@@ -140,11 +148,11 @@ class FileLedger:
                 )
             db.execute(
                 f"INSERT INTO payouts ({_PAYOUT_COLUMNS}) "
-                "VALUES (?,?,?,?,?,?,?,?,?,'reserved',NULL,NULL,'',0,NULL,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?,?,'reserved',NULL,NULL,'',0,NULL,?,?,?,?)",
                 (
                     payout.id, payout.campaign, payout.recipient, payout.script,
                     payout.satoshis, payout.memo, payout.sender, payout.prefix, payout.suffix,
-                    now, now, payout.ticket,
+                    now, now, payout.ticket, day,
                 ),
             )  # fmt: skip
         stored = await self.get(payout.id)
@@ -161,18 +169,18 @@ class FileLedger:
             )
         return await self.get(payout_id)
 
-    async def unreserve(self, payout_id: str, day: str) -> bool:
+    async def unreserve(self, payout_id: str) -> bool:
         """The upstream refused the participation: drop the reservation and give
-        its satoshis back to the budget (of `day`, when it was reserved). True
+        its satoshis back to the budget (of the day it was charged to). True
         if there was one."""
         with self._write() as db:
             found = db.execute(
-                "SELECT campaign, satoshis FROM payouts WHERE id=? AND status='reserved'",
+                "SELECT campaign, satoshis, day FROM payouts WHERE id=? AND status='reserved'",
                 (payout_id,),
             ).fetchone()
             if found is None:
                 return False
-            campaign, satoshis = found
+            campaign, satoshis, day = found
             db.execute("DELETE FROM payouts WHERE id=?", (payout_id,))
             db.execute(
                 "UPDATE budgets SET spent=MAX(0, spent-?) WHERE campaign=? AND day IN ('', ?)",
@@ -345,7 +353,10 @@ class FileLedger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One transaction: committed whole, or rolled back on any exception."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # locked past the timeout: busy, try again
+            raise StoreUnavailable(f"the payout ledger {self.path} is busy ({exc})") from None
         try:
             yield db
         except BaseException:
@@ -409,7 +420,9 @@ def open_ledger(
             raise LedgerError(f"{target}: no such ledger (nothing was paid from this list yet)")
         if target.stat().st_mode & 0o077:
             log.warning("%s says who was paid and is readable by others: chmod 600 it", target)
-        db, ledger_id = _connect(target, write)
+        # A gateway's workers wait for each other's writes briefly (the event
+        # loop waits too); a list's run holds the ledger alone.
+        db, ledger_id, id_key = _connect(target, write, 30.0 if exclusive else 2.0)
     except OSError as exc:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -418,7 +431,7 @@ def open_ledger(
         if lock_fd is not None:
             os.close(lock_fd)
         raise
-    return FileLedger(target, db, lock_fd, ledger_id)
+    return FileLedger(target, db, lock_fd, ledger_id, id_key)
 
 
 def _lock(target: Path) -> int:
@@ -433,10 +446,10 @@ def _lock(target: Path) -> int:
     return fd
 
 
-def _connect(target: Path, write: bool) -> tuple[sqlite3.Connection, str]:
+def _connect(target: Path, write: bool, timeout: float) -> tuple[sqlite3.Connection, str, bytes]:
     """A connection to a ledger (made, or brought up to date, when `write`) and its id."""
     try:
-        db = sqlite3.connect(target, isolation_level=None, timeout=30)
+        db = sqlite3.connect(target, isolation_level=None, timeout=timeout)
     except sqlite3.Error as exc:
         raise LedgerError(f"{target} cannot be opened as a payout ledger ({exc})") from None
     try:
@@ -446,26 +459,33 @@ def _connect(target: Path, write: bool) -> tuple[sqlite3.Connection, str]:
             raise LedgerError(f"{target} is another program's database, not a payout ledger")
         if write:
             db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(payouts)")}
-            if "ticket" not in columns:  # ledgers written before rewards
-                db.execute("ALTER TABLE payouts ADD COLUMN ticket TEXT")
+            _bring_up_to_date(db)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
             db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('id', ?)", ("ledger:" + os.urandom(16).hex(),)
             )
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('id_key', ?)", (os.urandom(32).hex(),))
         elif "payouts" in tables:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(payouts)")}
-            if "ticket" not in columns:  # brought up to date even to be read
-                db.execute("ALTER TABLE payouts ADD COLUMN ticket TEXT")
+            _bring_up_to_date(db)  # even to be read
         found = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
         ledger_id = db.execute("SELECT value FROM meta WHERE key='id'").fetchone()
+        id_key = db.execute("SELECT value FROM meta WHERE key='id_key'").fetchone()
     except sqlite3.DatabaseError as exc:
         db.close()
         raise LedgerError(f"{target} is not a payout ledger ({exc})") from None
     if found is None or found[0] != FORMAT:
         db.close()
         raise LedgerError(f"{target} is a payout ledger of another format ({found})")
-    return db, str(ledger_id[0]) if ledger_id else ""
+    return db, str(ledger_id[0]) if ledger_id else "", bytes.fromhex(id_key[0]) if id_key else b""
+
+
+def _bring_up_to_date(db: sqlite3.Connection) -> None:
+    """Columns added since the first release (rewards), added to older ledgers."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(payouts)")}
+    if "ticket" not in columns:
+        db.execute("ALTER TABLE payouts ADD COLUMN ticket TEXT")
+    if "day" not in columns:
+        db.execute("ALTER TABLE payouts ADD COLUMN day TEXT NOT NULL DEFAULT ''")
 
 
 def _payout(row: tuple[object, ...]) -> Payout:

@@ -36,6 +36,7 @@ from gateway.store.redis import RedisStore
 _FIELDS = (
     "id", "campaign", "recipient", "script", "satoshis", "memo", "sender", "prefix", "suffix",
     "status", "txid", "vout", "reason", "attempts", "retry_of", "created", "updated", "ticket",
+    "day",
 )  # fmt: skip
 _INTS = {"satoshis", "vout", "attempts"}
 _FLOATS = {"created", "updated"}
@@ -92,6 +93,7 @@ local t = tostring(now())
 fields[#fields + 1] = 'created'; fields[#fields + 1] = t
 fields[#fields + 1] = 'updated'; fields[#fields + 1] = t
 fields[#fields + 1] = 'status'; fields[#fields + 1] = 'reserved'
+fields[#fields + 1] = 'day'; fields[#fields + 1] = day
 redis.call('HSET', base .. 'p:' .. id, unpack(fields))
 redis.call('ZADD', base .. 'all', seq, id)
 set_status(id, nil, 'reserved', seq)
@@ -112,13 +114,14 @@ return 1
 """
 )
 
-# ARGV: id, day -> 1 dropped
+# ARGV: id -> 1 dropped (its satoshis back to the total and to the day it was charged to)
 _UNRESERVE = (
     _LIB
     + """
-local id, day = ARGV[1], ARGV[2]
+local id = ARGV[1]
 local key = base .. 'p:' .. id
 if redis.call('HGET', key, 'status') ~= 'reserved' then return 0 end
+local day = redis.call('HGET', key, 'day') or ''
 local campaign = redis.call('HGET', key, 'campaign')
 local sats = tonumber(redis.call('HGET', key, 'satoshis'))
 for _, field in ipairs({campaign .. '|', campaign .. '|' .. day}) do
@@ -286,9 +289,10 @@ return 1
 class RedisLedger:
     """The Ledger (gateway.payouts.engine) and the reward book in Redis; see the module."""
 
-    def __init__(self, store: RedisStore, ledger_id: str) -> None:
+    def __init__(self, store: RedisStore, ledger_id: str, id_key: bytes = b"") -> None:
         self.store = store
         self.ledger_id = ledger_id
+        self.id_key = id_key  # secret: keys rewards' payout ids (never the subject itself)
         self.base = f"{store.keys.prefix}payouts:{{payouts}}:"
         self._scripts = {
             name: store.script(source)
@@ -307,9 +311,11 @@ class RedisLedger:
         ledger = cls(store, "")
         key = ledger.base + "id"
         source = "redis.call('SET', KEYS[1], ARGV[1], 'NX'); return redis.call('GET', KEYS[1])"
-        ledger.ledger_id = str(
-            await store.run(store.script(source), [key], ["ledger:" + os.urandom(16).hex()])
-        )
+        made = store.script(source)
+        found = await store.run(made, [key], ["ledger:" + os.urandom(16).hex()])
+        ledger.ledger_id = found.decode() if isinstance(found, bytes) else str(found)
+        secret = await store.run(made, [ledger.base + "id_key"], [os.urandom(32).hex()])
+        ledger.id_key = bytes.fromhex(secret.decode() if isinstance(secret, bytes) else secret)
         return ledger
 
     async def _call(self, name: str, args: Sequence[Any], key: str | None = None) -> Any:
@@ -338,8 +344,8 @@ class RedisLedger:
         await self._call("owe", [payout_id])
         return await self.get(payout_id)
 
-    async def unreserve(self, payout_id: str, day: str) -> bool:
-        return bool(await self._call("unreserve", [payout_id, day]))
+    async def unreserve(self, payout_id: str) -> bool:
+        return bool(await self._call("unreserve", [payout_id]))
 
     async def open_batch(self, batch: Batch) -> None:
         from gateway.payouts.ledgerfile import LedgerConflict, _outpoints

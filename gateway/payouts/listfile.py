@@ -379,9 +379,7 @@ def _id(text: str) -> str:
     if any(unicodedata.category(c) == "Cc" for c in text):
         raise _Bad("bad-id", f"{text!r} has a control character (a line break?)")
     if any(unicodedata.category(c) == "Cf" for c in text):
-        raise _Bad(
-            "bad-id", f"{text!r} has an invisible character (a zero-width space, a BOM?)"
-        )
+        raise _Bad("bad-id", f"{text!r} has an invisible character (a zero-width space, a BOM?)")
     # One id, however an editor stored its accents: 'café' composed or not.
     return unicodedata.normalize("NFC", text)
 

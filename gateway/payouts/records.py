@@ -60,6 +60,7 @@ class Payout:
     updated: float = 0.0
     # A reward's secret: the recipient reads the payout at a URL holding it.
     ticket: str | None = None
+    day: str = ""  # a reward's: the UTC day (YYYY-MM-DD) whose budget it was charged to
 
     @property
     def derived(self) -> bool:

@@ -358,7 +358,7 @@ class Gateway:
             concession, who = holder
             quota = concession.free_quota
             assert quota is not None
-            digest = hashlib.sha256(who.encode()).hexdigest()[:32]
+            digest = hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()[:32]
             key = (
                 f"quota:{match.service.name}:{match.route.scope}:holder:{concession.name}:{digest}"
             )

@@ -12,18 +12,23 @@ when it names none). Neither reaches the upstream (X-Farebox-* never does).
     subject (one atomic step in the shared ledger):
       exhausted: 403 (`when_exhausted: refuse`), or proxied unpaid, said so
       again, already owed or paid: proxied again, the same payout shown
-      new (or reserved before): proxied; the upstream's 2xx owes it,
-        a 4xx gives the budget back, a 5xx or no answer keeps it reserved
-        (the upstream may have recorded it; sending again settles it)
+        new (or reserved before): proxied; the upstream's 2xx owes it before
+        anything reaches the client; any other answer below 500 gives the
+        budget back if this request reserved it; a 5xx or no answer keeps it
+        reserved (the upstream may have recorded it; sending again settles it)
 
 A 2xx answer carries `X-Farebox-Reward` (satoshis owed) and
 `X-Farebox-Payout` (the URL where the participant reads the payout and,
-once it is signed, what a BRC-100 wallet needs to take it in).
+once it is signed, what a BRC-100 wallet needs to take it in), only once
+the ledger holds the payout owed. Who is paid once is the register that
+vouched and the credential's holder (iss and sub), kept only as a keyed
+digest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -45,7 +50,7 @@ from gateway.policy.schema import Budget, Reward
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import holder, verified
 from gateway.pricing.rates import quote
-from gateway.proxy.forward import Proxy
+from gateway.proxy.forward import Proxy, keep_private
 from gateway.services import Services
 
 log = logging.getLogger("farebox.payouts")
@@ -64,7 +69,9 @@ class RewardBook(Protocol):
         self, payout: Payout, budget: Budget, day: str
     ) -> tuple[str, Payout | None]: ...
     async def owe(self, payout_id: str) -> Payout | None: ...
-    async def unreserve(self, payout_id: str, day: str) -> bool: ...
+    async def unreserve(self, payout_id: str) -> bool: ...
+
+    id_key: bytes
 
 
 class Passage(Protocol):
@@ -76,10 +83,13 @@ class Passage(Protocol):
     def origin(self, request: web.BaseRequest) -> str: ...
 
 
-def payout_id(campaign: str, who: str) -> str:
-    """The payout's idempotency key: the campaign and a digest of the credential's
-    holder ("iss|sub"), so the ledger never holds the subject itself."""
-    return f"{campaign}:{hashlib.sha256(who.encode()).hexdigest()[:32]}"
+def payout_id(key: bytes, campaign: str, concession: str, who: str) -> str:
+    """The payout's idempotency key: the campaign and a keyed digest (HMAC-SHA256
+    with the ledger's secret) of the register that vouched and the holder it
+    names ("iss|sub"), so neither the ledger nor an export holds the subject,
+    nor lets anyone test guesses of it."""
+    named = f"{concession}|{who}".encode("utf-8", "surrogatepass")
+    return f"{campaign}:{hmac.new(key, named, hashlib.sha256).hexdigest()[:32]}"
 
 
 def payout_url(origin: str, payout: Payout) -> str:
@@ -100,9 +110,10 @@ async def serve(passage: Passage, request: web.BaseRequest, match: Match) -> web
             "Rewards are not paid here",
             "this gateway has no payout ledger: restart it after adding reward routes",
         )
-    claims = _credential(services, reward, request)
-    if isinstance(claims, web.Response):
-        return claims
+    proven = _credential(services, reward, request)
+    if isinstance(proven, web.Response):
+        return proven
+    concession, claims = proven
     who = holder(claims)
     subject = claims.get("sub")
     if who is None or not isinstance(subject, str) or not subject:
@@ -120,14 +131,14 @@ async def serve(passage: Passage, request: web.BaseRequest, match: Match) -> web
     # BRC-29 from a one-off sender key: the recipient's wallet derives the
     # same key from it, and no worker needs the treasury's key to owe a reward.
     wanted = new_payout(
-        payout_id(reward.campaign, who),
+        payout_id(book.id_key, reward.campaign, concession, who),
         reward.campaign,
         recipient.value,
         quoted.satoshis,
         treasury=PrivateKey(),
         address_script=recipient.script if recipient.kind == "address" else None,
     )
-    wanted = _with_ticket(wanted)
+    wanted = replace(wanted, ticket=secrets.token_urlsafe(18))
     outcome, stored = await book.reserve(wanted, reward.budget, day)
     if outcome == "exhausted" or stored is None:
         metrics.REWARDS.labels(reward.campaign, "exhausted").inc()
@@ -138,26 +149,20 @@ async def serve(passage: Passage, request: web.BaseRequest, match: Match) -> web
                 "Reward budget spent",
                 f"the budget of campaign {reward.campaign!r} is spent: participation is closed",
             )
-        reply = CIMultiDict({REWARD: "0; budget-exhausted", "Cache-Control": "no-store"})
-        return await passage.proxy.forward(request, match, None, reply)
-    hook = _Owed(payout_url(passage.origin(request), stored), stored.satoshis)
+        hook = _Reward(book, None, "", False)
+        return await passage.proxy.forward(request, match, None, None, hook)
+    hook = _Reward(book, stored, payout_url(passage.origin(request), stored), outcome == "new")
     response = await passage.proxy.forward(request, match, None, None, hook)
-    if stored.status != "reserved":
-        metrics.REWARDS.labels(reward.campaign, "again").inc()
-        return response  # owed or paid already: shown again, never a second
-    if hook.status is not None and 200 <= hook.status < 300:
-        await book.owe(stored.id)
-        metrics.REWARDS.labels(reward.campaign, "owed").inc()
+    metrics.REWARDS.labels(reward.campaign, hook.outcome).inc()
+    if hook.outcome == "owed":
         log.info("reward owed: campaign %s, %d satoshis", reward.campaign, stored.satoshis)
-    elif hook.status is not None and 400 <= hook.status < 500:
-        await book.unreserve(stored.id, day if outcome == "new" else _day_of(stored))
-        metrics.REWARDS.labels(reward.campaign, "refused-upstream").inc()
     return response
 
 
 def _credential(
     services: Services, reward: Reward, request: web.BaseRequest
-) -> dict[str, Any] | web.Response:
+) -> tuple[str, dict[str, Any]] | web.Response:
+    """(the concession whose register vouched, the verified claims), or the 403."""
     names = ", ".join(reward.requires)
     credential = request.headers.get(ELIGIBILITY, "").strip()
     if not credential:
@@ -174,7 +179,7 @@ def _credential(
             concession = concessions.get(name)
             claims = None if concession is None else verified(credential, concession)
             if claims is not None:
-                return claims
+                return name, claims
     return problem(
         403,
         "eligibility-invalid",
@@ -203,31 +208,50 @@ def _recipient(request: web.BaseRequest, services: Services) -> Any:
         return problem(400, "payout-recipient-invalid", "Not a payout recipient", bad.message)
 
 
-def _with_ticket(payout: Payout) -> Payout:
-    return replace(payout, ticket=secrets.token_urlsafe(18))
+class _Reward:
+    """The proxy's hook (proxy.forward.Metered) on a rewarded request.
 
-
-def _day_of(payout: Payout) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(payout.created))
-
-
-class _Owed:
-    """The proxy's hook (proxy.forward.Metered): reads the upstream's status and,
-    on a 2xx, adds the reward's headers to the answer; never limits the body."""
+    Before anything reaches the client (`answered`): a 2xx owes the reward
+    reserved for it, and only then do its headers promise it; any other
+    answer below 500 gives the budget back, if this very request reserved it
+    (a copy sent twice must not drop the other's reservation); a 5xx keeps it
+    reserved (the upstream may have recorded it: sending again settles it).
+    `begin` keeps the answer out of shared caches: it carries a secret URL.
+    """
 
     by_bytes = False
 
-    def __init__(self, url: str, satoshis: int) -> None:
+    def __init__(
+        self, book: RewardBook, stored: Payout | None, url: str, reserved_here: bool
+    ) -> None:
+        self.book = book
+        self.stored = stored
         self.url = url
-        self.satoshis = satoshis
-        self.status: int | None = None
+        self.reserved_here = reserved_here
+        self.outcome = "exhausted" if stored is None else "kept"
+        self.owed: Payout | None = None
+
+    async def answered(self, status: int) -> None:
+        stored = self.stored
+        if stored is None:
+            return
+        if stored.status != "reserved":
+            self.owed, self.outcome = stored, "again"  # owed or paid before: shown again
+        elif 200 <= status < 300:
+            owed = await self.book.owe(stored.id)
+            if owed is not None and owed.status != "reserved":
+                self.owed, self.outcome = owed, "owed"
+        elif status < 500 and self.reserved_here:
+            await self.book.unreserve(stored.id)
+            self.outcome = "refused-upstream"
 
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
-        self.status = status
-        # A personal answer (a payout URL with its secret): never from a shared cache.
+        keep_private(headers)
         headers["Cache-Control"] = "private, no-store"
-        if 200 <= status < 300:
-            headers[REWARD] = str(self.satoshis)
+        if self.stored is None:
+            headers[REWARD] = "0; budget-exhausted"
+        elif self.owed is not None and 200 <= status < 300:
+            headers[REWARD] = str(self.owed.satoshis)
             headers[PAYOUT] = self.url
 
     def allow(self, size: int) -> int:

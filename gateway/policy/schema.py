@@ -282,6 +282,13 @@ class Route(_Frozen):
             raise ValueError("a rewarded route is proxied free: set `price: free`")
         if self.reward is not None and self.free_quota is not None:
             raise ValueError("a rewarded route pays each participant once: drop `free_quota`")
+        if self.reward is not None:
+            safe = [m for m in self.methods if m in ("*", "GET", "HEAD", "OPTIONS")]
+            if safe:
+                raise ValueError(
+                    "a reward is for taking part (an answer sent): set `methods: [POST]` "
+                    f"(or PUT, PATCH), not {', '.join(safe)}"
+                )
         return self
 
     @model_validator(mode="after")

@@ -78,6 +78,9 @@ class Metering:
     delivered: bool = False  # the whole answer went out
     bodiless: bool = False  # a HEAD request: no body will be delivered
 
+    async def answered(self, status: int) -> None:
+        """Nothing to do before the headers: the charge is settled at the end."""
+
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
         """The upstream answered: read its units, add the charge headers."""
         self.status = status

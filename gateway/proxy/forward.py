@@ -121,6 +121,10 @@ WS_HANDSHAKE = frozenset(
 class Metered(Protocol):
     """What a metered request learns as its answer passes (gateway.tabs.Metering)."""
 
+    async def answered(self, status: int) -> None:
+        """The upstream answered `status`; nothing has gone to the client yet
+        (a reward is owed here, before its headers promise it)."""
+
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
         """Headers are about to go: read what is needed, add what is owed."""
 
@@ -358,6 +362,7 @@ class Proxy:
             return await self._whole(request, status, reason, headers, chunks, match, meter, whole)
         by_bytes = meter is not None and meter.by_bytes
         if meter is not None:
+            await meter.answered(status)
             meter.begin(status, headers)
         if by_bytes:
             _small_buffers(request)
@@ -419,6 +424,7 @@ class Proxy:
         charged nothing (`meter.withdraw`).
         """
         if meter is not None:
+            await meter.answered(status)
             meter.begin(status, headers)
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         parts: list[bytes] = []
