@@ -4,8 +4,8 @@ races, clocks, the payout URL, the admin API and nginx mode.
 A real gateway (the same assembly as tests/conftest.py's `gateway`, kept
 here so a test can reload the policy), a real upstream whose answers each
 request steers (status, delay, forged and cache headers), the SQLite payout
-ledger and Redis (tests/redis_servers.py). Tests marked xfail(strict) are
-bugs found: each says the input, what happens, and what should.
+ledger and Redis (tests/redis_servers.py). What these tests found when they were
+written is fixed; each test says the input and what must happen.
 """
 
 from __future__ import annotations
