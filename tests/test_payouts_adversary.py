@@ -13,8 +13,9 @@ broadcast (POST /v1/tx) or a status query (GET /v1/tx/{txid}) first. What
 was really paid is read from the devnet: each payout's locking script (from
 the ledger) and how many unspent outputs pay it.
 
-Tests marked xfail(strict=True) show a bug (the reason says which); the
-others show an attack the code withstands.
+Each test is an attack the code must withstand; what they found when they
+were written (double payment after a refusal, a lost batch never resent,
+tracebacks) is fixed.
 """
 
 from __future__ import annotations
