@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.bsv.derivation import invoice_number, p2pkh_script
+from gateway.chain import ChainError
 from gateway.chain.arc import ArcBroadcaster
 from gateway.client import Wallet, fund
 from gateway.devnet import start as start_devnet
@@ -301,7 +302,7 @@ async def test_the_engine_pays_the_reward_and_the_url_gives_what_a_wallet_needs(
         assert [(t, v, s) for t, v, s, _ in outputs] == [(payout["txid"], 0, 500)]
         assert bytes(internalize["tx"][:4]) == b"\x01\x01\x01\x01"  # Atomic BEEF
         # Another round pays nothing more.
-        assert await engine.tick() is None
+        assert (await engine.tick()).payouts == 0
         assert [p.status for p in await c.ledger.payouts()] == ["seen"]
         # The public report shows it by campaign and day, and never whom.
         async with aiohttp.ClientSession() as http:
@@ -358,4 +359,55 @@ async def test_the_engine_pays_the_reward_and_the_url_gives_what_a_wallet_needs(
         assert money["owed_satoshis"] == 0 and money["low_balance"] == 20_000
     finally:
         await broadcaster.close()
+        await runner.cleanup()
+
+
+class DownOnce:
+    """A broadcaster whose first broadcast finds the chain unreachable."""
+
+    def __init__(self, inner: ArcBroadcaster) -> None:
+        self.inner = inner
+        self.down = True
+        self.sent: list[str] = []
+
+    async def broadcast(self, tx: bytes | str, *, txid: str | None = None):
+        self.sent.append(txid or "")
+        if self.down:
+            self.down = False
+            raise ChainError("unreachable", "connection refused")
+        return await self.inner.broadcast(tx, txid=txid)
+
+    async def status(self, txid: str):
+        return await self.inner.status(txid)
+
+
+async def test_the_runner_sends_again_what_an_outage_left_signed(
+    gateway, survey: Survey, tmp_path: Path
+) -> None:
+    runner, chain = await start_devnet("127.0.0.1", 0)
+    devnet = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    inner = ArcBroadcaster(devnet)
+    try:
+        treasury = Wallet.create(tmp_path / "treasury.json")
+        await fund(treasury, 10_000, devnet)
+        c = await city(gateway, survey, tmp_path)
+        await respond(c.base, token=credential(), to=wallet_key())
+        flaky = DownOnce(inner)
+        engine = PayoutRunner(c.ledger, treasury.path, flaky, interval=0, batch_size=10)
+        first = await engine.tick()
+        assert first is not None and first.unsent and not first.sent
+        (signed,) = await c.ledger.payouts()
+        assert signed.status == "signed"
+        # No new reward is owed, yet the next round sends the same transaction.
+        second = await engine.tick()
+        assert second is not None and second.sent == [signed.txid]
+        assert flaky.sent == [signed.txid, signed.txid]
+        (paid,) = await c.ledger.payouts()
+        assert (paid.status, paid.txid) == ("seen", signed.txid)
+        # The next looks ask how it stands: mined once the devnet mines it.
+        chain.mine()
+        await engine.tick()
+        assert [p.status for p in await c.ledger.payouts()] == ["mined"]
+    finally:
+        await inner.close()
         await runner.cleanup()

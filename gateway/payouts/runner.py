@@ -52,7 +52,8 @@ class PayoutRunner:
         self.low_balance = low_balance
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._recovered = False
-        self._last = 0.0
+        self._last = 0.0  # when a batch was last paid (monotonic seconds)
+        self._looked = 0.0  # when signed batches were last resent and statuses asked
         self._warned = False
 
     def treasury(self) -> Wallet:
@@ -76,8 +77,11 @@ class PayoutRunner:
             self._recovered = False  # another holder's work since: look again when it is ours
             return None
         owed = await self.ledger.owed(self.batch_size)
-        due = len(owed) >= self.batch_size or (owed and now - self._last >= self.interval)
-        if self._recovered and not due:
+        due = len(owed) >= self.batch_size or bool(owed and now - self._last >= self.interval)
+        # Every interval (and first thing with the lease): send again what an
+        # outage left signed, and ask how the batches in flight stand.
+        look = not self._recovered or now - self._looked >= self.interval
+        if not (due or look):
             return None
         try:
             treasury = self.treasury()
@@ -86,16 +90,17 @@ class PayoutRunner:
             return None
         engine = PayoutEngine(self.ledger, treasury, self.broadcaster, batch_size=self.batch_size)
         report = Report()
-        if not self._recovered:
+        if look:
             await engine.recover(report)
-            self._recovered = True
+            self._recovered, self._looked = True, now
         if due and not report.stopped:
             self._last = now
             try:
                 await engine.pay_owed(report=report)
             except InsufficientFunds as exc:
                 log.error("the treasury %s cannot pay what is owed: %s", self.wallet_path, exc)
-        await engine.refresh()
+        if look:
+            await engine.refresh()
         self._count(report)
         self._balance(treasury)
         return report
