@@ -359,6 +359,38 @@ async def test_rows_appended_later_are_the_only_ones_paid(
     assert_each_paid_once(chain, before, scripts)
 
 
+async def test_the_same_list_under_another_name_is_not_paid_again(
+    devnet: tuple[str, Devnet], treasury: Path, tmp_path: Path
+) -> None:
+    """The ids are the treasury's: a list renamed, copied or moved (its own
+    ledger is new) is refused, not paid a second time; given its ledger, it
+    goes on where it stopped."""
+    url, chain = devnet
+    rows = people([1500, 2500])
+    listed = write_list(tmp_path / "winter.csv", rows)
+    code, out, err = await farebox(
+        "payouts", "send", listed, "--wallet", treasury, "--devnet-url", url
+    )
+    assert code == 0, out + err
+    count, spendable = tx_count(chain), balance(treasury)
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    for copy in (tmp_path / "winter-final.csv", elsewhere / "winter.csv"):
+        copy.write_bytes(listed.read_bytes())
+        code, out, err = await farebox(
+            "payouts", "send", copy, "--wallet", treasury, "--devnet-url", url
+        )
+        assert code == 1 and "recorded 2 of these ids in another ledger" in err, out + err
+        assert f"--ledger {ledger_of(listed).resolve()}" in err
+        assert not ledger_of(copy).exists() or "0 paid before" not in out
+    code, out, err = await farebox(
+        "payouts", "send", tmp_path / "winter-final.csv", "--wallet", treasury,
+        "--devnet-url", url, "--ledger", ledger_of(listed),
+    )  # fmt: skip
+    assert code == 0 and "2 paid before (skipped), 0 to pay" in out, out + err
+    assert (tx_count(chain), balance(treasury)) == (count, spendable)
+
+
 async def test_dry_run_says_what_it_would_pay_and_pays_nothing(
     devnet: tuple[str, Devnet], treasury: Path, tmp_path: Path
 ) -> None:

@@ -366,6 +366,17 @@ class Wallet:
             and p.purpose.what == label
         ]
 
+    def payout_ledgers(self) -> list[str]:
+        """The payout ledgers this wallet paid from as a treasury, oldest first."""
+        self.reload()
+        return list(self._state.payout_ledgers)
+
+    def remember_ledger(self, path: str) -> None:
+        """Record that payouts are paid from the ledger at `path` (absolute)."""
+        with self._update() as state:
+            if path not in state.payout_ledgers:
+                state.payout_ledgers.append(path)
+
     def _sign(
         self,
         state: State,

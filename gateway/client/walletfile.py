@@ -40,6 +40,9 @@ class State:
     pending: dict[str, PendingPayment] = field(default_factory=dict)  # by payment txid
     tokens: list[StoredToken] = field(default_factory=list)
     history: list[Paid] = field(default_factory=list)  # oldest first
+    # Payout ledgers this wallet paid from as a treasury (absolute paths): a
+    # list sent again under another name must not start a ledger of its own.
+    payout_ledgers: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         now = time.time()
@@ -53,6 +56,7 @@ class State:
             # Expired grants are worth nothing: they are dropped on every write.
             "tokens": [t.to_json() for t in self.tokens if t.usable(now)],
             "history": [p.to_json() for p in self.history[-HISTORY:]],
+            "payout_ledgers": list(self.payout_ledgers),
         }
 
     @classmethod
@@ -70,6 +74,7 @@ class State:
                 pending=pending,
                 tokens=[t for t in tokens if t is not None],
                 history=[Paid.from_json(p) for p in data.get("history", [])],
+                payout_ledgers=[str(p) for p in data.get("payout_ledgers", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WalletError(f"the wallet file is malformed: {exc!r}") from None

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import json
 import logging
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -184,7 +185,14 @@ def _fail(message: str, code: int = 1) -> SystemExit:
 # ----- send ---------------------------------------------------------------------------
 
 
+def _quiet_pipe() -> None:
+    """`farebox payouts status | head` ends quietly, as Unix tools do (only in
+    these commands: a server must never die of a client's closed socket)."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
 def _send(args: argparse.Namespace) -> None:
+    _quiet_pipe()
     # The engine's warnings (an outage, a refusal) as the command's own lines.
     logging.basicConfig(level=logging.WARNING, format="farebox: %(message)s")
     if not (args.devnet_url or args.arc_url or args.dry_run):
@@ -223,11 +231,15 @@ async def _run_send(
         known = {} if ledger is None else {p.id: p for p in await ledger.payouts()}
         if not known:  # a new (or emptied) ledger: nothing may say rows were paid
             _no_result_without_ledger(args.list, path)
+        await _not_paid_elsewhere(
+            [row.id for row in payout_list.rows if row.id not in known], treasury, path
+        )
         plan = _plan(args, payout_list, treasury, known, ledger and ledger.ledger_id)
         if isinstance(plan, int):
             return plan
         if ledger is None:
             ledger = open_ledger(path)
+        treasury.remember_ledger(str(path.resolve()))
         return await _pay(args, payout_list, treasury, ledger, plan)
     except LedgerError as exc:
         print(f"farebox: {exc}", file=sys.stderr)
@@ -255,6 +267,34 @@ def _no_result_without_ledger(list_path: Path, ledger: Path) -> None:
             "missing or empty: restore it (or give --ledger FILE) so they are not paid again; "
             "if they truly were not, remove the result file"
         )
+
+
+async def _not_paid_elsewhere(ids: list[str], treasury: Wallet, path: Path) -> None:
+    """LedgerError when this treasury recorded any of `ids` (rows new to this
+    ledger) in another ledger: the same list under another name, or moved,
+    would be paid again."""
+    wanted = set(ids)
+    if not wanted:
+        return
+    here = str(path.resolve())
+    for other in treasury.payout_ledgers():
+        if other == here or not Path(other).exists():
+            continue
+        try:
+            ledger = open_ledger(other, write=False)
+        except LedgerError:
+            continue  # not readable now: it cannot be checked, and says so itself when used
+        try:
+            found = [p.id for p in await ledger.payouts() if p.id in wanted]
+        finally:
+            await ledger.close()
+        if found:
+            shown = ", ".join(repr(i) for i in found[:3]) + (" ..." if len(found) > 3 else "")
+            raise LedgerError(
+                f"this treasury recorded {len(found)} of these ids in another ledger, {other} "
+                f"({shown}): to go on with that list give --ledger {other}; if these are "
+                "new payouts, give them new ids (ids are unique per treasury)"
+            )
 
 
 @dataclass(frozen=True)
@@ -473,6 +513,7 @@ def _open_for_reading(args: argparse.Namespace) -> FileLedger:
 
 
 def _status(args: argparse.Namespace) -> None:
+    _quiet_pipe()
     _reading(_run_status(args), args)
 
 
@@ -539,6 +580,7 @@ def _public(p: Payout) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> None:
+    _quiet_pipe()
     _reading(_run_show(args), args)
 
 
