@@ -145,3 +145,32 @@ async def test_odd_ids_are_kept_exactly(ledger) -> None:
     await ledger.advance("dd" * 32, "mined", block_height=7)
     assert {p.status for p in await ledger.payouts()} == {"mined"}
     assert (await ledger.batch("dd" * 32)).block_height == 7
+
+
+async def test_a_refused_batch_on_chain_after_all_is_revived_and_others_cleared(ledger) -> None:
+    await ledger.add([payout("a"), payout("b"), payout("c")])
+    first = Batch("a1" * 32, ("a", "b"), b"", (("ee" * 32, 0),), 1, 200)
+    await ledger.open_batch(first)
+    for _ in range(MAX_ATTEMPTS):
+        await ledger.refuse(first.txid, "double-spend")
+        found = await ledger.get("a")
+        if found.status != "owed":
+            break
+        txid = f"{found.attempts:02x}" * 32
+        await ledger.open_batch(Batch(txid, ("a", "b"), b"", (("ee" * 32, 0),), 1, 200))
+        first = Batch(txid, ("a", "b"), b"", (), 1, 200)
+    assert {(await ledger.get(i)).status for i in "ab"} == {"failed"}
+    # The first refused batch is on chain after all: a and b paid by it, at their outputs.
+    assert await ledger.revive("a1" * 32, "seen") == 2
+    a, b = await ledger.get("a"), await ledger.get("b")
+    assert (a.status, a.txid, a.vout, b.vout) == ("seen", "a1" * 32, 0, 1)
+    assert (await ledger.batch("a1" * 32)).status == "seen"
+    assert await ledger.revive("a1" * 32, "seen") == 0  # once
+    # c refused for good elsewhere: cleared, owed again with fresh attempts.
+    await ledger.open_batch(Batch("c1" * 32, ("c",), b"", (), 1, 100))
+    await ledger.refuse("c1" * 32, "rejected", retry=False)
+    await ledger.clear_retry(["c", "a"])  # a is paid: untouched
+    c = await ledger.get("c")
+    assert (c.status, c.retry_of, c.attempts) == ("owed", None, 0)
+    assert (await ledger.get("a")).status == "seen"
+    assert (await ledger.batch("c1" * 32)).payouts == ("c",)  # members kept after refusal

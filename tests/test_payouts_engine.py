@@ -128,6 +128,7 @@ class Flaky:
         self.refuse = 0
         self.refuse_reason = "fee-too-low"
         self.pending = 0
+        self.lie = 0  # sends it, then answers a double-spend refusal
         self.sent: list[str] = []
 
     async def broadcast(self, tx: bytes | str, *, txid: str | None = None) -> BroadcastResult:
@@ -139,6 +140,10 @@ class Flaky:
         if self.refuse:
             self.refuse -= 1
             return BroadcastResult(txid, "REJECTED", False, True, self.refuse_reason, code=465)
+        if self.lie:
+            self.lie -= 1
+            await self.inner.broadcast(tx, txid=txid)
+            return BroadcastResult(txid, "DOUBLE_SPEND_ATTEMPTED", False, True, "double-spend")
         result = await self.inner.broadcast(tx, txid=txid)
         if self.pending:
             self.pending -= 1
@@ -328,3 +333,47 @@ async def test_recording_twice_keeps_the_first_record(devnet, flaky: Flaky, tmp_
     (kept,) = await engine.record([again])
     assert kept.script == stored.script == first.script  # ...but the first one is what is paid
     await engine.ledger.close()
+
+
+async def test_payouts_waiting_on_a_batch_the_chain_never_had_are_paid_from_other_coins(
+    devnet, flaky: Flaky, tmp_path: Path
+) -> None:
+    """A coin the chain does not know (a devnet restarted) is refused again and
+    again: the payout fails and the coin is set aside. The chain never had the
+    refused batch, so once asked it is owed again and paid from new coins."""
+    url, chain = devnet
+    wallet = await treasury(tmp_path, url)
+    engine = await engine_for(tmp_path, wallet, flaky)
+    wanted = recipients(2)
+    await record(engine, wallet, wanted)
+    flaky.refuse, flaky.refuse_reason = MAX_ATTEMPTS, "invalid-merkle-roots"
+    await engine.pay_owed()
+    assert {p.status for p in await engine.ledger.payouts()} == {"failed"}
+    assert wallet.balance().satoshis == 0  # the refused coin is set aside
+    await fund(wallet, 30_000, url)
+    assert await engine.reconcile() == 2
+    report = await engine.pay_owed()
+    assert len(report.sent) == 1
+    await engine.ledger.close()
+    await paid_once(tmp_path, chain, wanted)
+
+
+async def test_a_batch_refused_but_on_chain_after_all_is_paid_not_paid_again(
+    devnet, flaky: Flaky, tmp_path: Path
+) -> None:
+    url, chain = devnet
+    wallet = await treasury(tmp_path, url)
+    engine = await engine_for(tmp_path, wallet, flaky)
+    wanted = recipients(2)
+    await record(engine, wallet, wanted)
+    flaky.lie = MAX_ATTEMPTS  # sent, and answered "double spend" every time
+    report = await engine.pay_owed()
+    assert not report.sent and {p.status for p in await engine.ledger.payouts()} == {"failed"}
+    # The chain has the first one: asked, its payouts are paid (by it), never again.
+    assert await engine.reconcile() == 2
+    payouts = await engine.ledger.payouts()
+    first = next(iter(report.refused))
+    assert {(p.status, p.txid) for p in payouts} == {("seen", first)}
+    assert await engine.ledger.owed(10) == []
+    await engine.ledger.close()
+    await paid_once(tmp_path, chain, wanted)

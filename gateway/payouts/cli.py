@@ -225,6 +225,8 @@ async def _run_send(
 ) -> int:
     path = args.ledger or ledger_path(args.list)
     ledger = None
+    if args.devnet_url:
+        await _set_aside_dead_coins(treasury, args.devnet_url)
     try:
         if path.exists():  # a new ledger is made once there is something to pay
             ledger = open_ledger(path, write=not args.dry_run)
@@ -266,6 +268,31 @@ def _no_result_without_ledger(list_path: Path, ledger: Path) -> None:
             f"{result} records {len(paid)} rows paid or signed, but the ledger {ledger} is "
             "missing or empty: restore it (or give --ledger FILE) so they are not paid again; "
             "if they truly were not, remove the result file"
+        )
+
+
+async def _set_aside_dead_coins(treasury: Wallet, chain_url: str) -> None:
+    """Keep out of every batch the treasury coins the chain does not have unspent
+    (spent elsewhere, or a devnet restarted since they were funded), so the
+    coverage check counts what can really be spent. Only a devnet can be asked
+    (ARC cannot say what is unspent)."""
+    from gateway.client.receiving import NotProven, unspent
+
+    coins = [c for c in treasury.coins() if c.spendable]
+    if not coins:
+        return
+    try:
+        live = await unspent(chain_url, [(c.txid, c.vout, bytes.fromhex(c.script)) for c in coins])
+    except NotProven as exc:
+        print(f"farebox: cannot check the treasury's coins: {exc}", file=sys.stderr)
+        return
+    dead = [c.outpoint for c in coins if c.outpoint not in live]
+    if dead:
+        why = f"not unspent on {chain_url} (spent elsewhere, or the devnet was restarted)"
+        treasury.set_aside_coins(dead, why)
+        print(
+            f"treasury: {len(dead)} coin{'s' if len(dead) != 1 else ''} set aside: {why}; "
+            "`farebox wallet coins` lists them"
         )
 
 
@@ -394,6 +421,7 @@ async def _pay(
     engine = PayoutEngine(ledger, treasury, broadcaster, batch_size=args.batch_size)
     report = Report()
     try:
+        await engine.reconcile()  # refused batches the chain has after all, or never can
         await ledger.retry_failed()
         await engine.record([_payout(row, args.list, treasury) for row in plan.new])
         async with aiohttp.ClientSession() as http:

@@ -56,7 +56,19 @@ MAX_BATCH_SIZE = 1000
 # coins of a refused batch are freed all the same, so that its retry spends
 # them and cannot stand beside it; once its payouts stop being retried, coins
 # refused for these reasons are set aside, never offered again.
-COINS_GONE = frozenset({"double-spend", "missing-inputs", "missing-ancestors", "invalid-inputs"})
+COINS_GONE = frozenset(
+    {
+        "double-spend",
+        "missing-inputs",
+        "missing-ancestors",
+        "missing-ancestor",
+        "invalid-inputs",
+        # Proofs the chain does not know (a devnet restarted, another network).
+        "invalid-merkle-roots",
+        "unknown-merkle-root",
+        "bad-merkle-path",
+    }
+)
 
 
 class Ledger(Protocol):
@@ -73,6 +85,9 @@ class Ledger(Protocol):
     async def advance(self, txid: str, status: str, *, block_height: int | None = None) -> None: ...
     async def refuse(self, txid: str, reason: str, *, retry: bool = True) -> int: ...
     async def fail(self, payout_ids: Sequence[str], reason: str) -> None: ...
+    async def revive(self, txid: str, status: str) -> int: ...
+    async def clear_retry(self, payout_ids: Sequence[str]) -> None: ...
+    async def payouts(self, *, status: str | None = None) -> list[Payout]: ...
     async def batch(self, txid: str) -> Batch | None: ...
     async def batches(self, statuses: Iterable[str]) -> list[Batch]: ...
     async def tally(self) -> Tally: ...
@@ -223,6 +238,60 @@ class PayoutEngine:
             if progress is not None:
                 progress(report)
 
+    async def reconcile(self) -> int:
+        """Ask the chain about the refused batches that hold failed payouts. A
+        payout one of whose refused batches the chain has after all (seen,
+        mined) was paid by it, and says so again; one whose refused batches the
+        chain never had, or refused as invalid, every one of them, can never be
+        paid by them, so it is owed again from any coins. Anything else (a
+        double spend still racing, no answer) leaves it failed. Returns how
+        many payouts changed."""
+        failed = {p.id for p in await self.ledger.payouts(status="failed")}
+        if not failed:
+            return 0
+        verdicts: dict[str, str] = {}  # refused txid -> on-chain | never | unknown
+        holding: dict[str, list[str]] = {}  # payout id -> its refused batches
+        for batch in await self.ledger.batches(("failed",)):
+            members = [pid for pid in batch.payouts if pid in failed]
+            if not members:
+                continue
+            verdicts[batch.txid] = await self._verdict(batch.txid)
+            for pid in members:
+                holding.setdefault(pid, []).append(batch.txid)
+        changed = 0
+        for txid, verdict in verdicts.items():
+            if verdict.startswith("on-chain:"):
+                status = verdict.partition(":")[2]
+                log.warning("refused batch %s is on chain (%s) after all: paid", txid, status)
+                changed += await self.ledger.revive(txid, status)
+        revived = {p.id for p in await self.ledger.payouts(status="failed")}
+        never = [
+            pid
+            for pid, txids in holding.items()
+            if pid in revived and all(verdicts[t] == "never" for t in txids)
+        ]
+        if never:
+            log.info("%d payouts' refused batches can never be mined: owed again", len(never))
+            await self.ledger.clear_retry(never)
+            changed += len(never)
+        return changed
+
+    async def _verdict(self, txid: str) -> str:
+        try:
+            result = await self.broadcaster.status(txid)
+        except ChainError as exc:
+            log.warning("cannot ask about refused batch %s: %s", txid, exc)
+            return "unknown"
+        if result.txid and result.txid.lower() != txid:
+            return "unknown"
+        if result.accepted:
+            return "on-chain:" + ("mined" if result.status == "MINED" else "seen")
+        if result.reason == "not-found" or (
+            result.rejected and result.reason not in ("double-spend", "")
+        ):
+            return "never"
+        return "unknown"
+
     async def refresh(self) -> int:
         """Ask the chain about batches in flight: seen or mined moves them on,
         a definite refusal owes their payouts again; returns how many changed."""
@@ -260,8 +329,9 @@ class PayoutEngine:
             left = [] if refused is None else [o for o in refused.inputs if o in spendable]
             if not left:
                 blocked[txid] = (
-                    f"not retried: the coins of refused batch {txid} are spent or gone, so a "
-                    f"second payment could stand beside it; check {txid} on chain"
+                    f"not retried yet: the coins of refused batch {txid} are spent or gone, "
+                    "so a second payment could stand beside it; each run asks the chain "
+                    "again, and pays them once it is sure that batch can never be mined"
                 )
             spend_first.extend(left)
         for txid, why in blocked.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS batches (
     status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     block_height INTEGER,
-    created REAL NOT NULL, updated REAL NOT NULL
+    created REAL NOT NULL, updated REAL NOT NULL,
+    payouts TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
 """
@@ -228,10 +230,12 @@ class FileLedger:
                     raise LedgerConflict(f"payout {payout_id!r} is not owed")
             db.execute(
                 "INSERT INTO batches (txid, beef, inputs, fee, satoshis, outputs, status, "
-                "reason, block_height, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "reason, block_height, created, updated, payouts) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     batch.txid, batch.beef, _outpoints(batch.inputs), batch.fee,
                     batch.satoshis, len(batch.payouts), "signed", "", None, now, now,
+                    json.dumps(list(batch.payouts)),
                 ),
             )  # fmt: skip
 
@@ -291,6 +295,46 @@ class FileLedger:
                     "WHERE id=? AND status='owed'",
                     (reason, now, payout_id),
                 )
+
+    async def revive(self, txid: str, status: str) -> int:
+        """A batch recorded refused that the chain has after all (seen or mined):
+        it takes `status` again, and so do its payouts not paid since (failed
+        or owed), at their outputs. Returns how many."""
+        now = time.time()
+        with self._write() as db:
+            row = db.execute("SELECT status FROM batches WHERE txid=?", (txid,)).fetchone()
+            if row is None or row[0] != "failed":
+                return 0
+            db.execute(
+                "UPDATE batches SET status=?, reason='', updated=? WHERE txid=?",
+                (status, now, txid),
+            )
+            changed = 0
+            for vout, payout_id in enumerate(self._batch_order(db, txid)):
+                changed += db.execute(
+                    "UPDATE payouts SET status=?, txid=?, vout=?, reason='', updated=? "
+                    "WHERE id=? AND status IN ('failed','owed')",
+                    (status, txid, vout, now, payout_id),
+                ).rowcount
+            return changed
+
+    async def clear_retry(self, payout_ids: Sequence[str]) -> None:
+        """Failed payouts whose refused batch can never be mined: owed again,
+        free to be paid from any coins, with fresh attempts."""
+        now = time.time()
+        with self._write() as db:
+            for payout_id in payout_ids:
+                db.execute(
+                    "UPDATE payouts SET status='owed', retry_of=NULL, attempts=0, reason='', "
+                    "updated=? WHERE id=? AND status='failed'",
+                    (now, payout_id),
+                )
+
+    @staticmethod
+    def _batch_order(db: sqlite3.Connection, txid: str) -> list[str]:
+        """The payout ids of batch `txid` in output order."""
+        found = db.execute("SELECT payouts FROM batches WHERE txid=?", (txid,)).fetchone()
+        return [] if found is None or found[0] is None else list(json.loads(found[0]))
 
     async def retry_failed(self) -> int:
         """Owe every failed payout again (an admin's decision, with fresh attempts);
@@ -379,17 +423,33 @@ class FileLedger:
     async def _batches(self, where: str, args: tuple[object, ...]) -> list[Batch]:
         rows = self._db.execute(
             "SELECT b.txid, b.beef, b.inputs, b.fee, b.satoshis, b.status, b.reason, "
-            f"b.created, b.updated, b.block_height FROM batches b {where} ORDER BY b.created",
+            f"b.created, b.updated, b.block_height, b.payouts FROM batches b {where} "
+            "ORDER BY b.created",
             args,
         ).fetchall()
         batches = []
-        for txid, beef, inputs, fee, satoshis, status, reason, created, updated, height in rows:
-            ids = [
-                r[0]
-                for r in self._db.execute(
-                    "SELECT id FROM payouts WHERE txid=? ORDER BY vout", (txid,)
-                )
-            ]
+        for (
+            txid,
+            beef,
+            inputs,
+            fee,
+            satoshis,
+            status,
+            reason,
+            created,
+            updated,
+            height,
+            members,
+        ) in rows:
+            if members is not None:
+                ids = json.loads(members)
+            else:  # a batch recorded before its members were kept: from its payouts
+                ids = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT id FROM payouts WHERE txid=? ORDER BY vout", (txid,)
+                    )
+                ]
             batches.append(
                 Batch(
                     txid, tuple(ids), bytes(beef), _parse_outpoints(inputs), fee, satoshis,
@@ -486,6 +546,8 @@ def _bring_up_to_date(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE payouts ADD COLUMN ticket TEXT")
     if "day" not in columns:
         db.execute("ALTER TABLE payouts ADD COLUMN day TEXT NOT NULL DEFAULT ''")
+    if "payouts" not in {row[1] for row in db.execute("PRAGMA table_info(batches)")}:
+        db.execute("ALTER TABLE batches ADD COLUMN payouts TEXT")
 
 
 def _payout(row: tuple[object, ...]) -> Payout:

@@ -237,6 +237,49 @@ return 1
 """
 )
 
+# ARGV: txid, status -> how many payouts took it again
+_REVIVE = (
+    _LIB
+    + """
+local txid, status = ARGV[1], ARGV[2]
+local bkey = base .. 'b:' .. txid
+if redis.call('HGET', bkey, 'status') ~= 'failed' then return 0 end
+local t = tostring(now())
+redis.call('HSET', bkey, 'status', status, 'reason', '', 'updated', t)
+redis.call('ZREM', base .. 'bst:failed', txid)
+redis.call('ZADD', base .. 'bst:' .. status, redis.call('HGET', bkey, 'seq'), txid)
+local n = 0
+for vout, id in ipairs(cjson.decode(redis.call('HGET', bkey, 'payouts'))) do
+  local key = base .. 'p:' .. id
+  local was = redis.call('HGET', key, 'status')
+  if was == 'failed' or was == 'owed' then
+    redis.call('HSET', key, 'status', status, 'txid', txid, 'vout', vout - 1, 'reason', '',
+               'updated', t)
+    set_status(id, was, status, seq_of(id))
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+# ARGV: payout ids: failed ones owed again, free of their refused batch
+_CLEAR_RETRY = (
+    _LIB
+    + """
+local t = tostring(now())
+for _, id in ipairs(ARGV) do
+  local key = base .. 'p:' .. id
+  if redis.call('HGET', key, 'status') == 'failed' then
+    redis.call('HSET', key, 'status', 'owed', 'attempts', 0, 'reason', '', 'updated', t)
+    redis.call('HDEL', key, 'retry_of')
+    set_status(id, 'failed', 'owed', seq_of(id))
+  end
+end
+return 1
+"""
+)
+
 _RETRY_FAILED = (
     _LIB
     + """
@@ -299,7 +342,8 @@ class RedisLedger:
             for name, source in (
                 ("add", _ADD), ("reserve", _RESERVE), ("owe", _OWE), ("unreserve", _UNRESERVE),
                 ("open_batch", _OPEN_BATCH), ("advance", _ADVANCE), ("refuse", _REFUSE),
-                ("retry_failed", _RETRY_FAILED), ("fail", _FAIL), ("list", _LIST), ("tally", _TALLY),
+                ("retry_failed", _RETRY_FAILED), ("fail", _FAIL), ("revive", _REVIVE),
+                ("clear_retry", _CLEAR_RETRY), ("list", _LIST), ("tally", _TALLY),
                 ("lease", _LEASE), ("hgetall", "return redis.call('HGETALL', KEYS[1])"),
                 ("spent", "return redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])"),
             )
@@ -369,6 +413,13 @@ class RedisLedger:
     async def fail(self, payout_ids: Sequence[str], reason: str) -> None:
         if payout_ids:
             await self._call("fail", [reason, *payout_ids])
+
+    async def revive(self, txid: str, status: str) -> int:
+        return int(await self._call("revive", [txid, status]))
+
+    async def clear_retry(self, payout_ids: Sequence[str]) -> None:
+        if payout_ids:
+            await self._call("clear_retry", list(payout_ids))
 
     async def retry_failed(self) -> int:
         return int(await self._call("retry_failed", []))

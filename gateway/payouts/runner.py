@@ -101,6 +101,7 @@ class PayoutRunner:
                 log.error("the treasury %s cannot pay what is owed: %s", self.wallet_path, exc)
         if look:
             await engine.refresh()
+            await engine.reconcile()
         self._count(report)
         self._balance(treasury)
         return report
