@@ -391,6 +391,33 @@ async def test_the_same_list_under_another_name_is_not_paid_again(
     assert (tx_count(chain), balance(treasury)) == (count, spendable)
 
 
+async def test_coins_a_restarted_devnet_never_had_are_set_aside_before_paying(
+    treasury: Path, tmp_path: Path
+) -> None:
+    """The treasury was funded on a devnet that is gone (the demo restarted): its
+    coins are set aside before the coverage check, so the list is refused for
+    what can really be spent, then paid from coins the new chain has."""
+    runner, chain = await start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        listed = write_list(tmp_path / "after-restart.csv", people([1200, 800]))
+        code, out, err = await farebox(
+            "payouts", "send", listed, "--wallet", treasury, "--devnet-url", url, "--dry-run"
+        )
+        assert code == 1, out + err
+        assert "1 coin set aside: not unspent on" in out and "devnet was restarted" in out
+        assert "it holds 0" in err
+        await fund(Wallet.open(treasury), 5_000, url)
+        code, out, err = await farebox(
+            "payouts", "send", listed, "--wallet", treasury, "--devnet-url", url
+        )
+        assert code == 0 and "paid in all:    2 of 2" in out, out + err
+        first = read_result(listed)[0]  # an address row: paid P2PKH on the new chain
+        assert len(chain.unspent_by_script(P2PKH().lock(first["recipient"]).serialize())) == 1
+    finally:
+        await runner.cleanup()
+
+
 async def test_dry_run_says_what_it_would_pay_and_pays_nothing(
     devnet: tuple[str, Devnet], treasury: Path, tmp_path: Path
 ) -> None:
