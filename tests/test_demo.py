@@ -128,6 +128,7 @@ async def test_demo_rewards_a_resident_once_into_their_wallet(tmp_path: Path) ->
         made = farebox("wallet", "new")
         assert made.returncode == 0, made.stderr
         key = re.search(r"identity key: ([0-9a-f]{66})", made.stdout).group(1)  # type: ignore[union-attr]
+        assert farebox("wallet", "identity").stdout.strip() == key
         survey = f"{base}/consult/surveys/riverside-park/responses"
         async with aiohttp.ClientSession() as http:
             async with http.post(
@@ -151,6 +152,10 @@ async def test_demo_rewards_a_resident_once_into_their_wallet(tmp_path: Path) ->
             async with http.get(f"{base}/.well-known/farebox/transparency?format=json") as r:
                 report = await r.json()
         assert report["payout_totals_satoshis"] == {"riverside-park-2027": 100}
+        other = tmp_path / "other.json"
+        assert farebox("wallet", "new", "--wallet", str(other)).returncode == 0
+        wrong = farebox("wallet", "receive", "--payout", url, "--wallet", str(other))
+        assert wrong.returncode == 1 and f"this payout is for {key}" in wrong.stderr
         received = farebox("wallet", "receive", "--payout", url)
         assert received.returncode == 0, received.stderr
         assert "received 100 satoshis" in received.stdout

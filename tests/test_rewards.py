@@ -153,6 +153,8 @@ async def test_a_resident_is_owed_the_reward_once_and_the_upstream_never_sees_wh
     assert "no-store" in headers["Cache-Control"]
     seen = {name.lower() for name in survey.headers[0]}
     assert not seen & {"x-farebox-eligibility", "x-farebox-payout-to"}
+    participant = survey.headers[0]["X-Farebox-Participant"]
+    assert len(participant) == 32 and "resident-1" not in participant
     status, payout = await fetch(url)
     assert status == 200
     assert (payout["status"], payout["satoshis"], payout["recipient"]) == ("owed", 500, key)
@@ -160,10 +162,13 @@ async def test_a_resident_is_owed_the_reward_once_and_the_upstream_never_sees_wh
     status, _, again = await respond(c.base, token=credential(), to=wallet_key(), answer="b")
     assert status == 201 and again["X-Farebox-Payout"] == url
     assert len(await c.ledger.payouts()) == 1
-    assert await c.ledger.spent("park-2027", time.strftime("%Y-%m-%d", time.gmtime())) == (
-        500,
-        500,
-    )
+    # The upstream sees the same participant again (it may refuse the second
+    # answer), and another resident as another one.
+    assert survey.headers[1]["X-Farebox-Participant"] == participant
+    await respond(c.base, token=credential("resident-2"), to=wallet_key())
+    assert survey.headers[2]["X-Farebox-Participant"] != participant
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert await c.ledger.spent("park-2027", today) == (1000, 1000)  # two residents
 
 
 @pytest.mark.parametrize(

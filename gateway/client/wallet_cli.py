@@ -56,6 +56,16 @@ def register(wsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new.add_argument("--force", action="store_true", help="replace an existing wallet")
     new.set_defaults(run=_new)
 
+    identity = wsub.add_parser(
+        "identity",
+        help="print the wallet's identity key (where rewards and BRC-29 payments go)",
+        description="Print the wallet's identity key: a compressed public key in hex. Give it "
+        "as X-Farebox-Payout-To (a reward) or as a benefit list's recipient; it is paid "
+        "BRC-29, to keys only this wallet can derive.",
+    )
+    wallet_option(identity)
+    identity.set_defaults(run=_identity)
+
     balance = wsub.add_parser(
         "balance",
         help="show spendable satoshis",
@@ -249,6 +259,10 @@ def _new(args: argparse.Namespace) -> None:
     print(f"identity key: {wallet.identity_key}")
 
 
+def _identity(args: argparse.Namespace) -> None:
+    print(open_wallet(args.wallet).identity_key)
+
+
 def _balance(args: argparse.Namespace) -> None:
     print(balance_line(open_wallet(args.wallet)))
 
@@ -326,6 +340,11 @@ def _receive_payout(wallet: Wallet, args: argparse.Namespace) -> None:
         raise fail(f"receive: the payout failed ({shown.get('reason', '')}): ask the sender")
     if not isinstance(remit, dict):
         raise fail("receive: the payout pays an address, not this wallet's identity key")
+    if shown.get("recipient") not in (None, wallet.identity_key):
+        raise fail(
+            f"receive: this payout is for {shown.get('recipient')}; this wallet's identity key "
+            f"is {wallet.identity_key} (another wallet file? `farebox wallet identity`)"
+        )
     try:
         beef = bytes(remit["tx"])
         (output,) = remit["outputs"]

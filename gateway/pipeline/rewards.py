@@ -4,7 +4,10 @@ The request must carry an eligibility credential (`X-Farebox-Eligibility`,
 a JWT from one of the concessions the reward `requires`: a residents' or
 voters' register) and say where to be paid (`X-Farebox-Payout-To`: a BRC-29
 identity key or an address; a BRC-103 authenticated client's identity key
-when it names none). Neither reaches the upstream (X-Farebox-* never does).
+when it names none). Neither reaches the upstream (X-Farebox-* never does);
+the upstream gets `X-Farebox-Participant`, a keyed digest of who takes part,
+the same for every answer of one person in one campaign, to refuse or
+replace a second answer.
 
     credential?  no: 403, nothing proxied
     recipient?   no: 400, nothing proxied
@@ -58,6 +61,10 @@ log = logging.getLogger("farebox.payouts")
 PAYOUT_TO = "X-Farebox-Payout-To"
 REWARD = "X-Farebox-Reward"
 PAYOUT = "X-Farebox-Payout"
+# To the upstream: who takes part, as a digest only this campaign's answers
+# share (never the credential, never the recipient), so it can refuse or
+# replace a second answer from the same person.
+PARTICIPANT = "X-Farebox-Participant"
 MAX_CREDENTIAL = 8192
 
 
@@ -139,6 +146,7 @@ async def serve(passage: Passage, request: web.BaseRequest, match: Match) -> web
         address_script=recipient.script if recipient.kind == "address" else None,
     )
     wanted = replace(wanted, ticket=secrets.token_urlsafe(18))
+    who_upstream = {PARTICIPANT: wanted.id.partition(":")[2]}
     outcome, stored = await book.reserve(wanted, reward.budget, day)
     if outcome == "exhausted" or stored is None:
         metrics.REWARDS.labels(reward.campaign, "exhausted").inc()
@@ -150,9 +158,9 @@ async def serve(passage: Passage, request: web.BaseRequest, match: Match) -> web
                 f"the budget of campaign {reward.campaign!r} is spent: participation is closed",
             )
         hook = _Reward(book, None, "", False)
-        return await passage.proxy.forward(request, match, None, None, hook)
+        return await passage.proxy.forward(request, match, who_upstream, None, hook)
     hook = _Reward(book, stored, payout_url(passage.origin(request), stored), outcome == "new")
-    response = await passage.proxy.forward(request, match, None, None, hook)
+    response = await passage.proxy.forward(request, match, who_upstream, None, hook)
     metrics.REWARDS.labels(reward.campaign, hook.outcome).inc()
     if hook.outcome == "owed":
         log.info("reward owed: campaign %s, %d satoshis", reward.campaign, stored.satoshis)
