@@ -268,7 +268,7 @@ async def test_send_pays_every_row_once_and_a_rerun_pays_nothing(
     assert f"7 rows, {total} satoshis; 0 paid before (skipped), 7 to pay: {total} satoshis" in out
     assert "(3 transactions)" in out.splitlines()[0]
     assert f"{FUNDS} satoshis spendable" in out
-    for line in ("paid 3 of 7 payouts (1 transactions)", "paid 6 of 7 payouts (2 transactions)",
+    for line in ("paid 3 of 7 payouts (1 transaction)", "paid 6 of 7 payouts (2 transactions)",
                  "paid 7 of 7 payouts (3 transactions)"):  # fmt: skip
         assert line in out, out
     fees_said = re.search(
@@ -345,7 +345,7 @@ async def test_rows_appended_later_are_the_only_ones_paid(
     )
     assert code == 0, out + err
     assert "7 rows, 11600 satoshis; 4 paid before (skipped), 3 to pay: 6600 satoshis" in out
-    assert "paid this run:  3 payouts, 6600 satoshis, 1 transactions" in out
+    assert "paid this run:  3 payouts, 6600 satoshis, 1 transaction" in out
     assert "skipped:        4 paid by an earlier run" in out
     assert "paid in all:    7 of 7, 11600 of 11600 satoshis" in out
     assert tx_count(chain) == count + 1
@@ -529,7 +529,7 @@ async def test_a_row_changed_after_it_was_paid_is_refused(
         "payouts", "send", listed, "--wallet", treasury, "--devnet-url", url
     )
     assert code == 2, out + err
-    assert "1 rows differ from what was recorded" in err
+    assert "1 row differs from what was recorded" in err
     assert (
         f"line 3: id 'p1' was recorded for {rows[1].recipient}, 2000 satoshis (seen); "
         f"the list now says {rows[1].recipient}, 2500"

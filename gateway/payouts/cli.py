@@ -73,9 +73,13 @@ refused; 2 the list has bad rows.
 """
 
 STATUS_DESCRIPTION = """\
-List the payouts a ledger holds, by state: owed (recorded, not signed yet),
-signed (in a transaction not yet known to the network), sent, seen, mined,
-or failed (refused three times: see the reason; `send` again retries it).
+List the payouts a ledger holds, by state: reserved (a reward held while its
+answer goes upstream), owed (recorded, not signed yet), signed (in a
+transaction not yet known to the network), sent (ARC took it), seen (the
+network has it), mined, or failed (see the reason; `send` again asks the
+chain and retries what is safe to). The states are as the ledger last
+recorded them: `send` (or a gateway's engine) updates them. Mined payouts are
+counted, not listed, unless asked for with --state mined.
 """
 
 
@@ -138,7 +142,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=fmt,
     )
     where = status.add_mutually_exclusive_group(required=True)
-    where.add_argument("list", nargs="?", type=Path, metavar="LIST.csv", help="the list's ledger")
+    where.add_argument(
+        "list", nargs="?", type=Path, metavar="LIST.csv", help="the list (its ledger is read)"
+    )
     where.add_argument("--ledger", type=Path, metavar="FILE", help="a ledger file")
     status.add_argument("--state", choices=STATUSES, help="only payouts in this state")
     status.add_argument(
@@ -149,14 +155,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = psub.add_parser(
         "show",
         help="one payout, with what a wallet needs to take it in (internalizeAction)",
-        description="Print one payout as JSON: its state and txid and, once signed, the "
-        "transaction (Atomic BEEF, base64) and the BRC-29 derivation data: the arguments of a "
-        "BRC-100 wallet's internalizeAction. Give it to the recipient.",
+        description="Print one payout as one line of JSON: its state and txid and, once "
+        "signed, `internalizeAction`: the arguments of a BRC-100 wallet's internalizeAction "
+        "(the transaction as Atomic BEEF, a list of byte values; the output index; the BRC-29 "
+        "derivation prefix, suffix and sender identity key), and `beef`, the same BEEF in "
+        "base64. Give it to the recipient. A payout to an address has no internalizeAction: "
+        "its recipient takes it in with `farebox wallet receive TXID`.",
         formatter_class=fmt,
     )
     show.add_argument("id", help="the payout's id (the list's id column)")
     where = show.add_mutually_exclusive_group(required=True)
-    where.add_argument("list", nargs="?", type=Path, metavar="LIST.csv", help="the list's ledger")
+    where.add_argument(
+        "list", nargs="?", type=Path, metavar="LIST.csv", help="the list (its ledger is read)"
+    )
     where.add_argument("--ledger", type=Path, metavar="FILE", help="a ledger file")
     show.set_defaults(run=_show)
 
@@ -343,7 +354,8 @@ def _plan(
     problems = _conflicts(payout_list.rows, known)
     if problems:
         print(
-            f"farebox: {args.list}: {len(problems)} rows differ from what was recorded:",
+            f"farebox: {args.list}: {_n(len(problems), 'row')} differ"
+            f"{'s' if len(problems) == 1 else ''} from what was recorded:",
             file=sys.stderr,
         )
         for line in problems[:20]:
@@ -381,7 +393,7 @@ def _plan(
         and p.purpose.what == ledger_id
     )
     print(
-        f"{args.list}: {payout_list.count} rows, {payout_list.total} satoshis; "
+        f"{args.list}: {_n(payout_list.count, 'row')}, {payout_list.total} satoshis; "
         f"{skipped} paid before (skipped), {count} to pay: {total} satoshis "
         f"+ at most {fees} in fees ({_batches(count, args.batch_size)})"
         + (f"; {len(resend)} signed before, to send again" if resend else "")
@@ -483,13 +495,19 @@ def _conflicts(rows: Sequence[listfile.Row], known: dict[str, Payout]) -> list[s
 _UNPAID = ("reserved", "owed", "signed", "failed")
 
 
+def _n(count: int, word: str) -> str:
+    """`count` `word`, plural unless one: "1 row", "2 rows"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _batches(count: int, size: int) -> str:
     n = -(-count // size)
     return f"{n} transaction{'s' if n != 1 else ''}"
 
 
 def _progress(report: Report, of: int) -> None:
-    print(f"  paid {report.payouts} of {of} payouts ({len(report.sent)} transactions)", flush=True)
+    sent = _n(len(report.sent), "transaction")
+    print(f"  paid {report.payouts} of {of} payouts ({sent})", flush=True)
 
 
 def _outcome(payout: Payout) -> listfile.Outcome:
@@ -511,7 +529,7 @@ def _reconcile(
     txids = sorted({p.txid for p in paid if p.txid})
     print("reconciliation:")
     print(f"  paid this run:  {report.payouts} payouts, {report.satoshis} satoshis, "
-          f"{len(report.sent)} transactions, fees {report.fees} satoshis")  # fmt: skip
+          f"{_n(len(report.sent), 'transaction')}, fees {report.fees} satoshis")  # fmt: skip
     print(f"  skipped:        {skipped} paid by an earlier run")
     print(f"  paid in all:    {len(paid)} of {payout_list.count}, "
           f"{sum(p.satoshis for p in paid)} of {payout_list.total} satoshis")  # fmt: skip
