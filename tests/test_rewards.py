@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -416,3 +417,18 @@ async def test_the_runner_sends_again_what_an_outage_left_signed(
     finally:
         await inner.close()
         await runner.cleanup()
+
+
+def test_the_access_log_leaves_the_payout_ticket_out(caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.edge.logs import AccessLog
+
+    path = "/.well-known/farebox/payouts/park-2027/" + "ab" * 16 + "/s3cret-ticket"
+    request = make_mocked_request("GET", path)
+    logger = logging.getLogger("farebox.access.test")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        AccessLog(logger, "").log(request, web.Response(status=200), 0.001)
+    (record,) = caplog.records
+    assert "s3cret-ticket" not in record.getMessage() and "s3cret" not in record.path
+    assert record.getMessage().startswith("GET /.well-known/farebox/payouts/park-2027/abab")
