@@ -147,7 +147,7 @@ async def test_odd_ids_are_kept_exactly(ledger) -> None:
     assert (await ledger.batch("dd" * 32)).block_height == 7
 
 
-async def test_a_refused_batch_on_chain_after_all_is_revived_and_others_cleared(ledger) -> None:
+async def test_a_refused_batch_on_chain_after_all_is_revived_and_others_cancelled(ledger) -> None:
     await ledger.add([payout("a"), payout("b"), payout("c")])
     first = Batch("a1" * 32, ("a", "b"), b"", (("ee" * 32, 0),), 1, 200)
     await ledger.open_batch(first)
@@ -166,11 +166,12 @@ async def test_a_refused_batch_on_chain_after_all_is_revived_and_others_cleared(
     assert (a.status, a.txid, a.vout, b.vout) == ("seen", "a1" * 32, 0, 1)
     assert (await ledger.batch("a1" * 32)).status == "seen"
     assert await ledger.revive("a1" * 32, "seen") == 0  # once
-    # c refused for good elsewhere: cleared, owed again with fresh attempts.
+    # c refused for good, checked by an admin: cancelled (a is paid: untouched).
     await ledger.open_batch(Batch("c1" * 32, ("c",), b"", (), 1, 100))
     await ledger.refuse("c1" * 32, "rejected", retry=False)
-    await ledger.clear_retry(["c", "a"])  # a is paid: untouched
+    assert await ledger.cancel(["c", "a"], "checked") == 1
     c = await ledger.get("c")
-    assert (c.status, c.retry_of, c.attempts) == ("owed", None, 0)
+    assert (c.status, c.reason) == ("cancelled", "checked")
     assert (await ledger.get("a")).status == "seen"
+    assert await ledger.owed(10) == []
     assert (await ledger.batch("c1" * 32)).payouts == ("c",)  # members kept after refusal

@@ -335,13 +335,15 @@ async def test_recording_twice_keeps_the_first_record(devnet, flaky: Flaky, tmp_
     await engine.ledger.close()
 
 
-async def test_payouts_waiting_on_a_batch_the_chain_never_had_are_paid_from_other_coins(
+async def test_payouts_waiting_on_a_batch_the_chain_never_had_stay_failed_until_cancelled(
     devnet, flaky: Flaky, tmp_path: Path
 ) -> None:
     """A coin the chain does not know (a devnet restarted) is refused again and
-    again: the payout fails and the coin is set aside. The chain never had the
-    refused batch, so once asked it is owed again and paid from new coins."""
-    url, chain = devnet
+    again: the payout fails and the coin is set aside. That the chain does not
+    know the refused batch is no proof it never will (ARC forgets, and refuses
+    what is later mined): the payouts stay failed, with the reason, until an
+    admin cancels them; they are never paid from other coins on that word."""
+    url, _ = devnet
     wallet = await treasury(tmp_path, url)
     engine = await engine_for(tmp_path, wallet, flaky)
     wanted = recipients(2)
@@ -351,11 +353,17 @@ async def test_payouts_waiting_on_a_batch_the_chain_never_had_are_paid_from_othe
     assert {p.status for p in await engine.ledger.payouts()} == {"failed"}
     assert wallet.balance().satoshis == 0  # the refused coin is set aside
     await fund(wallet, 30_000, url)
-    assert await engine.reconcile() == 2
+    assert await engine.reconcile() == 0
+    await engine.ledger.retry_failed()
     report = await engine.pay_owed()
-    assert len(report.sent) == 1
+    assert not report.sent
+    payouts = await engine.ledger.payouts()
+    assert {p.status for p in payouts} == {"failed"}
+    assert all("farebox payouts cancel" in p.reason for p in payouts)
+    assert await engine.ledger.cancel([p.id for p in payouts], "checked: never mined") == 2
+    assert {p.status for p in await engine.ledger.payouts()} == {"cancelled"}
+    assert await engine.ledger.owed(10) == []
     await engine.ledger.close()
-    await paid_once(tmp_path, chain, wanted)
 
 
 async def test_a_batch_refused_but_on_chain_after_all_is_paid_not_paid_again(
@@ -375,5 +383,11 @@ async def test_a_batch_refused_but_on_chain_after_all_is_paid_not_paid_again(
     first = next(iter(report.refused))
     assert {(p.status, p.txid) for p in payouts} == {("seen", first)}
     assert await engine.ledger.owed(10) == []
+    # The treasury takes the revived batch's coins as spent and its change back.
+    batch = await engine.ledger.batch(first)
+    assert not {c.outpoint for c in wallet.coins()} & set(batch.inputs)
+    change = [c for c in wallet.coins() if c.txid == first]
+    assert len(change) == 1 and change[0].spendable
+    assert wallet.balance().satoshis == 100_000 - batch.satoshis - batch.fee
     await engine.ledger.close()
     await paid_once(tmp_path, chain, wanted)

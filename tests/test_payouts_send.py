@@ -418,6 +418,43 @@ async def test_coins_a_restarted_devnet_never_had_are_set_aside_before_paying(
         await runner.cleanup()
 
 
+async def test_a_missing_ledger_is_refused_until_forgotten_and_failed_rows_are_cancelled(
+    devnet: tuple[str, Devnet], treasury: Path, tmp_path: Path
+) -> None:
+    url, _ = devnet
+    old = write_list(tmp_path / "march.csv", people([1000]))
+    code, out, err = await farebox(
+        "payouts", "send", old, "--wallet", treasury, "--devnet-url", url
+    )
+    assert code == 0, out + err
+    gone = ledger_of(old)
+    gone.rename(tmp_path / "archived.db")  # the folder tidied away, say
+    new = write_list(tmp_path / "april.csv", people([2000], start_at=5))
+    code, out, err = await farebox(
+        "payouts", "send", new, "--wallet", treasury, "--devnet-url", url
+    )
+    assert code == 1 and "which is missing" in err and "farebox payouts forget" in err, err
+    code, out, err = await farebox("payouts", "forget", gone.resolve(), "--wallet", treasury)
+    assert code == 0 and "no longer checks" in out, out + err
+    code, out, err = await farebox(
+        "payouts", "send", new, "--wallet", treasury, "--devnet-url", url
+    )
+    assert code == 0, out + err
+    # cancel: only failed payouts; a paid one is named and left alone.
+    paid_id = people([1000])[0].id
+    code, out, err = await farebox(
+        "payouts", "cancel", paid_id, "nope", "--ledger", tmp_path / "archived.db",
+        "--reason", "checked",
+    )  # fmt: skip
+    assert code == 1 and "cancelled 0 payouts" in out, out + err
+    assert f"{paid_id}: seen" in out or f"{paid_id}: mined" in out
+    assert "nope: not in the ledger" in out
+    code, out, err = await farebox(
+        "payouts", "cancel", paid_id, "--list", tmp_path / "nowhere.csv", "--reason", "x"
+    )
+    assert code == 1 and "no such ledger" in err, out + err
+
+
 async def test_dry_run_says_what_it_would_pay_and_pays_nothing(
     devnet: tuple[str, Devnet], treasury: Path, tmp_path: Path
 ) -> None:

@@ -139,3 +139,7 @@ class NotDelivered(ClientError):
         self.reason = reason
         self.detail = detail
         self.txid = txid
+
+
+class WalletBusy(WalletError):
+    """Another process holds the wallet for paying out."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,7 +45,7 @@ from bsv import (
 from gateway.bsv.derivation import payee_key_for_sender
 from gateway.client.beef import atomic_beef, beef_of, transaction_from_beef, unproven
 from gateway.client.coins import DEFAULT_FEE_RATE, Coin, fee_for, select
-from gateway.client.errors import InsufficientFunds, WalletError
+from gateway.client.errors import InsufficientFunds, WalletBusy, WalletError
 from gateway.client.records import Balance, Paid, PendingPayment, PreparedPayment, Purpose
 from gateway.client.tokens import StoredToken
 from gateway.client.walletfile import State, default_path, locked, read, write
@@ -340,13 +341,21 @@ class Wallet:
         in order (vout 0, 1, ...), change last, and reserve its coins: it is
         pending under `label` (no gateway's payment) until `settle` (or
         `seen_on_chain`) spends them or `release` frees them. The coins at
-        `spend_first` that are spendable are spent whatever else is chosen.
-        Used by the payout engine (a treasury paying many people at once).
-        InsufficientFunds as prepare_payment; ValueError for an output under
-        1 satoshi.
+        `spend_first` are spent whatever else is chosen (WalletError if any
+        is not free as the file stands). Used by the payout engine (a treasury
+        paying many people at once). InsufficientFunds as prepare_payment;
+        ValueError for an output under 1 satoshi.
         """
+        first = set(spend_first)
         with self._update() as state:
-            signed = self._sign(state, outputs, spend_first)
+            held = first - {c.outpoint for c in state.coins if c.spendable}
+            if held:
+                # A retry that cannot spend the refused batch's coins could stand
+                # beside it: never signed on a stale view of the wallet.
+                raise WalletError(
+                    f"coins a payout retry must spend are not free: {sorted(held)[:3]}"
+                )
+            signed = self._sign(state, outputs, first)
             purpose = Purpose(LABELLED, label, "")
             state.pending[signed.txid] = PendingPayment(
                 signed.txid, signed.change, None, purpose, time.time()
@@ -366,10 +375,39 @@ class Wallet:
             and p.purpose.what == label
         ]
 
+    @contextlib.contextmanager
+    def paying_out(self) -> Iterator[None]:
+        """Hold this wallet for paying out, alone: one `farebox payouts send` or
+        gateway payout round at a time per treasury, so that which ids it has
+        paid and which coins a retry must spend are decided by one process.
+        WalletBusy if another holds it."""
+        lock = self.path.with_name(self.path.name + ".payouts.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WalletBusy(
+                    f"{self.path} is in use: another process is paying out from it (a "
+                    "`farebox payouts send`, or a gateway's payouts); one at a time"
+                ) from None
+            self.reload()  # what the other one did is seen from here on
+            yield
+        finally:
+            os.close(fd)
+
     def payout_ledgers(self) -> list[str]:
         """The payout ledgers this wallet paid from as a treasury, oldest first."""
         self.reload()
         return list(self._state.payout_ledgers)
+
+    def forget_ledger(self, path: str) -> bool:
+        """Stop remembering the ledger at `path`; False if it was not remembered."""
+        with self._update() as state:
+            if path not in state.payout_ledgers:
+                return False
+            state.payout_ledgers.remove(path)
+            return True
 
     def remember_ledger(self, path: str) -> None:
         """Record that payouts are paid from the ledger at `path` (absolute)."""
@@ -461,6 +499,23 @@ class Wallet:
                 del state.pending[txid]  # nothing to ask the gateway for
             else:
                 state.pending[txid] = replace(pending, on_chain=True)
+
+    def adopt(self, beef: bytes, txid: str, inputs: Iterable[tuple[str, int]]) -> None:
+        """The transaction `txid` (in `beef`), which spends `inputs`, is on the
+        network after all (a payout batch recorded refused): those coins are
+        spent, whatever the wallet thought of them, and its outputs paying
+        this wallet's keys are coins."""
+        gone = set(inputs)
+        with self._update() as state:
+            state.pending.pop(txid, None)
+            state.coins = [
+                replace(c, set_aside=None) if c.txid == txid else c  # its change is real
+                for c in state.coins
+                if c.outpoint not in gone
+            ]
+        for vout, index, _ in self.ours(beef, txid):
+            if not self.has_coin(txid, vout):
+                self.receive(beef, txid, vout, index)
 
     def release(self, txid: str) -> None:
         """The payment `txid` was refused: its coins may be spent again."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.client.errors import ClientError, InsufficientFunds
+from gateway.client.errors import ClientError, InsufficientFunds, WalletBusy
 from gateway.client.wallet import Wallet
 from gateway.payouts import listfile
 from gateway.payouts.engine import (
@@ -171,6 +171,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     where.add_argument("--ledger", type=Path, metavar="FILE", help="a ledger file")
     show.set_defaults(run=_show)
 
+    cancel = psub.add_parser(
+        "cancel",
+        help="give up failed payouts an admin has checked were not paid",
+        description="Cancel failed payouts, for good: after checking on chain that the "
+        "refused transactions they name will never be mined (or paying them some other "
+        "way). They are never paid by Farebox; pay the rows again under new ids if owed.",
+        formatter_class=fmt,
+    )
+    cancel.add_argument("ids", nargs="+", metavar="ID", help="the payouts' ids")
+    where = cancel.add_mutually_exclusive_group(required=True)
+    where.add_argument("--list", type=Path, metavar="LIST.csv", help="the list (its ledger)")
+    where.add_argument("--ledger", type=Path, metavar="FILE", help="a ledger file")
+    cancel.add_argument("--reason", required=True, help="why, kept with each payout")
+    cancel.set_defaults(run=_cancel)
+
+    forget = psub.add_parser(
+        "forget",
+        help="stop checking new lists against a ledger that is gone for good",
+        description="A treasury remembers the ledgers it paid from, so that a list sent "
+        "again under another name is not paid twice. Forget one that is gone for good "
+        "(its ids are then no longer checked).",
+        formatter_class=fmt,
+    )
+    forget.add_argument("ledger", metavar="LEDGER", help="the ledger's path, as the error named it")
+    forget.add_argument("--wallet", type=Path, required=True, metavar="TREASURY")
+    forget.set_defaults(run=_forget)
+
 
 def ledger_path(list_path: Path) -> Path:
     """Where a list's ledger lives: `LIST.payouts.db` beside `LIST.csv`."""
@@ -220,7 +247,10 @@ def _send(args: argparse.Namespace) -> None:
     except ClientError as exc:
         raise _fail(str(exc)) from None
     try:
-        code = asyncio.run(_run_send(args, payout_list, treasury))
+        with treasury.paying_out():
+            code = asyncio.run(_run_send(args, payout_list, treasury))
+    except WalletBusy as exc:
+        raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         print(
             "farebox: interrupted: what was recorded and signed is kept; run the same command "
@@ -316,8 +346,15 @@ async def _not_paid_elsewhere(ids: list[str], treasury: Wallet, path: Path) -> N
         return
     here = str(path.resolve())
     for other in treasury.payout_ledgers():
-        if other == here or not Path(other).exists():
+        if other == here:
             continue
+        if not Path(other).exists():
+            raise LedgerError(
+                f"this treasury paid from {other}, which is missing: its ids cannot be "
+                "checked, so rows recorded there could be paid again; put it back (or give "
+                f"--ledger to it), or if it is gone for good: farebox payouts forget {other} "
+                "--wallet TREASURY"
+            )
         try:
             ledger = open_ledger(other, write=False)
         except LedgerError:
@@ -623,6 +660,41 @@ def _public(p: Payout) -> dict[str, Any]:
         "attempts": p.attempts,
         "memo": p.memo,
     }
+
+
+def _cancel(args: argparse.Namespace) -> None:
+    path = args.ledger or ledger_path(args.list)
+    if not path.exists():
+        raise _fail(f"{path}: no such ledger")
+    try:
+        ledger = open_ledger(path)
+    except LedgerError as exc:
+        raise _fail(str(exc)) from None
+
+    async def run() -> tuple[int, list[str]]:
+        try:
+            found = {p.id: p.status for p in await ledger.payouts()}
+            done = await ledger.cancel(args.ids, f"cancelled: {args.reason}")
+            return done, [f"{i}: {found.get(i, 'not in the ledger')}" for i in args.ids
+                          if found.get(i) != "failed"]  # fmt: skip
+        finally:
+            await ledger.close()
+
+    done, skipped = asyncio.run(run())
+    print(f"cancelled {_n(done, 'payout')}")
+    for line in skipped:
+        print(f"  not cancelled (only failed payouts can be): {line}")
+    raise SystemExit(0 if not skipped else 1)
+
+
+def _forget(args: argparse.Namespace) -> None:
+    try:
+        treasury = Wallet.open(args.wallet)
+        if not treasury.forget_ledger(str(Path(args.ledger).resolve())):
+            raise _fail(f"{args.wallet} does not remember {args.ledger}")
+    except ClientError as exc:
+        raise _fail(str(exc)) from None
+    print(f"{args.wallet} no longer checks lists against {args.ledger}")
 
 
 def _show(args: argparse.Namespace) -> None:

@@ -86,7 +86,6 @@ class Ledger(Protocol):
     async def refuse(self, txid: str, reason: str, *, retry: bool = True) -> int: ...
     async def fail(self, payout_ids: Sequence[str], reason: str) -> None: ...
     async def revive(self, txid: str, status: str) -> int: ...
-    async def clear_retry(self, payout_ids: Sequence[str]) -> None: ...
     async def payouts(self, *, status: str | None = None) -> list[Payout]: ...
     async def batch(self, txid: str) -> Batch | None: ...
     async def batches(self, statuses: Iterable[str]) -> list[Batch]: ...
@@ -108,10 +107,12 @@ class Treasury(Protocol):
     ) -> SignedTransaction: ...
     def labelled(self, label: str) -> list[str]: ...
     def coins(self) -> list[Coin]: ...
+    def reload(self) -> None: ...
     def settle(self, txid: str) -> None: ...
     def release(self, txid: str) -> None: ...
     def set_aside(self, txid: str, culprits: Iterable[tuple[str, int]], reason: str) -> None: ...
     def set_aside_coins(self, outpoints: Iterable[tuple[str, int]], reason: str) -> int: ...
+    def adopt(self, beef: bytes, txid: str, inputs: Iterable[tuple[str, int]]) -> None: ...
 
 
 @dataclass
@@ -239,58 +240,47 @@ class PayoutEngine:
                 progress(report)
 
     async def reconcile(self) -> int:
-        """Ask the chain about the refused batches that hold failed payouts. A
-        payout one of whose refused batches the chain has after all (seen,
-        mined) was paid by it, and says so again; one whose refused batches the
-        chain never had, or refused as invalid, every one of them, can never be
-        paid by them, so it is owed again from any coins. Anything else (a
-        double spend still racing, no answer) leaves it failed. Returns how
-        many payouts changed."""
+        """Ask the chain about the refused batches that hold failed payouts: a
+        batch the chain has after all (seen, mined) paid them, and they say so
+        again, and the treasury takes its coins as spent and its change back.
+        Nothing is ever owed again on the chain's word that a batch is gone
+        (ARC forgets, and refuses what is later mined): such payouts stay
+        failed until an admin cancels them (`farebox payouts cancel`). A batch
+        some of whose payouts went into another batch since is left alone.
+        Returns how many payouts changed."""
         failed = {p.id for p in await self.ledger.payouts(status="failed")}
         if not failed:
             return 0
-        verdicts: dict[str, str] = {}  # refused txid -> on-chain | never | unknown
-        holding: dict[str, list[str]] = {}  # payout id -> its refused batches
+        changed = 0
         for batch in await self.ledger.batches(("failed",)):
             members = [pid for pid in batch.payouts if pid in failed]
             if not members:
                 continue
-            verdicts[batch.txid] = await self._verdict(batch.txid)
-            for pid in members:
-                holding.setdefault(pid, []).append(batch.txid)
-        changed = 0
-        for txid, verdict in verdicts.items():
-            if verdict.startswith("on-chain:"):
-                status = verdict.partition(":")[2]
-                log.warning("refused batch %s is on chain (%s) after all: paid", txid, status)
-                changed += await self.ledger.revive(txid, status)
-        revived = {p.id for p in await self.ledger.payouts(status="failed")}
-        never = [
-            pid
-            for pid, txids in holding.items()
-            if pid in revived and all(verdicts[t] == "never" for t in txids)
-        ]
-        if never:
-            log.info("%d payouts' refused batches can never be mined: owed again", len(never))
-            await self.ledger.clear_retry(never)
-            changed += len(never)
+            if len(members) != len(batch.payouts):
+                continue  # some were paid (or are in flight) by another batch since
+            on_chain = await self._on_chain(batch.txid)
+            if on_chain is None:
+                continue
+            log.warning("refused batch %s is on chain (%s) after all: paid", batch.txid, on_chain)
+            # The treasury first: a crash between the two steps is finished by
+            # the next round (adopting twice changes nothing).
+            self.treasury.adopt(batch.beef, batch.txid, batch.inputs)
+            changed += await self.ledger.revive(batch.txid, on_chain)
         return changed
 
-    async def _verdict(self, txid: str) -> str:
+    async def _on_chain(self, txid: str) -> str | None:
+        """ "seen" or "mined" when the chain has `txid`, else None (not known,
+        refused, no answer: none of it is proof it never will be)."""
         try:
             result = await self.broadcaster.status(txid)
         except ChainError as exc:
             log.warning("cannot ask about refused batch %s: %s", txid, exc)
-            return "unknown"
+            return None
         if result.txid and result.txid.lower() != txid:
-            return "unknown"
+            return None
         if result.accepted:
-            return "on-chain:" + ("mined" if result.status == "MINED" else "seen")
-        if result.reason == "not-found" or (
-            result.rejected and result.reason not in ("double-spend", "")
-        ):
-            return "never"
-        return "unknown"
+            return "mined" if result.status == "MINED" else "seen"
+        return None
 
     async def refresh(self) -> int:
         """Ask the chain about batches in flight: seen or mined moves them on,
@@ -321,6 +311,7 @@ class PayoutEngine:
         When none of those coins is left to spend (spent elsewhere, or the
         refused batch had been seen and settled), a retry could pay twice:
         such payouts fail, with the reason, for an admin to look at."""
+        self.treasury.reload()  # another process may have spent or freed coins since
         spendable = {c.outpoint for c in self.treasury.coins() if c.spendable}
         spend_first: list[tuple[str, int]] = []
         blocked: dict[str, str] = {}  # refused txid -> why its payouts cannot be retried
@@ -329,9 +320,10 @@ class PayoutEngine:
             left = [] if refused is None else [o for o in refused.inputs if o in spendable]
             if not left:
                 blocked[txid] = (
-                    f"not retried yet: the coins of refused batch {txid} are spent or gone, "
-                    "so a second payment could stand beside it; each run asks the chain "
-                    "again, and pays them once it is sure that batch can never be mined"
+                    f"not retried: the coins of refused batch {txid} are spent or gone, so a "
+                    "second payment could stand beside it; each run asks the chain again "
+                    f"(paid, if it has {txid} after all); once you are sure it never will, "
+                    "`farebox payouts cancel` it and pay under a new id"
                 )
             spend_first.extend(left)
         for txid, why in blocked.items():

@@ -318,17 +318,20 @@ class FileLedger:
                 ).rowcount
             return changed
 
-    async def clear_retry(self, payout_ids: Sequence[str]) -> None:
-        """Failed payouts whose refused batch can never be mined: owed again,
-        free to be paid from any coins, with fresh attempts."""
+    async def cancel(self, payout_ids: Sequence[str], reason: str) -> int:
+        """Failed payouts an admin will not have paid (the refused batch is known
+        never to be mined, or the row is paid some other way): cancelled, for
+        good, with `reason`. Returns how many."""
         now = time.time()
         with self._write() as db:
-            for payout_id in payout_ids:
+            return sum(
                 db.execute(
-                    "UPDATE payouts SET status='owed', retry_of=NULL, attempts=0, reason='', "
-                    "updated=? WHERE id=? AND status='failed'",
-                    (now, payout_id),
-                )
+                    "UPDATE payouts SET status='cancelled', reason=?, updated=? "
+                    "WHERE id=? AND status='failed'",
+                    (reason, now, payout_id),
+                ).rowcount
+                for payout_id in payout_ids
+            )
 
     @staticmethod
     def _batch_order(db: sqlite3.Connection, txid: str) -> list[str]:

@@ -263,20 +263,22 @@ return n
 """
 )
 
-# ARGV: payout ids: failed ones owed again, free of their refused batch
-_CLEAR_RETRY = (
+# ARGV: reason, then payout ids: failed ones cancelled for good -> how many
+_CANCEL = (
     _LIB
     + """
 local t = tostring(now())
-for _, id in ipairs(ARGV) do
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
   local key = base .. 'p:' .. id
   if redis.call('HGET', key, 'status') == 'failed' then
-    redis.call('HSET', key, 'status', 'owed', 'attempts', 0, 'reason', '', 'updated', t)
-    redis.call('HDEL', key, 'retry_of')
-    set_status(id, 'failed', 'owed', seq_of(id))
+    redis.call('HSET', key, 'status', 'cancelled', 'reason', ARGV[1], 'updated', t)
+    set_status(id, 'failed', 'cancelled', seq_of(id))
+    n = n + 1
   end
 end
-return 1
+return n
 """
 )
 
@@ -343,7 +345,7 @@ class RedisLedger:
                 ("add", _ADD), ("reserve", _RESERVE), ("owe", _OWE), ("unreserve", _UNRESERVE),
                 ("open_batch", _OPEN_BATCH), ("advance", _ADVANCE), ("refuse", _REFUSE),
                 ("retry_failed", _RETRY_FAILED), ("fail", _FAIL), ("revive", _REVIVE),
-                ("clear_retry", _CLEAR_RETRY), ("list", _LIST), ("tally", _TALLY),
+                ("cancel", _CANCEL), ("list", _LIST), ("tally", _TALLY),
                 ("lease", _LEASE), ("hgetall", "return redis.call('HGETALL', KEYS[1])"),
                 ("spent", "return redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])"),
             )
@@ -417,9 +419,10 @@ class RedisLedger:
     async def revive(self, txid: str, status: str) -> int:
         return int(await self._call("revive", [txid, status]))
 
-    async def clear_retry(self, payout_ids: Sequence[str]) -> None:
-        if payout_ids:
-            await self._call("clear_retry", list(payout_ids))
+    async def cancel(self, payout_ids: Sequence[str], reason: str) -> int:
+        if not payout_ids:
+            return 0
+        return int(await self._call("cancel", [reason, *payout_ids]))
 
     async def retry_failed(self) -> int:
         return int(await self._call("retry_failed", []))

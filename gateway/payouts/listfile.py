@@ -58,7 +58,7 @@ KEPT = 1000  # problems a ListError keeps; it counts them all
 COLUMNS = ("id", "recipient", "satoshis", "memo")
 REQUIRED = COLUMNS[:3]
 RESULT_COLUMNS = ("id", "recipient", "satoshis", "status", "txid")
-STATUSES = ("owed", "signed", "sent", "seen", "mined", "failed", "skipped")
+STATUSES = ("owed", "signed", "sent", "seen", "mined", "failed", "cancelled", "skipped")
 # Statuses that need a txid; owed has none. `signed`: in a transaction whose
 # broadcast is not confirmed yet (run again: the same transaction is sent).
 WITH_TXID = ("signed", "sent", "seen", "mined")

@@ -5,7 +5,9 @@ Plain data, no I/O. A payout's life (DESIGN.md, money rule 7):
     owed ──► signed (in a batch: txid and vout fixed) ──► sent ──► seen ──► mined
       ▲          │
       └──────────┘  the batch was refused for sure: owed again (retried, with
-                    the reason), or `failed` after MAX_ATTEMPTS refusals
+                    the reason), or `failed` after MAX_ATTEMPTS refusals, or when
+                    no retry can be sure not to stand beside it; a failed payout
+                    an admin will not have paid is `cancelled`
 
 A reward is first `reserved` (its budget held) while the participation goes
 upstream, and owed once the upstream recorded it (2xx); a benefit list's
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STATUSES = ("reserved", "owed", "signed", "sent", "seen", "mined", "failed")
+STATUSES = ("reserved", "owed", "signed", "sent", "seen", "mined", "failed", "cancelled")
 IN_FLIGHT = ("signed", "sent", "seen")  # a batch's status until mined or failed
 PAID = ("sent", "seen", "mined")  # the network has the transaction
 BATCH_STATUSES = ("signed", "sent", "seen", "mined", "failed")

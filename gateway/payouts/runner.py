@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gateway.chain import Broadcaster
-from gateway.client.errors import ClientError, InsufficientFunds
+from gateway.client.errors import ClientError, InsufficientFunds, WalletBusy
 from gateway.client.wallet import Wallet
 from gateway.edge import metrics
 from gateway.payouts.engine import Ledger, PayoutEngine, Report
@@ -85,9 +85,15 @@ class PayoutRunner:
             return None
         try:
             treasury = self.treasury()
+            with treasury.paying_out():
+                return await self._round(treasury, now, due, look)
+        except WalletBusy:
+            return None  # a `farebox payouts send` holds it: the next round
         except ClientError as exc:
             log.error("cannot open the treasury %s: %s", self.wallet_path, exc)
             return None
+
+    async def _round(self, treasury: Wallet, now: float, due: bool, look: bool) -> Report:
         engine = PayoutEngine(self.ledger, treasury, self.broadcaster, batch_size=self.batch_size)
         report = Report()
         if look:
