@@ -18,6 +18,7 @@ from bsv import PrivateKey
 from gateway.chain import Broadcaster, BroadcastResult
 from gateway.devnet import Devnet
 from gateway.devnet import start as start_devnet
+from gateway.edge.protocol import ProblemServer
 from gateway.payments.cashier import Cashier
 from gateway.peer.guard import Authenticator
 from gateway.policy.reload import PolicyHolder
@@ -190,7 +191,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
             proxy.own_token = extra["tokens"].issued_here  # type: ignore[attr-defined]
         services = Services(PolicyHolder.load(path), extra.pop("server_key", SERVER_KEY), **extra)
         handler = assemble_gateway(services, proxy)
-        runner = web.ServerRunner(web.Server(handler.handle, access_log=None))
+        # As `farebox serve` runs it: connections start on the lane (edge/lane.py).
+        runner = web.ServerRunner(
+            ProblemServer(handler.handle, lane=handler.takes, access_log=None)
+        )
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)

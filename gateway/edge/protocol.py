@@ -14,14 +14,17 @@ sees the request, on every path (Farebox's own URLs too).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.edge.lane import LaneServer, Takes
 from gateway.edge.problems import CONTENT_TYPE, problem, problem_body
 
 # The most request header bytes (each field counted as `name: value` and its
@@ -62,17 +65,55 @@ class _ProblemHandler(RequestHandler):
 
 class ProblemServer(web.Server):
     """`web.Server` whose connections answer unparseable requests as problem+json,
-    and requests whose headers add up to more than `max_headers_total` with 431."""
+    and requests whose headers add up to more than `max_headers_total` with 431.
+
+    With `lane` (the handler's `takes`), connections start on the lane
+    (edge/lane.py), which answers the requests `lane` accepts itself and
+    hands every other to aiohttp's handler.
+    """
 
     def __init__(
-        self, handler: Handler, *, max_headers_total: int = MAX_HEADERS_TOTAL, **kwargs: Any
+        self,
+        handler: Handler,
+        *,
+        max_headers_total: int = MAX_HEADERS_TOTAL,
+        lane: Takes | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(capped(handler, max_headers_total), **kwargs)
+        self.lane: LaneServer | None = None
+        if lane is not None:
+            logger = kwargs.get("access_log")
+            log_class = kwargs.get("access_log_class", AccessLogger)
+            log_format = kwargs.get("access_log_format", AccessLogger.LOG_FORMAT)
+            self.lane = LaneServer(
+                handler,
+                lane,
+                self.handler_protocol,
+                access_log=log_class(logger, log_format) if logger is not None else None,
+                max_head=max_headers_total,
+                max_line=kwargs.get("max_line_size", 8190),
+                max_field=kwargs.get("max_field_size", 8190),
+                keepalive_timeout=kwargs.get("keepalive_timeout", 75.0),
+            )
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> asyncio.Protocol:
+        if self.lane is not None:
+            return self.lane()
+        return self.handler_protocol()
+
+    def handler_protocol(self) -> RequestHandler:
+        """aiohttp's protocol for one connection (one handed over by the lane, too)."""
         handler = super().__call__()
         handler.__class__ = _ProblemHandler
         return handler
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.lane is None:
+            await super().shutdown(timeout)
+            return
+        self.lane.close_idle()
+        await asyncio.gather(super().shutdown(timeout), self.lane.wait_busy(timeout or 0.0))
 
 
 def capped(handler: Handler, limit: int) -> Handler:

@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from gateway.challenge.respond import challenge
 from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
+from gateway.edge.lane import LaneRequest
 from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.edge.protocol import SERVER
@@ -91,6 +92,34 @@ class Gateway:
             response.headers[logs.HEADER] = rid
             response.headers.setdefault("Server", SERVER)
         return response
+
+    def takes(self, request: LaneRequest) -> bool:
+        """Whether the lane (edge/lane.py) may answer `request` through `handle`.
+
+        Every request but those whose answers only aiohttp's writer can
+        write: Farebox's own URLs, BRC-104 requests (answered signed, whole),
+        metered and rewarded routes (written as they are charged or owed),
+        upstreams over https (aiohttp's client). A pure look at the request
+        and the policy: no store, no I/O, so a refusal changes nothing.
+        """
+        peers = self.services.peers
+        if peers is not None and peers.asks(request):  # type: ignore[arg-type]
+            return False
+        try:
+            target = canonicalize(request.raw_path)
+            if urls.is_own(target.path):
+                return False
+            match = self.services.policy.current.match(request.host, target, request.method)
+        except PathError:
+            return True  # its 400 is a plain answer
+        if isinstance(match, NoMatch):
+            return True
+        route = match.route.route
+        return (
+            route.meter is None
+            and route.reward is None
+            and match.service.upstream.startswith("http://")
+        )
 
     async def _mapped(self, request: web.BaseRequest) -> web.StreamResponse:
         try:

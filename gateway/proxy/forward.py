@@ -30,6 +30,7 @@ from yarl import URL
 
 from gateway.edge import bodies, logs, metrics
 from gateway.edge.forwarded import Network, is_trusted
+from gateway.edge.lane import LaneRequest, Relayed
 from gateway.edge.problems import problem
 from gateway.edge.protocol import SERVER
 from gateway.policy import Match
@@ -304,6 +305,9 @@ class Proxy:
             keep_private(out)
         if meter is not None or reply.body is None or bodies.WHOLE_ANSWER.get() is not None:
             chunks = reply.chunks() if reply.body is None else _once(reply.body)
+            if meter is None and isinstance(request, LaneRequest):
+                # The lane writes the head and streams the body itself.
+                return Relayed(reply.status, reply.reason, out, chunks, reply.release)
             try:
                 return await self._stream(
                     request, reply.status, reply.reason, out, chunks, match, meter

@@ -170,6 +170,7 @@ async def run_worker(
     gateway = assemble_gateway(services, proxy)
     server = ProblemServer(
         gateway.handle,
+        lane=gateway.takes,
         access_log=logging.getLogger("farebox.access") if settings.access_log else None,
         access_log_class=logs.AccessLog,
         # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.

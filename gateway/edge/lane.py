@@ -1,0 +1,469 @@
+"""The lane: HTTP/1.1 connections that answer the common request without aiohttp's server.
+
+aiohttp's request and response machinery (its protocol, request objects,
+payload writer, per-request bookkeeping) costs about 40 us of CPU per
+request on the development machine, more than the gateway's own decision
+and the proxying together: on a free or token-paid GET it was most of the
+difference to nginx. The lane reads the request head itself (llhttp, via
+httptools, the parser aiohttp uses too), builds a small request object with
+the attributes the pipeline reads (`LaneRequest`), hands it to the very same
+handler (`Gateway.handle`: one admission decision for every way in), and
+writes the answer the handler returns: a whole `web.Response`, or a
+`Relayed` upstream answer it streams itself.
+
+It takes a request only when its head says it can be answered from the head
+alone: GET or HEAD, HTTP/1.0 or 1.1, an origin-form target, one non-empty
+Host, no Content-Length, Transfer-Encoding, Upgrade or Expect, within the
+header limits; and when the handler's own `takes(request)` agrees (the
+gateway refuses, for one, routes whose answers only aiohttp's writer can
+write: metered, rewarded, BRC-104 signed). Anything else is handed to
+aiohttp's handler on the same connection with the bytes exactly as
+received, and the connection stays with aiohttp from then on. A request
+without a body ends at its blank line, so where the lane stops reading is
+where any HTTP/1.1 parser would start the next message: the two parsers
+never disagree on framing (no request smuggling between them), and the
+lane never forwards raw bytes (the upstream request is written anew).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.tcp_helpers import tcp_nodelay
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.edge.problems import problem
+
+log = logging.getLogger("farebox.lane")
+
+# Statuses that never carry a body (RFC 9110 15.2, 15.3.5, 15.4.5).
+_EMPTY = frozenset((204, 304, *range(100, 200)))
+# Request headers that mean the head is not the whole request, or that the
+# answer is not a plain HTTP answer: aiohttp's handler takes those.
+_NOT_LANE = frozenset(
+    {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"http2-settings"}
+)
+_METHODS = frozenset({b"GET", b"HEAD"})
+HIGH_WATER = 256 * 1024  # bytes waiting for the client before a relay waits too
+
+Takes = Callable[["LaneRequest"], bool]
+Handler = Callable[[Any], Awaitable[web.StreamResponse]]
+
+
+class LaneRequest:
+    """The parts of `web.BaseRequest` the pipeline reads, for a request without a body.
+
+    `headers` decode as aiohttp's do (UTF-8, undecodable bytes kept as
+    surrogates), `raw_path` is the request target as sent.
+    """
+
+    __slots__ = (
+        "_path",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "raw_path",
+        "remote",
+        "transport",
+        "version",
+    )
+
+    scheme = "http"  # the lane serves plain-HTTP listeners only (TLS ends in front)
+    body_exists = False
+    can_read_body = False
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDictProxy[str],
+        version: str,
+        keep_alive: bool,
+        remote: str | None,
+        transport: asyncio.Transport,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.host = headers.get("Host", "")
+        self.version = version
+        self.keep_alive = keep_alive
+        self.remote = remote
+        self.transport = transport
+        self._path: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The target's path, percent-decoded (as aiohttp's `request.path`)."""
+        if self._path is None:
+            self._path = URL.build(path=self.raw_path.partition("?")[0], encoded=True).path
+        return self._path
+
+
+class Relayed(web.StreamResponse):
+    """An upstream answer the lane writes itself: the head now, `chunks` after.
+
+    Never prepared by aiohttp; `release()` must be called once the body is
+    written or abandoned (it returns or drops the upstream connection).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        chunks: AsyncIterable[bytes],
+        release: Callable[[], None],
+    ) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)
+        self.chunks = chunks
+        self.release = release
+
+
+class LaneServer:
+    """What every lane connection of one listener shares.
+
+    `handler` answers a request (the gateway), `takes` says whether the lane
+    may answer it, `fallback()` makes aiohttp's handler protocol for a
+    connection handed over, `access_log` logs one line per answer as
+    aiohttp's would.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        takes: Takes,
+        fallback: Callable[[], asyncio.Protocol],
+        *,
+        access_log: AbstractAccessLogger | None,
+        max_head: int,
+        max_line: int,
+        max_field: int,
+        keepalive_timeout: float,
+    ) -> None:
+        self.handler = handler
+        self.takes = takes
+        self.fallback = fallback
+        self.access_log = access_log
+        self.max_head = max_head
+        self.max_line = max_line
+        self.max_field = max_field
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[Lane] = set()
+        self.closing = False
+
+    def __call__(self) -> Lane:
+        return Lane(self)
+
+    def close_idle(self) -> None:
+        """Stop taking requests; close connections with no request in flight."""
+        self.closing = True
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
+
+    async def wait_busy(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for answers in flight, then close what is left."""
+        deadline = time.monotonic() + timeout
+        while any(c.task is not None for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+
+
+class Lane(asyncio.Protocol):
+    """One client connection, until it is handed to aiohttp or closed."""
+
+    def __init__(self, server: LaneServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.buffer = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.writable: asyncio.Future[None] | None = None
+        self.parser = HttpRequestParser(self)
+        self.eof = False
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._complete = False
+
+    # --- asyncio.Protocol -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        tcp_nodelay(self.transport, True)  # as aiohttp: an answer's last segment leaves at once
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) and peer else None
+        self.server.connections.add(self)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.task is None:
+            self._next()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.task is None:
+            self.close()
+        return True  # half-closed: an answer in flight may still be written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # An answer in flight runs to its end, as aiohttp's handlers do
+        # (no handler cancellation): a payment half taken is worse than an
+        # answer nobody reads. Its writes go nowhere.
+        self.server.connections.discard(self)
+        self._disarm()
+        self._wake()
+
+    def pause_writing(self) -> None:
+        if self.writable is None:
+            self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake()
+
+    # --- httptools callbacks ----------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # --- the connection's work --------------------------------------------------------
+    def _next(self) -> None:
+        """Take the next head off the buffer: answer it, or hand the connection over."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > self.server.max_head or b"\n\n" in self.buffer:
+                self._hand_over()  # too long, or bare-LF framing: aiohttp decides
+            return
+        if self.server.closing:
+            self.close()
+            return
+        request = self._parse(bytes(self.buffer[: end + 4]))
+        try:
+            taken = request is not None and self.server.takes(request)
+        except Exception:  # a bug in `takes`: aiohttp's handler answers instead
+            log.exception("the lane could not look at a request")
+            taken = False
+        if request is None or not taken:
+            self._hand_over()
+            return
+        del self.buffer[: end + 4]
+        self._disarm()
+        self.task = asyncio.get_running_loop().create_task(self._answer(request))
+
+    def _parse(self, head: bytes) -> LaneRequest | None:
+        """The head as a request the lane may take, or None."""
+        if len(head) > self.server.max_head or not head.startswith((b"GET /", b"HEAD /")):
+            return None
+        self._url, self._fields, self._complete = b"", [], False
+        try:
+            self.parser.feed_data(head)
+        except (HttpParserError, HttpParserUpgrade):
+            self.parser = HttpRequestParser(self)
+            return None
+        if not self._complete:  # a body follows after all
+            self.parser = HttpRequestParser(self)
+            return None
+        method = self.parser.get_method()
+        version = self.parser.get_http_version()
+        if (
+            method not in _METHODS
+            or version not in ("1.1", "1.0")
+            or len(self._url) > self.server.max_line
+        ):
+            return None
+        headers: CIMultiDict[str] = CIMultiDict()
+        hosts = 0
+        limit = self.server.max_field
+        for name, value in self._fields:
+            lower = name.lower()
+            if lower in _NOT_LANE or len(name) + len(value) > limit:
+                return None
+            if lower == b"host":
+                hosts += 1
+            headers.add(
+                name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+            )
+        if hosts != 1 or not headers["Host"].strip():
+            return None
+        # RFC 9112 9.3: 1.1 persists unless told to close; 1.0 only when asked to keep alive.
+        tokens = {t.strip().lower() for t in ",".join(headers.getall("Connection", ())).split(",")}
+        keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
+        return LaneRequest(
+            method.decode("ascii"),
+            self._url.decode("utf-8", "surrogateescape"),
+            CIMultiDictProxy(headers),
+            version,
+            keep_alive,
+            self.remote,
+            self._transport(),
+        )
+
+    async def _answer(self, request: LaneRequest) -> None:
+        started = time.perf_counter()
+        try:
+            response = await self.server.handler(request)
+        except Exception:  # the handler maps its own errors: this is a bug
+            log.exception("the gateway failed on %s %s", request.method, request.path)
+            response = problem(500, "internal-error", "Internal server error", "the gateway failed")
+            response.force_close()
+        try:
+            keep = await self._write(request, response)
+        except ConnectionError:
+            keep = False  # the client left, or the upstream broke mid-body
+        except Exception:
+            log.exception("could not write the answer to %s %s", request.method, request.path)
+            keep = False
+        access = self.server.access_log
+        if access is not None and access.enabled:
+            access.log(request, response, time.perf_counter() - started)  # type: ignore[arg-type]
+        self.task = None
+        if not keep or self.eof or self.server.closing:
+            self.close()
+            return
+        self._arm()
+        if self.buffer:
+            self._next()
+
+    async def _write(self, request: LaneRequest, response: web.StreamResponse) -> bool:
+        """Write the answer; whether the connection may carry another request."""
+        transport = self._transport()
+        if transport.is_closing():
+            if isinstance(response, Relayed):
+                response.release()
+            return False
+        keep = response.keep_alive if response.keep_alive is not None else request.keep_alive
+        status = response.status
+        headers = response.headers
+        bodiless = status in _EMPTY or request.method == "HEAD"
+        if isinstance(response, Relayed):
+            try:
+                if status in _EMPTY:
+                    headers.popall("Content-Length", None)
+                if "Content-Length" not in headers and not bodiless:
+                    if request.version == "1.1":
+                        headers["Transfer-Encoding"] = "chunked"
+                    else:
+                        keep = False  # the end of the body is the end of the connection
+                chunked = "Transfer-Encoding" in headers
+                transport.write(_head(request, response, keep))
+                if not bodiless:
+                    await self._relay(response.chunks, chunked)
+            finally:
+                response.release()
+            return keep
+        body = response.body if isinstance(response, web.Response) else None
+        if not isinstance(body, bytes | bytearray):
+            body = b""
+        if "Content-Length" in headers:
+            if status in _EMPTY:
+                del headers["Content-Length"]
+        elif body or (status != 304 and request.method != "HEAD"):
+            headers["Content-Length"] = str(len(body))
+        if not bodiless and headers.get("Content-Length", "0") != "0":
+            headers.setdefault("Content-Type", "application/octet-stream")
+        head = _head(request, response, keep)
+        transport.write(head + body if body and not bodiless else head)
+        return keep
+
+    async def _relay(self, chunks: AsyncIterable[bytes], chunked: bool) -> None:
+        transport = self._transport()
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                if transport.is_closing():
+                    return
+                if chunked:
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    transport.write(chunk)
+                if self.writable is not None:
+                    await self.writable
+            if chunked and not transport.is_closing():
+                transport.write(b"0\r\n\r\n")
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # TimeoutError, UpstreamError from the upstream's stream
+            # The head is gone: cutting the connection is the only honest
+            # signal left that the body is incomplete.
+            log.warning("upstream broke mid-response: %s", type(exc).__name__)
+            transport.abort()
+            raise ConnectionError("upstream broke mid-response") from exc
+
+    def _hand_over(self) -> None:
+        """Give the connection, and every byte not yet answered, to aiohttp."""
+        transport = self._transport()
+        self._disarm()
+        self.server.connections.discard(self)
+        protocol = self.server.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            protocol.data_received(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _transport(self) -> asyncio.Transport:
+        assert self.transport is not None
+        return self.transport
+
+    def _arm(self) -> None:
+        """Close an idle connection (and a head that never ends) after the keep-alive timeout."""
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.server.keepalive_timeout, self.close)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _wake(self) -> None:
+        if self.writable is not None:
+            if not self.writable.done():
+                self.writable.set_result(None)
+            self.writable = None
+
+
+def _head(request: LaneRequest, response: web.StreamResponse, keep: bool) -> bytes:
+    """The status line and headers as aiohttp writes them (Date, Connection added)."""
+    headers = response.headers
+    if "Date" not in headers:
+        headers["Date"] = rfc822_formatted_time()
+    if "Connection" not in headers:
+        if keep:
+            if request.version == "1.0":
+                headers["Connection"] = "keep-alive"
+        elif request.version == "1.1":
+            headers["Connection"] = "close"
+    lines = [f"HTTP/{request.version} {response.status} {response.reason}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    lines.append("\r\n")
+    text = "".join(lines)
+    # One CR and one LF per line, or a value would smuggle in a header (as aiohttp refuses).
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("CR or LF in a response header")
+    return text.encode("utf-8", "surrogateescape")
