@@ -74,6 +74,7 @@ class LaneRequest:
         "method",
         "raw_path",
         "remote",
+        "routed",
         "transport",
         "version",
     )
@@ -100,6 +101,9 @@ class LaneRequest:
         self.keep_alive = keep_alive
         self.remote = remote
         self.transport = transport
+        # What the handler's `takes` found (its canonical target and match),
+        # for the handler to use again instead of looking twice.
+        self.routed: Any = None
         self._path: str | None = None
 
     @property

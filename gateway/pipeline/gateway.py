@@ -42,7 +42,7 @@ from gateway.pipeline.credentials import (
     too_early,
 )
 from gateway.pipeline.errors import problem_for
-from gateway.policy import Match, NoMatch
+from gateway.policy import Match, NoMatch, Policy
 from gateway.pricing import quote
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import free_quota_holder
@@ -112,6 +112,7 @@ class Gateway:
             match = self.services.policy.current.match(request.host, target, request.method)
         except PathError:
             return True  # its 400 is a plain answer
+        request.routed = (target, match)
         if isinstance(match, NoMatch):
             return True
         route = match.route.route
@@ -129,27 +130,15 @@ class Gateway:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        try:
-            target = canonicalize(request.raw_path)
-        except PathError as exc:
-            metrics.REQUESTS.labels("", "", 400).inc()
-            return problem(400, exc.reason, "Bad request target", exc.detail)
-        if urls.is_own(target.path):
-            if self.router is None:
-                return problem(
-                    404, "no-route", "Not found", f"no Farebox endpoint at {target.path}"
-                )
-            return await self.router(request, target.path)
-        if not request.headers.get("Host", "").strip():
-            # Without a Host the upstream picks its default virtual host,
-            # often the priced one: nothing to match a host-bound service on.
-            return problem(400, "bad-host", "Bad Host header", "a request needs a Host header")
-        policy = self.services.policy.current
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            preflight = self._preflight(request, target)
-            if preflight is not None:
-                return preflight
-        match = policy.match(request.host, target, request.method)
+        routed = request.routed if isinstance(request, LaneRequest) else None
+        if routed is not None:  # the lane's look at it (takes), not taken twice
+            target, match = routed
+            policy = self.services.policy.current
+        else:
+            found = await self._route(request)
+            if isinstance(found, web.StreamResponse):
+                return found
+            target, match, policy = found
         if isinstance(match, NoMatch):
             metrics.REQUESTS.labels("", "", 405 if match.allowed else policy.unmatched).inc()
             if match.allowed:
@@ -178,6 +167,34 @@ class Gateway:
                 upstream_errors=int(status in (502, 504)),
             )
         return response
+
+    async def _route(
+        self, request: web.BaseRequest
+    ) -> tuple[Target, Match | NoMatch, Policy] | web.StreamResponse:
+        """The request's canonical target, its match and the policy matched
+        against; or the answer already due (a bad target, Farebox's own URL,
+        no Host, a CORS preflight)."""
+        try:
+            target = canonicalize(request.raw_path)
+        except PathError as exc:
+            metrics.REQUESTS.labels("", "", 400).inc()
+            return problem(400, exc.reason, "Bad request target", exc.detail)
+        if urls.is_own(target.path):
+            if self.router is None:
+                return problem(
+                    404, "no-route", "Not found", f"no Farebox endpoint at {target.path}"
+                )
+            return await self.router(request, target.path)
+        if not request.headers.get("Host", "").strip():
+            # Without a Host the upstream picks its default virtual host,
+            # often the priced one: nothing to match a host-bound service on.
+            return problem(400, "bad-host", "Bad Host header", "a request needs a Host header")
+        policy = self.services.policy.current
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            preflight = self._preflight(request, target)
+            if preflight is not None:
+                return preflight
+        return target, policy.match(request.host, target, request.method), policy
 
     async def _matched(self, request: web.BaseRequest, match: Match) -> web.StreamResponse:
         route = match.route.route
