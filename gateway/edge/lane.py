@@ -8,8 +8,9 @@ difference to nginx. The lane reads the request head itself (llhttp, via
 httptools, the parser aiohttp uses too), builds a small request object with
 the attributes the pipeline reads (`LaneRequest`), hands it to the very same
 handler (`Gateway.handle`: one admission decision for every way in), and
-writes the answer the handler returns: a whole `web.Response`, or a
-`Relayed` upstream answer it streams itself.
+writes the answer the handler returns: a whole `web.Response`; a streamed
+one (a large or metered upstream answer) the proxy writes through the
+connection itself (`start`, `write`, `end`: the proxy's Sink).
 
 It takes a request only when its head says it can be answered from the head
 alone: GET or HEAD, HTTP/1.0 or 1.1, an origin-form target, one non-empty
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -53,7 +54,6 @@ _NOT_LANE = frozenset(
     {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"http2-settings"}
 )
 _METHODS = frozenset({b"GET", b"HEAD"})
-HIGH_WATER = 256 * 1024  # bytes waiting for the client before a relay waits too
 
 Takes = Callable[["LaneRequest"], bool]
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
@@ -68,6 +68,7 @@ class LaneRequest:
 
     __slots__ = (
         "_path",
+        "conn",
         "headers",
         "host",
         "keep_alive",
@@ -92,6 +93,7 @@ class LaneRequest:
         keep_alive: bool,
         remote: str | None,
         transport: asyncio.Transport,
+        conn: Lane,
     ) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -101,6 +103,7 @@ class LaneRequest:
         self.keep_alive = keep_alive
         self.remote = remote
         self.transport = transport
+        self.conn = conn  # the connection: the sink a streamed answer is written to
         # What the handler's `takes` found (its canonical target and match),
         # for the handler to use again instead of looking twice.
         self.routed: Any = None
@@ -114,24 +117,13 @@ class LaneRequest:
         return self._path
 
 
-class Relayed(web.StreamResponse):
-    """An upstream answer the lane writes itself: the head now, `chunks` after.
+class Written(web.StreamResponse):
+    """An answer already written to the lane's connection (streamed through it
+    as a `Sink`): nothing is left to send, and its headers are spent."""
 
-    Never prepared by aiohttp; `release()` must be called once the body is
-    written or abandoned (it returns or drops the upstream connection).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        reason: str | None,
-        headers: CIMultiDict[str],
-        chunks: AsyncIterable[bytes],
-        release: Callable[[], None],
-    ) -> None:
-        super().__init__(status=status, reason=reason, headers=headers)
-        self.chunks = chunks
-        self.release = release
+    @property
+    def prepared(self) -> bool:
+        return True
 
 
 class LaneServer:
@@ -198,6 +190,8 @@ class Lane(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
         self.parser = HttpRequestParser(self)
         self.eof = False
+        self.chunked = False  # the answer being streamed is chunk-framed
+        self.keep = True  # the answer being streamed leaves the connection open
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
         self._complete = False
@@ -319,6 +313,7 @@ class Lane(asyncio.Protocol):
             keep_alive,
             self.remote,
             self._transport(),
+            self,
         )
 
     async def _answer(self, request: LaneRequest) -> None:
@@ -350,30 +345,14 @@ class Lane(asyncio.Protocol):
     async def _write(self, request: LaneRequest, response: web.StreamResponse) -> bool:
         """Write the answer; whether the connection may carry another request."""
         transport = self._transport()
+        if isinstance(response, Written):  # streamed already, through this connection
+            return self.keep and not transport.is_closing()
         if transport.is_closing():
-            if isinstance(response, Relayed):
-                response.release()
             return False
         keep = response.keep_alive if response.keep_alive is not None else request.keep_alive
         status = response.status
         headers = response.headers
         bodiless = status in _EMPTY or request.method == "HEAD"
-        if isinstance(response, Relayed):
-            try:
-                if status in _EMPTY:
-                    headers.popall("Content-Length", None)
-                if "Content-Length" not in headers and not bodiless:
-                    if request.version == "1.1":
-                        headers["Transfer-Encoding"] = "chunked"
-                    else:
-                        keep = False  # the end of the body is the end of the connection
-                chunked = "Transfer-Encoding" in headers
-                transport.write(_head(request, response, keep))
-                if not bodiless:
-                    await self._relay(response.chunks, chunked)
-            finally:
-                response.release()
-            return keep
         body = response.body if isinstance(response, web.Response) else None
         if not isinstance(body, bytes | bytearray):
             body = b""
@@ -384,34 +363,68 @@ class Lane(asyncio.Protocol):
             headers["Content-Length"] = str(len(body))
         if not bodiless and headers.get("Content-Length", "0") != "0":
             headers.setdefault("Content-Type", "application/octet-stream")
-        head = _head(request, response, keep)
+        head = _head(request.version, status, response.reason, headers, keep)
         transport.write(head + body if body and not bodiless else head)
         return keep
 
-    async def _relay(self, chunks: AsyncIterable[bytes], chunked: bool) -> None:
+    # --- a streamed answer (gateway/proxy/forward.py's Sink) -------------------------
+    async def start(
+        self,
+        request: LaneRequest,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        *,
+        close: bool = False,
+    ) -> None:
+        """Write the head of an answer whose body follows in `write` calls."""
+        bodiless = status in _EMPTY or request.method == "HEAD"
+        keep = request.keep_alive and not close
+        if status in _EMPTY:
+            headers.popall("Content-Length", None)
+        if "Content-Length" not in headers and not bodiless:
+            if request.version == "1.1":
+                headers["Transfer-Encoding"] = "chunked"
+            else:
+                keep = False  # the end of the body is the end of the connection
+        self.chunked = not bodiless and "Transfer-Encoding" in headers
+        self.keep = keep
+        if self._transport().is_closing():
+            raise ConnectionResetError("the client went away")
+        self._transport().write(_head(request.version, status, reason, headers, keep))
+
+    async def write(self, chunk: bytes) -> None:
+        """Write body bytes; wait while the client is slower than the upstream.
+
+        Raises ConnectionResetError once the connection is closing (as aiohttp's writer)."""
         transport = self._transport()
-        try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                if transport.is_closing():
-                    return
-                if chunked:
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                else:
-                    transport.write(chunk)
-                if self.writable is not None:
-                    await self.writable
-            if chunked and not transport.is_closing():
-                transport.write(b"0\r\n\r\n")
-        except (ConnectionError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # TimeoutError, UpstreamError from the upstream's stream
-            # The head is gone: cutting the connection is the only honest
-            # signal left that the body is incomplete.
-            log.warning("upstream broke mid-response: %s", type(exc).__name__)
-            transport.abort()
-            raise ConnectionError("upstream broke mid-response") from exc
+        if transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        if not chunk:
+            return
+        if self.chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            transport.write(chunk)
+        await self.drain()
+
+    async def drain(self) -> None:
+        if self.writable is not None:
+            await self.writable
+
+    async def end(self) -> None:
+        """The body is complete."""
+        transport = self._transport()
+        if self.chunked and not transport.is_closing():
+            transport.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        """Cut the connection: the client sees the answer is incomplete."""
+        self._transport().abort()
+        self.keep = False
+
+    def closing(self) -> bool:
+        return self._transport().is_closing()
 
     def _hand_over(self) -> None:
         """Give the connection, and every byte not yet answered, to aiohttp."""
@@ -452,18 +465,19 @@ class Lane(asyncio.Protocol):
             self.writable = None
 
 
-def _head(request: LaneRequest, response: web.StreamResponse, keep: bool) -> bytes:
+def _head(
+    version: str, status: int, reason: str | None, headers: CIMultiDict[str], keep: bool
+) -> bytes:
     """The status line and headers as aiohttp writes them (Date, Connection added)."""
-    headers = response.headers
     if "Date" not in headers:
         headers["Date"] = rfc822_formatted_time()
     if "Connection" not in headers:
         if keep:
-            if request.version == "1.0":
+            if version == "1.0":
                 headers["Connection"] = "keep-alive"
-        elif request.version == "1.1":
+        elif version == "1.1":
             headers["Connection"] = "close"
-    lines = [f"HTTP/{request.version} {response.status} {response.reason}\r\n"]
+    lines = [f"HTTP/{version} {status} {reason}\r\n"]
     lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
     lines.append("\r\n")
     text = "".join(lines)

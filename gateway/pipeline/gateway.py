@@ -96,11 +96,11 @@ class Gateway:
     def takes(self, request: LaneRequest) -> bool:
         """Whether the lane (edge/lane.py) may answer `request` through `handle`.
 
-        Every request but those whose answers only aiohttp's writer can
-        write: Farebox's own URLs, BRC-104 requests (answered signed, whole),
-        metered and rewarded routes (written as they are charged or owed),
-        upstreams over https (aiohttp's client). A pure look at the request
-        and the policy: no store, no I/O, so a refusal changes nothing.
+        Every request but those only aiohttp's side serves: Farebox's own
+        URLs, BRC-104 requests (answered signed, whole), rewarded routes
+        (owed as the answer passes), upstreams over https (aiohttp's
+        client). A pure look at the request and the policy: no store, no
+        I/O, so a refusal changes nothing.
         """
         peers = self.services.peers
         if peers is not None and peers.asks(request):  # type: ignore[arg-type]
@@ -116,11 +116,7 @@ class Gateway:
         if isinstance(match, NoMatch):
             return True
         route = match.route.route
-        return (
-            route.meter is None
-            and route.reward is None
-            and match.service.upstream.startswith("http://")
-        )
+        return route.reward is None and match.service.upstream.startswith("http://")
 
     async def _mapped(self, request: web.BaseRequest) -> web.StreamResponse:
         try:

@@ -30,7 +30,7 @@ from yarl import URL
 
 from gateway.edge import bodies, logs, metrics
 from gateway.edge.forwarded import Network, is_trusted
-from gateway.edge.lane import LaneRequest, Relayed
+from gateway.edge.lane import LaneRequest, Written
 from gateway.edge.problems import problem
 from gateway.edge.protocol import SERVER
 from gateway.policy import Match
@@ -143,6 +143,68 @@ class Metered(Protocol):
 
     def withdraw(self) -> None:
         """Nothing of the answer reached the client after all: charge nothing."""
+
+
+class Sink(Protocol):
+    """Where a streamed answer is written: aiohttp's response, or the lane's
+    connection (edge/lane.py). `write` raises ConnectionError once the
+    client is gone."""
+
+    async def start(
+        self,
+        request: LaneRequest,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        *,
+        close: bool = False,
+    ) -> None: ...
+    async def write(self, chunk: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    async def end(self) -> None: ...
+    def abort(self) -> None: ...
+    def closing(self) -> bool: ...
+
+
+class _Prepared:
+    """aiohttp's side of a Sink: a StreamResponse prepared on the request."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def start(
+        self,
+        request: object,
+        status: int,
+        reason: str | None,
+        headers: CIMultiDict[str],
+        *,
+        close: bool = False,
+    ) -> None:
+        self.response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        if close:
+            self.response.force_close()
+        await self.response.prepare(self.request)
+
+    async def write(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(chunk)
+
+    async def drain(self) -> None:
+        await self.request.writer.drain()
+
+    async def end(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
+
+    def abort(self) -> None:
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+    def closing(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
 
 
 class Proxy:
@@ -305,9 +367,6 @@ class Proxy:
             keep_private(out)
         if meter is not None or reply.body is None or bodies.WHOLE_ANSWER.get() is not None:
             chunks = reply.chunks() if reply.body is None else _once(reply.body)
-            if meter is None and isinstance(request, LaneRequest):
-                # The lane writes the head and streams the body itself.
-                return Relayed(reply.status, reply.reason, out, chunks, reply.release)
             try:
                 return await self._stream(
                     request, reply.status, reply.reason, out, chunks, match, meter
@@ -370,45 +429,39 @@ class Proxy:
             meter.begin(status, headers)
         if by_bytes:
             _small_buffers(request)
-        response = web.StreamResponse(status=status, reason=reason, headers=headers)
-        if by_bytes:
+        sink: Sink | _Prepared = (
+            request.conn if isinstance(request, LaneRequest) else _Prepared(request)
+        )
+        try:
             # The small buffers stay with the socket: no later answer on this
             # connection should inherit them.
-            response.force_close()
-        try:
-            await response.prepare(request)
+            await sink.start(request, status, reason, headers, close=by_bytes)  # type: ignore[arg-type]
             if request.method != "HEAD" and status not in (204, 304):
                 async for chunk in chunks:
                     allowed = len(chunk) if meter is None else meter.allow(len(chunk))
                     if allowed:
-                        await response.write(chunk if allowed == len(chunk) else chunk[:allowed])
+                        await sink.write(chunk if allowed == len(chunk) else chunk[:allowed])
                         if by_bytes:
-                            await request.writer.drain()  # keep the buffers small (HANG_UP_BOUND)
+                            await sink.drain()  # keep the buffers small (HANG_UP_BOUND)
                     if allowed < len(chunk):
                         # Cut at what the tab held: close so the client sees it.
-                        if request.transport is not None:
-                            request.transport.abort()
-                        return response
-            await response.write_eof()
+                        sink.abort()
+                        return _written(sink, status, headers)
+            await sink.end()
         except ConnectionError:
             # The client went away; releasing the upstream response (in
             # forward) drops that connection instead of reusing it.
             log.debug("client left before %s finished its response", match.service.name)
-            return response
+            return _written(sink, status, headers)
         except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
             # Headers are gone already: the only honest signal left is to cut
             # the connection so the client sees a truncated response.
             log.warning("upstream %s broke mid-response: %s", match.service.name, _brief(exc))
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        if (
-            meter is not None
-            and request.transport is not None
-            and not request.transport.is_closing()
-        ):
+            sink.abort()
+            return _written(sink, status, headers)
+        if meter is not None and not sink.closing():
             meter.end()  # the last bytes went somewhere
-        return response
+        return _written(sink, status, headers)
 
     async def _whole(
         self,
@@ -713,6 +766,14 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 METERED_SEND_BUFFER = 32 * 1024  # SO_SNDBUF asked (Linux doubles it)
 METERED_WRITE_BUFFER = 16 * 1024  # the transport's high-water mark
 HANG_UP_BOUND = 768 * 1024  # bytes charged beyond what reached the client, at most
+
+
+def _written(sink: Sink | _Prepared, status: int, headers: CIMultiDict[str]) -> web.StreamResponse:
+    """The answer `_stream` wrote: aiohttp's prepared response, or the lane's record of it."""
+    if isinstance(sink, _Prepared):
+        assert sink.response is not None
+        return sink.response
+    return Written(status=status, headers=headers)
 
 
 def _small_buffers(request: web.BaseRequest) -> None:
