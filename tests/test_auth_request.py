@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -9,7 +11,7 @@ import pytest
 
 from gateway.payments.cashier import Cashier
 from gateway.store.memory import MemoryStore
-from gateway.tokens import KeyRing, Tokens
+from gateway.tokens import Grant, KeyRing, Tokens
 from tests.chainkit import Tracker
 from tests.conftest import PAID_POLICY, PAID_SERVER
 from tests.test_paid_access import FakeBroadcaster, brc121
@@ -73,3 +75,56 @@ async def test_unknown_paths_and_own_paths(setup) -> None:
     assert (await ask(setup.base, "/archive/pages/%2F"))[0] == 401  # refused path: Farebox says why
     async with aiohttp.ClientSession() as http, http.get(setup.base + AUTH) as r:
         assert r.status == 400
+
+
+def minted(tokens: Tokens, path: str, lasts: int) -> str:
+    """A token for GET `path` of the archive service, valid for `lasts` seconds."""
+    grant = Grant(
+        id=uuid.uuid4().hex,
+        service="archive",
+        scope=path,
+        covers="resource",
+        methods=("GET", "HEAD"),
+        expires=int(time.time()) + lasts,
+        txid="00" * 32,
+        satoshis=25,
+        payer="ab" * 16,
+    )
+    return tokens.mint(grant)
+
+
+async def test_what_nginx_may_keep(setup) -> None:
+    """X-Accel-Expires (nginx's decision cache) only on answers that depend on
+    nothing but the method, host, URI and credentials, and change nothing."""
+    status, headers = await ask(setup.base, "/archive/about")
+    assert status == 204 and headers["X-Accel-Expires"] == "1"  # free, no quota
+    status, headers = await ask(setup.base, "/archive/pages/1")
+    assert status == 401 and "X-Accel-Expires" not in headers  # a refusal: never
+
+    payment = brc121(setup, 25)
+    for _ in range(2):  # taken, then answered again from its claim: never kept
+        status, headers = await ask(setup.base, "/archive/pages/1", payment)
+        assert status == 204 and headers["X-Farebox-Token"]
+        assert "X-Accel-Expires" not in headers
+    token = headers["X-Farebox-Token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, headers = await ask(setup.base, "/archive/pages/1", bearer)
+    assert status == 204 and headers["X-Accel-Expires"] == "1"
+    status, headers = await ask(
+        setup.base, "/archive/pages/1", {"Cookie": f"farebox_token={token}"}
+    )
+    assert status == 204 and headers["X-Accel-Expires"] == "1"
+    # The token beside a payment header, or a concession's proof: answered, not kept.
+    for extra in ({"x-bsv-vout": "0"}, {"PAYMENT-SIGNATURE": "x"}, {"X-Farebox-Eligibility": "e"}):
+        status, headers = await ask(setup.base, "/archive/pages/1", {**bearer, **extra})
+        assert status == 204 and "X-Accel-Expires" not in headers, extra
+    assert (await ask(setup.base, "/archive/pages/2", bearer))[0] == 401
+
+    # A token about to expire: nginx might keep a yes past its exp (it counts
+    # whole seconds), so it is not kept at all.
+    short = {"Authorization": f"Bearer {minted(setup.tokens, '/archive/pages/3', 2)}"}
+    status, headers = await ask(setup.base, "/archive/pages/3", short)
+    assert status == 204 and "X-Accel-Expires" not in headers
+    long = {"Authorization": f"Bearer {minted(setup.tokens, '/archive/pages/3', 3600)}"}
+    status, headers = await ask(setup.base, "/archive/pages/3", long)
+    assert status == 204 and headers["X-Accel-Expires"] == "1"

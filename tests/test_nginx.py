@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -173,7 +174,10 @@ async def front(tmp_path: Path, upstream: Upstream, devnet_http) -> AsyncIterato
                     "/etc/ssl/farebox/privkey.pem": str(cert_key),
                     "server 127.0.0.1:8402;": f"server 127.0.0.1:{farebox.port};",
                     **(
-                        {"server 10.0.0.5:8080;": f"server {upstream.url[7:]};"}
+                        {
+                            "server 10.0.0.5:8080;": f"server {upstream.url[7:]};",
+                            "/var/cache/nginx/farebox": decision_cache(stack),
+                        }
                         if "auth-request" in template
                         else {}
                     ),
@@ -193,6 +197,18 @@ async def front(tmp_path: Path, upstream: Upstream, devnet_http) -> AsyncIterato
             )
 
         yield start
+
+
+def decision_cache(stack: AsyncExitStack) -> str:
+    """A directory for nginx's cache of Farebox's decisions, removed with `stack`.
+
+    Writable by nginx's workers (nobody under root): pytest's tmp_path is
+    for its owner only.
+    """
+    cache = Path(tempfile.mkdtemp(prefix="farebox-nginx-cache-"))
+    cache.chmod(0o777)
+    stack.callback(shutil.rmtree, cache, ignore_errors=True)
+    return str(cache)
 
 
 async def fat_payment(front: Front, satoshis: int) -> tuple[dict[str, str], str]:
