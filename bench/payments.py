@@ -21,7 +21,15 @@ scripts again and updates its UTXO set: a stand-in for ARC's answer).
 
 Then the same kind of payments go through the cashier in this process, to
 time each stage (parse, derivation, structure, output, merkle, scripts,
-claim, broadcast, token, receipt).
+claim, broadcast, token, receipt), in CPU time of the thread (so other work
+on a shared machine does not count).
+
+Last, `crypto_limit` times the three signature operations one payment needs
+(an ECDSA verification, a BRC-42 derivation, an Ed25519 token signature) in
+this process, and the bench prints payments/s over what they allow on one
+core (1 / their sum). Because req/s is noisy on a shared machine, each HTTP
+layout also reports the worker processes' CPU time per payment (from
+/proc), and the payments/s one core would give at that cost.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,9 +272,24 @@ async def fire(
 
 
 async def stages(
+    server: PrivateKey, payments: list[Prepared], roots: dict[int, str], *, cpu: bool = True
+) -> tuple[dict[str, float], float]:
+    """Run the cashier in this process and average each stage (seconds per payment),
+    with the elapsed seconds. With `cpu` the stages are timed in CPU time of
+    this thread (other processes' load does not count), else in wall time."""
+    from gateway.payments import verify
+
+    clock = verify.STAGE_CLOCK
+    verify.STAGE_CLOCK = time.thread_time if cpu else time.perf_counter
+    try:
+        return await _stages(server, payments, roots)
+    finally:
+        verify.STAGE_CLOCK = clock
+
+
+async def _stages(
     server: PrivateKey, payments: list[Prepared], roots: dict[int, str]
 ) -> tuple[dict[str, float], float]:
-    """Run the cashier in this process and average each stage."""
     from gateway.chain import BroadcastResult
     from gateway.edge.paths import canonicalize
     from gateway.payments.cashier import Cashier
@@ -313,6 +338,85 @@ async def stages(
                 totals[stage] = totals.get(stage, 0.0) + seconds
         elapsed = time.perf_counter() - started
     return {k: v / len(payments) for k, v in totals.items()}, elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc; 0.0 when
+    it cannot be read (not Linux, or the process is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After "pid (comm)": state is field 3, utime 14 and stime 15 (man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _median_us(fn: Callable[[int], object], calls: int) -> float:
+    """Median microseconds of `calls` single calls of fn(i) (robust to preemption)."""
+    times = []
+    for i in range(calls):
+        started = time.perf_counter_ns()
+        fn(i)
+        times.append(time.perf_counter_ns() - started)
+    return statistics.median(times) / 1000
+
+
+def crypto_limit(calls: int = 2000) -> dict[str, float]:
+    """What one payment's signature operations cost in this process, and the
+    payments/s they allow on one core: 1 / (verify + derive + sign).
+
+    - verify_us: bsv-sdk `PublicKey.verify` of a DER signature over a 32-byte
+      hash, as a payment's script check does for each input (OP_CHECKSIG on
+      libsecp256k1 when bsv-sdk's native backend is there);
+    - derive_us: `gateway.bsv.derivation.payee_key`, bsv-sdk's BRC-42
+      derivation of the key a payment must pay, a new invoice each call;
+    - sign_us: `Tokens.mint`, the EdDSA access token issued after a payment.
+
+    Also, for the record: `ed25519_us` (the bare signature in `sign_us`),
+    `derive_fast_us` (the cashier's `PayeeScripts`, a new sender each call:
+    no cached ECDH) and `derive_cached_us` (a payer seen before). Medians of
+    `calls` single calls, in microseconds; `limit_per_s` in payments/s.
+    """
+    from gateway.bsv.derivation import PayeeScripts, payee_key
+    from gateway.tokens import Grant, KeyRing, Tokens, new_grant_id
+
+    key = PrivateKey()
+    pub = key.public_key()
+    hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(256)]
+    signatures = [key.sign(h, hasher=None) for h in hashes]
+    if not all(pub.verify(sig, h, hasher=None) for sig, h in zip(signatures, hashes, strict=True)):
+        raise SystemExit("a signature made for the timing did not verify")
+    server = PrivateKey()
+    sender = PrivateKey().public_key()
+    senders = [PrivateKey().public_key() for _ in range(256)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens = Tokens(KeyRing.load(Path(tmp) / "tk"))
+    ring_key = tokens.ring.keys[tokens.ring.active]
+    expires = int(time.time()) + 3600
+    scripts = PayeeScripts(server, cache_size=1)
+
+    def sign(i: int) -> str:
+        grant = Grant(
+            new_grant_id(), "bench", f"/bench/bytes/{i}", "resource", ("GET",),
+            expires, f"{i:064x}", PRICE, "ab" * 16,
+        )  # fmt: skip
+        return tokens.mint(grant)
+
+    suffix = "MTcwMDAwMDAwMDAwMA=="
+    warm = PayeeScripts(server)
+    out = {
+        "verify_us": _median_us(lambda i: pub.verify(signatures[i & 255], hashes[i & 255], hasher=None), calls),
+        "derive_us": _median_us(lambda i: payee_key(server, sender, f"bench-{i}", suffix), calls),
+        "sign_us": _median_us(sign, calls),
+        "ed25519_us": _median_us(lambda i: ring_key.sign(b"%0300d" % i), calls),
+        # cache_size=1 and 256 senders in turn: every call multiplies anew
+        "derive_fast_us": _median_us(lambda i: scripts.script(senders[i & 255], f"b-{i}", suffix), calls),
+        "derive_cached_us": _median_us(lambda i: warm.script(sender, f"b-{i}", suffix), calls),
+    }  # fmt: skip
+    total = out["verify_us"] + out["derive_us"] + out["sign_us"]
+    out["total_us"] = total
+    out["limit_per_s"] = 1e6 / total
+    return out
 
 
 def policy_yaml(upstream_port: int) -> str:
@@ -410,7 +514,10 @@ async def measure(
         )
         base = f"http://127.0.0.1:{port}"
         await fire(base, warm, args.concurrency)
+        servers = procs[-layout.workers :]
+        cpu_before = sum(cpu_seconds(p.pid) for p in servers)
         elapsed, latencies, statuses = await fire(base, timed, args.concurrency)
+        worker_cpu = sum(cpu_seconds(p.pid) for p in servers) - cpu_before
         per_stage, stage_elapsed = (
             await stages(server, staged, roots)
             if layout.mode == "none" and not layout.shared
@@ -424,6 +531,9 @@ async def measure(
             "accepted": ok,
             "statuses": statuses,
             "payments_per_s": ok / elapsed,
+            # Worker CPU (all workers, user + system) per payment sent: what
+            # req/s would be on a machine of its own, one core per worker.
+            "worker_cpu_us": worker_cpu / len(timed) * 1e6 if timed else None,
             "p50_ms": statistics.median(latencies) * 1000,
             "p99_ms": sorted(latencies)[int(len(latencies) * 0.99) - 1] * 1000,
             "stages_us": {k: v * 1e6 for k, v in per_stage.items()},
@@ -461,9 +571,12 @@ async def bench(args: argparse.Namespace) -> None:
                 f"... {layout.label}, broadcast {layout.mode}: {args.payments + args.warmup} payments, {args.concurrency} in flight",
                 flush=True,
             )
-            results.append(
-                await measure(args, layout, workdir, server, redis.url if redis else None)
-            )
+            # The machine's speed drifts (other tenants, clocks): the signature
+            # operations are timed just before and just after each layout.
+            before = crypto_limit()
+            result = await measure(args, layout, workdir, server, redis.url if redis else None)
+            result["crypto_around"] = [before, crypto_limit()]
+            results.append(result)
     finally:
         stop(upstream)
         if redis is not None:
@@ -472,20 +585,46 @@ async def bench(args: argparse.Namespace) -> None:
     print(
         f"Farebox payments benchmark: {os.cpu_count()} CPUs, BRC-121 headers over HTTP, price {PRICE} sats"
     )
-    print(f"{'layout':<38} {'broadcast':<10} {'payments/s':>11} {'p50':>9} {'p99':>9}  statuses")
+    print(
+        f"{'layout':<38} {'broadcast':<10} {'payments/s':>11} {'p50':>9} {'p99':>9} "
+        f"{'worker CPU':>11} {'per core':>9}  statuses"
+    )
     for r in results:
+        cpu_us = r.get("worker_cpu_us")
+        cpu = f"{cpu_us:>9.0f}us {1e6 / cpu_us:>9,.0f}" if cpu_us else f"{'?':>11} {'?':>9}"
         print(
-            f"{r['layout']:<38} {r['mode']:<10} {r['payments_per_s']:>11,.0f} {r['p50_ms']:>7.1f}ms {r['p99_ms']:>7.1f}ms  {r['statuses']}"
+            f"{r['layout']:<38} {r['mode']:<10} {r['payments_per_s']:>11,.0f} {r['p50_ms']:>7.1f}ms {r['p99_ms']:>7.1f}ms {cpu}  {r['statuses']}"
         )
     staged = next((r for r in results if r["stages_us"]), None)
     if staged:
         print()
-        print("Per payment, in process (cashier alone, no HTTP, no broadcast):")
+        print("Per payment, in process (cashier alone, no HTTP, no broadcast; CPU time):")
         total = sum(staged["stages_us"].values())
         for stage, us in staged["stages_us"].items():
             print(f"  {stage:<11} {us:>8.1f} us  {us / total:>5.1%}")
         print(
             f"  {'total':<11} {total:>8.1f} us  -> {staged['in_process_per_s']:,.0f} payments/s on one core"
+        )
+    print()
+    print("Crypto limit, timed before and after each layout (1 / (verify + derive + sign)):")
+    for r in results:
+        around = r["crypto_around"]
+        crypto = {key: statistics.mean(c[key] for c in around) for key in around[0]}
+        crypto["limit_per_s"] = 1e6 / crypto["total_us"]
+        r["crypto"] = crypto
+        limits = " and ".join(f"{c['limit_per_s']:,.0f}" for c in around)
+        cpu_us = r.get("worker_cpu_us")
+        at_cost = (
+            f"; at its worker CPU cost {1e6 / cpu_us / crypto['limit_per_s']:.2f}" if cpu_us else ""
+        )
+        print(
+            f"  {r['layout']}, broadcast {r['mode']}: verify {crypto['verify_us']:.1f} us + "
+            f"derive {crypto['derive_us']:.1f} us + token {crypto['sign_us']:.1f} us "
+            f"(Ed25519 alone {crypto['ed25519_us']:.1f}; the cashier's derivation "
+            f"{crypto['derive_fast_us']:.1f} for a new payer, {crypto['derive_cached_us']:.1f} "
+            f"for one seen before) -> limit {crypto['limit_per_s']:,.0f}/s ({limits}); "
+            f"{r['payments_per_s']:,.0f}/s = {r['payments_per_s'] / crypto['limit_per_s']:.2f} "
+            f"x the limit{at_cost}"
         )
     print()
     for workers in sorted({r["layout"].split(" ")[0] for r in results}):

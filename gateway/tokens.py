@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,7 @@ class Tokens:
         # grant and when it opens (unix seconds, LEEWAY applied). Decoded once.
         self._early: OrderedDict[str, tuple[Grant, float]] = OrderedDict()
         self._cache_size = cache_size
+        self._headers: dict[str, bytes] = {}  # kid -> the JWS header segment, base64url
 
     def reload(self, folder: Path) -> str:
         """Read the key ring again (after `farebox keys rotate`); the active kid.
@@ -218,7 +221,28 @@ class Tokens:
         """A signed token of these claims, for `audience` only (checkout tickets too)."""
         kid = self.ring.active
         payload = {**claims, "iss": ISSUER, "aud": audience}
-        return jwt.encode(payload, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid})
+        if any(isinstance(payload.get(c), datetime) for c in ("exp", "iat", "nbf")):
+            # PyJWT turns these into numbers; the fast path takes numbers only.
+            return jwt.encode(
+                payload, self.ring.keys[kid], algorithm=ALGORITHM, headers={"kid": kid}
+            )
+        return self._encode(payload, kid)
+
+    def _encode(self, payload: dict[str, Any], kid: str) -> str:
+        """What `jwt.encode(payload, key, "EdDSA", headers={"kid": kid})` returns, byte
+        for byte (Ed25519 signatures are deterministic), without PyJWT's per-call
+        work: the header segment is made once per key, the key object reused.
+        TypeError, as from PyJWT, for a claim JSON cannot hold."""
+        header = self._headers.get(kid)
+        if header is None:
+            # PyJWT's header: typ and alg, then ours, keys sorted, compact JSON.
+            fields = {"typ": "JWT", "alg": ALGORITHM, "kid": kid}
+            header = _b64url(json.dumps(fields, separators=(",", ":"), sort_keys=True).encode())
+            self._headers[kid] = header
+        body = _b64url(_COMPACT.encode(payload).encode("utf-8"))
+        signing_input = header + b"." + body
+        signature = self.ring.keys[kid].sign(signing_input)
+        return (signing_input + b"." + _b64url(signature)).decode("ascii")
 
     def read_claims(
         self,
@@ -313,6 +337,15 @@ class Tokens:
         except (KeyError, TypeError, ValueError, OverflowError):
             return None
         return grant, opens
+
+
+# json.dumps(..., separators=(",", ":")) as PyJWT calls it, without a new encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _b64url(data: bytes) -> bytes:
+    """base64url without padding (RFC 7515), as PyJWT writes JWS segments."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _raw(pub: Ed25519PublicKey) -> bytes:

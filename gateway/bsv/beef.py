@@ -23,16 +23,29 @@ Writing is V1 (what every reader takes): bsv-sdk's `to_beef()` walks the
 ancestry recursively without a memo, writing a shared ancestor once per
 path to it, and its `new_beef_from_bytes` drops the BUMPs of a V1 BEEF.
 
+Reading has a fast path for what well-formed BEEF looks like (`_fast_entries`):
+it walks the framing over the bytes once, hands bsv-sdk each transaction's
+exact bytes, takes its txid from those bytes when they are the canonical
+encoding bsv-sdk would write again, and reuses the `MerklePath` read lately
+from the same BUMP bytes (a wallet pays many times from one proven
+transaction; the path is validated once). At the first thing it does not
+expect — truncation, a cap, an unknown kind, the same BUMP twice — it gives
+up and the general reader runs on the same bytes, so every refusal is the
+general reader's. Treat the `MerklePath`s returned as read-only: they may
+be shared between reads.
+
 Errors are `PaymentError`s: "malformed-beef" (status 400), "beef-too-large"
 (413), "txid-only-ancestor" and, from the writer, "missing-ancestor" (402).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bsv import MerklePath, Transaction
+from bsv import MerklePath, Script, Transaction, TransactionInput, TransactionOutput
 from bsv.utils import Reader, Writer
 
 from gateway.bsv.ancestry import parents_first, walk_ancestry
@@ -94,6 +107,16 @@ def read_entries(data: bytes, limits: Limits = Limits()) -> Entries:
     Raises PaymentError "beef-too-large" beyond `limits`, "malformed-beef"
     for anything that is not exactly one BEEF (trailing bytes included).
     """
+    fast = _fast_entries(data, limits)
+    if fast is not None:
+        subject, bumps, entries = fast
+        return _related(subject, bumps, entries)
+    return read_entries_general(data, limits)
+
+
+def read_entries_general(data: bytes, limits: Limits = Limits()) -> Entries:
+    """`read_entries` without its fast path: bsv-sdk's readers on every part
+    (kept for tests that hold the fast path to it). Raises as `read_entries`."""
     if len(data) > limits.max_bytes:
         raise PaymentError(
             "beef-too-large",
@@ -122,6 +145,11 @@ def read_entries(data: bytes, limits: Limits = Limits()) -> Entries:
         raise _malformed(f"unreadable BEEF: {type(exc).__name__}") from None
     if reader.tell() != len(data):
         raise _malformed(f"{len(data) - reader.tell()} unexpected bytes after the BEEF")
+    return _related(subject, bumps, entries)
+
+
+def _related(subject: str | None, bumps: list[MerklePath], entries: list[Entry]) -> Entries:
+    """The end of reading: every BUMP used, an Atomic BEEF's subject and ancestry only."""
     if not entries:
         raise _malformed("BEEF holds no transaction")
     used = {id(e.tx.merkle_path) for e in entries if e.tx is not None and e.tx.merkle_path}
@@ -253,6 +281,237 @@ def _require_only_ancestry(subject: str, entries: Sequence[Entry], what: str) ->
             f"{what} carries {len(unrelated)} transaction(s) unrelated to its subject "
             f"{subject}, {unrelated[0]} first: neither the subject nor an ancestor it needs"
         )
+
+
+# ----- the fast path -------------------------------------------------------------------
+
+
+class _Unusual(Exception):
+    """Not what the fast path reads: the general reader decides (and refuses)."""
+
+
+_PATHS: OrderedDict[bytes, MerklePath] = OrderedDict()  # BUMP bytes -> its path, read lately
+_PATHS_KEPT = 512
+# The BUMPs kept, by their first bytes (height, levels, first leaf), to find one
+# in a BEEF without walking its leaves: reading a BUMP depends on nothing but
+# the bytes it reads, so bytes equal to a kept BUMP are that BUMP, to the end.
+_PREFIX = 40
+_BY_PREFIX: dict[bytes, list[bytes]] = {}
+_PATH_BYTES_KEPT = 4096  # longer BUMPs are read each time, not kept
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int, bool]:
+    """(value, position after, minimal encoding) of the varint at `pos`; _Unusual
+    when the bytes end inside it."""
+    if pos >= len(data):
+        raise _Unusual
+    first = data[pos]
+    if first < 0xFD:
+        return first, pos + 1, True
+    size = 2 if first == 0xFD else 4 if first == 0xFE else 8
+    end = pos + 1 + size
+    if end > len(data):
+        raise _Unusual
+    value = int.from_bytes(data[pos + 1 : end], "little")
+    floor = 0xFD if size == 2 else 0x10000 if size == 4 else 0x100000000
+    return value, end, value >= floor
+
+
+def _fast_entries(
+    data: bytes, limits: Limits
+) -> tuple[str | None, list[MerklePath], list[Entry]] | None:
+    """(Atomic subject or None, BUMPs, entries) as `read_entries_general` reads them,
+    or None for anything it would have to think about (it then runs instead)."""
+    if not 4 <= len(data) <= limits.max_bytes:
+        return None
+    try:
+        return _fast_framing(data, limits)
+    except _Unusual:
+        return None
+    except Exception:  # bsv-sdk refusing a part: the general reader says how
+        return None
+
+
+def _fast_framing(data: bytes, limits: Limits) -> tuple[str | None, list[MerklePath], list[Entry]]:
+    size = len(data)
+    magic = int.from_bytes(data[:4], "little")
+    pos = 4
+    subject = None
+    if magic == ATOMIC_BEEF:
+        if size < 40:
+            raise _Unusual
+        subject = data[4:36][::-1].hex()
+        magic = int.from_bytes(data[36:40], "little")
+        pos = 40
+    if magic not in (BEEF_V1, BEEF_V2):
+        raise _Unusual
+    count, pos, _ = _varint(data, pos)
+    if count > limits.max_bumps or count > size - pos:
+        raise _Unusual
+    bumps: list[MerklePath] = []
+    spans: set[bytes] = set()
+    for _ in range(count):
+        span = _kept_bump(data, pos)
+        if span is None:
+            span = data[pos : _bump_end(data, pos)]
+        end = pos + len(span)
+        if span in spans:  # two equal BUMPs are two objects to the general reader
+            raise _Unusual
+        spans.add(span)
+        bumps.append(_path(span))
+        pos = end
+    count, pos, _ = _varint(data, pos)
+    if count > limits.max_transactions or count > size - pos:
+        raise _Unusual
+    entries: list[Entry] = []
+    for _ in range(count):
+        bump = None
+        if magic == BEEF_V2:
+            if pos >= size:
+                raise _Unusual
+            kind = data[pos]
+            pos += 1
+            if kind == 2:
+                if pos + 32 > size:
+                    raise _Unusual
+                entries.append(Entry(data[pos : pos + 32][::-1].hex(), None, b""))
+                pos += 32
+                continue
+            if kind not in (0, 1):
+                raise _Unusual
+            if kind == 1:
+                index, pos, _ = _varint(data, pos)
+                if index >= len(bumps):
+                    raise _Unusual
+                bump = bumps[index]
+            entry, pos = _fast_transaction(data, pos)
+        else:
+            entry, pos = _fast_transaction(data, pos)
+            if pos >= size or data[pos] not in (0, 1):
+                raise _Unusual
+            pos += 1
+            if data[pos - 1] == 1:
+                index, pos, _ = _varint(data, pos)
+                if index >= len(bumps):
+                    raise _Unusual
+                bump = bumps[index]
+        assert entry.tx is not None
+        entry.tx.merkle_path = bump
+        entries.append(entry)
+    if pos != size:
+        raise _Unusual
+    return subject, bumps, entries
+
+
+def _bump_end(data: bytes, pos: int) -> int:
+    """Where the BUMP (BRC-74) at `pos` ends, read as `MerklePath.from_reader` reads it."""
+    _, pos, _ = _varint(data, pos)  # block height
+    if pos >= len(data):
+        raise _Unusual
+    levels = data[pos]
+    pos += 1
+    for _ in range(levels):
+        leaves, pos, _ = _varint(data, pos)
+        if leaves > len(data) - pos:
+            raise _Unusual
+        for _ in range(leaves):
+            _, pos, _ = _varint(data, pos)  # offset
+            if pos >= len(data):
+                raise _Unusual
+            flags = data[pos]
+            pos += 1 if flags & 1 else 33  # a duplicate has no hash
+            if pos > len(data):
+                raise _Unusual
+    return pos
+
+
+def _kept_bump(data: bytes, pos: int) -> bytes | None:
+    """The kept BUMP whose bytes `data` holds at `pos`, if any."""
+    for span in _BY_PREFIX.get(data[pos : pos + _PREFIX], ()):
+        if data.startswith(span, pos):
+            return span
+    return None
+
+
+def _path(span: bytes) -> MerklePath:
+    """The MerklePath of exactly these BUMP bytes (validated by bsv-sdk when first read)."""
+    path = _PATHS.get(span)
+    if path is not None:
+        _PATHS.move_to_end(span)
+        return path
+    path = MerklePath.from_binary(span)
+    if _PREFIX <= len(span) <= _PATH_BYTES_KEPT:
+        _PATHS[span] = path
+        _BY_PREFIX.setdefault(span[:_PREFIX], []).append(span)
+        if len(_PATHS) > _PATHS_KEPT:
+            old, _ = _PATHS.popitem(last=False)
+            same_prefix = _BY_PREFIX[old[:_PREFIX]]
+            same_prefix.remove(old)
+            if not same_prefix:
+                del _BY_PREFIX[old[:_PREFIX]]
+    return path
+
+
+def _fast_transaction(data: bytes, start: int) -> tuple[Entry, int]:
+    """The transaction at `start` (an Entry with its merkle path unset) and where it
+    ends: the objects bsv-sdk's `Transaction.from_reader` makes of these bytes,
+    made straight from them."""
+    size = len(data)
+    pos = start + 4  # version
+    canonical = True
+    count, pos, minimal = _varint(data, pos)
+    canonical &= minimal
+    inputs = []
+    for _ in range(count):
+        outpoint = pos
+        length, pos, minimal = _varint(data, pos + 36)
+        canonical &= minimal
+        end = pos + length
+        if end + 4 > size:
+            raise _Unusual
+        inputs.append(
+            TransactionInput(
+                source_txid=data[outpoint : outpoint + 32][::-1].hex(),
+                source_output_index=int.from_bytes(data[outpoint + 32 : outpoint + 36], "little"),
+                unlocking_script=Script(data[pos:end]),
+                sequence=int.from_bytes(data[end : end + 4], "little"),
+            )
+        )
+        pos = end + 4
+    count, pos, minimal = _varint(data, pos)
+    canonical &= minimal
+    outputs = []
+    for _ in range(count):
+        satoshis = pos
+        length, pos, minimal = _varint(data, pos + 8)
+        canonical &= minimal
+        end = pos + length
+        if end > size:
+            raise _Unusual
+        outputs.append(
+            TransactionOutput(
+                locking_script=Script(data[pos:end]),
+                satoshis=int.from_bytes(data[satoshis : satoshis + 8], "little"),
+            )
+        )
+        pos = end
+    end = pos + 4  # locktime
+    if end > size:
+        raise _Unusual
+    tx = Transaction(
+        inputs,
+        outputs,
+        version=int.from_bytes(data[start : start + 4], "little"),
+        locktime=int.from_bytes(data[pos:end], "little"),
+    )
+    raw = data[start:end]
+    if canonical:
+        # bsv-sdk's txid hashes the transaction written again, which is these
+        # very bytes when every count is minimally encoded: skip writing it.
+        digest = hashlib.sha256(hashlib.sha256(raw).digest()).digest()
+        tx._cached_hash = digest
+        tx._cached_txid = digest[::-1].hex()
+    return Entry(tx.txid(), tx, raw), end
 
 
 def split_atomic(data: bytes) -> tuple[str | None, bytes]:

@@ -8,6 +8,12 @@ output's amount and locking script, so both must be given. Not
 `Transaction.verify()`: that also wants proofs of the parents, defaults to a
 network chain tracker, recurses without a memo and passes a transaction
 with no inputs.
+
+For the one spend a payment may make (P2PKH, unlocked by two plain pushes)
+the interpreter's native core is called straight, with the very arguments
+bsv-sdk's `Spend` would give it, the script chunks read from the bytes
+here (bsv-sdk reads them in Python on every check); anything else goes
+through `Spend`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ from __future__ import annotations
 import hashlib
 
 from bsv import Script, Transaction
+from bsv.native import NATIVE_AVAILABLE
+from bsv.native import NATIVE_MODULE as _native
 from bsv.script.spend import Spend
+
+# OP_DUP OP_HASH160 <20 bytes> OP_EQUALVERIFY OP_CHECKSIG as the interpreter's
+# (opcode, data) chunks: only the push carries data.
+_P2PKH_OPS = (0x76, 0xA9, 0x14, 0x88, 0xAC)
 
 
 def script_failure(
@@ -24,6 +36,11 @@ def script_failure(
     """Why input `index` of `tx` does not unlock an output of `satoshis` locked by
     `locking_script`, in one line; None when it does."""
     tx_input = tx.inputs[index]
+    if NATIVE_AVAILABLE and tx_input.unlocking_script is not None:
+        lock = locking_script.serialize()
+        pushes = two_pushes(tx_input.unlocking_script.serialize())
+        if pushes is not None and is_p2pkh(lock):
+            return _p2pkh_failure(tx, index, satoshis, lock, pushes)
     spend = Spend(
         {
             "sourceTXID": tx_input.source_txid,
@@ -48,6 +65,61 @@ def script_failure(
     return None if valid else "script evaluated to false"
 
 
+def _p2pkh_failure(
+    tx: Transaction, index: int, satoshis: int, lock: bytes, pushes: tuple[bytes, bytes]
+) -> str | None:
+    """`script_failure` for a P2PKH output unlocked by two direct pushes: what
+    `Spend(...).validate()` runs natively (bsv-sdk's `Spend._validate_native`),
+    with the chunks it would build."""
+    tx_input = tx.inputs[index]
+    others = [
+        (
+            other.source_txid,
+            other.source_output_index,
+            other.locking_script.serialize() if other.locking_script else b"",
+            other.satoshis or 0,
+            other.sequence,
+            int(other.sighash),
+        )
+        for j, other in enumerate(tx.inputs)
+        if j != index
+    ]
+    unlock = [(len(pushes[0]), pushes[0]), (len(pushes[1]), pushes[1])]
+    locks = [(op, lock[3:23] if op == 0x14 else None) for op in _P2PKH_OPS]
+    try:
+        valid = _native.spend_validate(
+            unlock,
+            locks,
+            tx.version,
+            tx_input.source_txid,
+            tx_input.source_output_index,
+            tx.locktime,
+            index,
+            tx_input.sequence,
+            satoshis,
+            others,
+            [output.serialize() for output in tx.outputs],
+        )
+    except Exception as exc:  # as script_failure reports the interpreter's refusals
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    return None if valid else "script evaluated to false"
+
+
+def two_pushes(script: bytes) -> tuple[bytes, bytes] | None:
+    """The data of a script that is exactly two direct pushes (opcodes 0x01-0x4b),
+    like a P2PKH unlocking script's signature and public key; else None."""
+    size = len(script)
+    if size < 4:
+        return None
+    first = script[0]
+    if not 0x01 <= first <= 0x4B or first + 2 >= size:
+        return None
+    second = script[first + 1]
+    if not 0x01 <= second <= 0x4B or first + second + 2 != size:
+        return None
+    return script[1 : first + 1], script[first + 2 :]
+
+
 MAX_UNLOCKING_BYTES = 1650  # the network's standardness limit on an unlocking script
 
 
@@ -68,9 +140,10 @@ def nonstandard_spend(locking_script: Script, unlocking_script: Script | None) -
         return "it spends an output that is not P2PKH"
     if unlocking_script is None:
         return "it has no unlocking script"
-    if len(unlocking_script.serialize()) > MAX_UNLOCKING_BYTES:
+    unlocking = unlocking_script.serialize()
+    if len(unlocking) > MAX_UNLOCKING_BYTES:
         return f"its unlocking script is over {MAX_UNLOCKING_BYTES} bytes"
-    if not unlocking_script.is_push_only():
+    if two_pushes(unlocking) is None and not unlocking_script.is_push_only():
         return "its unlocking script is not pushes only"
     return None
 

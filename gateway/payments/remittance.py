@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,11 @@ from gateway.errors import PaymentError
 
 _PUBKEY = re.compile(r"0[23][0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]{1,16}")
+# Sender keys read lately (hex as sent -> key): a payer sends the same identity
+# key with each payment, and reading one checks it is on the curve (a square
+# root). Only keys that read without error are kept; the objects are not changed.
+_SENDERS: OrderedDict[str, PublicKey] = OrderedDict()
+_SENDERS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +115,15 @@ def remittance(fields: Mapping[str, object], max_bytes: int) -> Remittance:
     assert isinstance(sender, str) and isinstance(nonce, str) and isinstance(beef, str | bytes)
     if not _PUBKEY.fullmatch(sender):
         raise PaymentError("bad-sender", "sender must be a compressed public key in hex")
-    try:
-        sender_key = PublicKey(sender)
-    except Exception:  # bsv-sdk raises assorted types for points off the curve
-        raise PaymentError("bad-sender", "sender is not a valid public key") from None
+    sender_key = _SENDERS.get(sender)
+    if sender_key is None:
+        try:
+            sender_key = PublicKey(sender)
+        except Exception:  # bsv-sdk raises assorted types for points off the curve
+            raise PaymentError("bad-sender", "sender is not a valid public key") from None
+        _SENDERS[sender] = sender_key
+        if len(_SENDERS) > _SENDERS_KEPT:
+            _SENDERS.popitem(last=False)
     if len(nonce) > 128 or not _is_base64(nonce):
         raise PaymentError("bad-nonce", "nonce must be base64 (at most 128 characters)")
     time_text = str(time_ms)
