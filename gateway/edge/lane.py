@@ -190,6 +190,7 @@ class Lane(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
         self.parser = HttpRequestParser(self)
         self.eof = False
+        self.paused = False  # reading stopped while an answer is in flight
         self.chunked = False  # the answer being streamed is chunk-framed
         self.keep = True  # the answer being streamed leaves the connection open
         self._url = b""
@@ -209,6 +210,11 @@ class Lane(asyncio.Protocol):
         self.buffer += data
         if self.task is None:
             self._next()
+        elif len(self.buffer) > self.server.max_head and not self.paused:
+            # An answer is in flight: hold what comes next to one head's worth
+            # (aiohttp would refuse a longer line anyway), not to memory's end.
+            self.paused = True
+            self._transport().pause_reading()
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -339,6 +345,9 @@ class Lane(asyncio.Protocol):
             self.close()
             return
         self._arm()
+        if self.paused:
+            self.paused = False
+            self._transport().resume_reading()
         if self.buffer:
             self._next()
 
@@ -388,6 +397,8 @@ class Lane(asyncio.Protocol):
             else:
                 keep = False  # the end of the body is the end of the connection
         self.chunked = not bodiless and "Transfer-Encoding" in headers
+        if not bodiless and headers.get("Content-Length") != "0":
+            headers.setdefault("Content-Type", "application/octet-stream")  # as aiohttp
         self.keep = keep
         if self._transport().is_closing():
             raise ConnectionResetError("the client went away")

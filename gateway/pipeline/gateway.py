@@ -110,8 +110,8 @@ class Gateway:
             if urls.is_own(target.path):
                 return False
             match = self.services.policy.current.match(request.host, target, request.method)
-        except PathError:
-            return True  # its 400 is a plain answer
+        except ValueError:  # PathError, HostError: their 400s are plain answers
+            return True
         request.routed = (target, match)
         if isinstance(match, NoMatch):
             return True
