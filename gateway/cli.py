@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,15 @@ def main(argv: list[str] | None = None) -> None:
     if not hasattr(args, "run"):
         parser.print_help()
         raise SystemExit(2)
-    args.run(args)
+    try:
+        args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `farebox payouts status | head` ends quietly, as Unix tools do. Not by
+        # restoring SIGPIPE's default: that is process-wide, and a process that
+        # also serves sockets (or a test run) would die of a client's hang-up.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
 
 
 def _parser() -> argparse.ArgumentParser:

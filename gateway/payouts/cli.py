@@ -21,7 +21,6 @@ import contextlib
 import csv
 import json
 import logging
-import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -223,14 +222,7 @@ def _fail(message: str, code: int = 1) -> SystemExit:
 # ----- send ---------------------------------------------------------------------------
 
 
-def _quiet_pipe() -> None:
-    """`farebox payouts status | head` ends quietly, as Unix tools do (only in
-    these commands: a server must never die of a client's closed socket)."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-
 def _send(args: argparse.Namespace) -> None:
-    _quiet_pipe()
     # The engine's warnings (an outage, a refusal) as the command's own lines.
     logging.basicConfig(level=logging.WARNING, format="farebox: %(message)s")
     if not (args.devnet_url or args.arc_url or args.dry_run):
@@ -596,7 +588,6 @@ def _open_for_reading(args: argparse.Namespace) -> FileLedger:
 
 
 def _status(args: argparse.Namespace) -> None:
-    _quiet_pipe()
     _reading(_run_status(args), args)
 
 
@@ -698,7 +689,6 @@ def _forget(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
-    _quiet_pipe()
     _reading(_run_show(args), args)
 
 
