@@ -325,7 +325,8 @@ async def test_hit_counts_within_a_window_then_resets(backend: Backend) -> None:
 
 async def test_revocations_last_until_the_latest_deadline(backend: Backend) -> None:
     store = backend.store
-    soon, later = int(backend.now()) + 1, int(backend.now()) + 100
+    # Two seconds ahead at least: a second's deadline can pass mid-test on a busy machine.
+    soon, later = int(backend.now()) + 2, int(backend.now()) + 100
     assert not await store.revoked("g")
     await store.revoke("short", soon)
     await store.revoke("extended", soon)
