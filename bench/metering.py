@@ -134,8 +134,13 @@ class Layout:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+    """wrk's latency text in ms: "850.00us", "1.20ms", "2.00s", "1.00m", "1.00h";
+    NaN for what wrk prints when it has no sample ("-nan", "nan")."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if found is None:
+        return float("nan")
+    value, unit = found.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 
 
 def wrk(url: str, token: str | None, seconds: float, args: argparse.Namespace) -> Run:
