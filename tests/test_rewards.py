@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,22 +172,24 @@ async def test_a_resident_is_owed_the_reward_once_and_the_upstream_never_sees_wh
     assert await c.ledger.spent("park-2027", today) == (1000, 1000)  # two residents
 
 
+# Made when the test runs, not when the module is collected: a credential
+# minted at collection would expire before a long suite reaches it.
 @pytest.mark.parametrize(
-    ("token", "reason"),
+    ("make", "reason"),
     [
-        (None, "eligibility-required"),
-        ("not-a-jwt", "eligibility-invalid"),
-        (credential(key=Ed25519PrivateKey.generate()), "eligibility-invalid"),  # forged
-        (credential(expires_in=-60), "eligibility-invalid"),  # expired
-        (credential(subject=None), "eligibility-no-subject"),
-        ("x" * 8000, "eligibility-invalid"),
+        (lambda: None, "eligibility-required"),
+        (lambda: "not-a-jwt", "eligibility-invalid"),
+        (lambda: credential(key=Ed25519PrivateKey.generate()), "eligibility-invalid"),  # forged
+        (lambda: credential(expires_in=-60), "eligibility-invalid"),  # expired
+        (lambda: credential(subject=None), "eligibility-no-subject"),
+        (lambda: "x" * 8000, "eligibility-invalid"),
     ],
 )
 async def test_without_a_valid_credential_nothing_is_proxied(
-    gateway, survey: Survey, tmp_path: Path, token: str | None, reason: str
+    gateway, survey: Survey, tmp_path: Path, make: Callable[[], str | None], reason: str
 ) -> None:
     c = await city(gateway, survey, tmp_path)
-    status, body, _ = await respond(c.base, token=token, to=wallet_key())
+    status, body, _ = await respond(c.base, token=make(), to=wallet_key())
     assert (status, body["reason"]) == (403, reason)
     assert survey.headers == [] and await c.ledger.payouts() == []
 
