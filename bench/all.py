@@ -639,8 +639,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__,
         epilog=f"Keys of the JSON (target in brackets):\n{keys}\n\n"
-        "Default: 10s runs after 2s warm-ups, about 8 minutes; --quick: 3s after 1s, "
-        "no scaling table, about 3 minutes.",
+        "Default: 10s runs after 2s warm-ups, about 5 minutes; --quick: 3s after 1s, "
+        "no scaling table, about 1.5 minutes.",
     )
     parser.add_argument(
         "--quick",

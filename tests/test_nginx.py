@@ -176,7 +176,7 @@ async def front(tmp_path: Path, upstream: Upstream, devnet_http) -> AsyncIterato
                     **(
                         {
                             "server 10.0.0.5:8080;": f"server {upstream.url[7:]};",
-                            "/var/cache/nginx/farebox": decision_cache(stack),
+                            "/var/cache/farebox-nginx": decision_cache(stack),
                         }
                         if "auth-request" in template
                         else {}

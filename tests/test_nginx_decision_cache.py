@@ -31,7 +31,7 @@ from tests.nginx_process import free_port, need_nginx, render, running_nginx, se
 from tests.test_nginx import Front, decision_cache, fat_payment, lower, problem_of, start_app
 
 ADMIN_TOKEN = "decision-cache-admin-token-0123456789"
-CACHE_DIR = "/var/cache/nginx/farebox"  # the template's; each test renders its own
+CACHE_DIR = "/var/cache/farebox-nginx"  # the template's; each test renders its own
 # nginx/README.md: a revocation is in force through nginx within 3 s (1 s of
 # Farebox's revocation cache, then a kept decision of N = 1 s that nginx,
 # counting whole seconds, may keep up to 1 s longer).
