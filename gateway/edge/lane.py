@@ -420,8 +420,14 @@ class Lane(asyncio.Protocol):
         await self.drain()
 
     async def drain(self) -> None:
-        if self.writable is not None:
+        """Wait while the client is slower than the upstream. Raises
+        ConnectionResetError once the connection is closing (as aiohttp's
+        drain), so a meter is not told of another chunk for a client gone."""
+        transport = self._transport()
+        if not transport.is_closing() and self.writable is not None:
             await self.writable
+        if transport.is_closing():
+            raise ConnectionResetError("the client went away")
 
     async def end(self) -> None:
         """The body is complete."""
