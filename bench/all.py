@@ -686,9 +686,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-temp", action="store_true", help="keep the temporary directory (configs, logs)"
     )
-    parser.add_argument("--nginx", default=pb.find_tool("nginx"), metavar="PATH")
-    parser.add_argument("--wrk", default=pb.find_tool("wrk"), metavar="PATH")
-    parser.add_argument("--redis-server", default=pb.find_tool("redis-server"), metavar="PATH")
+    parser.add_argument(
+        "--nginx",
+        default=pb.find_tool("nginx"),
+        metavar="PATH",
+        help="nginx binary (default: from PATH or /usr/sbin)",
+    )
+    parser.add_argument(
+        "--wrk", default=pb.find_tool("wrk"), metavar="PATH", help="wrk binary (default: from PATH)"
+    )
+    parser.add_argument(
+        "--redis-server",
+        default=pb.find_tool("redis-server"),
+        metavar="PATH",
+        help="redis-server binary (default: from PATH)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     for tool in ("nginx", "wrk", "redis_server"):
         if not getattr(args, tool):
