@@ -229,7 +229,9 @@ async def test_payment_left_in_flight_settles_once_the_network_has_it(
     assert wallet.balance() == Balance(0, 0, 10_000, 1)
     async with aiohttp.ClientSession() as http:
         await refresh_proofs(wallet, http, chain.url)
-        assert [p.txid for p in wallet.pending()] == [prepared.txid]  # unknown to the network: stays reserved
+        assert [p.txid for p in wallet.pending()] == [
+            prepared.txid
+        ]  # unknown to the network: stays reserved
         await chain.broadcaster.broadcast(prepared.beef)
         await refresh_proofs(wallet, http, chain.url)
     assert wallet.pending() == []
