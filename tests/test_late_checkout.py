@@ -964,8 +964,6 @@ async def test_nobody_polls_two_instances_record_it_once_for_refund_and_sweep(
             "--token-keys", str(ring), "--devnet-url", url, "--store", redis_server.url,
             "--admin-port", "0"]  # fmt: skip
     env = {"FAREBOX_ADMIN_TOKEN": ADMIN_TOKEN, "FAREBOX_STORE_PREFIX": prefix}
-    ticket, checkout = short_checkout(tokens, "/archive/pages/13", lasts=3)
-    address = payee(server, checkout).address()
     store = RedisStore.from_url(redis_server.url, prefix=prefix)
     journals = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
     try:
@@ -973,6 +971,9 @@ async def test_nobody_polls_two_instances_record_it_once_for_refund_and_sweep(
             serve(*args, "--receipts-file", str(journals[0]), env=env) as a,
             serve(*args, "--receipts-file", str(journals[1]), env=env) as b,
         ):
+            # Opened once both instances run: its 3 s must not pass while they start.
+            ticket, checkout = short_checkout(tokens, "/archive/pages/13", lasts=3)
+            address = payee(server, checkout).address()
             status, _, body = await get(a.base + CHECKOUT_URL + ticket)  # the page, on load
             assert json.loads(body) == {"status": "pending"}
             await expire(checkout)
