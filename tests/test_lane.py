@@ -241,6 +241,24 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(pair: Pa
     writer.close()
 
 
+async def test_the_keepalive_timeout_counts_from_the_last_answer(pair: Pair) -> None:
+    """A connection in use is not closed on the first answer's clock: the
+    idle time runs from the end of the latest answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane)
+    loop = asyncio.get_running_loop()
+    for _ in range(3):  # 3 requests 0.9 s apart: 2.7 s, past one 2 s timeout
+        writer.write(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        last = loop.time()
+        await asyncio.sleep(0.9)
+    assert await asyncio.wait_for(reader.read(), 6) == b""  # then idle: closed
+    assert loop.time() - last >= 1.9  # about 2 s after the last answer, not before
+    writer.close()
+
+
 async def test_a_head_that_never_ends_is_closed(pair: Pair) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane)
     writer.write(b"GET /a HTTP/1.1\r\nHost: a\r\nX-Slow: ")

@@ -8,12 +8,14 @@ a checkout a phone wallet can pay (paywall/, payments/checkout.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from bsv import PublicKey
+from multidict import CIMultiDict
 
 from gateway.challenge.answer import payment_required
 from gateway.challenge.paywall import Page, buys_text, render, wants_html
@@ -21,6 +23,7 @@ from gateway.challenge.protocols import offer
 from gateway.edge import urls
 from gateway.errors import PaymentError
 from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
+from gateway.peer import PEER
 from gateway.policy import Match
 from gateway.pricing import quote
 from gateway.pricing.rates import Quote
@@ -39,12 +42,67 @@ async def challenge(
     """402 for a route sold per grant; `refused` says why a payment was not taken."""
     policy = services.policy.current
     quoted = quoted or await quote.price(policy, services.rates, request.headers, match)
+    html = wants_html(request.headers.get("Accept"))
+    key = None
+    if refused is None and not html and quoted.concession is None and PEER.get() is None:
+        key = (match.service.name, match.route.scope, match.resource, request.method,
+               origin, request.raw_path, quoted.satoshis, quoted.rate, quoted.cents)  # fmt: skip
+        kept = _RENDERED.get(policy, key)
+        if kept is not None:
+            return kept
     offered = quote.offered(policy, match)
     answer = payment_required(match, request.method, services.server_key, quoted, refused, offered)
-    if wants_html(request.headers.get("Accept")):
+    if html:
         answer = _paywall(services, request, match, origin, quoted, refused, answer)
     offer(services, request, match, origin, quoted.satoshis, answer, refused)
+    if key is not None:
+        _RENDERED.keep(policy, key, answer)
     return answer
+
+
+class _Rendered:
+    """JSON 402s rendered in the last second, per worker, as bytes.
+
+    The JSON 402 of an unpaid request (no refusal, no BRC-104 peer, no
+    concession, not a paywall page, which opens a checkout of its own) is a
+    pure function of the policy, the quote (satoshis, rate), the route, the
+    resource, the method and the URL the client used. A priced URL asked for
+    again and again without paying (a link shared widely, a crawler, a
+    flood) costs the pipeline's decision each time, not the rendering:
+    JSON, x402's base64 JSON, headers. Kept for `SECONDS` at most (a fiat
+    price follows its rate), `SIZE` answers at most, all dropped when the
+    policy changes.
+    """
+
+    SECONDS = 1.0
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.policy: object = None
+        self.answers: dict[tuple[Any, ...], tuple[float, bytes, tuple[tuple[str, str], ...]]] = {}
+
+    def get(self, policy: object, key: tuple[Any, ...]) -> web.Response | None:
+        if policy is not self.policy:
+            return None
+        found = self.answers.get(key)
+        if found is None:
+            return None
+        born, body, headers = found
+        if time.monotonic() - born > self.SECONDS:
+            del self.answers[key]
+            return None
+        return web.Response(status=402, body=body, headers=CIMultiDict(headers))
+
+    def keep(self, policy: object, key: tuple[Any, ...], answer: web.Response) -> None:
+        if policy is not self.policy:
+            self.policy, self.answers = policy, {}
+        elif len(self.answers) >= self.SIZE:
+            self.answers.clear()  # many distinct URLs: start over rather than keep them all
+        if isinstance(answer.body, bytes):
+            self.answers[key] = (time.monotonic(), answer.body, tuple(answer.headers.items()))
+
+
+_RENDERED = _Rendered()
 
 
 async def tab_challenge(

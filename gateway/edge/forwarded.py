@@ -8,6 +8,7 @@ trusted proxy (the left-most ones are whatever the client claimed).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -19,8 +20,16 @@ def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
 
 
 def is_trusted(address: str | None, trusted: tuple[Network, ...]) -> bool:
+    """Whether `address` (an IP's text; None for a Unix socket) lies in `trusted`."""
     if not trusted or not address:
         return False
+    return _is_trusted(address, trusted)
+
+
+# Asked on every request for the peer's address (a handful of distinct ones:
+# the proxies in front), and parsing it is the expensive part.
+@functools.lru_cache(maxsize=4096)
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -187,6 +187,7 @@ class Lane(asyncio.Protocol):
         self.buffer = bytearray()
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.idle_since: float | None = None  # loop time the last answer ended; None: busy
         self.writable: asyncio.Future[None] | None = None
         self.parser = HttpRequestParser(self)
         self.eof = False
@@ -270,7 +271,7 @@ class Lane(asyncio.Protocol):
             self._hand_over()
             return
         del self.buffer[: end + 4]
-        self._disarm()
+        self._busy()
         self.task = asyncio.get_running_loop().create_task(self._answer(request))
 
     def _parse(self, head: bytes) -> LaneRequest | None:
@@ -465,12 +466,33 @@ class Lane(asyncio.Protocol):
         return self.transport
 
     def _arm(self) -> None:
-        """Close an idle connection (and a head that never ends) after the keep-alive timeout."""
-        self._disarm()
+        """Close an idle connection (and a head that never ends) after the keep-alive timeout.
+
+        One timer per connection, not one per request: it checks when it
+        fires how long the connection has been idle, and waits the rest."""
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.server.keepalive_timeout, self.close)
+        self.idle_since = loop.time()
+        if self.timer is None:
+            self.timer = loop.call_at(self.idle_since + self.server.keepalive_timeout, self._idle)
+
+    def _busy(self) -> None:
+        """An answer is in flight: the idle clock stops (the timer stays)."""
+        self.idle_since = None
+
+    def _idle(self) -> None:
+        self.timer = None
+        if self.idle_since is None:
+            return  # busy: the answer's end arms it again
+        due = self.idle_since + self.server.keepalive_timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self.close()
+        else:
+            self.timer = loop.call_at(due, self._idle)
 
     def _disarm(self) -> None:
+        """The lane is done with this connection: no timer of its own closes it."""
+        self.idle_since = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

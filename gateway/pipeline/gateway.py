@@ -83,7 +83,12 @@ class Gateway:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = logs.request_id(request)
         peers = self.services.peers
-        if peers is not None and peers.asks(request) and not _is_auth_request(request):
+        if (
+            peers is not None
+            and not isinstance(request, LaneRequest)  # the lane's takes() asked already
+            and peers.asks(request)
+            and not _is_auth_request(request)
+        ):
             # BRC-104: checked before anything else, answered signed.
             response = await peers.serve(request, self._mapped)
         else:

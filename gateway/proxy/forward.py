@@ -581,6 +581,36 @@ async def _bridge(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSock
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# What a request header's name alone says about forwarding it (memoized per
+# spelling: names repeat on every request, and the checks are most of the
+# cost of passing a header on).
+_PASS, _DROP, _LOOK = 1, 2, 3  # all true: `kinds.get(name) or ...` misses only unseen names
+_request_names: dict[str, int] = {}
+_NAMES_KEPT = 4096  # distinct spellings remembered before starting over
+
+
+def _request_name(name: str) -> int:
+    """_PASS, _DROP, or _LOOK (the value or the request decides) for a request header."""
+    if not (name.isascii() and name.replace("-", "").isalnum()):
+        # '_' or '.' make a twin of a real header to CGI, WSGI and PHP
+        # (which turn '-' and '.' into '_'), so a way round what is
+        # dropped here; nginx drops such names too by default.
+        return _DROP
+    lower = name.lower()
+    if (
+        lower in OVERRIDES
+        or lower in PAYMENT_HEADERS
+        or lower in HOP_BY_HOP
+        or lower in OWN_HEADERS
+        or lower.startswith(PRIVATE_PREFIXES)
+        or lower == "expect"
+    ):
+        return _DROP
+    if lower in ("host", "cookie", "authorization") or lower in WS_HANDSHAKE:
+        return _LOOK
+    return _PASS
+
+
 def upstream_headers(
     request: web.BaseRequest,
     match: Match,
@@ -588,42 +618,41 @@ def upstream_headers(
     own_token: Callable[[str], bool] | None = None,
     trusted: tuple[Network, ...] = (),
 ) -> CIMultiDict[str]:
+    """The headers sent upstream for `request`: the client's, less what is
+    hop-by-hop (RFC 9110 7.6.1), Farebox's or a payment's, what overrides
+    the method or path, and credentials; X-Forwarded-* set by Farebox."""
     drop = _connection_listed(request.headers)
-    websocket = _is_websocket(request)
-    priced = not match.route.route.price.free
+    names = _request_names
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        if not (name.isascii() and name.replace("-", "").isalnum()):
-            # '_' or '.' make a twin of a real header to CGI, WSGI and PHP
-            # (which turn '-' and '.' into '_'), so a way round what is
-            # dropped here; nginx drops such names too by default.
+        kind = names.get(name)
+        if kind is None:
+            if len(names) >= _NAMES_KEPT:
+                names.clear()
+            kind = names[name] = _request_name(name)
+        if kind == _DROP or (drop and name.lower() in drop):
             continue
-        lower = name.lower()
-        if lower in OVERRIDES or lower in PAYMENT_HEADERS:
-            continue
-        if (
-            lower in HOP_BY_HOP
-            or lower in OWN_HEADERS
-            or lower.startswith(PRIVATE_PREFIXES)
-            or lower in drop
-            or lower == "expect"
-            or (lower == "host" and not match.service.service.preserve_host)
-            or (websocket and lower in WS_HANDSHAKE)
-        ):
-            continue
-        if lower == "cookie" and _may_name_credential(value):
-            value = without_credential_cookie(value)
-            if not value:
+        if kind == _LOOK:
+            lower = name.lower()
+            if lower == "host":
+                if not match.service.service.preserve_host:
+                    continue
+            elif lower == "cookie":
+                if _may_name_credential(value):
+                    value = without_credential_cookie(value)
+                    if not value:
+                        continue
+            elif lower == "authorization":
+                if value[:7].lower() == "bearer " and (
+                    not match.route.route.price.free
+                    or (own_token is not None and own_token(value[7:].strip()))
+                ):
+                    # On a priced route a bearer token is ours to check, not
+                    # theirs; on a free one a token of ours (a tab's, say) is
+                    # a credential the upstream must not receive.
+                    continue
+            elif _is_websocket(request):  # the handshake's own fields: aiohttp redoes them
                 continue
-        elif (
-            lower == "authorization"
-            and value[:7].lower() == "bearer "
-            and (priced or (own_token is not None and own_token(value[7:].strip())))
-        ):
-            # On a priced route a bearer token is ours to check, not theirs; on
-            # a free one a token of ours (a tab's, say) is a credential the
-            # upstream must not receive.
-            continue
         out.add(name, value)
     if trusted and is_trusted(request.remote, trusted):
         # A proxy we trust in front: extend its chain, keep what it said.
@@ -671,7 +700,8 @@ def keep_private(headers: CIMultiDict[str]) -> None:
     if not private:
         directives.insert(0, "private")
     headers["Cache-Control"] = ", ".join(directives)
-    for name in [n for n in headers if _overrides_cache_control(n)]:
+    kinds = _response_names
+    for name in [n for n in headers if (kinds.get(n) or _response_kind(n)) == _OVERRIDE]:
         headers.popall(name, None)
     vary = [v.strip() for value in headers.popall("Vary", ()) for v in value.split(",")]
     vary = [v for v in vary if v]
@@ -679,11 +709,6 @@ def keep_private(headers: CIMultiDict[str]) -> None:
         known = {v.lower() for v in vary}
         vary.extend(v for v in VARY_CREDENTIALS if v.lower() not in known)
     headers["Vary"] = ", ".join(vary)
-
-
-def _overrides_cache_control(name: str) -> bool:
-    lower = name.lower()
-    return lower in CACHE_OVERRIDES or lower.endswith("-cdn-cache-control")
 
 
 # The upstream's own values are replaced: our request id, and Server (as nginx hides it).
@@ -694,23 +719,53 @@ _REPLACED = frozenset({"x-request-id", "server"})
 # of the one it bought), so they never pass.
 _OWN_PREFIXES = ("x-farebox-", "x-bsv-")
 _OWN = frozenset({"payment-required", "payment-response", "x-payment-response", "set-cookie"})
+# What a response header's name alone says (memoized per spelling, as the
+# request side's): passed, dropped, Connection, one of Farebox's own names
+# (its value decides), or one that overrides Cache-Control for some cache
+# (passed, but dropped from priced answers by keep_private).
+_CONNECTION, _FORGEABLE, _OVERRIDE = 4, 5, 6
+_response_names: dict[str, int] = {}
+
+
+def _response_kind(name: str) -> int:
+    kind = _response_names.get(name)
+    if kind is None:
+        if len(_response_names) >= _NAMES_KEPT:
+            _response_names.clear()
+        lower = name.lower()
+        if lower == "connection":
+            kind = _CONNECTION
+        elif lower.startswith(_OWN_PREFIXES):
+            kind = _DROP
+        elif lower in _OWN:
+            kind = _FORGEABLE
+        elif lower in HOP_BY_HOP or lower in _REPLACED:
+            kind = _DROP
+        elif lower in CACHE_OVERRIDES or lower.endswith("-cdn-cache-control"):
+            kind = _OVERRIDE
+        else:
+            kind = _PASS
+        _response_names[name] = kind
+    return kind
 
 
 def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     listed: list[str] = []
+    kinds = _response_names
     for name, value in pairs:
-        lower = name.lower()
-        if lower == "connection":
+        kind = kinds.get(name) or _response_kind(name)
+        if kind in (_PASS, _OVERRIDE):
+            out.add(name, value)
+        elif kind == _CONNECTION:
             listed.append(value)
-        elif lower.startswith(_OWN_PREFIXES) or (lower in _OWN and _forged(lower, value)):
-            continue
-        elif lower not in HOP_BY_HOP and lower not in _REPLACED:
+        elif kind == _FORGEABLE and not _forged(name.lower(), value):
             out.add(name, value)
     # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
-    for token in ",".join(listed).split(","):
-        if token.strip():
-            out.popall(token.strip(), None)
+    if listed:
+        for token in ",".join(listed).split(","):
+            if token.strip():
+                out.popall(token.strip(), None)
     out["Server"] = SERVER  # as nginx does: the upstream's software is not the client's business
     # A shared cache in front may keep this answer for unsigned clients, never
     # hand it to a BRC-104 signed request (whose answer must be signed for it).
