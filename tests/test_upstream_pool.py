@@ -404,6 +404,28 @@ async def test_read_timeout_counts_from_the_last_byte(serve: Serve, client: Clie
         await get(client, raw, read_timeout=0.1)
 
 
+async def test_a_reused_connection_keeps_each_request_s_own_read_timeout(
+    serve: Serve, client: Client
+) -> None:
+    """A long read timeout on one request does not stretch a short one's on
+    the same connection after it, nor does a request still pending wait on
+    the timer of one answered before it."""
+
+    async def answer(raw: Raw, head: bytes, n: int, writer: asyncio.StreamWriter) -> bool:
+        if n == 2:
+            await asyncio.sleep(3)  # the second request: far too slow for 0.2 s
+        writer.write(ok())
+        return True
+
+    raw = await serve(answer)
+    assert (await get(client, raw, read_timeout=30)).status == 200
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await get(client, raw, read_timeout=0.2)
+    assert loop.time() - started < 1.5
+
+
 async def test_connect_refused_is_unreachable(client: Client) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

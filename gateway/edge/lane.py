@@ -295,23 +295,26 @@ class Lane(asyncio.Protocol):
             or len(self._url) > self.server.max_line
         ):
             return None
-        headers: CIMultiDict[str] = CIMultiDict()
-        hosts = 0
+        fields = self._fields
+        lowers = [name.lower() for name, _ in fields]
         limit = self.server.max_field
-        for name, value in self._fields:
-            lower = name.lower()
-            if lower in _NOT_LANE or len(name) + len(value) > limit:
-                return None
-            if lower == b"host":
-                hosts += 1
-            headers.add(
-                name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
-            )
-        if hosts != 1 or not headers["Host"].strip():
+        if not _NOT_LANE.isdisjoint(lowers) or lowers.count(b"host") != 1:
+            return None
+        # No field is longer than the head: only a long head needs each one measured.
+        if len(head) > limit and any(len(n) + len(v) > limit for n, v in fields):
+            return None
+        headers = CIMultiDict(
+            [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+             for n, v in fields]
+        )  # fmt: skip
+        if not headers["Host"].strip():
             return None
         # RFC 9112 9.3: 1.1 persists unless told to close; 1.0 only when asked to keep alive.
-        tokens = {t.strip().lower() for t in ",".join(headers.getall("Connection", ())).split(",")}
-        keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
+        if b"connection" in lowers:
+            tokens = {t.strip().lower() for t in ",".join(headers.getall("Connection")).split(",")}
+            keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
+        else:
+            keep_alive = version == "1.1"
         return LaneRequest(
             method.decode("ascii"),
             self._url.decode("utf-8", "surrogateescape"),
@@ -516,11 +519,10 @@ def _head(
                 headers["Connection"] = "keep-alive"
         elif version == "1.1":
             headers["Connection"] = "close"
-    lines = [f"HTTP/{version} {status} {reason}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-    lines.append("\r\n")
-    text = "".join(lines)
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    text = f"HTTP/{version} {status} {reason}\r\n{fields}\r\n"
+    lines = len(headers) + 2
     # One CR and one LF per line, or a value would smuggle in a header (as aiohttp refuses).
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+    if text.count("\n") != lines or text.count("\r") != lines:
         raise ValueError("CR or LF in a response header")
     return text.encode("utf-8", "surrogateescape")

@@ -234,7 +234,14 @@ class _Connection(asyncio.Protocol):
         self._error = None
         self._read_timeout = read_timeout
         self._last_read = self._loop.time()
-        self._timer = self._loop.call_at(self._last_read + read_timeout, self._on_timer)
+        # One timer per connection, not one per request: a pending one that
+        # fires no later than this request's deadline checks it when it fires.
+        deadline = self._last_read + read_timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
         self._transport.write(head)
         return self._reply
 
@@ -283,8 +290,7 @@ class _Connection(asyncio.Protocol):
         self._active = False  # so losing the connection is not taken for a failure
 
     def _answer(self, body: bytes) -> None:
-        self._active = False
-        self._stop_timer()
+        self._active = False  # the timer, when it fires, finds nothing to wait for
         self._resolve(
             Reply(self._parser.get_status_code(), self._reason_text(), self._headers, body)
         )
@@ -292,7 +298,6 @@ class _Connection(asyncio.Protocol):
     def _finish_stream(self) -> None:
         self._active = False
         self._eof = True
-        self._stop_timer()
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
@@ -318,6 +323,8 @@ class _Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        if not self._active:
+            return  # answered: the next send arms it again
         now = self._loop.time()
         if self._paused:
             self._last_read = now  # waiting for our client, not for the upstream
