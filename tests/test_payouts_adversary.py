@@ -479,6 +479,10 @@ async def test_unknown_txstatus_is_not_taken_for_a_refusal(
 # ===== crashes and concurrency ==========================================================
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def interrupted_run(listed: Path, treasury: Path, arc: FakeArc) -> tuple[int, str]:
     """`payouts send` through a slow ARC, Ctrl-C (SIGINT) once 3 of 8 rows are
     paid; (exit status, stderr)."""
@@ -496,6 +500,9 @@ async def interrupted_run(listed: Path, treasury: Path, arc: FakeArc) -> tuple[i
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        # As at a terminal: a test run started in the background (`cmd &` in a
+        # script) passes SIGINT on ignored, and Python would keep ignoring it.
+        preexec_fn=_sigint_default,
     )
     assert proc.stdout is not None
     while True:
