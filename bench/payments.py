@@ -146,7 +146,15 @@ def run_server(args: argparse.Namespace) -> None:
         finally:
             await runner.cleanup()
 
-    uvloop.run(main())
+    profile = os.environ.get("FAREBOX_BENCH_PROFILE")  # a folder: cProfile each server there
+    if not profile:
+        uvloop.run(main())
+        return
+    import cProfile
+
+    with cProfile.Profile() as profiler:
+        uvloop.run(main())
+    profiler.dump_stats(Path(profile) / f"payments-server-{os.getpid()}.prof")
 
 
 # --- preparing payments ------------------------------------------------------------
