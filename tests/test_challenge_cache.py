@@ -60,14 +60,21 @@ def _x402(headers: CIMultiDict[str]) -> dict:
     return json.loads(base64.b64decode(headers["PAYMENT-REQUIRED"]))
 
 
-async def _start(tmp_path: Path, policy: str, rates: MovingRate):
+async def _start(
+    tmp_path: Path,
+    policy: str,
+    rates: MovingRate,
+    holder: PolicyHolder | None = None,
+    server_key: str = SERVER_KEY,
+):
     folder = tmp_path / "policies"
     folder.mkdir(exist_ok=True)
-    (folder / "p.yaml").write_text(textwrap.dedent(policy))
-    holder = PolicyHolder.load(folder)
+    if holder is None:
+        (folder / "p.yaml").write_text(textwrap.dedent(policy))
+        holder = PolicyHolder.load(folder)
     proxy = Proxy(connect_timeout=2, read_timeout=5)
     await proxy.start()
-    services = Services(holder, SERVER_KEY, store=MemoryStore(), rates=rates)
+    services = Services(holder, server_key, store=MemoryStore(), rates=rates)
     handler = assemble_gateway(services, proxy)
     runner = web.ServerRunner(ProblemServer(handler.handle, lane=handler.takes, access_log=None))
     await runner.setup()
@@ -131,3 +138,26 @@ async def test_a_kept_402_follows_every_change_of_what_it_says(tmp_path: Path, u
     finally:
         await runner.cleanup()
         await proxy.close()
+
+
+async def test_gateways_in_one_process_each_ask_to_be_paid_to_their_own_key(
+    tmp_path: Path, upstream
+) -> None:
+    """Two gateways on one policy, with different keys: a 402 kept by one is
+    never the other's (the key and the x402 network are part of what is kept)."""
+    policy = POLICY.format(upstream=upstream.url, price=25)
+    other = "03" + "22" * 32
+    one = await _start(tmp_path, policy, MovingRate("40"))
+    two = await _start(tmp_path, policy, MovingRate("40"), holder=one[1], server_key=other)
+    try:
+        async with aiohttp.ClientSession() as http:
+            # One name for both (as behind one balancer): the same origin.
+            _, h1, _ = await _get(http, f"{one[0]}/pages/9", Host="archive.example")
+            _, h2, b2 = await _get(http, f"{two[0]}/pages/9", Host="archive.example")
+        assert h1["x-bsv-server"] == SERVER_KEY
+        assert h2["x-bsv-server"] == other and b2["payment"]["server"] == other
+        assert _x402(h2)["accepts"][0]["payTo"] == other
+    finally:
+        for started in (one, two):
+            await started[3].cleanup()
+            await started[4].close()

@@ -224,6 +224,20 @@ async def test_hop_by_hop_and_spoofable_headers(gateway, upstream) -> None:
     assert seen["host"] == upstream.url.removeprefix("http://")
 
 
+async def test_every_connection_field_names_hop_by_hop_headers(gateway, upstream) -> None:
+    """RFC 9110 7.6.1: a name listed in any Connection field is hop-by-hop,
+    not only in the first one (the answer side read them all already)."""
+    base = await start(gateway, upstream)
+    raw = (
+        "Connection: keep-alive\r\nConnection: X-Hop, X-Also\r\n"
+        "X-Hop: secret\r\nX-Also: 1\r\nX-Custom: kept\r\n"
+    )
+    status, _ = await raw_request(base, "/h", headers=raw)
+    assert status == 200
+    seen = {k.lower() for k in upstream.seen[0].headers}
+    assert "x-custom" in seen and not {"x-hop", "x-also"} & seen
+
+
 async def test_preserve_host(gateway, upstream) -> None:
     policy = POLICY.format(upstream=upstream.url).replace(
         "    routes:", "    preserve_host: true\n    routes:", 1

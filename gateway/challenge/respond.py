@@ -45,7 +45,8 @@ async def challenge(
     html = wants_html(request.headers.get("Accept"))
     key = None
     if refused is None and not html and quoted.concession is None and PEER.get() is None:
-        key = (match.service.name, match.route.scope, match.resource, request.method,
+        key = (services.server_key, services.x402_network,
+               match.service.name, match.route.scope, match.resource, request.method,
                origin, request.raw_path, quoted.satoshis, quoted.rate, quoted.cents)  # fmt: skip
         kept = _RENDERED.get(policy, key)
         if kept is not None:
@@ -69,7 +70,9 @@ class _Rendered:
     resource, the method and the URL the client used. A priced URL asked for
     again and again without paying (a link shared widely, a crawler, a
     flood) costs the pipeline's decision each time, not the rendering:
-    JSON, x402's base64 JSON, headers. Kept for `SECONDS` at most (a fiat
+    JSON, x402's base64 JSON, headers. The server key and x402 network are
+    in the key too (gateways in one process may be paid to different keys).
+    Kept for `SECONDS` at most (a fiat
     price follows its rate), `SIZE` answers at most, all dropped when the
     policy changes.
     """

@@ -788,10 +788,11 @@ def _forged(name: str, value: str) -> bool:
 
 def _connection_listed(headers: CIMultiDict[str]) -> frozenset[str]:
     # RFC 9110 7.6.1: headers named in Connection are hop-by-hop too.
-    value = headers.get("Connection")
-    if not value:
+    values = headers.getall("Connection", ())
+    if not values:
         return frozenset()
-    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+    # Every Connection field counts: a second one may name what the first did not.
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
 def _is_websocket(request: web.BaseRequest) -> bool:
