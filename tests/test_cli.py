@@ -325,24 +325,35 @@ async def test_unparseable_requests_get_problem_json_too(
     assert json.loads(body)["reason"] == "bad-http-message"
 
 
+@pytest.mark.parametrize("which", ["gateway", "admin"])
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_port_in_use_is_refused_in_one_line(
-    tmp_path: Path, key_file: Path, upstream: Upstream, workers: str
+    tmp_path: Path, key_file: Path, upstream: Upstream, workers: str, which: str
 ) -> None:
+    """The gateway's port or the admin API's: one line naming it, no
+    traceback, nothing left unclosed (payments on: the chain's clients)."""
     folder = write_policy(tmp_path, policy_text(upstream.url))
-    with socket.socket() as taken:
+    (tmp_path / "admin.token").write_text("a-test-admin-token-0123456789abcdef")
+    with socket.socket() as taken, socket.socket() as free:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = str(taken.getsockname()[1])
+        free.bind(("127.0.0.1", 0))
+        busy, other = str(taken.getsockname()[1]), str(free.getsockname()[1])
+        free.close()
+        port, admin_port = (busy, other) if which == "gateway" else (other, busy)
         extra = ["--workers", workers] + (
             ["--store", "redis://127.0.0.1:1/0"] if workers != "1" else []
         )
         done = run(
-            "serve", "--policies", str(folder), "--key-file", str(key_file), "--port", port, *extra
-        )
+            "serve", "--policies", str(folder), "--key-file", str(key_file), "--port", port,
+            "--admin-port", admin_port, "--admin-token-file", str(tmp_path / "admin.token"),
+            "--devnet-url", "http://127.0.0.1:9", *extra,
+        )  # fmt: skip
     assert done.returncode == 1
-    assert f"farebox: cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    named = f"127.0.0.1:{busy}" + ("" if which == "gateway" else " (admin API)")
+    assert f"farebox: cannot listen on {named}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    assert "Unclosed" not in done.stderr + done.stdout
 
 
 async def test_no_versions_in_the_server_header(

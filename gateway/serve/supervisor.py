@@ -32,16 +32,21 @@ def serve(settings: Settings) -> None:
 
 
 def _can_listen(settings: Settings) -> None:
-    """Refuse, in one line, a port the workers could not share (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            probe.bind((settings.host, settings.port))
-        except OSError as exc:
-            raise SystemExit(
-                f"farebox: cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-            ) from None
+    """Refuse, in one line, a port the workers could not share (SO_REUSEPORT):
+    the gateway's, and the admin API's when it is on."""
+    wanted = [(settings.host, settings.port, "")]
+    if settings.admin_token or settings.admin_token_file:
+        wanted.append((settings.admin_host, settings.admin_port, " (admin API)"))
+    for host, port, what in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise SystemExit(
+                    f"farebox: cannot listen on {host}:{port}{what}: {exc.strerror}"
+                ) from None
 
 
 def _worker_main(settings: Settings) -> None:

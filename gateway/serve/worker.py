@@ -179,20 +179,27 @@ async def run_worker(
     runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=1024)
+    admin_runner = None
     try:
         await site.start()
+        admin_runner = await _start_admin(settings, services, reuse_port)
     except OSError as exc:
+        # One line, as `farebox demo` says it, and nothing left open behind it
+        # (an unclosed client session, a payout runner still running).
+        where = getattr(exc, "listening", f"{settings.host}:{settings.port}")
         await runner.cleanup()
+        if runner_task is not None:
+            runner_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner_task
         for close in closers:
             await close()
         raise SystemExit(
-            f"farebox: cannot listen on {settings.host}:{settings.port}: "
-            f"{os.strerror(exc.errno) if exc.errno else exc}"
+            f"farebox: cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}"
         ) from None
     port = runner.addresses[0][1]
     tallying = asyncio.ensure_future(tally.run())
     watching_late = asyncio.ensure_future(watch_late(services, late)) if late else None
-    admin_runner = await _start_admin(settings, services, reuse_port)
     _tune_gc()
     log.info(
         "listening on http://%s:%d, policy version %s, payments %s",
@@ -251,6 +258,11 @@ async def _start_admin(
     runner = web.AppRunner(admin.app(services, token, metrics.handler), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        exc.listening = f"{settings.admin_host}:{settings.admin_port} (admin API)"  # type: ignore[attr-defined]
+        raise
     log.info("admin API on http://%s:%d", settings.admin_host, runner.addresses[0][1])
     return runner
