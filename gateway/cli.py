@@ -113,7 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="policy directory or file (default ./policies)",
     )
-    serve.add_argument("--key-file", type=Path, metavar="FILE", help="server identity key file")
+    serve.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help="server identity key file (default $FAREBOX_KEY, else ./farebox.key)",
+    )
     serve.add_argument(
         "--connect-timeout", metavar="DURATION", help="upstream connect timeout (default 5s)"
     )
@@ -580,11 +585,9 @@ def _keys_generate(args: argparse.Namespace) -> None:
 
 
 def _keys_show(args: argparse.Namespace) -> None:
-    import os
-
     from gateway import keys
 
-    path = args.key_file or (None if os.environ.get(keys.ENV_KEY) else Path("farebox.key"))
+    path = args.key_file
     try:
         key = keys.load(path)
     except keys.KeyFileError as exc:

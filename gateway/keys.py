@@ -13,6 +13,9 @@ from pathlib import Path
 from bsv import PrivateKey
 
 ENV_KEY = "FAREBOX_KEY"
+# Where `farebox keys generate` writes, and where every command looks when no
+# key file is named: one default, so generating and serving in one folder agree.
+DEFAULT_FILE = Path("farebox.key")
 
 
 class KeyFileError(Exception):
@@ -45,13 +48,17 @@ def parse(text: str, source: str) -> PrivateKey:
 
 
 def load(path: str | Path | None) -> PrivateKey:
-    """From FAREBOX_KEY if set, else from the file at `path`."""
+    """From FAREBOX_KEY if set, else from the file at `path`, else ./farebox.key
+    (DEFAULT_FILE) if there is one. Raises KeyFileError (a one-line reason)."""
     if value := os.environ.get(ENV_KEY):
         return parse(value, f"${ENV_KEY}")
     if not path:
-        raise KeyFileError(
-            f"no server key: pass --key-file, set {ENV_KEY}, or run 'farebox keys generate'"
-        )
+        if not DEFAULT_FILE.exists():
+            raise KeyFileError(
+                f"no server key: no ./{DEFAULT_FILE} here; pass --key-file, set {ENV_KEY}, "
+                "or run 'farebox keys generate'"
+            )
+        path = DEFAULT_FILE
     path = Path(path)
     try:
         text = path.read_text()

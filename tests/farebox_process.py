@@ -59,9 +59,10 @@ async def serve(
     *args: str,
     env: dict[str, str] | None = None,
     ready: str | None = r"listening on http://[^:]+:(\d+)",
+    cwd: str | None = None,
 ) -> AsyncIterator[Running]:
     proc = await asyncio.create_subprocess_exec(
-        *FAREBOX, "serve", *args, env=_env(env),
+        *FAREBOX, "serve", *args, env=_env(env), cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     running = Running(proc)

@@ -112,9 +112,27 @@ def test_keys_generate_is_private_and_never_clobbers(tmp_path: Path) -> None:
 
 def test_serve_refuses_without_key(tmp_path: Path) -> None:
     folder = write_policy(tmp_path, policy_text("http://127.0.0.1:1"))
-    result = run("serve", "--policies", str(folder), "--port", "0")
+    result = run("serve", "--policies", str(folder), "--port", "0", cwd=str(tmp_path))
     assert result.returncode != 0
-    assert "no server key" in result.stderr
+    assert "no server key" in result.stderr and "farebox keys generate" in result.stderr
+
+
+async def test_keys_generate_and_serve_agree_on_the_default_key_file(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """`farebox keys generate` then `farebox serve` in one folder, neither
+    told where the key is: serve uses the key just written."""
+    folder = write_policy(tmp_path, policy_text(upstream.url, price="5"))
+    made = run("keys", "generate", cwd=str(tmp_path))
+    assert made.returncode == 0 and (tmp_path / "farebox.key").exists(), made.stderr
+    public = made.stdout.split("public key: ")[1].strip()
+    shown = run("keys", "show-public", cwd=str(tmp_path))
+    assert shown.stdout.strip() == public
+    args = ["--policies", str(folder), "--port", "0", "--token-keys", str(tmp_path / "tk")]
+    async with serve(*args, cwd=str(tmp_path)) as gw, aiohttp.ClientSession() as http:
+        r = await http.get(f"{gw.base}/doc")
+        assert r.status == 402 and r.headers["x-bsv-server"] == public
+        r.release()
 
 
 def test_serve_refuses_unreadable_or_open_key(tmp_path: Path, key_file: Path) -> None:
