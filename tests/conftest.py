@@ -193,7 +193,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         handler = assemble_gateway(services, proxy)
         # As `farebox serve` runs it: connections start on the lane (edge/lane.py).
         runner = web.ServerRunner(
-            ProblemServer(handler.handle, lane=handler.takes, access_log=None)
+            ProblemServer(handler.handle, lane=handler.takes, quick=handler.quick, access_log=None)
         )
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -45,12 +45,10 @@ async def challenge(
     html = wants_html(request.headers.get("Accept"))
     key = None
     if refused is None and not html and quoted.concession is None and PEER.get() is None:
-        key = (services.server_key, services.x402_network,
-               match.service.name, match.route.scope, match.resource, request.method,
-               origin, request.raw_path, quoted.satoshis, quoted.rate, quoted.cents)  # fmt: skip
+        key = kept_key(services, match, request.method, origin, request.raw_path, quoted)
         kept = _RENDERED.get(policy, key)
         if kept is not None:
-            return kept
+            return web.Response(status=402, body=kept.body, headers=CIMultiDict(kept.headers))
     offered = quote.offered(policy, match)
     answer = payment_required(match, request.method, services.server_key, quoted, refused, offered)
     if html:
@@ -59,6 +57,33 @@ async def challenge(
     if key is not None:
         _RENDERED.keep(policy, key, answer)
     return answer
+
+
+def kept_key(
+    services: Services, match: Match, method: str, origin: str, raw_path: str, quoted: Quote
+) -> tuple[Any, ...]:
+    """What a kept JSON 402 depends on, besides the policy (see `_Rendered`)."""
+    return (services.server_key, services.x402_network,
+            match.service.name, match.route.scope, match.resource, method,
+            origin, raw_path, quoted.satoshis, quoted.rate, quoted.cents)  # fmt: skip
+
+
+def kept_402(policy: object, key: tuple[Any, ...]) -> Kept | None:
+    """The JSON 402 `challenge` rendered for `key` in the last second, if any."""
+    return _RENDERED.get(policy, key)
+
+
+class Kept:
+    """A rendered JSON 402: its headers (as challenge() made them) and body,
+    and the headers once more as HTTP/1.1 lines for the lane."""
+
+    __slots__ = ("body", "born", "headers", "lines")
+
+    def __init__(self, born: float, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
+        self.born = born
+        self.body = body
+        self.headers = headers
+        self.lines = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode()
 
 
 class _Rendered:
@@ -72,9 +97,8 @@ class _Rendered:
     flood) costs the pipeline's decision each time, not the rendering:
     JSON, x402's base64 JSON, headers. The server key and x402 network are
     in the key too (gateways in one process may be paid to different keys).
-    Kept for `SECONDS` at most (a fiat
-    price follows its rate), `SIZE` answers at most, all dropped when the
-    policy changes.
+    Kept for `SECONDS` at most (a fiat price follows its rate), `SIZE`
+    answers at most, all dropped when the policy changes.
     """
 
     SECONDS = 1.0
@@ -82,19 +106,18 @@ class _Rendered:
 
     def __init__(self) -> None:
         self.policy: object = None
-        self.answers: dict[tuple[Any, ...], tuple[float, bytes, tuple[tuple[str, str], ...]]] = {}
+        self.answers: dict[tuple[Any, ...], Kept] = {}
 
-    def get(self, policy: object, key: tuple[Any, ...]) -> web.Response | None:
+    def get(self, policy: object, key: tuple[Any, ...]) -> Kept | None:
         if policy is not self.policy:
             return None
         found = self.answers.get(key)
         if found is None:
             return None
-        born, body, headers = found
-        if time.monotonic() - born > self.SECONDS:
+        if time.monotonic() - found.born > self.SECONDS:
             del self.answers[key]
             return None
-        return web.Response(status=402, body=body, headers=CIMultiDict(headers))
+        return found
 
     def keep(self, policy: object, key: tuple[Any, ...], answer: web.Response) -> None:
         if policy is not self.policy:
@@ -102,7 +125,9 @@ class _Rendered:
         elif len(self.answers) >= self.SIZE:
             self.answers.clear()  # many distinct URLs: start over rather than keep them all
         if isinstance(answer.body, bytes):
-            self.answers[key] = (time.monotonic(), answer.body, tuple(answer.headers.items()))
+            headers = tuple(answer.headers.items())
+            if all("\r" not in n + v and "\n" not in n + v for n, v in headers):
+                self.answers[key] = Kept(time.monotonic(), answer.body, headers)
 
 
 _RENDERED = _Rendered()

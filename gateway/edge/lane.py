@@ -56,6 +56,9 @@ _NOT_LANE = frozenset(
 _METHODS = frozenset({b"GET", b"HEAD"})
 
 Takes = Callable[["LaneRequest"], bool]
+# An answer the handler knows at once (header lines, body), or None: see
+# Gateway.quick. Written here without a task, a response object or the pipeline.
+Quick = Callable[["LaneRequest"], tuple[bytes, bytes] | None]
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +76,7 @@ class LaneRequest:
         "host",
         "keep_alive",
         "method",
+        "names",
         "raw_path",
         "remote",
         "routed",
@@ -107,6 +111,7 @@ class LaneRequest:
         # What the handler's `takes` found (its canonical target and match),
         # for the handler to use again instead of looking twice.
         self.routed: Any = None
+        self.names: list[bytes] = []  # the header names in lower case, as sent
         self._path: str | None = None
 
     @property
@@ -141,6 +146,7 @@ class LaneServer:
         takes: Takes,
         fallback: Callable[[], asyncio.Protocol],
         *,
+        quick: Quick | None = None,
         access_log: AbstractAccessLogger | None,
         max_head: int,
         max_line: int,
@@ -150,6 +156,7 @@ class LaneServer:
         self.handler = handler
         self.takes = takes
         self.fallback = fallback
+        self.quick = quick
         self.access_log = access_log
         self.max_head = max_head
         self.max_line = max_line
@@ -250,29 +257,66 @@ class Lane(asyncio.Protocol):
 
     # --- the connection's work --------------------------------------------------------
     def _next(self) -> None:
-        """Take the next head off the buffer: answer it, or hand the connection over."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > self.server.max_head or b"\n\n" in self.buffer:
-                self._hand_over()  # too long, or bare-LF framing: aiohttp decides
-            return
-        if self.server.closing:
-            self.close()
-            return
-        request = self._parse(bytes(self.buffer[: end + 4]))
-        try:
-            taken = request is not None and self.server.takes(request)
-        except Exception:  # a bug in `takes`: aiohttp's handler answers instead
-            log.exception("the lane could not look at a request")
-            taken = False
-        if request is None or not taken:
-            self._hand_over()
-            return
-        del self.buffer[: end + 4]
-        self._busy()
-        self.task = asyncio.get_running_loop().create_task(self._answer(request))
+        """Take the next heads off the buffer: answer them, or hand the connection over."""
+        while True:
+            if self.transport is None or self.transport.is_closing():
+                return
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > self.server.max_head or b"\n\n" in self.buffer:
+                    self._hand_over()  # too long, or bare-LF framing: aiohttp decides
+                return
+            if self.server.closing:
+                self.close()
+                return
+            request = self._parse(bytes(self.buffer[: end + 4]))
+            try:
+                taken = request is not None and self.server.takes(request)
+                known = self._known(request) if taken else None  # type: ignore[arg-type]
+            except Exception:  # a bug in `takes`: aiohttp's handler answers instead
+                log.exception("the lane could not look at a request")
+                taken, known = False, None
+            if request is None or not taken:
+                self._hand_over()
+                return
+            del self.buffer[: end + 4]
+            if known is None:
+                self._busy()
+                self.task = asyncio.get_running_loop().create_task(self._answer(request))
+                return
+            if not self._write_known(request, *known):
+                self.close()
+                return
+            self._arm()
+
+    def _known(self, request: LaneRequest) -> tuple[bytes, bytes] | None:
+        """The handler's answer known at once (Quick), unless answers are access-logged."""
+        quick = self.server.quick
+        if quick is None:
+            return None
+        access = self.server.access_log
+        if access is not None and access.enabled:
+            return None
+        return quick(request)
+
+    def _write_known(self, request: LaneRequest, lines: bytes, body: bytes) -> bool:
+        """Write a 402 known at once (as `_write` would write it); whether the
+        connection may carry another request."""
+        keep = request.keep_alive
+        connection = b""
+        if keep and request.version == "1.0":
+            connection = b"Connection: keep-alive\r\n"
+        elif not keep and request.version == "1.1":
+            connection = b"Connection: close\r\n"
+        head = b"HTTP/%s 402 Payment Required\r\n%bContent-Length: %d\r\nDate: %s\r\n%b\r\n" % (
+            request.version.encode(),
+            lines,
+            len(body),
+            rfc822_formatted_time().encode(),
+            connection,
+        )
+        self._transport().write(head if request.method == "HEAD" else head + body)
+        return keep and not self.eof  # half-closed: answered, then closed (as _answer does)
 
     def _parse(self, head: bytes) -> LaneRequest | None:
         """The head as a request the lane may take, or None."""
@@ -315,7 +359,7 @@ class Lane(asyncio.Protocol):
             keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
         else:
             keep_alive = version == "1.1"
-        return LaneRequest(
+        request = LaneRequest(
             method.decode("ascii"),
             self._url.decode("utf-8", "surrogateescape"),
             CIMultiDictProxy(headers),
@@ -325,6 +369,8 @@ class Lane(asyncio.Protocol):
             self._transport(),
             self,
         )
+        request.names = lowers
+        return request
 
     async def _answer(self, request: LaneRequest) -> None:
         started = time.perf_counter()

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.edge.lane import LaneServer, Takes
+from gateway.edge.lane import LaneServer, Quick, Takes
 from gateway.edge.problems import CONTENT_TYPE, problem, problem_body
 
 # The most request header bytes (each field counted as `name: value` and its
@@ -69,7 +69,8 @@ class ProblemServer(web.Server):
 
     With `lane` (the handler's `takes`), connections start on the lane
     (edge/lane.py), which answers the requests `lane` accepts itself and
-    hands every other to aiohttp's handler.
+    hands every other to aiohttp's handler; `quick` (the handler's) gives
+    the answers the lane may write at once.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class ProblemServer(web.Server):
         *,
         max_headers_total: int = MAX_HEADERS_TOTAL,
         lane: Takes | None = None,
+        quick: Quick | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(capped(handler, max_headers_total), **kwargs)
@@ -90,6 +92,7 @@ class ProblemServer(web.Server):
                 handler,
                 lane,
                 self.handler_protocol,
+                quick=quick,
                 access_log=log_class(logger, log_format) if logger is not None else None,
                 max_head=max_headers_total,
                 max_line=kwargs.get("max_line_size", 8190),

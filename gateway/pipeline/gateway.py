@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.challenge.respond import challenge
+from gateway.challenge.paywall import wants_html
+from gateway.challenge.respond import challenge, kept_402, kept_key
 from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
 from gateway.edge.lane import LaneRequest
@@ -47,6 +48,7 @@ from gateway.pricing import quote
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import free_quota_holder
 from gateway.pricing.quota import client_of, ratelimit_headers
+from gateway.pricing.rates import Quote
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable, Window
@@ -62,6 +64,21 @@ CORS: contextvars.ContextVar[CIMultiDict[str] | None] = contextvars.ContextVar("
 PRICED = "X-Farebox-Priced"  # on an auth_request 204: the route has a price
 STORE_RECHECK = 30.0  # seconds after a store failure during which unpaid requests ping it
 _UNMATCHED_TITLES = {403: "Forbidden", 404: "Not found", 410: "Gone"}
+# Request headers (lower case, as the lane reads them) that cannot change what
+# an unpaid request to a priced route is answered: not a credential
+# (Authorization, Cookie), a payment (x-bsv-*, Payment-Signature, X-Payment),
+# a concession (X-Farebox-Eligibility), an Origin (CORS), or anything unknown.
+# X-Forwarded-* only change the origin, which the kept 402 is keyed on.
+_PLAIN_HEADERS = frozenset(
+    name.encode()
+    for name in (
+        "host", "user-agent", "accept", "accept-encoding", "accept-language", "connection",
+        "keep-alive", "cache-control", "pragma", "referer", "dnt", "te", "x-request-id",
+        "upgrade-insecure-requests", "priority", "if-none-match", "if-modified-since",
+        "sec-fetch-dest", "sec-fetch-mode", "sec-fetch-site", "sec-fetch-user",
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
+    )
+)  # fmt: skip
 
 Router = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 Challenge = Callable[[web.BaseRequest, Match], Awaitable[web.Response]]
@@ -122,6 +139,58 @@ class Gateway:
             return True
         route = match.route.route
         return route.reward is None and match.service.upstream.startswith("http://")
+
+    def quick(self, request: LaneRequest) -> tuple[bytes, bytes] | None:
+        """The 402 the pipeline would answer `request` with, when it is sure
+        to be a JSON 402 challenge() rendered in the last second; else None
+        (then `handle` answers it). (header lines, body) for the lane to write.
+
+        Sure means: a route sold per grant at a price in satoshis, with no
+        free quota, no reward, no meter; a request whose every header is one
+        that cannot change the decision (`_PLAIN_HEADERS`: no credential, no
+        payment in any protocol, no concession, no Origin) and does not ask
+        for a page; a store not failing lately. _granted would find no grant,
+        no payment, no quota and answer challenge(); this answers what that
+        rendered, counted in the same metrics and tallies, so it is the same
+        decision, made without the walk through the pipeline.
+        """
+        started = time.perf_counter()
+        routed = request.routed
+        if routed is None or not _PLAIN_HEADERS.issuperset(request.names):
+            return None
+        match = routed[1]
+        if isinstance(match, NoMatch):
+            return None
+        route = match.route.route
+        price = route.price
+        if (
+            price.free
+            or price.currency is not None
+            or route.meter is not None
+            or route.reward is not None
+            or route.free_quota is not None
+            or time.monotonic() - self._store_failed < STORE_RECHECK
+            or wants_html(request.headers.get("Accept"))
+        ):
+            return None
+        policy = self.services.policy.current
+        key = kept_key(
+            self.services,
+            match,
+            request.method,
+            self.origin(request),  # type: ignore[arg-type]
+            request.raw_path,
+            Quote(price.satoshis),
+        )
+        kept = kept_402(policy, key)
+        if kept is None:
+            return None
+        rid = logs.request_id(request)  # type: ignore[arg-type]
+        service, scope = match.service.name, match.route.scope
+        metrics.answered(service, scope, 402, time.perf_counter() - started)
+        if self.services.tally is not None:
+            self.services.tally.add(service, scope, requests=1, challenges=1, upstream_errors=0)
+        return kept.lines + f"{logs.HEADER}: {rid}\r\nServer: {SERVER}\r\n".encode(), kept.body
 
     async def _mapped(self, request: web.BaseRequest) -> web.StreamResponse:
         try:

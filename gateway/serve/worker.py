@@ -171,6 +171,7 @@ async def run_worker(
     server = ProblemServer(
         gateway.handle,
         lane=gateway.takes,
+        quick=gateway.quick,
         access_log=logging.getLogger("farebox.access") if settings.access_log else None,
         access_log_class=logs.AccessLog,
         # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.

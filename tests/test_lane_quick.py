@@ -1,0 +1,199 @@
+"""The lane's known answers (Gateway.quick): an unpaid request that can only get
+the JSON 402 challenge() rendered a moment ago is answered at once, byte for
+byte as the pipeline answers it; anything that could change the decision goes
+through the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from gateway.edge import metrics
+from gateway.edge.protocol import ProblemServer
+from gateway.ledger.tally import Tally, today
+from gateway.pipeline.gateway import Gateway
+from gateway.policy.reload import PolicyHolder
+from gateway.proxy.forward import Proxy
+from gateway.serve.assemble import assemble_gateway
+from gateway.services import Services
+from gateway.store.memory import MemoryStore
+from tests.conftest import SERVER_KEY
+
+POLICY = """\
+services:
+  archive:
+    upstream: {upstream}
+    routes:
+      - path: /pages/{{n}}
+        price: 25
+        grant: {{lasts: 1h}}
+      - path: /fares/{{n}}
+        price: {{usd_cents: 2}}
+        grant: {{lasts: 1h}}
+      - path: /quota/{{n}}
+        price: 25
+        free_quota: {{requests: 1, per: 1h}}
+      - path: /free/**
+        price: free
+"""
+
+
+@dataclass
+class Pair:
+    gateway: Gateway
+    quick: int  # port with known answers
+    plain: int  # the same gateway, every request through the pipeline
+    answered: list[bool]  # what quick() returned, per call: an answer or not
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, upstream) -> AsyncIterator[Pair]:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(textwrap.dedent(POLICY.format(upstream=upstream.url)))
+    proxy = Proxy(connect_timeout=2, read_timeout=5)
+    await proxy.start()
+    store = MemoryStore()
+    services = Services(PolicyHolder.load(folder), SERVER_KEY, store=store, tally=Tally(store))
+    gateway = assemble_gateway(services, proxy)
+    answered: list[bool] = []
+
+    def spy(request):  # type: ignore[no-untyped-def]
+        known = gateway.quick(request)
+        answered.append(known is not None)
+        return known
+
+    runners = []
+    ports = []
+    for quick in (spy, None):
+        server = ProblemServer(gateway.handle, lane=gateway.takes, quick=quick, access_log=None)
+        runner = web.ServerRunner(server)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        ports.append(runner.addresses[0][1])
+    yield Pair(gateway, ports[0], ports[1], answered)
+    for runner in runners:
+        await runner.cleanup()
+    await proxy.close()
+
+
+async def exchange(port: int, data: bytes, answers: int) -> bytes:
+    """Send `data`; what came back until the close or 0.3 s of quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    got = b""
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.3)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        writer.close()
+    assert got.count(b"HTTP/1.") == answers, got
+    return got
+
+
+def same(data: bytes) -> bytes:
+    return re.sub(rb"Date: [^\r]*", b"Date: -", data)
+
+
+REQUESTS = [
+    (b"GET /pages/1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: r1\r\n\r\n", 1),
+    (b"HEAD /pages/1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: r2\r\n\r\n", 1),
+    (b"GET /pages/1 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nX-Request-Id: r3\r\n\r\n", 1),
+    (b"GET /pages/1 HTTP/1.0\r\nHost: a\r\nX-Request-Id: r4\r\n\r\n", 1),
+    (b"GET /pages/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: r5\r\n\r\n", 1),
+    (
+        b"GET /pages/1?q=1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: r6\r\n\r\n"
+        b"GET /pages/1?q=1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: r7\r\n\r\n"
+        b"HEAD /pages/1?q=1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: r8\r\n\r\n",
+        3,
+    ),
+    (b"GET /pages/1 HTTP/1.1\r\nHost: b.example\r\nAccept: application/json\r\n"
+     b"User-Agent: x\r\nX-Forwarded-Host: evil\r\nX-Request-Id: r9\r\n\r\n", 1),
+]  # fmt: skip
+
+
+async def test_known_402s_are_the_pipeline_s_byte_for_byte(pair: Pair) -> None:
+    for data, answers in REQUESTS:
+        await exchange(pair.quick, data, answers)  # the first renders, and keeps
+        pair.answered.clear()
+        quick = await exchange(pair.quick, data, answers)
+        assert any(pair.answered), data  # answered at once indeed
+        plain = await exchange(pair.plain, data, answers)
+        assert same(quick) == same(plain), data
+        assert quick.count(b" 402 Payment Required") == answers
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Authorization: Bearer forged.x.y",
+        "Cookie: farebox_token=forged",
+        "Origin: https://elsewhere.example",
+        "x-bsv-beef: AAAA",
+        "x-bsv-auth-version: 0.1",
+        "payment-signature: e30=",
+        "X-Payment: e30=",
+        "X-Farebox-Eligibility: x",
+        "Accept: text/html",
+        "X-Anything-Else: 1",
+    ],
+)
+async def test_whatever_could_change_the_answer_goes_through_the_pipeline(
+    pair: Pair, header: str
+) -> None:
+    data = f"GET /pages/2 HTTP/1.1\r\nHost: a\r\n{header}\r\nX-Request-Id: z\r\n\r\n".encode()
+    await exchange(pair.quick, b"GET /pages/2 HTTP/1.1\r\nHost: a\r\n\r\n", 1)  # kept
+    pair.answered.clear()
+    quick = await exchange(pair.quick, data, 1)
+    assert not any(pair.answered)
+    plain = await exchange(pair.plain, data, 1)
+    assert same(quick).split(b"\r\n")[0] == same(plain).split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize("path", ["/fares/1", "/quota/1", "/free/x", "/nothing"])
+async def test_routes_not_sold_plainly_in_satoshis_are_never_known(pair: Pair, path: str) -> None:
+    data = f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+    for _ in range(2):
+        await exchange(pair.quick, data, 1)
+    assert not any(pair.answered)
+
+
+async def test_a_store_failing_lately_sends_requests_through_the_pipeline(pair: Pair) -> None:
+    data = b"GET /pages/3 HTTP/1.1\r\nHost: a\r\n\r\n"
+    await exchange(pair.quick, data, 1)
+    pair.gateway._store_failed = time.monotonic()
+    pair.answered.clear()
+    await exchange(pair.quick, data, 1)
+    assert not any(pair.answered)  # the pipeline pings the store before inviting a payment
+
+
+async def test_known_402s_are_counted_as_the_pipeline_counts_them(pair: Pair) -> None:
+    """The transparency report's counters and the Prometheus metrics see a
+    known 402 as they see the pipeline's: a request, a challenge."""
+    requests = metrics.REQUESTS.labels("archive", "/pages/{n}", "402")
+    before = requests._value.get()
+    data = b"GET /pages/4 HTTP/1.1\r\nHost: a\r\n\r\n"
+    for port in (pair.quick, pair.quick, pair.quick, pair.plain):
+        await exchange(port, data, 1)
+    assert sum(pair.answered) == 2  # the first rendered it
+    assert requests._value.get() - before == 4
+    services = pair.gateway.services
+    assert services.tally is not None and services.store is not None
+    await services.tally.flush()
+    [day] = await services.store.stats(since_day=today(), until_day=today(), service="archive")
+    assert (day.route, day.counters["requests"], day.counters["challenges"]) == ("/pages/{n}", 4, 4)
