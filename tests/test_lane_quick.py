@@ -49,6 +49,7 @@ services:
 @dataclass
 class Pair:
     gateway: Gateway
+    folder: Path
     quick: int  # port with known answers
     plain: int  # the same gateway, every request through the pipeline
     answered: list[bool]  # what quick() returned, per call: an answer or not
@@ -80,7 +81,7 @@ async def pair(tmp_path: Path, upstream) -> AsyncIterator[Pair]:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
         ports.append(runner.addresses[0][1])
-    yield Pair(gateway, ports[0], ports[1], answered)
+    yield Pair(gateway, folder, ports[0], ports[1], answered)
     for runner in runners:
         await runner.cleanup()
     await proxy.close()
@@ -197,3 +198,23 @@ async def test_known_402s_are_counted_as_the_pipeline_counts_them(pair: Pair) ->
     await services.tally.flush()
     [day] = await services.store.stats(since_day=today(), until_day=today(), service="archive")
     assert (day.route, day.counters["requests"], day.counters["challenges"]) == ("/pages/{n}", 4, 4)
+
+
+async def test_a_head_seen_before_is_looked_at_again_after_a_policy_change(
+    pair: Pair, upstream
+) -> None:
+    """The lane keeps parsed heads and the gateway what takes() found for
+    them, per policy: after a reload the same bytes meet the new policy."""
+    data = b"GET /pages/5 HTTP/1.1\r\nHost: a\r\nX-Request-Id: same\r\n\r\n"
+    for _ in range(2):
+        assert b" 402 " in await exchange(pair.quick, data, 1)
+    (pair.folder / "p.yaml").write_text(
+        textwrap.dedent(POLICY.format(upstream=upstream.url)).replace(
+            "      - path: /pages/{n}\n        price: 25\n        grant: {lasts: 1h}\n",
+            "      - path: /pages/{n}\n        price: free\n",
+        )
+    )
+    assert pair.gateway.services.policy.reload()
+    answer = await exchange(pair.quick, data, 1)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert [seen.raw_path for seen in upstream.seen] == ["/pages/5"]

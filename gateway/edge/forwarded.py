@@ -15,8 +15,23 @@ from collections.abc import Iterable
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+class Networks(tuple[Network, ...]):
+    """Networks, as a tuple whose hash is worked out once: it keys the
+    is_trusted cache on every request (a network's hash is Python code)."""
+
+    _hash: int
+
+    def __new__(cls, items: Iterable[Network]) -> Networks:
+        made = super().__new__(cls, items)
+        made._hash = tuple.__hash__(made)
+        return made
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+def networks(cidrs: Iterable[str]) -> Networks:
+    return Networks(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
 def is_trusted(address: str | None, trusted: tuple[Network, ...]) -> bool:

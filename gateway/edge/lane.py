@@ -54,6 +54,8 @@ _NOT_LANE = frozenset(
     {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"http2-settings"}
 )
 _METHODS = frozenset({b"GET", b"HEAD"})
+HEAD_KEPT = 2048  # bytes: longer heads are parsed every time
+HEADS_KEPT = 1024  # heads remembered per listener before starting over
 
 Takes = Callable[["LaneRequest"], bool]
 # An answer the handler knows at once (header lines, body), or None: see
@@ -72,6 +74,7 @@ class LaneRequest:
     __slots__ = (
         "_path",
         "conn",
+        "head",
         "headers",
         "host",
         "keep_alive",
@@ -112,6 +115,7 @@ class LaneRequest:
         # for the handler to use again instead of looking twice.
         self.routed: Any = None
         self.names: list[bytes] = []  # the header names in lower case, as sent
+        self.head = b""  # the head's bytes, when the lane keeps them (LaneServer.heads)
         self._path: str | None = None
 
     @property
@@ -163,6 +167,11 @@ class LaneServer:
         self.max_field = max_field
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[Lane] = set()
+        # Heads parsed lately, by their bytes: clients send the same head again
+        # and again (a poll, a script, a crawler), and parsing it is a fifth
+        # of a known answer's cost. The request an entry makes is the one
+        # parsing would: a head is the whole of a bodiless request.
+        self.heads: dict[bytes, tuple[Any, ...]] = {}
         self.closing = False
 
     def __call__(self) -> Lane:
@@ -320,6 +329,27 @@ class Lane(asyncio.Protocol):
 
     def _parse(self, head: bytes) -> LaneRequest | None:
         """The head as a request the lane may take, or None."""
+        seen = self.server.heads.get(head)
+        if seen is not None:  # the same bytes as a head parsed lately: the same request
+            method, target, headers, version, keep_alive, names = seen
+            request = LaneRequest(
+                method, target, headers, version, keep_alive, self.remote, self._transport(), self
+            )
+            request.names, request.head = names, head
+            return request
+        request = self._parse_anew(head)
+        if request is not None and len(head) <= HEAD_KEPT:
+            heads = self.server.heads
+            if len(heads) >= HEADS_KEPT:
+                heads.clear()
+            heads[head] = (
+                request.method, request.raw_path, request.headers, request.version,
+                request.keep_alive, request.names,
+            )  # fmt: skip
+            request.head = head
+        return request
+
+    def _parse_anew(self, head: bytes) -> LaneRequest | None:
         if len(head) > self.server.max_head or not head.startswith((b"GET /", b"HEAD /")):
             return None
         self._url, self._fields, self._complete = b"", [], False

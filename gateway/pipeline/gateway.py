@@ -96,6 +96,9 @@ class Gateway:
         self.proxy = proxy
         self.router = router
         self._store_failed = -1e9
+        # takes() of heads the lane keeps (LaneRequest.head), per policy: a
+        # pure look at the head's bytes, the same every time they come.
+        self._looked: dict[bytes, tuple[Policy, bool, tuple[Target, Match | NoMatch] | None]] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = logs.request_id(request)
@@ -124,6 +127,21 @@ class Gateway:
         client). A pure look at the request and the policy: no store, no
         I/O, so a refusal changes nothing.
         """
+        policy = self.services.policy.current
+        head = request.head
+        if head:  # a head the lane keeps: looked at lately, the same answer
+            seen = self._looked.get(head)
+            if seen is not None and seen[0] is policy:
+                request.routed = seen[2]
+                return seen[1]
+        taken = self._takes(request, policy)
+        if head:
+            if len(self._looked) >= 1024:
+                self._looked.clear()
+            self._looked[head] = (policy, taken, request.routed)
+        return taken
+
+    def _takes(self, request: LaneRequest, policy: Policy) -> bool:
         peers = self.services.peers
         if peers is not None and peers.asks(request):  # type: ignore[arg-type]
             return False
@@ -131,7 +149,7 @@ class Gateway:
             target = canonicalize(request.raw_path)
             if urls.is_own(target.path):
                 return False
-            match = self.services.policy.current.match(request.host, target, request.method)
+            match = policy.match(request.host, target, request.method)
         except ValueError:  # PathError, HostError: their 400s are plain answers
             return True
         request.routed = (target, match)
@@ -170,7 +188,7 @@ class Gateway:
             or route.reward is not None
             or route.free_quota is not None
             or time.monotonic() - self._store_failed < STORE_RECHECK
-            or wants_html(request.headers.get("Accept"))
+            or (b"accept" in request.names and wants_html(request.headers.get("Accept")))
         ):
             return None
         policy = self.services.policy.current
