@@ -45,7 +45,8 @@ async def challenge(
     html = wants_html(request.headers.get("Accept"))
     key = None
     if refused is None and not html and quoted.concession is None and PEER.get() is None:
-        key = kept_key(services, match, request.method, origin, request.raw_path, quoted)
+        price = (quoted.satoshis, quoted.rate, quoted.cents)
+        key = kept_key(services, match, request.method, origin, request.raw_path, price)
         kept = _RENDERED.get(policy, key)
         if kept is not None:
             return web.Response(status=402, body=kept.body, headers=CIMultiDict(kept.headers))
@@ -60,12 +61,18 @@ async def challenge(
 
 
 def kept_key(
-    services: Services, match: Match, method: str, origin: str, raw_path: str, quoted: Quote
+    services: Services,
+    match: Match,
+    method: str,
+    origin: str,
+    raw_path: str,
+    price: tuple[int, Any, Any],
 ) -> tuple[Any, ...]:
-    """What a kept JSON 402 depends on, besides the policy (see `_Rendered`)."""
+    """What a kept JSON 402 depends on, besides the policy (see `_Rendered`);
+    `price` is the quote's (satoshis, rate, cents)."""
     return (services.server_key, services.x402_network,
             match.service.name, match.route.scope, match.resource, method,
-            origin, raw_path, quoted.satoshis, quoted.rate, quoted.cents)  # fmt: skip
+            origin, raw_path, price)  # fmt: skip
 
 
 def kept_402(policy: object, key: tuple[Any, ...]) -> Kept | None:

@@ -32,7 +32,15 @@ _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 def request_id(request: web.BaseRequest) -> str:
     """This request's id: the client's if it is plain and short, else a new one."""
     given = request.headers.get(HEADER, "")
-    rid = given if given and _PLAIN.fullmatch(given) else os.urandom(8).hex()
+    if given and _PLAIN.fullmatch(given):
+        REQUEST_ID.set(given)
+        return given
+    return new_id()
+
+
+def new_id() -> str:
+    """A new request id (16 hex digits), this request's from now on."""
+    rid = os.urandom(8).hex()
     REQUEST_ID.set(rid)
     return rid
 

@@ -48,7 +48,6 @@ from gateway.pricing import quote
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import free_quota_holder
 from gateway.pricing.quota import client_of, ratelimit_headers
-from gateway.pricing.rates import Quote
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable, Window
@@ -198,12 +197,12 @@ class Gateway:
             request.method,
             self.origin(request),  # type: ignore[arg-type]
             request.raw_path,
-            Quote(price.satoshis),
+            (price.satoshis, None, None),  # as rates.quote() quotes a price in satoshis
         )
         kept = kept_402(policy, key)
         if kept is None:
             return None
-        rid = logs.request_id(request)  # type: ignore[arg-type]
+        rid = logs.request_id(request) if b"x-request-id" in request.names else logs.new_id()  # type: ignore[arg-type]
         service, scope = match.service.name, match.route.scope
         metrics.answered(service, scope, 402, time.perf_counter() - started)
         if self.services.tally is not None:
