@@ -10,7 +10,10 @@ import socket
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.proxy.forward import _answer_headers, _without_hop_by_hop, keep_private
 from tests.conftest import FORGED, SERVER_KEY, GatewayFactory, Upstream, raw_request
 
 POLICY = """\
@@ -461,3 +464,34 @@ async def test_client_hanging_up_mid_download_is_quiet_and_harmless(
         async with http.get(f"{base}/after") as r:
             assert r.status == 200
     assert not [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")]
+
+
+# --- the answer headers kept per upstream header list ---------------------------------
+
+_NAMES = st.sampled_from(
+    ["Content-Type", "Cache-Control", "cache-control", "Vary", "Connection", "X-Accel-Expires",
+     "Set-Cookie", "Server", "X-Farebox-Token", "ETag", "Surrogate-Control", "X-Custom",
+     "Keep-Alive", "payment-required", "X-Request-Id", "CDN-Cache-Control"]
+)  # fmt: skip
+_VALUES = st.sampled_from(
+    ["public, max-age=60", "no-store", "private", "Accept", "X-Custom, close", "keep-alive",
+     "farebox_token=forged", "a=b", "1", "*", "s-maxage=5", ""]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=10), st.booleans())
+def test_kept_answer_headers_are_what_the_filters_make(
+    pairs: list[tuple[str, str]], priced: bool
+) -> None:
+    """_answer_headers remembers its work per header list: each call gives
+    what _without_hop_by_hop (and keep_private on priced routes) would, and
+    a caller's changes to one answer's headers never reach the next."""
+    expected = _without_hop_by_hop(pairs)
+    if priced:
+        keep_private(expected)
+    for _ in range(2):
+        got = _answer_headers(list(pairs), priced)
+        assert list(got.items()) == list(expected.items())
+        got["X-Added"] = "by this answer"
+        got.popall("Vary", None)

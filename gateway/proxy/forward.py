@@ -360,11 +360,12 @@ class Proxy:
             )
         except Exception as exc:
             return _upstream_problem(exc, match, reply_extra)
-        out = _without_hop_by_hop(reply.headers)
+        priced = not match.route.route.price.free
+        out = _answer_headers(reply.headers, priced)
         if reply_extra:
             out.extend(reply_extra)
-        if not match.route.route.price.free:
-            keep_private(out)
+            if priced and any(_caching(name) for name in reply_extra):
+                keep_private(out)  # once more, with what Farebox adds (CORS's Vary)
         if meter is not None or reply.body is None or bodies.WHOLE_ANSWER.get() is not None:
             chunks = reply.chunks() if reply.body is None else _once(reply.body)
             try:
@@ -776,6 +777,34 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     else:
         out["Vary"] = AUTH_VARY
     return out
+
+
+# The answer headers an upstream's headers become (_without_hop_by_hop, then
+# keep_private on priced routes), by the upstream's exact list: a service
+# answers with the same headers again and again (a Date changes once a
+# second). Copied out, since every answer adds its own.
+_answers: dict[tuple[bool, tuple[tuple[str, str], ...]], CIMultiDict[str]] = {}
+_ANSWERS_KEPT = 1024
+
+
+def _answer_headers(pairs: list[tuple[str, str]], priced: bool) -> CIMultiDict[str]:
+    """The headers of the answer to the client for an upstream's `pairs`."""
+    key = (priced, tuple(pairs))
+    made = _answers.get(key)
+    if made is None:
+        made = _without_hop_by_hop(pairs)
+        if priced:
+            keep_private(made)
+        if len(_answers) >= _ANSWERS_KEPT:
+            _answers.clear()
+        _answers[key] = made
+    return made.copy()
+
+
+def _caching(name: str) -> bool:
+    """Whether a header Farebox adds to an answer is one keep_private rewrites."""
+    kind = _response_names.get(name) or _response_kind(name)
+    return kind == _OVERRIDE or name.lower() in ("cache-control", "vary")
 
 
 def _forged(name: str, value: str) -> bool:
