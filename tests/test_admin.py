@@ -11,7 +11,9 @@ import asyncio
 import csv
 import io
 import json
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,6 +174,13 @@ async def test_stats_and_receipts_match_the_payments(setup) -> None:
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(body.decode())))
     assert sorted(row["txid"] for row in table) == sorted(txids)
+    # Times in ISO 8601 (UTC) for spreadsheets and people; JSON keeps Unix seconds.
+    by_txid = {r["txid"]: r for r in found}
+    for row in table:
+        for column in ("time", "expires"):
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row[column]), row
+            when = datetime.fromisoformat(row[column].replace("Z", "+00:00"))
+            assert when.timestamp() == by_txid[row["txid"]][column]
     status, _, body = await call(f"{setup.admin}/receipts?until={int(time.time()) - 3600}")
     assert json.loads(body)["receipts"] == []
     status, _, body = await call(f"{setup.admin}/receipts?since=yesterday")

@@ -15,8 +15,9 @@
     POST /reload                                      reload the policy now
     GET  /metrics                                     Prometheus (gateway.metrics)
 
-Times are Unix seconds or ISO dates/datetimes (UTC). Every answer is JSON
-(or CSV), every error problem+json; without the token, 401. Receipts leave
+Times asked for are Unix seconds or ISO dates/datetimes (UTC); times
+answered are Unix seconds in JSON, ISO 8601 (UTC) in CSV. Every answer is
+JSON (or CSV), every error problem+json; without the token, 401. Receipts leave
 out the derivation data kept for sweeping (the payer's key): an export
 names a payer only by the hash the upstream also sees.
 
@@ -293,15 +294,7 @@ async def refunds(request: web.Request) -> web.StreamResponse:
     )
     rows = [r.exported() for r in found if vout in (None, r.vout)]
     if q.get("format", "json") == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=REFUND_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        return web.Response(
-            text=out.getvalue(),
-            content_type="text/csv",
-            headers={"Content-Disposition": 'attachment; filename="farebox-refunds.csv"'},
-        )
+        return csv_answer(rows, REFUND_FIELDS, "farebox-refunds.csv")
     if q.get("format", "json") != "json":
         raise BadQuery("format is json or csv")
     body: dict[str, Any] = {"refunds": rows}
@@ -444,12 +437,29 @@ async def treasury(request: web.Request) -> web.Response:
     )
 
 
+# Columns of the CSV exports that hold a Unix time: written as ISO 8601 (UTC,
+# whole seconds, `2026-12-01T14:31:06Z`) for spreadsheets and people; empty
+# where the time is 0 (not yet: a refund not settled). JSON keeps Unix seconds.
+CSV_TIMES = frozenset({"time", "expires", "expired", "settled_time", "created", "updated"})
+
+
+def iso_time(value: float) -> str:
+    """Unix seconds as ISO 8601 in UTC (RFC 3339), or "" for 0."""
+    if not value:
+        return ""
+    return datetime.fromtimestamp(int(value), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def csv_answer(rows: list[dict[str, Any]], fields: tuple[str, ...], name: str) -> web.Response:
-    """`rows` as a CSV download named `name`, columns `fields` with a header."""
+    """`rows` as a CSV download named `name`, columns `fields` with a header;
+    the CSV_TIMES columns in ISO 8601."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(rows)
+    times = CSV_TIMES.intersection(fields)
+    writer.writerows(
+        [{k: iso_time(v) if k in times else v for k, v in row.items()} for row in rows]
+    )
     return web.Response(
         text=out.getvalue(),
         content_type="text/csv",
