@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from bsv import PrivateKey
 
+from gateway.edge import urls
 from tests.chainkit import brc121_headers, faucet
 from tests.conftest import Upstream
 from tests.farebox_process import run, serve
@@ -113,3 +114,11 @@ async def test_no_secret_reaches_a_log_line(
     access = [json.loads(line) for line in lines if '"logger": "farebox.access"' in line]
     assert any(entry.get("request_id") == rid and entry["path"] == "/page/1" for entry in access)
     assert any(entry["status"] == 502 for entry in access)
+    # Each names the service and route pattern that answered it ("" for none).
+    paid = next(e for e in access if e.get("request_id") == rid)
+    assert (paid["service"], paid["route"]) == ("s", "/page/*")
+    failed = next(e for e in access if e["status"] == 502)
+    assert (failed["service"], failed["route"]) == ("dead", "/dead/x")
+    assert all(isinstance(e["duration_ms"], float) for e in access)
+    own = [e for e in access if e["path"].startswith(urls.PAY)]
+    assert own and all(e["service"] == "" for e in own)  # never the previous request's

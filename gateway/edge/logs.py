@@ -26,6 +26,12 @@ from gateway.edge import urls
 
 HEADER = "X-Request-Id"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# The policy's service and route pattern that answered this request, for the
+# access log ("" for Farebox's own URLs and unmatched paths). Each request
+# runs in a task of its own (aiohttp's and the lane's), so it starts empty.
+SERVED: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
+    "served", default=("", "")
+)
 _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -65,7 +71,7 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "")
         if rid:
             entry["request_id"] = rid
-        for name in ("method", "path", "status", "duration_ms", "client"):
+        for name in ("method", "path", "status", "duration_ms", "service", "route", "client"):
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:
@@ -96,21 +102,27 @@ def logged_path(path: str) -> str:
 
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request: no query string, no headers, no payout ticket."""
+    """One line per request: method, path (no query string, no payout
+    ticket), status, duration in milliseconds to 0.01 ms, and the policy's
+    service and route pattern that answered; no headers."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         path = logged_path(request.path)
+        service, route = SERVED.get()
         self.logger.info(
-            "%s %s %s %.1fms",
+            "%s %s %s %.2fms%s",
             request.method,
             path,
             response.status,
             duration * 1000,
+            f" {service} {route}" if service else "",
             extra={
                 "method": request.method,
                 "path": path,
                 "status": response.status,
                 "duration_ms": round(duration * 1000, 2),
+                "service": service,
+                "route": route,
                 "client": request.remote,
                 "request_id": response.headers.get(HEADER, ""),
             },

@@ -240,8 +240,9 @@ class Gateway:
             return problem(
                 status, "no-route", _UNMATCHED_TITLES[status], f"no service offers {target.path}"
             )
-        response = await self._matched(request, match)
         service, route = match.service.name, match.route.scope
+        logs.SERVED.set((service, route))
+        response = await self._matched(request, match)
         metrics.answered(service, route, response.status, time.perf_counter() - started)
         tally = self.services.tally
         if tally is not None:
