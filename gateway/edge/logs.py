@@ -29,9 +29,7 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 # The policy's service and route pattern that answered this request, for the
 # access log ("" for Farebox's own URLs and unmatched paths). Each request
 # runs in a task of its own (aiohttp's and the lane's), so it starts empty.
-SERVED: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar(
-    "served", default=("", "")
-)
+SERVED: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("served", default=("", ""))
 _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
