@@ -30,7 +30,7 @@ drains in-flight requests and stops.
 
 ROTATE_DESCRIPTION = """\
 Add a new token signing key to the ring in DIR; it signs once each gateway
-restarts. Older keys stay in the ring (and the JWKS) and keep verifying the
+reads the ring again (SIGHUP, or a restart). Older keys stay in the ring (and the JWKS) and keep verifying the
 tokens they signed. With --prune, keys retired longer ago than --older-than
 are deleted; the active key never is.
 
@@ -40,8 +40,10 @@ swept with --key-file FILE.previous.
 """
 
 ROTATE_EPILOG = """\
-Running gateways read the token keys at start-up: restart them (one at a
-time) after a rotation. A token names its key (kid); the JWKS at
+Running gateways read the token keys at start-up and on SIGHUP: after a
+rotation send them SIGHUP (`pkill -HUP -f "farebox serve"`, `systemctl reload`,
+`docker kill -s HUP`), no restart needed. A new identity key (--identity)
+needs a restart. A token names its key (kid); the JWKS at
 /.well-known/jwks.json lists every key in the ring.
 """
 
@@ -653,7 +655,10 @@ def _keys_rotate(args: argparse.Namespace) -> None:
     for key in reversed(ring):
         state = "active" if key.retired is None else f"verifies, retired {day(key.retired)}"
         print(f"  {key.kid}  {state}")
-    print("Restart the gateways to sign with the new key; older tokens keep verifying.")
+    print(
+        "Send the gateways SIGHUP (or restart them) to sign with the new key; "
+        "older tokens keep verifying."
+    )
 
 
 def _sweep(args: argparse.Namespace) -> None:
