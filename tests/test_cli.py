@@ -384,3 +384,19 @@ async def test_no_versions_in_the_server_header(
             async with http.get(gw.base + path) as r:
                 server = r.headers.get("Server", "")
                 assert "aiohttp" not in server and "Python" not in server, (path, server)
+
+
+async def test_a_store_that_does_not_answer_is_warned_of_at_start(
+    tmp_path: Path, key_file: Path, upstream: Upstream
+) -> None:
+    """Farebox starts (the store may come up later) but says, before it
+    listens, that priced requests get 503 until the store answers."""
+    folder = write_policy(tmp_path, policy_text(upstream.url, price="5"))
+    args = ["--policies", str(folder), "--key-file", str(key_file), "--port", "0",
+            "--store", "redis://127.0.0.1:1/0", "--token-keys", str(tmp_path / "tk")]  # fmt: skip
+    async with serve(*args) as gw, aiohttp.ClientSession() as http:
+        await gw.wait_for_log(r"WARNING .*the store does not answer")
+        async with http.get(f"{gw.base}/doc") as r:
+            assert r.status == 503
+        async with http.get(f"{gw.base}/other") as r:
+            assert r.status == 200  # free routes are served

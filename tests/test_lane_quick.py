@@ -53,6 +53,7 @@ class Pair:
     quick: int  # port with known answers
     plain: int  # the same gateway, every request through the pipeline
     answered: list[bool]  # what quick() returned, per call: an answer or not
+    server: ProblemServer  # the one with known answers
 
 
 @pytest.fixture
@@ -74,14 +75,16 @@ async def pair(tmp_path: Path, upstream) -> AsyncIterator[Pair]:
 
     runners = []
     ports = []
+    servers = []
     for quick in (spy, None):
         server = ProblemServer(gateway.handle, lane=gateway.takes, quick=quick, access_log=None)
+        servers.append(server)
         runner = web.ServerRunner(server)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
         ports.append(runner.addresses[0][1])
-    yield Pair(gateway, folder, ports[0], ports[1], answered)
+    yield Pair(gateway, folder, ports[0], ports[1], answered, servers[0])
     for runner in runners:
         await runner.cleanup()
     await proxy.close()
@@ -218,3 +221,46 @@ async def test_a_head_seen_before_is_looked_at_again_after_a_policy_change(
     answer = await exchange(pair.quick, data, 1)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert [seen.raw_path for seen in upstream.seen] == ["/pages/5"]
+
+
+async def test_a_client_that_sends_and_never_reads_is_not_answered_into_memory(
+    pair: Pair,
+) -> None:
+    """Known answers are written without a task: a client that pipelines
+    heads and reads nothing must not make the worker buffer its answers
+    without end (a 402 is ~40x its head); once it reads, every one comes."""
+    head = b"GET /pages/6 HTTP/1.1\r\nHost: a\r\n\r\n"
+    await exchange(pair.quick, head, 1)  # rendered and kept
+    size = len(await exchange(pair.quick, head, 1))  # every answer as long (Date, id)
+    count = 20_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.quick)
+    writer.transport.set_write_buffer_limits(high=1 << 30)
+    writer.write(head * count)
+    await asyncio.sleep(1.0)
+    assert pair.server.lane is not None
+    [conn] = [c for c in pair.server.lane.connections if c.transport is not None]
+    assert conn.transport is not None
+    assert conn.transport.get_write_buffer_size() < 1 << 20  # held back, not ~30 MB
+    received = 0
+    while received < count * size:
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+        assert chunk, f"closed after {received // size} answers"
+        received += len(chunk)
+    assert received == count * size
+    writer.close()
+
+
+async def test_what_takes_found_is_dropped_with_the_policy_it_was_found_in(
+    pair: Pair, upstream
+) -> None:
+    """Heads looked at under one policy are let go at the next reload (else up
+    to 1,024 old compiled policies stay in memory per worker)."""
+    for n in range(50):
+        await exchange(pair.quick, f"GET /pages/old{n} HTTP/1.1\r\nHost: a\r\n\r\n".encode(), 1)
+    assert len(pair.gateway._looked) >= 50
+    (pair.folder / "p.yaml").write_text(
+        textwrap.dedent(POLICY.format(upstream=upstream.url)).replace("price: 25", "price: 26")
+    )
+    assert pair.gateway.services.policy.reload()
+    await exchange(pair.quick, b"GET /pages/new HTTP/1.1\r\nHost: a\r\n\r\n", 1)
+    assert len(pair.gateway._looked) == 1

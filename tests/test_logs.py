@@ -120,5 +120,17 @@ async def test_no_secret_reaches_a_log_line(
     failed = next(e for e in access if e["status"] == 502)
     assert (failed["service"], failed["route"]) == ("dead", "/dead/x")
     assert all(isinstance(e["duration_ms"], float) for e in access)
+    # Each payment taken or refused leaves one line: service, route, satoshis,
+    # txid or reason; never the payer (the secrets check above covers that).
+    payments = [json.loads(line) for line in lines if '"logger": "farebox.payments"' in line]
+    taken = [e for e in payments if e["message"].startswith("payment accepted")]
+    assert {(e["service"], e["route"], e["satoshis"]) for e in taken} == {
+        ("s", "/page/*", 30),
+        ("s", "/calls/*", 500),
+    }
+    assert all(len(e["txid"]) == 64 for e in taken)
+    refused = [e for e in payments if e["message"].startswith("payment refused")]
+    assert [(e["service"], e["route"]) for e in refused] == [("s", "/page/*")]
+    assert refused[0]["reason"] and "payer" not in refused[0]
     own = [e for e in access if e["path"].startswith(urls.PAY)]
     assert own and all(e["service"] == "" for e in own)  # never the previous request's

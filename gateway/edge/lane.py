@@ -225,11 +225,12 @@ class Lane(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if self.task is None:
+        if self.task is None and self.writable is None:
             self._next()
         elif len(self.buffer) > self.server.max_head and not self.paused:
-            # An answer is in flight: hold what comes next to one head's worth
-            # (aiohttp would refuse a longer line anyway), not to memory's end.
+            # An answer is in flight, or answers wait for the client to read
+            # them: hold what comes next to one head's worth (aiohttp would
+            # refuse a longer line anyway), not to memory's end.
             self.paused = True
             self._transport().pause_reading()
 
@@ -253,6 +254,12 @@ class Lane(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._wake()
+        if self.task is None:  # known answers stopped for a client that was not reading
+            if self.paused:
+                self.paused = False
+                self._transport().resume_reading()
+            if self.buffer:
+                self._next()
 
     # --- httptools callbacks ----------------------------------------------------------
     def on_url(self, url: bytes) -> None:
@@ -297,6 +304,13 @@ class Lane(asyncio.Protocol):
                 self.close()
                 return
             self._arm()
+            if self.writable is not None:
+                # A client that sends and does not read: stop answering (and
+                # reading) until its answers drain (resume_writing goes on).
+                if not self.paused:
+                    self.paused = True
+                    self._transport().pause_reading()
+                return
 
     def _known(self, request: LaneRequest) -> tuple[bytes, bytes] | None:
         """The handler's answer known at once (Quick), unless answers are access-logged."""

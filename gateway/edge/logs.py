@@ -34,19 +34,16 @@ _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def request_id(request: web.BaseRequest) -> str:
-    """This request's id: the client's if it is plain and short, else a new one."""
-    given = request.headers.get(HEADER, "")
-    if given and _PLAIN.fullmatch(given):
-        REQUEST_ID.set(given)
-        return given
-    return new_id()
-
-
-def new_id() -> str:
-    """A new request id (16 hex digits), this request's from now on."""
-    rid = os.urandom(8).hex()
+    """This request's id (`id_for`), set as the id its log lines carry."""
+    rid = id_for(request.headers.get(HEADER, ""))
     REQUEST_ID.set(rid)
     return rid
+
+
+def id_for(given: str) -> str:
+    """The id of a request that sent `given` as X-Request-Id: that, if it is
+    plain and short, else a new one (16 hex digits)."""
+    return given if given and _PLAIN.fullmatch(given) else os.urandom(8).hex()
 
 
 class _Tag(logging.Filter):
@@ -69,7 +66,10 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "")
         if rid:
             entry["request_id"] = rid
-        for name in ("method", "path", "status", "duration_ms", "service", "route", "client"):
+        for name in (
+            "method", "path", "status", "duration_ms", "service", "route", "client",
+            "satoshis", "txid", "vout", "reason", "repeated",
+        ):  # fmt: skip
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:

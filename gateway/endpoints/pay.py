@@ -21,7 +21,7 @@ from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints.public import shown
 from gateway.errors import PaymentError
-from gateway.payments.intake import from_fields, purchase, take
+from gateway.payments.intake import from_fields, log_refused, purchase, take
 from gateway.pipeline.credentials import tab_grant, token_headers
 from gateway.policy import NoMatch
 from gateway.pricing import quote
@@ -65,7 +65,11 @@ async def pay(services: Services, request: web.BaseRequest, _: str) -> web.Strea
     else:
         price = (await quote.price(policy, services.rates, request.headers, match)).satoshis
     bought = purchase(match, method, price, tab=tab_id)
-    accepted = await take(cashier, services.revocations, from_fields(fields, limit), bought)
+    try:
+        accepted = await take(cashier, services.revocations, from_fields(fields, limit), bought)
+    except PaymentError as refused:
+        log_refused(match, price, refused)
+        raise
     body: dict[str, Any] = {
         "token": accepted.token,
         "expires": accepted.grant.expires,

@@ -25,6 +25,7 @@ challenge headers in challenge/. Nothing else changes.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ from gateway.peer import Peer
 from gateway.peer.nonces import Nonces
 from gateway.policy import Match
 from gateway.store import Outcome, StoreUnavailable
+
+log = logging.getLogger("farebox.payments")
 
 HEADERS = tuple("x-bsv-" + name for name in FIELDS)  # BRC-121
 
@@ -209,7 +212,8 @@ async def take(
 
     A payment accepted before comes back with its grant only if that grant
     admits this request (`payment-reused` or `grant-revoked` otherwise).
-    StoreUnavailable propagates from the revocation check.
+    StoreUnavailable propagates from the revocation check. Every payment
+    taken is logged here (`log_refused` is for the callers' refusals).
     """
     accepted = await cashier.accept(
         payment, bought.match, bought.method, bought.price, bought.top_up, fresh=bought.fresh
@@ -217,7 +221,28 @@ async def take(
     # A grant minted just now is for this very purchase and cannot have been
     # revoked yet; one answered from an earlier claim is asked like a token.
     await admit(accepted.grant, bought.wanted, revocations if accepted.repeated else None)
+    service, route = bought.match.service.name, bought.match.route.scope
+    receipt = accepted.receipt
+    log.info(
+        "payment %s: %s %s %d sat txid %s:%d",
+        "accepted again" if accepted.repeated else "accepted",
+        service, route, receipt.satoshis, receipt.txid, receipt.vout,
+        extra={"service": service, "route": route, "satoshis": receipt.satoshis,
+               "txid": receipt.txid, "vout": receipt.vout, "repeated": accepted.repeated},
+    )  # fmt: skip
     return accepted
+
+
+def log_refused(match: Match, satoshis: int, refused: PaymentError) -> None:
+    """Log a payment refused for `match` (asked `satoshis`): while reading it
+    from the request or while taking it. Never the payer, never the payment."""
+    service, route = match.service.name, match.route.scope
+    log.info(
+        "payment refused: %s %s asked %d sat: %s",
+        service, route, satoshis, refused.reason,
+        extra={"service": service, "route": route, "satoshis": satoshis,
+               "reason": refused.reason},
+    )  # fmt: skip
 
 
 def checkout_key(checkout: Checkout) -> str:

@@ -28,7 +28,14 @@ from gateway.edge.protocol import SERVER
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
-from gateway.payments.intake import from_request, has_payment, paid_headers, purchase, take
+from gateway.payments.intake import (
+    from_request,
+    has_payment,
+    log_refused,
+    paid_headers,
+    purchase,
+    take,
+)
 from gateway.payments.remittance import Remittance
 from gateway.peer import PEER
 from gateway.pipeline import metering, rewards
@@ -95,9 +102,10 @@ class Gateway:
         self.proxy = proxy
         self.router = router
         self._store_failed = -1e9
-        # takes() of heads the lane keeps (LaneRequest.head), per policy: a
-        # pure look at the head's bytes, the same every time they come.
-        self._looked: dict[bytes, tuple[Policy, bool, tuple[Target, Match | NoMatch] | None]] = {}
+        # takes() of heads the lane keeps (LaneRequest.head), for the policy
+        # `_looked_policy`: a pure look at the head's bytes and the policy.
+        self._looked_policy: Policy | None = None
+        self._looked: dict[bytes, tuple[bool, tuple[Target, Match | NoMatch] | None]] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rid = logs.request_id(request)
@@ -127,17 +135,19 @@ class Gateway:
         I/O, so a refusal changes nothing.
         """
         policy = self.services.policy.current
+        if policy is not self._looked_policy:  # a reload: nothing looked at before holds
+            self._looked_policy, self._looked = policy, {}
         head = request.head
         if head:  # a head the lane keeps: looked at lately, the same answer
             seen = self._looked.get(head)
-            if seen is not None and seen[0] is policy:
-                request.routed = seen[2]
-                return seen[1]
+            if seen is not None:
+                request.routed = seen[1]
+                return seen[0]
         taken = self._takes(request, policy)
         if head:
             if len(self._looked) >= 1024:
                 self._looked.clear()
-            self._looked[head] = (policy, taken, request.routed)
+            self._looked[head] = (taken, request.routed)
         return taken
 
     def _takes(self, request: LaneRequest, policy: Policy) -> bool:
@@ -202,12 +212,19 @@ class Gateway:
         kept = kept_402(policy, key)
         if kept is None:
             return None
-        rid = logs.request_id(request) if b"x-request-id" in request.names else logs.new_id()  # type: ignore[arg-type]
+        # The id is not made this request's context's: no task runs for it.
+        rid = logs.id_for(request.headers.get(logs.HEADER, ""))
         service, scope = match.service.name, match.route.scope
         metrics.answered(service, scope, 402, time.perf_counter() - started)
         if self.services.tally is not None:
             self.services.tally.add(service, scope, requests=1, challenges=1, upstream_errors=0)
         return kept.lines + f"{logs.HEADER}: {rid}\r\nServer: {SERVER}\r\n".encode(), kept.body
+
+    def store_failed(self) -> None:
+        """The store just failed (a call, the start-up ping): until it answers
+        a ping again, unpaid requests to priced routes get 503, not a 402
+        that invites paying into an outage."""
+        self._store_failed = time.monotonic()
 
     async def _mapped(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -376,7 +393,7 @@ class Gateway:
         try:
             response = await self._priced_inner(request, match)
         except StoreUnavailable as exc:
-            self._store_failed = time.monotonic()
+            self.store_failed()
             response = problem_for(exc)  # money rule 4: nothing priced without the store
         except Exception as exc:
             response = problem_for(exc)
@@ -455,6 +472,7 @@ class Gateway:
             bought = purchase(match, request.method, quoted.satoshis)
             accepted = await take(cashier, services.revocations, payment, bought)
         except PaymentError as refused:
+            log_refused(match, quoted.satoshis, refused)
             if refused.status != 402:
                 raise
             return await challenge(services, request, match, self.origin(request), refused, quoted)

@@ -22,7 +22,7 @@ from gateway.edge.problems import payments_disabled
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
 from gateway.payments.cashier import Accepted, Cashier
-from gateway.payments.intake import has_payment, paid_headers, purchase, take
+from gateway.payments.intake import has_payment, log_refused, paid_headers, purchase, take
 from gateway.payments.remittance import Remittance
 from gateway.pipeline.credentials import (
     GRANT_HEADER,
@@ -108,6 +108,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
             )
             paid = await take(cashier, services.revocations, payment, bought)
         except PaymentError as refused:
+            log_refused(match, minimum.satoshis, refused)
             if refused.status != 402:
                 raise
             return await refuse(request, match, refused)

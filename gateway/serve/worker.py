@@ -41,7 +41,7 @@ from gateway.serve.assemble import (
     payout_network,
 )
 from gateway.services import Services
-from gateway.store import Store
+from gateway.store import Store, StoreUnavailable
 from gateway.store.receipts import Receipt
 
 log = logging.getLogger("farebox")
@@ -100,6 +100,11 @@ async def run_worker(
         chain = chain_clients(settings, closers)
     store = open_store(settings)
     closers.append(store.close)
+    try:
+        await store.ping()
+        store_down = None
+    except StoreUnavailable as exc:
+        store_down = exc
     tally = Tally(store)
 
     journal = open_journal(settings) if settings.payments_enabled or chain else None
@@ -168,6 +173,15 @@ async def run_worker(
         treasury_low_balance=settings.payouts_low_balance,
     )
     gateway = assemble_gateway(services, proxy)
+    if store_down is not None:
+        # Not fatal (it may come up later: the gateway recovers by itself),
+        # but priced requests get 503 until it does: say so at start-up.
+        gateway.store_failed()
+        log.warning(
+            "the store does not answer (%s): free routes are served, priced ones get 503 "
+            "store-unavailable until it does",
+            store_down,
+        )
     server = ProblemServer(
         gateway.handle,
         lane=gateway.takes,
