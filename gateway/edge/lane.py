@@ -210,6 +210,7 @@ class Lane(asyncio.Protocol):
         self.paused = False  # reading stopped while an answer is in flight
         self.chunked = False  # the answer being streamed is chunk-framed
         self.keep = True  # the answer being streamed leaves the connection open
+        self.pending = b""  # the streamed answer's head, not written yet
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
         self._complete = False
@@ -496,7 +497,24 @@ class Lane(asyncio.Protocol):
         self.keep = keep
         if self._transport().is_closing():
             raise ConnectionResetError("the client went away")
-        self._transport().write(_head(request.version, status, reason, headers, keep))
+        head = _head(request.version, status, reason, headers, keep)
+        if self.eof:
+            # The client half-closed, and may be gone: the head alone goes
+            # first, so a reset shows before any body is handed over (and
+            # charged, on a metered route).
+            self._transport().write(head)
+            return
+        # Held until the first body bytes (one write, one segment, for a body
+        # in hand) or the end of this loop turn (a body still to come: the
+        # client sees the head at once, as before).
+        self.pending = head
+        asyncio.get_running_loop().call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        if self.pending:
+            head, self.pending = self.pending, b""
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(head)
 
     async def write(self, chunk: bytes) -> None:
         """Write body bytes; wait while the client is slower than the upstream.
@@ -507,10 +525,10 @@ class Lane(asyncio.Protocol):
             raise ConnectionResetError("the client went away")
         if not chunk:
             return
-        if self.chunked:
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            transport.write(chunk)
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk
+        if self.pending:
+            framed, self.pending = self.pending + framed, b""
+        transport.write(framed)
         await self.drain()
 
     async def drain(self) -> None:
@@ -526,11 +544,15 @@ class Lane(asyncio.Protocol):
     async def end(self) -> None:
         """The body is complete."""
         transport = self._transport()
-        if self.chunked and not transport.is_closing():
-            transport.write(b"0\r\n\r\n")
+        last = b"0\r\n\r\n" if self.chunked else b""
+        if self.pending:
+            last, self.pending = self.pending + last, b""
+        if last and not transport.is_closing():
+            transport.write(last)
 
     def abort(self) -> None:
         """Cut the connection: the client sees the answer is incomplete."""
+        self.pending = b""
         self._transport().abort()
         self.keep = False
 

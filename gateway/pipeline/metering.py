@@ -10,7 +10,7 @@ or tops up the tab through the one intake first.
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from typing import Protocol
 
 from aiohttp import web
@@ -129,7 +129,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
         reply.update(paid_headers(payment, paid))
     reply[TAB] = tab
     held = most_msat(meter, unit)
-    reservation = uuid.uuid4().hex
+    reservation = os.urandom(16).hex()  # as unique as uuid4, without its object
     balance = await store.reserve(tab, held, reservation, HOLD_TTL)
     if balance is None:
         left = await store.balance(tab) or 0
