@@ -316,6 +316,21 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     demo.add_argument("--port", type=int, default=8402, help="gateway port (default 8402)")
+    demo.add_argument(
+        "--upstream-port",
+        type=int,
+        default=8403,
+        metavar="PORT",
+        help="the sample upstream's port (default 8403, which the example policies name; "
+        "another, or 0 for any free one, serves a copy of them naming it)",
+    )
+    demo.add_argument(
+        "--devnet-port",
+        type=int,
+        default=8404,
+        metavar="PORT",
+        help="the devnet's port (default 8404, where `farebox wallet` looks; 0: any free one)",
+    )
     demo.set_defaults(run=_demo)
 
     devnet = sub.add_parser(
@@ -535,7 +550,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from gateway.demo.run import run_demo
 
-    run_demo(args.host, args.port, EXAMPLES)
+    run_demo(args.host, args.port, EXAMPLES, args.upstream_port, args.devnet_port)
 
 
 def _devnet(args: argparse.Namespace) -> None:

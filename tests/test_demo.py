@@ -13,10 +13,24 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 FAREBOX = [sys.executable, "-m", "gateway"]
-DEMO_PORTS = (8403, 8404)  # the sample upstream and devnet the example policies expect
+DEMO_PORTS = (8402, 8403, 8404)  # a demo left running holds these
+
+
+def hold_demo_ports() -> list[socket.socket]:
+    """Listen on the default demo ports that are free, as a demo left running
+    would: a test that needed them would fail here, not only beside a demo."""
+    held = []
+    for port in DEMO_PORTS:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            held.append(s)
+        except OSError:
+            s.close()  # a real demo holds it: as good
+    return held
 
 
 def port_free(port: int) -> bool:
@@ -30,13 +44,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def demo_command(port: int, upstream: int, devnet: int) -> list[str]:
+    """`farebox demo` on ports of its own: the tests run beside a demo someone
+    left running on the default ones (the README's quick start)."""
+    ports = ("--port", str(port), "--upstream-port", str(upstream), "--devnet-port", str(devnet))
+    return [*FAREBOX, "demo", *ports]
+
+
 async def test_demo_then_pay(tmp_path: Path) -> None:
-    if not all(port_free(p) for p in DEMO_PORTS):
-        pytest.fail(f"ports {DEMO_PORTS} are taken: is a farebox demo already running?")
-    port = free_port()
+    held = hold_demo_ports()
+    port, upstream, devnet = free_port(), free_port(), free_port()
     env = {**os.environ, "FAREBOX_WALLET": str(tmp_path / "wallet.json")}
     demo = subprocess.Popen(
-        [*FAREBOX, "demo", "--port", str(port)],
+        demo_command(port, upstream, devnet),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -56,7 +76,7 @@ async def test_demo_then_pay(tmp_path: Path) -> None:
             )
 
         assert farebox("wallet", "new").returncode == 0
-        funded = farebox("wallet", "fund")
+        funded = farebox("wallet", "fund", "--devnet-url", f"http://127.0.0.1:{devnet}")
         assert funded.returncode == 0, funded.stderr
 
         first = farebox("pay", url)
@@ -66,7 +86,7 @@ async def test_demo_then_pay(tmp_path: Path) -> None:
         assert paid, first.stderr
         async with (
             aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:8404/v1/tx/{paid.group(1)}") as r,
+            http.get(f"http://127.0.0.1:{devnet}/v1/tx/{paid.group(1)}") as r,
         ):
             assert (await r.json())["txStatus"] in ("SEEN_ON_NETWORK", "MINED")
 
@@ -95,19 +115,19 @@ async def test_demo_then_pay(tmp_path: Path) -> None:
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)
+        for s in held:
+            s.close()
 
 
 async def test_demo_rewards_a_resident_once_into_their_wallet(tmp_path: Path) -> None:
     """The README's consultation walk-through: a credential from the register, an
     answer to the survey, the reward paid from the demo's treasury into the
     citizen's `farebox wallet`, once."""
-    if not all(port_free(p) for p in DEMO_PORTS):
-        pytest.fail(f"ports {DEMO_PORTS} are taken: is a farebox demo already running?")
-    port = free_port()
+    port, upstream, devnet = free_port(), free_port(), free_port()
     citizen = tmp_path / "citizen.json"
     env = {**os.environ, "FAREBOX_WALLET": str(citizen)}
     demo = subprocess.Popen(
-        [*FAREBOX, "demo", "--port", str(port)],
+        demo_command(port, upstream, devnet),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -154,12 +174,17 @@ async def test_demo_rewards_a_resident_once_into_their_wallet(tmp_path: Path) ->
         assert report["payout_totals_satoshis"] == {"riverside-park-2027": 100}
         other = tmp_path / "other.json"
         assert farebox("wallet", "new", "--wallet", str(other)).returncode == 0
-        wrong = farebox("wallet", "receive", "--payout", url, "--wallet", str(other))
+        wrong = farebox(
+            "wallet", "receive", "--payout", url, "--wallet", str(other), "--devnet-url",
+            f"http://127.0.0.1:{devnet}",
+        )  # fmt: skip
         assert wrong.returncode == 1 and f"this payout is for {key}" in wrong.stderr
-        received = farebox("wallet", "receive", "--payout", url)
+        chain = ("--devnet-url", f"http://127.0.0.1:{devnet}")
+        received = farebox("wallet", "receive", "--payout", url, *chain)
         assert received.returncode == 0, received.stderr
         assert "received 100 satoshis" in received.stdout
-        assert "balance: 100 satoshis" in farebox("wallet", "receive", "--payout", url).stdout
+        again = farebox("wallet", "receive", "--payout", url, *chain)
+        assert "balance: 100 satoshis" in again.stdout
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(15)

@@ -364,13 +364,14 @@ def test_image_layout_serves_and_passes_its_healthcheck(
                     (context / src).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(source, context / src)
     # The build stage's `pip install --no-deps .`, into a target directory (the
-    # dependencies come from this venv instead of the lock). pip fetches the
-    # build backend, setuptools, for its isolated build, as in the image.
+    # dependencies come from this venv instead of the lock). The build backend,
+    # setuptools, is this venv's (the dev lock pins it): no build isolation,
+    # so nothing is downloaded while the tests run (PIP_NO_INDEX holds pip to it).
     site = tmp_path / "site"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--target", str(site), str(context)],
-        capture_output=True, text=True, timeout=180,
+         "--no-deps", "--no-build-isolation", "--target", str(site), str(context)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PIP_NO_INDEX": "1"},
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
     assert list((site / "gateway" / "challenge" / "paywall" / "templates").glob("*.html"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 from pathlib import Path
 
@@ -56,13 +57,19 @@ TREASURY_FUNDS = 1_000_000  # satoshis the demo's payout treasury starts with
 PAYOUTS_INTERVAL = 5  # seconds: rewards owed are paid this soon
 
 
-def demo_settings(host: str, port: int, policies: Path, workdir: Path | None = None) -> Settings:
+def demo_settings(
+    host: str,
+    port: int,
+    policies: Path,
+    workdir: Path | None = None,
+    devnet_port: int = DEVNET_PORT,
+) -> Settings:
     """The demo's settings: the example policies and the demo's fixed rates; with
     `workdir`, a payout treasury and ledger there (rewards are paid)."""
     payouts: dict[str, object] = {}
     if workdir is not None:
         payouts = {
-            "devnet_url": f"http://127.0.0.1:{DEVNET_PORT}",
+            "devnet_url": f"http://127.0.0.1:{devnet_port}",
             "payouts_wallet": workdir / "treasury.json",
             "payouts_ledger": workdir / "payouts.db",
             "payouts_interval": f"{PAYOUTS_INTERVAL}s",
@@ -83,40 +90,59 @@ def demo_settings(host: str, port: int, policies: Path, workdir: Path | None = N
     )
 
 
-def run_demo(host: str, port: int, policies: Path) -> None:
+def run_demo(
+    host: str,
+    port: int,
+    policies: Path,
+    upstream_port: int = UPSTREAM_PORT,
+    devnet_port: int = DEVNET_PORT,
+) -> None:
+    """Run the demo until Ctrl-C. The example policies name the sample upstream
+    at 127.0.0.1:8403: on another port (0: any free one) the demo serves a
+    copy of them that names it there."""
     configure_logging("info")
-    try:
-        holder = PolicyHolder.load(policies)
-    except PolicyError as exc:
-        raise SystemExit(f"farebox demo: example policies are invalid:\n{exc}") from None
     # Throw-away keys: demo payments are never worth keeping.
     keydir = Path(tempfile.mkdtemp(prefix="farebox-demo-"))
+    upstream_port = upstream_port or _free_port()
+    devnet_port = devnet_port or _free_port()
+    served = policies
+    if upstream_port != UPSTREAM_PORT:
+        served = _policies_for(policies, upstream_port, keydir / "policies")
+    try:
+        holder = PolicyHolder.load(served)
+    except PolicyError as exc:
+        raise SystemExit(f"farebox demo: example policies are invalid:\n{exc}") from None
     startup = Startup(holder, PrivateKey(), Tokens(KeyRing.load(keydir / "token-keys")))
-    settings = demo_settings(host, port, policies, keydir)
+    settings = demo_settings(host, port, served, keydir, devnet_port)
+    devnet_url = f"http://127.0.0.1:{devnet_port}"
 
     async def main() -> None:
         runners = []
         try:
-            runners.append(await upstream.start("127.0.0.1", UPSTREAM_PORT))
+            runners.append(await upstream.start("127.0.0.1", upstream_port))
             devnet_runner, devnet = await start_devnet(
-                "127.0.0.1", DEVNET_PORT, devnet=Devnet(), block_interval=BLOCK_INTERVAL
+                "127.0.0.1", devnet_port, devnet=Devnet(), block_interval=BLOCK_INTERVAL
             )
             runners.append(devnet_runner)
         except OSError as exc:
+            for runner in runners:
+                await runner.cleanup()
             raise SystemExit(
-                f"farebox demo: a demo port is taken ({exc.strerror}); is another demo running?"
+                f"farebox demo: a demo port is taken ({exc.strerror}); is another demo "
+                "running? (--upstream-port 0 --devnet-port 0 take free ones)"
             ) from None
         # The city's treasury, funded from the devnet, pays the consultation's rewards.
         assert settings.payouts_wallet is not None
         treasury = Wallet.create(settings.payouts_wallet)
-        await fund(treasury, TREASURY_FUNDS, f"http://127.0.0.1:{DEVNET_PORT}")
+        await fund(treasury, TREASURY_FUNDS, devnet_url)
+        ports = (upstream_port, devnet_port)
         try:
             await run_worker(
                 settings,
                 startup,
                 chain=(devnet, LocalBroadcaster(devnet)),
                 watcher=LocalWatcher(devnet),
-                ready=lambda p: _banner(host, p, policies),
+                ready=lambda p: _banner(host, p, served, *ports),
             )
         finally:
             for runner in runners:
@@ -125,14 +151,38 @@ def run_demo(host: str, port: int, policies: Path) -> None:
     uvloop.run(main())
 
 
-def _banner(host: str, port: int, policies: Path) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _policies_for(policies: Path, upstream_port: int, folder: Path) -> Path:
+    """A copy of the example policies naming the sample upstream on `upstream_port`."""
+    folder.mkdir(parents=True)
+    files = [policies] if policies.is_file() else sorted(policies.glob("*.y*ml"))
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        moved = text.replace(f"127.0.0.1:{UPSTREAM_PORT}", f"127.0.0.1:{upstream_port}")
+        (folder / path.name).write_text(moved, encoding="utf-8")
+    return folder
+
+
+def _banner(host: str, port: int, policies: Path, upstream_port: int, devnet_port: int) -> None:
     base = f"http://{host}:{port}"
+    devnet = "" if devnet_port == DEVNET_PORT else f" --devnet-url http://127.0.0.1:{devnet_port}"
     lines = [
         "",
         f"Farebox demo is running at {base} (Ctrl-C to stop)",
-        f"  sample upstream  http://127.0.0.1:{UPSTREAM_PORT}",
-        f"  devnet + faucet  http://127.0.0.1:{DEVNET_PORT}  (mines every {BLOCK_INTERVAL:.0f} s)",
-        f"  policies         {policies} (edit a file and the gateway reloads it)",
+        f"  sample upstream  http://127.0.0.1:{upstream_port}",
+        f"  devnet + faucet  http://127.0.0.1:{devnet_port}  (mines every {BLOCK_INTERVAL:.0f} s)",
+        f"  policies         {policies} (edit a file and the gateway reloads it)"
+        + (
+            ""
+            if upstream_port == UPSTREAM_PORT
+            else "\n                   (a copy of the "
+            f"examples naming the upstream on port {upstream_port})"
+        ),
         f"  fiat rates       1 BSV = {DEMO_RATE_EUR:,.0f} EUR = {DEMO_RATE_USD:,.0f} USD"
         " (made-up demo figures)",
         "",
@@ -142,7 +192,7 @@ def _banner(host: str, port: int, policies: Path) -> None:
     lines += [
         "",
         "Pay from another terminal:",
-        "  farebox wallet new && farebox wallet fund",
+        f"  farebox wallet new && farebox wallet fund{devnet}",
         f"  farebox pay '{base}{TRY[2][1]}'",
         f"  farebox pay --method POST --data '{{\"kwh\": 3.5}}' '{base}/meter/meters/M-1001/draw'",
         f"  farebox pay --method POST '{base}/transit/lines/T1/board'",
