@@ -206,6 +206,17 @@ async def test_revoke_a_grant(setup) -> None:
     assert status == 400
 
 
+async def test_revoking_a_tab_nobody_opened_is_a_404(setup) -> None:
+    """A tab id the store does not know is refused, not 'revoked' (a typo would
+    otherwise look done); an open tab is revoked."""
+    status, _, body = await call(f"{setup.admin}/revoke", method="POST", json={"tab": "no-such"})
+    assert status == 404 and json.loads(body)["reason"] == "unknown-tab"
+    await setup.store.credit("tab-1", 5_000, "opening")
+    status, _, body = await call(f"{setup.admin}/revoke", method="POST", json={"tab": "tab-1"})
+    assert status == 200 and json.loads(body)["revoked"] == "tab-1"
+    assert await setup.store.revoked("tab-1")
+
+
 async def test_policy_status_and_reload(setup) -> None:
     status, _, body = await call(f"{setup.admin}/policy")
     first = json.loads(body)

@@ -492,6 +492,9 @@ async def revoke(request: web.Request) -> web.Response:
     until = body.get("until", int(time.time()) + REVOKE_FOR)
     if not isinstance(until, int) or until <= time.time():
         raise BadQuery("until must be a future Unix time")
+    if "grant" not in body and await gw.store.balance(target) is None:
+        # A tab the store does not know: nothing to revoke (a typo, most likely).
+        return problem(404, "unknown-tab", "No such tab", f"no tab {target!r} is open")
     await gw.store.revoke(target, until)
     return answer({"revoked": target, "until": until, "in_force_within_seconds": 1})
 
