@@ -7,6 +7,7 @@ line. Unknown keys in the file are errors, as in policies.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -193,16 +194,38 @@ def load_settings(
         Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None
     )
     merged: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if config is not None:
-        merged.update(_from_file(config))
+        from_file = _from_file(config)
+        merged.update(from_file)
     merged.update(_from_env(environ))
     merged.update({k: v for k, v in (flags or {}).items() if v is not None})
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        lines = []
+        lines: list[tuple[int, str]] = []  # (line in the file, or 0), message
+        where = _key_lines(config) if config is not None else {}
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "settings"
-            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{key}: {msg.removeprefix('Value error, ')}")
-        raise ConfigError("invalid settings: " + "; ".join(lines)) from None
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                hint = difflib.get_close_matches(key, Settings.model_fields, n=1)
+                msg = "unknown setting" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            line = f"{key}: {msg.removeprefix('Value error, ')}"
+            at = where.get(key, 0) if key in from_file else 0
+            if at:  # the admin's file and line
+                line = f"{config}:{at}: {line}"
+            lines.append((at, line))
+        lines.sort(key=lambda found: found[0])  # in the file's order
+        raise ConfigError("invalid settings: " + "; ".join(text for _, text in lines)) from None
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """The line (1-based) each top-level key of a YAML config file is on."""
+    try:
+        node = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}

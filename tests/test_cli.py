@@ -169,7 +169,7 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     config.write_text("port: 8402\nwokers: 2\n")
     result = run("serve", "--config", str(config))
     assert result.returncode != 0
-    assert "wokers: unknown setting" in result.stderr
+    assert f"{config}:2: wokers: unknown setting (did you mean 'workers'?)" in result.stderr
     result = run("serve", env={"FAREBOX_READ_TIMEOUT": "soon"})
     assert "read_timeout" in result.stderr and "not a duration" in result.stderr
 
