@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 
 CONTENT_TYPE = "application/problem+json"
+# Marks (response[OURS]) a problem Farebox made itself, not an upstream's answer.
+OURS = web.ResponseKey("farebox.problem", bool)
 TYPE_PREFIX = "https://farebox.dev/problems/"
 
 
@@ -44,6 +46,7 @@ def problem(
     # An answer about this one request, never a representation to reuse: no
     # cache in front may hand it (a 402 above all) to another request.
     response.headers.setdefault("Cache-Control", "no-store")
+    response[OURS] = True  # Farebox's own problem, not an upstream's answer passed on
     return response
 
 

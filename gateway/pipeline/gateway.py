@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.challenge.paywall import wants_html
+from gateway.challenge.paywall import problem_page, wants_html
 from gateway.challenge.respond import challenge, kept_402, kept_key
 from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
 from gateway.edge.lane import LaneRequest
 from gateway.edge.paths import PathError, Target, canonicalize
-from gateway.edge.problems import payments_disabled, problem
+from gateway.edge.problems import OURS, payments_disabled, problem
 from gateway.edge.protocol import SERVER
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
@@ -120,6 +120,15 @@ class Gateway:
             response = await peers.serve(request, self._mapped)
         else:
             response = await self._mapped(request)
+        if (
+            isinstance(response, web.Response)
+            and response.status >= 400
+            and response.status != 402  # the paywall is its own page
+            and response.get(OURS, False)  # never an upstream's own error
+            and wants_html(request.headers.get("Accept"))
+        ):
+            # A person in a browser reads the error as a page; programs keep problem+json.
+            response = problem_page(response, request.headers.get("Accept-Language"))
         if not response.prepared:
             response.headers[logs.HEADER] = rid
             response.headers.setdefault("Server", SERVER)

@@ -112,6 +112,40 @@ def render(page: Page, accept_language: str | None) -> str:
     )
 
 
+def problem_page(answer: web.Response, accept_language: str | None) -> web.Response:
+    """A problem+json answer (RFC 9457) as a page for a person, in the paywall's
+    style: its title and detail, what to do about it. The status and every
+    header but the body's (Allow, Retry-After, RateLimit-*, CORS) stay."""
+    try:
+        body = json.loads(answer.body) if isinstance(answer.body, bytes) else {}
+    except ValueError:
+        body = {}
+    words = texts(accept_language)
+    lang = next(tag for tag, table in TEXTS.items() if table is words)
+    status = answer.status
+    advice = words["advice_429"] if status == 429 else (
+        words["advice_5xx"] if status >= 500 else words["advice_4xx"]
+    )  # fmt: skip
+    html = _env.get_template("problem.html").render(
+        t=words,
+        lang=lang,
+        assets=ASSETS,
+        title=str(body.get("title") or answer.reason),
+        detail=str(body.get("detail") or ""),
+        advice=advice,
+        status=status,
+        reason=str(body.get("reason") or ""),
+    )
+    headers = {
+        k: v
+        for k, v in answer.headers.items()
+        if k.lower() not in ("content-type", "content-length")
+    }
+    vary = headers.get("Vary")
+    headers["Vary"] = f"{vary}, Accept" if vary else "Accept"
+    return web.Response(status=status, text=html, content_type="text/html", headers=headers)
+
+
 def render_report(report: dict[str, Any]) -> str:
     """The transparency report as a page (gateway.transparency has the figures)."""
     return _env.get_template("transparency.html").render(assets=ASSETS, report=report)

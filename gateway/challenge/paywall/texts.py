@@ -10,6 +10,13 @@ from __future__ import annotations
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
+        # Error pages (problem.html): what a person can do about each kind.
+        "error_code": "Error",
+        "advice_4xx": "Check the address, or go back and try again.",
+        "advice_429": "You have used the free requests for now. Wait a little and try "
+        "again, or pay for more.",
+        "advice_5xx": "The service behind this page is not answering right now. Try again "
+        "in a few minutes.",
         "title": "Payment required",
         "lead": "{service} charges a small fee for this.",
         "resource": "What you asked for",
