@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.challenge.paywall import render_report
 from gateway.endpoints import admin
 from gateway.ledger.tally import Tally, today
 from gateway.payments.cashier import Cashier
@@ -44,6 +45,7 @@ services:
   archive:
     upstream: {upstream}
     mount: /archive
+    description: County records archive
     routes:
       - {{path: "/pages/{{n}}", price: 25, grant: {{lasts: 1h}}}}
       - {{path: "/**", price: free}}
@@ -255,6 +257,16 @@ async def test_transparency_report_shows_revenue_and_txids_never_payers(setup) -
         headers={"Accept": "text/html"},
     )
     assert headers["Content-Type"].startswith("text/html") and txids[0] in page.decode()
+    # In people's words: the service's name, "3 transactions" (and "1 transaction"),
+    # tables that scroll inside a phone's width rather than widening the page.
+    text = page.decode()
+    assert "<td>County records archive</td>" in text and "<td>archive</td>" not in text
+    assert "3 transactions</summary>" in text and "txids</summary>" not in text
+    assert text.count('<div class="scroll"><table>') == text.count("<table>")
+    one = {"since": "d", "until": "d", "note": "", "truncated": False, "payouts": [],
+           "totals_satoshis": {"s": 5},
+           "days": [{"day": "d", "service": "s", "payments": 1, "satoshis": 5, "txids": ["ab"]}]}  # fmt: skip
+    assert "1 transaction</summary>" in render_report(one)
     status, _, _ = await call(f"{setup.base}/.well-known/farebox/transparency?days=0", token=None)
     assert status == 400
 

@@ -120,8 +120,9 @@ async def transparency_report(services: Services, request: web.BaseRequest, _: s
     )
     headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
     if request.query.get("format") != "json" and paywall.wants_html(request.headers.get("Accept")):
+        names = {s.name: s.service.description or s.name for s in services.policy.current.services}
         return web.Response(
-            text=paywall.render_report(figures), content_type="text/html", headers=headers
+            text=paywall.render_report(figures, names), content_type="text/html", headers=headers
         )
     return web.Response(
         body=json.dumps(figures).encode(), content_type="application/json", headers=headers

@@ -146,9 +146,12 @@ def problem_page(answer: web.Response, accept_language: str | None) -> web.Respo
     return web.Response(status=status, text=html, content_type="text/html", headers=headers)
 
 
-def render_report(report: dict[str, Any]) -> str:
-    """The transparency report as a page (gateway.transparency has the figures)."""
-    return _env.get_template("transparency.html").render(assets=ASSETS, report=report)
+def render_report(report: dict[str, Any], names: dict[str, str] | None = None) -> str:
+    """The transparency report as a page (gateway.transparency has the figures);
+    `names` says a service's name for people (its description) by its id."""
+    return _env.get_template("transparency.html").render(
+        assets=ASSETS, report=report, names=names or {}
+    )
 
 
 def buys_text(
