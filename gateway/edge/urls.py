@@ -12,6 +12,7 @@ TAB = WELL_KNOWN + "tab"  # GET the balance of the presented tab
 RECEIPTS = WELL_KNOWN + "receipts/"  # + txid: the payer's receipt
 CHECKOUT = WELL_KNOWN + "checkout/"  # + ticket: pay a paywall checkout, ask its status
 TRANSPARENCY = WELL_KNOWN + "transparency"  # the public report
+PRICES = WELL_KNOWN + "prices"  # the public price list
 ASSETS = WELL_KNOWN + "assets"  # + /name: the paywall's CSS and script
 PAYOUTS = WELL_KNOWN + "payouts/"  # + campaign/digest/ticket: a participant's payout
 P2PKH = WELL_KNOWN + "p2pkh/"  # + public key: its P2PKH locking script

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.edge import urls
 from gateway.edge.problems import problem
-from gateway.endpoints import checkout, pay, payouts, public, tab
+from gateway.endpoints import checkout, pay, payouts, prices, public, tab
 from gateway.services import Services
 
 Handler = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
@@ -77,6 +77,7 @@ def table(services: Services, *extra: Route) -> Router:
             Route(urls.TAB, READ, bind(tab.balance)),
             Route(urls.RECEIPTS, READ, bind(public.receipt), prefix=True),
             Route(urls.TRANSPARENCY, READ, bind(public.transparency_report)),
+            Route(urls.PRICES, READ, bind(prices.prices)),
             Route(urls.ASSETS + "/", READ, bind(public.asset), prefix=True),
             Route(urls.P2PKH, READ, bind(public.p2pkh), prefix=True),
             Route(urls.PAYOUTS, READ, bind(payouts.payout), prefix=True),

@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from gateway.challenge.paywall.texts import TEXTS, duration, texts
 from gateway.edge.problems import problem
-from gateway.edge.urls import ASSETS
+from gateway.edge.urls import ASSETS, PRICES
 
 _STATIC = {"paywall.css": "text/css", "paywall.js": "text/javascript"}
 _env = Environment(
@@ -90,6 +90,7 @@ def render(page: Page, accept_language: str | None) -> str:
         t=words,
         lang=lang,
         assets=ASSETS,
+        prices_url=PRICES,
         service_title=page.service_title,
         description=page.description,
         method=page.method,
@@ -144,6 +145,64 @@ def problem_page(answer: web.Response, accept_language: str | None) -> web.Respo
     vary = headers.get("Vary")
     headers["Vary"] = f"{vary}, Accept" if vary else "Accept"
     return web.Response(status=status, text=html, content_type="text/html", headers=headers)
+
+
+def render_prices(figures: dict[str, Any], accept_language: str | None) -> str:
+    """The price list (endpoints/prices.py's figures) as a page, in words."""
+    words = texts(accept_language)
+    lang = next(tag for tag, table in TEXTS.items() if table is words)
+
+    def price(p: dict[str, Any]) -> str:
+        if p.get("free"):
+            return words["free"]
+        if "currency" not in p:
+            return words["sats"].format(n=f"{p['satoshis']:,}")
+        amount = f"{float(p['cents']) / 100:.2f}"
+        if p.get("satoshis") is None:
+            return words["fiat_only"].format(amount=amount, currency=p["currency"])
+        return words["fiat_now"].format(
+            amount=amount, currency=p["currency"], sats=f"{p['satoshis']:,}"
+        )
+
+    services = []
+    for service in figures["services"]:
+        rows = []
+        for route in service["routes"]:
+            methods = "" if route["methods"] == ["*"] else " ".join(route["methods"]) + " "
+            what = route["description"] or f"{methods}{route['path']}"
+            cost = price(route["price"])
+            buys = ""
+            if "tab" in route:
+                tab = route["tab"]
+                cost = words[f"per_{tab['per']}"].format(price=cost, top_up=price(tab["top_up"]))
+            elif "buys" in route:
+                lasts = duration(route["buys"]["lasts_seconds"], words)
+                key = "buys_this" if route["buys"]["covers"] == "resource" else "buys_all"
+                buys = words[key].format(lasts=lasts)
+            free = ""
+            if "free_quota" in route:
+                quota = route["free_quota"]
+                free = words["quota"].format(
+                    n=quota["requests"],
+                    per=duration(quota["per_seconds"], words),
+                    counted=words[f"counted_{quota['counted_by']}"],
+                )
+            if "reward" in route:
+                reward = route["reward"]
+                free = words["reward"].format(
+                    pays=price(reward["pays"]), campaign=reward["campaign"]
+                )
+            rows.append({"what": what, "price": cost, "buys": buys, "free": free})
+        services.append({"title": service["title"], "rows": rows})
+    concessions = [
+        words["concession_line"]
+        .format(name=c["name"], discount=c["discount_percent"], description=c["description"])
+        .strip()
+        for c in figures["concessions"]
+    ]
+    return _env.get_template("prices.html").render(
+        t=words, lang=lang, assets=ASSETS, services=services, concessions=concessions
+    )
 
 
 def render_report(report: dict[str, Any], names: dict[str, str] | None = None) -> str:

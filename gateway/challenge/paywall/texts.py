@@ -10,6 +10,30 @@ from __future__ import annotations
 
 TEXTS: dict[str, dict[str, str]] = {
     "en": {
+        # The price list (prices.html).
+        "prices_title": "Prices",
+        "prices_lead": "What each service charges, and what a payment buys. Prices in a "
+        "currency are paid in satoshis at the rate of the moment.",
+        "prices_link": "All prices",
+        "col_what": "What",
+        "col_price": "Price",
+        "col_buys": "A payment buys",
+        "col_free": "Free",
+        "free": "Free",
+        "sats": "{n} satoshis",
+        "fiat_now": "{amount} {currency} (about {sats} satoshis now)",
+        "fiat_only": "{amount} {currency}",
+        "per_request": "{price} a request, from a prepaid balance (top up from {top_up})",
+        "per_mb": "{price} a megabyte, from a prepaid balance (top up from {top_up})",
+        "per_unit": "{price} a unit, from a prepaid balance (top up from {top_up})",
+        "buys_this": "this, for {lasts}",
+        "buys_all": "everything here, for {lasts}",
+        "quota": "{n} free every {per} per {counted}",
+        "counted_network": "network",
+        "counted_key": "key",
+        "reward": "Taking part pays {pays} ({campaign})",
+        "concessions_title": "Concessions",
+        "concession_line": "{name}: {discount}% off. {description}",
         # Error pages (problem.html): what a person can do about each kind.
         "error_code": "Error",
         "advice_4xx": "Check the address, or go back and try again.",
