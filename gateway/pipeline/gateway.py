@@ -116,19 +116,11 @@ class Gateway:
             and peers.asks(request)
             and not _is_auth_request(request)
         ):
-            # BRC-104: checked before anything else, answered signed.
+            # BRC-104: checked before anything else, answered signed (as it
+            # is: a page made from it now would no longer match its signature).
             response = await peers.serve(request, self._mapped)
         else:
-            response = await self._mapped(request)
-        if (
-            isinstance(response, web.Response)
-            and response.status >= 400
-            and response.status != 402  # the paywall is its own page
-            and response.get(OURS, False)  # never an upstream's own error
-            and wants_html(request.headers.get("Accept"))
-        ):
-            # A person in a browser reads the error as a page; programs keep problem+json.
-            response = problem_page(response, request.headers.get("Accept-Language"))
+            response = _for_people(request, await self._mapped(request))
         if not response.prepared:
             response.headers[logs.HEADER] = rid
             response.headers.setdefault("Server", SERVER)
@@ -552,6 +544,21 @@ async def _over_limit(request: web.BaseRequest, match: Match) -> web.Response:
         "Too many requests",
         f"the free quota of {match.route.scope} is used up for now",
     )
+
+
+def _for_people(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+    """Farebox's own error as a page for a person in a browser (programs keep
+    problem+json; the paywall is a page of its own; an upstream's error is
+    the upstream's)."""
+    if (
+        isinstance(response, web.Response)
+        and response.status >= 400
+        and response.status != 402
+        and response.get(OURS, False)
+        and wants_html(request.headers.get("Accept"))
+    ):
+        return problem_page(response, request.headers.get("Accept-Language"))
+    return response
 
 
 def _is_auth_request(request: web.BaseRequest) -> bool:
