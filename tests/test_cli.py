@@ -66,7 +66,7 @@ def test_policy_check_points_at_file_and_line(tmp_path: Path) -> None:
     )
     result = run("policy", "check", str(path))
     assert result.returncode == 1
-    assert f"{path}:8: services.svc.routes[1].price: price must be 'free'" in result.stderr
+    assert f"{path}:8:9: services.svc.routes[1].price: price must be 'free'" in result.stderr
     assert "1 problem found" in result.stderr
 
 
@@ -161,7 +161,7 @@ def test_serve_refuses_invalid_policy(tmp_path: Path, key_file: Path) -> None:
     result = run("serve", "--policies", str(folder), "--key-file", str(key_file))
     assert result.returncode != 0
     assert "invalid policy" in result.stderr
-    assert "main.yaml:6: services.svc.routes[0].price" in result.stderr
+    assert "main.yaml:6:9: services.svc.routes[0].price" in result.stderr
 
 
 def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
@@ -215,13 +215,13 @@ async def test_hot_reload_swaps_valid_and_refuses_invalid(
         # An invalid edit is refused; the last good policy keeps serving.
         (folder / "main.yaml").write_text(policy_text(upstream.url, price="lots"))
         await gw.wait_for_log(r"policy reload refused, still serving version")
-        assert "main.yaml:6: services.svc.routes[0].price" in gw.log
+        assert "main.yaml:6:9: services.svc.routes[0].price" in gw.log
         for _ in range(5):
             status, body = await get(f"{gw.base}/doc")
             assert status == 402 and '"satoshis": 50' in body
         # A new file with a YAML error is refused as well.
         (folder / "zz.yaml").write_text("services: [\n")
-        await gw.wait_for_log(r"zz.yaml:\d+: YAML syntax")
+        await gw.wait_for_log(r"zz.yaml:\d+:\d+: YAML syntax")
         assert (await get(f"{gw.base}/doc"))[0] == 402
 
 

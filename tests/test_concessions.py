@@ -242,7 +242,7 @@ def test_policy_errors_point_at_concessions(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(tmp_path)
     text = str(info.value)
-    assert "p.yaml:2: concessions.a: cannot read" in text and "missing.json" in text
+    assert "p.yaml:2:3: concessions.a: cannot read" in text and "missing.json" in text
     assert "routes[0].concessions: unknown concession 'c'" in text
     assert "routes[1].concessions: a free route has nothing to discount" in text
 
@@ -251,7 +251,7 @@ def test_a_concession_needs_exactly_one_key_source(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("concessions:\n  b: {discount: 10}\n")
     with pytest.raises(PolicyError) as info:
         load_policy(tmp_path)
-    assert "p.yaml:2: concessions.b: give exactly one of issuer_key" in str(info.value)
+    assert "p.yaml:2:3: concessions.b: give exactly one of issuer_key" in str(info.value)
 
 
 def test_a_route_concession_must_give_a_discount_or_a_quota(tmp_path: Path) -> None:

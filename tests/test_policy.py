@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -249,8 +250,10 @@ def test_route_errors_name_file_line_and_key(
     ) + snippet
     path = write(tmp_path, text)
     found = issues_of(path)
+    # FILE:LINE:COLUMN, the column of the key at fault (8 or 9 in these snippets).
     assert any(
-        msg.startswith(f"{path}:{line}: services.shop.") and expected in msg for msg in found
+        re.match(rf"{re.escape(str(path))}:{line}:\d+: services\.shop\.", msg) and expected in msg
+        for msg in found
     ), found
 
 
@@ -293,7 +296,14 @@ def test_yaml_syntax_error_and_duplicate_keys_have_lines(tmp_path: Path) -> None
     assert issues_of(path) == [f"{path}:4: services.a: duplicate key 'upstream' (first at line 3)"]
     path = write(tmp_path, "services:\n  a: [unclosed\n")
     [msg] = issues_of(path)
-    assert msg.startswith(f"{path}:3: YAML syntax")
+    assert msg.startswith(f"{path}:3:1: YAML syntax")
+    # PyYAML's commonest complaints, in an admin's words, at line and column.
+    path = write(tmp_path, "services:\n  a:\n    upstream: http://x\n   routes: []\n")
+    [msg] = issues_of(path)
+    assert msg.startswith(f"{path}:4:4: YAML syntax: this line's indentation"), msg
+    path = write(tmp_path, "services:\n\ta:\n")
+    [msg] = issues_of(path)
+    assert "a tab character: indent with spaces" in msg, msg
 
 
 def test_cross_file_conflicts(tmp_path: Path) -> None:
@@ -301,14 +311,34 @@ def test_cross_file_conflicts(tmp_path: Path) -> None:
     write(tmp_path, "services:\n" + body + "unmatched: 404\n", "1.yaml")
     write(tmp_path, "services:\n" + body + "unmatched: 403\n", "2.yaml")
     found = issues_of(tmp_path)
-    assert any("2.yaml:2: services.a: service 'a' is already defined at" in m for m in found), found
-    assert any("2.yaml:5: unmatched: 'unmatched' is already set at" in m for m in found), found
+    assert any("2.yaml:2:3: services.a: service 'a' is already defined at" in m for m in found), (
+        found
+    )
+    assert any("2.yaml:5:1: unmatched: 'unmatched' is already set at" in m for m in found), found
+    assert found == sorted(found, key=lambda m: (m.split(":")[0], int(m.split(":")[1])))
 
 
 def test_same_host_and_mount_twice_is_an_error(tmp_path: Path) -> None:
     svc = "    upstream: http://x\n    mount: /m\n    routes: [{path: /, price: free}]\n"
     path = write(tmp_path, f"services:\n  a:\n{svc}  b:\n{svc}")
-    assert any("services.b.mount: same host and mount as service a" in m for m in issues_of(path))
+    found = issues_of(path)
+    assert any("services.b.mount: same host and mount as service 'a' at" in m for m in found)
+
+
+def test_a_mount_taken_in_another_file_names_that_file(tmp_path: Path) -> None:
+    svc = "    upstream: http://x\n    mount: /m\n    routes: [{path: /, price: free}]\n"
+    write(tmp_path, f"services:\n  a:\n{svc}", "1.yaml")
+    write(tmp_path, f"services:\n  b:\n{svc}", "2.yaml")
+    [msg] = issues_of(tmp_path)
+    assert msg.startswith(f"{tmp_path / '2.yaml'}:4:5: services.b.mount:"), msg
+    assert f"as service 'a' at {tmp_path / '1.yaml'}:4" in msg
+
+
+def test_a_policy_without_services_is_refused(tmp_path: Path) -> None:
+    """An empty file, or one with only comments, would serve nothing: refused."""
+    write(tmp_path, "# nothing yet\n", "empty.yaml")
+    [msg] = issues_of(tmp_path)
+    assert "no services" in msg
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

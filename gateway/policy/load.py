@@ -59,6 +59,12 @@ def load_policy(path: str | Path) -> Policy:
             docs.append((doc, model))
     services = _compile(docs, issues, notes)
     concessions = _concessions(docs, issues)
+    if not services and not concessions and not issues:
+        # Empty files, or only comments: nothing would be served.
+        where = str(path)
+        issues.append(
+            Issue(where, 0, "", "no services: a policy needs at least one under 'services:'")
+        )
     if issues:
         raise PolicyError(issues)
     unmatched = next((m.unmatched for _, m in docs if m.unmatched is not None), 404)
@@ -211,7 +217,7 @@ def _compile(
                 issues.append(
                     doc.issue((*loc, "mount"), f"same host and mount as service {seen_mounts[key]}")
                 )
-            seen_mounts[key] = name
+            seen_mounts[key] = f"{name!r} at {doc.file}:{doc.line_of((*loc, 'mount'))}"
             routes = _compile_routes(doc, loc, service, issues)
             notes.extend(_not_caught(doc, loc, routes, service.case_sensitive))
             prefix = "" if service.mount == "/" else service.mount
