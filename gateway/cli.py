@@ -30,9 +30,10 @@ drains in-flight requests and stops.
 
 ROTATE_DESCRIPTION = """\
 Add a new token signing key to the ring in DIR; it signs once each gateway
-reads the ring again (SIGHUP, or a restart). Older keys stay in the ring (and the JWKS) and keep verifying the
-tokens they signed. With --prune, keys retired longer ago than --older-than
-are deleted; the active key never is.
+reads the ring again (SIGHUP, or a restart). Older keys stay in the ring
+(and the JWKS) and keep verifying the tokens they signed. With --prune,
+keys retired longer ago than --older-than are deleted; the active key
+never is.
 
 With --identity, write a new server identity key to --key-file and keep the
 old one as FILE.previous (mode 0600): what was paid to the old key must be
@@ -41,10 +42,11 @@ swept with --key-file FILE.previous.
 
 ROTATE_EPILOG = """\
 Running gateways read the token keys at start-up and on SIGHUP: after a
-rotation send them SIGHUP (`pkill -HUP -f "farebox serve"`, `systemctl reload`,
-`docker kill -s HUP`), no restart needed. A new identity key (--identity)
-needs a restart. A token names its key (kid); the JWKS at
-/.well-known/jwks.json lists every key in the ring.
+rotation send SIGHUP to each gateway's main process (kill -HUP PID; under
+systemd `systemctl kill -s HUP UNIT`, in a container `docker kill -s HUP
+NAME`; it passes the signal to its workers), no restart needed. A new
+identity key (--identity) needs a restart. A token names its key (kid);
+the JWKS at /.well-known/jwks.json lists every key in the ring.
 """
 
 SWEEP_DESCRIPTION = """\
@@ -119,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
         "--key-file",
         type=Path,
         metavar="FILE",
-        help="server identity key file (default $FAREBOX_KEY, else ./farebox.key)",
+        help="server identity key file (default $FAREBOX_KEY_FILE, else ./farebox.key; "
+        "$FAREBOX_KEY, the key itself, overrides both)",
     )
     serve.add_argument(
         "--connect-timeout", metavar="DURATION", help="upstream connect timeout (default 5s)"
@@ -352,7 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     check = psub.add_parser(
         "check",
         help="validate policy files",
-        description="Validate policy files; print every problem as FILE:LINE: KEY: MESSAGE and exit 1 if there is any.",
+        description="Validate policy files; print every problem as FILE:LINE:COLUMN: KEY: "
+        "MESSAGE, in file and line order, and exit 1 if there is any.",
     )
     check.add_argument(
         "path",
@@ -401,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help="key file (default $FAREBOX_KEY, else ./farebox.key)",
+        help="key file (default ./farebox.key; $FAREBOX_KEY, the key itself, overrides it)",
     )
     show.set_defaults(run=_keys_show)
     rotate = ksub.add_parser(
@@ -454,7 +458,7 @@ def _parser() -> argparse.ArgumentParser:
         "--key-file",
         type=Path,
         metavar="FILE",
-        help="the server key (default: the settings' key_file or $FAREBOX_KEY); "
+        help="the server key (default: the settings' key_file or $FAREBOX_KEY, else ./farebox.key); "
         "FILE.previous after a rotation",
     )
     sweep.add_argument("--config", type=Path, metavar="FILE", help="the gateway's YAML settings")

@@ -198,8 +198,12 @@ def load_settings(
     if config is not None:
         from_file = _from_file(config)
         merged.update(from_file)
-    merged.update(_from_env(environ))
-    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    from_env = _from_env(environ)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    merged.update(from_env)
+    merged.update(given)
+    # Keys whose value is the file's (not overridden): only those are blamed on it.
+    from_file = {k: v for k, v in from_file.items() if k not in from_env and k not in given}
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:

@@ -400,3 +400,15 @@ async def test_a_store_that_does_not_answer_is_warned_of_at_start(
             assert r.status == 503
         async with http.get(f"{gw.base}/other") as r:
             assert r.status == 200  # free routes are served
+
+
+def test_a_bad_value_from_the_environment_is_not_blamed_on_the_config_file(
+    tmp_path: Path,
+) -> None:
+    """The file sets port well; FAREBOX_PORT overrides it badly: the error names
+    the setting, not the file's line that was never used."""
+    config = tmp_path / "farebox.yaml"
+    config.write_text("port: 8402\n")
+    result = run("serve", "--config", str(config), env={"FAREBOX_PORT": "abc"})
+    assert result.returncode != 0 and "port: " in result.stderr
+    assert f"{config}:1" not in result.stderr
