@@ -134,7 +134,8 @@ async def test_a_wallet_posts_to_the_checkout_and_the_page_opens(paid, upstream)
     assert len(broadcaster.seen) == 1
 
 
-async def test_an_underpaid_checkout_is_not_taken(paid) -> None:
+async def test_an_underpaid_checkout_is_not_taken(paid, caplog) -> None:
+    caplog.set_level("INFO", logger="farebox.payments")
     started, tracker, broadcaster = paid
     _, _, body = await fetch(f"{started.base}/archive/pages/5", {"Accept": BROWSER})
     status_path, address, _ = checkout_of(body.decode())
@@ -145,6 +146,10 @@ async def test_an_underpaid_checkout_is_not_taken(paid) -> None:
     assert status == 402 and problem["reason"] == "underpaid"
     assert (problem["paid"], problem["price"]) == (20, 25)
     assert broadcaster.seen == []
+    # Refused as every way in refuses: one log line, never the payer.
+    refused = [r.getMessage() for r in caplog.records if r.name == "farebox.payments"]
+    assert any("payment refused" in m and m.endswith(": underpaid") for m in refused), refused
+    assert not any(CLIENT.public_key().hex() in m for m in refused)
     # Someone else's address: not this checkout's payment.
     tx = spend(parent, 0, CLIENT, [(CLIENT.public_key(), 9_000)])
     status, _, answer = await fetch(started.base + status_path, method="POST", data=atomic_beef(tx))

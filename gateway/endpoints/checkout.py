@@ -68,6 +68,7 @@ from gateway.payments.intake import (
     checkout_key,
     checkout_payment,
     checkout_taken,
+    log_refused,
     take_checkout,
 )
 from gateway.pipeline.credentials import token_headers
@@ -226,11 +227,17 @@ def _refunded(entry: Refund) -> web.Response:
 
 
 async def _take(services: Services, checkout: Checkout, match: Match, beef: bytes) -> Accepted:
+    """take_checkout, with a refusal logged as every way in logs one (intake.log_refused)."""
     assert services.cashier is not None
     server = PublicKey(services.server_key)
-    return await take_checkout(
-        services.cashier, services.revocations, server, checkout, match, beef
-    )
+    try:
+        return await take_checkout(
+            services.cashier, services.revocations, server, checkout, match, beef
+        )
+    except PaymentError as refused:
+        if refused.reason != "checkout-paid":  # paid by another transaction: pending, not refused
+            log_refused(match, checkout.satoshis, refused)
+        raise
 
 
 def _paid(services: Services, accepted: Accepted) -> web.Response:
