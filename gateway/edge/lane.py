@@ -327,11 +327,8 @@ class Lane(asyncio.Protocol):
         """Write a 402 known at once (as `_write` would write it); whether the
         connection may carry another request."""
         keep = request.keep_alive
-        connection = b""
-        if keep and request.version == "1.0":
-            connection = b"Connection: keep-alive\r\n"
-        elif not keep and request.version == "1.1":
-            connection = b"Connection: close\r\n"
+        said = _connection(request.version, keep)
+        connection = b"Connection: %s\r\n" % said.encode() if said else b""
         head = b"HTTP/%s 402 Payment Required\r\n%bContent-Length: %d\r\nDate: %s\r\n%b\r\n" % (
             request.version.encode(),
             lines,
@@ -626,11 +623,9 @@ def _head(
     if "Date" not in headers:
         headers["Date"] = rfc822_formatted_time()
     if "Connection" not in headers:
-        if keep:
-            if version == "1.0":
-                headers["Connection"] = "keep-alive"
-        elif version == "1.1":
-            headers["Connection"] = "close"
+        said = _connection(version, keep)
+        if said:
+            headers["Connection"] = said
     fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     text = f"HTTP/{version} {status} {reason}\r\n{fields}\r\n"
     lines = len(headers) + 2
@@ -638,3 +633,11 @@ def _head(
     if text.count("\n") != lines or text.count("\r") != lines:
         raise ValueError("CR or LF in a response header")
     return text.encode("utf-8", "surrogateescape")
+
+
+def _connection(version: str, keep: bool) -> str | None:
+    """The Connection field an answer needs, if any (RFC 9112 9.3): HTTP/1.0
+    persists only when told keep-alive, 1.1 unless told close."""
+    if keep:
+        return "keep-alive" if version == "1.0" else None
+    return "close" if version == "1.1" else None

@@ -582,15 +582,28 @@ async def _bridge(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSock
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-# What a request header's name alone says about forwarding it (memoized per
-# spelling: names repeat on every request, and the checks are most of the
-# cost of passing a header on).
-_PASS, _DROP, _LOOK = 1, 2, 3  # all true: `kinds.get(name) or ...` misses only unseen names
-_request_names: dict[str, int] = {}
+_PASS, _DROP, _LOOK = 1, 2, 3  # what a header's name alone says (see _Kinds)
+_CONNECTION, _FORGEABLE, _OVERRIDE = 4, 5, 6  # answers only
 _NAMES_KEPT = 4096  # distinct spellings remembered before starting over
 
 
-def _request_name(name: str) -> int:
+class _Kinds(dict[str, int]):
+    """Header name -> what the name alone says about passing it on, worked
+    out once per spelling by `classify` (names repeat on every request, and
+    the checks were most of the cost of passing a header on); bounded."""
+
+    def __init__(self, classify: Callable[[str], int]) -> None:
+        super().__init__()
+        self.classify = classify
+
+    def __missing__(self, name: str) -> int:
+        if len(self) >= _NAMES_KEPT:
+            self.clear()
+        kind = self[name] = self.classify(name)
+        return kind
+
+
+def _request_kind(name: str) -> int:
     """_PASS, _DROP, or _LOOK (the value or the request decides) for a request header."""
     if not (name.isascii() and name.replace("-", "").isalnum()):
         # '_' or '.' make a twin of a real header to CGI, WSGI and PHP
@@ -623,14 +636,9 @@ def upstream_headers(
     hop-by-hop (RFC 9110 7.6.1), Farebox's or a payment's, what overrides
     the method or path, and credentials; X-Forwarded-* set by Farebox."""
     drop = _connection_listed(request.headers)
-    names = _request_names
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        kind = names.get(name)
-        if kind is None:
-            if len(names) >= _NAMES_KEPT:
-                names.clear()
-            kind = names[name] = _request_name(name)
+        kind = _REQUEST_KINDS[name]
         if kind == _DROP or (drop and name.lower() in drop):
             continue
         if kind == _LOOK:
@@ -701,8 +709,7 @@ def keep_private(headers: CIMultiDict[str]) -> None:
     if not private:
         directives.insert(0, "private")
     headers["Cache-Control"] = ", ".join(directives)
-    kinds = _response_names
-    for name in [n for n in headers if (kinds.get(n) or _response_kind(n)) == _OVERRIDE]:
+    for name in [n for n in headers if _RESPONSE_KINDS[n] == _OVERRIDE]:
         headers.popall(name, None)
     vary = [v.strip() for value in headers.popall("Vary", ()) for v in value.split(",")]
     vary = [v for v in vary if v]
@@ -720,42 +727,35 @@ _REPLACED = frozenset({"x-request-id", "server"})
 # of the one it bought), so they never pass.
 _OWN_PREFIXES = ("x-farebox-", "x-bsv-")
 _OWN = frozenset({"payment-required", "payment-response", "x-payment-response", "set-cookie"})
-# What a response header's name alone says (memoized per spelling, as the
-# request side's): passed, dropped, Connection, one of Farebox's own names
-# (its value decides), or one that overrides Cache-Control for some cache
-# (passed, but dropped from priced answers by keep_private).
-_CONNECTION, _FORGEABLE, _OVERRIDE = 4, 5, 6
-_response_names: dict[str, int] = {}
 
 
 def _response_kind(name: str) -> int:
-    kind = _response_names.get(name)
-    if kind is None:
-        if len(_response_names) >= _NAMES_KEPT:
-            _response_names.clear()
-        lower = name.lower()
-        if lower == "connection":
-            kind = _CONNECTION
-        elif lower.startswith(_OWN_PREFIXES):
-            kind = _DROP
-        elif lower in _OWN:
-            kind = _FORGEABLE
-        elif lower in HOP_BY_HOP or lower in _REPLACED:
-            kind = _DROP
-        elif lower in CACHE_OVERRIDES or lower.endswith("-cdn-cache-control"):
-            kind = _OVERRIDE
-        else:
-            kind = _PASS
-        _response_names[name] = kind
-    return kind
+    """_PASS, _DROP, _CONNECTION, _FORGEABLE (one of Farebox's own names: its
+    value decides), or _OVERRIDE (overrides Cache-Control for some cache:
+    passed, but dropped from priced answers by keep_private)."""
+    lower = name.lower()
+    if lower == "connection":
+        return _CONNECTION
+    if lower.startswith(_OWN_PREFIXES):
+        return _DROP
+    if lower in _OWN:
+        return _FORGEABLE
+    if lower in HOP_BY_HOP or lower in _REPLACED:
+        return _DROP
+    if lower in CACHE_OVERRIDES or lower.endswith("-cdn-cache-control"):
+        return _OVERRIDE
+    return _PASS
+
+
+_REQUEST_KINDS = _Kinds(_request_kind)
+_RESPONSE_KINDS = _Kinds(_response_kind)
 
 
 def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     listed: list[str] = []
-    kinds = _response_names
     for name, value in pairs:
-        kind = kinds.get(name) or _response_kind(name)
+        kind = _RESPONSE_KINDS[name]
         if kind in (_PASS, _OVERRIDE):
             out.add(name, value)
         elif kind == _CONNECTION:
@@ -803,8 +803,7 @@ def _answer_headers(pairs: list[tuple[str, str]], priced: bool) -> CIMultiDict[s
 
 def _caching(name: str) -> bool:
     """Whether a header Farebox adds to an answer is one keep_private rewrites."""
-    kind = _response_names.get(name) or _response_kind(name)
-    return kind == _OVERRIDE or name.lower() in ("cache-control", "vary")
+    return _RESPONSE_KINDS[name] == _OVERRIDE or name.lower() in ("cache-control", "vary")
 
 
 def _forged(name: str, value: str) -> bool:
