@@ -21,6 +21,7 @@ from gateway.peer.guard import Authenticator
 from gateway.policy.reload import PolicyHolder
 from gateway.pricing.rates import Rates
 from gateway.store import Store
+from gateway.store.leases import Direct, TabHolds
 from gateway.tokens import Tokens
 
 
@@ -45,3 +46,10 @@ class Services:
     payout_network: str | None = None  # "main"/"test": the addresses payouts accept; None: any
     treasury: Path | None = None  # the wallet file this gateway pays payouts from
     treasury_low_balance: int | None = None  # satoshis: below this the admin is warned
+    # Metered requests' holds on tabs (store/leases.py): leased slices with a
+    # shared store; by default, per request in `store`.
+    tabs: TabHolds | None = None
+
+    def __post_init__(self) -> None:
+        if self.tabs is None and self.store is not None:
+            object.__setattr__(self, "tabs", Direct(self.store))

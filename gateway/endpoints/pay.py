@@ -84,7 +84,9 @@ async def pay(services: Services, request: web.BaseRequest, _: str) -> web.Strea
     }
     if accepted.grant.tab:
         try:
-            balance = await cashier.store.balance(accepted.grant.tab)
+            tabs = services.tabs
+            assert tabs is not None, "a cashier comes with a store"
+            balance = await tabs.balance(accepted.grant.tab)
         except StoreUnavailable:
             balance = accepted.balance
         body["tab"] = {"id": accepted.grant.tab, "balance_satoshis": sats(balance or 0)}

@@ -17,11 +17,11 @@ async def balance(services: Services, request: web.BaseRequest, _: str) -> web.R
     """
     for token in presented_tokens(request):
         grant = tab_grant(services.tokens, token)
-        if grant is None or services.store is None:
+        if grant is None or services.tabs is None:
             continue
         if services.revocations is not None and await services.revocations.of(grant):
             break
-        left = await services.store.balance(grant.tab) or 0
+        left = await services.tabs.balance(grant.tab) or 0
         return answer(
             {
                 "tab": grant.tab,

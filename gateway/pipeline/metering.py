@@ -10,7 +10,6 @@ or tops up the tab through the one intake first.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Protocol
 
 from aiohttp import web
@@ -35,10 +34,11 @@ from gateway.pipeline.credentials import (
 )
 from gateway.policy import Match
 from gateway.pricing import quote
-from gateway.pricing.tabs import HOLD_TTL, TAB, Metering, most_msat, sats, tab_scope
+from gateway.pricing.tabs import TAB, Metering, most_msat, sats, tab_scope
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable
+from gateway.store.leases import Exhausted
 from gateway.tokens import Grant
 
 log = logging.getLogger("farebox")
@@ -129,19 +129,20 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
         reply.update(paid_headers(payment, paid))
     reply[TAB] = tab
     held = most_msat(meter, unit)
-    reservation = os.urandom(16).hex()  # as unique as uuid4, without its object
-    balance = await store.reserve(tab, held, reservation, HOLD_TTL)
-    if balance is None:
-        left = await store.balance(tab) or 0
+    tabs = services.tabs
+    assert tabs is not None
+    try:
+        hold = await tabs.hold(tab, held)
+    except Exhausted as short:
         refusal = PaymentError(
             "tab-exhausted",
-            f"the tab holds {sats(left)} satoshis and this request may cost up to "
+            f"the tab holds {sats(short.balance)} satoshis and this request may cost up to "
             f"{sats(held)}: top it up",
         )
-        response = await refuse(request, match, refusal, left)
+        response = await refuse(request, match, refusal, short.balance)
         response.headers.extend(reply)
         return response
-    metering = Metering(meter, unit, held, balance, bodiless=request.method == "HEAD")
+    metering = Metering(meter, unit, held, hold.balance, bodiless=request.method == "HEAD")
     try:
         return await gw.proxy.forward(request, match, {GRANT_HEADER: upstream}, reply, metering)
     finally:
@@ -155,7 +156,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
                 refunds=int(charge == 0 and held > 0),
             )
         try:
-            await store.settle(tab, reservation, charge)
+            await tabs.settle(hold, charge)
         except StoreUnavailable:
             # The hold returns to the tab when it expires: unbilled, not lost.
             log.error("could not settle a metered request on tab %s: store unavailable", tab)

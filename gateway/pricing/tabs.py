@@ -35,7 +35,6 @@ from gateway.policy.schema import MB, Meter
 log = logging.getLogger("farebox.tabs")
 
 MSAT = 1000  # msat per satoshi
-HOLD_TTL = 3600  # seconds a hold lives if its worker dies before settling it
 
 CHARGE = "X-Farebox-Charge"  # satoshis this request costs
 BALANCE = "X-Farebox-Balance"  # satoshis left on the tab after it

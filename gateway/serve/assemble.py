@@ -30,6 +30,7 @@ from gateway.pricing.rates import FeedRates, FixedRates, Rates
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import Store
+from gateway.store.leases import Direct, Leases, TabHolds
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 
@@ -166,6 +167,11 @@ def open_store(settings: Settings) -> Store:
         pool_size=settings.store_pool_size,
         timeout=settings.store_timeout,
     )
+
+
+def open_tabs(store: Store) -> TabHolds:
+    """Metered requests' holds: leased slices on a shared store, per request in memory."""
+    return Direct(store) if isinstance(store, MemoryStore) else Leases(store)  # type: ignore[arg-type]
 
 
 def prepare(settings: Settings) -> Startup:

@@ -37,6 +37,7 @@ from gateway.serve.assemble import (
     open_payouts,
     open_rates,
     open_store,
+    open_tabs,
     open_watcher,
     payout_network,
 )
@@ -99,7 +100,8 @@ async def run_worker(
     if chain is None and settings.payments_enabled:
         chain = chain_clients(settings, closers)
     store = open_store(settings)
-    closers.append(store.close)
+    tabs = open_tabs(store)
+    closers += [tabs.close, store.close]  # the leases go back while the store answers
     try:
         await store.ping()
         store_down = None
@@ -171,6 +173,7 @@ async def run_worker(
         payout_network=payout_network(settings),
         treasury=settings.payouts_wallet if payouts is not None else None,
         treasury_low_balance=settings.payouts_low_balance,
+        tabs=tabs,
     )
     gateway = assemble_gateway(services, proxy)
     if store_down is not None:

@@ -64,6 +64,31 @@ class DayStats:
     counters: dict[str, int] = field(default_factory=dict)  # counter -> total (> 0)
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseSync:
+    """One call on a worker's lease of a tab (store/leases.py); amounts in msat."""
+
+    seq: int  # rising per worker: a resent call is answered, not applied twice
+    used: int = 0  # charged from the lease since the last sync
+    inflight: int = 0  # held by requests not settled yet: never given back
+    need: int = 0  # free msat wanted on the lease (0: just sync)
+    expect: int = 0  # what the worker believes the lease holds
+    release: bool = False  # give back everything not in flight
+    ttl: int = 30  # seconds the lease outlives a worker that stops syncing
+    recall: float = 2.0  # seconds a recall (another worker short) lasts
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """The lease after one call."""
+
+    balance: int  # msat spendable on the tab, outside every lease and hold
+    held: int  # msat the lease holds now (in flight and charges not synced included)
+    granted: int  # msat added to the lease by this call
+    pending: bool  # short, and another worker has not answered the recall yet
+    lost: bool  # the lease had expired: charges since its last sync were not taken
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached: priced routes must fail closed."""
 

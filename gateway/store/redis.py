@@ -12,9 +12,13 @@ contain braces so that the first "{...}" of every key is the tag below):
                                   (1 h) in case its owner died; `complete`
                                   removes the expiry: receipts are kept for good
     P tab:{TAB}             hash  balance (spendable; held amounts excluded)
-    P tab:{TAB}:held        hash  reservation -> amount held
+    P tab:{TAB}:held        hash  reservation -> amount held; a worker's lease
+                                  (store/leases.py) is one, its id "lease:..."
     P tab:{TAB}:due         zset  reservation -> deadline (Redis TIME, ms)
     P tab:{TAB}:once        set   `once` values credited to this tab
+    P tab:{TAB}:recall      hash  "at" -> when a worker found the tab short;
+                                  lease id -> when it answered; PEXPIRE 2 s
+    P tab:{TAB}:seqs        hash  lease id -> its last sync's seq; EXPIRE 1 day
     P hit:{KEY}:WINDOW      str   requests in the current window; PEXPIRE set
                                   by the window's first hit
     P revoked:{GRANT_ID}    str   the `until` of the revocation; EXPIREAT until
@@ -69,14 +73,16 @@ worker), and each call drops at most 100 entries past their grace, so no
 call's work grows with the list; `watch_checkout` refuses new entries beyond
 its `most`. The refund list is one slot too (late payments are rare).
 
-The calls every metered request makes (reserve, then settle or refund), and
-`balance`, `hit` and `revoked`, are batched (gateway/store/batch.py): those
-asked for by one worker within one event-loop turn go out together, one
-pipeline (one per node of a cluster) without MULTI, so each script is still
-atomic on its own and balances stay exact; each caller gets its own reply or
-StoreUnavailable. A request cancelled once its hold is on the wire does not
-stop it: the hold then returns to the tab when it expires (HOLD_TTL), as a
-hold whose worker died does.
+Metered requests do not call the store each: a worker leases a slice of the
+tab (`lease`, store/leases.py) and syncs what it charged every 50 ms. The
+lease syncs, `reserve`/`settle` (per-request holds), `balance`, `hit` and
+`revoked` are batched (gateway/store/batch.py): those asked for by one worker
+within one event-loop turn go out together, one pipeline (one per node of a
+cluster) without MULTI, so each script is still atomic on its own and
+balances stay exact; each caller gets its own reply or StoreUnavailable. A
+request cancelled once its hold is on the wire does not stop it: the hold
+then returns to the tab when it expires (HOLD_TTL), as a hold whose worker
+died does.
 
 Lua numbers are doubles: amounts stay exact below 2**53 (about 9e15, i.e. 90
 million BSV in satoshis or 90,000 BSV in millisatoshis per tab).
@@ -107,6 +113,8 @@ from gateway.store import (
     MAX_BOUND,
     Claim,
     DayStats,
+    Leased,
+    LeaseSync,
     Outcome,
     StoreUnavailable,
     Window,
@@ -231,7 +239,100 @@ _BALANCE = (
     _TAB
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return balance()
+-- The payer's balance counts what workers lease (store/leases.py): theirs
+-- until used, as a request's own hold is not.
+local b = balance()
+local held = redis.call('HGETALL', KEYS[2])
+for i = 1, #held, 2 do
+  if string.sub(held[i], 1, 6) == 'lease:' then b = b + tonumber(held[i + 1]) end
+end
+return b
+"""
+)
+
+# A worker's lease on a tab (store/leases.py): one script syncs it, grows it,
+# gives it back, and answers a recall. KEYS: tab, held, due, once, recall,
+# seqs. ARGV: lease id, seq (rising per worker: a resent sync is answered,
+# not applied again, so `used` is never charged twice), used (charged since
+# the last sync), in flight (held by requests not settled), need (free msat
+# the worker wants; 0: a sync), ttl (s), release (1: give back all but what
+# is in flight), expect (what the worker believes the lease holds), recall
+# (ms a recall lasts).
+# Returns false for no such tab, else {balance, lease, granted, pending, lost}.
+_LEASE = (
+    _TAB
+    + """
+local id = ARGV[1]
+local seq = tonumber(ARGV[2])
+local used, inflight, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl_ms, release = tonumber(ARGV[6]) * 1000, ARGV[7] == '1'
+local expect, recall_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
+if need > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local now = now_ms()
+if seq <= tonumber(redis.call('HGET', KEYS[6], id) or -1) then
+  return {balance(), tonumber(redis.call('HGET', KEYS[2], id) or 0), 0, 0, 0}
+end
+redis.call('HSET', KEYS[6], id, ARGV[2])
+redis.call('EXPIRE', KEYS[6], 86400)
+local own, lost = redis.call('HGET', KEYS[2], id), 0
+if own then
+  own = math.max(0, tonumber(own) - used)
+else
+  own = 0  -- expired (its worker stalled past the ttl): those charges are not taken
+  if expect > 0 then lost = 1 end
+end
+local at = tonumber(redis.call('HGET', KEYS[5], 'at') or 0)
+local recalling = at > 0 and now - at < recall_ms
+local function give_back()
+  local free = own - inflight
+  if free > 0 then
+    own = own - free
+    redis.call('HINCRBY', KEYS[1], 'balance', int(free))
+  end
+end
+if release or recalling then give_back() end
+if recalling then redis.call('HSET', KEYS[5], id, int(now)) end
+local granted, pending = 0, 0
+local short = need - (own - inflight)
+if need > 0 and short > 0 then
+  local b = balance()
+  if b >= short then
+    -- A slice: a quarter of what is left, at most a thousand such needs;
+    -- only what is short while another worker is being asked to give back.
+    local take = short
+    if not recalling then
+      take = math.min(b, math.max(short, math.min(math.floor(b / 4), short * 1000)))
+    end
+    own, granted = own + take, take
+    redis.call('HINCRBY', KEYS[1], 'balance', int(-take))
+  else
+    if not recalling then
+      redis.call('DEL', KEYS[5])
+      redis.call('HSET', KEYS[5], 'at', int(now))
+      redis.call('PEXPIRE', KEYS[5], recall_ms)
+      at = now
+      give_back()
+    end
+    redis.call('HSET', KEYS[5], id, int(now))
+    -- Waiting helps while another lease has not answered this recall.
+    for _, other in ipairs(redis.call('HKEYS', KEYS[2])) do
+      if other ~= id and string.sub(other, 1, 6) == 'lease:' then
+        if tonumber(redis.call('HGET', KEYS[5], other) or 0) < at then
+          pending = 1
+          break
+        end
+      end
+    end
+  end
+end
+if own > 0 then
+  redis.call('HSET', KEYS[2], id, int(own))
+  redis.call('ZADD', KEYS[3], int(now + ttl_ms), id)
+else
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+return {balance(), own, granted, pending, lost}
 """
 )
 
@@ -505,6 +606,11 @@ class Keys:
         base = f"{self.prefix}tab:{tag(tab)}"
         return [base, f"{base}:held", f"{base}:due", f"{base}:once"]
 
+    def lease(self, tab: str) -> list[str]:
+        """A tab's keys and its recall (store/leases.py)."""
+        base = f"{self.prefix}tab:{tag(tab)}"
+        return [*self.tab(tab), f"{base}:recall", f"{base}:seqs"]
+
     def hit(self, key: str, window: int) -> list[str]:
         return [f"{self.prefix}hit:{tag(key)}:{window}"]
 
@@ -573,6 +679,7 @@ class RedisStore:
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._balance = client.register_script(_BALANCE)
+        self._lease = client.register_script(_LEASE)
         self._hit = client.register_script(_HIT)
         self._revoke = client.register_script(_REVOKE)
         self._index = client.register_script(_INDEX)
@@ -588,7 +695,7 @@ class RedisStore:
         # The calls every metered or quota-counted request makes go out together:
         # those asked for within one event-loop turn share one pipeline, so one
         # round trip (see _send). The others are rare enough to go alone.
-        self._batched = {self._reserve, self._settle, self._balance, self._hit}
+        self._batched = {self._reserve, self._settle, self._balance, self._hit, self._lease}
         self._batch: Coalescer[Op, Any] = Coalescer(self._send)
 
     @classmethod
@@ -759,6 +866,35 @@ class RedisStore:
     async def balance(self, tab: str) -> int | None:
         left = await self._run(self._balance, self.keys.tab(tab), [])
         return None if left is None else int(left)
+
+    async def lease(self, tab: str, lease: str, sync: LeaseSync) -> Leased | None:
+        """Sync, grow or give back the worker lease `lease` on `tab` (store/leases.py).
+
+        None when `sync.need` is above 0 and there is no such tab. Atomic: one
+        script; a resent sync (`sync.seq` not above the last seen) changes
+        nothing, so a batch resent after a lost reply charges nothing twice.
+        """
+        for name in ("used", "inflight", "need", "expect"):
+            _at_least(name, getattr(sync, name), 0)
+        reply = await self._run(
+            self._lease,
+            self.keys.lease(tab),
+            [
+                lease,
+                sync.seq,
+                sync.used,
+                sync.inflight,
+                sync.need,
+                sync.ttl,
+                int(sync.release),
+                sync.expect,
+                int(sync.recall * 1000),
+            ],
+        )
+        if reply is None:
+            return None
+        balance, held, granted, pending, lost = (int(v) for v in reply)
+        return Leased(balance, held, granted, bool(pending), bool(lost))
 
     # --- quotas -------------------------------------------------------------------------
     async def hit(self, key: str, window: int) -> Window:

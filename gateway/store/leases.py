@@ -1,0 +1,309 @@
+"""Tab holds: what one metered request takes from its tab, and gives back.
+
+A metered request holds the most it may cost, is proxied, then settles what
+it really cost (pipeline/metering.py). Where the hold is kept depends on
+where the tab lives:
+
+- `Direct`: in the store, per request (`reserve`, then `settle`). Right for
+  the memory store, where that is a dict update in this process.
+- `Leases`: where the tab lives in a shared store (Redis), two store calls per
+  request cost more than the rest of the request. A worker leases a slice
+  of the tab's balance (the `lease` script, store/redis.py) and serves holds
+  from it in memory; what it charged goes back in one call per tab every
+  `flush` seconds, batched with every other tab's. A lease unused for `idle`
+  seconds is given back.
+
+Money stays exact across workers and machines:
+
+- A slice is money taken out of the tab's balance, atomically, so no two
+  workers spend the same satoshi; a hold is taken from the slice's free part
+  only, and nothing is given back while a request holds it.
+- A worker short of money while other workers hold slices posts a recall on
+  the tab and waits (at most `recall` seconds): each lease answers at its
+  next sync by giving back everything not in flight, so the request is
+  refused only when no free money is left anywhere — 1,000 requests at once
+  on two machines against a tab worth 100 serve exactly 100
+  (tests/test_shared_state.py).
+- A lease outlives a worker that stops syncing by `ttl` seconds, then goes
+  back to the tab by itself (the tab scripts sweep expired holds first): a
+  crash never keeps the payer's money. What the dead worker charged since
+  its last sync (at most `flush` seconds of requests) is not taken: the
+  payer keeps it.
+- Each sync carries a rising sequence number: a batch the client resends
+  after a lost reply is answered, not applied again (never charged twice).
+
+The balance shown (the X-Farebox-Balance header) is what this worker knows:
+the tab's spendable balance at its last sync plus its slice's free part;
+`balance()` counts every lease as the payer's, less what this worker has
+charged or holds; other workers' charges show within `flush` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.store import Leased, LeaseSync, StoreUnavailable
+
+log = logging.getLogger("farebox.tabs")
+
+HOLD_TTL = 3600  # seconds a per-request hold lives if its worker dies before settling
+FLUSH = 0.05  # seconds between a lease's syncs while in use
+IDLE = 0.5  # seconds unused before a lease is given back
+LEASE_TTL = 30  # seconds a lease outlives a worker that stopped syncing
+RECALL = 2.0  # seconds a short request waits for other workers to give back
+
+
+class Exhausted(Exception):
+    """The tab does not cover the hold; `balance` msat is what it has (as known here)."""
+
+    def __init__(self, balance: int) -> None:
+        super().__init__(balance)
+        self.balance = balance
+
+
+@dataclass(slots=True)
+class Hold:
+    """One request's hold on a tab (msat)."""
+
+    tab: str
+    amount: int  # held for this request
+    balance: int  # left on the tab while held, as this worker knows it
+    reservation: str = ""  # Direct: the store's reservation id
+    lease: _Lease | None = None  # Leases: the slice it was taken from
+
+
+class TabHolds(Protocol):
+    """What metering needs: hold, settle, and the payer's balance."""
+
+    async def hold(self, tab: str, amount: int) -> Hold:
+        """Hold `amount` msat on `tab`. Raises Exhausted, StoreUnavailable."""
+        ...
+
+    async def settle(self, hold: Hold, charge: int) -> None:
+        """Charge `charge` msat (at most the hold) and free the rest. Raises StoreUnavailable."""
+        ...
+
+    async def balance(self, tab: str) -> int | None:
+        """The payer's balance in msat (held amounts excluded); None: no such tab."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Reserving(Protocol):
+    """The store's per-request holds (store/__init__.py, `Store`)."""
+
+    async def reserve(self, tab: str, amount: int, reservation: str, ttl: int) -> int | None: ...
+
+    async def settle(self, tab: str, reservation: str, charge: int) -> int: ...
+
+    async def balance(self, tab: str) -> int | None: ...
+
+
+class Leasing(Protocol):
+    """A shared store's leases (store/redis.py `lease`)."""
+
+    async def lease(self, tab: str, lease: str, sync: LeaseSync) -> Leased | None: ...
+
+    async def balance(self, tab: str) -> int | None: ...
+
+
+class Direct:
+    """Every hold in the store, per request."""
+
+    def __init__(self, store: Reserving) -> None:
+        self._store = store
+
+    async def hold(self, tab: str, amount: int) -> Hold:
+        reservation = os.urandom(16).hex()  # as unique as uuid4, without its object
+        left = await self._store.reserve(tab, amount, reservation, HOLD_TTL)
+        if left is None:
+            raise Exhausted(await self._store.balance(tab) or 0)
+        return Hold(tab, amount, left, reservation)
+
+    async def settle(self, hold: Hold, charge: int) -> None:
+        await self._store.settle(hold.tab, hold.reservation, charge)
+
+    async def balance(self, tab: str) -> int | None:
+        return await self._store.balance(tab)
+
+    async def close(self) -> None:
+        """Nothing kept here."""
+
+
+@dataclass(slots=True)
+class _Lease:
+    """This worker's slice of one tab (msat)."""
+
+    amount: int = 0  # what the lease holds in the store, as of the last sync
+    used: int = 0  # charged since the last sync
+    inflight: int = 0  # held by requests in flight
+    known: int = 0  # the tab's spendable balance at the last sync
+    last_use: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def free(self) -> int:
+        return self.amount - self.used - self.inflight
+
+
+class Leases:
+    """Holds served from this worker's slices of tabs in a shared store."""
+
+    def __init__(
+        self,
+        store: Leasing,
+        *,
+        flush: float = FLUSH,
+        idle: float = IDLE,
+        ttl: int = LEASE_TTL,
+        recall: float = RECALL,
+    ) -> None:
+        self._store = store
+        self._id = "lease:" + os.urandom(12).hex()  # this worker, in the tab's held list
+        # Rising per id (a new worker has a new id); small, as Lua reads numbers as doubles.
+        self._seq = itertools.count(1)
+        self._flush, self._idle, self._ttl, self._recall = flush, idle, ttl, recall
+        self._leases: dict[str, _Lease] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def hold(self, tab: str, amount: int) -> Hold:
+        lease = self._leases.get(tab)
+        if lease is None:
+            lease = self._leases[tab] = _Lease()
+            self._start()
+        # In memory while the slice covers it, unless a sync is under way (it
+        # may be giving back the free part this would take).
+        if not lease.lock.locked() and lease.free >= amount:
+            return self._take(tab, lease, amount)
+        async with lease.lock:
+            deadline = time.monotonic() + self._recall
+            while True:
+                if lease.free >= amount:
+                    return self._take(tab, lease, amount)
+                leased = await self._sync(tab, lease, need=amount)
+                if leased is None:
+                    raise Exhausted(0)
+                if lease.free >= amount:
+                    return self._take(tab, lease, amount)
+                if not leased.pending or time.monotonic() >= deadline:
+                    raise Exhausted(leased.balance + max(lease.free, 0))
+                # Another worker has not given back yet: it does at its next sync.
+                await asyncio.sleep(self._flush / 2)
+
+    async def settle(self, hold: Hold, charge: int) -> None:
+        lease = hold.lease
+        assert lease is not None, "a hold from Leases.hold"
+        lease.inflight -= hold.amount
+        lease.used += min(charge, hold.amount)
+        lease.last_use = time.monotonic()
+
+    async def balance(self, tab: str) -> int | None:
+        left = await self._store.balance(tab)
+        lease = self._leases.get(tab)
+        if left is None or lease is None:
+            return left
+        return max(0, left - lease.used - lease.inflight)
+
+    async def close(self) -> None:
+        """Give every slice back (a worker stopping); what is left goes back by its ttl."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await asyncio.gather(*(self._give_back(tab) for tab in list(self._leases)))
+        except StoreUnavailable as exc:
+            log.warning("could not give tab leases back (%s): they return in %d s", exc, self._ttl)
+
+    # --- inside -----------------------------------------------------------------------
+
+    def _take(self, tab: str, lease: _Lease, amount: int) -> Hold:
+        lease.inflight += amount
+        lease.last_use = time.monotonic()
+        return Hold(tab, amount, lease.known + lease.free, lease=lease)
+
+    async def _sync(
+        self, tab: str, lease: _Lease, *, need: int = 0, release: bool = False
+    ) -> Leased | None:
+        """One call on the lease; the caller holds its lock."""
+        used = lease.used
+        leased = await self._store.lease(
+            tab,
+            self._id,
+            LeaseSync(
+                seq=next(self._seq),
+                used=used,
+                inflight=lease.inflight,
+                need=need,
+                expect=lease.amount,
+                release=release,
+                ttl=self._ttl,
+                recall=self._recall,
+            ),
+        )
+        if leased is None:
+            return None
+        if leased.lost:
+            log.warning(
+                "the lease on tab %s had expired (this worker did not sync for %d s): "
+                "%d msat of charges were not taken",
+                tab,
+                self._ttl,
+                used,
+            )
+        # Settled meanwhile: in flight went down, used up by at most as much.
+        lease.used -= used
+        lease.amount, lease.known = leased.held, leased.balance
+        return leased
+
+    async def _give_back(self, tab: str) -> None:
+        lease = self._leases.get(tab)
+        if lease is None:
+            return
+        async with lease.lock:
+            await self._sync(tab, lease, release=True)
+            if lease.amount == 0 and lease.inflight == 0 and self._leases.get(tab) is lease:
+                del self._leases[tab]
+
+    def _start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        """Sync leases in use every `flush` seconds, all in one batch; give idle ones back."""
+        try:
+            while self._leases:
+                await asyncio.sleep(self._flush)
+                now = time.monotonic()
+                calls = []
+                for tab, lease in list(self._leases.items()):
+                    if lease.lock.locked():
+                        continue  # a request is syncing it now
+                    if lease.inflight == 0 and now - lease.last_use >= self._idle:
+                        calls.append(self._give_back(tab))
+                    elif lease.used or lease.inflight:
+                        calls.append(self._locked_sync(tab, lease))
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                failed = [r for r in results if isinstance(r, Exception)]
+                if failed:
+                    # Kept here and tried again next round; the leases live
+                    # on for their ttl meanwhile.
+                    log.warning("could not sync %d tab leases: %s", len(failed), failed[0])
+        finally:
+            # The loop ends only with no lease left, checked after its last
+            # await: a hold coming later starts it again.
+            self._task = None
+
+    async def _locked_sync(self, tab: str, lease: _Lease) -> None:
+        async with lease.lock:
+            await self._sync(tab, lease)
