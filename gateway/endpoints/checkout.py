@@ -1,9 +1,12 @@
 """The checkout desk: where a checkout's payment arrives and its status is asked.
 
-`POST /.well-known/farebox/checkout/<ticket>`: a wallet that scanned the QR
-code posts the transaction (BEEF, as bytes or hex). `GET` on the same URL is
-what the page polls: pending, paid (the answer sets the grant's cookie),
-expired, or what went wrong. With a payment watcher configured, a status
+`POST /.well-known/farebox/checkout/<id>`: a wallet that scanned the QR
+code posts the transaction (BEEF, as bytes or hex). `<id>` is the page's
+short checkout id, whose ticket the store keeps (payments/checkout.py), or a
+ticket itself (404 `checkout-unknown` for a short id the store does not
+know: never given, or long expired). `GET` on the same URL is what the page
+polls: pending, paid (the answer sets the grant's cookie), expired, or what
+went wrong. With a payment watcher configured, a status
 request also looks on chain for a payment to the checkout's address, for
 wallets that broadcast themselves instead of posting.
 
@@ -57,6 +60,8 @@ from gateway.payments.checkout import (
     Checkout,
     CheckoutWatcher,
     Watched,
+    is_short_id,
+    kept_ticket,
     locking_script,
     next_look,
     payee,
@@ -91,6 +96,17 @@ async def handle(services: Services, request: web.BaseRequest, ticket: str) -> w
     """Take a posted payment for the checkout, or say where it stands."""
     if services.cashier is None or services.tokens is None:
         return payments_disabled()
+    if is_short_id(ticket):  # the short id of the page's QR code: the store keeps the ticket
+        found = await kept_ticket(services.store, ticket) if services.store is not None else None
+        if found is None:
+            return problem(
+                404,
+                "checkout-unknown",
+                "No such payment request",
+                "this payment request is unknown or expired some time ago: reload the page "
+                "for a new one",
+            )
+        ticket = found
     checkout = read_ticket(services.tokens, ticket, allow_expired=True)
     if checkout is None:
         return problem(404, "no-checkout", "No such checkout", "this checkout link is not valid")

@@ -30,6 +30,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ SHORTEST_GAP = 5  # seconds between looks, at least ...
 LONGEST_GAP = 14_400  # ... and at most: 17 looks over a day's grace
 MAX_HOST = 255  # the longest Host a watched checkout is kept with
 RETRY_KEEP = 30  # seconds before a poll asks again to watch a checkout the store refused
+SHORT_KEPT = 300  # seconds a short checkout id outlives its checkout (a late post: "expired")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,51 @@ def read_ticket(tokens: Tokens, ticket: str, *, allow_expired: bool = False) -> 
         return None
 
 
+# --- short checkout ids: what the QR code carries -----------------------------------------
+#
+# A ticket is a signed JWT of some 300 characters: in the QR code's `r=` URL
+# it makes the code dense and hard to scan on a dim screen. So the page puts a
+# short random id in its URLs instead (24 base32 letters, 120 random bits:
+# unguessable), and the store keeps the ticket under it (`Store.bind`, holder
+# "checkout:<id>") until SHORT_KEPT seconds after the checkout expires. The
+# ticket stays the checkout's truth: the short id only finds it. A ticket in a
+# URL (a page rendered while the store was unreachable, an old link) works as
+# before.
+
+SHORT_ID = re.compile(r"[a-z2-7]{24}")
+
+
+def short_id() -> str:
+    """A new short checkout id: 24 lower-case base32 letters (120 random bits)."""
+    return base64.b32encode(secrets.token_bytes(15)).decode().lower()
+
+
+def is_short_id(text: str) -> bool:
+    return SHORT_ID.fullmatch(text) is not None
+
+
+class TicketKeeper(Protocol):
+    """What short ids need of the store (store/ holds the contract)."""
+
+    async def bind(self, holder: str, token: str, expires: int) -> None: ...
+    async def bound(self, holder: str) -> list[str]: ...
+
+
+async def keep_ticket(store: TicketKeeper, checkout: Checkout, ticket: str) -> str:
+    """A short id for `ticket`, kept in the store; raises StoreUnavailable."""
+    short = short_id()
+    await store.bind("checkout:" + short, ticket, checkout.expires + SHORT_KEPT)
+    return short
+
+
+async def kept_ticket(store: TicketKeeper, short: str) -> str | None:
+    """The ticket kept under a short id; None when unknown or long expired.
+
+    Raises StoreUnavailable."""
+    found = await store.bound("checkout:" + short)
+    return found[0] if found else None
+
+
 def suffix(checkout: Checkout) -> str:
     return base64.b64encode(str(checkout.issued_ms).encode()).decode()
 
@@ -132,12 +180,14 @@ def payment_uri(address: str, satoshis: int, pay_url: str, label: str) -> str:
     """BIP-21 style: `bitcoin:<address>?sv&amount=<BSV>&label=…&r=<pay url>`.
 
     `r` is where a wallet may POST the transaction (BEEF or raw, bytes or
-    hex) instead of broadcasting it itself.
+    hex) instead of broadcasting it itself. Its ":" and "/" stay as they are
+    (RFC 3986 allows them in a query, as BIP-72's examples write `r`): every
+    character saved makes the QR code less dense.
     """
     amount = format(Decimal(satoshis) / Decimal(100_000_000), "f").rstrip("0").rstrip(".")
     return (
         f"bitcoin:{address}?sv&amount={amount}"
-        f"&label={quote(label, safe='')}&r={quote(pay_url, safe='')}"
+        f"&label={quote(label, safe='')}&r={quote(pay_url, safe=':/')}"
     )
 
 
