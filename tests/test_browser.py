@@ -157,6 +157,12 @@ def setup_gateway(tmp_path: Path, upstream: Upstream, devnet: str, wallet_url: s
     ]  # fmt: skip
 
 
+PHONE_UA = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Mobile Safari/537.36"
+)
+
+
 def payment_request(href: str) -> tuple[str, int]:
     parts = urlsplit(unquote(href))
     amount = parse_qs(parts.query)["amount"][0]
@@ -183,17 +189,29 @@ async def test_phone_wallet_pays_the_qr_code_and_the_page_opens(
         assert response.headers["x-bsv-sats"] == "40"  # BRC-121 on the page too
         text = await page.inner_text("main")
         assert "40 satoshis" in text and "County records archive" in text
-        assert "GET /records/7/pages/3" in text and "This page, for 1 day." in text
+        # In the policy's words, not the path; the way to pay for a computer first.
+        assert "One transcribed page of a parish register" in text
+        assert "GET /records/7/pages/3" not in text
+        assert "You can open it as often as you like for 1 day." in text
         assert await page.locator(".qr svg").is_visible()
+        assert await page.locator("#pay-with-wallet").is_visible()
+        assert not await page.locator("#open-wallet").is_visible()
         await shoot(page, "paywall-desktop.png")
 
         phone_view = await browser.new_context(
-            viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2
+            viewport={"width": 390, "height": 844},
+            is_mobile=True,
+            has_touch=True,
+            device_scale_factor=2,
+            user_agent=PHONE_UA,
         )
         small = await phone_view.new_page()
         await small.goto(f"{gw.base}/records/7/pages/3")
         box = await small.locator(".qr svg").bounding_box()
         assert box is not None and box["width"] <= 390  # the code fits a phone screen
+        # A phone opens its wallet app; no pitch for a wallet on "this computer".
+        assert await small.locator("#open-wallet").is_visible()
+        assert not await small.locator("#pay-with-wallet").is_visible()
         await shoot(small, "paywall-phone.png")
         await phone_view.close()
 

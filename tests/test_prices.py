@@ -65,8 +65,11 @@ async def test_the_price_list_says_what_the_policy_sells(gateway: GatewayFactory
     assert board["tab"]["per"] == "request" and board["tab"]["top_up"]["satoshis"] == 1000
     # The page, in words: fiat first with the satoshis beside, thousands separated.
     assert "County records archive" in page and "One transcribed page" in page
-    assert "1,250,000 satoshis" in page and "this, for 1 day" in page
-    assert "1.20 EUR (about 150 satoshis now) a request" in page
+    assert "1,250,000 satoshis" in page and "that item, for 1 day" in page
+    assert (
+        "€1.20 (about 150 satoshis now) for each use, from a prepaid balance; "
+        "top-ups from €8.00 (about 1,000 satoshis now)" in page
+    )
     assert "3 free every 1 day per network" in page
     assert f'href="{URL}"' in paywall  # every paywall page links the list
 
@@ -82,4 +85,4 @@ async def test_without_a_rate_a_fiat_price_is_listed_in_its_currency(
             page = await r.text()
     [board] = figures["services"][1]["routes"]
     assert board["price"] == {"currency": "EUR", "cents": "120", "satoshis": None}
-    assert "1.20 EUR a request" in page
+    assert "€1.20 for each use" in page

@@ -8,9 +8,11 @@ a checkout a phone wallet can pay (paywall/, payments/checkout.py).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -18,17 +20,18 @@ from bsv import PublicKey
 from multidict import CIMultiDict
 
 from gateway.challenge.answer import payment_required
-from gateway.challenge.paywall import Page, buys_text, render, wants_html
+from gateway.challenge.paywall import Money, Page, is_phone, render, wants_html
 from gateway.challenge.protocols import offer
 from gateway.edge import urls
 from gateway.errors import PaymentError
-from gateway.payments.checkout import LIFETIME, open_checkout, payee, payment_uri
+from gateway.payments.checkout import LIFETIME, keep_ticket, open_checkout, payee, payment_uri
 from gateway.peer import PEER
 from gateway.policy import Match
 from gateway.pricing import quote
 from gateway.pricing.rates import Quote
-from gateway.pricing.tabs import most_msat, sats, tab_scope
+from gateway.pricing.tabs import most_msat, sats
 from gateway.services import Services
+from gateway.store import StoreUnavailable
 
 
 async def challenge(
@@ -53,7 +56,7 @@ async def challenge(
     offered = quote.offered(policy, match)
     answer = payment_required(match, request.method, services.server_key, quoted, refused, offered)
     if html:
-        answer = _paywall(services, request, match, origin, quoted, refused, answer)
+        answer = await _paywall(services, request, match, origin, quoted, refused, answer)
     offer(services, request, match, origin, quoted.satoshis, answer, refused)
     if key is not None:
         _RENDERED.keep(policy, key, answer)
@@ -175,12 +178,12 @@ async def tab_challenge(
         match, request.method, services.server_key, top_up, refused, offered, tab
     )
     if wants_html(request.headers.get("Accept")):
-        answer = _paywall(services, request, match, origin, top_up, refused, answer)
+        answer = await _paywall(services, request, match, origin, top_up, refused, answer)
     offer(services, request, match, origin, top_up.satoshis, answer, refused)
     return answer
 
 
-def _paywall(
+async def _paywall(
     services: Services,
     request: web.BaseRequest,
     match: Match,
@@ -192,33 +195,55 @@ def _paywall(
     """The 402 as a page for a person, with the same BRC-121 headers."""
     route, service = match.route.route, match.service
     language = request.headers.get("Accept-Language")
+    policy = services.policy.current
+    unit: Money | None = None
+    per = "request"
     if route.meter is not None:
         assert service.service.tabs is not None
-        covers, scope, lasts = "tab", tab_scope(match), service.service.tabs.lasts
+        covers, lasts = "tab", service.service.tabs.lasts
+        # What one use costs (the concession a credential proves applied); the
+        # payment the page asks for is the top-up, shown apart.
+        msat, _, _ = await quote.unit_price(policy, services.rates, request.headers, match)
+        exact = Decimal(msat) / 1000
+        unit = Money(int(exact) if exact == int(exact) else exact)
+        if route.price.currency is not None and route.price.cents is not None:
+            unit = Money(unit.satoshis, route.price.cents, route.price.currency)
+        per = route.meter.per
     else:
         grant = route.effective_grant
-        covers, scope, lasts = grant.covers, match.scope, grant.lasts
+        covers, lasts = grant.covers, grant.lasts
     title = service.service.description or service.name
     page = Page(
         service_title=title,
-        description=route.description,
+        what=route.description,
+        covers=covers,
+        lasts=lasts,
         method=request.method,
         resource=match.resource,
         satoshis=quoted.satoshis,
-        buys=buys_text(covers, scope, lasts, title, language),
+        price=Money(quoted.satoshis, quoted.cents, quoted.rate.currency if quoted.rate else None),
         server=services.server_key,
         pay_url=urls.PAY,
         wallet_url=services.wallet_url,
-        fiat=_fiat(quoted),
+        unit=unit,
+        per=per,
+        rate=(quoted.rate.per_bsv, quoted.rate.currency) if quoted.rate is not None else None,
         concession=_concession(quoted),
-        offered=", ".join(c.name for c in quote.offered(services.policy.current, match)),
+        offered=", ".join(c.name for c in quote.offered(policy, match)),
         refused=refused.detail if refused is not None else "",
+        phone=is_phone(request.headers),
     )
     if services.cashier is not None and services.tokens is not None:
         checkout, ticket = open_checkout(
             services.tokens, service.name, match.resource, request.method, quoted.satoshis
         )
-        status_url = urls.CHECKOUT + ticket
+        # The QR code carries a short id whose ticket the store keeps; with the
+        # store unreachable, the ticket itself (a denser code, but it works).
+        link = ticket
+        if services.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                link = await keep_ticket(services.store, checkout, ticket)
+        status_url = urls.CHECKOUT + link
         address = payee(PublicKey(services.server_key), checkout).address()
         page = replace(
             page,
@@ -234,18 +259,9 @@ def _paywall(
         status=402,
         text=render(page, language),
         content_type="text/html",
-        headers={**headers, "Vary": "Accept, Accept-Language"},
+        # The page is in the reader's language and laid out for their device.
+        headers={**headers, "Vary": "Accept, Accept-Language, Sec-CH-UA-Mobile, User-Agent"},
     )
-
-
-def _fiat(quoted: Quote) -> dict[str, str] | None:
-    if quoted.rate is None or quoted.cents is None:
-        return None
-    return {
-        "amount": f"{quoted.cents / 100:.4f}".rstrip("0").rstrip("."),
-        "currency": quoted.rate.currency,
-        "rate": f"{quoted.rate.per_bsv:.2f}",
-    }
 
 
 def _concession(quoted: Quote) -> dict[str, Any] | None:

@@ -100,7 +100,11 @@ def _quota(quota: Quota) -> dict[str, Any]:
 async def prices(services: Services, request: web.BaseRequest, _: str) -> web.Response:
     """The price list: a page for browsers, JSON for programs (`?format=json` too)."""
     figures = await price_list(services.policy.current, services.rates)
-    headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
+    headers = {
+        "Cache-Control": "public, max-age=60",
+        "Access-Control-Allow-Origin": "*",
+        "Vary": "Accept, Accept-Language",  # a page in the reader's language, or JSON
+    }
     if request.query.get("format") != "json" and paywall.wants_html(request.headers.get("Accept")):
         page = paywall.render_prices(figures, request.headers.get("Accept-Language"))
         return web.Response(text=page, content_type="text/html", headers=headers)

@@ -118,11 +118,17 @@ async def transparency_report(services: Services, request: web.BaseRequest, _: s
     figures = await transparency.report(
         services.policy.current, services.store, days, services.payouts
     )
-    headers = {"Cache-Control": "public, max-age=60", "Access-Control-Allow-Origin": "*"}
+    headers = {
+        "Cache-Control": "public, max-age=60",
+        "Access-Control-Allow-Origin": "*",
+        "Vary": "Accept, Accept-Language",  # a page in the reader's language, or JSON
+    }
     if request.query.get("format") != "json" and paywall.wants_html(request.headers.get("Accept")):
         names = {s.name: s.service.description or s.name for s in services.policy.current.services}
         return web.Response(
-            text=paywall.render_report(figures, names), content_type="text/html", headers=headers
+            text=paywall.render_report(figures, names, request.headers.get("Accept-Language")),
+            content_type="text/html",
+            headers=headers,
         )
     return web.Response(
         body=json.dumps(figures).encode(), content_type="application/json", headers=headers

@@ -1,35 +1,43 @@
 """The paywall page: the 402 a person in a browser sees.
 
 A client that prefers HTML gets a page instead of problem+json: what is for
-sale, the price (and its fiat value), what a payment buys, a QR code of a
-checkout for phone wallets and a button for a browser wallet. The BRC-121
-headers stay on the answer, so 402-aware browsers and extensions work the
-same. Everything the page needs is served by Farebox itself (assets under
-/.well-known/farebox/assets/); all its words live in `texts.py`.
+sale in the policy's words, the price (in the client's currency first when
+the policy prices in one, satoshis beside it), what a payment buys, and the
+way to pay that suits the device: on a phone the wallet app's link first and
+a short QR code, on a computer a browser wallet's button and the QR code for
+a phone. The BRC-121 headers stay on the answer, so 402-aware browsers and
+extensions work the same. Everything the page needs is served by Farebox
+itself (assets under /.well-known/farebox/assets/); its words are gettext
+messages in the language Accept-Language asks for (i18n.py, texts.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from decimal import Decimal
 from importlib.resources import files
 from typing import Any
 
 import segno
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, select_autoescape
 
-from gateway.challenge.paywall.texts import TEXTS, duration, texts
+from gateway.challenge.paywall.i18n import Speech, environment, speech
+from gateway.challenge.paywall.texts import (
+    advice,
+    buys_text,
+    per_text,
+    script_texts,
+    status_title,
+)
 from gateway.edge.problems import problem
 from gateway.edge.urls import ASSETS, PRICES
 
 _STATIC = {"paywall.css": "text/css", "paywall.js": "text/javascript"}
-_env = Environment(
-    loader=PackageLoader("gateway.challenge.paywall", "templates"),
-    autoescape=select_autoescape(["html"]),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+# A phone, as its browser says: the Sec-CH-UA-Mobile client hint (Chromium), else
+# the User-Agent. The page's CSS also treats a touch-only screen as a phone.
+_PHONE_UA = re.compile(r"Mobi|Android|iPhone|iPod|Windows Phone|BlackBerry|Opera Mini")
 
 
 def wants_html(accept: str | None) -> bool:
@@ -55,20 +63,42 @@ def wants_html(accept: str | None) -> bool:
     return best_html > 0 and best_html > best_json
 
 
+def is_phone(headers: Any) -> bool:
+    """Whether the request comes from a phone (Sec-CH-UA-Mobile, else User-Agent)."""
+    hint = headers.get("Sec-CH-UA-Mobile")
+    if hint is not None:
+        return hint.strip() == "?1"
+    return _PHONE_UA.search(headers.get("User-Agent") or "") is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """A price as the page shows it: satoshis (a fraction for a tiny unit price),
+    and its amount in a currency when the policy prices in one."""
+
+    satoshis: int | Decimal
+    cents: Decimal | None = None
+    currency: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """What one paywall page says; plain data the template renders."""
 
     service_title: str
-    description: str
+    what: str  # the route's description in the policy ("" when it has none)
+    covers: str  # what a payment buys: "resource", "route" or "tab"
+    lasts: int  # seconds a grant (or a tab) lasts
     method: str
     resource: str
-    satoshis: int
-    buys: str
+    satoshis: int  # what the wallet pays now (the price, or a tab's top-up)
+    price: Money  # what the page is for: the price, or (tab) the top-up
     server: str
     pay_url: str
     wallet_url: str
-    fiat: dict[str, str] | None = None
+    unit: Money | None = None  # a metered route: what one use costs ...
+    per: str = "request"  # ... for each request, megabyte or unit
+    rate: tuple[Decimal, str] | None = None  # (per BSV, currency) the fiat price is at
     concession: dict[str, Any] | None = None
     offered: str = ""
     refused: str = ""
@@ -76,66 +106,82 @@ class Page:
     status_url: str = ""
     expires: int = 0  # unix seconds the checkout ends
     minutes: int = 0
+    phone: bool = False  # the request says it comes from a phone
+
+
+def amount(money: Money, words: Speech) -> tuple[str, str]:
+    """(the amount first seen, the satoshis beside it or ""): '€1.20', '1,500 satoshis'."""
+    if money.cents is not None and money.currency:
+        return words.money(money.cents, money.currency), words.sats(money.satoshis)
+    return words.sats(money.satoshis), ""
 
 
 def render(page: Page, accept_language: str | None) -> str:
-    words = texts(accept_language)
-    lang = next(tag for tag, table in TEXTS.items() if table is words)
+    words = speech(accept_language)
+    _ = words.gettext
     qr_svg = None
     if page.checkout_uri:
         # Error correction M keeps the code readable on a dim phone screen.
         qr = segno.make(page.checkout_uri, error="m", micro=False)
         qr_svg = qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", omitsize=True)
-    return _env.get_template("paywall.html").render(
-        t=words,
-        lang=lang,
-        assets=ASSETS,
-        prices_url=PRICES,
-        service_title=page.service_title,
-        description=page.description,
-        method=page.method,
-        resource=page.resource,
-        satoshis=page.satoshis,
-        fiat=page.fiat,
-        concession=page.concession,
-        offered=page.offered,
-        refused=page.refused,
-        buys=page.buys,
-        qr_svg=qr_svg,
-        payment_uri=page.checkout_uri or "",
-        status_url=page.status_url,
-        pay_url=page.pay_url,
-        server=page.server,
-        wallet_url=page.wallet_url,
-        expires=page.expires,
-        minutes=page.minutes,
-        texts_json=json.dumps(words).replace("</", "<\\/"),
+    pays = words.sats(page.satoshis)
+    main, beside = amount(page.price, words)
+    unit = amount(page.unit, words) if page.unit is not None else None
+    concession = None
+    if page.concession is not None:
+        concession = {**page.concession, "full": words.sats(page.concession["full"])}
+    rate = None
+    if page.rate is not None:
+        rate = words.money(page.rate[0] * 100, page.rate[1])
+    return (
+        environment(words.lang)
+        .get_template("paywall.html")
+        .render(
+            lang=words.lang,
+            assets=ASSETS,
+            prices_url=PRICES,
+            page=page,
+            what=page.what,
+            buys=buys_text(page.covers, page.what, page.lasts, page.service_title, words),
+            pays=pays,
+            main=main,
+            beside=beside,
+            unit=unit,
+            per=per_text(page.per, words),
+            rate=rate,
+            concession=concession,
+            qr_svg=qr_svg,
+            qr_label=_("QR code to pay %(amount)s with a phone wallet") % {"amount": pays},
+            payment_uri=page.checkout_uri or "",
+            texts_json=json.dumps(script_texts(words)).replace("</", "<\\/"),
+        )
     )
 
 
 def problem_page(answer: web.Response, accept_language: str | None) -> web.Response:
     """A problem+json answer (RFC 9457) as a page for a person, in the paywall's
-    style: its title and detail, what to do about it. The status and every
-    header but the body's (Allow, Retry-After, RateLimit-*, CORS) stay."""
+    style: a heading for its status and what to do about it, in the reader's
+    language; the problem's own detail (for whoever helps them) in small print.
+    The status and every header but the body's (Allow, Retry-After,
+    RateLimit-*, CORS) stay."""
     try:
         body = json.loads(answer.body) if isinstance(answer.body, bytes) else {}
     except ValueError:
         body = {}
-    words = texts(accept_language)
-    lang = next(tag for tag, table in TEXTS.items() if table is words)
+    words = speech(accept_language)
     status = answer.status
-    advice = words["advice_429"] if status == 429 else (
-        words["advice_5xx"] if status >= 500 else words["advice_4xx"]
-    )  # fmt: skip
-    html = _env.get_template("problem.html").render(
-        t=words,
-        lang=lang,
-        assets=ASSETS,
-        title=str(body.get("title") or answer.reason),
-        detail=str(body.get("detail") or ""),
-        advice=advice,
-        status=status,
-        reason=str(body.get("reason") or ""),
+    html = (
+        environment(words.lang)
+        .get_template("problem.html")
+        .render(
+            lang=words.lang,
+            assets=ASSETS,
+            title=status_title(status, words),
+            detail=str(body.get("detail") or body.get("title") or answer.reason or ""),
+            advice=advice(status, words),
+            status=status,
+            reason=str(body.get("reason") or ""),
+        )
     )
     headers = {
         k: v
@@ -143,26 +189,27 @@ def problem_page(answer: web.Response, accept_language: str | None) -> web.Respo
         if k.lower() not in ("content-type", "content-length")
     }
     vary = headers.get("Vary")
-    headers["Vary"] = f"{vary}, Accept" if vary else "Accept"
+    headers["Vary"] = f"{vary}, Accept, Accept-Language" if vary else "Accept, Accept-Language"
     return web.Response(status=status, text=html, content_type="text/html", headers=headers)
 
 
 def render_prices(figures: dict[str, Any], accept_language: str | None) -> str:
     """The price list (endpoints/prices.py's figures) as a page, in words."""
-    words = texts(accept_language)
-    lang = next(tag for tag, table in TEXTS.items() if table is words)
+    words = speech(accept_language)
+    _ = words.gettext
 
     def price(p: dict[str, Any]) -> str:
         if p.get("free"):
-            return words["free"]
+            return _("Free")
         if "currency" not in p:
-            return words["sats"].format(n=f"{p['satoshis']:,}")
-        amount = f"{float(p['cents']) / 100:.2f}"
+            return words.sats(p["satoshis"])
+        money = words.money(Decimal(p["cents"]), p["currency"])
         if p.get("satoshis") is None:
-            return words["fiat_only"].format(amount=amount, currency=p["currency"])
-        return words["fiat_now"].format(
-            amount=amount, currency=p["currency"], sats=f"{p['satoshis']:,}"
-        )
+            return money
+        return _("%(money)s (about %(sats)s now)") % {
+            "money": money,
+            "sats": words.sats(p["satoshis"]),
+        }
 
     services = []
     for service in figures["services"]:
@@ -174,55 +221,70 @@ def render_prices(figures: dict[str, Any], accept_language: str | None) -> str:
             buys = ""
             if "tab" in route:
                 tab = route["tab"]
-                cost = words[f"per_{tab['per']}"].format(price=cost, top_up=price(tab["top_up"]))
+                cost = _("%(price)s %(per)s, from a prepaid balance; top-ups from %(top_up)s") % {
+                    "price": cost,
+                    "per": per_text(tab["per"], words),
+                    "top_up": price(tab["top_up"]),
+                }
             elif "buys" in route:
-                lasts = duration(route["buys"]["lasts_seconds"], words)
-                key = "buys_this" if route["buys"]["covers"] == "resource" else "buys_all"
-                buys = words[key].format(lasts=lasts)
+                lasts = words.duration(route["buys"]["lasts_seconds"])
+                if route["buys"]["covers"] == "resource":
+                    buys = _("that item, for %(lasts)s") % {"lasts": lasts}
+                else:
+                    buys = _("everything of this kind, for %(lasts)s") % {"lasts": lasts}
             free = ""
             if "free_quota" in route:
                 quota = route["free_quota"]
-                free = words["quota"].format(
-                    n=quota["requests"],
-                    per=duration(quota["per_seconds"], words),
-                    counted=words[f"counted_{quota['counted_by']}"],
-                )
+                n, per = quota["requests"], words.duration(quota["per_seconds"])
+                if quota["counted_by"] == "key":
+                    free = words.ngettext(
+                        "%(n)s free every %(per)s per key", "%(n)s free every %(per)s per key", n
+                    )
+                else:
+                    free = words.ngettext(
+                        "%(n)s free every %(per)s per network",
+                        "%(n)s free every %(per)s per network",
+                        n,
+                    )
+                free = free % {"n": words.number(n), "per": per}
             if "reward" in route:
                 reward = route["reward"]
-                free = words["reward"].format(
-                    pays=price(reward["pays"]), campaign=reward["campaign"]
-                )
+                free = _("Taking part pays %(pays)s (%(campaign)s)") % {
+                    "pays": price(reward["pays"]),
+                    "campaign": reward["campaign"],
+                }
             rows.append({"what": what, "price": cost, "buys": buys, "free": free})
         services.append({"title": service["title"], "rows": rows})
     concessions = [
-        words["concession_line"]
-        .format(name=c["name"], discount=c["discount_percent"], description=c["description"])
-        .strip()
+        (
+            _("%(name)s: %(discount)s%% off.")
+            % {"name": c["name"], "discount": c["discount_percent"]}
+            + (" " + c["description"] if c["description"] else "")
+        )
         for c in figures["concessions"]
     ]
-    return _env.get_template("prices.html").render(
-        t=words, lang=lang, assets=ASSETS, services=services, concessions=concessions
+    return (
+        environment(words.lang)
+        .get_template("prices.html")
+        .render(lang=words.lang, assets=ASSETS, services=services, concessions=concessions)
     )
 
 
-def render_report(report: dict[str, Any], names: dict[str, str] | None = None) -> str:
-    """The transparency report as a page (gateway.transparency has the figures);
-    `names` says a service's name for people (its description) by its id."""
-    return _env.get_template("transparency.html").render(
-        assets=ASSETS, report=report, names=names or {}
-    )
-
-
-def buys_text(
-    covers: str, scope: str, lasts: int, service: str, accept_language: str | None
+def render_report(
+    report: dict[str, Any],
+    names: dict[str, str] | None = None,
+    accept_language: str | None = None,
 ) -> str:
-    words = texts(accept_language)
-    if covers == "tab":
-        return words["buys_tab"].format(service=service)
-    length = duration(lasts, words)
-    if covers == "route":
-        return words["buys_route"].format(scope=scope, lasts=length)
-    return words["buys_resource"].format(lasts=length)
+    """The transparency report as a page (gateway.ledger.transparency has the figures);
+    `names` says a service's name for people (its description) by its id."""
+    words = speech(accept_language)
+    return (
+        environment(words.lang)
+        .get_template("transparency.html")
+        .render(
+            lang=words.lang, assets=ASSETS, report=report, names=names or {}, number=words.number
+        )
+    )
 
 
 def asset(name: str) -> web.Response:

@@ -34,8 +34,12 @@
   }
 
   function fill(template, values) {
-    return template.replace(/\{(\w+)\}/g, function (_, k) {
-      return values[k] === undefined ? "" : String(values[k]);
+    // The texts are gettext messages (texts.py): "%(name)s" fields, "%%" a percent sign.
+    return template.replace(/%\((\w+)\)s|%%/g, function (whole, k) {
+      if (!k) return "%";
+      var v = values[k];
+      if (typeof v === "number") return v.toLocaleString(document.documentElement.lang || undefined);
+      return v === undefined ? "" : String(v);
     });
   }
 

@@ -1,0 +1,149 @@
+"""Languages: the words of Farebox's pages, from gettext catalogues (Babel).
+
+Every text a person reads on a page (paywall, price list, error pages,
+transparency report) is a gettext message: `_()` in the templates (Jinja2's
+i18n extension) and in Python. English is the source language (the msgids);
+each other language is a catalogue in `locales/<lang>/LC_MESSAGES/messages.po`,
+compiled to `messages.mo` beside it (both committed, so a wheel or the
+container needs no build step; tests/test_i18n.py fails when a `.mo` is not
+the compiled `.po`, or when a message is missing or fuzzy in a language).
+
+A request's language is negotiated from Accept-Language (q-values honoured,
+a region falls back to its language: es-MX gets Spanish); numbers and money
+are formatted for the locale the client asked for (es-MX groups as
+1,250,000, es as 1.250.000), in the chosen language. Adding a language:
+README, "Languages".
+"""
+
+from __future__ import annotations
+
+import gettext
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from babel import Locale, UnknownLocaleError, negotiate_locale
+from babel.numbers import format_currency, format_decimal
+from babel.support import NullTranslations, Translations
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+SOURCE = "en"  # the language of the msgids
+LOCALES = Path(__file__).parent / "locales"
+DOMAIN = "messages"
+
+
+def _languages() -> tuple[str, ...]:
+    found = sorted(
+        p.parent.parent.name for p in LOCALES.glob(f"*/LC_MESSAGES/{DOMAIN}.mo") if p.is_file()
+    )
+    return (SOURCE, *(lang for lang in found if lang != SOURCE))
+
+
+LANGUAGES = _languages()
+
+
+def preferred(accept_language: str | None) -> list[str]:
+    """The language tags of an Accept-Language header, most wanted first (q=0 dropped)."""
+    ranked: list[tuple[float, int, str]] = []
+    for n, part in enumerate((accept_language or "").split(",")):
+        fields = part.strip().split(";")
+        tag = fields[0].strip()
+        if not tag or tag == "*" or len(tag) > 35:
+            continue
+        q = 1.0
+        for param in fields[1:]:
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            ranked.append((-q, n, tag))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+@lru_cache(maxsize=16)
+def translations(lang: str) -> gettext.NullTranslations:
+    """The compiled catalogue of `lang` (none for the source language)."""
+    if lang == SOURCE:
+        return NullTranslations()
+    return Translations.load(str(LOCALES), [lang], DOMAIN)
+
+
+@lru_cache(maxsize=16)
+def environment(lang: str) -> Environment:
+    """The templates, speaking `lang` (one environment per language: no shared state)."""
+    env = Environment(
+        loader=PackageLoader("gateway.challenge.paywall", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    """A page's language: its words, and numbers and money as its readers write them."""
+
+    lang: str  # the catalogue's language: <html lang>
+    locale: Locale  # for numbers and currency (may carry the client's region)
+
+    @property
+    def translations(self) -> gettext.NullTranslations:
+        return translations(self.lang)
+
+    def gettext(self, message: str) -> str:
+        return self.translations.gettext(message)
+
+    def ngettext(self, singular: str, plural: str, n: int) -> str:
+        return self.translations.ngettext(singular, plural, n)
+
+    def number(self, n: int | Decimal) -> str:
+        return format_decimal(n, locale=self.locale, decimal_quantization=False)
+
+    def sats(self, n: int | Decimal) -> str:
+        """'1,250 satoshis' ('1 satoshi'): what a wallet pays."""
+        count = int(n) if Decimal(n) == int(n) else 2  # a fraction of a satoshi: plural
+        return self.ngettext("%(n)s satoshi", "%(n)s satoshis", count) % {"n": self.number(n)}
+
+    def money(self, cents: Decimal | int | str, currency: str) -> str:
+        """An amount in a currency, as the locale writes it: '€1.20', '1,20 €'."""
+        amount = Decimal(str(cents)) / 100
+        return format_currency(amount, currency, locale=self.locale, decimal_quantization=False)
+
+    def duration(self, seconds: int) -> str:
+        """A length of time the way a person says it: '24 hours', '5 minutes', '1 day'."""
+        if seconds >= 86400 and seconds % 86400 == 0:
+            n = seconds // 86400
+            text = self.ngettext("%(n)s day", "%(n)s days", n)
+        elif seconds >= 3600 and seconds % 3600 == 0:
+            n = seconds // 3600
+            text = self.ngettext("%(n)s hour", "%(n)s hours", n)
+        elif seconds >= 60 and seconds % 60 == 0:
+            n = seconds // 60
+            text = self.ngettext("%(n)s minute", "%(n)s minutes", n)
+        else:
+            n = seconds
+            text = self.ngettext("%(n)s second", "%(n)s seconds", n)
+        return text % {"n": self.number(n)}
+
+
+@lru_cache(maxsize=256)
+def speech(accept_language: str | None) -> Speech:
+    """The language to answer an Accept-Language header in (English when none fits)."""
+    wanted = preferred(accept_language)
+    lang = negotiate_locale([t.replace("-", "_") for t in wanted], list(LANGUAGES)) or SOURCE
+    locale = Locale.parse(lang)
+    for tag in wanted:  # the client's own region for numbers, when it is of this language
+        if tag.replace("_", "-").split("-")[0].lower() == lang:
+            try:
+                locale = Locale.parse(tag.replace("_", "-"), sep="-")
+            except (UnknownLocaleError, ValueError, TypeError):
+                continue
+            break
+    return Speech(lang, locale)

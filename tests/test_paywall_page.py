@@ -1,0 +1,253 @@
+"""What a person reads on the paywall page (issue 17, points 1 and 3).
+
+The page says what they get in the policy's words (never a route pattern or
+`GET /path`), the price in their currency first where there is a rate with
+satoshis beside it, in their locale's numbers; on a tab, what one use costs
+and, apart, the top-up; the way to pay that suits their device; and a QR code
+short enough to scan: a short checkout id whose ticket the store keeps.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from decimal import Decimal
+from urllib.parse import unquote
+
+import aiohttp
+import pytest
+import segno
+
+from gateway.payments.cashier import Cashier
+from gateway.payments.checkout import LIFETIME, SHORT_KEPT, read_ticket
+from gateway.pricing.rates import FixedRates
+from gateway.store.memory import MemoryStore
+from gateway.tokens import KeyRing, Tokens
+from tests.chainkit import Tracker
+from tests.conftest import PAID_SERVER
+from tests.test_paid_access import FakeBroadcaster
+
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+DESKTOP_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+IPHONE_UA = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1"
+)
+
+POLICY = """\
+services:
+  archive:
+    upstream: {upstream}
+    mount: /archive
+    description: County records archive
+    routes:
+      - path: /records/{{id}}/pages/{{n}}
+        price: {{eur_cents: 50}}
+        grant: {{lasts: 1d, covers: resource}}
+        description: One transcribed page of a parish register
+      - path: /scans/{{id}}
+        price: 1250
+        grant: {{lasts: 1h, covers: resource}}
+  opendata:
+    upstream: {upstream}
+    mount: /opendata
+    description: Open data portal
+    routes:
+      - path: /export/{{dataset}}.csv
+        price: 500
+        grant: {{lasts: 1h, covers: route}}
+        description: CSV exports of the open datasets
+  transit:
+    upstream: {upstream}
+    mount: /transit
+    description: City buses
+    tabs: {{top_up: {{eur_cents: 1000}}}}
+    routes:
+      - path: /board
+        price: {{eur_cents: 20}}
+        meter: {{per: request}}
+        description: Board a bus
+"""
+
+
+@pytest.fixture
+async def site(gateway, upstream, tmp_path):
+    store = MemoryStore()
+    tokens = Tokens(KeyRing.load(tmp_path / "ring"))
+    cashier = Cashier(
+        PAID_SERVER, tracker=Tracker(), broadcaster=FakeBroadcaster(), store=store, tokens=tokens
+    )  # type: ignore[arg-type]
+    base = await gateway(
+        POLICY.format(upstream=upstream.url),
+        server_key=PAID_SERVER.public_key().hex(),
+        tokens=tokens,
+        cashier=cashier,
+        store=store,
+        cookie_secure=False,
+        rates=FixedRates({"EUR": Decimal("40")}),  # 1 BSV = €40: €0.50 = 1,250,000 satoshis
+    )
+    return base, store, tokens
+
+
+async def fetch(url: str, headers: dict[str, str] | None = None, method: str = "GET"):
+    async with aiohttp.ClientSession() as http, http.request(method, url, headers=headers) as r:
+        return r.status, r.headers.copy(), await r.text()
+
+
+async def page_of(base: str, path: str, language: str = "en", **headers: str):
+    sent = {"Accept": BROWSER, "Accept-Language": language, "User-Agent": DESKTOP_UA}
+    sent.update({k.replace("_", "-"): v for k, v in headers.items()})
+    status, got, page = await fetch(base + path, sent)
+    assert status == 402 and got["Content-Type"].startswith("text/html"), page
+    return page
+
+
+def seen(page: str) -> str:
+    """The words a person sees: no scripts, no "For programs" details, no markup."""
+    body = page.split("<body>", 1)[1]
+    body = re.sub(
+        r"<script.*?</script>|<details>.*?</details>|<svg.*?</svg>", " ", body, flags=re.S
+    )
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
+def payment_uri(page: str) -> str:
+    found = re.search(r'id="payment-uri" href="([^"]+)"', page)
+    assert found is not None
+    return html.unescape(found.group(1))
+
+
+def checkout_path(page: str) -> str:
+    uri = unquote(payment_uri(page))
+    return "/" + uri.split("&r=", 1)[1].split("/", 3)[3]
+
+
+async def test_a_fiat_price_reads_in_euros_first_with_satoshis_beside(site) -> None:
+    base, _, _ = site
+    page = await page_of(base, "/archive/records/HLM-CR-1881/pages/3")
+    text = seen(page)
+    assert "County records archive" in text and "Payment required" in text
+    assert "One transcribed page of a parish register" in text
+    assert text.count("County records archive") == 1  # the service is named once
+    assert "€0.50 (1,250,000 satoshis)" in text
+    assert "Paid in satoshis at the current rate of €40.00 for 1 BSV." in text
+    assert "You can open it as often as you like for 1 day." in text
+    # No path, method or pattern in what a person reads.
+    assert "HLM-CR-1881" not in text and "GET" not in text and "{" not in text
+    # The path is there for programs, in the collapsed details.
+    assert "GET /archive/records/HLM-CR-1881/pages/3" in page
+    assert "Pay 1,250,000 satoshis with my wallet" in text
+
+
+async def test_a_satoshi_price_and_a_route_grant_in_words(site) -> None:
+    base, _, _ = site
+    text = seen(await page_of(base, "/archive/scans/77"))
+    assert "1,250 satoshis" in text and "€" not in text
+    assert "A small fee is charged for what you asked for." in text  # no description
+    text = seen(await page_of(base, "/opendata/export/budget-2026.csv"))
+    assert "Open data portal" in text and "CSV exports of the open datasets" in text
+    assert "500 satoshis" in text
+    assert (
+        "You can open everything in “CSV exports of the open datasets” as often as you "
+        "like for 1 hour." in text
+    )
+    assert "{dataset}" not in text and ".csv" not in text
+
+
+async def test_a_tab_says_what_one_use_costs_and_the_top_up_apart(site) -> None:
+    base, _, _ = site
+    page = await page_of(base, "/transit/board")
+    text = seen(page)
+    assert "Board a bus" in text
+    assert "€0.20 (500,000 satoshis) for each use" in text
+    assert (
+        "You pay in advance: a top-up of €10.00, and each use is taken from that balance. "
+        "(25,000,000 satoshis)" in text
+    )
+    assert "A prepaid balance with City buses: each use is taken from it" in text
+    # The wallet is asked for the top-up.
+    assert "amount=0.25&" in payment_uri(page)
+
+
+async def test_the_qr_code_is_short_and_its_label_is_words(site) -> None:
+    base, _, _ = site
+    page = await page_of(base, "/archive/records/HLM-CR-1881/pages/3")
+    uri = payment_uri(page)
+    assert len(uri) <= 200, uri  # was ~600 with the signed ticket in r=
+    short = checkout_path(page).rsplit("/", 1)[1]
+    assert re.fullmatch(r"[a-z2-7]{24}", short)
+    assert segno.make(uri, error="m", micro=False).version <= 9
+    assert 'aria-label="QR code to pay 1,250,000 satoshis with a phone wallet"' in page
+    label = re.search(r'role="img" aria-label="([^"]+)"', page).group(1)
+    assert "bitcoin:" not in label and len(label) < 80
+
+
+async def test_a_short_checkout_id_finds_its_ticket_until_it_is_long_expired(site) -> None:
+    base, store, tokens = site
+    page = await page_of(base, "/archive/scans/5")
+    path = checkout_path(page)
+    status, _, answer = await fetch(base + path)
+    assert status == 200 and json.loads(answer) == {"status": "pending"}
+    short = path.rsplit("/", 1)[1]
+    [ticket] = await store.bound("checkout:" + short)
+    checkout = read_ticket(tokens, ticket)
+    assert checkout is not None and checkout.resource == "/archive/scans/5"
+    assert checkout.satoshis == 1250
+    # The page's script polls the same short URL.
+    assert f'data-status-url="{path}"' in page
+
+    # An id nobody was given: a clear problem, for the page and the wallet.
+    status, headers, answer = await fetch(f"{base}/.well-known/farebox/checkout/{'a' * 24}")
+    problem = json.loads(answer)
+    assert status == 404 and headers["Content-Type"] == "application/problem+json"
+    assert problem["reason"] == "checkout-unknown"
+    assert "reload the page" in problem["detail"]
+
+    # Long after its checkout expired, the store has forgotten the id: the same problem.
+    later = time.time() + LIFETIME + SHORT_KEPT + 1
+    store._clock = lambda: later
+    status, _, answer = await fetch(base + path)
+    assert status == 404 and json.loads(answer)["reason"] == "checkout-unknown"
+
+
+async def test_a_phone_gets_the_wallet_link_first_and_a_computer_the_button(site) -> None:
+    base, _, _ = site
+    path = "/archive/scans/9"
+    desktop = await page_of(base, path)
+    assert 'id="paywall"\n      class="desktop"' in desktop
+    for hints in ({"User_Agent": IPHONE_UA}, {"Sec_CH_UA_Mobile": "?1"}):
+        phone = await page_of(base, path, **hints)
+        assert 'class="phone"' in phone
+    assert 'class="phone"' not in await page_of(base, path, Sec_CH_UA_Mobile="?0")
+    # Both ways are on both pages (the CSS shows the one for the device, and a
+    # touch-only screen is a phone whatever its browser says); the phone's comes first.
+    phone = await page_of(base, path, User_Agent=IPHONE_UA)
+    assert phone.index('id="open-wallet"') < phone.index('id="pay-with-wallet"')
+    assert "Pay 1,250 satoshis with my wallet app" in seen(phone)
+    _, headers, _ = await fetch(base + path, {"Accept": BROWSER})
+    assert "Sec-CH-UA-Mobile" in headers["Vary"] and "Accept-Language" in headers["Vary"]
+
+
+async def test_spanish_is_picked_by_accept_language_with_its_numbers(site) -> None:
+    base, _, _ = site
+    page = await page_of(base, "/archive/records/HLM-CR-1881/pages/3", "es-ES,es;q=0.9,en;q=0.5")
+    text = seen(page)
+    assert '<html lang="es">' in page
+    assert "Pago necesario" in text and "Precio" in text and "Cómo pagar" in text
+    assert "0,50 € (1.250.000 satoshis)" in text
+    assert "Puede abrirlo tantas veces como quiera durante 1 día." in text
+    assert 'aria-label="Código QR para pagar 1.250.000 satoshis con el monedero del móvil"' in page
+    assert "Esperando su pago…" in json.loads(
+        re.search(r'id="paywall-texts" type="application/json">(.*?)</script>', page).group(1)
+    ).get("status_waiting", "")
+    # q-values decide, not the order; an unknown language falls back to English.
+    assert '<html lang="es">' in await page_of(base, "/archive/scans/1", "en;q=0.4, es;q=0.8")
+    assert '<html lang="en">' in await page_of(base, "/archive/scans/1", "de-DE, fr;q=0.9")
+    # A region's numbers: Mexico groups thousands with commas.
+    mexico = seen(await page_of(base, "/archive/scans/1", "es-MX"))
+    assert "1,250 satoshis" in mexico and "Precio" in mexico
