@@ -203,11 +203,11 @@ async def _paywall(
         covers, lasts = "tab", service.service.tabs.lasts
         # What one use costs (the concession a credential proves applied); the
         # payment the page asks for is the top-up, shown apart.
-        msat, _, _ = await quote.unit_price(policy, services.rates, request.headers, match)
+        msat, _, proven = await quote.unit_price(policy, services.rates, request.headers, match)
         exact = Decimal(msat) / 1000
         unit = Money(int(exact) if exact == int(exact) else exact)
         if route.price.currency is not None and route.price.cents is not None:
-            unit = Money(unit.satoshis, route.price.cents, route.price.currency)
+            unit = Money(unit.satoshis, _less(route.price.cents, proven), route.price.currency)
         per = route.meter.per
     else:
         grant = route.effective_grant
@@ -221,7 +221,11 @@ async def _paywall(
         method=request.method,
         resource=match.resource,
         satoshis=quoted.satoshis,
-        price=Money(quoted.satoshis, quoted.cents, quoted.rate.currency if quoted.rate else None),
+        price=Money(
+            quoted.satoshis,
+            _less(quoted.cents, quoted.concession),
+            quoted.rate.currency if quoted.rate else None,
+        ),
         server=services.server_key,
         pay_url=urls.PAY,
         wallet_url=services.wallet_url,
@@ -262,6 +266,14 @@ async def _paywall(
         # The page is in the reader's language and laid out for their device.
         headers={**headers, "Vary": "Accept, Accept-Language, Sec-CH-UA-Mobile, User-Agent"},
     )
+
+
+def _less(cents: Decimal | None, concession: Any) -> Decimal | None:
+    """A fiat amount with a concession's discount taken off (the satoshis are
+    reduced by the quote; the page shows both, so they must agree)."""
+    if cents is None or concession is None:
+        return cents
+    return cents * (100 - concession.discount) / 100
 
 
 def _concession(quoted: Quote) -> dict[str, Any] | None:

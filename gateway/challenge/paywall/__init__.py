@@ -132,7 +132,7 @@ def render(page: Page, accept_language: str | None) -> str:
         concession = {**page.concession, "full": words.sats(page.concession["full"])}
     rate = None
     if page.rate is not None:
-        rate = words.money(page.rate[0] * 100, page.rate[1])
+        rate = words.money((page.rate[0] * 100).quantize(Decimal(1)), page.rate[1])
     return (
         environment(words.lang)
         .get_template("paywall.html")
