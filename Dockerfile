@@ -9,15 +9,31 @@
 # Linted by hadolint in the test suite (tests/test_dockerfile.py, rules in
 # .hadolint.yaml): keep `./dev test` green when editing this file.
 #
-# The base image is pinned by tag. To pin it by digest as well (the same bytes
-# on every build), look the digest up and append it in BOTH stages, e.g.
+# The base image is pinned by tag, in BASE (both stages use it). To pin it by
+# digest as well (the same bytes on every build), look the digest up and append
+# it, e.g.
 #   docker buildx imagetools inspect python:3.11-slim-bookworm   # "Digest: sha256:..."
-#   FROM python:3.11-slim-bookworm@sha256:<digest> AS build
+#   ARG BASE=python:3.11-slim-bookworm@sha256:<digest>
 # and refresh it when Debian or Python publish security fixes.
+#
+# The tests (tests/test_container.py) build it with podman and no network at
+# all. BASE is then a Debian bookworm made by debootstrap (its python3 is 3.11
+# too; there "python" is only the venv's, hence python3 in the build stage),
+# and pip takes the wheels `./dev test` downloaded, mounted for the build:
+#   podman build --format docker --network none \
+#     --build-arg BASE=localhost/farebox-base:bookworm \
+#     --volume "$PWD/.container/wheelhouse:/wheels:ro" \
+#     --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels -t farebox .
+# PIP_NO_INDEX and PIP_FIND_LINKS are pip's own settings, unset unless given:
+# pip then takes PyPI. (`--format docker`: podman's default, OCI, has no
+# HEALTHCHECK and drops it.)
+ARG BASE=python:3.11-slim-bookworm
 
 # ---- build: the locked dependencies and farebox, in a venv --------------------
-FROM python:3.11-slim-bookworm AS build
+FROM ${BASE} AS build
 
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -25,7 +41,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Every dependency comes from one wheel in the hash-pinned lock (no compiler
 # needed). The lock is copied before the source so that this layer is rebuilt
 # only when the lock changes, not on every code edit.
-RUN python -m venv /opt/farebox
+RUN python3 -m venv /opt/farebox
 COPY requirements.lock /tmp/requirements.lock
 RUN /opt/farebox/bin/pip install --no-cache-dir --require-hashes --no-deps \
         -r /tmp/requirements.lock
@@ -40,7 +56,7 @@ RUN /opt/farebox/bin/pip install --no-cache-dir --no-deps . \
     && /opt/farebox/bin/pip uninstall --yes pip setuptools
 
 # ---- runtime -------------------------------------------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="farebox" \

