@@ -141,7 +141,7 @@ async def test_a_fiat_price_reads_in_euros_first_with_satoshis_beside(site) -> N
     assert "HLM-CR-1881" not in text and "GET" not in text and "{" not in text
     # The path is there for programs, in the collapsed details.
     assert "GET /archive/records/HLM-CR-1881/pages/3" in page
-    assert "Pay 1,250,000 satoshis with my wallet" in text
+    assert "Pay €0.50 with my wallet" in text  # the wallet shows the satoshis
 
 
 async def test_a_satoshi_price_and_a_route_grant_in_words(site) -> None:
@@ -166,8 +166,8 @@ async def test_a_tab_says_what_one_use_costs_and_the_top_up_apart(site) -> None:
     assert "Board a bus" in text
     assert "€0.20 (500,000 satoshis) for each use" in text
     assert (
-        "You pay in advance: a top-up of €10.00, and each use is taken from that balance. "
-        "(25,000,000 satoshis)" in text
+        "You pay in advance: a top-up of €10.00 (25,000,000 satoshis), and each use is taken "
+        "from that balance." in text
     )
     assert "A prepaid balance with City buses: each use is taken from it" in text
     # The wallet is asked for the top-up.
