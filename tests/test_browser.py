@@ -215,6 +215,22 @@ async def test_phone_wallet_pays_the_qr_code_and_the_page_opens(
         await shoot(small, "paywall-phone.png")
         await phone_view.close()
 
+        # A reader whose browser asks for Spanish gets the page in Spanish.
+        for size, options in (
+            ("desktop", {"viewport": {"width": 1280, "height": 900}}),
+            ("phone", {"viewport": {"width": 390, "height": 844}, "is_mobile": True,
+                       "has_touch": True, "user_agent": PHONE_UA}),
+        ):  # fmt: skip
+            spanish = await browser.new_context(locale="es-ES", **options)
+            es = await spanish.new_page()
+            await es.goto(f"{gw.base}/records/7/pages/3")
+            assert await es.get_attribute("html", "lang") == "es"
+            words = await es.inner_text("main")
+            assert "Pago necesario" in words and "Cómo pagar" in words
+            assert "Puede abrirlo tantas veces como quiera durante 1 día." in words
+            await shoot(es, f"paywall-es-{size}.png")
+            await spanish.close()
+
         # The phone scans the code and broadcasts a payment to its address.
         address, sats = payment_request(await page.get_attribute("#payment-uri", "href"))
         assert sats == 40

@@ -9,6 +9,11 @@ compiled .mo that is not its .po, or a .pot that is not what the sources say.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import aiohttp
@@ -86,6 +91,28 @@ def test_the_compiled_catalogue_is_the_po_file(lang: str) -> None:
     assert {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in mo.items()} == normal, (
         f"{folder / 'messages.mo'} is stale: run the pybabel compile command in README.md"
     )
+
+
+def test_the_wheel_ships_the_catalogues(tmp_path: Path) -> None:
+    """`pip install .` (and so the image's build stage) installs the compiled catalogues."""
+    context = tmp_path / "src"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, context / name)
+    shutil.copytree(
+        ROOT / "gateway", context / "gateway", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(context)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PIP_NO_INDEX": "1"},
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "dist").glob("farebox-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for lang in LANGUAGES:
+        if lang != SOURCE:
+            assert f"gateway/challenge/paywall/locales/{lang}/LC_MESSAGES/messages.mo" in names
 
 
 @pytest.mark.parametrize(
