@@ -223,11 +223,22 @@ async def check(page, name: str, size: Size) -> None:
             f"the page scrolls sideways: {widths['scroll']} px wide in a "
             f"{widths['inner']} px window"
         )
+    # Nor any part of it inside its own box (a table's far columns out of sight).
+    for box in await page.evaluate(BOXES_SCROLLING_SIDEWAYS):
+        lines.append(f"{box} scrolls sideways inside its box: part of it is out of sight")
     minor = sorted({f"{v['id']} ({v['impact']})" for v in results if v not in failing})
+    if minor:  # shown with -s, and beside a failure below
+        print(f"{name} at {size.name} size, lesser findings: {', '.join(minor)}")
     assert not lines, (
         f"{name} at {size.name} size ({shot.name}):\n" + "\n".join(lines)
         + ("\nlesser findings: " + ", ".join(minor) if minor else "")
     )  # fmt: skip
+
+
+BOXES_SCROLLING_SIDEWAYS = """[...document.querySelectorAll('body *')]
+    .filter(e => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX)
+                 && e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : ''))"""
 
 
 async def screenshot(page, path: Path) -> None:
