@@ -217,6 +217,7 @@ async def run_worker(
         ) from None
     port = runner.addresses[0][1]
     tallying = asyncio.ensure_future(tally.run())
+    counting = asyncio.ensure_future(metrics.flushing())
     watching_late = asyncio.ensure_future(watch_late(services, late)) if late else None
     _tune_gc()
     log.info(
@@ -258,9 +259,10 @@ async def run_worker(
         await runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()
-        tallying.cancel()  # flushes what it counted
-        with contextlib.suppress(asyncio.CancelledError):
-            await tallying
+        for counter in (tallying, counting):
+            counter.cancel()  # flushes what it counted
+            with contextlib.suppress(asyncio.CancelledError):
+                await counter
         for close in closers:
             await close()
 
