@@ -127,6 +127,9 @@ def test_the_wheel_ships_the_catalogues(tmp_path: Path) -> None:
         ("fr, es;q=0.5", "es"),
         ("*", "en"),
         ("garbage;;q=x,", "en"),
+        ("ES-mx", "es"),
+        ("es;q=nan, en;q=0.1", "en"),
+        ("es;q=inf, en;q=0.1", "en"),
     ],
 )
 def test_the_language_is_negotiated_with_q_values(header: str | None, lang: str) -> None:

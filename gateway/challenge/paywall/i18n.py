@@ -59,6 +59,8 @@ def preferred(accept_language: str | None) -> list[str]:
                     q = float(value)
                 except ValueError:
                     q = 0.0
+                if not 0 <= q <= 1:  # RFC 9110: 0 to 1; nan and inf are no weight
+                    q = 0.0
         if q > 0:
             ranked.append((-q, n, tag))
     return [tag for _, _, tag in sorted(ranked)]
@@ -137,7 +139,8 @@ class Speech:
 def speech(accept_language: str | None) -> Speech:
     """The language to answer an Accept-Language header in (English when none fits)."""
     wanted = preferred(accept_language)
-    lang = negotiate_locale([t.replace("-", "_") for t in wanted], list(LANGUAGES)) or SOURCE
+    found = negotiate_locale([t.replace("-", "_") for t in wanted], list(LANGUAGES)) or SOURCE
+    lang = next((known for known in LANGUAGES if known.lower() == found.lower()), SOURCE)
     locale = Locale.parse(lang)
     for tag in wanted:  # the client's own region for numbers, when it is of this language
         if tag.replace("_", "-").split("-")[0].lower() == lang:
