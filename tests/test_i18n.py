@@ -174,7 +174,7 @@ async def test_a_spanish_reader_gets_spanish_pages(gateway: GatewayFactory, upst
         status, page = await get(http, base + "/.well-known/farebox/prices")
         assert status == 200 and '<html lang="es">' in page
         assert "<h1>Precios</h1>" in page and "ese elemento, durante 1 día" in page
-        assert "1 consulta gratis cada 1 día por red" in page
+        assert "1 consulta gratis cada día por red" in page
 
         status, page = await get(http, base + "/nothing-here")  # an error page
         assert status == 404 and '<html lang="es">' in page

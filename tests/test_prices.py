@@ -70,7 +70,7 @@ async def test_the_price_list_says_what_the_policy_sells(gateway: GatewayFactory
         "€1.20 (about 150 satoshis now) for each use, from a prepaid balance; "
         "top-ups from €8.00 (about 1,000 satoshis now)" in page
     )
-    assert "3 free every 1 day per network" in page
+    assert "3 free every day per network" in page
     assert f'href="{URL}"' in paywall  # every paywall page links the list
 
 

@@ -235,18 +235,16 @@ def render_prices(figures: dict[str, Any], accept_language: str | None) -> str:
             free = ""
             if "free_quota" in route:
                 quota = route["free_quota"]
-                n, per = quota["requests"], words.duration(quota["per_seconds"])
+                n, every = quota["requests"], words.every(quota["per_seconds"])
                 if quota["counted_by"] == "key":
                     free = words.ngettext(
-                        "%(n)s free every %(per)s per key", "%(n)s free every %(per)s per key", n
+                        "%(n)s free %(every)s per key", "%(n)s free %(every)s per key", n
                     )
                 else:
                     free = words.ngettext(
-                        "%(n)s free every %(per)s per network",
-                        "%(n)s free every %(per)s per network",
-                        n,
+                        "%(n)s free %(every)s per network", "%(n)s free %(every)s per network", n
                     )
-                free = free % {"n": words.number(n), "per": per}
+                free = free % {"n": words.number(n), "every": every}
             if "reward" in route:
                 reward = route["reward"]
                 free = _("Taking part pays %(pays)s (%(campaign)s)") % {

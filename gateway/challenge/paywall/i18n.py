@@ -134,6 +134,30 @@ class Speech:
             text = self.ngettext("%(n)s second", "%(n)s seconds", n)
         return text % {"n": self.number(n)}
 
+    def every(self, seconds: int) -> str:
+        """How often something comes back: 'every day', 'every 2 hours'."""
+        n, size = seconds, 1
+        for size in (86400, 3600, 60, 1):
+            if seconds >= size and seconds % size == 0:
+                n = seconds // size
+                break
+        if n == 1:
+            return {
+                86400: self.gettext("every day"),
+                3600: self.gettext("every hour"),
+                60: self.gettext("every minute"),
+                1: self.gettext("every second"),
+            }[size]
+        if size == 86400:
+            text = self.ngettext("every %(n)s day", "every %(n)s days", n)
+        elif size == 3600:
+            text = self.ngettext("every %(n)s hour", "every %(n)s hours", n)
+        elif size == 60:
+            text = self.ngettext("every %(n)s minute", "every %(n)s minutes", n)
+        else:
+            text = self.ngettext("every %(n)s second", "every %(n)s seconds", n)
+        return text % {"n": self.number(n)}
+
 
 @lru_cache(maxsize=256)
 def speech(accept_language: str | None) -> Speech:
