@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -441,9 +442,57 @@ async def test_transparency_report(gateway, size: Size) -> None:
     await check(page, "transparency", size)
 
 
-async def pay_by_phone(http: aiohttp.ClientSession, gateway, path: str) -> None:
-    import re
+async def test_dark_mode(gateway, chromium) -> None:
+    """The pages' dark colours (prefers-color-scheme: dark), contrast included: the
+    paywall with its wallet help and an underpaid payment's warning, the price list,
+    an error page, the report."""
+    context = await chromium.new_context(locale="en-GB", color_scheme="dark", **SIZES["desktop"])
+    size = Size("desktop-dark", context)
+    try:
+        page = await size.page()
+        await page.goto(gateway.base + PAGE.format(n=8))
+        await settled(page)
+        await page.locator("#pay-with-wallet").click()
+        await page.locator("#wallet-help").wait_for(state="visible", timeout=10_000)
+        await phone_pays(gateway.devnet, await page.get_attribute("#payment-uri", "href"), 30)
+        await page.wait_for_selector("#status.error", timeout=20_000)
+        await check(page, "paywall-underpaid-no-wallet", size)
+        for name, path in (
+            ("prices", PRICES), ("error-502", ERRORS["502"][0]), ("transparency", TRANSPARENCY)
+        ):  # fmt: skip
+            await page.goto(gateway.base + path)
+            await check(page, name, size)
+    finally:
+        await context.close()
 
+
+async def test_the_check_itself_finds_what_it_should(gateway, chromium) -> None:
+    """A page spoilt on purpose: the check names each fault and where it is."""
+    context = await chromium.new_context(**SIZES["desktop"])
+    try:
+        page = await context.new_page()
+        await page.goto(gateway.base + ERRORS["404"][0])
+        await page.evaluate(
+            """() => {
+                const main = document.querySelector('main');
+                main.insertAdjacentHTML('beforeend',
+                    '<button id="nameless"></button>' +
+                    '<p id="faint" style="color:#bbb">hard to read</p>' +
+                    '<div id="wide" style="width:3000px">wide</div>');
+            }"""
+        )
+        with pytest.raises(AssertionError) as failed:
+            await check(page, "spoilt", Size("desktop", context))
+        said = str(failed.value)
+        assert "button-name (critical)" in said and "#nameless" in said
+        assert "color-contrast (serious)" in said and "#faint" in said
+        assert re.search(r"the page scrolls sideways: \d+ px wide in a 1280 px window", said)
+    finally:
+        await context.close()
+        (OUTPUT / "a11y-spoilt-desktop.png").unlink(missing_ok=True)  # not a page we serve
+
+
+async def pay_by_phone(http: aiohttp.ClientSession, gateway, path: str) -> None:
     async with http.get(gateway.base + path, headers={"Accept": "text/html"}) as r:
         html = await r.text()
     href = re.search(r'id="payment-uri" href="([^"]+)"', html) or re.search(
