@@ -22,6 +22,7 @@ import segno
 
 from gateway.payments.cashier import Cashier
 from gateway.payments.checkout import LIFETIME, SHORT_KEPT, read_ticket
+from gateway.payments.checkout import payment_uri as payment_uri_of
 from gateway.pricing.rates import FixedRates
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
@@ -185,6 +186,16 @@ async def test_the_qr_code_is_short_and_its_label_is_words(site) -> None:
     assert 'aria-label="QR code to pay 1,250,000 satoshis with a phone wallet"' in page
     label = re.search(r'role="img" aria-label="([^"]+)"', page).group(1)
     assert "bitcoin:" not in label and len(label) < 80
+
+
+def test_a_long_service_name_does_not_make_the_code_dense() -> None:
+    name = "Hollowmere County Council records archive and registry of births"
+    uri = payment_uri_of("1MCyBUdze3dAMoCMA7Z5po1AQHRZ3R8YKp", 25, "https://x.example/c/1", name)
+    label = unquote(uri.split("&label=", 1)[1].split("&", 1)[0])
+    assert label == "Hollowmere County Council records" and len(label) <= 40
+    assert "label=County%20records%20archive&" in payment_uri_of(
+        "1A", 1, "u", "County records archive"
+    )
 
 
 async def test_a_short_checkout_id_finds_its_ticket_until_it_is_long_expired(site) -> None:

@@ -55,6 +55,7 @@ SHORTEST_GAP = 5  # seconds between looks, at least ...
 LONGEST_GAP = 14_400  # ... and at most: 17 looks over a day's grace
 MAX_HOST = 255  # the longest Host a watched checkout is kept with
 RETRY_KEEP = 30  # seconds before a poll asks again to watch a checkout the store refused
+LABEL_MOST = 40  # characters of the payee's name a payment URI carries at most
 SHORT_KEPT = 300  # seconds a short checkout id outlives its checkout (a late post: "expired")
 
 
@@ -185,6 +186,8 @@ def payment_uri(address: str, satoshis: int, pay_url: str, label: str) -> str:
     character saved makes the QR code less dense.
     """
     amount = format(Decimal(satoshis) / Decimal(100_000_000), "f").rstrip("0").rstrip(".")
+    if len(label) > LABEL_MOST:  # a long service name must not make the QR code dense
+        label = label[:LABEL_MOST].rsplit(" ", 1)[0].rstrip(" ,;:-(")
     return (
         f"bitcoin:{address}?sv&amount={amount}"
         f"&label={quote(label, safe='')}&r={quote(pay_url, safe=':/')}"
