@@ -399,6 +399,40 @@ async def test_paywall_without_a_browser_wallet(gateway, size: Size) -> None:
     await check(page, "paywall-no-wallet", size)
 
 
+FOCUSED = """() => {
+    const e = document.activeElement;
+    if (!e || e === document.body) return null;
+    const style = getComputedStyle(e), box = e.getBoundingClientRect();
+    return {
+        what: e.tagName.toLowerCase() + (e.id ? '#' + e.id : ''),
+        ring: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2,
+        seen: box.width > 0 && box.height > 0,
+    };
+}"""
+
+
+async def test_paywall_by_keyboard(gateway, size: Size) -> None:
+    """Tab reaches every control of the paywall, in reading order, each with a
+    visible focus ring; Enter on the summary opens "For programs"."""
+    page = await size.page()
+    await page.goto(gateway.base + PAGE.format(n=10))
+    await settled(page)
+    reached = []
+    for _ in range(12):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate(FOCUSED)
+        if focused is None or (reached and focused == reached[0]):
+            break
+        reached.append(focused)
+    order = [f["what"] for f in reached]
+    pay = ["a#open-wallet"] if size.name == "phone" else ["button#pay-with-wallet", "a#payment-uri"]
+    assert order == [*pay, "summary", "a"], order
+    assert all(f["ring"] and f["seen"] for f in reached), reached
+    await page.locator("summary").focus()
+    await page.keyboard.press("Enter")
+    assert await page.locator("#paywall details").get_attribute("open") is not None
+
+
 # --- the price list, the error pages, the transparency report ----------------------------------
 
 
