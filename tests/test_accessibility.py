@@ -518,6 +518,8 @@ async def test_spanish_on_a_narrow_phone(gateway, chromium) -> None:
         ):  # fmt: skip
             await page.goto(gateway.base + path)
             assert await page.get_attribute("html", "lang") == "es"
+            if name.startswith("error"):  # the gateway's own detail, in English, says so
+                assert "no service offers" in await page.inner_text('p.small [lang="en"] >> nth=1')
             await settled(page)
             await check(page, name, size)
     finally:
