@@ -69,7 +69,7 @@ class LeaseSync:
     """One call on a worker's lease of a tab (store/leases.py); amounts in msat."""
 
     seq: int  # rising per worker: a resent call is answered, not applied twice
-    used: int = 0  # charged from the lease since the last sync
+    charged: int = 0  # everything charged on this lease so far (a total: resent, it is taken once)
     inflight: int = 0  # held by requests not settled yet: never given back
     need: int = 0  # free msat wanted on the lease (0: just sync)
     expect: int = 0  # what the worker believes the lease holds
@@ -87,6 +87,8 @@ class Leased:
     granted: int  # msat added to the lease by this call
     pending: bool  # short, and another worker has not answered the recall yet
     lost: bool  # the lease had expired: charges since its last sync were not taken
+    charged: int = 0  # of the lease's charges, what the store has taken (its running total)
+    recalling: bool = False  # another worker is short: give back what is free
 
 
 class StoreUnavailable(Exception):

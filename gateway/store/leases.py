@@ -27,10 +27,16 @@ Money stays exact across workers and machines:
 - A lease outlives a worker that stops syncing by `ttl` seconds, then goes
   back to the tab by itself (the tab scripts sweep expired holds first): a
   crash never keeps the payer's money. What the dead worker charged since
-  its last sync (at most `flush` seconds of requests) is not taken: the
-  payer keeps it.
-- Each sync carries a rising sequence number: a batch the client resends
-  after a lost reply is answered, not applied again (never charged twice).
+  its last sync is not taken: the payer keeps it.
+- A worker serves from memory only for `5 * flush` seconds after a sync that
+  answered, and nothing after a call that failed or was cut short until one
+  answers: one cut off from the store (or stalled) stops long before the
+  store gives its slice back to others.
+- Charges go as a running total per lease, and each call carries a rising
+  sequence number: a batch resent after a lost reply, or a call that ran
+  after its caller gave up on it, is never charged twice.
+- Each lease has an id of its own; one that reaches 0 in the store is over,
+  and the next hold on that tab starts a new one.
 
 The balance shown (the X-Farebox-Balance header) is what this worker knows:
 the tab's spendable balance at its last sync plus its slice's free part;
@@ -140,18 +146,30 @@ class Direct:
 
 @dataclass(slots=True)
 class _Lease:
-    """This worker's slice of one tab (msat)."""
+    """This worker's slice of one tab (msat); one id in the store for its life."""
 
+    id: str
     amount: int = 0  # what the lease holds in the store, as of the last sync
-    used: int = 0  # charged since the last sync
+    charged: int = 0  # everything charged on it (sent as a total: taken once)
+    taken: int = 0  # of which the store has taken, as of the last sync
     inflight: int = 0  # held by requests in flight
     known: int = 0  # the tab's spendable balance at the last sync
+    # Served from memory only until then: a few syncs after the last that
+    # answered, so a worker cut off from the store (or stalled) stops serving
+    # what it cannot charge long before the store gives its slice back.
+    valid_until: float = 0.0
+    uncertain: bool = False  # a call failed or was cut short: what it did is unknown
+    recalled_until: float = 0.0  # another worker is short: give back what is free
     last_use: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def free(self) -> int:
-        return self.amount - self.used - self.inflight
+        return self.amount - (self.charged - self.taken) - self.inflight
+
+    def covers(self, amount: int, now: float) -> bool:
+        """Whether a hold of `amount` may be taken from memory now."""
+        return not self.uncertain and now < self.valid_until and self.free >= amount
 
 
 class Leases:
@@ -168,42 +186,46 @@ class Leases:
     ) -> None:
         self._store = store
         self._id = "lease:" + os.urandom(12).hex()  # this worker, in the tab's held list
-        # Rising per id (a new worker has a new id); small, as Lua reads numbers as doubles.
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(1)  # small: Lua reads numbers as doubles
+        self._lives = itertools.count(1)  # each lease of a tab has an id of its own
         self._flush, self._idle, self._ttl, self._recall = flush, idle, ttl, recall
+        self._valid = min(ttl / 2, 5 * flush)  # seconds a sync lets a lease serve from memory
         self._leases: dict[str, _Lease] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def hold(self, tab: str, amount: int) -> Hold:
-        lease = self._leases.get(tab)
-        if lease is None:
-            lease = self._leases[tab] = _Lease()
-            self._start()
-        # In memory while the slice covers it, unless a sync is under way (it
-        # may be giving back the free part this would take).
-        if not lease.lock.locked() and lease.free >= amount:
-            return self._take(tab, lease, amount)
-        async with lease.lock:
-            deadline = time.monotonic() + self._recall
-            while True:
-                if lease.free >= amount:
+        if self._closed:
+            raise StoreUnavailable("this worker is stopping")
+        deadline = time.monotonic() + self._recall  # from arrival, however long the queue
+        while True:
+            lease = self._lease(tab)
+            # In memory while the slice covers it, unless a call on it is under
+            # way (it may be giving back the free part this would take).
+            if not lease.lock.locked() and lease.covers(amount, time.monotonic()):
+                return self._take(tab, lease, amount)
+            async with lease.lock:
+                if self._leases.get(tab) is not lease:
+                    continue  # given back while this waited: start over on the tab's lease now
+                if lease.covers(amount, time.monotonic()):
                     return self._take(tab, lease, amount)
                 leased = await self._sync(tab, lease, need=amount)
                 if leased is None:
                     raise Exhausted(0)
-                if lease.free >= amount:
+                if lease.covers(amount, time.monotonic()):
                     return self._take(tab, lease, amount)
                 if not leased.pending or time.monotonic() >= deadline:
                     raise Exhausted(leased.balance + max(lease.free, 0))
-                # Another worker has not given back yet: it does at its next sync.
-                await asyncio.sleep(self._flush / 2)
+            # Another worker has not given back yet: it does at its next sync,
+            # which this lease's lock must not hold up.
+            await asyncio.sleep(self._flush / 2)
 
     async def settle(self, hold: Hold, charge: int) -> None:
         lease = hold.lease
         assert lease is not None, "a hold from Leases.hold"
+        hold.lease = None  # settled once, whatever calls it again
         lease.inflight -= hold.amount
-        lease.used += min(charge, hold.amount)
+        lease.charged += max(0, min(charge, hold.amount))
         lease.last_use = time.monotonic()
 
     async def balance(self, tab: str) -> int | None:
@@ -211,7 +233,7 @@ class Leases:
         lease = self._leases.get(tab)
         if left is None or lease is None:
             return left
-        return max(0, left - lease.used - lease.inflight)
+        return max(0, left - (lease.charged - lease.taken) - lease.inflight)
 
     async def close(self) -> None:
         """Give every slice back (a worker stopping); what is left goes back by its ttl."""
@@ -227,6 +249,13 @@ class Leases:
 
     # --- inside -----------------------------------------------------------------------
 
+    def _lease(self, tab: str) -> _Lease:
+        lease = self._leases.get(tab)
+        if lease is None:
+            lease = self._leases[tab] = _Lease(f"{self._id}:{next(self._lives)}")
+            self._start()
+        return lease
+
     def _take(self, tab: str, lease: _Lease, amount: int) -> Hold:
         lease.inflight += amount
         lease.last_use = time.monotonic()
@@ -236,44 +265,51 @@ class Leases:
         self, tab: str, lease: _Lease, *, need: int = 0, release: bool = False
     ) -> Leased | None:
         """One call on the lease; the caller holds its lock."""
-        used = lease.used
-        leased = await self._store.lease(
-            tab,
-            self._id,
-            LeaseSync(
-                seq=next(self._seq),
-                used=used,
-                inflight=lease.inflight,
-                need=need,
-                expect=lease.amount,
-                release=release,
-                ttl=self._ttl,
-                recall=self._recall,
-            ),
-        )
+        sent, charged = time.monotonic(), lease.charged
+        try:
+            leased = await self._store.lease(
+                tab,
+                lease.id,
+                LeaseSync(
+                    seq=next(self._seq),
+                    charged=charged,
+                    inflight=lease.inflight,
+                    need=need,
+                    expect=lease.amount,
+                    release=release,
+                    ttl=self._ttl,
+                    recall=self._recall,
+                ),
+            )
+        except BaseException:
+            # It may have run: nothing more from memory until a call answers.
+            lease.uncertain = True
+            raise
         if leased is None:
             return None
         if leased.lost:
             log.warning(
-                "the lease on tab %s had expired (this worker did not sync for %d s): "
+                "the lease on tab %s had gone back to the tab (no sync for %d s): "
                 "%d msat of charges were not taken",
                 tab,
                 self._ttl,
-                used,
+                charged - lease.taken,
             )
-        # Settled meanwhile: in flight went down, used up by at most as much.
-        lease.used -= used
         lease.amount, lease.known = leased.held, leased.balance
+        lease.taken = charged if leased.lost else leased.charged
+        lease.uncertain = False
+        lease.valid_until = sent + self._valid
+        lease.recalled_until = sent + self._recall if leased.recalling else 0.0
+        if leased.held == 0 and self._leases.get(tab) is lease:
+            del self._leases[tab]  # over in the store; the next hold starts a new one
         return leased
 
     async def _give_back(self, tab: str) -> None:
         lease = self._leases.get(tab)
-        if lease is None:
-            return
+        if lease is None or lease.lock.locked():
+            return  # a request is using it: it goes back once idle
         async with lease.lock:
             await self._sync(tab, lease, release=True)
-            if lease.amount == 0 and lease.inflight == 0 and self._leases.get(tab) is lease:
-                del self._leases[tab]
 
     def _start(self) -> None:
         if self._task is None and not self._closed:
@@ -287,17 +323,20 @@ class Leases:
                 now = time.monotonic()
                 calls = []
                 for tab, lease in list(self._leases.items()):
-                    if lease.lock.locked():
-                        continue  # a request is syncing it now
                     if lease.inflight == 0 and now - lease.last_use >= self._idle:
                         calls.append(self._give_back(tab))
-                    elif lease.used or lease.inflight:
+                    elif (
+                        lease.charged != lease.taken
+                        or lease.inflight
+                        or lease.uncertain
+                        or (lease.free > 0 and now < lease.recalled_until)
+                    ):
                         calls.append(self._locked_sync(tab, lease))
                 results = await asyncio.gather(*calls, return_exceptions=True)
                 failed = [r for r in results if isinstance(r, Exception)]
                 if failed:
-                    # Kept here and tried again next round; the leases live
-                    # on for their ttl meanwhile.
+                    # Tried again next round; meanwhile nothing more is served
+                    # from those leases' memory (they are uncertain).
                     log.warning("could not sync %d tab leases: %s", len(failed), failed[0])
         finally:
             # The loop ends only with no lease left, checked after its last
@@ -305,5 +344,7 @@ class Leases:
             self._task = None
 
     async def _locked_sync(self, tab: str, lease: _Lease) -> None:
+        if lease.lock.locked() or self._leases.get(tab) is not lease:
+            return  # a request is syncing it now, or it is over
         async with lease.lock:
             await self._sync(tab, lease)

@@ -18,7 +18,8 @@ contain braces so that the first "{...}" of every key is the tag below):
     P tab:{TAB}:once        set   `once` values credited to this tab
     P tab:{TAB}:recall      hash  "at" -> when a worker found the tab short;
                                   lease id -> when it answered; PEXPIRE 2 s
-    P tab:{TAB}:seqs        hash  lease id -> its last sync's seq; EXPIRE 1 day
+    P tab:{TAB}:seqs        hash  lease id -> its last call's seq, id:c -> the
+                                  charges taken; dropped with the lease
     P hit:{KEY}:WINDOW      str   requests in the current window; PEXPIRE set
                                   by the window's first hit
     P revoked:{GRANT_ID}    str   the `until` of the revocation; EXPIREAT until
@@ -252,37 +253,40 @@ return b
 
 # A worker's lease on a tab (store/leases.py): one script syncs it, grows it,
 # gives it back, and answers a recall. KEYS: tab, held, due, once, recall,
-# seqs. ARGV: lease id, seq (rising per worker: a resent sync is answered,
-# not applied again, so `used` is never charged twice), used (charged since
-# the last sync), in flight (held by requests not settled), need (free msat
-# the worker wants; 0: a sync), ttl (s), release (1: give back all but what
-# is in flight), expect (what the worker believes the lease holds), recall
-# (ms a recall lasts).
-# Returns false for no such tab, else {balance, lease, granted, pending, lost}.
+# seqs. ARGV: lease id, seq (rising per worker), charged (everything charged
+# on this lease so far: a total, so a sync that ran after its caller gave up
+# on it is not charged again by the next), in flight (held by requests not
+# settled), need (free msat the worker wants; 0: a sync), ttl (s), release
+# (1: give back all but what is in flight), expect (what the worker believes
+# the lease holds), recall (ms a recall lasts).
+# Returns false for no such tab, else
+# {balance, lease, granted, pending, lost, charged taken, recalling}.
 _LEASE = (
     _TAB
     + """
 local id = ARGV[1]
 local seq = tonumber(ARGV[2])
-local used, inflight, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local charged, inflight, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl_ms, release = tonumber(ARGV[6]) * 1000, ARGV[7] == '1'
 local expect, recall_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 if need > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local now = now_ms()
+local at = tonumber(redis.call('HGET', KEYS[5], 'at') or 0)
+local recalling = at > 0 and now - at < recall_ms
+local taken = tonumber(redis.call('HGET', KEYS[6], id .. ':c') or 0)
 if seq <= tonumber(redis.call('HGET', KEYS[6], id) or -1) then
-  return {balance(), tonumber(redis.call('HGET', KEYS[2], id) or 0), 0, 0, 0}
+  -- A resent call: answered, not applied again.
+  local own = tonumber(redis.call('HGET', KEYS[2], id) or 0)
+  return {balance(), own, 0, 0, 0, taken, recalling and 1 or 0}
 end
-redis.call('HSET', KEYS[6], id, ARGV[2])
-redis.call('EXPIRE', KEYS[6], 86400)
 local own, lost = redis.call('HGET', KEYS[2], id), 0
 if own then
-  own = math.max(0, tonumber(own) - used)
+  own = math.max(0, tonumber(own) - math.max(0, charged - taken))
 else
   own = 0  -- expired (its worker stalled past the ttl): those charges are not taken
   if expect > 0 then lost = 1 end
 end
-local at = tonumber(redis.call('HGET', KEYS[5], 'at') or 0)
-local recalling = at > 0 and now - at < recall_ms
+taken = math.max(taken, charged)
 local function give_back()
   local free = own - inflight
   if free > 0 then
@@ -310,7 +314,7 @@ if need > 0 and short > 0 then
       redis.call('DEL', KEYS[5])
       redis.call('HSET', KEYS[5], 'at', int(now))
       redis.call('PEXPIRE', KEYS[5], recall_ms)
-      at = now
+      at, recalling = now, true
       give_back()
     end
     redis.call('HSET', KEYS[5], id, int(now))
@@ -328,11 +332,15 @@ end
 if own > 0 then
   redis.call('HSET', KEYS[2], id, int(own))
   redis.call('ZADD', KEYS[3], int(now + ttl_ms), id)
+  redis.call('HSET', KEYS[6], id, ARGV[2], id .. ':c', int(taken))
+  redis.call('EXPIRE', KEYS[6], 86400)
 else
+  -- Over: the worker starts a new lease (a new id) when it needs one.
   redis.call('HDEL', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[6], id, id .. ':c')
 end
-return {balance(), own, granted, pending, lost}
+return {balance(), own, granted, pending, lost, taken, recalling and 1 or 0}
 """
 )
 
@@ -871,10 +879,12 @@ class RedisStore:
         """Sync, grow or give back the worker lease `lease` on `tab` (store/leases.py).
 
         None when `sync.need` is above 0 and there is no such tab. Atomic: one
-        script; a resent sync (`sync.seq` not above the last seen) changes
-        nothing, so a batch resent after a lost reply charges nothing twice.
+        script; a resent call (`sync.seq` not above the last seen) changes
+        nothing, and charges are sent as a running total, so neither a batch
+        resent after a lost reply nor a call that ran after its caller gave up
+        on it charges anything twice.
         """
-        for name in ("used", "inflight", "need", "expect"):
+        for name in ("charged", "inflight", "need", "expect"):
             _at_least(name, getattr(sync, name), 0)
         reply = await self._run(
             self._lease,
@@ -882,7 +892,7 @@ class RedisStore:
             [
                 lease,
                 sync.seq,
-                sync.used,
+                sync.charged,
                 sync.inflight,
                 sync.need,
                 sync.ttl,
@@ -893,8 +903,8 @@ class RedisStore:
         )
         if reply is None:
             return None
-        balance, held, granted, pending, lost = (int(v) for v in reply)
-        return Leased(balance, held, granted, bool(pending), bool(lost))
+        balance, held, granted, pending, lost, charged, recalling = (int(v) for v in reply)
+        return Leased(balance, held, granted, bool(pending), bool(lost), charged, bool(recalling))
 
     # --- quotas -------------------------------------------------------------------------
     async def hit(self, key: str, window: int) -> Window:
