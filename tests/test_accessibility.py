@@ -4,10 +4,11 @@ page Farebox serves to a person, at desktop and phone sizes.
 One real `farebox serve` on a real devnet for the module, and Debian's
 Chromium driven by Playwright. Pages: the paywall waiting for a payment
 (priced in satoshis; priced in euros on a tab), paid (the moment before it
-opens the resource), an underpaid payment explained, an expired checkout,
-the browser-wallet button with no wallet; the price list; Farebox's error
-pages (404, 405, the free-quota 429, and 502, 503 and 504 when what is
-behind it fails); the transparency report.
+opens the resource), an underpaid payment explained, an expiring and an
+expired checkout, the browser-wallet button with no wallet, after a refused
+payment; the price list; Farebox's error pages (404, 405, the free-quota
+429, and 502, 503 and 504 when what is behind it fails); the transparency
+report.
 
 On each page axe-core (pinned in tests/a11y, installed by `./dev test`)
 runs the WCAG 2.0/2.1/2.2 A and AA rules and its best practices; any
@@ -21,9 +22,11 @@ wide (WCAG's reflow width).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,6 +388,33 @@ async def test_paywall_checkout_expired(gateway, size: Size) -> None:
         "document.getElementById('payment-uri').getAttribute('href') !== b",
         arg=before,
     )  # a new checkout
+
+
+async def test_paywall_after_a_refused_payment(gateway, size: Size) -> None:
+    """A payment sent with the request (BRC-121, as a wallet extension does) that
+    pays nobody this gateway knows: the page says it was not accepted (role=alert)."""
+    me = PrivateKey()
+    coin = await faucet(gateway.devnet, me, 20_000)
+    tx = spend(coin, 0, me, [(me.public_key(), 40), (me.public_key(), 19_000)])
+    payment = {
+        "x-bsv-beef": base64.b64encode(beef_of(coin, tx)).decode(),
+        "x-bsv-sender": me.public_key().hex(),
+        "x-bsv-nonce": base64.b64encode(b"a11y-test").decode(),
+        "x-bsv-time": str(int(time.time() * 1000)),
+        "x-bsv-vout": "0",
+    }
+
+    async def paying(route) -> None:
+        await route.continue_(headers={**route.request.headers, **payment})
+
+    page = await size.page()
+    url = gateway.base + PAGE.format(n=11)
+    await page.route(url, paying)
+    response = await page.goto(url)
+    assert response.status == 402
+    assert await page.get_by_role("alert").is_visible()
+    await settled(page)
+    await check(page, "paywall-refused", size)
 
 
 async def test_paywall_without_a_browser_wallet(gateway, size: Size) -> None:
