@@ -161,7 +161,10 @@ class _Lease:
     uncertain: bool = False  # a call failed or was cut short: what it did is unknown
     recalled_until: float = 0.0  # another worker is short: give back what is free
     last_use: float = field(default_factory=time.monotonic)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one call on it at a time
+    # Done when the call under way answers: holds wait for it (it may be giving
+    # back the free part they would take), all woken at once, not one by one.
+    call: asyncio.Future[None] | None = None
 
     @property
     def free(self) -> int:
@@ -200,9 +203,10 @@ class Leases:
         deadline = time.monotonic() + self._recall  # from arrival, however long the queue
         while True:
             lease = self._lease(tab)
-            # In memory while the slice covers it, unless a call on it is under
-            # way (it may be giving back the free part this would take).
-            if not lease.lock.locked() and lease.covers(amount, time.monotonic()):
+            if lease.call is not None:
+                await asyncio.shield(lease.call)
+                continue
+            if lease.covers(amount, time.monotonic()):  # in memory: the common case
                 return self._take(tab, lease, amount)
             async with lease.lock:
                 if self._leases.get(tab) is not lease:
@@ -266,6 +270,7 @@ class Leases:
     ) -> Leased | None:
         """One call on the lease; the caller holds its lock."""
         sent, charged = time.monotonic(), lease.charged
+        call = lease.call = asyncio.get_running_loop().create_future()
         try:
             leased = await self._store.lease(
                 tab,
@@ -285,6 +290,9 @@ class Leases:
             # It may have run: nothing more from memory until a call answers.
             lease.uncertain = True
             raise
+        finally:
+            lease.call = None
+            call.set_result(None)
         if leased is None:
             return None
         if leased.lost:
@@ -307,7 +315,7 @@ class Leases:
     async def _give_back(self, tab: str) -> None:
         lease = self._leases.get(tab)
         if lease is None or lease.lock.locked():
-            return  # a request is using it: it goes back once idle
+            return  # a request is syncing it: it goes back once idle
         async with lease.lock:
             await self._sync(tab, lease, release=True)
 
