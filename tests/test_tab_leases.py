@@ -44,12 +44,12 @@ async def spendable(store: RedisStore, tab: str = TAB) -> int:
     return int(await store._client.hget(store.keys.tab(tab)[0], "balance") or 0)
 
 
-async def serve(leases: Leases, n: int, charge: int = PRICE) -> list[bool]:
+async def serve(leases: Leases, n: int, charge: int = PRICE, tab: str = TAB) -> list[bool]:
     """n requests at once on one worker; True for each one served."""
 
     async def one() -> bool:
         try:
-            hold = await leases.hold(TAB, PRICE)
+            hold = await leases.hold(tab, PRICE)
         except Exhausted:
             return False
         await asyncio.sleep(random.random() / 100)  # the upstream answering

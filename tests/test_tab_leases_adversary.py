@@ -29,6 +29,7 @@ from gateway.store import StoreUnavailable
 from gateway.store.leases import Exhausted, Hold, Leases
 from gateway.store.redis import RedisStore
 from tests.redis_servers import HOST, Cluster, RedisServer, need_redis, running
+from tests.test_tab_leases import serve, spendable
 
 TAB = "t-adv"
 PRICE = 10_000  # msat a request holds (and, unless said, is charged)
@@ -69,11 +70,6 @@ def paused(server: RedisServer) -> Iterator[None]:
         yield
     finally:
         server.resume()
-
-
-async def spendable(store: RedisStore, tab: str = TAB) -> int:
-    """The tab's balance outside every lease and hold."""
-    return int(await store._client.hget(store.keys.tab(tab)[0], "balance") or 0)
 
 
 async def until(condition, limit: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -239,7 +235,7 @@ async def test_closing_while_a_sync_is_on_the_wire_charges_once(
         await asyncio.sleep(0.05)
     await closing
     assert await store.balance(TAB) == 95 * PRICE  # five answers, paid once
-    assert await spendable(store) == 95 * PRICE  # and the slice came back
+    assert await spendable(store, TAB) == 95 * PRICE  # and the slice came back
 
 
 # --- a hold that waits while its lease is given back -----------------------------------
@@ -364,7 +360,7 @@ async def test_a_sync_resent_after_its_reply_was_lost_charges_once(
         finally:
             await far.close()
     assert await store.balance(TAB) == 95 * PRICE
-    assert await spendable(store) == 95 * PRICE
+    assert await spendable(store, TAB) == 95 * PRICE
 
 
 # Held under attack.
@@ -381,7 +377,7 @@ async def test_closing_while_redis_stalls_past_the_timeout_still_returns_the_sli
         await worker.close()  # fails after 0.3 s, leaving the slice to its ttl
     await asyncio.sleep(0.1)
     assert await store.balance(TAB) == 97 * PRICE
-    assert await spendable(store) == 97 * PRICE  # back now, not in 30 s
+    assert await spendable(store, TAB) == 97 * PRICE  # back now, not in 30 s
 
 
 # Held under attack.
@@ -392,16 +388,7 @@ async def test_three_workers_serve_exactly_what_the_tab_pays_for_with_top_ups(
     flight, and a top-up while slices are out: exactly min(N, K) each round."""
 
     async def burst(leases: Leases, n: int) -> int:
-        async def one() -> bool:
-            try:
-                hold = await leases.hold(TAB, PRICE)
-            except Exhausted:
-                return False
-            await asyncio.sleep(random.random() / 50)  # the upstream answering
-            await leases.settle(hold, PRICE)
-            return True
-
-        return sum(await asyncio.gather(*(one() for _ in range(n))))
+        return sum(await serve(leases, n, tab=TAB))
 
     await store.credit(TAB, 30 * PRICE, "first")
     workers = [Leases(store) for _ in range(3)]
@@ -413,7 +400,7 @@ async def test_three_workers_serve_exactly_what_the_tab_pays_for_with_top_ups(
     for worker in workers:
         await worker.close()
     assert await store.balance(TAB) == 0
-    assert await spendable(store) == 0
+    assert await spendable(store, TAB) == 0
 
 
 # Held under attack.
@@ -447,7 +434,7 @@ async def test_charges_below_the_hold_are_taken_exactly_across_workers(
         await worker.close()
     assert charged <= 50 * PRICE
     assert await store.balance(TAB) == 50 * PRICE - charged
-    assert await spendable(store) == 50 * PRICE - charged
+    assert await spendable(store, TAB) == 50 * PRICE - charged
 
 
 # Held under attack.
@@ -494,12 +481,12 @@ async def test_the_sync_task_stops_when_idle_and_restarts_on_demand(store: Redis
     assert await drain_n(worker, 2) == 2
     await until(lambda: worker._task is None)
     assert worker._leases == {}
-    assert await spendable(store) == 8 * PRICE  # nothing leased any more
+    assert await spendable(store, TAB) == 8 * PRICE  # nothing leased any more
     assert await drain_n(worker, 1) == 1
     assert worker._task is not None
     await worker.close()
     assert worker._task is None and worker._leases == {}
-    assert await spendable(store) == await store.balance(TAB) == 7 * PRICE
+    assert await spendable(store, TAB) == await store.balance(TAB) == 7 * PRICE
 
 
 # Found in review (overspend: a worker waking past its ttl serves from the expired slice); fixed.
@@ -553,7 +540,7 @@ async def test_every_worker_shows_the_payer_s_balance_once_synced(store: RedisSt
     assert await store.balance(TAB) == 40 * PRICE - charged
     for worker in workers:
         await worker.close()
-    assert await spendable(store) == 40 * PRICE - charged
+    assert await spendable(store, TAB) == 40 * PRICE - charged
 
 
 # Held under attack.
