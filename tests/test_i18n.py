@@ -68,11 +68,10 @@ def test_every_message_is_translated_in_every_language(extracted, lang: str) -> 
     missing = [k for k in extracted if k not in have]
     assert not missing, f"{lang}: missing {missing}"
     fuzzy = [k for k, m in have.items() if m.fuzzy]
-    assert not fuzzy, f"{lang}: fuzzy {fuzzy}"
     empty = [
         k for k, m in have.items() if not (m.string if isinstance(m.string, str) else all(m.string))
     ]
-    assert not empty, f"{lang}: untranslated {empty}"
+    assert not fuzzy and not empty, f"{lang}: fuzzy {fuzzy}, untranslated {empty}"
     stale = [k for k in have if k not in extracted]
     assert not stale, f"{lang}: no longer in the sources {stale} (pybabel update --ignore-obsolete)"
     # Placeholders agree with the msgid's (Babel's own checkers).
@@ -84,7 +83,13 @@ def test_every_message_is_translated_in_every_language(extracted, lang: str) -> 
 def test_the_compiled_catalogue_is_the_po_file(lang: str) -> None:
     folder = LOCALES / lang / "LC_MESSAGES"
     with (folder / "messages.po").open("rb") as f:
-        po = {key(m): m.string for m in read_po(f, locale=lang) if m.id}
+        # What `pybabel compile` writes: fuzzy and untranslated entries are left
+        # out (the test above names those).
+        po = {
+            key(m): m.string
+            for m in read_po(f, locale=lang)
+            if m.id and not m.fuzzy and (m.string if isinstance(m.string, str) else all(m.string))
+        }
     with (folder / "messages.mo").open("rb") as f:
         mo = {key(m): m.string for m in read_mo(f) if m.id}
     normal = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in po.items()}
@@ -123,8 +128,9 @@ def test_the_wheel_ships_the_catalogues(tmp_path: Path) -> None:
         ("es-AR,es;q=0.9", "es"),
         ("en;q=0.3, es;q=0.7", "es"),
         ("es;q=0, en", "en"),
-        ("de-DE,de;q=0.9", "en"),
-        ("fr, es;q=0.5", "es"),
+        # "zz" and "x-klingon": languages no catalogue will ever be added for
+        ("zz-ZZ,zz;q=0.9", "en"),
+        ("x-klingon, es;q=0.5", "es"),
         ("*", "en"),
         ("garbage;;q=x,", "en"),
         ("ES-mx", "es"),
