@@ -6,7 +6,7 @@ Chromium driven by Playwright. Pages: the paywall waiting for a payment
 (priced in satoshis; priced in euros on a tab), paid (the moment before it
 opens the resource), an underpaid payment explained, an expiring and an
 expired checkout, the browser-wallet button with no wallet, after a refused
-payment; the price list; Farebox's error pages (404, 405, the free-quota
+payment, on a gateway taking no payments; the price list; Farebox's error pages (404, 405, the free-quota
 429, and 502, 503 and 504 when what is behind it fails); the transparency
 report.
 
@@ -166,6 +166,22 @@ async def gateway(
         "--read-timeout", "1s", "--receipts-file", str(here / "receipts.jsonl"),
     ) as gw:  # fmt: skip
         yield SimpleNamespace(base=gw.base, devnet=devnet, process=gw)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def no_chain(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+) -> AsyncIterator[str]:
+    """A gateway with no chain services: its priced routes can only say so."""
+    here = tmp_path_factory.mktemp("a11y-no-chain")
+    key = here / "server.key"
+    run("keys", "generate", "--out", str(key))
+    (here / "p.yaml").write_text(POLICY.format(upstream=upstream.url))
+    async with serve(
+        "--policies", str(here / "p.yaml"), "--key-file", str(key), "--port", "0",
+        "--token-keys", str(here / "tk"), "--receipts-file", str(here / "receipts.jsonl"),
+    ) as gw:  # fmt: skip
+        yield gw.base
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -415,6 +431,14 @@ async def test_paywall_after_a_refused_payment(gateway, size: Size) -> None:
     assert await page.get_by_role("alert").is_visible()
     await settled(page)
     await check(page, "paywall-refused", size)
+
+
+async def test_paywall_of_a_gateway_taking_no_payments(no_chain: str, size: Size) -> None:
+    page = await size.page()
+    response = await page.goto(no_chain + PAGE.format(n=12))
+    assert response.status == 402 and "text/html" in response.headers["content-type"]
+    assert await page.locator(".qr").count() == 0  # nothing to pay with
+    await check(page, "paywall-no-payments", size)
 
 
 async def test_paywall_without_a_browser_wallet(gateway, size: Size) -> None:
