@@ -18,6 +18,7 @@ README, "Languages".
 from __future__ import annotations
 
 import gettext
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -31,6 +32,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 SOURCE = "en"  # the language of the msgids
 LOCALES = Path(__file__).parent / "locales"
 DOMAIN = "messages"
+# A currency's letter code glued to the digits ("EUR1.20", CLDR's pattern for
+# es-MX and es-419, whose spacing rule Babel does not apply): a no-break space between.
+_GLUED = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
 
 
 def _languages() -> tuple[str, ...]:
@@ -114,9 +118,11 @@ class Speech:
         return self.ngettext("%(n)s satoshi", "%(n)s satoshis", count) % {"n": self.number(n)}
 
     def money(self, cents: Decimal | int | str, currency: str) -> str:
-        """An amount in a currency, as the locale writes it: '€1.20', '1,20 €'."""
+        """An amount in a currency, as the locale writes it: '€1.20', '1,20 €', and
+        'EUR 1.20' (a no-break space) where the locale writes a letter code."""
         amount = Decimal(str(cents)) / 100
-        return format_currency(amount, currency, locale=self.locale, decimal_quantization=False)
+        text = format_currency(amount, currency, locale=self.locale, decimal_quantization=False)
+        return _GLUED.sub("\u00a0", text)
 
     def duration(self, seconds: int) -> str:
         """A length of time the way a person says it: '24 hours', '5 minutes', '1 day'."""
