@@ -30,7 +30,8 @@ async def price_list(policy: Policy, rates: Rates | None) -> dict[str, Any]:
     true}, or satoshis, or currency + cents + satoshis now, null without a
     rate), buys (covers, lasts_seconds), tab (per, top_up) for a metered
     route, free_quota (requests, per_seconds, counted_by), concessions
-    (names), reward (pays, campaign). Raises nothing: a rate it cannot get
+    (names), reward (pays, campaign, description, requires: the concessions
+    whose credentials may take part). Raises nothing: a rate it cannot get
     leaves `satoshis` null.
     """
     services = []
@@ -63,6 +64,7 @@ async def price_list(policy: Policy, rates: Rates | None) -> dict[str, Any]:
                     "pays": await _price(rule.reward.pays, rates),
                     "campaign": rule.reward.campaign,
                     "description": rule.reward.description,
+                    "requires": list(rule.reward.requires),
                 }
             routes.append(entry)
         services.append(
