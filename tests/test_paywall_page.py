@@ -142,7 +142,9 @@ async def test_a_fiat_price_reads_in_euros_first_with_satoshis_beside(site) -> N
     assert "HLM-CR-1881" not in text and "GET" not in text and "{" not in text
     # The path is there for programs, in the collapsed details.
     assert "GET /archive/records/HLM-CR-1881/pages/3" in page
-    assert "Pay €0.50 with my wallet" in text  # the wallet shows the satoshis
+    # The buttons say the satoshis too: the wallet asks to approve satoshis, not euros.
+    assert "Pay €0.50 (1,250,000 satoshis) with my wallet" in text
+    assert "Pay €0.50 (1,250,000 satoshis) with my wallet app" in text
 
 
 async def test_a_satoshi_price_and_a_route_grant_in_words(site) -> None:
@@ -153,11 +155,11 @@ async def test_a_satoshi_price_and_a_route_grant_in_words(site) -> None:
     text = seen(await page_of(base, "/opendata/export/budget-2026.csv"))
     assert "Open data portal" in text and "CSV exports of the open datasets" in text
     assert "500 satoshis" in text
-    assert (
-        "You can open everything in “CSV exports of the open datasets” as often as you "
-        "like for 1 hour." in text
-    )
+    # What a payment buys, without quoting the description the lead says already.
+    assert "You can open everything of this kind as often as you like for 1 hour." in text
+    assert text.count("CSV exports of the open datasets") == 1
     assert "{dataset}" not in text and ".csv" not in text
+    assert "Pay 500 satoshis with my wallet" in text  # no fiat: the satoshis once
 
 
 async def test_a_tab_says_what_one_use_costs_and_the_top_up_apart(site) -> None:
@@ -171,8 +173,9 @@ async def test_a_tab_says_what_one_use_costs_and_the_top_up_apart(site) -> None:
         "from that balance." in text
     )
     assert "A prepaid balance with City buses: each use is taken from it" in text
-    # The wallet is asked for the top-up.
+    # The wallet is asked for the top-up, and the button says it in both.
     assert "amount=0.25&" in payment_uri(page)
+    assert "Pay €10.00 (25,000,000 satoshis) with my wallet" in text
 
 
 async def test_the_qr_code_is_short_and_its_label_is_words(site) -> None:
@@ -259,6 +262,40 @@ async def test_spanish_is_picked_by_accept_language_with_its_numbers(site) -> No
     # q-values decide, not the order; an unknown language falls back to English.
     assert '<html lang="es">' in await page_of(base, "/archive/scans/1", "en;q=0.4, es;q=0.8")
     assert '<html lang="en">' in await page_of(base, "/archive/scans/1", "zz-ZZ, x-klingon;q=0.9")
+    assert "Pagar 0,50 € (1.250.000 satoshis) con mi monedero" in text
+    opendata = seen(await page_of(base, "/opendata/export/budget-2026.csv", "es"))
+    assert "Puede abrir todo lo de este tipo tantas veces como quiera durante 1 hora." in opendata
+    assert "«" not in opendata  # no English description quoted inside a Spanish sentence
     # A region's numbers: Mexico groups thousands with commas.
     mexico = seen(await page_of(base, "/archive/scans/1", "es-MX"))
     assert "1,250 satoshis" in mexico and "Precio" in mexico
+
+
+async def test_a_letter_currency_code_is_set_apart_from_its_digits(site) -> None:
+    # CLDR writes euros in Mexican and Latin American Spanish as "EUR1.20" (Babel
+    # applies no currency spacing): the page puts a no-break space between.
+    base, _, _ = site
+    for language in ("es-MX", "es-419"):
+        page = await page_of(base, "/archive/records/HLM-CR-1881/pages/3", language)
+        assert "EUR\u00a00.50 (1,250,000 satoshis)" in page
+        assert "EUR\u00a040.00 por 1 BSV" in page
+        assert not re.search(r"EUR\d", page)
+    # Symbols stay as they were: "€0.50" in English, "0,50 €" in Spanish.
+    assert "€0.50 (" in await page_of(base, "/archive/records/HLM-CR-1881/pages/3")
+    assert "0,50\u00a0€" in await page_of(base, "/archive/records/HLM-CR-1881/pages/3", "es")
+
+
+async def test_with_payments_off_the_page_says_so(gateway, upstream) -> None:
+    # No chain configured, so no cashier: nothing on the page can take a payment.
+    base = await gateway(
+        POLICY.format(upstream=upstream.url), rates=FixedRates({"EUR": Decimal("40")})
+    )
+    page = await page_of(base, "/archive/records/HLM-CR-1881/pages/3")
+    text = seen(page)
+    assert "How to pay This service is not taking payments right now." in text
+    assert "€0.50 (1,250,000 satoshis)" in text  # the price is still said
+    for way in ('id="pay-with-wallet"', 'id="open-wallet"', "<svg", 'id="status"'):
+        assert way not in page
+    assert "Wallets and scripts can pay by BRC-121" not in page
+    spanish = seen(await page_of(base, "/archive/scans/1", "es"))
+    assert "Cómo pagar Este servicio no acepta pagos en este momento." in spanish

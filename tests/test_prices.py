@@ -5,6 +5,7 @@ people, linked from every paywall page."""
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 
@@ -86,3 +87,109 @@ async def test_without_a_rate_a_fiat_price_is_listed_in_its_currency(
     [board] = figures["services"][1]["routes"]
     assert board["price"] == {"currency": "EUR", "cents": "120", "satoshis": None}
     assert "€1.20 for each use" in page
+
+
+CONCESSIONS = """\
+concessions:
+  students:
+    description: Students with a university card
+    discount: 25
+    issuer_key: |
+      {key}
+  seniors:
+    discount: 10
+    free_quota: {{requests: 2, per: 1d}}
+    issuer_key: |
+      {key}
+  voters:
+    issuer_key: |
+      {key}
+services:
+  archive:
+    upstream: {upstream}
+    mount: /archive
+    description: County records archive
+    routes:
+      - path: /pages/{{n}}
+        price: 1250
+        description: One transcribed page
+        concessions: [students, seniors]
+      - path: /search
+        price: free
+  poll:
+    upstream: {upstream}
+    mount: /poll
+    description: Neighbourhood poll
+    routes:
+      - path: /**
+        methods: [POST]
+        price: free
+        reward:
+          pays: 100
+          campaign: poll-2027
+          description: the 2027 neighbourhood poll
+          requires: [voters]
+          budget: {{total: 10000}}
+"""
+KEY = "-----BEGIN PUBLIC KEY-----\n      MCowBQYDK2VwAyEAV7zd4Le5yDI7HTTYDs+HWmFhCCkfcuc+5EQqdlHr9CA=\n      -----END PUBLIC KEY-----"
+
+
+async def page_of(base: str, language: str = "en") -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(base + URL, headers={**BROWSER, "Accept-Language": language}) as r,
+    ):
+        assert r.status == 200 and r.content_type == "text/html"
+        return await r.text()
+
+
+async def test_the_page_names_routes_and_concessions_in_words(
+    gateway: GatewayFactory, upstream
+) -> None:
+    base = await gateway(CONCESSIONS.format(upstream=upstream.url, key=KEY))
+    page = await page_of(base)
+    # A route with no description: plain words, never its pattern or method.
+    assert "<td>Other pages of this service</td>" in page
+    assert "<td>Pages of this service</td>" in page  # a service none of whose routes says
+    assert "/search" not in page and "/**" not in page and "POST" not in page
+    # Concessions lead with their description (the id only without one) and say what
+    # they give; one that only decides who may be rewarded says that, not "0 % off".
+    assert "Students with a university card: 25% off." in page
+    assert "students" not in page
+    assert "seniors: 10% off." in page and "seniors: 2 free requests every day." in page
+    assert "voters: can be paid for taking part." in page
+    assert ": 0% off" not in page and "voters: 0" not in page
+    # A reward is named by its description, not its campaign id.
+    assert "Taking part pays 100 satoshis (the 2027 neighbourhood poll)" in page
+    spanish = await page_of(base, "es")
+    assert "<h2>Descuentos y otras ventajas</h2>" in spanish
+    assert "<td>Otras páginas de este servicio</td>" in spanish
+    assert "Students with a university card: 25 % de descuento." in spanish
+    assert "seniors: 2 consultas gratis cada día." in spanish
+    assert "voters: da derecho a cobrar una recompensa por participar." in spanish
+    # Programs still get the pattern, and who may take part in a reward.
+    async with aiohttp.ClientSession() as http, http.get(base + URL) as r:
+        figures = await r.json()
+    [poll] = figures["services"][1]["routes"]
+    assert poll["path"] == "/poll/**" and poll["reward"]["requires"] == ["voters"]
+
+
+async def test_the_consultation_policy_reads_in_words(gateway: GatewayFactory) -> None:
+    policy = (Path(__file__).parent.parent / "policies" / "consultation.yaml").read_text()
+    page = await page_of(await gateway(policy))
+    assert "/register" not in page and "Pages of this service" not in page
+    assert "Get a residents&#39; credential (registered residents only)" in page
+    assert "Registered residents of Hollowmere: can be paid for taking part." in page
+    assert ": 0% off" not in page and "residents:" not in page
+
+
+async def test_a_letter_currency_code_stands_apart_from_the_digits(
+    gateway: GatewayFactory, upstream
+) -> None:
+    # CLDR writes euros for es-MX as "EUR1.20"; the page puts a no-break space between.
+    base = await gateway(
+        POLICY.format(upstream=upstream.url), rates=FixedRates({"EUR": Decimal("800000")})
+    )
+    page = await page_of(base, "es-MX")
+    assert "EUR\u00a01.20 (unos 150 satoshis ahora)" in page
+    assert "EUR\u00a08.00" in page and "EUR1" not in page and "EUR8" not in page

@@ -126,6 +126,9 @@ def render(page: Page, accept_language: str | None) -> str:
         qr_svg = qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", omitsize=True)
     pays = words.sats(page.satoshis)
     main, beside = amount(page.price, words)
+    # What the wallet is asked for, as the buttons say it: the satoshis beside a
+    # fiat amount, so the button and the wallet show the same figure.
+    paying = f"{main} ({beside})" if beside else main
     unit = amount(page.unit, words) if page.unit is not None else None
     concession = None
     if page.concession is not None:
@@ -142,10 +145,11 @@ def render(page: Page, accept_language: str | None) -> str:
             prices_url=PRICES,
             page=page,
             what=page.what,
-            buys=buys_text(page.covers, page.what, page.lasts, page.service_title, words),
+            buys=buys_text(page.covers, page.lasts, page.service_title, words),
             pays=pays,
             main=main,
             beside=beside,
+            paying=paying,
             unit=unit,
             per=per_text(page.per, words),
             rate=rate,
@@ -214,9 +218,13 @@ def render_prices(figures: dict[str, Any], accept_language: str | None) -> str:
     services = []
     for service in figures["services"]:
         rows = []
+        # A route the policy does not describe: plain words, never its pattern.
+        if any(route["description"] for route in service["routes"]):
+            undescribed = _("Other pages of this service")
+        else:
+            undescribed = _("Pages of this service")
         for route in service["routes"]:
-            methods = "" if route["methods"] == ["*"] else " ".join(route["methods"]) + " "
-            what = route["description"] or f"{methods}{route['path']}"
+            what = route["description"] or undescribed
             cost = price(route["price"])
             buys = ""
             if "tab" in route:
@@ -249,18 +257,42 @@ def render_prices(figures: dict[str, Any], accept_language: str | None) -> str:
                 reward = route["reward"]
                 free = _("Taking part pays %(pays)s (%(campaign)s)") % {
                     "pays": price(reward["pays"]),
-                    "campaign": reward["campaign"],
+                    "campaign": reward.get("description") or reward["campaign"],
                 }
             rows.append({"what": what, "price": cost, "buys": buys, "free": free})
         services.append({"title": service["title"], "rows": rows})
-    concessions = [
-        (
-            _("%(name)s: %(discount)s%% off.")
-            % {"name": c["name"], "discount": c["discount_percent"]}
-            + (" " + c["description"] if c["description"] else "")
-        )
-        for c in figures["concessions"]
-    ]
+    rewarded = {
+        name
+        for service in figures["services"]
+        for route in service["routes"]
+        for name in route.get("reward", {}).get("requires", ())
+    }
+    concessions = []
+    for c in figures["concessions"]:
+        # Who it is for in the policy's words (its id only when it has none); a
+        # line for each thing it gives, and none at all for a concession that gives nothing.
+        who = c["description"] or c["name"]
+        if c["discount_percent"]:
+            concessions.append(
+                _("%(name)s: %(discount)s%% off.")
+                % {"name": who, "discount": c["discount_percent"]}
+            )
+        if "free_quota" in c:
+            n = c["free_quota"]["requests"]
+            concessions.append(
+                words.ngettext(
+                    "%(name)s: %(n)s free request %(every)s.",
+                    "%(name)s: %(n)s free requests %(every)s.",
+                    n,
+                )
+                % {
+                    "name": who,
+                    "n": words.number(n),
+                    "every": words.every(c["free_quota"]["per_seconds"]),
+                }
+            )
+        if c["name"] in rewarded:
+            concessions.append(_("%(name)s: can be paid for taking part.") % {"name": who})
     return (
         environment(words.lang)
         .get_template("prices.html")

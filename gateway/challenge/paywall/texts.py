@@ -64,8 +64,9 @@ def advice(status: int, speech: Speech) -> str:
     return _("Check the address, or go back and try again.")
 
 
-def buys_text(covers: str, what: str, lasts: int, service: str, speech: Speech) -> str:
-    """What one payment gets a person, in words (never a route pattern)."""
+def buys_text(covers: str, lasts: int, service: str, speech: Speech) -> str:
+    """What one payment gets a person, in words (never a route pattern, nor the
+    route's description: the page's lead says that already, in the policy's language)."""
     _ = speech.gettext
     length = speech.duration(lasts)
     if covers == "tab":
@@ -74,18 +75,8 @@ def buys_text(covers: str, what: str, lasts: int, service: str, speech: Speech) 
             "can be used for %(lasts)s."
         ) % {"service": service, "lasts": length}
     if covers == "route":
-        if what:
-            return _(
-                "You can open everything in “%(what)s” as often as you like for %(lasts)s."
-            ) % {
-                "what": what,
-                "lasts": length,
-            }
-        return _(
-            "You can open everything of this kind at %(service)s as often as you like for %(lasts)s."
-        ) % {
-            "service": service,
-            "lasts": length,
+        return _("You can open everything of this kind as often as you like for %(lasts)s.") % {
+            "lasts": length
         }
     return _("You can open it as often as you like for %(lasts)s.") % {"lasts": length}
 
