@@ -312,8 +312,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run a self-contained demo with sample public services",
         description="Start the gateway with the example policies in front of a bundled sample "
-        "upstream (records archive, open-data API, utility meter). Needs no configuration; "
-        "uses a throw-away server key.",
+        "upstream (records archive, open-data API, utility meter, transit fares, a public "
+        "consultation). Needs no configuration; uses a throw-away server key.",
     )
     demo.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"

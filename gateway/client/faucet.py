@@ -38,7 +38,7 @@ async def fund(
     except aiohttp.ClientConnectorError:
         raise FaucetUnavailable(
             f"no devnet answers at {base}: is `farebox demo` running? "
-            "(it serves the devnet faucet there; or give --devnet URL)"
+            "(it serves the devnet faucet there; or give --devnet-url URL)"
         ) from None
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise FaucetUnavailable(f"the faucet at {base} gave no usable answer: {exc}") from None
