@@ -21,9 +21,10 @@ from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints.public import shown
 from gateway.errors import PaymentError
+from gateway.payments.checkout import is_short_id, kept_ticket, read_ticket
 from gateway.payments.intake import from_fields, log_refused, purchase, take
 from gateway.pipeline.credentials import tab_grant, token_headers
-from gateway.policy import NoMatch
+from gateway.policy import Match, NoMatch
 from gateway.pricing import quote
 from gateway.pricing.tabs import sats
 from gateway.services import Services
@@ -59,11 +60,14 @@ async def pay(services: Services, request: web.BaseRequest, _: str) -> web.Strea
             f"{method} {target.path} is not a priced resource",
         )
     tab_id = None
+    quoted = await _page_price(services, fields.get("checkout"), match, method)
     if match.route.route.meter is not None:
         tab_id = await _tab_to_top_up(services, fields.get("tab"), match.service.name)
         price = (await quote.top_up(services.rates, match)).satoshis
     else:
         price = (await quote.price(policy, services.rates, request.headers, match)).satoshis
+    if quoted is not None:
+        price = quoted
     bought = purchase(match, method, price, tab=tab_id)
     try:
         accepted = await take(cashier, services.revocations, from_fields(fields, limit), bought)
@@ -95,6 +99,44 @@ async def pay(services: Services, request: web.BaseRequest, _: str) -> web.Strea
     return web.Response(
         body=json.dumps(body).encode(), content_type="application/json", headers=headers
     )
+
+
+async def _page_price(services: Services, given: object, match: Match, method: str) -> int | None:
+    """The price a paywall page quoted (satoshis), when the payment names its checkout.
+
+    A page prices the request once: with the concession its request proved
+    and the rate of that moment. Its button's payment carries no credential
+    and may come minutes later: repricing it then could refuse (and lose) a
+    payment of what the page asked. The checkout's signed ticket holds that
+    price until it expires (payments/checkout.py), for that resource and
+    method only. Raises PaymentError (404 unknown, 410 expired, 400 for
+    another resource), StoreUnavailable.
+    """
+    if given is None:
+        return None
+    if not isinstance(given, str) or not given or services.tokens is None:
+        raise PaymentError("bad-checkout", "`checkout` must be a checkout id", status=400)
+    ticket: str | None = given
+    if is_short_id(given):
+        ticket = await kept_ticket(services.store, given) if services.store is not None else None
+    checkout = read_ticket(services.tokens, ticket, allow_expired=True) if ticket else None
+    if checkout is None:
+        raise PaymentError(
+            "checkout-unknown", "no such payment request: reload the page", status=404
+        )
+    if checkout.expired:
+        raise PaymentError(
+            "checkout-expired", "this payment request expired: reload the page", status=410
+        )
+    if (checkout.service, checkout.resource, checkout.method) != (
+        match.service.name,
+        match.resource,
+        method,
+    ):
+        raise PaymentError(
+            "checkout-mismatch", "the checkout is for another resource or method", status=400
+        )
+    return checkout.satoshis
 
 
 async def _tab_to_top_up(services: Services, token: object, service: str) -> str | None:

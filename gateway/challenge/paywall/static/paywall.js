@@ -250,6 +250,9 @@
           body: JSON.stringify({
             beef: toBase64(action.tx), sender: sender, nonce: prefix, time: time,
             vout: 0, url: data.resource, method: data.method,
+            // The price this page quoted (a concession proven, the rate of the
+            // moment) is the checkout's: /pay takes it, not a new quote.
+            checkout: data.statusUrl ? data.statusUrl.split("/").pop() : undefined,
           }),
         };
       });
