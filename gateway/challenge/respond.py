@@ -33,6 +33,8 @@ from gateway.pricing.tabs import most_msat, sats
 from gateway.services import Services
 from gateway.store import StoreUnavailable
 
+KEPT_MOST = 1024  # characters of a ticket kept under a short id, at most
+
 
 async def challenge(
     services: Services,
@@ -243,8 +245,11 @@ async def _paywall(
         )
         # The QR code carries a short id whose ticket the store keeps; with the
         # store unreachable, the ticket itself (a denser code, but it works).
+        # Nothing is kept for a HEAD (no one sees its page) or for a ticket as
+        # long as its path is (an unauthenticated request must not park
+        # kilobytes in the store): their links carry the ticket.
         link = ticket
-        if services.store is not None:
+        if services.store is not None and request.method != "HEAD" and len(ticket) <= KEPT_MOST:
             with contextlib.suppress(StoreUnavailable):
                 link = await keep_ticket(services.store, checkout, ticket)
         status_url = urls.CHECKOUT + link
