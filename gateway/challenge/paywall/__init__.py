@@ -33,6 +33,7 @@ from gateway.challenge.paywall.texts import (
 )
 from gateway.edge.problems import problem
 from gateway.edge.urls import ASSETS, PRICES
+from gateway.edge.weights import weighed
 
 _STATIC = {"paywall.css": "text/css", "paywall.js": "text/javascript"}
 # A phone, as its browser says: the Sec-CH-UA-Mobile client hint (Chromium), else
@@ -42,20 +43,9 @@ _PHONE_UA = re.compile(r"Mobi|Android|iPhone|iPod|Windows Phone|BlackBerry|Opera
 
 def wants_html(accept: str | None) -> bool:
     """Whether the client prefers text/html to JSON (browsers do; curl does not)."""
-    if not accept:
-        return False
     best_html, best_json = 0.0, 0.0
-    for part in accept.split(","):
-        fields = part.strip().split(";")
-        kind = fields[0].strip().lower()
-        q = 1.0
-        for param in fields[1:]:
-            name, _, value = param.strip().partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for member, q in weighed(accept):  # its first members, weights as RFC 9110 writes them
+        kind = member.lower()
         if kind in ("text/html", "application/xhtml+xml"):
             best_html = max(best_html, q)
         elif kind in ("application/json", "application/problem+json", "*/*"):

@@ -18,6 +18,7 @@ README, "Languages".
 from __future__ import annotations
 
 import gettext
+import itertools
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +29,8 @@ from babel import Locale, UnknownLocaleError, negotiate_locale
 from babel.numbers import format_currency, format_decimal
 from babel.support import NullTranslations, Translations
 from jinja2 import Environment, PackageLoader, select_autoescape
+
+from gateway.edge.weights import weighed
 
 SOURCE = "en"  # the language of the msgids
 LOCALES = Path(__file__).parent / "locales"
@@ -48,25 +51,16 @@ LANGUAGES = _languages()
 
 
 def preferred(accept_language: str | None) -> list[str]:
-    """The language tags of an Accept-Language header, most wanted first (q=0 dropped)."""
-    ranked: list[tuple[float, int, str]] = []
-    for n, part in enumerate((accept_language or "").split(",")):
-        fields = part.strip().split(";")
-        tag = fields[0].strip()
-        if not tag or tag == "*" or len(tag) > 35:
-            continue
-        q = 1.0
-        for param in fields[1:]:
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-                if not 0 <= q <= 1:  # RFC 9110: 0 to 1; nan and inf are no weight
-                    q = 0.0
-        if q > 0:
-            ranked.append((-q, n, tag))
+    """The language tags of an Accept-Language header, most wanted first (q=0 dropped).
+
+    Its first members only (edge/weights.py): a header of any length is weighed
+    in the same bounded work.
+    """
+    ranked = [
+        (-q, n, tag)
+        for n, (tag, q) in enumerate(weighed(accept_language))
+        if q > 0 and tag != "*" and len(tag) <= 35
+    ]
     return [tag for _, _, tag in sorted(ranked)]
 
 
@@ -165,18 +159,28 @@ class Speech:
         return text % {"n": self.number(n)}
 
 
-@lru_cache(maxsize=256)
 def speech(accept_language: str | None) -> Speech:
     """The language to answer an Accept-Language header in (English when none fits)."""
-    wanted = preferred(accept_language)
+    # Cached by the tags read, not by the header: a few short keys whatever
+    # headers clients send.
+    return _speech(tuple(preferred(accept_language)))
+
+
+# Locale.parse is tried on this many of the client's tags of the chosen
+# language at most, for its region; then the language's own locale serves.
+_MOST_PARSED = 4
+
+
+@lru_cache(maxsize=256)
+def _speech(wanted: tuple[str, ...]) -> Speech:
     found = negotiate_locale([t.replace("-", "_") for t in wanted], list(LANGUAGES)) or SOURCE
     lang = next((known for known in LANGUAGES if known.lower() == found.lower()), SOURCE)
     locale = Locale.parse(lang)
-    for tag in wanted:  # the client's own region for numbers, when it is of this language
-        if tag.replace("_", "-").split("-")[0].lower() == lang:
-            try:
-                locale = Locale.parse(tag.replace("_", "-"), sep="-")
-            except (UnknownLocaleError, ValueError, TypeError):
-                continue
-            break
+    ours = (tag for tag in wanted if tag.replace("_", "-").split("-")[0].lower() == lang)
+    for tag in itertools.islice(ours, _MOST_PARSED):  # the client's own region for numbers
+        try:
+            locale = Locale.parse(tag.replace("_", "-"), sep="-")
+        except (UnknownLocaleError, ValueError, TypeError):
+            continue
+        break
     return Speech(lang, locale)
