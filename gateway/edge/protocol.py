@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -37,6 +38,7 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # What Farebox's own answers say in `Server`: no product versions to look up
 # advisories by (aiohttp would send "Python/3.11 aiohttp/<version>").
 SERVER = "farebox"
+log = logging.getLogger("farebox.edge")
 
 
 class _ProblemHandler(RequestHandler):
@@ -49,7 +51,17 @@ class _ProblemHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs; raises once a response began
+        if status >= 500:
+            super().handle_error(
+                request, status, exc, message
+            )  # logs; raises once a response began
+        else:
+            # A client's malformed message (a header too long, a control
+            # character): one line, not a traceback at ERROR that anyone could
+            # fill the log with. As aiohttp does, nothing more once bytes went out.
+            log.info("bad HTTP message from %s: %s", request.remote, message or exc)
+            if request.writer.output_size > 0:
+                raise ConnectionError("the answer began already: no problem can follow")
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
         reason = "internal-error" if status >= 500 else "bad-http-message"
         detail = "the gateway failed" if status >= 500 else (message or phrase)
