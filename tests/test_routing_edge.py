@@ -101,6 +101,11 @@ def test_host_names_as_virtual_hosts_read_them() -> None:
     assert host_name(None) is None
     with pytest.raises(HostError):
         host_name("a/b")
+    # A DNS name and a port at most (RFC 1035: 255): a longer Host names no host.
+    assert host_name("a" * 249 + ":65535") == "a" * 249
+    with pytest.raises(HostError) as refused:
+        host_name("a" * 256)
+    assert refused.value.reason == "host-too-long"
 
 
 FALL_THROUGH = """\

@@ -16,12 +16,19 @@ _NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-
 _IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
 
 
+# The longest Host header read: a DNS name (RFC 1035: 255 octets at most, in
+# its wire form, so fewer characters) and a port. A longer one names no host
+# and would only grow what is made from it (the paywall's payment link and
+# QR code, the upstream's X-Forwarded-Host).
+MOST = 255
+
+
 class HostError(ValueError):
     """A Host header no virtual host could read one way (answered with 400)."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, reason: str = "bad-host") -> None:
         super().__init__(detail)
-        self.reason = "bad-host"
+        self.reason = reason
         self.detail = detail
 
 
@@ -34,6 +41,8 @@ def host_name(host: str | None) -> str | None:
     """
     if not host:
         return None
+    if len(host) > MOST:
+        raise HostError(f"the Host header is longer than {MOST} characters", "host-too-long")
     text = host.strip().lower()
     if text.startswith("["):
         end = text.find("]")

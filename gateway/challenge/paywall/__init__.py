@@ -112,8 +112,15 @@ def render(page: Page, accept_language: str | None) -> str:
     qr_svg = None
     if page.checkout_uri:
         # Error correction M keeps the code readable on a dim phone screen.
-        qr = segno.make(page.checkout_uri, error="m", micro=False)
-        qr_svg = qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", omitsize=True)
+        try:
+            qr = segno.make(page.checkout_uri, error="m", micro=False)
+        except segno.DataOverflowError:
+            # More than the largest code holds (2,331 bytes: with the store
+            # down, the link carries the whole ticket, which grows with the
+            # path): the page without a code, its link and buttons still pay.
+            pass
+        else:
+            qr_svg = qr.svg_inline(scale=4, border=4, dark="#000", light="#fff", omitsize=True)
     pays = words.sats(page.satoshis)
     main, beside = amount(page.price, words)
     # What the wallet is asked for, as the buttons say it: the satoshis beside a
