@@ -208,6 +208,15 @@ async def test_revoke_a_grant(setup) -> None:
     assert status == 400
 
 
+async def test_revoking_a_grant_nobody_was_sold_is_a_404(setup) -> None:
+    """A grant id no receipt names is answered 404 (a typo would otherwise look
+    done), and revoked all the same: a grant sold before the index existed
+    must never stay open because the admin's revoke was refused."""
+    status, _, body = await call(f"{setup.admin}/revoke", method="POST", json={"grant": "no-such"})
+    assert status == 404 and json.loads(body)["reason"] == "unknown-grant"
+    assert await setup.store.revoked("no-such")
+
+
 async def test_revoking_a_tab_nobody_opened_is_a_404(setup) -> None:
     """A tab id the store does not know is refused, not 'revoked' (a typo would
     otherwise look done); an open tab is revoked."""

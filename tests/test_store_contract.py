@@ -446,6 +446,15 @@ async def test_a_receipt_is_listed_once_however_often_completed(backend: Backend
     assert await store.receipts(service="archive", txid=first.txid) == [later]
 
 
+async def test_a_grant_is_known_once_a_receipt_names_it(backend: Backend) -> None:
+    """`sold`: what the admin's POST /revoke asks before saying it revoked a grant."""
+    store = backend.store
+    assert not await store.sold("g-7")
+    await paid(store, receipt_at("ab" * 32, 5, grant="g-7"))
+    assert await store.sold("g-7")
+    assert not await store.sold("g-8") and not await store.sold("")
+
+
 async def test_a_receipt_taken_over_by_another_service_moves(backend: Backend) -> None:
     store = backend.store
     await store.complete("tx", receipt_at("tx", 1, "archive"), "tok")

@@ -5,7 +5,8 @@
     GET  /refunds?since=&txid=&limit=&after=&format=json|csv
                                                       checkout payments to refund or honour
     POST /refunds/settle  {"txid": TXID[:VOUT], "how": "refunded"|"honoured"}
-    POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]
+    POST /revoke   {"grant": ID} or {"tab": ID} [, "until": UNIX]; 404 for an id
+                   the store does not know (a grant: revoked all the same)
     GET  /payouts?status=&campaign=&limit=&format=json|csv
                                                       payouts (rewards) by state, with whom
     GET  /treasury                                    the payout treasury's balance, what is
@@ -496,6 +497,16 @@ async def revoke(request: web.Request) -> web.Response:
         # A tab the store does not know: nothing to revoke (a typo, most likely).
         return problem(404, "unknown-tab", "No such tab", f"no tab {target!r} is open")
     await gw.store.revoke(target, until)
+    if "grant" in body and not await gw.store.sold(target):
+        # Revoked all the same (harmless for an id nobody holds): a grant sold
+        # before the store kept its grants index is not known to it.
+        return problem(
+            404,
+            "unknown-grant",
+            "No such grant",
+            f"no receipt names grant {target!r} (a typo?); revoked all the same, in case "
+            "it was sold before this version kept an index of grants",
+        )
     return answer({"revoked": target, "until": until, "in_force_within_seconds": 1})
 
 

@@ -106,7 +106,8 @@ class Store(Protocol):
 
         The receipt also enters the receipts index under `receipt.txid`, once
         however often and under however many claim keys it is completed (a
-        checkout completes the same receipt under "checkout:<id>"); the last
+        checkout completes the same receipt under "checkout:<id>"), and its
+        `grant_id` into the grants index (`sold`); the last
         receipt completed for a txid is the one listed. The index is written
         first: once `complete` returns, both are there; when it raises, the
         receipt may be listed but not yet recorded under `txid`, and the same
@@ -125,6 +126,10 @@ class Store(Protocol):
 
     async def receipt(self, txid: str) -> Receipt | None:
         """The receipt completed under this claim key (a txid, or "checkout:<id>")."""
+        ...
+
+    async def sold(self, grant_id: str) -> bool:
+        """Whether a completed receipt names `grant_id` (a grant this gateway sold)."""
         ...
 
     async def receipts(

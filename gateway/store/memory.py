@@ -88,6 +88,7 @@ class MemoryStore:
         self._windows: dict[tuple[str, int], tuple[int, float]] = {}  # -> (count, ends)
         self._revoked: dict[str, int] = {}  # grant id -> until
         self._receipts: dict[str, Receipt] = {}  # txid -> the last receipt completed
+        self._grants: set[str] = set()  # grant ids receipts name
         self._by_time: list[tuple[int, str]] = []  # sorted (time, txid)
         self._by_service: dict[str, list[tuple[int, str]]] = {}  # service -> sorted (time, txid)
         self._counters: dict[tuple[str, str, str], dict[str, int]] = {}  # (day, service, route)
@@ -134,9 +135,13 @@ class MemoryStore:
             for order in (self._by_time, self._by_service[old.service]):
                 del order[bisect.bisect_left(order, (old.time, old.txid))]
         self._receipts[receipt.txid] = receipt
+        self._grants.add(receipt.grant_id)
         position = (receipt.time, receipt.txid)
         bisect.insort(self._by_time, position)
         bisect.insort(self._by_service.setdefault(receipt.service, []), position)
+
+    async def sold(self, grant_id: str) -> bool:
+        return grant_id in self._grants
 
     async def release(self, txid: str, purchase: str) -> None:
         entry = self._claims.get(txid)

@@ -28,6 +28,7 @@ contain braces so that the first "{...}" of every key is the tag below):
     P receipts:{receipts}:by-service:SERVICE zset  the same, one per service
     P receipts:{receipts}:body               hash  txid -> receipt (JSON), the
                                                    last one completed
+    P receipts:{receipts}:by-grant           hash  grant id -> txid (`sold`)
     P stats:{DAY}           hash  JSON [service, route, counter] -> count, for
                                   one UTC day "YYYY-MM-DD"; kept for good
     P checkouts:{checkouts}:due    zset  checkout id -> when its next look is due
@@ -366,8 +367,8 @@ return 1
 
 
 _INDEX = """
--- KEYS: by-time, by-service (this receipt's), body
--- ARGV: txid, time, receipt JSON, service, by-service key prefix
+-- KEYS: by-time, by-service (this receipt's), body, by-grant
+-- ARGV: txid, time, receipt JSON, service, by-service key prefix, grant id
 -- The last receipt completed for a txid is listed, once, under its service.
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 if old then
@@ -381,6 +382,7 @@ end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[1])
 return 1
 """
 
@@ -630,13 +632,17 @@ class Keys:
         return f"{self.prefix}receipts:{{receipts}}:by-service:{service}"
 
     def index(self, service: str) -> list[str]:
-        """What `complete` adds to: by-time, by-service, body."""
+        """What `complete` adds to: by-time, by-service, body, by-grant."""
         base = f"{self.prefix}receipts:{{receipts}}"
-        return [f"{base}:by-time", self.by_service(service), f"{base}:body"]
+        return [f"{base}:by-time", self.by_service(service), f"{base}:body", self.by_grant()]
+
+    def by_grant(self) -> str:
+        """Grant id -> the txid of the receipt that names it."""
+        return f"{self.prefix}receipts:{{receipts}}:by-grant"
 
     def receipts(self, service: str | None) -> list[str]:
         """What `receipts` reads: the index to walk, body, by-time."""
-        by_time, _, body = self.index("")
+        by_time, _, body, _ = self.index("")
         return [by_time if service is None else self.by_service(service), body, by_time]
 
     def stats(self, day: str) -> list[str]:
@@ -810,12 +816,23 @@ class RedisStore:
         await self._run(
             self._index,
             self.keys.index(receipt.service),
-            [receipt.txid, receipt.time, body, receipt.service, self.keys.by_service()],
+            [
+                receipt.txid,
+                receipt.time,
+                body,
+                receipt.service,
+                self.keys.by_service(),
+                receipt.grant_id,
+            ],
         )
         await self._run(self._complete, self.keys.claim(txid), [purchase, body, token])
 
     async def release(self, txid: str, purchase: str) -> None:
         await self._run(self._release, self.keys.claim(txid), [purchase])
+
+    async def sold(self, grant_id: str) -> bool:
+        key = self.keys.by_grant()
+        return bool(await self._guard(lambda: self._client.hexists(key, grant_id)))
 
     async def accepted(self, txid: str, purchase: str) -> Claim | None:
         (key,) = self.keys.claim(txid)
