@@ -288,4 +288,7 @@ def _concession(quoted: Quote) -> dict[str, Any] | None:
         "name": quoted.concession.description or quoted.concession.name,
         "discount": quoted.concession.discount,
         "full": quoted.full_satoshis,
+        # The full price in the money the price is shown in (a fiat route).
+        "full_cents": quoted.cents,
+        "currency": quoted.rate.currency if quoted.rate is not None else None,
     }

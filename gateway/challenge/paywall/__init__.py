@@ -129,7 +129,9 @@ def render(page: Page, accept_language: str | None) -> str:
     unit = amount(page.unit, words) if page.unit is not None else None
     concession = None
     if page.concession is not None:
-        concession = {**page.concession, "full": words.sats(page.concession["full"])}
+        c = page.concession
+        full = amount(Money(c["full"], c.get("full_cents"), c.get("currency")), words)
+        concession = {**c, "full": f"{full[0]} ({full[1]})" if full[1] else full[0]}
     rate = None
     if page.rate is not None:
         rate = words.money((page.rate[0] * 100).quantize(Decimal(1)), page.rate[1])
