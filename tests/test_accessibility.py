@@ -450,6 +450,9 @@ async def test_paywall_without_a_browser_wallet(gateway, size: Size) -> None:
         pytest.skip("at this size the page offers no browser wallet's button (a phone's app)")
     await button.click()
     await page.locator("#wallet-help").wait_for(state="visible", timeout=10_000)
+    # Said to a screen reader as it appears (an alert), not only shown: the status
+    # beside it only goes back to "waiting".
+    assert await page.get_by_role("alert").get_attribute("id") == "wallet-help"
     await check(page, "paywall-no-wallet", size)
 
 
