@@ -384,11 +384,13 @@ async def test_paywall_checkout_expired(gateway, size: Size) -> None:
     await settled(page)
     status = page.locator("#status")
     waiting = await status.inner_text()
+    assert await page.locator("#expiry").is_visible()  # "valid for 10 more minutes"
     # The checkout's ten minutes pass: the page asks a little longer for a late payment...
     await page.clock.fast_forward("10:05")
     await page.wait_for_function(
         "t => document.getElementById('status').innerText !== t", arg=waiting
     )
+    assert not await page.locator("#expiry").is_visible()  # no longer true: gone
     await check(page, "paywall-expiring", size)
     # ...then says it has expired, and loads a new checkout.
     expiring = await status.inner_text()

@@ -299,3 +299,28 @@ async def test_with_payments_off_the_page_says_so(gateway, upstream) -> None:
     assert "Wallets and scripts can pay by BRC-121" not in page
     spanish = seen(await page_of(base, "/archive/scans/1", "es"))
     assert "Cómo pagar Este servicio no acepta pagos en este momento." in spanish
+
+
+def test_a_refusal_s_detail_is_marked_english_and_escaped() -> None:
+    """The gateway's reason for refusing a payment is English whatever the
+    page's language: a screen reader must read it as English (WCAG 3.1.2),
+    and it is text, never markup."""
+    from gateway.challenge.paywall import Money, Page, render
+
+    page = Page(
+        service_title="Archive",
+        what="",
+        covers="resource",
+        lasts=3600,
+        method="GET",
+        resource="/a",
+        satoshis=25,
+        price=Money(25),
+        server="02" + "ab" * 32,
+        pay_url="/pay",
+        wallet_url="http://localhost:3321",
+        refused="output 0 pays <b>nobody</b>",
+    )
+    text = render(page, "es")
+    assert '<span lang="en">output 0 pays &lt;b&gt;nobody&lt;/b&gt;</span>' in text
+    assert "<b>nobody</b>" not in text

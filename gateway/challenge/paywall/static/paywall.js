@@ -60,8 +60,15 @@
     window.location.reload();
   }
 
+  function outdated() {
+    // "Valid for N more minutes" no longer holds once the request runs out.
+    var expiry = document.getElementById("expiry");
+    if (expiry) expiry.hidden = true;
+  }
+
   function expired() {
     done = true;
+    outdated();
     say(T.status_expired);
     window.location.reload();
   }
@@ -72,6 +79,7 @@
 
   function expiring() {
     if (done) return;
+    outdated();
     say(T.status_expiring);
     setTimeout(expired, LATE_MS);
   }
