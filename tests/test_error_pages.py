@@ -74,6 +74,7 @@ async def test_a_browser_reads_farebox_s_errors_as_pages(
         assert (status, kind) == (404, "text/html")
         assert '<html lang="en">' in page and "<h1>Not found</h1>" in page
         assert "no service offers /nothing" in page and "Check the address" in page
+        assert '<a href="/.well-known/farebox/prices">All prices</a>' in page  # a way on
         assert "Accept" in headers["Vary"] and headers["Cache-Control"] == "no-store"
 
         # The same for a program: problem+json, as before.

@@ -184,6 +184,7 @@ def problem_page(answer: web.Response, accept_language: str | None) -> web.Respo
             advice=advice(status, words),
             status=status,
             reason=str(body.get("reason") or ""),
+            prices_url=PRICES,
         )
     )
     headers = {
