@@ -139,6 +139,16 @@ async def test_a_resent_sync_charges_once(store: RedisStore) -> None:
     assert await store.balance(TAB) == 9 * PRICE
 
 
+async def test_a_hold_settled_twice_is_charged_once(store: RedisStore) -> None:
+    await store.credit(TAB, 10 * PRICE, "top-up")
+    leases = Leases(store)
+    hold = await leases.hold(TAB, PRICE)
+    await leases.settle(hold, PRICE)
+    await leases.settle(hold, PRICE)  # a second call changes nothing
+    await leases.close()
+    assert await store.balance(TAB) == 9 * PRICE
+
+
 async def test_no_such_tab_is_exhausted_at_zero(store: RedisStore) -> None:
     leases = Leases(store)
     with pytest.raises(Exhausted) as short:

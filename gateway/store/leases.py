@@ -226,8 +226,9 @@ class Leases:
 
     async def settle(self, hold: Hold, charge: int) -> None:
         lease = hold.lease
-        assert lease is not None, "a hold from Leases.hold"
-        hold.lease = None  # settled once, whatever calls it again
+        if lease is None:
+            return  # settled already: once, whatever calls it again
+        hold.lease = None
         lease.inflight -= hold.amount
         lease.charged += max(0, min(charge, hold.amount))
         lease.last_use = time.monotonic()
