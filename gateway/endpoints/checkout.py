@@ -60,7 +60,6 @@ from gateway.payments.checkout import (
     Checkout,
     CheckoutWatcher,
     Watched,
-    is_short_id,
     kept_ticket,
     locking_script,
     next_look,
@@ -96,17 +95,16 @@ async def handle(services: Services, request: web.BaseRequest, ticket: str) -> w
     """Take a posted payment for the checkout, or say where it stands."""
     if services.cashier is None or services.tokens is None:
         return payments_disabled()
-    if is_short_id(ticket):  # the short id of the page's QR code: the store keeps the ticket
-        found = await kept_ticket(services.store, ticket) if services.store is not None else None
-        if found is None:
-            return problem(
-                404,
-                "checkout-unknown",
-                "No such payment request",
-                "this payment request is unknown or expired some time ago: reload the page "
-                "for a new one",
-            )
-        ticket = found
+    found = await kept_ticket(services.store, ticket)  # the QR code's short id, or a ticket
+    if found is None:
+        return problem(
+            404,
+            "checkout-unknown",
+            "No such payment request",
+            "this payment request is unknown or expired some time ago: reload the page "
+            "for a new one",
+        )
+    ticket = found
     checkout = read_ticket(services.tokens, ticket, allow_expired=True)
     if checkout is None:
         return problem(404, "no-checkout", "No such checkout", "this checkout link is not valid")

@@ -21,7 +21,7 @@ from gateway.edge.paths import PathError, canonicalize
 from gateway.edge.problems import payments_disabled, problem
 from gateway.endpoints.public import shown
 from gateway.errors import PaymentError
-from gateway.payments.checkout import is_short_id, kept_ticket, read_ticket
+from gateway.payments.checkout import kept_ticket, read_ticket
 from gateway.payments.intake import from_fields, log_refused, purchase, take
 from gateway.pipeline.credentials import tab_grant, token_headers
 from gateway.policy import Match, NoMatch
@@ -116,9 +116,7 @@ async def _page_price(services: Services, given: object, match: Match, method: s
         return None
     if not isinstance(given, str) or not given or services.tokens is None:
         raise PaymentError("bad-checkout", "`checkout` must be a checkout id", status=400)
-    ticket: str | None = given
-    if is_short_id(given):
-        ticket = await kept_ticket(services.store, given) if services.store is not None else None
+    ticket = await kept_ticket(services.store, given)
     checkout = read_ticket(services.tokens, ticket, allow_expired=True) if ticket else None
     if checkout is None:
         raise PaymentError(

@@ -155,11 +155,14 @@ async def keep_ticket(store: TicketKeeper, checkout: Checkout, ticket: str) -> s
     return short
 
 
-async def kept_ticket(store: TicketKeeper, short: str) -> str | None:
-    """The ticket kept under a short id; None when unknown or long expired.
+async def kept_ticket(store: TicketKeeper | None, given: str) -> str | None:
+    """The ticket `given` names: itself, or, for a short id, the one the store
+    keeps under it (None when unknown or long expired, or with no store).
 
     Raises StoreUnavailable."""
-    found = await store.bound("checkout:" + short)
+    if not is_short_id(given):
+        return given
+    found = await store.bound("checkout:" + given) if store is not None else []
     return found[0] if found else None
 
 
