@@ -28,16 +28,23 @@ class Running:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    async def wait_for_log(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+    async def wait_for_log(
+        self, pattern: str, timeout: float = 10, count: int = 1
+    ) -> re.Match[str]:
+        """The `count`-th log line matching `pattern` (each worker logs its own
+        "listening on", so waiting for two workers is count=2, not two calls)."""
         deadline = asyncio.get_running_loop().time() + timeout
         seen = 0
+        found = 0
         while asyncio.get_running_loop().time() < deadline:
             for line in self.lines[seen:]:
                 if m := re.search(pattern, line):
-                    return m
+                    found += 1
+                    if found == count:
+                        return m
             seen = len(self.lines)
             await asyncio.sleep(0.05)
-        raise AssertionError(f"no log line matching {pattern!r} in:\n{self.log}")
+        raise AssertionError(f"{found} of {count} log lines matching {pattern!r} in:\n{self.log}")
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: str | None = None):

@@ -291,8 +291,7 @@ async def test_workers_share_one_port(tmp_path: Path, key_file: Path, upstream: 
     )
     async with serve(*args, ready=None) as gw:
         gw.port = port
-        for _ in range(2):
-            await gw.wait_for_log(r"listening on", timeout=20)
+        await gw.wait_for_log(r"listening on", timeout=20, count=2)
         await asyncio.sleep(0.5)
         children = psutil.Process(gw.proc.pid).children()
         assert len(children) >= 2

@@ -166,8 +166,7 @@ async def test_workers_share_the_store(
     parent = await faucet(url, client, 100_000)
     async with serve(*args, ready=None) as gw:
         gw.port = port
-        for _ in range(2):
-            await gw.wait_for_log(r"listening on", timeout=20)
+        await gw.wait_for_log(r"listening on", timeout=20, count=2)
         headers, txid = brc121_headers(server_pub, client, parent, 30)
         # New connections spread over both workers; one payment, one acceptance.
         results = []
