@@ -61,7 +61,7 @@ Takes = Callable[["LaneRequest"], bool]
 # An answer the handler knows at once (header lines, body), or None: see
 # Gateway.quick. Written here without a task, a response object or the pipeline.
 Quick = Callable[["LaneRequest"], tuple[bytes, bytes] | None]
-Handler = Callable[[Any], Awaitable[web.StreamResponse]]
+Handler = Callable[[Any], Awaitable["web.StreamResponse | Ready"]]
 
 
 class LaneRequest:
@@ -133,6 +133,30 @@ class Written(web.StreamResponse):
     @property
     def prepared(self) -> bool:
         return True
+
+
+class Ready:
+    """An answer encoded whole, head and body (the gateway's express path):
+    the lane writes `data` as it is. `keep`: whether the connection may
+    carry another request; `status` as sent."""
+
+    __slots__ = ("data", "keep", "status")
+
+    def __init__(self, data: bytes, keep: bool, status: int) -> None:
+        self.data = data
+        self.keep = keep
+        self.status = status
+
+
+def status_line(version: str, status: int, reason: str | None) -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n`, as `_head` begins an answer."""
+    return f"HTTP/{version} {status} {reason}\r\n".encode("utf-8", "surrogateescape")
+
+
+def connection_line(version: str, keep: bool) -> bytes:
+    """The Connection field line an answer needs (as `_head` adds it), or b""."""
+    said = _connection(version, keep)
+    return b"Connection: %s\r\n" % said.encode() if said else b""
 
 
 class LaneServer:
@@ -327,8 +351,7 @@ class Lane(asyncio.Protocol):
         """Write a 402 known at once (as `_write` would write it); whether the
         connection may carry another request."""
         keep = request.keep_alive
-        said = _connection(request.version, keep)
-        connection = b"Connection: %s\r\n" % said.encode() if said else b""
+        connection = connection_line(request.version, keep)
         head = b"HTTP/%s 402 Payment Required\r\n%bContent-Length: %d\r\nDate: %s\r\n%b\r\n" % (
             request.version.encode(),
             lines,
@@ -443,9 +466,14 @@ class Lane(asyncio.Protocol):
         if self.buffer:
             self._next()
 
-    async def _write(self, request: LaneRequest, response: web.StreamResponse) -> bool:
+    async def _write(self, request: LaneRequest, response: web.StreamResponse | Ready) -> bool:
         """Write the answer; whether the connection may carry another request."""
         transport = self._transport()
+        if type(response) is Ready:  # encoded whole already (the express path)
+            if transport.is_closing():
+                return False
+            transport.write(response.data)
+            return response.keep
         if isinstance(response, Written):  # streamed already, through this connection
             return self.keep and not transport.is_closing()
         if transport.is_closing():

@@ -21,7 +21,7 @@ from gateway.challenge.paywall import problem_page, wants_html
 from gateway.challenge.respond import challenge, kept_402, kept_key
 from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
-from gateway.edge.lane import LaneRequest
+from gateway.edge.lane import LaneRequest, Ready
 from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import OURS, payments_disabled, problem
 from gateway.edge.protocol import SERVER
@@ -86,6 +86,11 @@ _PLAIN_HEADERS = frozenset(
     )
 )  # fmt: skip
 
+# Request headers the express path takes: those of _PLAIN_HEADERS and the
+# places a token comes in (Authorization, Cookie). Not a payment, a
+# concession, an Origin (CORS) or anything unknown: those go the long way.
+_EXPRESS_HEADERS = _PLAIN_HEADERS | {b"authorization", b"cookie"}
+
 Router = Callable[[web.BaseRequest, str], Awaitable[web.StreamResponse]]
 Challenge = Callable[[web.BaseRequest, Match], Awaitable[web.Response]]
 
@@ -107,7 +112,13 @@ class Gateway:
         self._looked_policy: Policy | None = None
         self._looked: dict[bytes, tuple[bool, tuple[Target, Match | NoMatch] | None]] = {}
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Ready:
+        if type(request) is LaneRequest:
+            match = self._express_match(request)
+            if match is not None:
+                answer = await self._express(request, match)
+                if answer is not None:
+                    return answer
         rid = logs.request_id(request)
         peers = self.services.peers
         if (
@@ -125,6 +136,83 @@ class Gateway:
             response.headers[logs.HEADER] = rid
             response.headers.setdefault("Server", SERVER)
         return response
+
+    def _express_match(self, request: LaneRequest) -> Match | None:
+        """The match of a lane request the express path may answer, or None.
+
+        A route sold per grant (no meter, no reward) with a token presented,
+        every header one that cannot change more than the grant found
+        (`_EXPRESS_HEADERS`: no payment, no concession, no Origin), answers
+        not access-logged (the log needs the response object).
+        """
+        routed = request.routed
+        if routed is None or self.services.tokens is None:
+            return None
+        match = routed[1]
+        if isinstance(match, NoMatch):
+            return None
+        route = match.route.route
+        if route.price.free or route.meter is not None or route.reward is not None:
+            return None
+        names = request.names
+        if not _EXPRESS_HEADERS.issuperset(names) or (
+            b"authorization" not in names and b"cookie" not in names
+        ):
+            return None
+        access = request.conn.server.access_log
+        if access is not None and access.enabled:
+            return None
+        return match
+
+    async def _express(
+        self, request: LaneRequest, match: Match
+    ) -> Ready | web.StreamResponse | None:
+        """A token-paid request in one coroutine: `_granted`'s admission and
+        `passed`'s proxying, without the walk through the pipeline's steps.
+
+        The decision is the same: the token's grant covers the request
+        (by_token) and `admit` opens it (revocation included). Anything else
+        (no token that admits it, one not valid yet, a revoked grant, the
+        store failing) returns None before anything is sent or counted, and
+        `handle` decides it the long way. The answer is `forward`'s, counted
+        in the same metrics and tallies.
+        """
+        started = time.perf_counter()
+        services = self.services
+        wanted = Wanted.of(match, request.method)
+        try:
+            admitted = by_token(services.tokens, request, wanted)
+            if admitted is None:
+                return None
+            await admit(admitted.grant, wanted, services.revocations)
+        except (NotYetValid, PaymentError, StoreUnavailable):
+            return None  # the pipeline answers it: a 402 that says why, or a 503
+        rid = logs.request_id(request)
+        service, scope = match.service.name, match.route.scope
+        logs.SERVED.set((service, scope))
+        extra = {GRANT_HEADER: admitted.upstream_header}
+        try:
+            answer = await self.proxy.express(request, match, extra, rid)
+        except Exception as exc:  # as _mapped maps it
+            answer = problem_for(exc)
+        status = answer.status
+        metrics.answered(service, scope, status, time.perf_counter() - started)
+        tally = services.tally
+        if tally is not None:
+            tally.add(
+                service,
+                scope,
+                requests=1,
+                challenges=int(status == 402),
+                upstream_errors=int(status in (502, 504)),
+            )
+        if type(answer) is Ready:
+            return answer
+        answer = _for_people(request, answer)
+        if not answer.prepared:
+            answer.headers[logs.HEADER] = rid
+            answer.headers.setdefault("Server", SERVER)
+        return answer
 
     def takes(self, request: LaneRequest) -> bool:
         """Whether the lane (edge/lane.py) may answer `request` through `handle`.

@@ -25,16 +25,24 @@ from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.helpers import rfc822_formatted_time
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.edge import bodies, logs, metrics
 from gateway.edge.forwarded import Network, is_trusted
-from gateway.edge.lane import LaneRequest, Written
+from gateway.edge.lane import LaneRequest, Ready, Written, connection_line, status_line
 from gateway.edge.problems import problem
 from gateway.edge.protocol import SERVER
 from gateway.policy import Match
-from gateway.proxy.upstream import Client, Origin, UnreachableError, UpstreamError
+from gateway.proxy.upstream import (
+    Client,
+    Origin,
+    Reply,
+    UnreachableError,
+    UpstreamError,
+    encode_head,
+)
 
 log = logging.getLogger("farebox.proxy")
 
@@ -221,6 +229,9 @@ class Proxy:
         # Says whether a bearer token is one Farebox issued (set by the server).
         self.own_token: Callable[[str], bool] | None = None
         self.trusted: tuple[Network, ...] = ()  # proxies whose X-Forwarded-* we keep
+        # Upstream request heads made by `express`: (client head, address,
+        # extra values) -> (the service it was made for, the head's bytes).
+        self._heads: dict[tuple[object, ...], tuple[object, tuple[bytes, bytes]]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -342,11 +353,7 @@ class Proxy:
         reply_extra: CIMultiDict[str] | None,
         meter: Metered | None,
     ) -> web.StreamResponse:
-        upstream = match.service.upstream
-        origin, base = self._origin(upstream)
-        target = base + match.upstream_url[len(upstream) :]
-        if not target.startswith("/"):
-            target = "/" + target
+        origin, target = self._target(match)
         timeout = self._timeout(match)
         try:
             reply = await self._client.request(
@@ -360,6 +367,95 @@ class Proxy:
             )
         except Exception as exc:
             return _upstream_problem(exc, match, reply_extra)
+        return await self._answer(request, match, reply, reply_extra, meter)
+
+    def _target(self, match: Match) -> tuple[Origin, str]:
+        """Where a plain-http upstream's request goes: its origin and request target."""
+        upstream = match.service.upstream
+        origin, base = self._origin(upstream)
+        target = base + match.upstream_url[len(upstream) :]
+        if not target.startswith("/"):
+            target = "/" + target
+        return origin, target
+
+    async def express(
+        self, request: LaneRequest, match: Match, extra: dict[str, str], rid: str
+    ) -> Ready | web.StreamResponse:
+        """`forward` for the gateway's express path (a lane request on a priced
+        route, admitted by a grant; no meter, no CORS, no signing): the same
+        upstream request and the same answer, byte for byte, without the
+        header dictionaries. A whole answer to a GET comes back encoded
+        (`Ready`); any other is answered as `forward` answers it.
+
+        The upstream request's head is kept per client head, address and
+        `extra` (the grant statement), with the request id added each time.
+        """
+        origin, _ = self._origin(match.service.upstream)
+        timeout = self._timeout(match)
+        reply_extra = CIMultiDict({logs.HEADER: rid})
+        try:
+            reply = await self._client.exchange(
+                origin,
+                request.method,
+                rid.encode().join(self._express_head(request, match, extra)),
+                connect_timeout=timeout.sock_connect or self.connect_timeout,
+                read_timeout=timeout.sock_read or self.read_timeout,
+                whole_limit=SMALL_BODY,
+            )
+        except Exception as exc:
+            return _upstream_problem(exc, match, reply_extra)
+        body, status = reply.body, reply.status
+        if body is None or request.method != "GET" or status in _BODILESS:
+            return await self._answer(request, match, reply, reply_extra, None)
+        encoded = _answer_encoded(reply.headers, not match.route.route.price.free)
+        if not encoded.sound:
+            return await self._answer(request, match, reply, reply_extra, None)
+        keep = request.keep_alive
+        parts = [status_line(request.version, status, reply.reason), encoded.lines]
+        parts.append(b"%s: %s\r\n" % (logs.HEADER.encode(), rid.encode()))
+        length = encoded.length
+        if length is None:
+            length = str(len(body))
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if not encoded.typed and length != "0":
+            parts.append(b"Content-Type: application/octet-stream\r\n")
+        if not encoded.dated:
+            parts.append(b"Date: %s\r\n" % rfc822_formatted_time().encode())
+        parts.append(connection_line(request.version, keep))
+        parts.append(b"\r\n")
+        parts.append(body)
+        return Ready(b"".join(parts), keep, status)
+
+    def _express_head(
+        self, request: LaneRequest, match: Match, extra: dict[str, str]
+    ) -> tuple[bytes, bytes]:
+        """The upstream request's head before and after its request id's value."""
+        key = (request.head, request.remote, *extra.values())
+        kept = self._heads.get(key) if request.head else None
+        if kept is not None and kept[0] is match.service:  # not a service of a policy reloaded
+            return kept[1]
+        headers = upstream_headers(request, match, extra, self.own_token, self.trusted)
+        # Where `forward` puts the id: in place of the client's, or last. NUL
+        # marks it: llhttp lets no NUL into a target or a header value.
+        headers[logs.HEADER] = "\x00"
+        origin, target = self._target(match)
+        before, _, after = encode_head(request.method, target, origin, headers).partition(b"\x00")
+        head = (before, after)
+        if request.head:
+            if len(self._heads) >= _HEADS_KEPT:
+                self._heads.clear()
+            self._heads[key] = (match.service, head)
+        return head
+
+    async def _answer(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        reply: Reply,
+        reply_extra: CIMultiDict[str] | None,
+        meter: Metered | None,
+    ) -> web.StreamResponse:
+        """The answer to the client for the upstream's `reply`."""
         priced = not match.route.route.price.free
         out = _answer_headers(reply.headers, priced)
         if reply_extra:
@@ -783,22 +879,46 @@ def _without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
 # keep_private on priced routes), by the upstream's exact list: a service
 # answers with the same headers again and again (a Date changes once a
 # second). Copied out, since every answer adds its own.
-_answers: dict[tuple[bool, tuple[tuple[str, str], ...]], CIMultiDict[str]] = {}
+class _Encoded:
+    """Answer headers made from an upstream's list, as the lines `_head` would
+    write for them, and what `Lane._write` would add to them."""
+
+    __slots__ = ("dated", "headers", "length", "lines", "sound", "typed")
+
+    def __init__(self, headers: CIMultiDict[str]) -> None:
+        self.headers = headers
+        text = "".join([f"{n}: {v}\r\n" for n, v in headers.items()])
+        self.lines = text.encode("utf-8", "surrogateescape")
+        # One CR and one LF per line, as `_head` insists (else it refuses to write).
+        self.sound = text.count("\n") == len(headers) == text.count("\r")
+        self.length = headers.get("Content-Length")  # None: Lane._write adds one
+        self.typed = "Content-Type" in headers
+        self.dated = "Date" in headers
+
+
+_answers: dict[tuple[bool, tuple[tuple[str, str], ...]], _Encoded] = {}
 _ANSWERS_KEPT = 1024
+_HEADS_KEPT = 1024
+_BODILESS = frozenset((204, 304, *range(100, 200)))  # RFC 9110 15.2, 15.3.5, 15.4.5
+
+
+def _answer_encoded(pairs: list[tuple[str, str]], priced: bool) -> _Encoded:
+    """The answer headers for an upstream's `pairs`, made once per list."""
+    key = (priced, tuple(pairs))
+    made = _answers.get(key)
+    if made is None:
+        headers = _without_hop_by_hop(pairs)
+        if priced:
+            keep_private(headers)
+        if len(_answers) >= _ANSWERS_KEPT:
+            _answers.clear()
+        made = _answers[key] = _Encoded(headers)
+    return made
 
 
 def _answer_headers(pairs: list[tuple[str, str]], priced: bool) -> CIMultiDict[str]:
     """The headers of the answer to the client for an upstream's `pairs`."""
-    key = (priced, tuple(pairs))
-    made = _answers.get(key)
-    if made is None:
-        made = _without_hop_by_hop(pairs)
-        if priced:
-            keep_private(made)
-        if len(_answers) >= _ANSWERS_KEPT:
-            _answers.clear()
-        _answers[key] = made
-    return made.copy()
+    return _answer_encoded(pairs, priced).headers.copy()
 
 
 def _caching(name: str) -> bool:

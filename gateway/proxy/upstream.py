@@ -474,8 +474,28 @@ class Client:
         """Send a bodiless request. Raises UnreachableError, UpstreamError or
         TimeoutError; retries once, for idempotent methods, when a reused
         connection turns out to have been closed before any answer came."""
+        return await self.exchange(
+            origin,
+            method,
+            encode_head(method, target, origin, headers),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            whole_limit=whole_limit,
+        )
+
+    async def exchange(
+        self,
+        origin: Origin,
+        method: str,
+        head: bytes,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        whole_limit: int,
+    ) -> Reply:
+        """`request` with its head encoded already (`encode_head`): the bytes
+        a bodiless request is. Raises as `request` does."""
         pool = self._pools.get(origin) or self._pool(origin)
-        head = encode_head(method, target, origin, headers)
         retry = method in IDEMPOTENT
         fresh = False
         while True:
