@@ -62,6 +62,7 @@ ANSWERS = {
     "notmodified": b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\n\r\n',
     "big": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(BIG), BIG),
     "untilclose": b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+    "units": b"HTTP/1.1 200 OK\r\nX-Usage-Units: 3\r\nContent-Length: 2\r\n\r\nok",
 }
 
 POLICY = """\
@@ -75,6 +76,16 @@ services:
       - path: /other/{{name}}
         price: 100
         grant: {{lasts: 10m, covers: route}}
+      - path: /m/{{name}}
+        price: 10
+        meter: {{per: request}}
+      - path: /u/{{name}}
+        price: 150
+        meter: {{per: unit, most: 5}}
+      - path: /b/{{name}}
+        price: 8
+        meter: {{per: mb, most: 2}}
+    tabs: {{top_up: 1000, lasts: 1d}}
 """
 
 
@@ -134,6 +145,22 @@ class Lanes:
                 txid="00" * 32,
                 satoshis=100,
                 payer="ab" * 16,
+            )
+        )
+
+    def tab_token(self, tab: str) -> str:
+        return self.tokens.mint(
+            Grant(
+                id=uuid.uuid4().hex,
+                service="raw",
+                scope="/**",
+                covers="tab",
+                methods=("*",),
+                expires=int(time.time()) + 600,
+                txid="00" * 32,
+                satoshis=1000,
+                payer="ab" * 16,
+                tab=tab,
             )
         )
 
@@ -235,10 +262,11 @@ async def test_an_admitted_request_is_answered_byte_for_byte_as_the_pipeline_ans
     lanes: Lanes, raw: Raw, name: str, form: str
 ) -> None:
     token = lanes.token()
-    # Twice on one connection (kept heads, kept upstream heads), then once more.
+    # Twice on one connection (kept heads, kept upstream heads), then once
+    # more asking to close (so the answers end with the connection).
     data = request(form, name, token)
-    if form in ("1.1", "head", "cookie-id") and name != "untilclose":
-        data += data
+    if form in ("1.1", "head", "cookie-id", "1.0-keep") and name != "untilclose":
+        data += data + request("1.1-close", name, token)
     fast = await exchange(lanes.express, data)
     heads_fast = raw.heads[:]
     raw.heads.clear()
@@ -383,3 +411,54 @@ async def test_a_grant_revoked_while_in_use_is_refused_within_the_bound(
     assert b"grant-revoked" in refused
     assert len(raw.heads) == 1
     assert lanes.taken == [True, False]
+
+
+@pytest.mark.parametrize("form", ["1.1", "1.0", "head", "cookie-id"])
+@pytest.mark.parametrize(
+    "name", ["plain", "chunked", "empty", "units", "missing", "broken", "notmodified", "big"]
+)
+@pytest.mark.parametrize("route", ["m", "u"])
+async def test_a_metered_request_is_answered_and_charged_as_the_pipeline_does(
+    lanes: Lanes, raw: Raw, route: str, name: str, form: str
+) -> None:
+    charged = {}
+    answers = {}
+    for port in (lanes.express, lanes.slow):
+        tab = uuid.uuid4().hex
+        await lanes.store.credit(tab, 10_000_000, once=tab)
+        data = request(form, name, lanes.tab_token(tab)).replace(b"/r/", f"/{route}/".encode())
+        if form != "1.0":  # twice on one connection, then once more asking to close
+            closing = request("1.1-close", name, lanes.tab_token(tab))
+            data += data + closing.replace(b"/r/", f"/{route}/".encode())
+        answers[port] = (await exchange(port, data)).replace(tab.encode(), b"TAB")
+        await asyncio.sleep(0.05)
+        charged[port] = 10_000_000 - (await lanes.store.balance(tab) or 0)
+    fast, slow = answers[lanes.express], answers[lanes.slow]
+    assert fast.startswith(b"HTTP/1."), fast[:300]
+    assert masked(fast) == masked(slow)
+    assert charged[lanes.express] == charged[lanes.slow]
+    if (name == "units" or (name == "plain" and route == "m")) and form != "head":
+        assert charged[lanes.express] > 0
+    assert lanes.taken and all(lanes.taken), lanes.taken
+
+
+async def test_a_tab_too_short_is_refused_as_the_pipeline_refuses_it(lanes: Lanes) -> None:
+    refusals = []
+    for port in (lanes.express, lanes.slow):
+        tab = uuid.uuid4().hex
+        await lanes.store.credit(tab, 5_000, once=tab)  # 5 sat: one call at 10 is too dear
+        data = request("1.1-close", "plain", lanes.tab_token(tab)).replace(b"/r/", b"/m/")
+        refusals.append((await exchange(port, data)).replace(tab.encode(), b"TAB"))
+        assert await lanes.store.balance(tab) == 5_000
+    assert refusals[0].startswith(b"HTTP/1.1 402 "), refusals[0][:300]
+    assert b"tab-exhausted" in refusals[0] and b"tab-exhausted" in refusals[1]
+    assert lanes.taken == [True]
+
+
+async def test_per_mb_meters_go_the_long_way(lanes: Lanes) -> None:
+    tab = uuid.uuid4().hex
+    await lanes.store.credit(tab, 10_000_000, once=tab)
+    data = request("1.1-close", "big", lanes.tab_token(tab)).replace(b"/r/", b"/b/")
+    got = await exchange(lanes.express, data)
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert lanes.taken == []

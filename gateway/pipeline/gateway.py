@@ -55,9 +55,11 @@ from gateway.pricing import quote
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import free_quota_holder
 from gateway.pricing.quota import client_of, ratelimit_headers
+from gateway.pricing.tabs import Metering
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable, Window
+from gateway.tokens import Grant
 
 MAX_HEADER_BYTES = 64 * 1024
 # Per request: decide only, never proxy (an nginx auth_request subrequest).
@@ -152,7 +154,11 @@ class Gateway:
         if isinstance(match, NoMatch):
             return None
         route = match.route.route
-        if route.price.free or route.meter is not None or route.reward is not None:
+        if (
+            route.price.free
+            or route.reward is not None
+            or (route.meter is not None and route.meter.per == "mb")  # streamed, small buffers
+        ):
             return None
         names = request.names
         if not _EXPRESS_HEADERS.issuperset(names) or (
@@ -191,9 +197,16 @@ class Gateway:
         service, scope = match.service.name, match.route.scope
         logs.SERVED.set((service, scope))
         extra = {GRANT_HEADER: admitted.upstream_header}
+        answer: Ready | web.StreamResponse
         try:
-            answer = await self.proxy.express(request, match, extra, rid)
-        except Exception as exc:  # as _mapped maps it
+            if match.route.route.meter is None:
+                answer = await self.proxy.express(request, match, extra, rid)
+            else:
+                answer = await self._express_metered(request, match, admitted.grant, extra, rid)
+        except StoreUnavailable as exc:  # as _priced maps them
+            self.store_failed()
+            answer = problem_for(exc)
+        except Exception as exc:
             answer = problem_for(exc)
         status = answer.status
         metrics.answered(service, scope, status, time.perf_counter() - started)
@@ -213,6 +226,30 @@ class Gateway:
             answer.headers[logs.HEADER] = rid
             answer.headers.setdefault("Server", SERVER)
         return answer
+
+    async def _express_metered(
+        self, request: LaneRequest, match: Match, grant: Grant, extra: dict[str, str], rid: str
+    ) -> web.StreamResponse:
+        """A metered request on a tab the token draws on: metering.serve's draw."""
+        services = self.services
+        unit, _, _ = await quote.unit_price(
+            services.policy.current, services.rates, request.headers, match
+        )
+
+        async def proxy(
+            request: web.BaseRequest,
+            match: Match,
+            extra: dict[str, str],
+            reply: CIMultiDict[str],
+            meter: Metering,
+        ) -> web.StreamResponse:
+            answer = await self.proxy.express(request, match, extra, rid, reply, meter)  # type: ignore[arg-type]
+            assert type(answer) is not Ready  # a metered answer is written as it passes
+            return answer
+
+        return await metering.draw(
+            self, request, match, grant, extra, unit, self.reply(None), proxy
+        )
 
     def takes(self, request: LaneRequest) -> bool:
         """Whether the lane (edge/lane.py) may answer `request` through `handle`.

@@ -44,6 +44,20 @@ from gateway.tokens import Grant
 log = logging.getLogger("farebox")
 
 
+class Proxied(Protocol):
+    """Proxies a metered request: `Proxy.forward`'s shape."""
+
+    async def __call__(
+        self,
+        request: web.BaseRequest,
+        match: Match,
+        extra: dict[str, str],
+        reply: CIMultiDict[str],
+        meter: Metering,
+        /,
+    ) -> web.StreamResponse: ...
+
+
 class Passage(Protocol):
     """What metering needs of the pipeline that calls it."""
 
@@ -66,7 +80,6 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
     services = gw.services
     store = services.store
     assert match.route.route.meter is not None and store is not None
-    meter = match.route.route.meter
 
     async def refuse(
         request: web.BaseRequest,
@@ -122,11 +135,33 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
             return await gw.proxy.forward(request, match)
         ask = refuse if early is None else too_early(refuse, early)
         return await gw.unpaid(request, match, ask)
-    tab = grant.tab
-    assert tab is not None
     reply = gw.reply(paid)
     if paid is not None:
         reply.update(paid_headers(payment, paid))
+    return await draw(gw, request, match, grant, {GRANT_HEADER: upstream}, unit, reply)
+
+
+async def draw(
+    gw: Passage,
+    request: web.BaseRequest,
+    match: Match,
+    grant: Grant,
+    extra: dict[str, str],
+    unit: int,
+    reply: CIMultiDict[str],
+    proxy: Proxied | None = None,
+) -> web.StreamResponse:
+    """Hold the most the request may cost on the grant's tab, proxy it, and
+    settle what it cost; the tab challenge when the tab holds too little.
+
+    `unit` is the price of one unit in msat, `extra` the headers for the
+    upstream, `reply` those for the client (the tab's id is added).
+    `proxy` proxies it (`Proxy.forward` unless given: the express path's).
+    """
+    services = gw.services
+    meter = match.route.route.meter
+    tab = grant.tab
+    assert meter is not None and tab is not None
     reply[TAB] = tab
     held = most_msat(meter, unit)
     tabs = services.tabs
@@ -139,12 +174,16 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
             f"the tab holds {sats(short.balance)} satoshis and this request may cost up to "
             f"{sats(held)}: top it up",
         )
-        response = await refuse(request, match, refusal, short.balance)
+        response = await tab_challenge(
+            services, request, match, gw.origin(request), refusal, short.balance
+        )
         response.headers.extend(reply)
         return response
     metering = Metering(meter, unit, held, hold.balance, bodiless=request.method == "HEAD")
     try:
-        return await gw.proxy.forward(request, match, {GRANT_HEADER: upstream}, reply, metering)
+        if proxy is None:
+            return await gw.proxy.forward(request, match, extra, reply, metering)
+        return await proxy(request, match, extra, reply, metering)
     finally:
         charge = metering.charge()
         metrics.METERED.labels(match.service.name).inc(charge)

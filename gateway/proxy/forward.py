@@ -379,22 +379,30 @@ class Proxy:
         return origin, target
 
     async def express(
-        self, request: LaneRequest, match: Match, extra: dict[str, str], rid: str
+        self,
+        request: LaneRequest,
+        match: Match,
+        extra: dict[str, str],
+        rid: str,
+        reply: CIMultiDict[str] | None = None,
+        meter: Metered | None = None,
     ) -> Ready | web.StreamResponse:
         """`forward` for the gateway's express path (a lane request on a priced
-        route, admitted by a grant; no meter, no CORS, no signing): the same
-        upstream request and the same answer, byte for byte, without the
-        header dictionaries. A whole answer to a GET comes back encoded
-        (`Ready`); any other is answered as `forward` answers it.
+        route, admitted by a grant; no CORS, no signing): the same upstream
+        request and the same answer, byte for byte. Without a meter or
+        `reply` headers, a whole answer to a GET comes back encoded
+        (`Ready`), made from header lines kept per upstream header list;
+        any other is answered as `forward` answers it.
 
         The upstream request's head is kept per client head, address and
-        `extra` (the grant statement), with the request id added each time.
+        `extra` (the grant statement), with the request id put in each time.
         """
         origin, _ = self._origin(match.service.upstream)
         timeout = self._timeout(match)
-        reply_extra = CIMultiDict({logs.HEADER: rid})
+        reply_extra = CIMultiDict(reply or {})
+        reply_extra[logs.HEADER] = rid
         try:
-            reply = await self._client.exchange(
+            got = await self._client.exchange(
                 origin,
                 request.method,
                 rid.encode().join(self._express_head(request, match, extra)),
@@ -404,14 +412,20 @@ class Proxy:
             )
         except Exception as exc:
             return _upstream_problem(exc, match, reply_extra)
-        body, status = reply.body, reply.status
-        if body is None or request.method != "GET" or status in _BODILESS:
-            return await self._answer(request, match, reply, reply_extra, None)
-        encoded = _answer_encoded(reply.headers, not match.route.route.price.free)
+        body, status = got.body, got.status
+        if (
+            body is None
+            or request.method != "GET"
+            or status in _BODILESS
+            or meter is not None
+            or reply
+        ):
+            return await self._answer(request, match, got, reply_extra, meter)
+        encoded = _answer_encoded(got.headers, not match.route.route.price.free)
         if not encoded.sound:
-            return await self._answer(request, match, reply, reply_extra, None)
+            return await self._answer(request, match, got, reply_extra, None)
         keep = request.keep_alive
-        parts = [status_line(request.version, status, reply.reason), encoded.lines]
+        parts = [status_line(request.version, status, got.reason), encoded.lines]
         parts.append(b"%s: %s\r\n" % (logs.HEADER.encode(), rid.encode()))
         length = encoded.length
         if length is None:
