@@ -209,10 +209,15 @@ async def lanes(tmp_path: Path, raw: Raw) -> AsyncIterator[Lanes]:
     await proxy.close()
 
 
-async def exchange(port: int, data: bytes, local: str = "127.0.0.1") -> bytes:
-    """Send `data`; what came back until the close or 0.5 s of quiet."""
+async def exchange(
+    port: int, data: bytes, local: str = "127.0.0.1", *, half_close: bool = False
+) -> bytes:
+    """Send `data` (then half-close, if asked); what came back until the
+    close or 0.5 s of quiet."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
     writer.write(data)
+    if half_close:
+        writer.write_eof()
     got = b""
     try:
         while True:
@@ -413,7 +418,7 @@ async def test_a_grant_revoked_while_in_use_is_refused_within_the_bound(
     assert lanes.taken == [True, False]
 
 
-@pytest.mark.parametrize("form", ["1.1", "1.0", "head", "cookie-id"])
+@pytest.mark.parametrize("form", ["1.1", "1.0", "head", "cookie-id", "half-closed"])
 @pytest.mark.parametrize(
     "name", ["plain", "chunked", "empty", "units", "missing", "broken", "notmodified", "big"]
 )
@@ -421,6 +426,8 @@ async def test_a_grant_revoked_while_in_use_is_refused_within_the_bound(
 async def test_a_metered_request_is_answered_and_charged_as_the_pipeline_does(
     lanes: Lanes, raw: Raw, route: str, name: str, form: str
 ) -> None:
+    half_close = form == "half-closed"
+    form = "1.1" if half_close else form
     charged = {}
     answers = {}
     for port in (lanes.express, lanes.slow):
@@ -430,7 +437,8 @@ async def test_a_metered_request_is_answered_and_charged_as_the_pipeline_does(
         if form != "1.0":  # twice on one connection, then once more asking to close
             closing = request("1.1-close", name, lanes.tab_token(tab))
             data += data + closing.replace(b"/r/", f"/{route}/".encode())
-        answers[port] = (await exchange(port, data)).replace(tab.encode(), b"TAB")
+        got = await exchange(port, data, half_close=half_close)
+        answers[port] = got.replace(tab.encode(), b"TAB")
         await asyncio.sleep(0.05)
         charged[port] = 10_000_000 - (await lanes.store.balance(tab) or 0)
     fast, slow = answers[lanes.express], answers[lanes.slow]

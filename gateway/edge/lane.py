@@ -535,6 +535,24 @@ class Lane(asyncio.Protocol):
         self.pending = head
         asyncio.get_running_loop().call_soon(self._flush_head)
 
+    async def send_whole(self, data: bytes) -> None:
+        """Write a whole answer (head and body) at once, then wait as `write`
+        does while the client is slower. Raises ConnectionResetError once the
+        connection is closing, before or after."""
+        transport = self._transport()
+        if transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        if self.eof:
+            # Half-closed: as `start` and `write`, the head goes first on its
+            # own, so a reset shows before the body is handed over (and charged).
+            end = data.index(b"\r\n\r\n") + 4
+            transport.write(data[:end])
+            if transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            data = data[end:]
+        transport.write(data)
+        await self.drain()
+
     def _flush_head(self) -> None:
         if self.pending:
             head, self.pending = self.pending, b""

@@ -413,17 +413,15 @@ class Proxy:
         except Exception as exc:
             return _upstream_problem(exc, match, reply_extra)
         body, status = got.body, got.status
-        if (
-            body is None
-            or request.method != "GET"
-            or status in _BODILESS
-            or meter is not None
-            or reply
-        ):
+        if body is None or request.method != "GET" or status in _BODILESS:
             return await self._answer(request, match, got, reply_extra, meter)
         encoded = _answer_encoded(got.headers, not match.route.route.price.free)
-        if not encoded.sound:
-            return await self._answer(request, match, got, reply_extra, None)
+        if meter is not None and not meter.by_bytes and encoded.sound:
+            return await self._express_metered(
+                request, status, got.reason, encoded, reply_extra, meter, body
+            )
+        if meter is not None or reply or not encoded.sound:
+            return await self._answer(request, match, got, reply_extra, meter)
         keep = request.keep_alive
         parts = [status_line(request.version, status, got.reason), encoded.lines]
         parts.append(b"%s: %s\r\n" % (logs.HEADER.encode(), rid.encode()))
@@ -439,6 +437,62 @@ class Proxy:
         parts.append(b"\r\n")
         parts.append(body)
         return Ready(b"".join(parts), keep, status)
+
+    async def _express_metered(
+        self,
+        request: LaneRequest,
+        status: int,
+        reason: str,
+        encoded: _Encoded,
+        reply: CIMultiDict[str],
+        meter: Metered,
+        body: bytes,
+    ) -> web.StreamResponse:
+        """A whole metered answer written in one go, byte for byte as `_stream`
+        writes it through the lane (`Lane.start`, `write`, `end`): chunked
+        when the upstream gave no length (closed after, to an HTTP/1.0
+        client). The meter is told as `_stream` tells it."""
+        await meter.answered(status)
+        headers = encoded.headers.copy()
+        known = len(headers)
+        meter.begin(status, headers)  # adds what the answer owes (the charge)
+        if any(_caching(name) for name in reply):  # keep_private must see them: the long way
+            headers.extend(reply)
+            return await self._stream(request, status, reason, headers, _once(body), None)  # type: ignore[arg-type]
+        owed = list(headers.items())[known:]
+        text = "".join([f"{n}: {v}\r\n" for pairs in (reply.items(), owed) for n, v in pairs])
+        if text.count("\n") != len(reply) + len(owed) or text.count("\r") != text.count("\n"):
+            raise ValueError("CR or LF in a response header")  # as _head refuses it
+        keep = request.keep_alive
+        parts = [status_line(request.version, status, reason), encoded.lines, text.encode()]
+        chunked = False
+        if encoded.length is None:
+            if request.version == "1.1":
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                chunked = True
+            else:
+                keep = False  # the end of the body is the end of the connection
+        if not encoded.typed and encoded.length != "0":
+            parts.append(b"Content-Type: application/octet-stream\r\n")
+        if not encoded.dated:
+            parts.append(b"Date: %s\r\n" % rfc822_formatted_time().encode())
+        parts.append(connection_line(request.version, keep))
+        parts.append(b"\r\n")
+        allowed = meter.allow(len(body))
+        assert allowed == len(body)  # only a meter by bytes cuts, and it streams
+        if body:
+            parts.append(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
+        if chunked:
+            parts.append(b"0\r\n\r\n")
+        conn = request.conn
+        conn.keep = keep
+        try:
+            await conn.send_whole(b"".join(parts))
+        except ConnectionError:
+            log.debug("client left before its metered answer was written")
+            return Written(status=status, headers=headers)
+        meter.end()  # the last bytes went somewhere
+        return Written(status=status, headers=headers)
 
     def _express_head(
         self, request: LaneRequest, match: Match, extra: dict[str, str]
