@@ -134,33 +134,42 @@ class Lanes:
     store: MemoryStore
 
     def token(self, scope: str = "/r/{name}", methods: tuple[str, ...] = ("GET", "HEAD")) -> str:
-        return self.tokens.mint(
-            Grant(
-                id=uuid.uuid4().hex,
-                service="raw",
-                scope=scope,
-                covers="route",
-                methods=methods,
-                expires=int(time.time()) + 600,
-                txid="00" * 32,
-                satoshis=100,
-                payer="ab" * 16,
+        return self.seen(
+            self.tokens.mint(
+                Grant(
+                    id=uuid.uuid4().hex,
+                    service="raw",
+                    scope=scope,
+                    covers="route",
+                    methods=methods,
+                    expires=int(time.time()) + 600,
+                    txid="00" * 32,
+                    satoshis=100,
+                    payer="ab" * 16,
+                )
             )
         )
 
+    def seen(self, token: str) -> str:
+        """The token as a gateway holds one it verified before (its first request)."""
+        self.tokens.verify(token)
+        return token
+
     def tab_token(self, tab: str) -> str:
-        return self.tokens.mint(
-            Grant(
-                id=uuid.uuid4().hex,
-                service="raw",
-                scope="/**",
-                covers="tab",
-                methods=("*",),
-                expires=int(time.time()) + 600,
-                txid="00" * 32,
-                satoshis=1000,
-                payer="ab" * 16,
-                tab=tab,
+        return self.seen(
+            self.tokens.mint(
+                Grant(
+                    id=uuid.uuid4().hex,
+                    service="raw",
+                    scope="/**",
+                    covers="tab",
+                    methods=("*",),
+                    expires=int(time.time()) + 600,
+                    txid="00" * 32,
+                    satoshis=1000,
+                    payer="ab" * 16,
+                    tab=tab,
+                )
             )
         )
 
@@ -470,3 +479,40 @@ async def test_per_mb_meters_go_the_long_way(lanes: Lanes) -> None:
     got = await exchange(lanes.express, data)
     assert got.startswith(b"HTTP/1.1 200 ")
     assert lanes.taken == []
+
+
+async def test_a_token_not_seen_before_is_checked_once_the_long_way(
+    lanes: Lanes, raw: Raw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its signature is checked once (by the pipeline, which keeps it); the
+    requests after it take the express path. Junk is checked once a request."""
+    decoded: list[str] = []
+    real = lanes.tokens._decode
+
+    def counting(token: str):  # type: ignore[no-untyped-def]
+        decoded.append(token)
+        return real(token)
+
+    monkeypatch.setattr(lanes.tokens, "_decode", counting)
+    fresh = lanes.tokens.mint(
+        Grant(
+            id=uuid.uuid4().hex,
+            service="raw",
+            scope="/r/{name}",
+            covers="route",
+            methods=("GET",),
+            expires=int(time.time()) + 600,
+            txid="00" * 32,
+            satoshis=100,
+            payer="ab" * 16,
+        )
+    )
+    data = request("1.1", "plain", fresh)
+    got = await exchange(lanes.express, data * 2 + request("1.1-close", "plain", fresh))
+    assert got.count(b"HTTP/1.1 200 ") == 3
+    assert decoded == [fresh]
+    assert lanes.taken == [False, True, True]
+    junk = fresh[:-6] + "AAAAAA"
+    got = await exchange(lanes.express, request("1.1-close", "plain", junk))
+    assert got.startswith(b"HTTP/1.1 402 ")
+    assert decoded == [fresh, junk]

@@ -551,7 +551,8 @@ class Lane(asyncio.Protocol):
                 raise ConnectionResetError("the client went away")
             data = data[end:]
         transport.write(data)
-        await self.drain()
+        if self.writable is not None or transport.is_closing():
+            await self.drain()
 
     def _flush_head(self) -> None:
         if self.pending:

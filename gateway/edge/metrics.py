@@ -84,6 +84,7 @@ FLUSH_EVERY = 1.0  # seconds
 _BOUNDS = LATENCY._upper_bounds  # the buckets' `le`, +Inf last
 # (service, route, status) -> [answers, seconds in all, per-bucket answers...]
 _pending: dict[tuple[str, str, int], list[Any]] = {}
+_metered: dict[str, int] = {}  # msat charged per service since the last flush
 
 
 def answered(service: str, route: str, status: int, seconds: float) -> None:
@@ -96,10 +97,18 @@ def answered(service: str, route: str, status: int, seconds: float) -> None:
     counts[2 + bisect_left(_BOUNDS, seconds)] += 1  # the first bound >= seconds
 
 
+def metered(service: str, msat: int) -> None:
+    """Count msat charged from a tab (the metered hot path; flushed as `answered`)."""
+    _metered[service] = _metered.get(service, 0) + msat
+
+
 def flush() -> None:
     """Hand the answers counted since the last flush to prometheus-client."""
-    global _pending
+    global _pending, _metered
     pending, _pending = _pending, {}
+    charged, _metered = _metered, {}
+    for service, msat in charged.items():
+        METERED.labels(service).inc(msat)
     for (service, route, status), counts in pending.items():
         REQUESTS.labels(service, route, str(status)).inc(counts[0])
         latency = LATENCY.labels(service)

@@ -100,11 +100,16 @@ def by_token(
     request: web.BaseRequest,
     wanted: Wanted,
     kept: list[str] | None = None,
+    *,
+    decode: bool = True,
 ) -> Admitted | None:
     """The first presented token whose grant covers the request (admission.covers).
 
     `kept` are more tokens to try after the presented ones: those kept for
-    the request's authenticated identity (`kept_for_peer`).
+    the request's authenticated identity (`kept_for_peer`). With `decode`
+    False only tokens verified before count (`Tokens.verify`): no signature
+    is checked, so a caller that goes on to decide the long way checks each
+    token's signature once.
 
     Revocation is not asked here: the caller admits the grant it found.
     Raises NotYetValid when no token admits the request but a genuine one
@@ -114,7 +119,7 @@ def by_token(
         return None
     early: float | None = None
     for token in presented_tokens(request) + (kept or []):
-        verified = tokens.verify(token)
+        verified = tokens.verify(token, decode=decode)
         if verified is not None:
             if covers(verified[0], wanted):
                 return Admitted(*verified, token=token)

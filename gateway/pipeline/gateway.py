@@ -10,6 +10,7 @@ error raised below becomes its problem+json in pipeline/errors.py.
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -55,11 +56,9 @@ from gateway.pricing import quote
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import free_quota_holder
 from gateway.pricing.quota import client_of, ratelimit_headers
-from gateway.pricing.tabs import Metering
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable, Window
-from gateway.tokens import Grant
 
 MAX_HEADER_BYTES = 64 * 1024
 # Per request: decide only, never proxy (an nginx auth_request subrequest).
@@ -178,16 +177,18 @@ class Gateway:
 
         The decision is the same: the token's grant covers the request
         (by_token) and `admit` opens it (revocation included). Anything else
-        (no token that admits it, one not valid yet, a revoked grant, the
-        store failing) returns None before anything is sent or counted, and
-        `handle` decides it the long way. The answer is `forward`'s, counted
+        (no token verified before that admits it, one not valid yet, a
+        revoked grant, the store failing) returns None before anything is
+        sent or counted, and `handle` decides it the long way. The answer is `forward`'s, counted
         in the same metrics and tallies.
         """
         started = time.perf_counter()
         services = self.services
         wanted = Wanted.of(match, request.method)
         try:
-            admitted = by_token(services.tokens, request, wanted)
+            # Tokens verified before only: a new (or junk) one has its
+            # signature checked once, the long way, not here and there.
+            admitted = by_token(services.tokens, request, wanted, decode=False)
             if admitted is None:
                 return None
             await admit(admitted.grant, wanted, services.revocations)
@@ -200,9 +201,21 @@ class Gateway:
         answer: Ready | web.StreamResponse
         try:
             if match.route.route.meter is None:
-                answer = await self.proxy.express(request, match, extra, rid)
-            else:
-                answer = await self._express_metered(request, match, admitted.grant, extra, rid)
+                answer = await self.proxy.express(request, match, extra, rid=rid)
+            else:  # metering.serve's draw, on the tab the token draws on
+                unit, _, _ = await quote.unit_price(
+                    services.policy.current, services.rates, request.headers, match
+                )
+                answer = await metering.draw(
+                    self,
+                    request,
+                    match,
+                    admitted.grant,
+                    extra,
+                    unit,
+                    self.reply(None),
+                    functools.partial(self.proxy.express, rid=rid),  # type: ignore[arg-type]
+                )
         except StoreUnavailable as exc:  # as _priced maps them
             self.store_failed()
             answer = problem_for(exc)
@@ -226,30 +239,6 @@ class Gateway:
             answer.headers[logs.HEADER] = rid
             answer.headers.setdefault("Server", SERVER)
         return answer
-
-    async def _express_metered(
-        self, request: LaneRequest, match: Match, grant: Grant, extra: dict[str, str], rid: str
-    ) -> web.StreamResponse:
-        """A metered request on a tab the token draws on: metering.serve's draw."""
-        services = self.services
-        unit, _, _ = await quote.unit_price(
-            services.policy.current, services.rates, request.headers, match
-        )
-
-        async def proxy(
-            request: web.BaseRequest,
-            match: Match,
-            extra: dict[str, str],
-            reply: CIMultiDict[str],
-            meter: Metering,
-        ) -> web.StreamResponse:
-            answer = await self.proxy.express(request, match, extra, rid, reply, meter)  # type: ignore[arg-type]
-            assert type(answer) is not Ready  # a metered answer is written as it passes
-            return answer
-
-        return await metering.draw(
-            self, request, match, grant, extra, unit, self.reply(None), proxy
-        )
 
     def takes(self, request: LaneRequest) -> bool:
         """Whether the lane (edge/lane.py) may answer `request` through `handle`.

@@ -186,7 +186,7 @@ async def draw(
         return await proxy(request, match, extra, reply, metering)
     finally:
         charge = metering.charge()
-        metrics.METERED.labels(match.service.name).inc(charge)
+        metrics.metered(match.service.name, charge)
         if services.tally is not None:
             services.tally.add(
                 match.service.name,

@@ -82,16 +82,19 @@ class Metering:
 
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
         """The upstream answered: read its units, add the charge headers."""
+        for name, value in self.owed(status, headers):
+            headers[name] = value
+
+    def owed(self, status: int, headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+        """`begin` without adding: read the upstream's units from `headers`
+        and return the charge headers the answer carries."""
         self.status = status
         if status < 400 and self.meter.per == "unit":
             self.units = self._reported(headers.getall(self.meter.units_header, []))
         expected = self._charge_for(0 if self.bodiless else _length(headers))
         if expected is None:
-            headers[CHARGE_LIMIT] = sats(self.held)
-            headers[BALANCE] = sats(self.balance)
-        else:
-            headers[CHARGE] = sats(expected)
-            headers[BALANCE] = sats(self.balance + self.held - expected)
+            return [(CHARGE_LIMIT, sats(self.held)), (BALANCE, sats(self.balance))]
+        return [(CHARGE, sats(expected)), (BALANCE, sats(self.balance + self.held - expected))]
 
     @property
     def by_bytes(self) -> bool:

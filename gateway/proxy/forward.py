@@ -137,6 +137,10 @@ class Metered(Protocol):
     def begin(self, status: int, headers: CIMultiDict[str]) -> None:
         """Headers are about to go: read what is needed, add what is owed."""
 
+    def owed(self, status: int, headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+        """`begin` without adding to `headers`: the header fields it would add."""
+        ...
+
     @property
     def by_bytes(self) -> bool:
         """Charged by the bytes delivered: keep the buffers small (HANG_UP_BOUND)."""
@@ -383,9 +387,10 @@ class Proxy:
         request: LaneRequest,
         match: Match,
         extra: dict[str, str],
-        rid: str,
         reply: CIMultiDict[str] | None = None,
         meter: Metered | None = None,
+        *,
+        rid: str,
     ) -> Ready | web.StreamResponse:
         """`forward` for the gateway's express path (a lane request on a priced
         route, admitted by a grant; no CORS, no signing): the same upstream
@@ -416,7 +421,7 @@ class Proxy:
         if body is None or request.method != "GET" or status in _BODILESS:
             return await self._answer(request, match, got, reply_extra, meter)
         encoded = _answer_encoded(got.headers, not match.route.route.price.free)
-        if meter is not None and not meter.by_bytes and encoded.sound:
+        if meter is not None and not meter.by_bytes and encoded.sound and not _rewrites(reply):
             return await self._express_metered(
                 request, status, got.reason, encoded, reply_extra, meter, body
             )
@@ -453,13 +458,7 @@ class Proxy:
         when the upstream gave no length (closed after, to an HTTP/1.0
         client). The meter is told as `_stream` tells it."""
         await meter.answered(status)
-        headers = encoded.headers.copy()
-        known = len(headers)
-        meter.begin(status, headers)  # adds what the answer owes (the charge)
-        if any(_caching(name) for name in reply):  # keep_private must see them: the long way
-            headers.extend(reply)
-            return await self._stream(request, status, reason, headers, _once(body), None)  # type: ignore[arg-type]
-        owed = list(headers.items())[known:]
+        owed = meter.owed(status, encoded.headers)  # what the answer owes: the charge
         text = "".join([f"{n}: {v}\r\n" for pairs in (reply.items(), owed) for n, v in pairs])
         if text.count("\n") != len(reply) + len(owed) or text.count("\r") != text.count("\n"):
             raise ValueError("CR or LF in a response header")  # as _head refuses it
@@ -486,13 +485,14 @@ class Proxy:
             parts.append(b"0\r\n\r\n")
         conn = request.conn
         conn.keep = keep
+        written = Written(status=status)
         try:
             await conn.send_whole(b"".join(parts))
         except ConnectionError:
             log.debug("client left before its metered answer was written")
-            return Written(status=status, headers=headers)
+            return written
         meter.end()  # the last bytes went somewhere
-        return Written(status=status, headers=headers)
+        return written
 
     def _express_head(
         self, request: LaneRequest, match: Match, extra: dict[str, str]
@@ -987,6 +987,11 @@ def _answer_encoded(pairs: list[tuple[str, str]], priced: bool) -> _Encoded:
 def _answer_headers(pairs: list[tuple[str, str]], priced: bool) -> CIMultiDict[str]:
     """The headers of the answer to the client for an upstream's `pairs`."""
     return _answer_encoded(pairs, priced).headers.copy()
+
+
+def _rewrites(reply: CIMultiDict[str] | None) -> bool:
+    """Whether headers Farebox adds to a priced answer make keep_private rewrite it."""
+    return bool(reply) and any(_caching(name) for name in reply)  # type: ignore[union-attr]
 
 
 def _caching(name: str) -> bool:
