@@ -167,14 +167,17 @@ class Tokens:
         """A signed statement for the upstream: what was paid, by whom (hashed)."""
         return self._sign(grant, UPSTREAM)
 
-    def verify(self, token: str, *, decode: bool = True) -> tuple[Grant, str] | None:
+    def known(self, token: str) -> bool:
+        """Whether `token` was verified here before and is still kept: `verify`
+        answers it from memory, without checking a signature."""
+        return token in self._cache
+
+    def verify(self, token: str) -> tuple[Grant, str] | None:
         """The grant and its upstream header, or None for any bad token.
 
         None too for a genuine token not valid yet (see `not_yet_valid`).
         Times are checked with LEEWAY: a cached token expires LEEWAY seconds
-        after its exp, as a decoded one does. With `decode` False, only a
-        token verified before is looked at (no signature is checked): None
-        for any other.
+        after its exp, as a decoded one does.
         """
         hit = self._cache.get(token)
         if hit is not None:
@@ -182,8 +185,6 @@ class Tokens:
             # token presented again after its end costs a lookup, not another
             # signature check, and every caller that asks gets the same None.
             return hit if hit[0].expires + LEEWAY > time.time() else None
-        if not decode:
-            return None
         early = self._early.get(token)
         if early is not None:
             if early[1] > time.time():

@@ -107,9 +107,10 @@ def by_token(
 
     `kept` are more tokens to try after the presented ones: those kept for
     the request's authenticated identity (`kept_for_peer`). With `decode`
-    False only tokens verified before count (`Tokens.verify`): no signature
-    is checked, so a caller that goes on to decide the long way checks each
-    token's signature once.
+    False no signature is checked: None as soon as a token comes up that
+    was not verified before (`Tokens.known`), though a later one might
+    admit the request, for the caller to decide it with `decode` True (the
+    first token that covers it decides, so none may be skipped).
 
     Revocation is not asked here: the caller admits the grant it found.
     Raises NotYetValid when no token admits the request but a genuine one
@@ -119,7 +120,9 @@ def by_token(
         return None
     early: float | None = None
     for token in presented_tokens(request) + (kept or []):
-        verified = tokens.verify(token, decode=decode)
+        if not decode and not tokens.known(token):
+            return None
+        verified = tokens.verify(token)
         if verified is not None:
             if covers(verified[0], wanted):
                 return Admitted(*verified, token=token)
