@@ -472,7 +472,8 @@ class Lane(asyncio.Protocol):
         if type(response) is Ready:  # encoded whole already (the express path)
             if transport.is_closing():
                 return False
-            transport.write(response.data)
+            if response.data:  # else written already (send_whole)
+                transport.write(response.data)
             return response.keep
         if isinstance(response, Written):  # streamed already, through this connection
             return self.keep and not transport.is_closing()

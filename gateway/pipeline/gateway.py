@@ -213,7 +213,7 @@ class Gateway:
                     admitted.grant,
                     extra,
                     unit,
-                    self.reply(None),
+                    CIMultiDict(),  # self.reply(None): no token bought, no CORS here
                     functools.partial(self.proxy.express, rid=rid),  # type: ignore[arg-type]
                 )
         except StoreUnavailable as exc:  # as _priced maps them

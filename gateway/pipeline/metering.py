@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from gateway.challenge.respond import tab_challenge
 from gateway.edge import metrics
+from gateway.edge.lane import Ready
 from gateway.edge.problems import payments_disabled
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
@@ -55,7 +56,7 @@ class Proxied(Protocol):
         reply: CIMultiDict[str],
         meter: Metering,
         /,
-    ) -> web.StreamResponse: ...
+    ) -> web.StreamResponse | Ready: ...
 
 
 class Passage(Protocol):
@@ -150,7 +151,7 @@ async def draw(
     unit: int,
     reply: CIMultiDict[str],
     proxy: Proxied | None = None,
-) -> web.StreamResponse:
+) -> web.StreamResponse | Ready:
     """Hold the most the request may cost on the grant's tab, proxy it, and
     settle what it cost; the tab challenge when the tab holds too little.
 

@@ -452,7 +452,7 @@ class Proxy:
         reply: CIMultiDict[str],
         meter: Metered,
         body: bytes,
-    ) -> web.StreamResponse:
+    ) -> Ready:
         """A whole metered answer written in one go, byte for byte as `_stream`
         writes it through the lane (`Lane.start`, `write`, `end`): chunked
         when the upstream gave no length (closed after, to an HTTP/1.0
@@ -484,12 +484,14 @@ class Proxy:
         if chunked:
             parts.append(b"0\r\n\r\n")
         conn = request.conn
-        conn.keep = keep
-        written = Written(status=status)
+        # Written here: nothing left for the lane to write (its keep is
+        # the connection's, as after a streamed answer).
+        written = Ready(b"", keep, status)
         try:
             await conn.send_whole(b"".join(parts))
         except ConnectionError:
             log.debug("client left before its metered answer was written")
+            written.keep = False
             return written
         meter.end()  # the last bytes went somewhere
         return written
