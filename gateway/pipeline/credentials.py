@@ -10,6 +10,7 @@ never as if it were unknown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -280,25 +281,58 @@ class Revocations:
     The hot path (a valid token) would otherwise cost a store round trip per
     request; the price is that a revocation takes up to `ttl` seconds to reach
     every worker. StoreUnavailable propagates: the caller fails closed.
+
+    One call per grant at a time: requests that find the answer due wait for
+    the one call under way, not one call each. An answer in its last
+    `REFRESH_AHEAD` of `ttl` is asked again in the background while it is
+    still served, so a grant in steady use never waits on the store; an
+    answer is never served past `ttl` after the call that fetched it began.
     """
+
+    REFRESH_AHEAD = 0.25  # of ttl
 
     def __init__(self, store: RevocationList, ttl: float = 1.0, size: int = 100_000) -> None:
         self.store = store
         self.ttl = ttl
         self.size = size
         self._answers: dict[str, tuple[bool, float]] = {}
+        self._asking: dict[str, asyncio.Task[bool]] = {}
 
     async def of(self, grant: Grant) -> bool:
         """Whether this grant, or the tab it draws on, was revoked."""
         return await self.revoked(grant.id) or (bool(grant.tab) and await self.revoked(grant.tab))
 
     async def revoked(self, grant_id: str) -> bool:
-        now = time.monotonic()
         hit = self._answers.get(grant_id)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        answer = await self.store.revoked(grant_id)
+        if hit is not None:
+            left = hit[1] - time.monotonic()
+            if left > 0:
+                if left < self.ttl * self.REFRESH_AHEAD and grant_id not in self._asking:
+                    self._ask(grant_id)  # served meanwhile: it is still within ttl
+                return hit[0]
+        asking = self._asking.get(grant_id) or self._ask(grant_id)
+        return await asyncio.shield(asking)  # one caller cancelled must not cancel the rest
+
+    def _ask(self, grant_id: str) -> asyncio.Task[bool]:
+        task = asyncio.ensure_future(self._fetch(grant_id))
+        self._asking[grant_id] = task
+        task.add_done_callback(_retrieved)
+        return task
+
+    async def _fetch(self, grant_id: str) -> bool:
+        began = time.monotonic()
+        try:
+            answer = await self.store.revoked(grant_id)
+        finally:
+            self._asking.pop(grant_id, None)
         if len(self._answers) >= self.size:
             self._answers.clear()  # crude but bounded; answers are cheap to refetch
-        self._answers[grant_id] = (answer, now + self.ttl)
+        self._answers[grant_id] = (answer, began + self.ttl)
         return answer
+
+
+def _retrieved(task: asyncio.Task[bool]) -> None:
+    """A refresh nobody waited for may fail (the store down): the next caller
+    asks again, in the foreground, and fails closed; nothing to report here."""
+    if not task.cancelled():
+        task.exception()
