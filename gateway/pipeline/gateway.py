@@ -221,17 +221,7 @@ class Gateway:
             answer = problem_for(exc)
         except Exception as exc:
             answer = problem_for(exc)
-        status = answer.status
-        metrics.answered(service, scope, status, time.perf_counter() - started)
-        tally = services.tally
-        if tally is not None:
-            tally.add(
-                service,
-                scope,
-                requests=1,
-                challenges=int(status == 402),
-                upstream_errors=int(status in (502, 504)),
-            )
+        self._counted(service, scope, answer.status, started)
         if type(answer) is Ready:
             return answer
         answer = _for_people(request, answer)
@@ -329,10 +319,7 @@ class Gateway:
             return None
         # The id is not made this request's context's: no task runs for it.
         rid = logs.id_for(request.headers.get(logs.HEADER, ""))
-        service, scope = match.service.name, match.route.scope
-        metrics.answered(service, scope, 402, time.perf_counter() - started)
-        if self.services.tally is not None:
-            self.services.tally.add(service, scope, requests=1, challenges=1, upstream_errors=0)
+        self._counted(match.service.name, match.route.scope, 402, started)
         return kept.lines + f"{logs.HEADER}: {rid}\r\nServer: {SERVER}\r\n".encode(), kept.body
 
     def store_failed(self) -> None:
@@ -375,10 +362,15 @@ class Gateway:
         service, route = match.service.name, match.route.scope
         logs.SERVED.set((service, route))
         response = await self._matched(request, match)
-        metrics.answered(service, route, response.status, time.perf_counter() - started)
+        self._counted(service, route, response.status, started)
+        return response
+
+    def _counted(self, service: str, route: str, status: int, started: float) -> None:
+        """Count one answered request in the metrics and the transparency tallies
+        (`started`: time.perf_counter() at its arrival)."""
+        metrics.answered(service, route, status, time.perf_counter() - started)
         tally = self.services.tally
         if tally is not None:
-            status = response.status
             tally.add(
                 service,
                 route,
@@ -386,7 +378,6 @@ class Gateway:
                 challenges=int(status == 402),
                 upstream_errors=int(status in (502, 504)),
             )
-        return response
 
     async def _route(
         self, request: web.BaseRequest
