@@ -16,8 +16,10 @@ It takes a request only when its head says it can be answered from the head
 alone: GET or HEAD, HTTP/1.0 or 1.1, an origin-form target, one non-empty
 Host, no Content-Length, Transfer-Encoding, Upgrade or Expect, within the
 header limits; and when the handler's own `takes(request)` agrees (the
-gateway refuses, for one, routes whose answers only aiohttp's writer can
-write: metered, rewarded, BRC-104 signed). Anything else is handed to
+gateway refuses, for one, Farebox's own URLs, rewarded routes, BRC-104
+signed requests and https upstreams). The handler may return a `Ready`
+(an answer encoded whole: the gateway's express path) instead of a
+response. Anything else is handed to
 aiohttp's handler on the same connection with the bytes exactly as
 received, and the connection stays with aiohttp from then on. A request
 without a body ends at its blank line, so where the lane stops reading is

@@ -141,7 +141,9 @@ class Gateway:
     def _express_match(self, request: LaneRequest) -> Match | None:
         """The match of a lane request the express path may answer, or None.
 
-        A route sold per grant (no meter, no reward) with a token presented,
+        A priced route without a reward (sold per grant, or metered per
+        request or per unit: per MB streams with small buffers) with a token
+        presented,
         every header one that cannot change more than the grant found
         (`_EXPRESS_HEADERS`: no payment, no concession, no Origin), answers
         not access-logged (the log needs the response object).
