@@ -463,7 +463,8 @@ class Proxy:
         if text.count("\n") != len(reply) + len(owed) or text.count("\r") != text.count("\n"):
             raise ValueError("CR or LF in a response header")  # as _head refuses it
         keep = request.keep_alive
-        parts = [status_line(request.version, status, reason), encoded.lines, text.encode()]
+        lines = text.encode("utf-8", "surrogateescape")  # as _head encodes them
+        parts = [status_line(request.version, status, reason), encoded.lines, lines]
         chunked = False
         if encoded.length is None:
             if request.version == "1.1":
