@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.proxy.forward import _answer_headers, _without_hop_by_hop, keep_private
+from gateway.proxy.headers import _without_hop_by_hop, answer_headers, keep_private
 from tests.conftest import FORGED, SERVER_KEY, GatewayFactory, Upstream, raw_request
 
 POLICY = """\
@@ -484,14 +484,14 @@ _VALUES = st.sampled_from(
 def test_kept_answer_headers_are_what_the_filters_make(
     pairs: list[tuple[str, str]], priced: bool
 ) -> None:
-    """_answer_headers remembers its work per header list: each call gives
+    """answer_headers remembers its work per header list: each call gives
     what _without_hop_by_hop (and keep_private on priced routes) would, and
     a caller's changes to one answer's headers never reach the next."""
     expected = _without_hop_by_hop(pairs)
     if priced:
         keep_private(expected)
     for _ in range(2):
-        got = _answer_headers(list(pairs), priced)
+        got = answer_headers(list(pairs), priced)
         assert list(got.items()) == list(expected.items())
         got["X-Added"] = "by this answer"
         got.popall("Vary", None)

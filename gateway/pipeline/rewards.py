@@ -53,7 +53,8 @@ from gateway.policy.schema import Budget, Reward
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
 from gateway.pricing.concessions import holder, verified
 from gateway.pricing.rates import quote
-from gateway.proxy.forward import Proxy, keep_private
+from gateway.proxy.forward import Proxy
+from gateway.proxy.headers import keep_private
 from gateway.services import Services
 
 log = logging.getLogger("farebox.payouts")
