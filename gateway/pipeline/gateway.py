@@ -205,7 +205,7 @@ class Gateway:
             if match.route.route.meter is None:
                 answer = await self.proxy.express(request, match, extra, rid=rid)
             else:  # metering.serve's draw, on the tab the token draws on
-                unit, _, _ = await quote.unit_price(
+                unit, _, _ = quote.unit_price_now(match) or await quote.unit_price(
                     services.policy.current, services.rates, request.headers, match
                 )
                 answer = await metering.draw(

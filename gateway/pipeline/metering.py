@@ -168,7 +168,7 @@ async def draw(
     tabs = services.tabs
     assert tabs is not None
     try:
-        hold = await tabs.hold(tab, held)
+        hold = tabs.take(tab, held) or await tabs.hold(tab, held)
     except Exhausted as short:
         refusal = PaymentError(
             "tab-exhausted",
@@ -196,7 +196,8 @@ async def draw(
                 refunds=int(charge == 0 and held > 0),
             )
         try:
-            await tabs.settle(hold, charge)
+            if not tabs.settled(hold, charge):
+                await tabs.settle(hold, charge)
         except StoreUnavailable:
             # The hold returns to the tab when it expires: unbilled, not lost.
             log.error("could not settle a metered request on tab %s: store unavailable", tab)

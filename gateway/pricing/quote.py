@@ -43,10 +43,24 @@ async def price(
     return quoted if concession is None else discounted(quoted, concession)
 
 
+def unit_price_now(match: Match) -> tuple[int, int, Any] | None:
+    """`unit_price` when it is known without asking: a price in satoshis on a
+    route with no concessions (nothing a request could prove changes it);
+    else None."""
+    route = match.route.route
+    if route.price.currency is not None or route.concessions:
+        return None
+    full = route.price.satoshis * 1000  # as msat_quote quotes satoshis
+    return full, full, None
+
+
 async def unit_price(
     policy: Policy, rates: Rates | None, headers: Mapping[str, str], match: Match
 ) -> tuple[int, int, Any]:
     """A metered route's unit price in msat: (to pay, before concession, concession or None)."""
+    known = unit_price_now(match)
+    if known is not None:
+        return known
     full = await msat_quote(match.route.route.price, rates)
     concession = proven(policy, headers, match)
     if concession is None:

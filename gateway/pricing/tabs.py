@@ -63,7 +63,7 @@ def most_msat(meter: Meter, unit_msat: int) -> int:
     return math.ceil(meter.most * unit_msat)
 
 
-@dataclass
+@dataclass(slots=True)
 class Metering:
     """The charge of one request, told by the proxy as the answer passes."""
 

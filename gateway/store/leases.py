@@ -92,8 +92,17 @@ class TabHolds(Protocol):
         """Hold `amount` msat on `tab`. Raises Exhausted, StoreUnavailable."""
         ...
 
+    def take(self, tab: str, amount: int) -> Hold | None:
+        """`hold` when it needs no store call (a lease's slice in memory covers
+        it), else None: then `hold` it. The metered hot path's way in."""
+        ...
+
     async def settle(self, hold: Hold, charge: int) -> None:
         """Charge `charge` msat (at most the hold) and free the rest. Raises StoreUnavailable."""
+        ...
+
+    def settled(self, hold: Hold, charge: int) -> bool:
+        """`settle` when it needs no store call; False: `settle` it."""
         ...
 
     async def balance(self, tab: str) -> int | None:
@@ -134,8 +143,14 @@ class Direct:
             raise Exhausted(await self._store.balance(tab) or 0)
         return Hold(tab, amount, left, reservation)
 
+    def take(self, tab: str, amount: int) -> Hold | None:
+        return None  # every hold is the store's
+
     async def settle(self, hold: Hold, charge: int) -> None:
         await self._store.settle(hold.tab, hold.reservation, charge)
+
+    def settled(self, hold: Hold, charge: int) -> bool:
+        return False
 
     async def balance(self, tab: str) -> int | None:
         return await self._store.balance(tab)
@@ -206,7 +221,7 @@ class Leases:
             if lease.call is not None:
                 await asyncio.shield(lease.call)
                 continue
-            if lease.covers(amount, time.monotonic()):  # in memory: the common case
+            if lease.covers(amount, time.monotonic()):  # in memory: the common case (`take`)
                 return self._take(tab, lease, amount)
             async with lease.lock:
                 if self._leases.get(tab) is not lease:
@@ -224,14 +239,27 @@ class Leases:
             # which this lease's lock must not hold up.
             await asyncio.sleep(self._flush / 2)
 
+    def take(self, tab: str, amount: int) -> Hold | None:
+        lease = self._leases.get(tab)
+        if self._closed or lease is None or lease.call is not None:
+            return None
+        if not lease.covers(amount, time.monotonic()):
+            return None
+        return self._take(tab, lease, amount)
+
     async def settle(self, hold: Hold, charge: int) -> None:
+        self.settled(hold, charge)
+
+    def settled(self, hold: Hold, charge: int) -> bool:
+        """Always in memory: charges reach the store at the lease's next sync."""
         lease = hold.lease
         if lease is None:
-            return  # settled already: once, whatever calls it again
+            return True  # settled already: once, whatever calls it again
         hold.lease = None
         lease.inflight -= hold.amount
         lease.charged += max(0, min(charge, hold.amount))
         lease.last_use = time.monotonic()
+        return True
 
     async def balance(self, tab: str) -> int | None:
         left = await self._store.balance(tab)
