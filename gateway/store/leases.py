@@ -217,12 +217,13 @@ class Leases:
             raise StoreUnavailable("this worker is stopping")
         deadline = time.monotonic() + self._recall  # from arrival, however long the queue
         while True:
+            taken = self.take(tab, amount)  # in memory: the common case
+            if taken is not None:
+                return taken
             lease = self._lease(tab)
             if lease.call is not None:
                 await asyncio.shield(lease.call)
                 continue
-            if lease.covers(amount, time.monotonic()):  # in memory: the common case (`take`)
-                return self._take(tab, lease, amount)
             async with lease.lock:
                 if self._leases.get(tab) is not lease:
                     continue  # given back while this waited: start over on the tab's lease now
