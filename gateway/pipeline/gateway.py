@@ -142,11 +142,10 @@ class Gateway:
         """The match of a lane request the express path may answer, or None.
 
         A priced route without a reward (sold per grant, or metered per
-        request or per unit: per MB streams with small buffers) with a token
-        presented,
-        every header one that cannot change more than the grant found
-        (`_EXPRESS_HEADERS`: no payment, no concession, no Origin), answers
-        not access-logged (the log needs the response object).
+        request or per unit: per MB streams with small buffers), a token
+        presented, every header one that cannot change more than the grant
+        found (`_EXPRESS_HEADERS`: no payment, no concession, no Origin),
+        answers not access-logged (the log needs the response object).
         """
         routed = request.routed
         if routed is None or self.services.tokens is None:
@@ -181,8 +180,8 @@ class Gateway:
         (by_token) and `admit` opens it (revocation included). Anything else
         (no token verified before that admits it, one not valid yet, a
         revoked grant, the store failing) returns None before anything is
-        sent or counted, and `handle` decides it the long way. The answer is `forward`'s, counted
-        in the same metrics and tallies.
+        sent or counted, and `handle` decides it the long way. The answer is
+        `forward`'s, counted in the same metrics and tallies.
         """
         started = time.perf_counter()
         services = self.services

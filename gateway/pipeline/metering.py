@@ -182,9 +182,7 @@ async def draw(
         return response
     metering = Metering(meter, unit, held, hold.balance, bodiless=request.method == "HEAD")
     try:
-        if proxy is None:
-            return await gw.proxy.forward(request, match, extra, reply, metering)
-        return await proxy(request, match, extra, reply, metering)
+        return await (proxy or gw.proxy.forward)(request, match, extra, reply, metering)
     finally:
         charge = metering.charge()
         metrics.metered(match.service.name, charge)

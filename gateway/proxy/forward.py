@@ -244,8 +244,7 @@ class Proxy:
         if rid:
             # One id from the client through Farebox to the upstream and back.
             headers[logs.HEADER] = rid
-            reply = CIMultiDict(reply or {})
-            reply[logs.HEADER] = rid
+            reply = _with_id(reply, rid)
         if meter is not None and is_websocket(request):
             return problem(
                 400, "not-metered", "WebSocket not metered", "metered routes take plain HTTP"
@@ -341,8 +340,7 @@ class Proxy:
         """
         origin, _ = self._origin(match.service.upstream)
         timeout = self._timeout(match)
-        reply_extra = CIMultiDict(reply or {})
-        reply_extra[logs.HEADER] = rid
+
         try:
             got = await self._client.exchange(
                 origin,
@@ -353,17 +351,17 @@ class Proxy:
                 whole_limit=SMALL_BODY,
             )
         except Exception as exc:
-            return _upstream_problem(exc, match, reply_extra)
+            return _upstream_problem(exc, match, _with_id(reply, rid))
         body, status = got.body, got.status
         if body is None or request.method != "GET" or status in _BODILESS:
-            return await self._answer(request, match, got, reply_extra, meter)
+            return await self._answer(request, match, got, _with_id(reply, rid), meter)
         encoded = answer_encoded(got.headers, not match.route.route.price.free)
         if meter is not None and not meter.by_bytes and encoded.sound and not rewrites(reply):
             return await self._express_metered(
-                request, status, got.reason, encoded, reply_extra, meter, body
+                request, status, got.reason, encoded, _with_id(reply, rid), meter, body
             )
         if meter is not None or reply or not encoded.sound:
-            return await self._answer(request, match, got, reply_extra, meter)
+            return await self._answer(request, match, got, _with_id(reply, rid), meter)
         keep = request.keep_alive
         parts = [status_line(request.version, status, got.reason), encoded.lines]
         parts.append(b"%s: %s\r\n" % (logs.HEADER.encode(), rid.encode()))
@@ -699,6 +697,14 @@ def _fast_path(request: web.BaseRequest, match: Match) -> bool:
         and "Transfer-Encoding" not in headers
         and match.service.upstream.startswith("http://")
     )
+
+
+def _with_id(reply: CIMultiDict[str] | None, rid: str) -> CIMultiDict[str]:
+    """What `forward` adds to an answer: `reply`, and the request id (`express`
+    makes it only for the answers it does not encode itself)."""
+    out = CIMultiDict(reply or {})
+    out[logs.HEADER] = rid
+    return out
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:
