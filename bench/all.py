@@ -287,11 +287,14 @@ def payments_args(h: Harness) -> argparse.Namespace:
 
 
 def payments_workdir(h: Harness) -> Path:
-    """bench/payments.py's layout: policies for the sample upstream, token keys."""
+    """bench/payments.py's layout (policies, token keys), with the static origin
+    as the upstream: nginx answers every /bench/bytes/N with the 1 KiB file,
+    so the paid requests' upstream costs the shared cores little, as on the
+    token path."""
     folder = h.tmp / "payments"
     if not folder.exists():
         (folder / "policies").mkdir(parents=True)
-        (folder / "policies" / "p.yaml").write_text(pay_bench.policy_yaml(h.upstream_port))
+        (folder / "policies" / "p.yaml").write_text(pay_bench.policy_yaml(h.origin_port))
         KeyRing.load(folder / "tk")
     return folder
 

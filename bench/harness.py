@@ -204,6 +204,7 @@ class Harness:
             [sys.executable, "-m", "gateway.demo.upstream", "--host", HOST, "--port", str(upstream)],
         )  # fmt: skip
         self.upstream_port = upstream
+        self.origin_port = origin
         origin_conf = pb.origin_nginx_conf(
             tmp, origin, tmp / "www", self.temp_paths("nginx-origin")
         )

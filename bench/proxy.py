@@ -444,6 +444,10 @@ http {{
     server {{
         listen {HOST}:{port};
         root {root};
+        # bench/all.py's payments: each buys its own /bench/bytes/N, one file answers all.
+        location /bench/bytes/ {{
+            try_files {STATIC_FILE} =404;
+        }}
     }}
 }}
 """
