@@ -255,18 +255,35 @@ def cookie_path(grant: Grant) -> str:
 
 
 def token_headers(accepted: Accepted, *, secure: bool, now: int) -> CIMultiDict[str]:
-    """The token for the client: a header for scripts, a cookie for browsers."""
+    """The token for the client: a header for scripts, a cookie for browsers.
+
+    The Set-Cookie value (RFC 6265 section 4.1) is what `http.cookies`
+    writes, attributes in its (sorted) order. A JWT's characters never need
+    its quoting, so it is written straight, once per payment.
+    """
     grant = accepted.grant
-    cookie: SimpleCookie = SimpleCookie()
-    cookie[COOKIE] = accepted.token
-    morsel = cookie[COOKIE]
-    morsel["path"] = cookie_path(grant)
-    morsel["max-age"] = str(max(0, grant.expires - now))
-    morsel["httponly"] = True
-    morsel["samesite"] = "Lax"
-    if secure:
-        morsel["secure"] = True
-    return CIMultiDict({TOKEN_HEADER: accepted.token, "Set-Cookie": morsel.OutputString()})
+    token = accepted.token
+    path = cookie_path(grant)
+    max_age = max(0, grant.expires - now)
+    if _JWT_CHARS.fullmatch(token):
+        cookie = f"{COOKIE}={token}; HttpOnly; Max-Age={max_age}; Path={path}; SameSite=Lax"
+        if secure:
+            cookie += "; Secure"
+    else:  # not a JWT: http.cookies says how it is quoted
+        jar: SimpleCookie = SimpleCookie()
+        jar[COOKIE] = token
+        morsel = jar[COOKIE]
+        morsel["path"] = path
+        morsel["max-age"] = str(max_age)
+        morsel["httponly"] = True
+        morsel["samesite"] = "Lax"
+        if secure:
+            morsel["secure"] = True
+        cookie = morsel.OutputString()
+    return CIMultiDict({TOKEN_HEADER: token, "Set-Cookie": cookie})
+
+
+_JWT_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")  # base64url segments and their dots
 
 
 class RevocationList(Protocol):

@@ -104,6 +104,9 @@ class Grant(_Frozen):
     covers: Literal["resource", "route"] = "resource"
 
 
+_DEFAULT_GRANT = Grant()
+
+
 class Quota(_Frozen):
     """Free requests per client per window: per network (IPv4 /24, IPv6 /64),
     or per client key (the value of `key_header`; requests without one are
@@ -329,7 +332,7 @@ class Route(_Frozen):
 
     @property
     def effective_grant(self) -> Grant:
-        return self.grant or Grant()
+        return self.grant or _DEFAULT_GRANT  # one frozen model, not one per payment
 
     def allows(self, method: str) -> bool:
         return self.methods[0] == "*" or method in self.methods
