@@ -167,6 +167,20 @@ class Tokens:
         """A signed statement for the upstream: what was paid, by whom (hashed)."""
         return self._sign(grant, UPSTREAM)
 
+    def upstream_header_minted(self, token: str, grant: Grant) -> str:
+        """`upstream_header(grant)` for a token `mint` just made of `grant`, and
+        that token remembered as verified: its holder's first use then costs
+        neither a signature check nor another statement signed.
+
+        Only for a token minted here now (not one an earlier acceptance or
+        another instance made, which `verify` judges as any other).
+        """
+        upstream = self.upstream_header(grant)
+        self._cache[token] = (grant, upstream)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return upstream
+
     def known(self, token: str) -> bool:
         """Whether `token` was verified here before and is still kept: `verify`
         answers it from memory, without checking a signature."""

@@ -156,6 +156,38 @@ async def test_token_reuse_pays_nothing_and_is_scoped(paid: Setup) -> None:
     assert len(paid.broadcaster.seen) == 1
 
 
+async def test_a_token_just_bought_is_used_without_another_signature_check(
+    paid: Setup, upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+    real = paid.tokens._decode
+
+    def counting(token: str):  # type: ignore[no-untyped-def]
+        decoded.append(token)
+        return real(token)
+
+    monkeypatch.setattr(paid.tokens, "_decode", counting)
+    status, resp, _, _ = await fetch(f"{paid.base}/archive/pages/1", send(brc121(paid, 25)))
+    assert status == 200
+    bought = upstream.seen[-1].headers["X-Farebox-Grant"]
+    token = resp["X-Farebox-Token"]
+    status, _, _, _ = await fetch(
+        f"{paid.base}/archive/pages/1", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200
+    assert decoded == []  # minted here a moment ago: known without checking its signature
+    assert upstream.seen[-1].headers["X-Farebox-Grant"] == bought  # one statement per grant
+    # Another resource still asks for a payment, and a junk token is still checked.
+    status, _, _, _ = await fetch(
+        f"{paid.base}/archive/pages/2", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 402
+    status, _, _, _ = await fetch(
+        f"{paid.base}/archive/pages/1", {"Authorization": f"Bearer {token[:-4]}AAAA"}
+    )
+    assert status == 402 and decoded == [f"{token[:-4]}AAAA"]
+
+
 async def test_route_grant_opens_the_whole_route(paid: Setup) -> None:
     status, resp, _, cookies = await fetch(
         f"{paid.base}/archive/datasets/air/2024", send(brc121(paid, 100))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -115,3 +116,23 @@ def test_key_files_are_private(tmp_path: Path) -> None:
     assert (tmp_path / "ring").stat().st_mode & 0o077 == 0
     for pem in (tmp_path / "ring").glob("*.pem"):
         assert pem.stat().st_mode & 0o077 == 0
+
+
+def test_a_token_minted_here_is_known_with_its_statement(tmp_path) -> None:
+    tokens = Tokens(KeyRing.load(tmp_path), cache_size=2)
+    grant = Grant(new_grant_id(), "svc", "/svc/a", "resource", ("GET",), int(time.time()) + 60,
+                  "ab" * 32, 5, "cd" * 16)  # fmt: skip
+    token = tokens.mint(grant)
+    upstream = tokens.upstream_header_minted(token, grant)
+    assert tokens.known(token) and tokens.verify(token) == (grant, upstream)
+    assert (
+        jwt.decode(upstream, options={"verify_signature": False}, audience=UPSTREAM)["jti"]
+        == grant.id
+    )
+    for _ in range(2):  # bounded as any verified token
+        more = dataclasses.replace(grant, id=new_grant_id())
+        other = tokens.mint(more)
+        tokens.upstream_header_minted(other, more)
+    assert not tokens.known(token)
+    tokens.reload(tmp_path)  # a reloaded ring forgets what it knew
+    assert not tokens.known(other)

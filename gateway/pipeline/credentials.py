@@ -254,6 +254,13 @@ def cookie_path(grant: Grant) -> str:
     return "/" + "/".join(literal)
 
 
+def paid_upstream_header(tokens: Tokens, accepted: Accepted) -> str:
+    """The grant header (GRANT_HEADER) for the upstream of a request that just paid."""
+    if accepted.repeated:  # an earlier token: `verify` judges it when it comes
+        return tokens.upstream_header(accepted.grant)
+    return tokens.upstream_header_minted(accepted.token, accepted.grant)
+
+
 def token_headers(accepted: Accepted, *, secure: bool, now: int) -> CIMultiDict[str]:
     """The token for the client: a header for scripts, a cookie for browsers.
 

@@ -47,6 +47,7 @@ from gateway.pipeline.credentials import (
     forget_for_peer,
     keep_for_peer,
     kept_for_peer,
+    paid_upstream_header,
     token_headers,
     too_early,
 )
@@ -584,7 +585,7 @@ class Gateway:
                 raise
             return await challenge(services, request, match, self.origin(request), refused, quoted)
         await keep_for_peer(services.store, accepted)
-        upstream = cashier.tokens.upstream_header(accepted.grant)
+        upstream = paid_upstream_header(cashier.tokens, accepted)
         reply = self.reply(accepted)
         reply.update(paid_headers(payment, accepted))
         return await self.passed(request, match, {GRANT_HEADER: upstream}, reply)
