@@ -128,6 +128,7 @@ def run_server(args: argparse.Namespace) -> None:
         policies=folder / "policies",
         watch=False,
         cookie_secure=False,
+        receipts_file=folder / f"receipts-{os.getpid()}.jsonl",  # not the caller's folder
     )
 
     settings = settings.model_copy(update={"store": args.store})
