@@ -591,3 +591,45 @@ def test_policy_errors_for_meters_and_tabs(tmp_path: Path, service: str, message
         load_policy(tmp_path)
     assert message in str(info.value)
     assert "p.yaml:" in str(info.value)
+
+
+# --- PerRequest: Metering's per-request rule, worked out once ----------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from multidict import CIMultiDict  # noqa: E402
+
+from gateway.policy.schema import Meter  # noqa: E402
+from gateway.pricing.tabs import Metering, PerRequest, most_msat  # noqa: E402
+
+
+@given(
+    unit=st.integers(0, 10**9),
+    balance=st.integers(0, 10**12),
+    status=st.sampled_from([None, 100, 200, 204, 206, 304, 399, 400, 404, 500, 502]),
+    delivered=st.booleans(),
+    bodiless=st.booleans(),
+    length=st.sampled_from([None, "0", "1024", "junk"]),
+)
+def test_per_request_charges_and_tells_as_metering_does(
+    unit: int,
+    balance: int,
+    status: int | None,
+    delivered: bool,
+    bodiless: bool,
+    length: str | None,
+) -> None:
+    meter = Meter(per="request")
+    held = most_msat(meter, unit)
+    plain = Metering(meter, unit, held, balance, bodiless=bodiless)
+    good, owes = PerRequest.worked_out(unit, held)
+    fast = PerRequest(meter, unit, held, balance, bodiless=bodiless, good=good, owes=owes)
+    headers = CIMultiDict() if length is None else CIMultiDict({"Content-Length": length})
+    for metering in (plain, fast):
+        if status is not None:
+            assert metering.allow(100) == 100
+        if delivered:
+            metering.end()
+    if status is not None:
+        assert fast.owed(status, headers) == plain.owed(status, headers)
+    assert fast.charge() == plain.charge()

@@ -474,7 +474,7 @@ class Lane(asyncio.Protocol):
         if type(response) is Ready:  # encoded whole already (the express path)
             if transport.is_closing():
                 return False
-            if response.data:  # else written already (send_whole)
+            if response.data:  # else written already (put_whole)
                 transport.write(response.data)
             return response.keep
         if isinstance(response, Written):  # streamed already, through this connection
@@ -538,10 +538,12 @@ class Lane(asyncio.Protocol):
         self.pending = head
         asyncio.get_running_loop().call_soon(self._flush_head)
 
-    async def send_whole(self, data: bytes) -> None:
-        """Write a whole answer (head and body) at once, then wait as `write`
-        does while the client is slower. Raises ConnectionResetError once the
-        connection is closing, before or after."""
+    def put_whole(self, data: bytes) -> bool:
+        """Write a whole answer (head and body) at once; whether to `drain()`
+        now, as `write` does, before the answer counts as delivered (the
+        client is slower, or the connection is closing: then drain raises).
+        Raises ConnectionResetError when the connection is closing before.
+        Not a coroutine: the metered express path awaits only when it must."""
         transport = self._transport()
         if transport.is_closing():
             raise ConnectionResetError("the client went away")
@@ -554,8 +556,7 @@ class Lane(asyncio.Protocol):
                 raise ConnectionResetError("the client went away")
             data = data[end:]
         transport.write(data)
-        if self.writable is not None or transport.is_closing():
-            await self.drain()
+        return self.writable is not None or transport.is_closing()
 
     def _flush_head(self) -> None:
         if self.pending:

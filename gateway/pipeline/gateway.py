@@ -10,7 +10,6 @@ error raised below becomes its problem+json in pipeline/errors.py.
 from __future__ import annotations
 
 import contextvars
-import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -205,19 +204,7 @@ class Gateway:
             if match.route.route.meter is None:
                 answer = await self.proxy.express(request, match, extra, rid=rid)
             else:  # metering.serve's draw, on the tab the token draws on
-                unit, _, _ = quote.unit_price_now(match) or await quote.unit_price(
-                    services.policy.current, services.rates, request.headers, match
-                )
-                answer = await metering.draw(
-                    self,
-                    request,
-                    match,
-                    admitted.grant,
-                    extra,
-                    unit,
-                    CIMultiDict(),  # self.reply(None): no token bought, no CORS here
-                    functools.partial(self.proxy.express, rid=rid),  # type: ignore[arg-type]
-                )
+                answer = await metering.express(self, request, match, admitted.grant, extra, rid)
         except StoreUnavailable as exc:  # as _priced maps them
             self.store_failed()
             answer = problem_for(exc)

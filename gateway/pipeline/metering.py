@@ -4,7 +4,9 @@ Hold the most the request may cost (`meter.most` units at the unit price),
 proxy it, then settle what it really cost — one unit, the units the
 upstream reports, or the bytes delivered — and return the rest of the
 hold (pricing/tabs.py `Metering` counts). A payment on the request opens
-or tops up the tab through the one intake first.
+or tops up the tab through the one intake first. `express` is `draw` for
+the gateway's express path (a tab token alone), with as little per request
+as the same decision allows.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from multidict import CIMultiDict
 
 from gateway.challenge.respond import tab_challenge
 from gateway.edge import metrics
-from gateway.edge.lane import Ready
+from gateway.edge.lane import LaneRequest, Ready
 from gateway.edge.problems import payments_disabled
 from gateway.errors import PaymentError
 from gateway.payments.admission import Wanted, admit
@@ -31,11 +33,13 @@ from gateway.pipeline.credentials import (
     forget_for_peer,
     keep_for_peer,
     kept_for_peer,
+    paid_upstream_header,
     too_early,
 )
 from gateway.policy import Match
+from gateway.policy.schema import Route
 from gateway.pricing import quote
-from gateway.pricing.tabs import TAB, Metering, most_msat, sats, tab_scope
+from gateway.pricing.tabs import TAB, Metering, PerRequest, most_msat, sats, tab_scope
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable
@@ -127,7 +131,7 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
                 raise
             return await refuse(request, match, refused)
         await keep_for_peer(store, paid)
-        grant, upstream = paid.grant, cashier.tokens.upstream_header(paid.grant)
+        grant, upstream = paid.grant, paid_upstream_header(cashier.tokens, paid)
     unit, _, _ = await quote.unit_price(
         services.policy.current, services.rates, request.headers, match
     )
@@ -157,7 +161,7 @@ async def draw(
 
     `unit` is the price of one unit in msat, `extra` the headers for the
     upstream, `reply` those for the client (the tab's id is added).
-    `proxy` proxies it (`Proxy.forward` unless given: the express path's).
+    `proxy` proxies it (`Proxy.forward` unless given).
     """
     services = gw.services
     meter = match.route.route.meter
@@ -170,32 +174,117 @@ async def draw(
     try:
         hold = tabs.take(tab, held) or await tabs.hold(tab, held)
     except Exhausted as short:
-        refusal = PaymentError(
-            "tab-exhausted",
-            f"the tab holds {sats(short.balance)} satoshis and this request may cost up to "
-            f"{sats(held)}: top it up",
-        )
-        response = await tab_challenge(
-            services, request, match, gw.origin(request), refusal, short.balance
-        )
-        response.headers.extend(reply)
-        return response
+        return await _exhausted(gw, request, match, held, short.balance, reply)
     metering = Metering(meter, unit, held, hold.balance, bodiless=request.method == "HEAD")
     try:
         return await (proxy or gw.proxy.forward)(request, match, extra, reply, metering)
     finally:
         charge = metering.charge()
-        metrics.metered(match.service.name, charge)
-        if services.tally is not None:
-            services.tally.add(
-                match.service.name,
-                match.route.scope,
-                metered_msat=charge,
-                refunds=int(charge == 0 and held > 0),
-            )
+        _count(services, match, held, charge)
         try:
             if not tabs.settled(hold, charge):
                 await tabs.settle(hold, charge)
         except StoreUnavailable:
             # The hold returns to the tab when it expires: unbilled, not lost.
             log.error("could not settle a metered request on tab %s: store unavailable", tab)
+
+
+# A metered route's unit price (msat), hold, and for a per-request meter its
+# charge in satoshis, when the price is known without asking
+# (quote.unit_price_now): worked out once per route, not per request. Keyed
+# by the route's id, the route kept to tell a reloaded policy's from it.
+_known: dict[int, tuple[Route, int, int, int, str]] = {}
+_KNOWN_KEPT = 1024
+
+
+async def express(
+    gw: Passage,
+    request: LaneRequest,
+    match: Match,
+    grant: Grant,
+    extra: dict[str, str],
+    rid: str,
+) -> web.StreamResponse | Ready:
+    """`draw` for the gateway's express path (a tab token, nothing bought,
+    no CORS): the same hold, answer and settlement, in one coroutine that
+    awaits only the store when the lease's slice does not cover the hold,
+    the upstream, and the client when it reads slower (`Proxy.express_metered`).
+    `rid` is the request's id.
+    """
+    services = gw.services
+    route = match.route.route
+    meter = route.meter
+    tab = grant.tab
+    tabs = services.tabs
+    assert meter is not None and tab is not None and tabs is not None
+    known = _known.get(id(route))
+    if known is not None and known[0] is route:
+        _, unit, held, good, owes = known
+    else:
+        now = quote.unit_price_now(match)
+        if now is None:  # a fiat price or concessions: asked per request
+            unit, _, _ = await quote.unit_price(
+                services.policy.current, services.rates, request.headers, match
+            )
+        else:
+            unit = now[0]
+        held = most_msat(meter, unit)
+        good, owes = PerRequest.worked_out(unit, held)
+        if now is not None:
+            if len(_known) >= _KNOWN_KEPT:
+                _known.clear()
+            _known[id(route)] = (route, unit, held, good, owes)
+    try:
+        hold = tabs.take(tab, held) or await tabs.hold(tab, held)
+    except Exhausted as short:
+        return await _exhausted(gw, request, match, held, short.balance, CIMultiDict({TAB: tab}))
+    bodiless = request.method == "HEAD"
+    metering = (
+        PerRequest(meter, unit, held, hold.balance, bodiless=bodiless, good=good, owes=owes)
+        if meter.per == "request"
+        else Metering(meter, unit, held, hold.balance, bodiless=bodiless)
+    )
+    try:
+        return await gw.proxy.express_metered(request, match, extra, tab, metering, rid=rid)
+    finally:
+        charge = metering.charge()
+        _count(services, match, held, charge)
+        try:
+            if not tabs.settled(hold, charge):
+                await tabs.settle(hold, charge)
+        except StoreUnavailable:
+            # The hold returns to the tab when it expires: unbilled, not lost.
+            log.error("could not settle a metered request on tab %s: store unavailable", tab)
+
+
+async def _exhausted(
+    gw: Passage,
+    request: web.BaseRequest,
+    match: Match,
+    held: int,
+    balance: int,
+    reply: CIMultiDict[str],
+) -> web.Response:
+    """The tab challenge for a tab holding `balance` msat, short of `held`."""
+    refusal = PaymentError(
+        "tab-exhausted",
+        f"the tab holds {sats(balance)} satoshis and this request may cost up to "
+        f"{sats(held)}: top it up",
+    )
+    response = await tab_challenge(
+        gw.services, request, match, gw.origin(request), refusal, balance
+    )
+    response.headers.extend(reply)
+    return response
+
+
+def _count(services: Services, match: Match, held: int, charge: int) -> None:
+    """Count a metered request's charge in the metrics and the tallies."""
+    metrics.metered(match.service.name, charge)
+    if services.tally is not None:
+        services.tally.add(
+            match.service.name,
+            match.route.scope,
+            metered_msat=charge,
+            refunds=int(charge == 0 and held > 0),
+        )

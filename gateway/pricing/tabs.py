@@ -177,6 +177,35 @@ class Metering:
         return units
 
 
+@dataclass(slots=True)
+class PerRequest(Metering):
+    """`Metering` for a per-request meter with its charge worked out once
+    (`good`: min(held, ceil(unit_msat)), `owes`: the same in satoshis): the
+    same headers and charge, without reading the answer's length on every
+    request (the express path's metered answers). tests/test_tabs.py holds
+    it to `Metering` over statuses, prices, holds and deliveries."""
+
+    good: int = 0  # msat charged for a good answer delivered
+    owes: str = "0"  # sats(good), the charge header's value
+
+    @staticmethod
+    def worked_out(unit_msat: int, held: int) -> tuple[int, str]:
+        """(good, owes) for this unit price and hold: one unit, at most the hold."""
+        good = min(held, math.ceil(unit_msat))
+        return good, sats(good)
+
+    def owed(self, status: int, headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+        self.status = status
+        if status >= 400:  # charged nothing
+            return [(CHARGE, "0"), (BALANCE, sats(self.balance + self.held))]
+        return [(CHARGE, self.owes), (BALANCE, sats(self.balance + self.held - self.good))]
+
+    def charge(self) -> int:
+        if self.status is None or self.status >= 400 or not self.delivered:
+            return 0
+        return self.good
+
+
 def _length(headers: CIMultiDict[str]) -> int | None:
     value = headers.get("Content-Length")
     return int(value) if value is not None and value.isdigit() else None

@@ -6,9 +6,10 @@ proxy/headers.py's: hop-by-hop ones dropped, `X-Forwarded-*` set by us,
 nothing under `X-Farebox-` or with an underscore in its name, the
 credential cookie never, priced answers private to shared caches.
 Bodiless requests to http:// upstreams go through proxy/upstream.py's
-pooled client; `express` is the token-paid request's short way (the
-gateway's express path). Upstream failures become problem+json: 502 when
-it refuses or breaks, 504 when it is too slow.
+pooled client; `express` and `express_metered` are the short ways of a
+token-paid request and of one drawn on a tab (the gateway's express path).
+Upstream failures become problem+json: 502 when it refuses or breaks, 504
+when it is too slow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -31,6 +32,7 @@ from gateway.edge.forwarded import Network
 from gateway.edge.lane import LaneRequest, Ready, Written, connection_line, status_line
 from gateway.edge.problems import problem
 from gateway.policy import Match
+from gateway.pricing.tabs import TAB, Metering
 from gateway.proxy.headers import (
     Encoded,
     answer_encoded,
@@ -39,7 +41,6 @@ from gateway.proxy.headers import (
     is_websocket,
     keep_private,
     response_headers,
-    rewrites,
     upstream_headers,
 )
 from gateway.proxy.upstream import (
@@ -319,49 +320,27 @@ class Proxy:
         return origin, target
 
     async def express(
-        self,
-        request: LaneRequest,
-        match: Match,
-        extra: dict[str, str],
-        reply: CIMultiDict[str] | None = None,
-        meter: Metered | None = None,
-        *,
-        rid: str,
+        self, request: LaneRequest, match: Match, extra: dict[str, str], *, rid: str
     ) -> Ready | web.StreamResponse:
         """`forward` for the gateway's express path (a lane request on a priced
         route, admitted by a grant; no CORS, no signing): the same upstream
-        request and the same answer, byte for byte. Without a meter or
-        `reply` headers, a whole answer to a GET comes back encoded
-        (`Ready`), made from header lines kept per upstream header list;
-        any other is answered as `forward` answers it.
+        request and the same answer, byte for byte. A whole answer to a GET
+        comes back encoded (`Ready`), made from header lines kept per
+        upstream header list; any other is answered as `forward` answers it.
 
         The upstream request's head is kept per client head, address and
         `extra` (the grant statement), with the request id put in each time.
         """
-        origin, _ = self._origin(match.service.upstream)
-        timeout = self._timeout(match)
-
         try:
-            got = await self._client.exchange(
-                origin,
-                request.method,
-                rid.encode().join(self._express_head(request, match, extra)),
-                connect_timeout=timeout.sock_connect or self.connect_timeout,
-                read_timeout=timeout.sock_read or self.read_timeout,
-                whole_limit=SMALL_BODY,
-            )
+            got = await self._express_exchange(request, match, extra, rid)
         except Exception as exc:
-            return _upstream_problem(exc, match, _with_id(reply, rid))
+            return _upstream_problem(exc, match, _with_id(None, rid))
         body, status = got.body, got.status
         if body is None or request.method != "GET" or status in _BODILESS:
-            return await self._answer(request, match, got, _with_id(reply, rid), meter)
+            return await self._answer(request, match, got, _with_id(None, rid), None)
         encoded = answer_encoded(got.headers, not match.route.route.price.free)
-        if meter is not None and not meter.by_bytes and encoded.sound and not rewrites(reply):
-            return await self._express_metered(
-                request, status, got.reason, encoded, _with_id(reply, rid), meter, body
-            )
-        if meter is not None or reply or not encoded.sound:
-            return await self._answer(request, match, got, _with_id(reply, rid), meter)
+        if not encoded.sound:
+            return await self._answer(request, match, got, _with_id(None, rid), None)
         keep = request.keep_alive
         parts = [status_line(request.version, status, got.reason), encoded.lines]
         parts.append(b"%s: %s\r\n" % (logs.HEADER.encode(), rid.encode()))
@@ -378,59 +357,72 @@ class Proxy:
         parts.append(body)
         return Ready(b"".join(parts), keep, status)
 
-    async def _express_metered(
+    async def express_metered(
         self,
         request: LaneRequest,
-        status: int,
-        reason: str,
-        encoded: Encoded,
-        reply: CIMultiDict[str],
-        meter: Metered,
-        body: bytes,
-    ) -> Ready:
-        """A whole metered answer written in one go, byte for byte as `_stream`
-        writes it through the lane (`Lane.start`, `write`, `end`): chunked
-        when the upstream gave no length (closed after, to an HTTP/1.0
-        client). The meter is told as `_stream` tells it."""
-        await meter.answered(status)
-        owed = meter.owed(status, encoded.headers)  # what the answer owes: the charge
-        text = "".join([f"{n}: {v}\r\n" for pairs in (reply.items(), owed) for n, v in pairs])
-        if text.count("\n") != len(reply) + len(owed) or text.count("\r") != text.count("\n"):
-            raise ValueError("CR or LF in a response header")  # as _head refuses it
-        keep = request.keep_alive
-        lines = text.encode("utf-8", "surrogateescape")  # as _head encodes them
-        parts = [status_line(request.version, status, reason), encoded.lines, lines]
-        chunked = False
-        if encoded.length is None:
-            if request.version == "1.1":
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-                chunked = True
-            else:
-                keep = False  # the end of the body is the end of the connection
-        if not encoded.typed and encoded.length != "0":
-            parts.append(b"Content-Type: application/octet-stream\r\n")
-        if not encoded.dated:
-            parts.append(b"Date: %s\r\n" % rfc822_formatted_time().encode())
-        parts.append(connection_line(request.version, keep))
-        parts.append(b"\r\n")
-        allowed = meter.allow(len(body))
-        assert allowed == len(body)  # only a meter by bytes cuts, and it streams
-        if body:
-            parts.append(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
-        if chunked:
-            parts.append(b"0\r\n\r\n")
+        match: Match,
+        extra: dict[str, str],
+        tab: str,
+        meter: Metering,
+        *,
+        rid: str,
+    ) -> Ready | web.StreamResponse:
+        """`express` for a metered request held on `tab` (pipeline/metering.py
+        `express`): `forward`'s answer with the tab's id among its `reply`
+        headers, told to `meter`, byte for byte. A whole answer to a GET is
+        written here in one go (`_metered_whole`, then the connection's
+        `put_whole`), awaiting only the upstream and, when the client is
+        slower, the connection; any other goes the way `forward` answers it.
+        """
+        try:
+            got = await self._express_exchange(request, match, extra, rid)
+        except Exception as exc:
+            return _upstream_problem(exc, match, _tab_reply(tab, rid))
+        body, status = got.body, got.status
+        if (
+            body is None
+            or request.method != "GET"
+            or status in _BODILESS
+            or meter.by_bytes  # streamed with small buffers (not an express route anyway)
+        ):
+            return await self._answer(request, match, got, _tab_reply(tab, rid), meter)
+        encoded = answer_encoded(got.headers, not match.route.route.price.free)
+        if not encoded.sound:
+            return await self._answer(request, match, got, _tab_reply(tab, rid), meter)
+        # The reply headers `forward` adds: X-Farebox-Tab and the request id,
+        # neither one keep_private rewrites (headers.py `caching`), so the
+        # upstream's lines stand as encoded.
+        data, keep = _metered_whole(request, status, got.reason, encoded, tab, rid, meter, body)
         conn = request.conn
         # Written here: nothing left for the lane to write (its keep is
         # the connection's, as after a streamed answer).
         written = Ready(b"", keep, status)
         try:
-            await conn.send_whole(b"".join(parts))
+            if conn.put_whole(data):
+                await conn.drain()
         except ConnectionError:
             log.debug("client left before its metered answer was written")
             written.keep = False
             return written
         meter.end()  # the last bytes went somewhere
         return written
+
+    def _express_exchange(
+        self, request: LaneRequest, match: Match, extra: dict[str, str], rid: str
+    ) -> Awaitable[Reply]:
+        """The express path's upstream exchange (its awaitable, so no frame is
+        added on the hot path): the kept head with `rid` put in, a whole
+        answer up to SMALL_BODY. Raises as `Client.exchange` does."""
+        origin, _ = self._origin(match.service.upstream)
+        timeout = self._timeout(match)
+        return self._client.exchange(
+            origin,
+            request.method,
+            rid.encode().join(self._express_head(request, match, extra)),
+            connect_timeout=timeout.sock_connect or self.connect_timeout,
+            read_timeout=timeout.sock_read or self.read_timeout,
+            whole_limit=SMALL_BODY,
+        )
 
     def _express_head(
         self, request: LaneRequest, match: Match, extra: dict[str, str]
@@ -705,6 +697,68 @@ def _with_id(reply: CIMultiDict[str] | None, rid: str) -> CIMultiDict[str]:
     out = CIMultiDict(reply or {})
     out[logs.HEADER] = rid
     return out
+
+
+def _tab_reply(tab: str, rid: str) -> CIMultiDict[str]:
+    """The reply headers `forward` adds to a metered answer drawn on `tab`."""
+    return CIMultiDict(((TAB, tab), (logs.HEADER, rid)))
+
+
+def _metered_whole(
+    request: LaneRequest,
+    status: int,
+    reason: str,
+    encoded: Encoded,
+    tab: str,
+    rid: str,
+    meter: Metering,
+    body: bytes,
+) -> tuple[bytes, bool]:
+    """A whole metered answer as one write, byte for byte as `_stream` writes
+    it through the lane (`Lane.start`, `write`, `end`) with `forward`'s reply
+    headers (the tab's id, the request id): chunked when the upstream gave
+    no length (closed after, to an HTTP/1.0 client); and whether the
+    connection stays open. The meter is told as `_stream` tells it, but for
+    `answered`, which a tab's Metering does nothing on (an express route has
+    no reward), and `allow`, which cuts only a meter by bytes (never here)."""
+    # Metering.owed: two fields, the charge and the balance left.
+    (charge, owed), (left, balance) = meter.owed(status, encoded.headers)
+    text = f"{TAB}: {tab}\r\n{logs.HEADER}: {rid}\r\n{charge}: {owed}\r\n{left}: {balance}\r\n"
+    if text.count("\n") != 4 or text.count("\r") != 4:
+        raise ValueError("CR or LF in a response header")  # as _head refuses it
+    keep = request.keep_alive
+    version = request.version
+    key = (version, status, reason)
+    head = _status_lines.get(key)
+    if head is None:
+        if len(_status_lines) >= _STATUS_LINES_KEPT:
+            _status_lines.clear()
+        head = _status_lines[key] = status_line(version, status, reason)
+    # as _head encodes them
+    parts = [head, encoded.lines, text.encode("utf-8", "surrogateescape")]
+    chunked = False
+    if encoded.length is None:
+        if version == "1.1":
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            chunked = True
+        else:
+            keep = False  # the end of the body is the end of the connection
+    if not encoded.typed and encoded.length != "0":
+        parts.append(b"Content-Type: application/octet-stream\r\n")
+    if not encoded.dated:
+        parts.append(b"Date: %s\r\n" % rfc822_formatted_time().encode())
+    parts.append(connection_line(version, keep))
+    parts.append(b"\r\n")
+    if body:
+        parts.append(b"%x\r\n%b\r\n" % (len(body), body) if chunked else body)
+    if chunked:
+        parts.append(b"0\r\n\r\n")
+    return b"".join(parts), keep
+
+
+# Status lines of metered express answers, per (version, status, reason).
+_status_lines: dict[tuple[str, int, str], bytes] = {}
+_STATUS_LINES_KEPT = 256
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:

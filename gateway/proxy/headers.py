@@ -337,11 +337,6 @@ def answer_headers(pairs: list[tuple[str, str]], priced: bool) -> CIMultiDict[st
     return answer_encoded(pairs, priced).headers.copy()
 
 
-def rewrites(reply: CIMultiDict[str] | None) -> bool:
-    """Whether headers Farebox adds to a priced answer make keep_private rewrite it."""
-    return bool(reply) and any(caching(name) for name in reply)  # type: ignore[union-attr]
-
-
 def caching(name: str) -> bool:
     """Whether a header Farebox adds to an answer is one keep_private rewrites."""
     return _RESPONSE_KINDS[name] == _OVERRIDE or name.lower() in ("cache-control", "vary")

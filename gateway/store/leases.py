@@ -242,11 +242,16 @@ class Leases:
 
     def take(self, tab: str, amount: int) -> Hold | None:
         lease = self._leases.get(tab)
-        if self._closed or lease is None or lease.call is not None:
+        if self._closed or lease is None or lease.call is not None or lease.uncertain:
             return None
-        if not lease.covers(amount, time.monotonic()):
+        # `covers` and `_take` in one: every metered request passes here.
+        now = time.monotonic()
+        free = lease.amount - (lease.charged - lease.taken) - lease.inflight
+        if now >= lease.valid_until or free < amount:
             return None
-        return self._take(tab, lease, amount)
+        lease.inflight += amount
+        lease.last_use = now
+        return Hold(tab, amount, lease.known + free - amount, lease=lease)
 
     async def settle(self, hold: Hold, charge: int) -> None:
         self.settled(hold, charge)
