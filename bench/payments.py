@@ -289,7 +289,7 @@ async def fire(
                 started = time.perf_counter()
                 reader.waiter = loop.create_future()
                 transport.write(request)
-                status = await reader.waiter
+                status = await asyncio.wait_for(reader.waiter, ANSWER_TIMEOUT)
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
@@ -298,6 +298,9 @@ async def fire(
     started = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     return time.perf_counter() - started, latencies, statuses
+
+
+ANSWER_TIMEOUT = 60.0  # seconds for one answer before the run fails (TimeoutError)
 
 
 def _request_bytes(payment: Prepared, netloc: str) -> bytes:
@@ -325,11 +328,15 @@ class _Answers(asyncio.Protocol):
 
     def _parse(self) -> None:
         buf = self.buffer
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(buf[:end]).decode("latin-1").split("\r\n")
-        status = int(head[0].split(" ", 2)[1])
+        while True:  # past any interim (1xx) answers
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            status = int(head[0].split(" ", 2)[1])
+            if not 100 <= status < 200 or status == 101:
+                break
+            del buf[: end + 4]
         fields = {}
         for line in head[1:]:
             name, _, value = line.partition(":")
@@ -342,11 +349,19 @@ class _Answers(asyncio.Protocol):
                 if line_end < 0:
                     return
                 size = int(bytes(buf[at:line_end]).split(b";")[0], 16)
+                if size == 0:  # the last chunk: then trailer fields, up to an empty line
+                    at = line_end + 2
+                    while True:
+                        line_end = buf.find(b"\r\n", at)
+                        if line_end < 0:
+                            return
+                        at, empty = line_end + 2, line_end == at
+                        if empty:
+                            break
+                    break
                 at = line_end + 2 + size + 2
                 if len(buf) < at:
                     return
-                if size == 0:
-                    break
             done = at
         else:
             done = body + int(fields.get("content-length", "0"))

@@ -173,12 +173,16 @@ class Tokens:
         neither a signature check nor another statement signed.
 
         Only for a token minted here now (not one an earlier acceptance or
-        another instance made, which `verify` judges as any other).
+        another instance made, which `verify` judges as any other). A token
+        whose key is no longer the active one (the ring reloaded, a key
+        pruned, between minting and now) is not remembered: `verify` judges it.
         """
         upstream = self.upstream_header(grant)
-        self._cache[token] = (grant, upstream)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        active = self._headers.get(self.ring.active)
+        if active is not None and token.startswith(active.decode("ascii") + "."):
+            self._cache[token] = (grant, upstream)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return upstream
 
     def known(self, token: str) -> bool:

@@ -151,8 +151,7 @@ class Cashier:
             price, self.payee_script(payment), payment.vout, rules.exact, rules.amount
         )
         lap("derivation")
-        # Each read once: Match.scope and Route.effective_grant build a default
-        # Grant model (pydantic) each time when the route names none.
+        # Each read once: Match.scope is a property, worked out on every read.
         scope, terms = match.scope, route.effective_grant
         if top_up is None:
             purchase = f"{match.service.name}\n{scope}"
