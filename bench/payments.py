@@ -269,7 +269,9 @@ async def fire(
     a small HTTP/1.1 protocol (status, Content-Length or chunked body), as
     wrk does: the load generator shares the machine's cores with the worker,
     and aiohttp's client cost (about 150 us a request) would be timed as if
-    it were Farebox's.
+    it were Farebox's. Raises ConnectionError when the server closes a
+    connection before answering, TimeoutError after ANSWER_TIMEOUT seconds
+    without an answer.
     """
     url = urllib.parse.urlsplit(base)
     host, port = url.hostname or "127.0.0.1", url.port or 80
