@@ -392,6 +392,11 @@ def measure_latency(h: Harness, results: dict[str, object], details: dict[str, o
         float(runs["farebox"]["p99_ms"]) - float(runs["origin"]["p99_ms"]),  # type: ignore[arg-type]
         3,
     )
+    # A VM's CPUs stolen by its host for milliseconds at a time set this tail.
+    print(
+        f"    CPU time stolen by the hypervisor meanwhile: {runs['origin']['steal_percent']}% "
+        f"(origin run), {runs['farebox']['steal_percent']}% (Farebox run)"
+    )
 
 
 def measure_scaling(h: Harness, details: dict[str, object]) -> dict[str, object]:

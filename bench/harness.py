@@ -306,6 +306,8 @@ class Harness:
             "cpu_us_per_request": {g: round(s / max(requests, 1) * 1e6, 1) for g, s in cpu.items()},
             "cpu_percent": {g: round(100 * s / wall, 1) for g, s in cpu.items()},
             "other_cpu_percent": round(100 * (other + pb.steal_seconds() - steal) / wall, 1),
+            # Of which the hypervisor's: the VM's CPUs were runnable but not run.
+            "steal_percent": round(100 * (pb.steal_seconds() - steal) / wall, 1),
         }
         if len(urls) > 1:
             out["per_url_req_per_s"] = [round(r.requests_per_s, 1) for r in results]
