@@ -65,7 +65,7 @@ KEYS: dict[str, tuple[str | None, float | None, str]] = {
     "metered_redis_vs_token_1_worker": (None, None, "the same with 1 worker"),
     "metered_redis_vs_token_2_workers": (None, None, "the same with farebox serve --workers 2"),
     "payments_vs_crypto_limit": (
-        ">=", 0.5, "payments/s (1 worker) / 1 / (t_verify + t_derive + t_sign)",
+        ">=", 0.5, "payments/s (1 worker) / (1 / (t_verify + t_derive + t_sign))",
     ),
     "stream_vs_nginx": (None, None, "MiB/s of a 1 GiB body, Farebox / nginx"),
     "stream_rss_growth_mb": ("<", 50.0, "MiB (2^20 bytes): peak - before, Farebox RSS, 1 GiB"),

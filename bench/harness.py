@@ -198,7 +198,8 @@ class Harness:
              "--block-interval", "0"],
         )  # fmt: skip
         self.devnet_url = f"http://{HOST}:{devnet}"
-        # The sample upstream: only bench/payments.py's payments go there.
+        # The sample upstream, behind the plain nginx proxy's /bench/ (no run of
+        # bench-all asks for it now: payments go to the origin). Idle while measuring.
         self.spawn(
             "upstream", upstream,
             [sys.executable, "-m", "gateway.demo.upstream", "--host", HOST, "--port", str(upstream)],

@@ -269,7 +269,10 @@ async def fire(
     a small HTTP/1.1 protocol (status, Content-Length or chunked body), as
     wrk does: the load generator shares the machine's cores with the worker,
     and aiohttp's client cost (about 150 us a request) would be timed as if
-    it were Farebox's. Raises ConnectionError when the server closes a
+    it were Farebox's. Interim (1xx) answers are skipped and chunked
+    trailers read; a body that ends only when the connection closes (no
+    length, not chunked: neither Farebox nor nginx sends one to a keep-alive
+    HTTP/1.1 request) is not read. Raises ConnectionError when the server closes a
     connection before answering, TimeoutError after ANSWER_TIMEOUT seconds
     without an answer.
     """
@@ -746,7 +749,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--payments", type=int, default=3000, help="payments timed per mode (default 3000)"
+        "--payments", type=int, default=3000, help="payments timed per layout (default 3000)"
     )
     parser.add_argument(
         "--warmup", type=int, default=300, help="payments sent first, untimed (default 300)"
@@ -758,7 +761,10 @@ def main() -> None:
         help="payments timed stage by stage in process (default 500)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=32, help="requests in flight (default 32)"
+        "--concurrency",
+        type=int,
+        default=32,
+        help="keep-alive connections, one payment in flight on each (default 32)",
     )
     parser.add_argument(
         "--no-shared",

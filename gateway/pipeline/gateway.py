@@ -203,7 +203,7 @@ class Gateway:
         try:
             if match.route.route.meter is None:
                 answer = await self.proxy.express(request, match, extra, rid=rid)
-            else:  # metering.serve's draw, on the tab the token draws on
+            else:  # metering.draw's hold, proxy and settle, on the tab the token draws on
                 answer = await metering.express(self, request, match, admitted.grant, extra, rid)
         except StoreUnavailable as exc:  # as _priced maps them
             self.store_failed()

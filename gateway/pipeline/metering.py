@@ -49,20 +49,6 @@ from gateway.tokens import Grant
 log = logging.getLogger("farebox")
 
 
-class Proxied(Protocol):
-    """Proxies a metered request: `Proxy.forward`'s shape."""
-
-    async def __call__(
-        self,
-        request: web.BaseRequest,
-        match: Match,
-        extra: dict[str, str],
-        reply: CIMultiDict[str],
-        meter: Metering,
-        /,
-    ) -> web.StreamResponse | Ready: ...
-
-
 class Passage(Protocol):
     """What metering needs of the pipeline that calls it."""
 
@@ -154,14 +140,12 @@ async def draw(
     extra: dict[str, str],
     unit: int,
     reply: CIMultiDict[str],
-    proxy: Proxied | None = None,
 ) -> web.StreamResponse | Ready:
     """Hold the most the request may cost on the grant's tab, proxy it, and
     settle what it cost; the tab challenge when the tab holds too little.
 
     `unit` is the price of one unit in msat, `extra` the headers for the
     upstream, `reply` those for the client (the tab's id is added).
-    `proxy` proxies it (`Proxy.forward` unless given).
     """
     services = gw.services
     meter = match.route.route.meter
@@ -177,7 +161,7 @@ async def draw(
         return await _exhausted(gw, request, match, held, short.balance, reply)
     metering = Metering(meter, unit, held, hold.balance, bodiless=request.method == "HEAD")
     try:
-        return await (proxy or gw.proxy.forward)(request, match, extra, reply, metering)
+        return await gw.proxy.forward(request, match, extra, reply, metering)
     finally:
         charge = metering.charge()
         _count(services, match, held, charge)
@@ -206,10 +190,13 @@ async def express(
     rid: str,
 ) -> web.StreamResponse | Ready:
     """`draw` for the gateway's express path (a tab token, nothing bought,
-    no CORS): the same hold, answer and settlement, in one coroutine that
-    awaits only the store when the lease's slice does not cover the hold,
-    the upstream, and the client when it reads slower (`Proxy.express_metered`).
-    `rid` is the request's id.
+    no CORS): the same hold, answer and settlement, in one coroutine. The
+    unit price, hold and per-request charge are worked out once per route
+    when the price is in satoshis without concessions (else quoted per
+    request). It awaits the upstream; the store only where the tab's lease
+    does not cover the hold or settle in memory (always on the memory
+    store); and the client only when it reads slower
+    (`Proxy.express_metered`). `rid` is the request's id.
     """
     services = gw.services
     route = match.route.route
