@@ -10,7 +10,9 @@ priced and metered routes to the origin, nginx running
 nginx/farebox-auth-request.conf in front of Farebox, and an nginx answering
 402 as Farebox does. Farebox and every nginx proxy run `--workers N`
 processes. Tokens and tabs are bought with real BRC-121 payments on the
-devnet.
+devnet. Payments are measured on bench/payments.py's own gateway (1 worker,
+memory store) in front of the same origin, sent by its small HTTP/1.1
+client.
 
 It is a measurement, not a test: the exit status is 0 when everything ran,
 whether or not the targets are met; non-zero when something could not be
@@ -661,7 +663,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=pb.positive_int,
         default=1,
         metavar="N",
-        help="worker processes of Farebox and of every nginx proxy (default 1)",
+        help="worker processes of the main Farebox and of every nginx proxy (default 1; "
+        "payments always run on 1 worker, the metered and scaling runs on 1 and 2)",
     )
     parser.add_argument(
         "--duration",

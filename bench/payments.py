@@ -14,6 +14,12 @@ concurrency, each for its own resource. Layouts:
   process (tracker over HTTP behind the cache, ARC client to broadcast);
   `--no-shared` skips these.
 
+bench/all.py reuses `measure` with its nginx origin as the upstream.
+Payments are sent by a small HTTP/1.1 client (`fire`), not aiohttp's, so
+the load generator costs the shared cores little (the sample upstream
+still does). The Redis layouts need `redis-server` on PATH (`./dev
+bench-payments` installs it).
+
 Broadcast modes: `none` (payments are verified, claimed, receipted and
 tokenised but not broadcast: Farebox's own cost, "no broadcast wait") and
 `devnet` (each payment is also submitted to the devnet, which checks its
