@@ -43,7 +43,7 @@ from gateway.pricing.tabs import TAB, Metering, PerRequest, most_msat, sats, tab
 from gateway.proxy.forward import Proxy
 from gateway.services import Services
 from gateway.store import StoreUnavailable
-from gateway.store.leases import Exhausted
+from gateway.store.leases import Exhausted, Hold, TabHolds
 from gateway.tokens import Grant
 
 log = logging.getLogger("farebox")
@@ -164,13 +164,8 @@ async def draw(
         return await gw.proxy.forward(request, match, extra, reply, metering)
     finally:
         charge = metering.charge()
-        _count(services, match, held, charge)
-        try:
-            if not tabs.settled(hold, charge):
-                await tabs.settle(hold, charge)
-        except StoreUnavailable:
-            # The hold returns to the tab when it expires: unbilled, not lost.
-            log.error("could not settle a metered request on tab %s: store unavailable", tab)
+        if not _settled_now(services, match, tabs, hold, held, charge):
+            await _settle(tabs, hold, charge)
 
 
 # A metered route's unit price (msat), hold, and for a per-request meter its
@@ -235,13 +230,8 @@ async def express(
         return await gw.proxy.express_metered(request, match, extra, tab, metering, rid=rid)
     finally:
         charge = metering.charge()
-        _count(services, match, held, charge)
-        try:
-            if not tabs.settled(hold, charge):
-                await tabs.settle(hold, charge)
-        except StoreUnavailable:
-            # The hold returns to the tab when it expires: unbilled, not lost.
-            log.error("could not settle a metered request on tab %s: store unavailable", tab)
+        if not _settled_now(services, match, tabs, hold, held, charge):
+            await _settle(tabs, hold, charge)
 
 
 async def _exhausted(
@@ -263,6 +253,32 @@ async def _exhausted(
     )
     response.headers.extend(reply)
     return response
+
+
+def _settled_now(
+    services: Services, match: Match, tabs: TabHolds, hold: Hold, held: int, charge: int
+) -> bool:
+    """Count a metered request's `charge` (msat) and settle its `hold` in memory
+    if the tab's lease allows; False when `_settle` must ask the store."""
+    _count(services, match, held, charge)
+    try:
+        return tabs.settled(hold, charge)
+    except StoreUnavailable:
+        _unsettled(hold)
+        return True
+
+
+async def _settle(tabs: TabHolds, hold: Hold, charge: int) -> None:
+    """Settle `hold` at `charge` msat through the store; an outage is logged."""
+    try:
+        await tabs.settle(hold, charge)
+    except StoreUnavailable:
+        _unsettled(hold)
+
+
+def _unsettled(hold: Hold) -> None:
+    # The hold returns to the tab when it expires: unbilled, not lost.
+    log.error("could not settle a metered request on tab %s: store unavailable", hold.tab)
 
 
 def _count(services: Services, match: Match, held: int, charge: int) -> None:
