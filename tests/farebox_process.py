@@ -8,8 +8,10 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 FAREBOX = [sys.executable, "-m", "gateway"]
 
@@ -58,7 +60,16 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: str | None = None):
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAREBOX_")}
     env.update(extra or {})
+    # Not ./receipts.jsonl in the checkout (the default, where pytest runs):
+    # a test that cares passes --receipts-file or this variable itself.
+    env.setdefault("FAREBOX_RECEIPTS_FILE", str(_receipts()))
     return env
+
+
+def _receipts() -> Path:
+    folder = Path(tempfile.gettempdir()) / f"farebox-tests-{os.getpid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / "receipts.jsonl"
 
 
 @contextlib.asynccontextmanager
