@@ -20,7 +20,6 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from http.cookies import SimpleCookie
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,7 +30,7 @@ from aiohttp import web
 
 import gateway.tokens as tokens_module
 from gateway.payments.cashier import Accepted, Cashier
-from gateway.pipeline.credentials import COOKIE, Revocations, cookie_path, token_headers
+from gateway.pipeline.credentials import COOKIE, Revocations, token_headers
 from gateway.policy.schema import Grant as GrantTerms
 from gateway.policy.schema import Route
 from gateway.store.memory import MemoryStore
@@ -41,6 +40,7 @@ from tests.conftest import PAID_POLICY, PAID_SERVER, GatewayFactory, Upstream
 from tests.test_paid_access import FakeBroadcaster, Setup, brc121, fetch, send
 from tests.test_tabs import POLICY as TAB_POLICY
 from tests.test_tabs import metered_app
+from tests.test_token_cookie import expected_cookie
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -272,18 +272,7 @@ async def test_grant_ids_are_distinct_hex_without_uuid_structure_relied_on() -> 
 
 # --- the token cookie ------------------------------------------------------------------
 
-
-def _simple_cookie(token: str, grant: Grant, secure: bool, now: int) -> str:
-    jar: SimpleCookie = SimpleCookie()
-    jar[COOKIE] = token
-    morsel = jar[COOKIE]
-    morsel["path"] = cookie_path(grant)
-    morsel["max-age"] = str(max(0, grant.expires - now))
-    morsel["httponly"] = True
-    morsel["samesite"] = "Lax"
-    if secure:
-        morsel["secure"] = True
-    return morsel.OutputString()
+simple_cookie = expected_cookie  # what http.cookies writes (tests/test_token_cookie.py)
 
 
 ODD_SCOPES = [
@@ -314,7 +303,7 @@ def test_the_cookie_is_what_http_cookies_writes_for_odd_scopes(
     )
     token = tokens.mint(grant)
     headers = token_headers(Accepted(grant, token, None, False), secure=secure, now=now)  # type: ignore[arg-type]
-    assert headers["Set-Cookie"] == _simple_cookie(token, grant, secure, now)
+    assert headers["Set-Cookie"] == simple_cookie(token, grant, secure, now)
     assert "Max-Age=-" not in headers["Set-Cookie"]
 
 
@@ -325,7 +314,7 @@ def test_a_token_that_is_no_jwt_is_quoted_as_http_cookies_quotes_it(token: str) 
     now = 1_800_000_000
     grant = Grant("g" * 32, "svc", "/svc/a", "resource", ("GET",), now + 60, "ab" * 32, 1, "c")
     headers = token_headers(Accepted(grant, token, None, False), secure=True, now=now)  # type: ignore[arg-type]
-    assert headers["Set-Cookie"] == _simple_cookie(token, grant, True, now)
+    assert headers["Set-Cookie"] == simple_cookie(token, grant, True, now)
 
 
 async def test_a_paid_answer_for_an_odd_path_carries_http_cookies_own_cookie(
@@ -342,7 +331,7 @@ async def test_a_paid_answer_for_an_odd_path_carries_http_cookies_own_cookie(
     sent = headers["Set-Cookie"]
     now = int(time.time())
     # The answer was written within a second or two of `now`.
-    assert sent in {_simple_cookie(token, grant, False, now - d) for d in range(3)}
+    assert sent in {simple_cookie(token, grant, False, now - d) for d in range(3)}
     status, _, _, _ = await fetch(f"{paid.base}{path}", {"Cookie": f"{COOKIE}={token}"})
     assert status == 200
 

@@ -18,7 +18,7 @@ _SEGMENT = st.text(
 )
 
 
-def _expected(token: str, grant: Grant, secure: bool, now: int) -> str:
+def expected_cookie(token: str, grant: Grant, secure: bool, now: int) -> str:
     jar: SimpleCookie = SimpleCookie()
     jar[COOKIE] = token
     morsel = jar[COOKIE]
@@ -51,11 +51,11 @@ def test_a_jwt_cookie_is_what_http_cookies_writes(
     accepted = _accepted(token, "/" + "/".join(path), covers, now + lifetime)
     headers = token_headers(accepted, secure=secure, now=now)
     assert headers[TOKEN_HEADER] == token
-    assert headers["Set-Cookie"] == _expected(token, accepted.grant, secure, now)
+    assert headers["Set-Cookie"] == expected_cookie(token, accepted.grant, secure, now)
 
 
 @given(token=st.text(st.characters(codec="ascii", exclude_characters="\r\n"), min_size=1))
 def test_any_other_token_is_quoted_as_http_cookies_quotes_it(token: str) -> None:
     accepted = _accepted(token, "/a/{id}/b", "route", 1_800_000_060)
     headers = token_headers(accepted, secure=True, now=1_800_000_000)
-    assert headers["Set-Cookie"] == _expected(token, accepted.grant, True, 1_800_000_000)
+    assert headers["Set-Cookie"] == expected_cookie(token, accepted.grant, True, 1_800_000_000)
