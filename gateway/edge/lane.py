@@ -219,6 +219,33 @@ class LaneServer:
             conn.close()
 
 
+class _Head:
+    """What the request parser reports of one head (its httptools callbacks).
+
+    Kept apart from the Lane because a parser holds its callbacks' object:
+    were that the Lane, each connection would be a reference cycle, freed
+    only by the cyclic collector, which a worker runs rarely
+    (serve/worker.py `_tune_gc`), and every closed connection would keep
+    its buffers until then. Apart, a closed connection is freed at once.
+    """
+
+    __slots__ = ("complete", "fields", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
 class Lane(asyncio.Protocol):
     """One client connection, until it is handed to aiohttp or closed."""
 
@@ -231,15 +258,13 @@ class Lane(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since: float | None = None  # loop time the last answer ended; None: busy
         self.writable: asyncio.Future[None] | None = None
-        self.parser = HttpRequestParser(self)
+        self.head = _Head()
+        self.parser = HttpRequestParser(self.head)
         self.eof = False
         self.paused = False  # reading stopped while an answer is in flight
         self.chunked = False  # the answer being streamed is chunk-framed
         self.keep = True  # the answer being streamed leaves the connection open
         self.pending = b""  # the streamed answer's head, not written yet
-        self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
-        self._complete = False
 
     # --- asyncio.Protocol -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -287,16 +312,6 @@ class Lane(asyncio.Protocol):
                 self._transport().resume_reading()
             if self.buffer:
                 self._next()
-
-    # --- httptools callbacks ----------------------------------------------------------
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
-
-    def on_message_complete(self) -> None:
-        self._complete = True
 
     # --- the connection's work --------------------------------------------------------
     def _next(self) -> None:
@@ -389,24 +404,25 @@ class Lane(asyncio.Protocol):
     def _parse_anew(self, head: bytes) -> LaneRequest | None:
         if len(head) > self.server.max_head or not head.startswith((b"GET /", b"HEAD /")):
             return None
-        self._url, self._fields, self._complete = b"", [], False
+        parts = self.head
+        parts.url, parts.fields, parts.complete = b"", [], False
         try:
             self.parser.feed_data(head)
         except (HttpParserError, HttpParserUpgrade):
-            self.parser = HttpRequestParser(self)
+            self.parser = HttpRequestParser(parts)
             return None
-        if not self._complete:  # a body follows after all
-            self.parser = HttpRequestParser(self)
+        if not parts.complete:  # a body follows after all
+            self.parser = HttpRequestParser(parts)
             return None
         method = self.parser.get_method()
         version = self.parser.get_http_version()
         if (
             method not in _METHODS
             or version not in ("1.1", "1.0")
-            or len(self._url) > self.server.max_line
+            or len(parts.url) > self.server.max_line
         ):
             return None
-        fields = self._fields
+        fields = parts.fields
         lowers = [name.lower() for name, _ in fields]
         limit = self.server.max_field
         if not _NOT_LANE.isdisjoint(lowers) or lowers.count(b"host") != 1:
@@ -428,7 +444,7 @@ class Lane(asyncio.Protocol):
             keep_alive = version == "1.1"
         request = LaneRequest(
             method.decode("ascii"),
-            self._url.decode("utf-8", "surrogateescape"),
+            parts.url.decode("utf-8", "surrogateescape"),
             CIMultiDictProxy(headers),
             version,
             keep_alive,

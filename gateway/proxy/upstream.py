@@ -147,14 +147,30 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool.lost(self)
-        if not self._active:
-            return
-        if self._streaming and self._until_close and self._error is None:
-            self._finish_stream()
-        elif self.got_bytes:
-            self._fail(UpstreamError("upstream closed the connection mid-response"))
-        else:
-            self._fail(UpstreamError("upstream closed the connection without answering"))
+        try:
+            if not self._active:
+                return
+            if self._streaming and self._until_close and self._error is None:
+                self._finish_stream()
+            elif self.got_bytes:
+                self._fail(UpstreamError("upstream closed the connection mid-response"))
+            else:
+                self._fail(UpstreamError("upstream closed the connection without answering"))
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop what refers back to this closed connection: its parser (which
+        holds it as its callbacks' object), transport, timer and the last
+        exchange's future (whose streamed Reply holds it). Reference counting
+        then frees it once its last reader lets go, not the cyclic collector,
+        which a worker runs rarely (serve/worker.py `_tune_gc`): an upstream
+        closing its keep-alive connections every thousand requests, as nginx
+        does, would otherwise leave each one's buffers in memory until then."""
+        self._stop_timer()
+        self._parser = None  # type: ignore[assignment]  # no byte comes after the loss
+        self._transport = None
+        self._reply = None
 
     # --- httptools callbacks ----------------------------------------------------
 
@@ -263,8 +279,8 @@ class _Connection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             self._last_read = self._loop.time()
-            assert self._transport is not None
-            self._transport.resume_reading()
+            if self._transport is not None:  # else lost meanwhile: nothing more to read
+                self._transport.resume_reading()
         return data
 
     def release(self) -> None:
