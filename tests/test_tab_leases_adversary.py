@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import StoreUnavailable
-from gateway.store.leases import Exhausted, Hold, Leases
+from gateway.store.leases import SYNC_HOLDS, Exhausted, Hold, Leases
 from gateway.store.redis import RedisStore
 from tests.redis_servers import HOST, Cluster, RedisServer, need_redis, running
 from tests.test_tab_leases import serve, spendable
@@ -271,6 +271,68 @@ async def test_a_hold_waiting_on_a_lease_being_given_back_is_synced(
     served += await drain(other)
     await other.close()
     assert served == 100
+
+
+# --- holds while a periodic sync is on the wire ---------------------------------------
+
+
+async def test_holds_go_on_from_memory_while_a_periodic_sync_is_out(
+    server: RedisServer, store: RedisStore
+) -> None:
+    """A busy worker's requests do not wait for Redis at every sync: up to
+    SYNC_HOLDS are held from the slice while the sync is out, the store keeps
+    them covered, and every one is charged once."""
+    await store.credit(TAB, 10_000 * PRICE, "top-up")
+    worker = Leases(store, flush=0.02, idle=5, ttl=30)
+    assert await drain_n(worker, 3) == 3
+    lease = worker._leases[TAB]
+    holds: list[Hold] = []
+    with paused(server):
+        await until(lambda: lease.call is not None)  # the periodic sync, stalled
+        while (hold := worker.take(TAB, PRICE)) is not None:
+            holds.append(hold)
+        assert len(holds) == SYNC_HOLDS  # its budget, no more
+        assert lease.budget == 0
+    for hold in holds:
+        await worker.settle(hold, PRICE)
+    await worker.close()
+    assert await store.balance(TAB) == (10_000 - 3 - SYNC_HOLDS) * PRICE
+
+
+async def test_a_recall_answered_by_a_sync_with_holds_out_keeps_the_tab_exact(
+    server: RedisServer, store: RedisStore
+) -> None:
+    """Worker b is short and has recalled when worker a's periodic sync goes
+    out, a holding from its budget meanwhile: the store keeps that budget out
+    of what it gives back and does not count a as answered, b gets the rest
+    at a's next sync, and the tab serves exactly what it pays for."""
+    await store.credit(TAB, 1_200 * PRICE, "top-up")
+    a = Leases(store, flush=0.02, idle=5, ttl=30, recall=5)
+    b = Leases(store, flush=0.02, idle=5, ttl=30, recall=5)
+    assert await drain_n(a, 1) == 1  # a leases a quarter: 300 requests' worth
+    busy = await a.hold(TAB, PRICE)  # in flight: a keeps syncing
+    lease = a._leases[TAB]
+    b_served = asyncio.ensure_future(drain(b))  # the other 900, then a recall
+    recall = store.keys.lease(TAB)[4]
+    for _ in range(500):
+        if await store._client.hexists(recall, "at"):
+            break
+        await asyncio.sleep(0.01)
+    assert await store._client.hexists(recall, "at")
+    in_call: list[Hold] = []
+    with paused(server):
+        await until(lambda: lease.call is not None)  # a's next sync, held up
+        while len(in_call) < 100 and (hold := a.take(TAB, PRICE)) is not None:
+            in_call.append(hold)
+    assert len(in_call) == 100
+    for hold in (busy, *in_call):
+        await a.settle(hold, PRICE)
+    served_b = await b_served
+    served_a = 2 + len(in_call) + await drain(a)
+    for worker in (a, b):
+        await worker.close()
+    assert served_a + served_b == 1_200
+    assert await store.balance(TAB) == 0
 
 
 # --- a worker cut off from Redis for longer than its lease's ttl --------------------------

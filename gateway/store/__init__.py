@@ -76,6 +76,9 @@ class LeaseSync:
     release: bool = False  # give back everything not in flight
     ttl: int = 30  # seconds the lease outlives a worker that stops syncing
     recall: float = 2.0  # seconds a recall (another worker short) lasts
+    # Kept back from a recall for holds taken while this call is out (a
+    # periodic sync's budget); a lease keeping any has not answered the recall.
+    kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,12 @@ FLUSH = 0.05  # seconds between a lease's syncs while in use
 IDLE = 0.5  # seconds unused before a lease is given back
 LEASE_TTL = 30  # seconds a lease outlives a worker that stopped syncing
 RECALL = 2.0  # seconds a short request waits for other workers to give back
+# Holds a lease may still give out while its periodic sync is on the wire
+# (each the size of the last hold): the sync keeps that much out of what a
+# recall takes back, so they are covered whatever the store answers. Enough
+# for a few milliseconds of a busy worker; without it every request arriving
+# during a sync waited for Redis, 20 times a second.
+SYNC_HOLDS = 256
 
 
 class Exhausted(Exception):
@@ -175,10 +181,13 @@ class _Lease:
     valid_until: float = 0.0
     uncertain: bool = False  # a call failed or was cut short: what it did is unknown
     recalled_until: float = 0.0  # another worker is short: give back what is free
+    unit: int = 0  # the last hold's amount: what SYNC_HOLDS counts in
+    budget: int = 0  # msat still to be held from memory while a periodic sync is out
     last_use: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one call on it at a time
-    # Done when the call under way answers: holds wait for it (it may be giving
-    # back the free part they would take), all woken at once, not one by one.
+    # Done when the call under way answers: holds beyond a periodic sync's
+    # budget wait for it (it may be giving back the free part they would
+    # take), all woken at once, not one by one.
     call: asyncio.Future[None] | None = None
 
     @property
@@ -242,14 +251,21 @@ class Leases:
 
     def take(self, tab: str, amount: int) -> Hold | None:
         lease = self._leases.get(tab)
-        if self._closed or lease is None or lease.call is not None or lease.uncertain:
+        if self._closed or lease is None or lease.uncertain:
             return None
         # `covers` and `_take` in one: every metered request passes here.
         now = time.monotonic()
         free = lease.amount - (lease.charged - lease.taken) - lease.inflight
         if now >= lease.valid_until or free < amount:
             return None
+        if lease.call is not None:
+            # A call is out: only a periodic sync's budget, which the store
+            # keeps in the lease whatever it gives back, may be held now.
+            if lease.budget < amount:
+                return None
+            lease.budget -= amount
         lease.inflight += amount
+        lease.unit = amount
         lease.last_use = now
         return Hold(tab, amount, lease.known + free - amount, lease=lease)
 
@@ -297,15 +313,27 @@ class Leases:
 
     def _take(self, tab: str, lease: _Lease, amount: int) -> Hold:
         lease.inflight += amount
+        lease.unit = amount
         lease.last_use = time.monotonic()
         return Hold(tab, amount, lease.known + lease.free, lease=lease)
 
     async def _sync(
         self, tab: str, lease: _Lease, *, need: int = 0, release: bool = False
     ) -> Leased | None:
-        """One call on the lease; the caller holds its lock."""
+        """One call on the lease; the caller holds its lock.
+
+        A periodic sync (no `need`, no `release`, no recall seen at the last
+        sync) asks the store to keep a budget back from any recall, so that
+        holds taken from it while the call is out are covered whatever the
+        store answers; a short worker then waits for the next sync, which
+        keeps none. Any other call stops holds from memory until it answers
+        (it may give back the free part they would take)."""
         sent, charged = time.monotonic(), lease.charged
+        budget = 0
+        if need == 0 and not release and sent >= lease.recalled_until:
+            budget = max(0, min(lease.free, lease.unit * SYNC_HOLDS))
         call = lease.call = asyncio.get_running_loop().create_future()
+        lease.budget = budget
         try:
             leased = await self._store.lease(
                 tab,
@@ -319,6 +347,7 @@ class Leases:
                     release=release,
                     ttl=self._ttl,
                     recall=self._recall,
+                    kept=budget,
                 ),
             )
         except BaseException:
@@ -327,6 +356,7 @@ class Leases:
             raise
         finally:
             lease.call = None
+            lease.budget = 0
             call.set_result(None)
         if leased is None:
             return None

@@ -259,7 +259,10 @@ return b
 # on it is not charged again by the next), in flight (held by requests not
 # settled), need (free msat the worker wants; 0: a sync), ttl (s), release
 # (1: give back all but what is in flight), expect (what the worker believes
-# the lease holds), recall (ms a recall lasts).
+# the lease holds), recall (ms a recall lasts), kept (msat kept back from a
+# recall for holds the worker gives out while this call is out: a lease that
+# keeps any has not answered the recall, so a short worker waits for its next
+# sync, which keeps none).
 # Returns false for no such tab, else
 # {balance, lease, granted, pending, lost, charged taken, recalling}.
 _LEASE = (
@@ -270,6 +273,7 @@ local seq = tonumber(ARGV[2])
 local charged, inflight, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl_ms, release = tonumber(ARGV[6]) * 1000, ARGV[7] == '1'
 local expect, recall_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
+local kept = tonumber(ARGV[10] or 0)
 if need > 0 and redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local now = now_ms()
 local at = tonumber(redis.call('HGET', KEYS[5], 'at') or 0)
@@ -289,24 +293,26 @@ else
 end
 taken = math.max(taken, charged)
 local function give_back()
-  local free = own - inflight
+  local free = own - inflight - kept
   if free > 0 then
     own = own - free
     redis.call('HINCRBY', KEYS[1], 'balance', int(free))
   end
 end
 if release or recalling then give_back() end
-if recalling then redis.call('HSET', KEYS[5], id, int(now)) end
+if recalling and kept == 0 then redis.call('HSET', KEYS[5], id, int(now)) end
 local granted, pending = 0, 0
-local short = need - (own - inflight)
+local short = need - (own - inflight - kept)
 if need > 0 and short > 0 then
   local b = balance()
   if b >= short then
-    -- A slice: a quarter of what is left, at most a thousand such needs;
-    -- only what is short while another worker is being asked to give back.
+    -- A slice: a quarter of what is left, at most ten thousand such needs
+    -- (half a second of a busy worker: a slice run dry stalls every request
+    -- until Redis answers); only what is short while another worker is
+    -- being asked to give back.
     local take = short
     if not recalling then
-      take = math.min(b, math.max(short, math.min(math.floor(b / 4), short * 1000)))
+      take = math.min(b, math.max(short, math.min(math.floor(b / 4), short * 10000)))
     end
     own, granted = own + take, take
     redis.call('HINCRBY', KEYS[1], 'balance', int(-take))
@@ -901,7 +907,7 @@ class RedisStore:
         resent after a lost reply nor a call that ran after its caller gave up
         on it charges anything twice.
         """
-        for name in ("charged", "inflight", "need", "expect"):
+        for name in ("charged", "inflight", "need", "expect", "kept"):
             _at_least(name, getattr(sync, name), 0)
         reply = await self._run(
             self._lease,
@@ -916,6 +922,7 @@ class RedisStore:
                 int(sync.release),
                 sync.expect,
                 int(sync.recall * 1000),
+                sync.kept,
             ],
         )
         if reply is None:
