@@ -35,7 +35,7 @@ from gateway.edge.problems import problem
 from gateway.payments.admission import Wanted
 from gateway.payments.intake import has_payment
 from gateway.peer.guard import Authenticator
-from gateway.pipeline.credentials import GRANT_HEADER, Revocations, by_token
+from gateway.pipeline.credentials import GRANT_HEADER, Revocations, covering
 from gateway.pipeline.gateway import AUTH_ONLY, PRICED, Gateway
 from gateway.policy import NoMatch
 from gateway.pricing.concessions import HEADER as ELIGIBILITY
@@ -151,10 +151,11 @@ def cacheable_for(gateway: Gateway, original: web.BaseRequest, answer: web.Strea
     if granted is None:
         return 0  # free by a full concession: not the credentials' doing
     try:
-        admitted = by_token(services.tokens, original, Wanted.of(match, original.method))
+        found = covering(services.tokens, original, Wanted.of(match, original.method))
     except Exception:
         return 0
-    if admitted is None or admitted.upstream_header != granted:
-        return 0  # not the token's decision (or not one we can tell): ask again
+    admitted = next((a for a in found if a.upstream_header == granted), None)
+    if admitted is None:
+        return 0  # not a token's decision (or not one we can tell): ask again
     left = math.floor(admitted.grant.expires - time.time()) - GRANT_MARGIN
     return max(0, min(bound, left))

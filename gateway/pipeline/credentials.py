@@ -25,7 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.errors import PaymentError
-from gateway.payments.admission import Wanted, covers
+from gateway.payments.admission import Revoked, Wanted, admit, covers
 from gateway.payments.cashier import Accepted
 from gateway.peer import PEER, Peer
 from gateway.policy import Match
@@ -96,44 +96,79 @@ class NotYetValid(PaymentError):
         )
 
 
-def by_token(
+def covering(
     tokens: Tokens | None,
     request: web.BaseRequest,
     wanted: Wanted,
     kept: list[str] | None = None,
     *,
     decode: bool = True,
-) -> Admitted | None:
-    """The first presented token whose grant covers the request (admission.covers).
+) -> list[Admitted]:
+    """Every presented token, then every one in `kept`, whose grant covers the
+    request (admission.covers), in that order.
 
-    `kept` are more tokens to try after the presented ones: those kept for
-    the request's authenticated identity (`kept_for_peer`). With `decode`
-    False no signature is checked: None as soon as a token comes up that
-    was not verified before (`Tokens.known`), though a later one might
-    admit the request, for the caller to decide it with `decode` True (the
-    first token that covers it decides, so none may be skipped).
-
-    Revocation is not asked here: the caller admits the grant it found.
-    Raises NotYetValid when no token admits the request but a genuine one
-    that covers it is not valid yet (a cached lookup: no decoding again).
+    `kept` are those kept for the request's authenticated identity
+    (`kept_for_peer`). With `decode` False no signature is checked: the
+    list stops at the first token not verified before (`Tokens.known`),
+    which the caller must then decide the long way, with `decode` True.
+    Revocation is not asked here (`opened` asks it). Raises NotYetValid
+    when none covers the request but a genuine one that does is not valid
+    yet (a cached lookup: no decoding again).
     """
     if tokens is None:
-        return None
+        return []
+    found: list[Admitted] = []
     early: float | None = None
     for token in presented_tokens(request) + (kept or []):
         if not decode and not tokens.known(token):
-            return None
+            break
         verified = tokens.verify(token)
         if verified is not None:
             if covers(verified[0], wanted):
-                return Admitted(*verified, token=token)
+                found.append(Admitted(*verified, token=token))
         elif early is None:
             pending = tokens.not_yet_valid(token)
             if pending is not None and covers(pending[0], wanted):
                 early = pending[1]
-    if early is not None:
+    if not found and early is not None:
         raise NotYetValid(early)
-    return None
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What the tokens of a request decided (`opened`)."""
+
+    admitted: Admitted | None  # the first whose grant opens the request
+    refused: list[tuple[Admitted, PaymentError]]  # those before it that cover it but do not open it
+
+
+async def opened(
+    tokens: Tokens | None,
+    request: web.BaseRequest,
+    wanted: Wanted,
+    revocations: Revoked | None,
+    kept: list[str] | None = None,
+    *,
+    decode: bool = True,
+) -> Opened:
+    """The first token (`covering`, in its order) whose grant `admit` opens.
+
+    A covering token whose grant was revoked is passed over for the next,
+    so a revoked grant's cookie sent before a valid one does not shut it
+    out; the refusals come back for the caller to say why when none opens,
+    and to forget (`forget_for_peer`). Raises NotYetValid as `covering`
+    does, StoreUnavailable as `admit` does (the caller fails closed).
+    """
+    refused: list[tuple[Admitted, PaymentError]] = []
+    for found in covering(tokens, request, wanted, kept, decode=decode):
+        try:
+            await admit(found.grant, wanted, revocations)
+        except PaymentError as refusal:
+            refused.append((found, refusal))
+            continue
+        return Opened(found, refused)
+    return Opened(None, refused)
 
 
 class Keeper(Protocol):

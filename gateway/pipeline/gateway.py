@@ -26,7 +26,7 @@ from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import OURS, payments_disabled, problem
 from gateway.edge.protocol import SERVER
 from gateway.errors import PaymentError
-from gateway.payments.admission import Wanted, admit
+from gateway.payments.admission import Wanted
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.intake import (
     from_request,
@@ -42,10 +42,11 @@ from gateway.pipeline import metering, rewards
 from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
-    by_token,
+    Opened,
     forget_for_peer,
     keep_for_peer,
     kept_for_peer,
+    opened,
     paid_upstream_header,
     token_headers,
     too_early,
@@ -176,8 +177,8 @@ class Gateway:
         """A token-paid request in one coroutine: `_granted`'s admission and
         `passed`'s proxying, without the walk through the pipeline's steps.
 
-        The decision is the same: the token's grant covers the request
-        (by_token) and `admit` opens it (revocation included). Anything else
+        The decision is the same: `opened`, the first token whose grant
+        covers the request and `admit` opens (revocation included). Anything else
         (no token verified before that admits it, one not valid yet, a
         revoked grant, the store failing) returns None before anything is
         sent or counted, and `handle` decides it the long way. The answer is
@@ -189,11 +190,12 @@ class Gateway:
         try:
             # Tokens verified before only: a new (or junk) one has its
             # signature checked once, the long way, not here and there.
-            admitted = by_token(services.tokens, request, wanted, decode=False)
+            admitted = (
+                await opened(services.tokens, request, wanted, services.revocations, decode=False)
+            ).admitted
             if admitted is None:
                 return None
-            await admit(admitted.grant, wanted, services.revocations)
-        except (NotYetValid, PaymentError, StoreUnavailable):
+        except (NotYetValid, StoreUnavailable):
             return None  # the pipeline answers it: a 402 that says why, or a 503
         rid = logs.request_id(request)
         service, scope = match.service.name, match.route.scope
@@ -537,21 +539,18 @@ class Gateway:
         early: NotYetValid | None = None
         kept = await kept_for_peer(services.store, match.service.name, match.scope)
         try:
-            admitted = by_token(services.tokens, request, wanted, kept)
+            tried = await opened(services.tokens, request, wanted, services.revocations, kept)
         except NotYetValid as refused:  # minted by a clock running ahead: not unknown
-            admitted, early = None, refused
-        if admitted is not None:
-            try:
-                await admit(admitted.grant, wanted, services.revocations)
-            except PaymentError as refused:
-                await forget_for_peer(services.store, admitted)
-                if not has_payment(request.headers):
-                    return await self.challenge(request, match, refused)
-                # A payment beside a grant that no longer opens it: take the payment.
-            else:
-                return await self.passed(
-                    request, match, {GRANT_HEADER: admitted.upstream_header}, self.reply(None)
-                )
+            tried, early = Opened(None, []), refused
+        for found, _ in tried.refused:
+            await forget_for_peer(services.store, found)
+        if tried.admitted is not None:
+            return await self.passed(
+                request, match, {GRANT_HEADER: tried.admitted.upstream_header}, self.reply(None)
+            )
+        if tried.refused and not has_payment(request.headers):
+            return await self.challenge(request, match, tried.refused[0][1])
+        # A payment beside grants that no longer open it: take the payment.
         policy = services.policy.current
         quoted = await quote.price(policy, services.rates, request.headers, match)
         if quoted.satoshis == 0:  # a full concession: served free

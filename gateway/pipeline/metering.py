@@ -22,17 +22,18 @@ from gateway.edge import metrics
 from gateway.edge.lane import LaneRequest, Ready
 from gateway.edge.problems import payments_disabled
 from gateway.errors import PaymentError
-from gateway.payments.admission import Wanted, admit
+from gateway.payments.admission import Wanted
 from gateway.payments.cashier import Accepted, Cashier
 from gateway.payments.intake import has_payment, log_refused, paid_headers, purchase, take
 from gateway.payments.remittance import Remittance
 from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
-    by_token,
+    Opened,
     forget_for_peer,
     keep_for_peer,
     kept_for_peer,
+    opened,
     paid_upstream_header,
     too_early,
 )
@@ -84,21 +85,17 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
     early: NotYetValid | None = None
     kept = await kept_for_peer(store, match.service.name, tab_scope(match))
     try:
-        found = by_token(services.tokens, request, wanted, kept)
+        tried = await opened(services.tokens, request, wanted, services.revocations, kept)
     except NotYetValid as refused:  # a tab token minted by a clock running ahead
-        found, early = None, refused
+        tried, early = Opened(None, []), refused
+    for revoked, _ in tried.refused:
+        await forget_for_peer(store, revoked)
+    found = tried.admitted
     grant: Grant | None = found.grant if found is not None else None
     upstream = found.upstream_header if found is not None else ""
-    if grant is not None:
-        assert found is not None
-        try:
-            await admit(grant, wanted, services.revocations)
-        except PaymentError as refused:
-            await forget_for_peer(store, found)
-            if not has_payment(request.headers):
-                return await refuse(request, match, refused)
-            # A payment beside a tab that no longer opens: a new tab, never that one.
-            grant, upstream = None, ""
+    if grant is None and tried.refused and not has_payment(request.headers):
+        return await refuse(request, match, tried.refused[0][1])
+    # A payment beside tabs that no longer open: a new tab, never those.
     paid = None
     if has_payment(request.headers):
         cashier = services.cashier
