@@ -21,6 +21,7 @@ from gateway.devnet import start as start_devnet
 from gateway.edge.protocol import ProblemServer
 from gateway.payments.cashier import Cashier
 from gateway.peer.guard import Authenticator
+from gateway.pipeline.credentials import Revocations
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.forward import Proxy
 from gateway.serve.assemble import assemble_gateway
@@ -187,6 +188,9 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         await proxy.start()
         proxies.append(proxy)
         extra.setdefault("store", MemoryStore())
+        # As `farebox serve` builds it (serve/worker.py): revocations asked
+        # through the cache over the store, unless the test says otherwise.
+        extra.setdefault("revocations", Revocations(extra["store"]))  # type: ignore[arg-type]
         if extra.get("tokens") is not None:
             proxy.own_token = extra["tokens"].issued_here  # type: ignore[attr-defined]
         services = Services(PolicyHolder.load(path), extra.pop("server_key", SERVER_KEY), **extra)
