@@ -538,10 +538,12 @@ def print_report(payload: dict[str, object]) -> None:
     assert isinstance(details, dict)
     for section, run in walk_runs(details):
         cpu = run.get("cpu_us_per_request", {})
-        proxy = sum(v for g, v in cpu.items() if g in ("farebox", "nginx"))
+        proxies = [v for g, v in cpu.items() if g in ("farebox", "nginx")]
+        # The origin direct has no proxy in between: nothing to show.
+        shown = f"{sum(proxies):>7,.0f}us" if proxies else f"{'-':>9}"
         print(
             f"  {section + ': ' + str(run['target']):<52} {run['req_per_s']:>9,.0f}"
-            f" {run['p50_ms']:>7.2f}ms {run['p99_ms']:>7.2f}ms {proxy:>7,.0f}us"
+            f" {run['p50_ms']:>7.2f}ms {run['p99_ms']:>7.2f}ms {shown}"
         )
     stream = details.get("stream")
     if isinstance(stream, dict):
