@@ -361,6 +361,24 @@ async def test_a_revoked_tab_is_refused(metered: Setup) -> None:
     assert status == 402 and json.loads(body)["reason"] == "grant-revoked"
 
 
+async def test_a_revoked_tab_token_first_does_not_hide_a_valid_tab_s_balance(
+    metered: Setup,
+) -> None:
+    # As admission passes a revoked grant over for the next token, so does
+    # the balance endpoint: a revoked tab's token first (a stale cookie or
+    # header) does not turn the valid one after it into a 401.
+    old, old_tab = await metered.open_tab()
+    token, tab = await metered.open_tab()
+    assert tab != old_tab
+    await metered.store.revoke(old_tab, int(time.time()) + 3600)
+    await asyncio.sleep(1.1)  # revocation answers are cached for a second
+    headers = {**bearer(old), "Cookie": f"farebox_token={token}"}
+    status, _, body = await get(f"{metered.base}/.well-known/farebox/tab", headers)
+    assert status == 200 and json.loads(body)["tab"] == tab
+    status, _, body = await get(f"{metered.base}/.well-known/farebox/tab", bearer(old))
+    assert status == 401 and json.loads(body)["reason"] == "no-tab"
+
+
 # --- metering ---------------------------------------------------------------------------
 
 

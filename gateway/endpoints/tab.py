@@ -13,14 +13,15 @@ from gateway.services import Services
 async def balance(services: Services, request: web.BaseRequest, _: str) -> web.Response:
     """The balance (satoshis and msat) of the tab whose token is presented (Bearer or cookie).
 
-    401 without a live tab token; StoreUnavailable propagates (503).
+    The first presented tab token whose tab is not revoked answers. 401
+    without a live tab token; StoreUnavailable propagates (503).
     """
     for token in presented_tokens(request):
         grant = tab_grant(services.tokens, token)
         if grant is None or services.tabs is None:
             continue
         if services.revocations is not None and await services.revocations.of(grant):
-            break
+            continue  # passed over, as admission does (credentials.opened)
         left = await services.tabs.balance(grant.tab) or 0
         return answer(
             {
