@@ -150,21 +150,25 @@ async def opened(
     revocations: Revoked | None,
     kept: list[str] | None = None,
     *,
+    keeper: Keeper | None = None,
     decode: bool = True,
 ) -> Opened:
     """The first token (`covering`, in its order) whose grant `admit` opens.
 
     A covering token whose grant was revoked is passed over for the next,
     so a revoked grant's cookie sent before a valid one does not shut it
-    out; the refusals come back for the caller to say why when none opens,
-    and to forget (`forget_for_peer`). Raises NotYetValid as `covering`
-    does, StoreUnavailable as `admit` does (the caller fails closed).
+    out; each one refused is forgotten for the request's authenticated
+    identity (`forget_for_peer` on `keeper`), and the refusals come back
+    for the caller to say why when none opens. Raises NotYetValid as
+    `covering` does, StoreUnavailable as `admit` does (the caller fails
+    closed).
     """
     refused: list[tuple[Admitted, PaymentError]] = []
     for found in covering(tokens, request, wanted, kept, decode=decode):
         try:
             await admit(found.grant, wanted, revocations)
         except PaymentError as refusal:
+            await forget_for_peer(keeper, found)
             refused.append((found, refusal))
             continue
         return Opened(found, refused)

@@ -43,7 +43,6 @@ from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
     Opened,
-    forget_for_peer,
     keep_for_peer,
     kept_for_peer,
     opened,
@@ -539,11 +538,11 @@ class Gateway:
         early: NotYetValid | None = None
         kept = await kept_for_peer(services.store, match.service.name, match.scope)
         try:
-            tried = await opened(services.tokens, request, wanted, services.revocations, kept)
+            tried = await opened(
+                services.tokens, request, wanted, services.revocations, kept, keeper=services.store
+            )
         except NotYetValid as refused:  # minted by a clock running ahead: not unknown
             tried, early = Opened(None, []), refused
-        for found, _ in tried.refused:
-            await forget_for_peer(services.store, found)
         if tried.admitted is not None:
             return await self.passed(
                 request, match, {GRANT_HEADER: tried.admitted.upstream_header}, self.reply(None)

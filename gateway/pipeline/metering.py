@@ -30,7 +30,6 @@ from gateway.pipeline.credentials import (
     GRANT_HEADER,
     NotYetValid,
     Opened,
-    forget_for_peer,
     keep_for_peer,
     kept_for_peer,
     opened,
@@ -85,11 +84,11 @@ async def serve(gw: Passage, request: web.BaseRequest, match: Match) -> web.Stre
     early: NotYetValid | None = None
     kept = await kept_for_peer(store, match.service.name, tab_scope(match))
     try:
-        tried = await opened(services.tokens, request, wanted, services.revocations, kept)
+        tried = await opened(
+            services.tokens, request, wanted, services.revocations, kept, keeper=store
+        )
     except NotYetValid as refused:  # a tab token minted by a clock running ahead
         tried, early = Opened(None, []), refused
-    for revoked, _ in tried.refused:
-        await forget_for_peer(store, revoked)
     found = tried.admitted
     grant: Grant | None = found.grant if found is not None else None
     upstream = found.upstream_header if found is not None else ""
