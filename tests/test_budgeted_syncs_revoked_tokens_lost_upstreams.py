@@ -36,6 +36,7 @@ from tests.test_express_adversary import (  # noqa: F401
     mint,
     raw,
     status,
+    two_tokens,
     upstream_grant,
 )
 from tests.test_paid_access import FakeBroadcaster
@@ -213,14 +214,6 @@ async def revoked_token(lanes: Lanes, *, seen: bool = True, tab: str | None = No
     token = mint(lanes, seen=seen, grant_id=grant_id, tab=tab)
     await lanes.store.revoke(tab or grant_id, int(time.time()) + 600)
     return token
-
-
-def two_tokens(first: str, second: str, path: bytes = b"/r/plain") -> bytes:
-    return (
-        b"GET %b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-        b"Authorization: Bearer %b\r\nCookie: farebox_token=%b\r\n\r\n"
-        % (path, first.encode(), second.encode())
-    )
 
 
 # Held under attack.

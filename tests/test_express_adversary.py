@@ -183,6 +183,15 @@ async def new_tab(lanes: Lanes, msat: int) -> str:
     return tab
 
 
+def two_tokens(first: str, second: str, path: bytes = b"/r/plain") -> bytes:
+    """A GET of `path` with `first` as the bearer token and `second` as the cookie."""
+    return (
+        b"GET %b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        b"Authorization: Bearer %b\r\nCookie: farebox_token=%b\r\n\r\n"
+        % (path, first.encode(), second.encode())
+    )
+
+
 async def both(
     lanes: Lanes, raw: Raw, data: bytes
 ) -> tuple[bytes, bytes, list[bytes], list[bytes]]:
@@ -286,11 +295,7 @@ async def test_a_revoked_first_token_not_seen_before_is_passed_over_alike(
         first = mint(lanes, seen=False, grant_id=revoked_id)
         await lanes.store.revoke(revoked_id, int(time.time()) + 600)
         second = lanes.token()
-        data = (
-            b"GET /r/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-            b"Authorization: Bearer %b\r\nCookie: farebox_token=%b\r\n\r\n"
-            % (first.encode(), second.encode())
-        )
+        data = two_tokens(first, second)
         answers[port] = await exchange(port, data)
     assert status(answers[lanes.slow]) == b"200", answers[lanes.slow][:300]
     assert status(answers[lanes.express]) == b"200", answers[lanes.express][:300]
@@ -341,11 +346,7 @@ async def test_a_revoked_tab_token_first_draws_on_the_valid_tab_after_it(
         first = mint(lanes, tab=tab_a)
         await lanes.store.revoke(tab_a, int(time.time()) + 600)
         second = mint(lanes, tab=tab_b)
-        data = (
-            b"GET /m/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-            b"Authorization: Bearer %b\r\nCookie: farebox_token=%b\r\n\r\n"
-            % (first.encode(), second.encode())
-        )
+        data = two_tokens(first, second, b"/m/plain")
         got = await exchange(port, data)
         assert status(got) == b"200", (port, got[:300])
         await asyncio.sleep(0.05)
@@ -367,11 +368,7 @@ async def test_the_first_presented_tab_token_is_the_tab_charged(lanes: Lanes, ra
         tab_a, tab_b = await new_tab(lanes, 1_000_000), await new_tab(lanes, 1_000_000)
         first = mint(lanes, tab=tab_a, seen=False)
         second = mint(lanes, tab=tab_b)
-        data = (
-            b"GET /m/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-            b"Authorization: Bearer %b\r\nCookie: farebox_token=%b\r\n\r\n"
-            % (first.encode(), second.encode())
-        )
+        data = two_tokens(first, second, b"/m/plain")
         got = await exchange(port, data)
         assert status(got) == b"200", got[:300]
         await asyncio.sleep(0.05)
@@ -391,11 +388,7 @@ async def test_the_grant_sent_upstream_is_the_first_presented_tokens(
     grants = {}
     for port in (lanes.express, lanes.slow):
         first, second = mint(lanes, seen=False), lanes.token()
-        data = (
-            b"GET /r/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
-            b"Authorization: Bearer %b\r\nCookie: farebox_token=%b\r\n\r\n"
-            % (first.encode(), second.encode())
-        )
+        data = two_tokens(first, second)
         raw.heads.clear()
         assert status(await exchange(port, data)) == b"200"
         [head] = raw.heads
