@@ -1,7 +1,7 @@
 """The express path (Gateway._express, Proxy.express): a lane request with a
-token that admits it is answered in one coroutine, byte for byte as the
-pipeline answers it, with the same upstream request; anything else goes the
-long way and is decided there."""
+token that admits it, or to a free route without a quota, is answered in one
+coroutine, byte for byte as the pipeline answers it, with the same upstream
+request; anything else goes the long way and is decided there."""
 
 from __future__ import annotations
 
@@ -85,6 +85,11 @@ services:
       - path: /b/{{name}}
         price: 8
         meter: {{per: mb, most: 2}}
+      - path: /f/{{name}}
+        price: free
+      - path: /q/{{name}}
+        price: free
+        free_quota: {{requests: 1000, per: 1d}}
     tabs: {{top_up: 1000, lasts: 1d}}
 """
 
@@ -291,6 +296,85 @@ async def test_an_admitted_request_is_answered_byte_for_byte_as_the_pipeline_ans
     # The upstream was asked the same, header for header (the request id aside).
     assert [masked(h) for h in heads_fast] == [masked(h) for h in raw.heads]
     assert all(b"X-Farebox-Grant" in h or b"x-farebox-grant" in h.lower() for h in raw.heads)
+
+
+def free_request(form: str, name: str, token: str) -> bytes:
+    """`request` on the free route: no credential, a foreign one, or (cookie-id)
+    a Farebox token the upstream must not see."""
+    auth = {
+        "cookie-id": f"Cookie: a=b; farebox_token={token}\r\n",
+        "1.0-keep": "Authorization: Basic dTpw\r\n",
+        "1.1": f"Authorization: Bearer {token}\r\n",
+    }.get(form, "")
+    return (FORMS[form].replace(b"/r/", b"/f/").replace(b"{name}", name.encode())).replace(
+        b"{auth}", auth.encode()
+    )
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("name", sorted(ANSWERS))
+async def test_a_free_request_is_answered_byte_for_byte_as_the_pipeline_answers(
+    lanes: Lanes, raw: Raw, name: str, form: str
+) -> None:
+    token = lanes.token()
+    data = free_request(form, name, token)
+    if form in ("1.1", "head", "cookie-id", "1.0-keep") and name != "untilclose":
+        data += data + free_request("1.1-close", name, token)
+    fast = await exchange(lanes.express, data)
+    heads_fast = raw.heads[:]
+    raw.heads.clear()
+    slow = await exchange(lanes.slow, data)
+    assert fast.startswith(b"HTTP/1."), fast[:200]
+    assert masked(fast) == masked(slow)
+    assert lanes.taken and all(lanes.taken), lanes.taken
+    assert [masked(h) for h in heads_fast] == [masked(h) for h in raw.heads]
+    for head in heads_fast:
+        assert b"x-farebox-grant" not in head.lower()  # nothing was granted
+        assert token.encode() not in head  # Farebox's own token stays here
+
+
+@pytest.mark.parametrize(
+    ("why", "extra"),
+    [
+        ("a free quota", b""),
+        ("an Origin", b"Origin: https://elsewhere.example\r\n"),
+        ("a payment header", b"X-Bsv-Payment: {}\r\n"),
+        ("an unknown header", b"X-Custom: 1\r\n"),
+    ],
+)
+async def test_a_free_request_that_needs_more_goes_the_long_way(
+    lanes: Lanes, raw: Raw, why: str, extra: bytes
+) -> None:
+    data = free_request("1.1-close", "plain", "t").replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n")
+    if why == "a free quota":
+        data = data.replace(b"/f/", b"/q/")
+    fast = await exchange(lanes.express, data)
+    slow = await exchange(lanes.slow, data)
+    assert fast.startswith(b"HTTP/1.1 200 "), fast[:300]
+    assert lanes.taken == []
+    if why == "a free quota":  # counted: each answer says how many are left
+        assert b"RateLimit-Remaining: 999" in fast and b"RateLimit-Remaining: 998" in slow
+    else:
+        assert masked(fast) == masked(slow)
+
+
+async def test_free_express_answers_are_counted_as_the_pipeline_counts_them(
+    lanes: Lanes, raw: Raw
+) -> None:
+    requests = metrics.REQUESTS.labels("raw", "/f/{name}", "200")
+    metrics.flush()
+    before = requests._value.get()
+    data = free_request("1.1", "plain", lanes.token())
+    await exchange(lanes.express, data * 2)
+    await exchange(lanes.slow, data * 2)
+    metrics.flush()
+    assert requests._value.get() - before == 4
+    assert lanes.taken == [True, True]
+    tally = lanes.gateway.services.tally
+    assert tally is not None
+    await tally.flush()
+    days = await lanes.store.stats(since_day=today(), until_day=today(), service="raw")
+    assert [(d.route, d.counters["requests"]) for d in days] == [("/f/{name}", 4)]
 
 
 async def test_the_upstream_hears_each_client_address_though_the_head_is_the_same(

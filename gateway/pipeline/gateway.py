@@ -141,27 +141,30 @@ class Gateway:
     def _express_match(self, request: LaneRequest) -> Match | None:
         """The match of a lane request the express path may answer, or None.
 
-        A priced route without a reward (sold per grant, or metered per
-        request or per unit: per MB streams with small buffers), a token
-        presented, every header one that cannot change more than the grant
-        found (`_EXPRESS_HEADERS`: no payment, no concession, no Origin),
-        answers not access-logged (the log needs the response object).
+        A route without a reward: free without a free quota (nothing to
+        decide: `_matched` lets it straight through), or priced (sold per
+        grant, or metered per request or per unit: per MB streams with
+        small buffers) with a token presented; every header one that cannot
+        change more than the grant found (`_EXPRESS_HEADERS`: no payment,
+        no concession, no Origin); answers not access-logged (the log needs
+        the response object).
         """
         routed = request.routed
-        if routed is None or self.services.tokens is None:
+        if routed is None:
             return None
         match = routed[1]
         if isinstance(match, NoMatch):
             return None
         route = match.route.route
-        if (
-            route.price.free
-            or route.reward is not None
-            or (route.meter is not None and route.meter.per == "mb")  # streamed, small buffers
-        ):
-            return None
+        if route.reward is not None or (route.meter is not None and route.meter.per == "mb"):
+            return None  # owed as the answer passes; streamed with small buffers
         names = request.names
-        if not _EXPRESS_HEADERS.issuperset(names) or (
+        if not _EXPRESS_HEADERS.issuperset(names):
+            return None
+        if route.price.free:
+            if route.free_quota is not None:  # counted in the store, the long way
+                return None
+        elif self.services.tokens is None or (
             b"authorization" not in names and b"cookie" not in names
         ):
             return None
@@ -173,36 +176,42 @@ class Gateway:
     async def _express(
         self, request: LaneRequest, match: Match
     ) -> Ready | web.StreamResponse | None:
-        """A token-paid request in one coroutine: `_granted`'s admission and
-        `passed`'s proxying, without the walk through the pipeline's steps.
+        """A token-paid or free request in one coroutine: `_granted`'s admission
+        and `passed`'s proxying, without the walk through the pipeline's steps.
 
-        The decision is the same: `opened`, the first token whose grant
-        covers the request and `admit` opens (revocation included). Anything else
-        (no token verified before that admits it, one not valid yet, a
-        revoked grant, the store failing) returns None before anything is
-        sent or counted, and `handle` decides it the long way. The answer is
-        `forward`'s, counted in the same metrics and tallies.
+        The decision is the same: a free route (no quota: `_express_match`)
+        is let through as `_matched` lets it; a priced one is `opened`, the
+        first token whose grant covers the request and `admit` opens
+        (revocation included). Anything else (no token verified before that
+        admits it, one not valid yet, a revoked grant, the store failing)
+        returns None before anything is sent or counted, and `handle`
+        decides it the long way. The answer is `forward`'s, counted in the
+        same metrics and tallies.
         """
         started = time.perf_counter()
         services = self.services
-        wanted = Wanted.of(match, request.method)
-        try:
-            # Tokens verified before only: a new (or junk) one has its
-            # signature checked once, the long way, not here and there.
-            admitted = (
-                await opened(services.tokens, request, wanted, services.revocations, decode=False)
-            ).admitted
-            if admitted is None:
-                return None
-        except (NotYetValid, StoreUnavailable):
-            return None  # the pipeline answers it: a 402 that says why, or a 503
+        admitted = None
+        if not match.route.route.price.free:
+            wanted = Wanted.of(match, request.method)
+            try:
+                # Tokens verified before only: a new (or junk) one has its
+                # signature checked once, the long way, not here and there.
+                admitted = (
+                    await opened(
+                        services.tokens, request, wanted, services.revocations, decode=False
+                    )
+                ).admitted
+                if admitted is None:
+                    return None
+            except (NotYetValid, StoreUnavailable):
+                return None  # the pipeline answers it: a 402 that says why, or a 503
         rid = logs.request_id(request)
         service, scope = match.service.name, match.route.scope
         logs.SERVED.set((service, scope))
-        extra = {GRANT_HEADER: admitted.upstream_header}
+        extra = {} if admitted is None else {GRANT_HEADER: admitted.upstream_header}
         answer: Ready | web.StreamResponse
         try:
-            if match.route.route.meter is None:
+            if admitted is None or match.route.route.meter is None:
                 answer = await self.proxy.express(request, match, extra, rid=rid)
             else:  # metering.draw's hold, proxy and settle, on the tab the token draws on
                 answer = await metering.express(self, request, match, admitted.grant, extra, rid)

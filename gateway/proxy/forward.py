@@ -322,8 +322,8 @@ class Proxy:
     async def express(
         self, request: LaneRequest, match: Match, extra: dict[str, str], *, rid: str
     ) -> Ready | web.StreamResponse:
-        """`forward` for the gateway's express path (a lane request on a priced
-        route, admitted by a grant; no CORS, no signing): the same upstream
+        """`forward` for the gateway's express path (a lane request on a free
+        route, or on a priced one admitted by a grant; no CORS, no signing): the same upstream
         request and the same answer, byte for byte. A whole answer to a GET
         comes back encoded (`Ready`), made from header lines kept per
         upstream header list; any other is answered as `forward` answers it.
