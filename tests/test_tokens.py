@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.tokens import ACCESS, LEEWAY, UPSTREAM, Grant, KeyRing, Tokens, new_grant_id
 
@@ -136,3 +138,129 @@ def test_a_token_minted_here_is_known_with_its_statement(tmp_path) -> None:
     assert not tokens.known(token)
     tokens.reload(tmp_path)  # a reloaded ring forgets what it knew
     assert not tokens.known(other)
+
+
+# --- refusals: cheap, remembered, and the same as PyJWT's -------------------------
+
+
+def pyjwt_opens(tokens: Tokens, token: str) -> bool:
+    """Whether PyJWT alone (no shortcut of ours) opens `token` as an access token."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = tokens.ring.public.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            return False
+        jwt.decode(
+            token, key, algorithms=["EdDSA"], audience=ACCESS, issuer="farebox", leeway=LEEWAY,
+            options={"require": ["exp", "aud", "iss", "iat", "jti"]},
+        )  # fmt: skip
+    except (jwt.PyJWTError, UnicodeError, ValueError):
+        return False
+    return True
+
+
+def test_a_token_refused_once_is_refused_again_without_reading_it(
+    tokens: Tokens, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client keeps sending its expired token until it pays again: the second
+    refusal must not cost what the first did (PyJWT reads every character)."""
+    expired = tokens.mint(grant(expires=int(time.time()) - LEEWAY - 1))
+    forged = tokens.mint(grant())[:-6] + "AAAAAA"
+    foreign = Tokens(KeyRing.load(tmp_path / "other")).mint(grant())
+    for token in (expired, forged, foreign, "x" * 600):
+        assert tokens.verify(token) is None
+    decoded: list[str] = []
+    real = jwt.decode
+    monkeypatch.setattr(
+        jwt, "decode", lambda token, *a, **k: decoded.append(token) or real(token, *a, **k)
+    )
+    for token in (expired, forged, foreign, "x" * 600):
+        assert tokens.verify(token) is None
+        assert tokens.not_yet_valid(token) is None
+    assert decoded == []
+    valid = tokens.mint(grant())
+    tokens._cache.clear()
+    assert tokens.verify(valid) is not None and decoded == [valid]
+
+
+def test_a_forged_signature_is_refused_before_pyjwt_reads_the_token(
+    tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("PyJWT was asked about a token whose signature fails")
+
+    monkeypatch.setattr(jwt, "decode", never)
+    head, body, _ = tokens.mint(grant()).split(".")
+    other = tokens.mint(grant(scope="/archive/**")).split(".")[2]
+    assert tokens.verify(f"{head}.{body}.{other}") is None  # a signature of another token
+    assert tokens.verify(f"{head}.{body}.{other}!") is None  # outside the alphabet
+
+
+def test_a_key_brought_by_a_reload_opens_tokens_refused_before_it(tmp_path: Path) -> None:
+    """Another instance rotated first and minted with its new key: refused here
+    (an unknown kid) until this instance reloads the ring, then opened."""
+    folder = tmp_path / "ring"
+    here = Tokens(KeyRing.load(folder))
+    time.sleep(0.01)
+    KeyRing.add_key(folder)
+    elsewhere = Tokens(KeyRing.load(folder))
+    token = elsewhere.mint(grant())
+    assert here.verify(token) is None
+    assert not here.issued_here(token)
+    here.reload(folder)
+    assert here.verify(token) is not None
+    assert here.issued_here(token)
+
+
+def test_refusals_kept_are_bounded(tokens: Tokens, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.tokens as module
+
+    monkeypatch.setattr(module, "_REFUSED_KEPT", 8)
+    for n in range(20):
+        assert tokens.verify(f"junk{n}") is None
+    assert tokens.verify("x" * 5000) is None  # longer than kept refusals go
+    assert len(tokens._refused) == 8 and "x" * 5000 not in tokens._refused
+
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_verify_opens_exactly_what_pyjwt_opens(tokens: Tokens, data: st.DataObject) -> None:
+    """Mutations of genuine tokens (a character changed, cut, padded, a
+    segment swapped, odd characters): the shortcuts refuse nothing PyJWT
+    would open, and open nothing it would refuse."""
+    good = tokens.mint(grant())
+    parts = good.split(".")
+    kind = data.draw(st.sampled_from(["char", "cut", "pad", "swap", "odd", "header"]))
+    if kind == "char":
+        i = data.draw(st.integers(0, len(good) - 1))
+        token = good[:i] + data.draw(st.sampled_from(_ALPHABET + ".=")) + good[i + 1 :]
+    elif kind == "cut":
+        token = good[: data.draw(st.integers(0, len(good)))]
+    elif kind == "pad":
+        i = data.draw(st.integers(0, 2))
+        parts[i] += "=" * data.draw(st.integers(1, 3))
+        token = ".".join(parts)
+    elif kind == "swap":
+        parts[1] = tokens.mint(grant(scope="/archive/**")).split(".")[1]
+        token = ".".join(parts)
+    elif kind == "odd":
+        i = data.draw(st.integers(0, len(good)))
+        token = good[:i] + data.draw(st.text(min_size=1, max_size=3)) + good[i:]
+    else:
+        fields = data.draw(
+            st.dictionaries(
+                st.sampled_from(["kid", "alg", "typ", "crit"]),
+                st.one_of(
+                    st.text(max_size=20), st.integers(), st.none(), st.just(tokens.ring.active)
+                ),
+            )
+        )
+        parts[0] = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+        token = ".".join(parts)
+    assert (tokens.verify(token) is not None) == pyjwt_opens(tokens, token)
+    assert (tokens.verify(token) is not None) == pyjwt_opens(tokens, token)  # remembered alike
