@@ -20,6 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.payments.cashier import Cashier
 from gateway.policy import PolicyError, load_policy
+from gateway.policy.concessions import Eligibility
+from gateway.pricing import concessions as pricing_concessions
+from gateway.pricing.concessions import verified
 from gateway.store.memory import MemoryStore
 from gateway.tokens import KeyRing, Tokens
 from tests.chainkit import Tracker, atomic_beef, pay
@@ -460,3 +463,87 @@ def test_an_issuer_key_no_accepted_algorithm_uses_is_a_policy_error(tmp_path: Pa
     text = str(info.value)
     assert "concessions.k1: issuer_key is not an Ed25519" in text
     assert "concessions.oct: " in text and "has no Ed25519" in text
+
+
+# --- answers kept: a holder's requests and junk sent again cost a lookup ----------
+
+
+def agency_concession(key: Ed25519PrivateKey = AGENCY) -> Eligibility:
+    return Eligibility("low-income", 50, "", ISSUER, (key.public_key(),))
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every credential handed to PyJWT, in order; nothing kept from other tests."""
+    monkeypatch.setattr(pricing_concessions, "_kept", type(pricing_concessions._kept)())
+    seen: list[str] = []
+    real = jwt.decode
+
+    def counting(token, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return seen
+
+
+def test_a_credential_is_read_once_while_it_lasts(decodes: list[str]) -> None:
+    concession = agency_concession()
+    good = credential(expires_in=1)
+    first = verified(good, concession)
+    assert first is not None and first["sub"] == "household-42"
+    first["sub"] = "changed by a caller"  # a copy each time: the kept claims stay
+    for _ in range(3):
+        again = verified(good, concession)
+        assert again is not None and again["sub"] == "household-42"
+    assert decodes == [good]
+    time.sleep(max(0.0, first["exp"] - time.time()) + 0.05)  # past its exp
+    assert verified(good, concession) is None  # asked again: PyJWT refuses it now
+    assert verified(good, concession) is None  # and that refusal is kept
+    assert decodes == [good, good]
+
+
+def test_refusals_are_kept_but_not_for_a_credential_not_valid_yet(decodes: list[str]) -> None:
+    concession = agency_concession()
+    forged = credential(Ed25519PrivateKey.generate())
+    expired = credential(expires_in=-10)
+    foreign = credential(issuer="https://elsewhere.example")
+    early = jwt.encode(
+        {"iss": ISSUER, "sub": "h", "exp": int(time.time()) + 600, "nbf": int(time.time()) + 300},
+        AGENCY,
+        algorithm="EdDSA",
+    )
+    for _ in range(3):
+        for token in (forged, expired, foreign, early):
+            assert verified(token, concession) is None
+    assert decodes == [forged, expired, foreign, early, early, early]
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "",
+        "not a jwt",
+        "a.b",
+        "a.b.c.d",
+        "!!!.b.c",
+        "eyJhbGciOiJub25lIn0.e30.",  # alg none: no concession key uses it
+        base64.urlsafe_b64encode(b'{"alg": "HS256"}').decode().rstrip("=") + ".e30.c2ln",
+        base64.urlsafe_b64encode(b"[1, 2]").decode().rstrip("=") + ".e30.c2ln",
+        "é.b.c",
+    ],
+)
+def test_what_is_not_a_signed_jwt_for_the_issuer_never_reaches_pyjwt(
+    decodes: list[str], junk: str
+) -> None:
+    assert verified(junk, agency_concession()) is None
+    assert decodes == []
+
+
+def test_a_reloaded_concession_with_another_key_is_asked_afresh(decodes: list[str]) -> None:
+    """A policy reload makes new concessions: what the old one proved is not theirs."""
+    good = credential()
+    assert verified(good, agency_concession()) is not None
+    rotated = agency_concession(Ed25519PrivateKey.generate())
+    assert verified(good, rotated) is None
+    assert verified(credential(), agency_concession()) is not None
