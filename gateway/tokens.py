@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -145,11 +146,14 @@ class Tokens:
         # grant and when it opens (unix seconds, LEEWAY applied). Decoded once.
         self._early: OrderedDict[str, tuple[Grant, float]] = OrderedDict()
         self._cache_size = cache_size
-        # Tokens `verify` refused that can never open here: forged, malformed,
-        # expired, or signed by a key this ring lacks (forgotten on reload,
-        # which may bring that key). Short ones only: a genuine token is about
-        # 600 characters, so junk cannot make this hold more than a few MB.
-        self._refused: OrderedDict[str, None] = OrderedDict()
+        # Tokens `verify` refused that cannot open here, each with the time
+        # (unix seconds) before which this clock would have to read for it to
+        # open after all: an expired one's end (exp + LEEWAY: a clock stepped
+        # back), -inf for the forged, the malformed and those signed by a key
+        # this ring lacks (forgotten on reload, which may bring that key).
+        # Short tokens only (a genuine one is about 600 characters), at most
+        # _REFUSED_KEPT: junk makes this hold about 10 MiB at most.
+        self._refused: OrderedDict[str, float] = OrderedDict()
         self._headers: dict[str, bytes] = {}  # kid -> the JWS header segment, base64url
 
     def reload(self, folder: Path) -> str:
@@ -223,12 +227,15 @@ class Tokens:
             if grant.expires + LEEWAY <= time.time():
                 return None
         else:
-            if token in self._refused:
-                return None
+            refused = self._refused.get(token)
+            if refused is not None:
+                if time.time() >= refused:
+                    return None
+                del self._refused[token]  # the clock went back: ask again
             decoded = self._decode(token)
             if decoded is None:
                 if len(token) <= _REFUSED_LENGTH:
-                    self._refused[token] = None
+                    self._refused[token] = self._ended(token)
                     if len(self._refused) > _REFUSED_KEPT:
                         self._refused.popitem(last=False)
                 return None
@@ -243,6 +250,18 @@ class Tokens:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry
+
+    def _ended(self, token: str) -> float:
+        """For a token `_decode` refused: when it ended (exp + LEEWAY) if it is
+        genuine but for its end, else -inf (it never opens)."""
+        try:
+            claims = self._claims(token, ACCESS, False, ("iat", "jti"), False)
+        except jwt.PyJWTError:
+            return -math.inf
+        try:
+            return float(claims["exp"]) + LEEWAY if claims is not None else -math.inf
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return -math.inf
 
     def not_yet_valid(self, token: str) -> tuple[Grant, float] | None:
         """For a token signed here whose iat (or nbf) is more than LEEWAY ahead
@@ -388,8 +407,8 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 # trailing "=" PyJWT tolerates. ASCII only: a str pattern would take Unicode digits.
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+={0,2}", re.ASCII)
 _HEADER_LENGTH = 1024  # characters: ours are about 80
-_REFUSED_LENGTH = 2048  # characters: refusals of longer tokens are not kept
-_REFUSED_KEPT = 16_384
+_REFUSED_LENGTH = 1024  # characters: refusals of longer tokens are not kept
+_REFUSED_KEPT = 8192
 
 
 def unverified_kid(token: str) -> str | None:
@@ -412,7 +431,7 @@ def unverified_kid(token: str) -> str | None:
         return None
     try:
         fields = json.loads(_b64url_decode(header))
-    except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError too
+    except (binascii.Error, ValueError, RecursionError):  # JSONDecodeError, a deep nest
         return None
     kid = fields.get("kid") if isinstance(fields, dict) else None
     return kid if isinstance(kid, str) else None

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from gateway.tokens import ACCESS, LEEWAY, UPSTREAM, Grant, KeyRing, Tokens, new_grant_id
 
@@ -220,47 +218,3 @@ def test_refusals_kept_are_bounded(tokens: Tokens, monkeypatch: pytest.MonkeyPat
         assert tokens.verify(f"junk{n}") is None
     assert tokens.verify("x" * 5000) is None  # longer than kept refusals go
     assert len(tokens._refused) == 8 and "x" * 5000 not in tokens._refused
-
-
-_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(data=st.data())
-def test_verify_opens_exactly_what_pyjwt_opens(tokens: Tokens, data: st.DataObject) -> None:
-    """Mutations of genuine tokens (a character changed, cut, padded, a
-    segment swapped, odd characters): the shortcuts refuse nothing PyJWT
-    would open, and open nothing it would refuse."""
-    good = tokens.mint(grant())
-    parts = good.split(".")
-    kind = data.draw(st.sampled_from(["char", "cut", "pad", "swap", "odd", "header"]))
-    if kind == "char":
-        i = data.draw(st.integers(0, len(good) - 1))
-        token = good[:i] + data.draw(st.sampled_from(_ALPHABET + ".=")) + good[i + 1 :]
-    elif kind == "cut":
-        token = good[: data.draw(st.integers(0, len(good)))]
-    elif kind == "pad":
-        i = data.draw(st.integers(0, 2))
-        parts[i] += "=" * data.draw(st.integers(1, 3))
-        token = ".".join(parts)
-    elif kind == "swap":
-        parts[1] = tokens.mint(grant(scope="/archive/**")).split(".")[1]
-        token = ".".join(parts)
-    elif kind == "odd":
-        i = data.draw(st.integers(0, len(good)))
-        token = good[:i] + data.draw(st.text(min_size=1, max_size=3)) + good[i:]
-    else:
-        fields = data.draw(
-            st.dictionaries(
-                st.sampled_from(["kid", "alg", "typ", "crit"]),
-                st.one_of(
-                    st.text(max_size=20), st.integers(), st.none(), st.just(tokens.ring.active)
-                ),
-            )
-        )
-        parts[0] = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
-        token = ".".join(parts)
-    assert (tokens.verify(token) is not None) == pyjwt_opens(tokens, token)
-    assert (tokens.verify(token) is not None) == pyjwt_opens(tokens, token)  # remembered alike

@@ -152,7 +152,7 @@ def _signed_with(credential: str) -> str | None:
         fields = json.loads(
             base64.b64decode(header + "=" * (-len(header) % 4), altchars=b"-_", validate=True)
         )
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # JSONDecodeError, a deep nest
         return None
     algorithm = fields.get("alg") if isinstance(fields, dict) else None
     return algorithm if isinstance(algorithm, str) else None

@@ -427,9 +427,18 @@ class Proxy:
     def _express_head(
         self, request: LaneRequest, match: Match, extra: dict[str, str]
     ) -> tuple[bytes, bytes]:
-        """The upstream request's head before and after its request id's value."""
+        """The upstream request's head before and after its request id's value.
+
+        Kept per client head, address and `extra`, except on a free route
+        for a request with an Authorization: whether its bearer token is
+        stripped depends on whether it is ours (`own_token`), which the key
+        ring decides, and the ring reloads.
+        """
         key = (request.head, request.remote, *extra.values())
-        kept = self._heads.get(key) if request.head else None
+        keep = request.head and not (
+            match.route.route.price.free and b"authorization" in request.names
+        )
+        kept = self._heads.get(key) if keep else None
         if kept is not None and kept[0] is match.service:  # not a service of a policy reloaded
             return kept[1]
         headers = upstream_headers(request, match, extra, self.own_token, self.trusted)
@@ -439,7 +448,7 @@ class Proxy:
         origin, target = self._target(match)
         before, _, after = encode_head(request.method, target, origin, headers).partition(b"\x00")
         head = (before, after)
-        if request.head:
+        if keep:
             if len(self._heads) >= _HEADS_KEPT:
                 self._heads.clear()
             self._heads[key] = (match.service, head)
