@@ -6,6 +6,7 @@ request; anything else goes the long way and is decided there."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import textwrap
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.edge import metrics
+from gateway.edge import logs, metrics
 from gateway.edge.protocol import ProblemServer
 from gateway.ledger.tally import Tally, today
 from gateway.pipeline.credentials import Revocations
@@ -585,3 +586,44 @@ async def test_a_token_not_seen_before_is_checked_once_the_long_way(
     got = await exchange(lanes.express, request("1.1-close", "plain", junk))
     assert got.startswith(b"HTTP/1.1 402 ")
     assert decoded == [fresh, junk]
+
+
+async def test_access_logged_answers_still_take_the_express_path(
+    lanes: Lanes, raw: Raw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With --access-log each express answer has its line (status, request id,
+    service and route), as the pipeline's have, and the answers stay the same."""
+    server = ProblemServer(
+        lanes.gateway.handle,
+        lane=lanes.gateway.takes,
+        access_log=logging.getLogger("farebox.access"),
+        access_log_class=logs.AccessLog,
+    )
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    logged = runner.addresses[0][1]
+    tab = uuid.uuid4().hex
+    await lanes.store.credit(tab, 10_000_000, once=tab)
+    sent = [
+        request("1.1-close", "plain", lanes.token()),
+        free_request("1.1-close", "missing", ""),
+        request("1.1-close", "units", lanes.tab_token(tab)).replace(b"/r/", b"/u/"),
+    ]
+    try:
+        with caplog.at_level(logging.INFO, logger="farebox.access"):
+            answers = [await exchange(logged, data) for data in sent]
+            quiet = [await exchange(lanes.express, data) for data in sent[:2]]
+    finally:
+        await runner.cleanup()
+    assert lanes.taken == [True] * 5
+    assert [masked(a) for a in answers[:2]] == [masked(q) for q in quiet]
+    records = [r for r in caplog.records if r.name == "farebox.access"]
+    assert [(r.method, r.path, r.status, r.service, r.route) for r in records] == [  # type: ignore[attr-defined]
+        ("GET", "/r/plain", 200, "raw", "/r/{name}"),
+        ("GET", "/f/missing", 404, "raw", "/f/{name}"),
+        ("GET", "/u/units", 200, "raw", "/u/{name}"),
+    ]
+    for record, answer in zip(records, answers, strict=True):
+        sent_id = re.search(rb"X-Request-Id: ([^\r]*)", answer).group(1).decode()  # type: ignore[union-attr]
+        assert record.request_id == sent_id  # type: ignore[attr-defined]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 
 import aiohttp
+import pytest
 from bsv import PrivateKey
 
-from gateway.edge import urls
+from gateway.edge import logs, urls
+from gateway.serve.worker import access_logger
 from tests.chainkit import brc121_headers, faucet
 from tests.conftest import Upstream
 from tests.farebox_process import run, serve
@@ -134,3 +137,27 @@ async def test_no_secret_reaches_a_log_line(
     assert refused[0]["reason"] and "payer" not in refused[0]
     own = [e for e in access if e["path"].startswith(urls.PAY)]
     assert own and all(e["service"] == "" for e in own)  # never the previous request's
+
+
+def test_the_access_log_is_written_whatever_the_log_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--access-log --log-level warning`: warnings and the access log, nothing
+    else (the level alone used to silence the access log it asked for)."""
+    root = logging.getLogger()
+    access = logging.getLogger("farebox.access")
+    saved = (root.handlers[:], root.level, access.level)
+    try:
+        logs.configure("warning")
+        logger = access_logger()
+        assert logs.AccessLog(logger, "").enabled
+        logger.info("GET /a 200 1.00ms")
+        logging.getLogger("farebox.payments").info("not at warning")
+        logging.getLogger("farebox.payments").warning("a warning")
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        access.setLevel(saved[2])
+    err = capsys.readouterr().err
+    assert "GET /a 200 1.00ms" in err and "a warning" in err
+    assert "not at warning" not in err

@@ -44,6 +44,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway.edge.logs import HEADER as REQUEST_ID
 from gateway.edge.problems import problem
 
 log = logging.getLogger("farebox.lane")
@@ -140,14 +141,21 @@ class Written(web.StreamResponse):
 class Ready:
     """An answer encoded whole, head and body (the gateway's express path):
     the lane writes `data` as it is. `keep`: whether the connection may
-    carry another request; `status` as sent."""
+    carry another request; `status` as sent; `rid` the request id it
+    carries (X-Request-Id), for the access log."""
 
-    __slots__ = ("data", "keep", "status")
+    __slots__ = ("data", "keep", "rid", "status")
 
-    def __init__(self, data: bytes, keep: bool, status: int) -> None:
+    def __init__(self, data: bytes, keep: bool, status: int, rid: str) -> None:
         self.data = data
         self.keep = keep
         self.status = status
+        self.rid = rid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What the access log reads of an answer's headers: its request id."""
+        return {REQUEST_ID: self.rid}
 
 
 def status_line(version: str, status: int, reason: str | None) -> bytes:

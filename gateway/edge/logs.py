@@ -119,7 +119,15 @@ def logged_path(path: str) -> str:
 class AccessLog(AbstractAccessLogger):
     """One line per request: method, path (no query string, no payout
     ticket), status, duration in milliseconds to 0.01 ms, and the policy's
-    service and route pattern that answered; no headers."""
+    service and route pattern that answered; no headers.
+
+    `response` is anything with a `status` and `headers` holding the
+    request id: aiohttp's responses, and the lane's `Ready`."""
+
+    @property
+    def enabled(self) -> bool:
+        # As aiohttp's own AccessLogger: a line nobody keeps costs nothing.
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
         path = logged_path(request.path)

@@ -146,8 +146,8 @@ class Gateway:
         grant, or metered per request or per unit: per MB streams with
         small buffers) with a token presented; every header one that cannot
         change more than the grant found (`_EXPRESS_HEADERS`: no payment,
-        no concession, no Origin); answers not access-logged (the log needs
-        the response object).
+        no concession, no Origin). The lane access-logs its answers as any
+        other (`Ready` carries its status and request id).
         """
         routed = request.routed
         if routed is None:
@@ -167,9 +167,6 @@ class Gateway:
         elif self.services.tokens is None or (
             b"authorization" not in names and b"cookie" not in names
         ):
-            return None
-        access = request.conn.server.access_log
-        if access is not None and access.enabled:
             return None
         return match
 

@@ -355,7 +355,7 @@ class Proxy:
         parts.append(connection_line(request.version, keep))
         parts.append(b"\r\n")
         parts.append(body)
-        return Ready(b"".join(parts), keep, status)
+        return Ready(b"".join(parts), keep, status, rid)
 
     async def express_metered(
         self,
@@ -396,7 +396,7 @@ class Proxy:
         conn = request.conn
         # Written here: nothing left for the lane to write (its keep is
         # the connection's, as after a streamed answer).
-        written = Ready(b"", keep, status)
+        written = Ready(b"", keep, status, rid)
         try:
             if conn.put_whole(data):
                 await conn.drain()

@@ -62,6 +62,15 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     logs.configure(level, fmt)
 
 
+def access_logger() -> logging.Logger:
+    """The access log's logger, at INFO whatever `--log-level` says: asking
+    for `--access-log` asks for its lines (`--log-level warning` alone would
+    silence them, and the answers would still pay for the asking)."""
+    logger = logging.getLogger("farebox.access")
+    logger.setLevel(logging.INFO)
+    return logger
+
+
 def open_peers(settings: Settings, startup: Startup, store: Store) -> Authenticator | None:
     """BRC-103/104 for authenticated clients, where replays can be refused.
 
@@ -189,7 +198,7 @@ async def run_worker(
         gateway.handle,
         lane=gateway.takes,
         quick=gateway.quick,
-        access_log=logging.getLogger("farebox.access") if settings.access_log else None,
+        access_log=access_logger() if settings.access_log else None,
         access_log_class=logs.AccessLog,
         # BRC-121 carries the payment's BEEF in a header: allow ~48 kB of it.
         max_field_size=MAX_HEADER_BYTES,
