@@ -162,22 +162,23 @@ class Lanes:
         return token
 
     def tab_token(self, tab: str) -> str:
-        return self.seen(
-            self.tokens.mint(
-                Grant(
-                    id=uuid.uuid4().hex,
-                    service="raw",
-                    scope="/**",
-                    covers="tab",
-                    methods=("*",),
-                    expires=int(time.time()) + 600,
-                    txid="00" * 32,
-                    satoshis=1000,
-                    payer="ab" * 16,
-                    tab=tab,
-                )
-            )
-        )
+        return self.seen(self.tokens.mint(tab_grant(tab)))
+
+
+def tab_grant(tab: str) -> Grant:
+    """A grant of the raw service's tab `tab`, lasting ten minutes."""
+    return Grant(
+        id=uuid.uuid4().hex,
+        service="raw",
+        scope="/**",
+        covers="tab",
+        methods=("*",),
+        expires=int(time.time()) + 600,
+        txid="00" * 32,
+        satoshis=1000,
+        payer="ab" * 16,
+        tab=tab,
+    )
 
 
 @pytest.fixture
@@ -225,10 +226,15 @@ async def lanes(tmp_path: Path, raw: Raw) -> AsyncIterator[Lanes]:
 
 
 async def exchange(
-    port: int, data: bytes, local: str = "127.0.0.1", *, half_close: bool = False
+    port: int,
+    data: bytes,
+    local: str = "127.0.0.1",
+    *,
+    half_close: bool = False,
+    quiet: float = 0.5,
 ) -> bytes:
     """Send `data` (then half-close, if asked); what came back until the
-    close or 0.5 s of quiet."""
+    close or `quiet` seconds of quiet."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
     writer.write(data)
     if half_close:
@@ -237,7 +243,7 @@ async def exchange(
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(reader.read(1 << 20), 0.5)
+                chunk = await asyncio.wait_for(reader.read(1 << 20), quiet)
             except TimeoutError:
                 break
             if not chunk:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from gateway.tokens import Grant, KeyRing, Tokens
+from gateway.tokens import KeyRing, Tokens
 from tests.test_express import (  # noqa: F401  (fixtures)
     POLICY,
     Lanes,
@@ -25,24 +24,12 @@ from tests.test_express import (  # noqa: F401  (fixtures)
     masked,
     raw,
     serve_raw,
+    tab_grant,
 )
 
 
 def mint_with(tokens: Tokens) -> str:
-    return tokens.mint(
-        Grant(
-            id=uuid.uuid4().hex,
-            service="raw",
-            scope="/**",
-            covers="tab",
-            methods=("*",),
-            expires=int(time.time()) + 600,
-            txid="00" * 32,
-            satoshis=1000,
-            payer="ab" * 16,
-            tab="t" * 32,
-        )
-    )
+    return tokens.mint(tab_grant("t" * 32))
 
 
 def bearer_free(token: str, name: str = "plain") -> bytes:
@@ -141,24 +128,6 @@ async def test_free_given_a_quota_on_reload_is_counted(lanes: Lanes, raw: Raw) -
     assert b"RateLimit-Remaining: 4" in got
 
 
-async def exchange_long(port: int, data: bytes, quiet: float = 3.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    got = b""
-    try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(1 << 20), quiet)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            got += chunk
-    finally:
-        writer.close()
-    return got
-
-
 GARBAGE = {
     "garbage": b"NOT HTTP AT ALL\r\n\r\n",
     "close-early": b"",
@@ -205,7 +174,7 @@ async def test_a_broken_upstream_on_a_free_route_is_answered_as_the_pipeline_ans
         assert lanes.gateway.services.policy.reload()
         data = f"{method} /f/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{accept}\r\n".encode()
         fast, slow = await asyncio.gather(
-            exchange_long(lanes.express, data), exchange_long(lanes.slow, data)
+            exchange(lanes.express, data, quiet=3.0), exchange(lanes.slow, data, quiet=3.0)
         )
     finally:
         server.close()
