@@ -28,10 +28,22 @@ from gateway.edge import urls
 HEADER = "X-Request-Id"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 # The policy's service and route pattern that answered this request, for the
-# access log ("" for Farebox's own URLs and unmatched paths). Each request
-# runs in a task of its own (aiohttp's and the lane's), so it starts empty.
+# access log ("" for Farebox's own URLs and unmatched paths).
 SERVED: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("served", default=("", ""))
+# When this request began (time.perf_counter()), for the access log's duration.
+STARTED: contextvars.ContextVar[float] = contextvars.ContextVar("started", default=0.0)
 _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def begin() -> None:
+    """Start a request's context afresh: no id, no service or route yet, its
+    clock (`STARTED`) started now. Contexts outlive requests: a connection's
+    requests share one task on aiohttp's side, and the lane's task for a
+    request takes a copy of the context of the one before it, so without
+    this a request would be logged with the service of the one before."""
+    REQUEST_ID.set("")
+    SERVED.set(("", ""))
+    STARTED.set(time.perf_counter())
 
 
 def request_id(request: web.BaseRequest) -> str:

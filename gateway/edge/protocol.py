@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -25,6 +26,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.edge import logs
 from gateway.edge.lane import LaneServer, Quick, Takes
 from gateway.edge.problems import CONTENT_TYPE, problem, problem_body
 
@@ -43,6 +45,25 @@ log = logging.getLogger("farebox.edge")
 
 class _ProblemHandler(RequestHandler):
     __slots__ = ()  # the same layout as aiohttp's handler, so a connection can switch to it
+
+    async def _handle_request(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Handler,
+    ) -> tuple[web.StreamResponse, bool]:
+        # Every request of aiohttp's side comes through here, those answered
+        # before a handler runs too, in the connection's one task.
+        logs.begin()
+        return await super()._handle_request(request, start_time, request_handler)
+
+    def log_access(
+        self, request: web.BaseRequest, response: web.StreamResponse, time_: float | None
+    ) -> None:
+        # aiohttp times by loop.time(), which uvloop moves in whole
+        # milliseconds: the duration is taken from `begin`'s clock instead.
+        if self._logging_enabled and self.access_logger is not None:
+            self.access_logger.log(request, response, time.perf_counter() - logs.STARTED.get())
 
     def handle_error(
         self,
