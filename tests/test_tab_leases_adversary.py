@@ -307,10 +307,13 @@ async def test_a_recall_answered_by_a_sync_with_holds_out_keeps_the_tab_exact(
     of what it gives back and does not count a as answered, b gets the rest
     at a's next sync, and the tab serves exactly what it pays for."""
     await store.credit(TAB, 1_200 * PRICE, "top-up")
-    a = Leases(store, flush=0.02, idle=5, ttl=30, recall=5)
+    # a's periodic syncs are made by hand (its own loop would sleep an hour):
+    # the one held up must be the first after b's recall, which a periodic
+    # sync of its own in between would have answered already.
+    a = Leases(store, flush=3600, idle=5, ttl=30, recall=5)
     b = Leases(store, flush=0.02, idle=5, ttl=30, recall=5)
     assert await drain_n(a, 1) == 1  # a leases a quarter: 300 requests' worth
-    busy = await a.hold(TAB, PRICE)  # in flight: a keeps syncing
+    busy = await a.hold(TAB, PRICE)  # in flight: a's syncs keep the lease
     lease = a._leases[TAB]
     b_served = asyncio.ensure_future(drain(b))  # the other 900, then a recall
     recall = store.keys.lease(TAB)[4]
@@ -321,12 +324,15 @@ async def test_a_recall_answered_by_a_sync_with_holds_out_keeps_the_tab_exact(
     assert await store._client.hexists(recall, "at")
     in_call: list[Hold] = []
     with paused(server):
-        await until(lambda: lease.call is not None)  # a's next sync, held up
+        sync = asyncio.ensure_future(a._locked_sync(TAB, lease))  # periodic, held up
+        await until(lambda: lease.call is not None)
         while len(in_call) < 100 and (hold := a.take(TAB, PRICE)) is not None:
             in_call.append(hold)
+    await sync
     assert len(in_call) == 100
     for hold in (busy, *in_call):
         await a.settle(hold, PRICE)
+    await a._locked_sync(TAB, lease)  # a's next sync: b gets the rest
     served_b = await b_served
     served_a = 2 + len(in_call) + await drain(a)
     for worker in (a, b):
