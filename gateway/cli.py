@@ -143,11 +143,17 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="do not reload policies when files change",
     )
-    serve.add_argument("--access-log", action="store_const", const=True, help="log every request")
+    serve.add_argument(
+        "--access-log",
+        action="store_const",
+        const=True,
+        help="log one line per request, whatever --log-level says (unpaid requests to "
+        "priced routes then lose their ready-made 402 and cost more CPU)",
+    )
     serve.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
-        help="how much to log (default info)",
+        help="how much to log besides the access log (default info)",
     )
     serve.add_argument(
         "--store",

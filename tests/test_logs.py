@@ -155,9 +155,27 @@ def test_the_access_log_is_written_whatever_the_log_level(
         logging.getLogger("farebox.payments").info("not at warning")
         logging.getLogger("farebox.payments").warning("a warning")
     finally:
-        root.handlers[:], _, _ = saved
+        root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         access.setLevel(saved[2])
     err = capsys.readouterr().err
     assert "GET /a 200 1.00ms" in err and "a warning" in err
     assert "not at warning" not in err
+
+
+def test_a_text_line_ends_with_its_request_id(capsys: pytest.CaptureFixture[str]) -> None:
+    """The id sent back in X-Request-Id finds a request's lines in text logs too."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logs.configure("info")
+        logs.REQUEST_ID.set("req-7")
+        logging.getLogger("farebox.payments").info("payment accepted")
+        logs.REQUEST_ID.set("")
+        logging.getLogger("farebox.edge").info("listening")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("farebox.payments: payment accepted (request req-7)")
+    assert lines[1].endswith("farebox.edge: listening")

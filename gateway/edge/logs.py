@@ -6,7 +6,10 @@ X-Request-Id and into every log line written while the request is handled,
 so one request can be followed through Farebox and the upstream's logs.
 
 What is never logged: tokens, keys, cookies, payment headers (BEEF), query
-strings. The access log names method, path, status, duration and client.
+strings. The access log (`AccessLog`, on `farebox.access`) names method,
+path, status, duration, the service and route that answered, and (in JSON)
+the client; a text line ends with `(request ID)`, a JSON object has a
+`request_id` field.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class _Tag(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", ""):
             record.request_id = REQUEST_ID.get()
+        rid = record.request_id
+        record.request_tag = f" (request {rid})" if rid else ""  # for the text format
         return True
 
 
@@ -113,7 +118,9 @@ def configure(level: str, fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+            logging.Formatter(
+                "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s%(request_tag)s"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
