@@ -147,8 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--access-log",
         action="store_const",
         const=True,
-        help="log one line per request, whatever --log-level says (unpaid requests to "
-        "priced routes then lose their ready-made 402 and cost more CPU)",
+        help="log one line per request, whatever --log-level says",
     )
     serve.add_argument(
         "--log-level",

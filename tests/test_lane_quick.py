@@ -6,6 +6,7 @@ through the pipeline."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import textwrap
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.edge import metrics
+from gateway.edge import logs, metrics
 from gateway.edge.protocol import ProblemServer
 from gateway.ledger.tally import Tally, today
 from gateway.pipeline.gateway import Gateway
@@ -266,3 +267,40 @@ async def test_what_takes_found_is_dropped_with_the_policy_it_was_found_in(
     assert pair.gateway.services.policy.reload()
     await exchange(pair.quick, b"GET /pages/new HTTP/1.1\r\nHost: a\r\n\r\n", 1)
     assert len(pair.gateway._looked) == 1
+
+
+async def test_known_402s_are_access_logged_as_the_pipeline_s(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With --access-log the known 402 is still written at once, and has its
+    line: status, id, service and route, as the pipeline's 402 has."""
+    server = ProblemServer(
+        pair.gateway.handle,
+        lane=pair.gateway.takes,
+        quick=pair.gateway.quick,
+        access_log=logging.getLogger("farebox.access"),
+        access_log_class=logs.AccessLog,
+    )
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    data = b"GET /pages/7 HTTP/1.1\r\nHost: a\r\n\r\n"
+    known: list[bool] = []
+    quick = pair.gateway.quick
+    try:
+        await exchange(port, data, 1)  # the first renders, and keeps
+        server.lane.quick = lambda r: known.append(bool(answer := quick(r))) or answer  # type: ignore[union-attr]
+        with caplog.at_level(logging.INFO, logger="farebox.access"):
+            got = await exchange(port, data * 2 + b"GET /free/a HTTP/1.1\r\nHost: a\r\n\r\n", 3)
+    finally:
+        await runner.cleanup()
+    assert known[:2] == [True, True]
+    records = [r for r in caplog.records if r.name == "farebox.access"]
+    assert [(r.path, r.status, r.service, r.route) for r in records] == [  # type: ignore[attr-defined]
+        ("/pages/7", 402, "archive", "/pages/{n}"),
+        ("/pages/7", 402, "archive", "/pages/{n}"),
+        ("/free/a", 200, "archive", "/free/**"),
+    ]
+    ids = re.findall(rb"X-Request-Id: ([^\r]*)", got)
+    assert [r.request_id for r in records] == [i.decode() for i in ids]  # type: ignore[attr-defined]

@@ -45,6 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.edge.logs import HEADER as REQUEST_ID
+from gateway.edge.logs import SERVED
 from gateway.edge.problems import problem
 
 log = logging.getLogger("farebox.lane")
@@ -63,7 +64,7 @@ HEADS_KEPT = 1024  # heads remembered per listener before starting over
 Takes = Callable[["LaneRequest"], bool]
 # An answer the handler knows at once (header lines, body), or None: see
 # Gateway.quick. Written here without a task, a response object or the pipeline.
-Quick = Callable[["LaneRequest"], tuple[bytes, bytes] | None]
+Quick = Callable[["LaneRequest"], "Known | None"]
 Handler = Callable[[Any], Awaitable["web.StreamResponse | Ready"]]
 
 
@@ -151,6 +152,27 @@ class Ready:
         self.keep = keep
         self.status = status
         self.rid = rid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What the access log reads of an answer's headers: its request id."""
+        return {REQUEST_ID: self.rid}
+
+
+class Known:
+    """A 402 the handler knows at once (`Quick`), for the lane to write whole:
+    its header lines (with its request id; the lane adds Content-Length, Date
+    and Connection) and body, and for the access log its request id and the
+    service and route pattern that answered."""
+
+    __slots__ = ("body", "lines", "rid", "served")
+    status = 402
+
+    def __init__(self, lines: bytes, body: bytes, rid: str, served: tuple[str, str]) -> None:
+        self.lines = lines
+        self.body = body
+        self.rid = rid
+        self.served = served
 
     @property
     def headers(self) -> dict[str, str]:
@@ -336,6 +358,7 @@ class Lane(asyncio.Protocol):
                 self.close()
                 return
             request = self._parse(bytes(self.buffer[: end + 4]))
+            started = time.perf_counter()
             try:
                 taken = request is not None and self.server.takes(request)
                 known = self._known(request) if taken else None  # type: ignore[arg-type]
@@ -350,7 +373,16 @@ class Lane(asyncio.Protocol):
                 self._busy()
                 self.task = asyncio.get_running_loop().create_task(self._answer(request))
                 return
-            if not self._write_known(request, *known):
+            keep = self._write_known(request, known.lines, known.body)
+            access = self.server.access_log
+            if access is not None and access.enabled:
+                # No task runs for it: its service and route are this call's only.
+                served = SERVED.set(known.served)
+                try:
+                    access.log(request, known, time.perf_counter() - started)  # type: ignore[arg-type]
+                finally:
+                    SERVED.reset(served)
+            if not keep:
                 self.close()
                 return
             self._arm()
@@ -362,13 +394,10 @@ class Lane(asyncio.Protocol):
                     self._transport().pause_reading()
                 return
 
-    def _known(self, request: LaneRequest) -> tuple[bytes, bytes] | None:
-        """The handler's answer known at once (Quick), unless answers are access-logged."""
+    def _known(self, request: LaneRequest) -> Known | None:
+        """The handler's answer known at once (Quick)."""
         quick = self.server.quick
         if quick is None:
-            return None
-        access = self.server.access_log
-        if access is not None and access.enabled:
             return None
         return quick(request)
 

@@ -21,7 +21,7 @@ from gateway.challenge.paywall import problem_page, wants_html
 from gateway.challenge.respond import challenge, kept_402, kept_key
 from gateway.edge import cors, logs, metrics, urls
 from gateway.edge.forwarded import client_address, is_trusted
-from gateway.edge.lane import LaneRequest, Ready
+from gateway.edge.lane import Known, LaneRequest, Ready
 from gateway.edge.paths import PathError, Target, canonicalize
 from gateway.edge.problems import OURS, payments_disabled, problem
 from gateway.edge.protocol import SERVER
@@ -269,10 +269,11 @@ class Gateway:
         route = match.route.route
         return route.reward is None and match.service.upstream.startswith("http://")
 
-    def quick(self, request: LaneRequest) -> tuple[bytes, bytes] | None:
+    def quick(self, request: LaneRequest) -> Known | None:
         """The 402 the pipeline would answer `request` with, when it is sure
         to be a JSON 402 challenge() rendered in the last second; else None
-        (then `handle` answers it). (header lines, body) for the lane to write.
+        (then `handle` answers it): its header lines and body for the lane to
+        write, and what the access log says of it.
 
         Sure means: a route sold per grant at a price in satoshis, with no
         free quota, no reward, no meter; a request whose every header is one
@@ -317,7 +318,8 @@ class Gateway:
         # The id is not made this request's context's: no task runs for it.
         rid = logs.id_for(request.headers.get(logs.HEADER, ""))
         self._counted(match.service.name, match.route.scope, 402, started)
-        return kept.lines + f"{logs.HEADER}: {rid}\r\nServer: {SERVER}\r\n".encode(), kept.body
+        lines = kept.lines + f"{logs.HEADER}: {rid}\r\nServer: {SERVER}\r\n".encode()
+        return Known(lines, kept.body, rid, (match.service.name, match.route.scope))
 
     def store_failed(self) -> None:
         """The store just failed (a call, the start-up ping): until it answers
