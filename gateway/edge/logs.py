@@ -22,11 +22,18 @@ import os
 import re
 import time
 from typing import Any
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway.edge import urls
+from gateway.edge.paths import PathError, canonicalize
+
+# Characters a percent-encoded path keeps as they are: RFC 3986 pchar and "/",
+# and "%" (what was sent encoded stays so).
+_SHOWN = "/!$&'()*+,;=:@~%-._"
+_PAYOUT_NAMED = "farebox/payouts"
 
 HEADER = "X-Request-Id"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -127,12 +134,26 @@ def configure(level: str, fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
-def logged_path(path: str) -> str:
-    """`path` as a log may show it: a payout URL's secret ticket (its last
-    segment) is left out, since whoever reads it may read the payout."""
-    if path.startswith(urls.PAYOUTS) and path.count("/") > urls.PAYOUTS.count("/") + 1:
-        return path.rsplit("/", 1)[0] + "/…"
-    return path
+def logged_path(target: str) -> str:
+    """A request target (as sent, `raw_path`) as a log may show it: its
+    canonical path (paths.canonicalize: dot segments resolved, slashes
+    collapsed), percent-encoded, so that no control character it decodes
+    to can split a log line; no query string or fragment. A payout URL's
+    secret ticket is left out however the URL was spelled, since whoever
+    reads it may take the payout: `PAYOUTS` + campaign/digest/…. A target
+    that is no valid path is shown percent-encoded as sent, up to its query
+    (all of it after `payouts/` left out if it names that URL at all)."""
+    try:
+        found = canonicalize(target)
+    except PathError:
+        shown = quote(target.partition("?")[0].partition("#")[0], safe=_SHOWN)
+        if _PAYOUT_NAMED in unquote(shown).lower():
+            return urls.PAYOUTS + "…"
+        return shown
+    if not found.path.startswith(urls.PAYOUTS):
+        return found.forward
+    after = found.forward[len(urls.PAYOUTS) :].strip("/").split("/")
+    return urls.PAYOUTS + "/".join([*after[:2], "…"] if len(after) > 2 else after)
 
 
 class AccessLog(AbstractAccessLogger):
@@ -149,7 +170,7 @@ class AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, duration: float) -> None:
-        path = logged_path(request.path)
+        path = logged_path(request.raw_path)
         service, route = SERVED.get()
         self.logger.info(
             "%s %s %s %.2fms%s",

@@ -1,0 +1,311 @@
+"""The access log attacked: one line per request, its own id and service, on
+every path (lane express, known 402, pipeline, hand-over, aiohttp's side);
+no secret in it (query strings, cookies, a payout's ticket however its URL is
+spelled, a fragment); no line a path can split or forge.
+
+Runs on uvloop, as `farebox serve` does. Lines are captured through a handler
+carrying logs._Tag and the text format of logs.configure, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvloop
+from aiohttp import web
+
+from gateway.edge import logs, urls
+from gateway.edge.paths import canonicalize
+from gateway.edge.protocol import ProblemServer
+from gateway.policy.reload import PolicyHolder
+from gateway.proxy.forward import Proxy
+from gateway.serve.assemble import assemble_gateway
+from gateway.services import Services
+from gateway.store.memory import MemoryStore
+from tests.conftest import SERVER_KEY, Upstream
+from tests.test_lane import POLICY, comparable, exchange, split
+
+TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s%(request_tag)s"
+
+
+@pytest.fixture(scope="module")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    return uvloop.EventLoopPolicy()
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(logs._Tag())
+        self.setFormatter(logging.Formatter(TEXT))
+        self.records: list[logging.LogRecord] = []
+        self.text: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.text.append(self.format(record))
+
+    def access(self) -> list[logging.LogRecord]:
+        return [r for r in self.records if r.name == "farebox.access"]
+
+    def access_text(self) -> list[str]:
+        return [
+            t for r, t in zip(self.records, self.text, strict=True) if r.name == "farebox.access"
+        ]
+
+
+@pytest.fixture
+def lines() -> Iterator[Lines]:
+    handler = Lines()
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    access = logging.getLogger("farebox.access")
+    access.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
+        access.setLevel(logging.NOTSET)
+
+
+@dataclass
+class Four:
+    lane: int  # lane, access log on
+    plain: int  # aiohttp only, access log on
+    lane_quiet: int  # lane, access_log=None
+    plain_quiet: int  # aiohttp only, access_log=None
+
+
+@pytest.fixture
+async def four(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Four]:
+    path = tmp_path / "policies"
+    path.mkdir()
+    (path / "p.yaml").write_text(textwrap.dedent(POLICY.format(upstream=upstream.url)))
+    proxy = Proxy(connect_timeout=2, read_timeout=5)
+    await proxy.start()
+    services = Services(PolicyHolder.load(path), SERVER_KEY, store=MemoryStore())
+    gateway = assemble_gateway(services, proxy)
+    runners = []
+    ports = []
+    for lane, logged in ((True, True), (False, True), (True, False), (False, False)):
+        server = ProblemServer(
+            gateway.handle,
+            lane=gateway.takes if lane else None,
+            quick=gateway.quick if lane else None,
+            access_log=logging.getLogger("farebox.access") if logged else None,
+            access_log_class=logs.AccessLog,
+            keepalive_timeout=2.0,
+        )
+        runner = web.ServerRunner(server)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        ports.append(runner.addresses[0][1])
+    yield Four(*ports)
+    for runner in runners:
+        await runner.cleanup()
+    await proxy.close()
+
+
+# --- secrets -------------------------------------------------------------------------
+
+TICKET = "SEKRETticket0123456789"
+PAYOUT_SPELLINGS = [
+    f"//.well-known/farebox/payouts/camp/digest/{TICKET}",
+    f"/.well-known//farebox/payouts/camp/digest/{TICKET}",
+    f"/.well-known/farebox//payouts/camp/digest/{TICKET}",
+    f"/.well-known/farebox/./payouts/camp/digest/{TICKET}",
+    f"/.well-known/farebox/x/../payouts/camp/digest/{TICKET}",
+    f"/.well-known/farebox/payouts/camp/digest/{TICKET}/",
+]
+
+
+@pytest.mark.parametrize("target", PAYOUT_SPELLINGS)
+async def test_a_payout_ticket_is_never_in_the_access_log(
+    four: Four, lines: Lines, target: str
+) -> None:
+    """The router routes by the canonical path, so every spelling here
+    reaches the payout endpoint (all but the trailing slash name the same
+    payout): the log hides the ticket by the canonical path too."""
+    canonical = canonicalize(target).path
+    assert canonical.startswith(urls.PAYOUTS)  # it is the payout endpoint that answers
+    data = f"GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
+    await exchange(four.lane, data)
+    await exchange(four.plain, data)
+    text = lines.access_text()
+    assert len(text) == 2, text
+    leaked = [t for t in text if TICKET in t]
+    assert not leaked, leaked
+
+
+# --- log injection --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["lane", "plain"])
+async def test_a_text_access_line_cannot_be_split_by_the_path(
+    four: Four, lines: Lines, side: str
+) -> None:
+    """A percent-encoded CR/LF in the path stays encoded in the line: one
+    request cannot forge a second, complete line with a request id of its
+    choosing."""
+    forged = (
+        "/free/a%0D%0A2026-12-02 05:00:00,000 INFO [1] farebox.access: "
+        "GET /admin/payouts 200 0.10ms svc /** (request victim-id)"
+    ).replace(" ", "%20")
+    data = f"GET {forged} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
+    await exchange(four.lane if side == "lane" else four.plain, data)
+    text = lines.access_text()
+    assert len(text) == 1, text
+    assert "\n" not in text[0] and "\r" not in text[0], text[0].splitlines()
+
+
+async def test_lane_and_aiohttp_log_the_same_path_for_a_fragment(four: Four, lines: Lines) -> None:
+    """A '#fragment' sent in the target is logged by neither side."""
+    data = b"GET /free/a#access_token=SEKRET HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    lane = await exchange(four.lane, data)
+    plain = await exchange(four.plain, data)
+    assert comparable(split(lane)) == comparable(split(plain))
+    paths = [r.path for r in lines.access()]  # type: ignore[attr-defined]
+    assert len(paths) == 2, paths
+    assert paths[0] == paths[1], paths
+    assert all("SEKRET" not in t for t in lines.access_text()), lines.access_text()
+
+
+class _Payout:
+    campaign, satoshis, status, recipient, txid, vout, reason = (
+        "camp",
+        500,
+        "owed",
+        "02ab",
+        None,
+        None,
+        "",
+    )
+    ticket = TICKET
+
+
+class _Ledger:
+    async def get(self, key: str) -> _Payout | None:
+        return _Payout() if key == "camp:digest" else None
+
+
+@pytest.mark.parametrize("target", PAYOUT_SPELLINGS[:5])
+async def test_a_payout_served_at_any_spelling_keeps_its_ticket_out_of_the_log(
+    tmp_path: Path, upstream: Upstream, lines: Lines, target: str
+) -> None:
+    """With a payout at camp/digest/TICKET, each non-canonical spelling is
+    answered 200 with the payout (the router reads the canonical path), and
+    the access log still leaves the ticket out."""
+    path = tmp_path / "policies"
+    path.mkdir()
+    (path / "p.yaml").write_text(textwrap.dedent(POLICY.format(upstream=upstream.url)))
+    proxy = Proxy(connect_timeout=2, read_timeout=5)
+    await proxy.start()
+    services = Services(PolicyHolder.load(path), SERVER_KEY, store=MemoryStore())
+    object.__setattr__(services, "payouts", _Ledger())  # frozen dataclass
+    gateway = assemble_gateway(services, proxy)
+    server = ProblemServer(
+        gateway.handle,
+        lane=gateway.takes,
+        quick=gateway.quick,
+        access_log=logging.getLogger("farebox.access"),
+        access_log_class=logs.AccessLog,
+    )
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        data = f"GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
+        ((status, _, body),) = split(await exchange(runner.addresses[0][1], data))
+    finally:
+        await runner.cleanup()
+        await proxy.close()
+    assert status == b"HTTP/1.1 200 OK" and b'"status": "owed"' in body
+    text = lines.access_text()
+    assert len(text) == 1
+    assert TICKET not in text[0], text[0]
+
+
+# --- bursts on one connection ---------------------------------------------------
+
+
+OWN = b"GET /.well-known/farebox/nothing HTTP/1.1\r\nHost: a\r\n\r\n"
+BURST = (
+    b"GET /paid HTTP/1.1\r\nHost: a\r\nX-Request-Id: k1\r\n\r\n"  # 402 (pipeline, then known)
+    b"GET /paid HTTP/1.1\r\nHost: a\r\nX-Request-Id: k1\r\n\r\n"
+    b"GET /free/x?token=SEKRET HTTP/1.1\r\nHost: a\r\n\r\n"
+    b"GET /free/%0a HTTP/1.1\r\nHost: a\r\n\r\n"  # 400 from the pipeline
+    b"GET /paid HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+    + OWN
+    + b"POST /free/y HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+    + b"GET /paid HTTP/1.1\r\nHost: a\r\nCookie: farebox_token=SEKRET\r\n\r\n"
+    + b"GET /free/z HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+)
+SERVED = [
+    ("/paid", 402, "svc"), ("/paid", 402, "svc"), ("/free/x", 200, "svc"),
+    ("/free/%0a", 400, ""), ("/paid", 402, "svc"),
+    ("/.well-known/farebox/nothing", 404, ""), ("/free/y", 200, "svc"),
+    ("/paid", 402, "svc"), ("/free/z", 200, "svc"),
+]  # fmt: skip
+
+
+def norm(data: bytes) -> bytes:
+    return re.sub(rb"(Date|X-Request-Id|Ratelimit[^:]*): [^\r]*", rb"\1: -", data, flags=re.I)
+
+
+@pytest.mark.parametrize("side", ["lane", "plain"])
+async def test_a_burst_gets_one_line_each_with_its_own_id_and_the_same_bytes(
+    four: Four, lines: Lines, side: str
+) -> None:
+    for _ in range(2):  # twice: the second time the 402s are known answers
+        lines.records.clear()
+        lines.text.clear()
+        logged = await exchange(four.lane if side == "lane" else four.plain, BURST)
+        quiet = await exchange(four.lane_quiet if side == "lane" else four.plain_quiet, BURST)
+        assert norm(logged) == norm(quiet)
+        answers = split(logged)
+        assert len(answers) == len(SERVED)
+        records = lines.access()
+        got = [(r.path, r.status, r.service) for r in records]  # type: ignore[attr-defined]
+        assert got == SERVED
+        ids = [h.get("x-request-id", [""])[0] for _, h, _ in answers]
+        assert [r.request_id for r in records] == ids  # type: ignore[attr-defined]
+        assert all(0 < r.duration_ms < 1000 for r in records)  # type: ignore[attr-defined]
+        assert not [t for t in lines.text if "SEKRET" in t]
+
+
+async def test_a_client_that_does_not_read_gets_one_line_per_answer(
+    four: Four, lines: Lines
+) -> None:
+    """Known 402s and free GETs to a client that stops reading (the lane pauses),
+    then reads everything: one line per answer, ids in order."""
+    one = b"GET /paid?x=" + b"a" * 3000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    await exchange(four.lane, one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    lines.records.clear()
+    lines.text.clear()
+    n = 400
+    data = (one + b"GET /free/q HTTP/1.1\r\nHost: a\r\n\r\n") * n
+    data += b"GET /free/end HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", four.lane, limit=1 << 24)
+    writer.transport.set_write_buffer_limits(1 << 24)
+    writer.write(data)
+    await asyncio.sleep(1.0)  # nothing read: the server's writes back up
+    got = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    answers = split(got)
+    assert len(answers) == 2 * n + 1
+    records = lines.access()
+    assert len(records) == len(answers)
+    ids = [h.get("x-request-id", [""])[0] for _, h, _ in answers]
+    assert [r.request_id for r in records] == ids  # type: ignore[attr-defined]
+    assert [r.service for r in records] == ["svc"] * len(answers)  # type: ignore[attr-defined]
