@@ -309,3 +309,25 @@ async def test_a_client_that_does_not_read_gets_one_line_per_answer(
     ids = [h.get("x-request-id", [""])[0] for _, h, _ in answers]
     assert [r.request_id for r in records] == ids  # type: ignore[attr-defined]
     assert [r.service for r in records] == ["svc"] * len(answers)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"/.well-known/farebox/checkout/{TICKET}",
+        f"//.well-known/farebox/checkout/{TICKET}?poll=1",
+        f"/.well-known/farebox/x/../checkout/{TICKET}/",
+    ],
+)
+async def test_a_checkout_id_is_never_in_the_access_log(
+    four: Four, lines: Lines, target: str
+) -> None:
+    """Whoever holds a checkout's URL collects its grant once it is paid (the
+    status answer sets the token's cookie): its id is left out like a ticket."""
+    for method in ("GET", "POST"):
+        data = f"{method} {target} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        await exchange(four.lane, data.encode())
+    text = lines.access_text()
+    assert len(text) == 2, text
+    assert not [t for t in text if TICKET in t], text
+    assert all("/.well-known/farebox/checkout/…" in t for t in text), text

@@ -33,7 +33,11 @@ from gateway.edge.paths import PathError, canonicalize
 # Characters a percent-encoded path keeps as they are: RFC 3986 pchar and "/",
 # and "%" (what was sent encoded stays so).
 _SHOWN = "/!$&'()*+,;=:@~%-._"
-_PAYOUT_NAMED = "farebox/payouts"
+# Farebox's URLs whose last segments are secrets (whoever holds one takes what
+# it opens), and how many segments after the prefix are not: a payout's
+# campaign and digest before its ticket; nothing of a checkout's id or ticket
+# (once paid, its status answer carries the grant's token).
+_SECRET_AFTER = ((urls.PAYOUTS, 2), (urls.CHECKOUT, 0))
 
 HEADER = "X-Request-Id"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -138,22 +142,25 @@ def logged_path(target: str) -> str:
     """A request target (as sent, `raw_path`) as a log may show it: its
     canonical path (paths.canonicalize: dot segments resolved, slashes
     collapsed), percent-encoded, so that no control character it decodes
-    to can split a log line; no query string or fragment. A payout URL's
-    secret ticket is left out however the URL was spelled, since whoever
-    reads it may take the payout: `PAYOUTS` + campaign/digest/…. A target
-    that is no valid path is shown percent-encoded as sent, up to its query
-    (all of it after `payouts/` left out if it names that URL at all)."""
+    to can split a log line; no query string or fragment. The secret in a
+    payout's or a checkout's URL is left out however the URL was spelled
+    (`_SECRET_AFTER`): `PAYOUTS` + campaign/digest/…, `CHECKOUT` + …. A
+    target that is no valid path is shown percent-encoded as sent, up to
+    its query (all of it after such a prefix left out if it names one)."""
     try:
         found = canonicalize(target)
     except PathError:
         shown = quote(target.partition("?")[0].partition("#")[0], safe=_SHOWN)
-        if _PAYOUT_NAMED in unquote(shown).lower():
-            return urls.PAYOUTS + "…"
+        named = unquote(shown).lower()
+        for prefix, _ in _SECRET_AFTER:
+            if prefix.removeprefix("/.well-known/") in named:
+                return prefix + "…"
         return shown
-    if not found.path.startswith(urls.PAYOUTS):
-        return found.forward
-    after = found.forward[len(urls.PAYOUTS) :].strip("/").split("/")
-    return urls.PAYOUTS + "/".join([*after[:2], "…"] if len(after) > 2 else after)
+    for prefix, kept in _SECRET_AFTER:
+        if found.path.startswith(prefix):
+            after = found.forward[len(prefix) :].strip("/").split("/")
+            return prefix + "/".join([*after[:kept], "…"] if len(after) > kept else after)
+    return found.forward
 
 
 class AccessLog(AbstractAccessLogger):
