@@ -21,7 +21,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from gateway.edge import logs, urls
+from gateway.edge import logs, metrics, urls
 from gateway.edge.paths import canonicalize
 from gateway.edge.protocol import ProblemServer
 from gateway.policy.reload import PolicyHolder
@@ -331,3 +331,32 @@ async def test_a_checkout_id_is_never_in_the_access_log(
     assert len(text) == 2, text
     assert not [t for t in text if TICKET in t], text
     assert all("/.well-known/farebox/checkout/…" in t for t in text), text
+
+
+@pytest.mark.parametrize("side", ["lane", "plain"])
+async def test_a_client_leaving_mid_body_is_not_an_upstream_failure(
+    four: Four, lines: Lines, side: str
+) -> None:
+    """A POST whose client closes after 10 of its 100,000 body bytes: logged
+    499 (nginx's "client closed request"), no warning that the upstream
+    failed, not counted as an upstream error."""
+    errors = metrics.UPSTREAM_ERRORS.labels("svc", "upstream-failed")
+    metrics.flush()
+    before = errors._value.get()
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", four.lane if side == "lane" else four.plain
+    )
+    writer.write(b"POST /free/y HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the body is on its way upstream
+    writer.close()
+    for _ in range(100):
+        if lines.access():
+            break
+        await asyncio.sleep(0.02)
+    assert [(r.path, r.status) for r in lines.access()] == [("/free/y", 499)]  # type: ignore[attr-defined]
+    # Farebox's own lines (the test upstream, in this process, logs its lost body)
+    farebox = [r for r in lines.records if r.name.startswith("farebox")]
+    assert not [r for r in farebox if r.levelno >= logging.WARNING], lines.text
+    metrics.flush()
+    assert errors._value.get() == before

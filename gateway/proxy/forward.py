@@ -280,6 +280,16 @@ class Proxy:
                 compress=None,
             )
         except Exception as exc:
+            if body is not None and not isinstance(body, bytes) and request.transport is None:
+                # The client left while its body was streamed upstream: the
+                # upstream did not fail, and nobody is left to answer.
+                log.info("client left before sending all its request body: %s", _brief(exc))
+                return problem(
+                    CLIENT_CLOSED_REQUEST,
+                    "client-left",
+                    "Client closed request",
+                    "the client closed the connection before its request body was sent",
+                )
             return _upstream_problem(exc, match, reply)
         try:
             return await self._relay(request, upstream, match, reply, meter)
@@ -802,6 +812,11 @@ def _small_buffers(request: web.BaseRequest) -> None:
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, METERED_SEND_BUFFER)
         transport.set_write_buffer_limits(high=METERED_WRITE_BUFFER)
+
+
+# nginx's status for a request its client closed before it was answered: never
+# sent (nobody reads it), it tells the access log and metrics what happened.
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def _stream(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
