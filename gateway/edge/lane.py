@@ -62,8 +62,8 @@ HEAD_KEPT = 2048  # bytes: longer heads are parsed every time
 HEADS_KEPT = 1024  # heads remembered per listener before starting over
 
 Takes = Callable[["LaneRequest"], bool]
-# An answer the handler knows at once (header lines, body), or None: see
-# Gateway.quick. Written here without a task, a response object or the pipeline.
+# An answer the handler knows at once (`Known`), or None: see Gateway.quick.
+# Written here without a task, a response object or the pipeline.
 Quick = Callable[["LaneRequest"], "Known | None"]
 Handler = Callable[[Any], Awaitable["web.StreamResponse | Ready"]]
 
