@@ -10,6 +10,7 @@ carrying logs._Tag and the text format of logs.configure, as in production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import textwrap
@@ -19,17 +20,17 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from aiohttp import web
 
 from gateway.edge import logs, metrics, urls
 from gateway.edge.paths import canonicalize
-from gateway.edge.protocol import ProblemServer
+from gateway.pipeline.gateway import Gateway
 from gateway.policy.reload import PolicyHolder
 from gateway.proxy.forward import Proxy
 from gateway.serve.assemble import assemble_gateway
 from gateway.services import Services
 from gateway.store.memory import MemoryStore
 from tests.conftest import SERVER_KEY, Upstream
+from tests.listeners import listening
 from tests.test_lane import POLICY, comparable, exchange, split
 
 TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s%(request_tag)s"
@@ -86,35 +87,36 @@ class Four:
     plain_quiet: int  # aiohttp only, access_log=None
 
 
-@pytest.fixture
-async def four(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Four]:
+@contextlib.asynccontextmanager
+async def gateway_of(
+    tmp_path: Path, upstream: Upstream, **services: object
+) -> AsyncIterator[Gateway]:
+    """tests/test_lane.py's policy on a gateway; `services` set on its Services."""
     path = tmp_path / "policies"
     path.mkdir()
     (path / "p.yaml").write_text(textwrap.dedent(POLICY.format(upstream=upstream.url)))
     proxy = Proxy(connect_timeout=2, read_timeout=5)
     await proxy.start()
-    services = Services(PolicyHolder.load(path), SERVER_KEY, store=MemoryStore())
-    gateway = assemble_gateway(services, proxy)
-    runners = []
-    ports = []
-    for lane, logged in ((True, True), (False, True), (True, False), (False, False)):
-        server = ProblemServer(
-            gateway.handle,
-            lane=gateway.takes if lane else None,
-            quick=gateway.quick if lane else None,
-            access_log=logging.getLogger("farebox.access") if logged else None,
-            access_log_class=logs.AccessLog,
-            keepalive_timeout=2.0,
-        )
-        runner = web.ServerRunner(server)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        ports.append(runner.addresses[0][1])
-    yield Four(*ports)
-    for runner in runners:
-        await runner.cleanup()
-    await proxy.close()
+    made = Services(PolicyHolder.load(path), SERVER_KEY, store=MemoryStore())
+    for name, value in services.items():
+        object.__setattr__(made, name, value)  # a frozen dataclass
+    try:
+        yield assemble_gateway(made, proxy)
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture
+async def four(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Four]:
+    async with contextlib.AsyncExitStack() as stack:
+        gateway = await stack.enter_async_context(gateway_of(tmp_path, upstream))
+        ports = []
+        for lane, logged in ((True, True), (False, True), (True, False), (False, False)):
+            listener = await stack.enter_async_context(
+                listening(gateway, lane=lane, quick=lane, access_log=logged, keepalive_timeout=2.0)
+            )
+            ports.append(listener.port)
+        yield Four(*ports)
 
 
 # --- secrets -------------------------------------------------------------------------
@@ -206,30 +208,12 @@ async def test_a_payout_served_at_any_spelling_keeps_its_ticket_out_of_the_log(
     """With a payout at camp/digest/TICKET, each non-canonical spelling is
     answered 200 with the payout (the router reads the canonical path), and
     the access log still leaves the ticket out."""
-    path = tmp_path / "policies"
-    path.mkdir()
-    (path / "p.yaml").write_text(textwrap.dedent(POLICY.format(upstream=upstream.url)))
-    proxy = Proxy(connect_timeout=2, read_timeout=5)
-    await proxy.start()
-    services = Services(PolicyHolder.load(path), SERVER_KEY, store=MemoryStore())
-    object.__setattr__(services, "payouts", _Ledger())  # frozen dataclass
-    gateway = assemble_gateway(services, proxy)
-    server = ProblemServer(
-        gateway.handle,
-        lane=gateway.takes,
-        quick=gateway.quick,
-        access_log=logging.getLogger("farebox.access"),
-        access_log_class=logs.AccessLog,
-    )
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        data = f"GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
-        ((status, _, body),) = split(await exchange(runner.addresses[0][1], data))
-    finally:
-        await runner.cleanup()
-        await proxy.close()
+    data = f"GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode()
+    async with (
+        gateway_of(tmp_path, upstream, payouts=_Ledger()) as gateway,
+        listening(gateway, quick=True, access_log=True) as listener,
+    ):
+        ((status, _, body),) = split(await exchange(listener.port, data))
     assert status == b"HTTP/1.1 200 OK" and b'"status": "owed"' in body
     text = lines.access_text()
     assert len(text) == 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.edge import logs, metrics
+from gateway.edge import metrics
 from gateway.edge.protocol import ProblemServer
 from gateway.ledger.tally import Tally, today
 from gateway.pipeline.credentials import Revocations
@@ -30,6 +30,7 @@ from gateway.services import Services
 from gateway.store.memory import MemoryStore
 from gateway.tokens import Grant, KeyRing, Tokens
 from tests.conftest import SERVER_KEY
+from tests.listeners import listening
 
 BIG = b"x" * (SMALL_BODY + 10)
 # What the raw upstream answers, by the last segment of the path.
@@ -599,16 +600,6 @@ async def test_access_logged_answers_still_take_the_express_path(
 ) -> None:
     """With --access-log each express answer has its line (status, request id,
     service and route), as the pipeline's have, and the answers stay the same."""
-    server = ProblemServer(
-        lanes.gateway.handle,
-        lane=lanes.gateway.takes,
-        access_log=logging.getLogger("farebox.access"),
-        access_log_class=logs.AccessLog,
-    )
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    logged = runner.addresses[0][1]
     tab = uuid.uuid4().hex
     await lanes.store.credit(tab, 10_000_000, once=tab)
     sent = [
@@ -616,12 +607,10 @@ async def test_access_logged_answers_still_take_the_express_path(
         free_request("1.1-close", "missing", ""),
         request("1.1-close", "units", lanes.tab_token(tab)).replace(b"/r/", b"/u/"),
     ]
-    try:
+    async with listening(lanes.gateway, access_log=True) as logged:
         with caplog.at_level(logging.INFO, logger="farebox.access"):
-            answers = [await exchange(logged, data) for data in sent]
+            answers = [await exchange(logged.port, data) for data in sent]
             quiet = [await exchange(lanes.express, data) for data in sent[:2]]
-    finally:
-        await runner.cleanup()
     assert lanes.taken == [True] * 5
     assert [masked(a) for a in answers[:2]] == [masked(q) for q in quiet]
     records = [r for r in caplog.records if r.name == "farebox.access"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.edge import logs, metrics
+from gateway.edge import metrics
 from gateway.edge.protocol import ProblemServer
 from gateway.ledger.tally import Tally, today
 from gateway.pipeline.gateway import Gateway
@@ -27,6 +27,7 @@ from gateway.serve.assemble import assemble_gateway
 from gateway.services import Services
 from gateway.store.memory import MemoryStore
 from tests.conftest import SERVER_KEY
+from tests.listeners import listening
 
 POLICY = """\
 services:
@@ -274,27 +275,17 @@ async def test_known_402s_are_access_logged_as_the_pipeline_s(
 ) -> None:
     """With --access-log the known 402 is still written at once, and has its
     line: status, id, service and route, as the pipeline's 402 has."""
-    server = ProblemServer(
-        pair.gateway.handle,
-        lane=pair.gateway.takes,
-        quick=pair.gateway.quick,
-        access_log=logging.getLogger("farebox.access"),
-        access_log_class=logs.AccessLog,
-    )
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
     data = b"GET /pages/7 HTTP/1.1\r\nHost: a\r\n\r\n"
     known: list[bool] = []
     quick = pair.gateway.quick
-    try:
-        await exchange(port, data, 1)  # the first renders, and keeps
-        server.lane.quick = lambda r: known.append(bool(answer := quick(r))) or answer  # type: ignore[union-attr]
+    async with listening(pair.gateway, quick=True, access_log=True) as listener:
+        await exchange(listener.port, data, 1)  # the first renders, and keeps
+        lane = listener.server.lane
+        assert lane is not None
+        lane.quick = lambda r: known.append(bool(answer := quick(r))) or answer
         with caplog.at_level(logging.INFO, logger="farebox.access"):
-            got = await exchange(port, data * 2 + b"GET /free/a HTTP/1.1\r\nHost: a\r\n\r\n", 3)
-    finally:
-        await runner.cleanup()
+            more = b"GET /free/a HTTP/1.1\r\nHost: a\r\n\r\n"
+            got = await exchange(listener.port, data * 2 + more, 3)
     assert known[:2] == [True, True]
     records = [r for r in caplog.records if r.name == "farebox.access"]
     assert [(r.path, r.status, r.service, r.route) for r in records] == [  # type: ignore[attr-defined]
