@@ -81,37 +81,42 @@ def verified(credential: str, concession: Eligibility) -> dict[str, Any] | None:
     Each issuer key is tried with its own algorithms only; any failure —
     pyjwt's errors, and the TypeError or ValueError a key it cannot use
     raises — means not proven, never an error of the request. The answer
-    is kept (`_KEPT`): claims until their `exp` (a copy each time: treat
-    them as read-only), a refusal for good unless the credential is not
-    valid yet.
+    is kept (`_kept`) for the time PyJWT would give it: claims from their
+    iat/nbf until their exp (a copy each time: treat them as read-only), a
+    refusal of an expired credential while the clock reads past its exp,
+    any other refusal for good; a credential not valid yet is not kept.
     """
     key = (credential, id(concession))
     kept = _kept.get(key)
     # The entry holds the concession itself, so its id names no other object.
     if kept is not None and kept[0] is concession:
-        claims, until = kept[1], kept[2]
-        if claims is None:
-            return None
-        if time.time() < until:
-            return dict(claims)
-        del _kept[key]  # expired since: PyJWT says so, and that refusal is kept
-    claims, lasting = _verify(credential, concession)
-    if lasting and len(credential) <= _KEPT_LENGTH:
-        until = float(claims["exp"]) if claims is not None else 0.0
-        _kept[key] = (concession, claims, until)
+        _, claims, start, end = kept
+        if start <= time.time() < end:
+            return None if claims is None else dict(claims)
+        del _kept[key]  # the clock left its span (it moved on, or was set back)
+    claims, span = _verify(credential, concession)
+    if span is not None and len(credential) <= (
+        _KEPT_LENGTH if claims is not None else _REFUSED_LENGTH
+    ):
+        _kept[key] = (concession, claims, *span)
         if len(_kept) > _KEPT:
             _kept.popitem(last=False)
     return None if claims is None else dict(claims)
 
 
-def _verify(credential: str, concession: Eligibility) -> tuple[dict[str, Any] | None, bool]:
-    """(claims or None, whether that answer lasts: False for a credential that
-    is not valid yet, or claims whose exp is not a number)."""
+_ALWAYS = (-math.inf, math.inf)
+
+
+def _verify(
+    credential: str, concession: Eligibility
+) -> tuple[dict[str, Any] | None, tuple[float, float] | None]:
+    """(claims or None, the span of time (start, end) in which that answer
+    holds, as PyJWT would judge it again; None: not to be kept)."""
     algorithm = _signed_with(credential)
     if algorithm is None:
-        return None, True
+        return None, None  # refused before PyJWT, as cheaply as a lookup: not kept
     options = {"require": ["exp"], "verify_aud": False}
-    lasting = True
+    span: tuple[float, float] | None = _ALWAYS
     for key in concession.keys:
         algorithms = list(algorithms_for(key))  # EdDSA, ES256/384, RS256, PS256: never HMAC
         if algorithm not in algorithms:
@@ -121,22 +126,58 @@ def _verify(credential: str, concession: Eligibility) -> tuple[dict[str, Any] | 
                 credential, key, algorithms=algorithms, issuer=concession.issuer, options=options
             )
         except jwt.ImmatureSignatureError:
-            lasting = False  # its nbf or iat is ahead: it may verify in a moment
+            span = None  # its nbf or iat is ahead: it may verify in a moment
             continue
-        except Exception:  # forged, expired, malformed, mismatched: all just unproven
+        except jwt.ExpiredSignatureError:
+            if span is not None:
+                span = _expired_since(credential, key, algorithms, concession)
+            continue
+        except Exception:  # forged, malformed, mismatched: all just unproven
             continue
         if isinstance(claims, dict):
-            exp = claims.get("exp")
-            return claims, isinstance(exp, int | float) and not isinstance(exp, bool)
-    return None, lasting
+            return claims, _valid_span(claims)
+    return None, span
+
+
+def _valid_span(claims: dict[str, Any]) -> tuple[float, float] | None:
+    """When PyJWT opens these claims: from iat and nbf (whichever is later)
+    until exp, each as PyJWT reads it (int(), no leeway); None if one will not
+    read (PyJWT opened them, so it did: kept no longer than this call)."""
+    try:
+        start = max((int(claims[name]) for name in ("iat", "nbf") if name in claims), default=None)
+        return (-math.inf if start is None else start), int(claims["exp"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _expired_since(
+    credential: str, key: Any, algorithms: list[str], concession: Eligibility
+) -> tuple[float, float] | None:
+    """For a credential PyJWT refused as expired under `key`: (its exp, inf), the
+    span in which that refusal holds (a clock set back before exp must ask
+    again); None if its exp will not read."""
+    try:
+        claims = jwt.decode(
+            credential,
+            key,
+            algorithms=algorithms,
+            issuer=concession.issuer,
+            options={"require": ["exp"], "verify_aud": False, "verify_exp": False},
+        )
+        return int(claims["exp"]), math.inf
+    except Exception:  # as in _verify: any failure is just no answer to keep
+        return None
 
 
 # One base64url segment of a compact JWS (RFC 7515 section 7.1), with the
 # trailing "=" PyJWT tolerates; ASCII only.
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+={0,2}", re.ASCII)
-_KEPT = 16_384  # answers kept, the oldest forgotten first
-_KEPT_LENGTH = 2048  # characters: answers about longer credentials are not kept
-_kept: OrderedDict[tuple[str, int], tuple[Eligibility, dict[str, Any] | None, float]] = (
+_KEPT = 8192  # answers kept, the oldest forgotten first
+_KEPT_LENGTH = 8192  # characters of a credential whose claims are kept (as eligible's cap)
+# Characters of a credential whose refusal is kept: junk sent again costs a
+# lookup, and cannot make the answers kept hold more than about 10 MiB.
+_REFUSED_LENGTH = 1024
+_kept: OrderedDict[tuple[str, int], tuple[Eligibility, dict[str, Any] | None, float, float]] = (
     OrderedDict()
 )
 
@@ -145,7 +186,7 @@ def _signed_with(credential: str) -> str | None:
     """The `alg` a compact JWS's protected header names, read from the header
     alone; None for what has not that shape (PyJWT would refuse it too)."""
     header, dot, rest = credential.partition(".")
-    if not dot or rest.count(".") != 1 or len(header) > 1024 or not _SEGMENT.fullmatch(header):
+    if not dot or rest.count(".") != 1 or not _SEGMENT.fullmatch(header):
         return None
     header = header.rstrip("=")
     try:
