@@ -44,8 +44,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.edge.logs import HEADER as REQUEST_ID
-from gateway.edge.logs import SERVED
+from gateway.edge import logs
 from gateway.edge.problems import problem
 
 log = logging.getLogger("farebox.lane")
@@ -156,7 +155,7 @@ class Ready:
     @property
     def headers(self) -> dict[str, str]:
         """What the access log reads of an answer's headers: its request id."""
-        return {REQUEST_ID: self.rid}
+        return {logs.HEADER: self.rid}
 
 
 class Known:
@@ -177,7 +176,7 @@ class Known:
     @property
     def headers(self) -> dict[str, str]:
         """What the access log reads of an answer's headers: its request id."""
-        return {REQUEST_ID: self.rid}
+        return {logs.HEADER: self.rid}
 
 
 def status_line(version: str, status: int, reason: str | None) -> bytes:
@@ -377,11 +376,11 @@ class Lane(asyncio.Protocol):
             access = self.server.access_log
             if access is not None and access.enabled:
                 # No task runs for it: its service and route are this call's only.
-                served = SERVED.set(known.served)
+                served = logs.SERVED.set(known.served)
                 try:
                     access.log(request, known, time.perf_counter() - started)  # type: ignore[arg-type]
                 finally:
-                    SERVED.reset(served)
+                    logs.SERVED.reset(served)
             if not keep:
                 self.close()
                 return
@@ -493,6 +492,7 @@ class Lane(asyncio.Protocol):
         return request
 
     async def _answer(self, request: LaneRequest) -> None:
+        logs.begin()  # this task's context is a copy of the request before's
         started = time.perf_counter()
         try:
             response = await self.server.handler(request)

@@ -51,10 +51,12 @@ _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def begin() -> None:
     """Start a request's context afresh: no id, no service or route yet, its
-    clock (`STARTED`) started now. Contexts outlive requests: a connection's
-    requests share one task on aiohttp's side, and the lane's task for a
-    request takes a copy of the context of the one before it, so without
-    this a request would be logged with the service of the one before."""
+    clock (`STARTED`) started now. Called where requests start, at the edge
+    (the lane's `_answer`, protocol.py's `_handle_request`). Contexts outlive
+    requests: a connection's requests share one task on aiohttp's side, and
+    the lane's task for a request takes a copy of the context of the one
+    before it, so without this a request would be logged with the service
+    of the one before."""
     REQUEST_ID.set("")
     SERVED.set(("", ""))
     STARTED.set(time.perf_counter())

@@ -114,7 +114,6 @@ class Gateway:
         self._looked: dict[bytes, tuple[bool, tuple[Target, Match | NoMatch] | None]] = {}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse | Ready:
-        logs.begin()
         if type(request) is LaneRequest:
             match = self._express_match(request)
             if match is not None:

@@ -284,12 +284,15 @@ class Proxy:
                 # The client left while its body was streamed upstream: the
                 # upstream did not fail, and nobody is left to answer.
                 log.info("client left before sending all its request body: %s", _brief(exc))
-                return problem(
+                left = problem(
                     CLIENT_CLOSED_REQUEST,
                     "client-left",
                     "Client closed request",
                     "the client closed the connection before its request body was sent",
                 )
+                if reply:  # as _upstream_problem keeps them: a token just bought stands
+                    left.headers.extend(reply)
+                return left
             return _upstream_problem(exc, match, reply)
         try:
             return await self._relay(request, upstream, match, reply, meter)
