@@ -233,9 +233,9 @@ class Tokens:
                     return None
                 del self._refused[token]  # the clock went back: ask again
             decoded = self._decode(token)
-            if decoded is None:
+            if not isinstance(decoded, tuple):  # refused: `decoded` says until when
                 if len(token) <= _REFUSED_LENGTH:
-                    self._refused[token] = self._ended(token)
+                    self._refused[token] = decoded
                     if len(self._refused) > _REFUSED_KEPT:
                         self._refused.popitem(last=False)
                 return None
@@ -252,8 +252,8 @@ class Tokens:
         return entry
 
     def _ended(self, token: str) -> float:
-        """For a token `_decode` refused: when it ended (exp + LEEWAY) if it is
-        genuine but for its end, else -inf (it never opens)."""
+        """For a token PyJWT refused as expired: when it ended (exp + LEEWAY),
+        read without checking its end; -inf if that does not read."""
         try:
             claims = self._claims(token, ACCESS, False, ("iat", "jti"), False)
         except jwt.PyJWTError:
@@ -372,14 +372,19 @@ class Tokens:
             claims["tab"] = grant.tab
         return self.sign_claims(claims, audience)
 
-    def _decode(self, token: str) -> tuple[Grant, float] | None:
-        """The grant of an access token and when it opens (iat/nbf less LEEWAY)."""
+    def _decode(self, token: str) -> tuple[Grant, float] | float:
+        """The grant of an access token and when it opens (iat/nbf less LEEWAY);
+        for a token refused, the time from which that refusal holds (unix
+        seconds): an expired one's end (`_ended`: a clock set back before it
+        must ask again), -inf for any other (it never opens here)."""
         try:
             claims = self._claims(token, ACCESS, True, ("iat", "jti"), False)
+        except jwt.ExpiredSignatureError:
+            return self._ended(token)
         except jwt.PyJWTError:
-            return None
+            return -math.inf
         if claims is None:
-            return None
+            return -math.inf
         try:
             # As PyJWT would check them: integers (or what int() takes), nbf optional.
             opens = max(int(claims["iat"]), int(claims.get("nbf", claims["iat"]))) - LEEWAY
@@ -396,7 +401,7 @@ class Tokens:
                 tab=str(claims.get("tab", "")),
             )
         except (KeyError, TypeError, ValueError, OverflowError):
-            return None
+            return -math.inf
         return grant, opens
 
 
